@@ -1,0 +1,210 @@
+#!/usr/bin/env python
+"""Run an unlearning study: Optuna over β, α and learning rates, every trial an MLflow run.
+
+    python experiments/sweep.py                      # the offline default (SmolLM2, built-in authors, ME+GD)
+    python experiments/sweep.py --preset smoke       # one minute on a tiny random model
+    python experiments/sweep.py --preset paper-fictitious --dry-run
+
+Re-running the same command resumes the study and runs only the missing trials; several processes
+(or machines) started with the same --study-name and --storage share one study.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESETS = ROOT / "experiments" / "presets"
+sys.path.insert(0, str(ROOT))
+
+
+def presets() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(PRESETS.glob("*.toml"))}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    names = presets()
+    lines = "\n".join(f"  {n:<18} {tomllib.loads(p.read_text()).get('description', '')}" for n, p in names.items())
+    parser = argparse.ArgumentParser(
+        prog="sweep.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"presets:\n{lines}\n\nResults: the MLflow UI command is printed at the end.")
+    a = parser.add_argument
+    a("--preset", default="default", choices=list(names), help="settings to start from (default: %(default)s)")
+    a("--scenario", choices=["fictitious", "continual", "real-world"], help="what is unlearned (REFERENCE §1)")
+    a("--method", nargs="+", metavar="M", help="one or several methods, e.g. ME+GD IDK+AP NPO+GD (forget loss + regularizer)")
+    a("--split", choices=["forget01", "forget05", "forget10"], help="TOFU forget split")
+    a("--tasks", nargs="+", type=int, metavar="K", help="tasks to unlearn in order (continual), e.g. 1 2 3")
+    a("--model", help="model family (llama2-7b, llama3-8b, smollm2-135m, tiny-llama), Hugging Face id or local path")
+    a("--target", help="a ready target model (skips fine-tuning one), e.g. locuslab/tofu_ft_llama2-7b or a checkpoint")
+    a("--data-dir", help="directory of TOFU-format JSON-lines files (default: the preset's source, e.g. built-in authors); "
+                         "'hub' reads locuslab/TOFU online")
+    a("--n-trials", type=int, help="finished trials wanted per method (resuming counts earlier ones)")
+    a("--sampler", choices=["tpe", "grid", "paper"], help="tpe (Bayesian), grid, or paper: the paper's exact settings (REFERENCE §4)")
+    a("--objective", choices=["pareto", "average", "model_utility", "forget_efficacy"],
+      help="pareto: maximise Model Utility and Forget Efficacy together (default); or one scalar")
+    a("--prune", action="store_true", help="evaluate after every epoch and prune poor trials (needs a single --objective)")
+    a("--storage", help="Optuna storage: sqlite:///..., postgresql+psycopg2://user:pw@host/db, or journal:<file> "
+                        "(default: sqlite:///mlruns/optuna.db)")
+    a("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlruns/mlflow.db; or http://host:5000)")
+    a("--experiment", help="MLflow experiment name (default: unlearning-study)")
+    a("--study-name", help="Optuna study name (default: derived from preset, scenario, split and model)")
+    a("--seed", type=int, help="training seed (default 1001, REFERENCE §4); the sampler's seed too")
+    a("--keep-checkpoints", choices=["best", "all", "none"], help="which trials keep their checkpoint in MLflow (default: best = Pareto-best)")
+    a("--fix-ref-model", action="store_true", help="continual: keep the original model as NPO/DPO/KL reference")
+    a("--nli", help="NLI model for Entailment (the paper's: sileod/deberta-v3-base-tasksource-nli); none = reported missing")
+    a("--embedder", help="sentence embedder for Cosine Similarity (default: all-MiniLM-L6-v2 shipped on PyPI)")
+    a("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    a("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+      help="any other setting, e.g. --set train.max_length=256 --set eval.batch_size=8 (TOML value syntax)")
+    a("--dry-run", action="store_true", help="print the plan (every setting) and exit")
+    a("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def _toml_value(text: str):
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def plan(args) -> tuple[object, object, dict]:
+    """The run configuration and study settings from preset + options (all validated, nothing written)."""
+    from study.config import RunConfig
+    from study.errors import StudyInputError
+    from study.search import StudySettings, search_space
+
+    preset = tomllib.loads(presets()[args.preset].read_text())
+    config = {k: dict(v) for k, v in preset.get("config", {}).items()}
+    study = dict(preset.get("study", {}))
+    put = lambda section, key, value: config.setdefault(section, {}).__setitem__(key, value)  # noqa: E731
+    if args.scenario:
+        put("data", "scenario", args.scenario)
+        if args.scenario == "real-world" and not args.tasks:
+            put("data", "tasks", [])
+        if args.scenario == "continual" and not args.tasks and config["data"].get("tasks", [1]) == [1]:
+            put("data", "tasks", [1, 2, 3])
+    if args.split:
+        put("data", "split", args.split)
+    if args.tasks:
+        put("data", "tasks", args.tasks)
+    if args.model:
+        put("model", "name", args.model)
+    if args.target:
+        put("model", "target", args.target)
+    if args.data_dir:
+        put("data", "source", args.data_dir if args.data_dir == "hub" else str(Path(args.data_dir).expanduser().resolve()))
+    if config.get("data", {}).get("source", "builtin") == "":
+        raise StudyInputError(f"preset {args.preset} needs data: pass --data-dir DIR (a folder with forget.json, neighbor.json, ...)")
+    if args.seed is not None:
+        put("train", "seed", args.seed)
+    if args.fix_ref_model:
+        put("method", "fix_ref_model", True)
+    if args.nli:
+        put("eval", "nli", None if args.nli == "none" else args.nli)
+    if args.embedder:
+        put("eval", "embedder", args.embedder)
+    if args.prune:
+        put("eval", "per_epoch", True)
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        section, dot, field = key.partition(".")
+        if not sep or not dot:
+            raise StudyInputError(f"--set {item!r}: expected SECTION.FIELD=VALUE, e.g. train.max_length=256")
+        put(section, field, _toml_value(value))
+    methods = args.method or study.get("methods", ["ME+GD"])
+    config.setdefault("method", {}).setdefault("name", methods[0])
+    if "name" in config["method"] and args.method:
+        config["method"]["name"] = methods[0]
+    try:
+        cfg = RunConfig.from_dict(config)
+    except TypeError as error:
+        raise StudyInputError(f"bad setting: {error}") from None
+    scenario = cfg.data.scenario
+    split = "real-world" if scenario == "real-world" else cfg.data.split
+    parts = [args.preset] + [p for p in (scenario, split) if p not in args.preset] + [Path(cfg.model.name).name]
+    default_name = "-".join(dict.fromkeys(parts))
+    if scenario == "continual" and cfg.method.fix_ref_model:
+        default_name += "-fixref"
+    settings = StudySettings(
+        study_name=args.study_name or default_name,
+        methods=list(methods),
+        n_trials=args.n_trials if args.n_trials is not None else study.get("n_trials", 4),
+        sampler=args.sampler or study.get("sampler", "tpe"),
+        objective=args.objective or study.get("objective", "pareto"),
+        storage=args.storage or study.get("storage", "sqlite:///mlruns/optuna.db"),
+        tracking_uri=args.tracking_uri or study.get("tracking_uri", "sqlite:///mlruns/mlflow.db"),
+        experiment=args.experiment or study.get("experiment", "unlearning-study"),
+        seed=cfg.train.seed if args.seed is not None else study.get("seed", 0),
+        keep_checkpoints=args.keep_checkpoints or study.get("keep_checkpoints", "best"),
+        prune=args.prune,
+        preset=args.preset,
+        space={k: list(v) for k, v in study.get("space", {}).items()},
+    )
+    spaces = {m: search_space(m, scenario, settings.sampler, settings.space) for m in settings.methods}
+    return cfg, settings, spaces
+
+
+def print_plan(cfg, settings, spaces) -> None:
+    from study.search import describe_space
+    from study.tracking import redact
+
+    print(f"study        {settings.study_name}  (preset {settings.preset})")
+    print(f"methods      {' '.join(settings.methods)}")
+    print(f"sampler      {settings.sampler}, objective {settings.objective}, {settings.n_trials} trial(s) per method"
+          + (", pruning on" if settings.prune else ""))
+    print(f"storage      {redact(settings.storage)}")
+    print(f"tracking     {redact(settings.tracking_uri)}  experiment {settings.experiment}")
+    print(f"checkpoints  keep {settings.keep_checkpoints}")
+    for method, space in spaces.items():
+        print(f"space {method:<8} {describe_space(space)}")
+    print("settings:")
+    for key, value in cfg.flat().items():
+        print(f"  {key} = {value}")
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from study.errors import StudyInputError
+
+    try:
+        cfg, settings, spaces = plan(args)
+        if args.dry_run:
+            print_plan(cfg, settings, spaces)
+            return 0
+        os.chdir(ROOT)  # default stores (mlruns/) are relative to the repository
+        from study.search import Sweep, checkpoint_estimate, pareto_table
+        from study.tracking import ui_command
+
+        print_plan(cfg, settings, spaces)
+        print(checkpoint_estimate(cfg, settings))
+        sweep = Sweep(cfg, settings, progress=not args.no_progress, device=args.device)
+        studies = sweep.run()
+    except StudyInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: the running trial was ended as KILLED in MLflow and FAIL in Optuna. "
+              "Run the same command again to resume; finished trials are kept.", file=sys.stderr)
+        return 130
+    rows = pareto_table(studies)
+    print("\nPareto-best trials (Model Utility vs Forget Efficacy):")
+    if rows:
+        import pandas as pd
+
+        with pd.option_context("display.width", 160, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
+            print(pd.DataFrame(rows).drop(columns=["run_id"]).to_string(index=False))
+    else:
+        print("  (no finished trial)")
+    print(f"\nBrowse the runs:  {ui_command(settings.tracking_uri)}")
+    print("Analyse them:     notebooks/fictitious.ipynb, continual.ipynb, real_world.ipynb")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,829 @@
+"""Reading results back from MLflow: tidy frames, the paper's tables and figures, notebook execution.
+
+The notebooks (``notebooks/*.ipynb``) are thin: every table and figure they show is one call into this
+module, so the logic is unit-tested (``tests/test_analysis.py``) and the notebooks only wire it up.
+
+Layout read back (``study.tracking``): runs tagged ``study.kind`` (``trial``, ``study``, ``target``,
+``retain_model``); a trial's parameters are its flattened ``RunConfig`` (``method.name``, ``train.lr``,
+...), its tags ``study.scenario`` / ``study.method`` / ``study.split`` / ..., its metrics
+``model_utility``, ``forget_efficacy``, ``forget_quality`` and ``<set>/<metric>`` (continual: logged
+with ``step = task``), its artifacts ``eval/items_task<k>.csv``.
+
+Frames and names used throughout:
+
+* a **runs frame** (:func:`fetch_runs`): one row per run, columns :data:`RUN_COLUMNS` then every
+  metric (``model_utility``, ..., ``retain/rouge``, ..., ``bench/<task>``); training curves
+  (``train/*``) are left out;
+* a **curves frame** (:func:`fetch_task_curves`): one row per (continual run, task);
+* tables index methods by name, ordered by :func:`order_methods`: the paper's nine first
+  (:data:`PAPER_METHODS`), then any other method that was run, alphabetically;
+* MU = Model Utility, FE = Forget Efficacy, Avg = (MU + FE) / 2, FQ = Forget Quality
+  (docs/REFERENCE.md section 5).
+
+Which trial represents a method (``pick``):
+
+* ``"best"`` (default): among FINISHED trials with a finite MU and FE, the one with the highest
+  Avg (ties: lowest trial number, then earliest start). This is the "tuned" view of a sweep.
+* ``"paper"``: only trials whose hyper-parameters equal the released scripts' settings for the
+  scenario (:func:`paper_settings`, REFERENCE section 4), best Avg among them; a method with no such
+  trial has no row. This is the view to compare with the published re-run figures.
+
+Every function returns an empty frame with its usual columns when there is nothing to show, and every
+plotting function returns None then, so a notebook run on an empty store prints a message instead of
+failing. Plotting never selects a matplotlib backend; scripts and tests choose ``Agg``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from .metrics import METRICS, SET_NAMES, UTILITY_SETS
+from .tracking import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI, TAG, redact
+
+if TYPE_CHECKING:  # plotting and notebook libraries are imported where they are used
+    import nbformat
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "PAPER_METHODS", "SPLITS", "RUN_COLUMNS", "AGGREGATE_COLUMNS", "SET_METRIC_COLUMNS", "CURVE_COLUMNS",
+    "REPRESENTATIVE_COLUMNS", "CONTINUAL_COLUMNS", "SENSITIVITY_COLUMNS", "GENERATION_COLUMNS",
+    "PUBLISHED_SOURCE", "REAL_WORLD_QUOTED", "REPO_ROOT",
+    "resolve_tracking_uri", "runs_frame", "fetch_runs", "fetch_task_curves", "scenario_runs", "finished", "run_counts",
+    "no_runs_message", "order_methods", "method_palette", "paper_settings", "representative_trials",
+    "method_table", "published_table", "compare_to_published", "metric_table", "forget_quality_table",
+    "pareto_front", "plot_mu_fe", "plot_mu_fe_grid", "continual_table", "plot_continual", "real_world_table",
+    "sensitivity", "plot_sensitivity", "choose_trial", "generations_side_by_side", "save_figure",
+    "save_table", "inject_parameters", "run_notebook",
+]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+"""The checkout; notebooks execute with this as their working directory."""
+
+Pick = Literal["best", "paper"]
+
+# --------------------------------------------------------------------------------------------
+# Names and published figures
+# --------------------------------------------------------------------------------------------
+
+PAPER_METHODS: tuple[str, ...] = ("GA+GD", "GA+KL", "NPO+GD", "NPO+KL", "DPO+GD", "DPO+KL", "IDK+GD", "IDK+AP",
+                                  "ME+GD")
+"""The paper's nine methods in the order of its tables (REFERENCE section 3)."""
+
+SPLITS: tuple[str, ...] = ("forget01", "forget05", "forget10")
+"""TOFU forget splits (fictitious and continual scenarios)."""
+
+MEASURES: tuple[str, ...] = ("MU", "FE", "Avg")
+"""The three numbers per split of the paper's main table."""
+
+RUN_COLUMNS: tuple[str, ...] = (
+    "run_id", "run_name", "status", "start_time", "kind", "parent_run_id", "study_name", "trial_number",
+    "scenario", "method", "split", "task", "model", "fix_ref_model", "lr", "forget_coeff", "beta",
+    "regularization_coeff", "epochs", "target_run_id", "retain_run_id", "entailment_status",
+)
+"""Descriptive columns of a runs frame (from tags, falling back to the logged parameters)."""
+
+AGGREGATE_COLUMNS: tuple[str, ...] = ("model_utility", "forget_efficacy", "forget_quality", "model_utility_retain",
+                                      "tofu_model_utility")
+"""Aggregate metrics of a trial (REFERENCE section 5; ``study.metrics``)."""
+
+SET_METRIC_COLUMNS: tuple[str, ...] = tuple(f"{s}/{m}" for s in SET_NAMES for m in METRICS)
+"""Every ``<set>/<metric>`` column, always present in a runs frame (NaN where not logged)."""
+
+_NUMERIC_PARAMS = {"lr": "train.lr", "forget_coeff": "method.forget_coeff", "beta": "method.beta",
+                   "regularization_coeff": "method.regularization_coeff", "epochs": "train.epochs"}
+
+CURVE_COLUMNS: tuple[str, ...] = ("run_id", "method", "fix_ref_model", "split", "task", "model_utility",
+                                  "forget_efficacy")
+REPRESENTATIVE_COLUMNS: tuple[str, ...] = ("method", "split", "run_id", "trial_number", "study_name", "n_trials",
+                                           "MU", "FE", "Avg")
+CONTINUAL_COLUMNS: tuple[str, ...] = ("method", "fix_ref_model", "split", "run_id", "last_task", "model_utility",
+                                      "forget_efficacy", "Avg")
+SENSITIVITY_COLUMNS: tuple[str, ...] = ("run_id", "method", "split", "param", "value", "outcome", "score")
+GENERATION_COLUMNS: tuple[str, ...] = ("item", "question", "reference", "trial_generation", "target_generation")
+
+PUBLISHED_SOURCE = ("DualOptim (arXiv 2504.15827), Table 4: a re-run of the reference code "
+                    "(sail-sg/closer-look-LLM-unlearning) on Llama-2-7b, as quoted in docs/REFERENCE.md section 5. "
+                    "The paper's own tables were not available in text form.")
+"""Where :func:`published_table`'s numbers come from."""
+
+_PUBLISHED: dict[str, dict[str, tuple[float, float]]] = {
+    # method: {split: (MU, FE)}, typed in from REFERENCE.md section 5 (DualOptim Table 4).
+    "GA+GD": {"forget01": (0.670, 0.591), "forget05": (0.000, 0.877), "forget10": (0.559, 0.935)},
+    "NPO+GD": {"forget01": (0.641, 0.611), "forget05": (0.547, 0.692), "forget10": (0.565, 0.767)},
+    "ME+GD": {"forget01": (0.727, 0.920), "forget05": (0.747, 0.931), "forget10": (0.736, 0.949)},
+    "DPO+GD": {"forget01": (0.756, 0.534), "forget05": (0.000, 0.824), "forget10": (0.000, 0.804)},
+    "IDK+AP": {"forget01": (0.758, 0.763), "forget05": (0.753, 0.748), "forget10": (0.747, 0.743)},
+}
+
+REAL_WORLD_QUOTED: dict[str, dict[str, float]] = {
+    # Llama-3-8B-Instruct, quoted from a review of the paper (REFERENCE.md section 5). IDK+AP's FE was
+    # not quoted.
+    "before unlearning": {"MU": 0.6145},
+    "ME+GD": {"MU": 0.4901, "FE": 0.9312},
+    "IDK+AP": {"MU": 0.5311},
+}
+"""Real-world figures quoted in REFERENCE section 5 (MU, FE where given)."""
+
+BEFORE_UNLEARNING = "before unlearning"
+
+SWEEP_HINT = "python experiments/sweep.py --preset smoke --scenario {scenario}"
+
+
+def _empty(columns: Iterable[str]) -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
+
+
+# --------------------------------------------------------------------------------------------
+# Reading MLflow
+# --------------------------------------------------------------------------------------------
+
+def resolve_tracking_uri(uri: str = DEFAULT_TRACKING_URI, base: Path = REPO_ROOT) -> str:
+    """``uri`` with a relative ``sqlite:///`` path made absolute against ``base`` (the repository root).
+
+    The command line writes ``sqlite:///mlruns/mlflow.db`` relative to the checkout; a notebook opened
+    from ``notebooks/`` runs one directory lower, so its default URI is resolved here."""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):])
+        if not path.is_absolute():
+            return "sqlite:///" + str((base / path).resolve())
+    return uri
+
+
+def _sqlite_missing(uri: str) -> bool:
+    """True for a ``sqlite:///`` URI whose file does not exist (reading must not create a store)."""
+    return uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists()
+
+
+def _client(tracking_uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri)
+
+
+def _float(value: str | None) -> float:
+    try:
+        return float(value) if value not in (None, "", "None") else math.nan
+    except ValueError:
+        return math.nan
+
+
+def _bool(value: str | None) -> bool | None:
+    if value is None:
+        return None
+    return str(value).strip().lower() in ("true", "1", "yes")
+
+
+def _normalise_scenario(value: str | None) -> str | None:
+    # study.data spells it "real-world", study.metrics "real_world": read either.
+    return "real-world" if value == "real_world" else value
+
+
+def _run_record(run) -> dict[str, Any]:
+    params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
+    trial = tags.get(f"{TAG}trial_number")
+    record: dict[str, Any] = {
+        "run_id": run.info.run_id,
+        "run_name": run.info.run_name,
+        "status": run.info.status,
+        "start_time": pd.to_datetime(run.info.start_time, unit="ms") if run.info.start_time else pd.NaT,
+        "kind": tags.get(f"{TAG}kind"),
+        "parent_run_id": tags.get("mlflow.parentRunId"),
+        "study_name": tags.get(f"{TAG}study_name"),
+        "trial_number": int(trial) if trial not in (None, "") and str(trial).lstrip("-").isdigit() else pd.NA,
+        "scenario": _normalise_scenario(tags.get(f"{TAG}scenario") or params.get("data.scenario")),
+        "method": tags.get(f"{TAG}method") or params.get("method.name"),
+        "split": tags.get(f"{TAG}split") or params.get("data.split"),
+        "task": tags.get(f"{TAG}task") or params.get("data.tasks"),
+        "model": tags.get(f"{TAG}model") or params.get("model.name"),
+        "fix_ref_model": _bool(params.get("method.fix_ref_model")),
+        "target_run_id": tags.get(f"{TAG}target_run_id"),
+        "retain_run_id": tags.get(f"{TAG}retain_run_id"),
+        "entailment_status": tags.get(f"{TAG}entailment"),
+    }
+    record.update({name: _float(params.get(key)) for name, key in _NUMERIC_PARAMS.items()})
+    # Final values of every evaluation metric; per-step training curves are not results.
+    record.update({k: v for k, v in metrics.items() if not k.startswith("train/")})
+    return record
+
+
+def runs_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """A runs frame (the shape :func:`fetch_runs` returns) from dicts keyed by column name; absent
+    columns are NaN. Handy for tests and for runs that never went through MLflow."""
+    fixed = [*RUN_COLUMNS, *AGGREGATE_COLUMNS, *SET_METRIC_COLUMNS]
+    extra = sorted({k for r in records for k in r} - set(fixed))
+    frame = pd.DataFrame.from_records([dict(r) for r in records], columns=[*fixed, *extra]) if records else _empty([*fixed, *extra])
+    numeric = [*_NUMERIC_PARAMS, *AGGREGATE_COLUMNS, *SET_METRIC_COLUMNS, *extra]
+    frame[numeric] = frame[numeric].apply(pd.to_numeric, errors="coerce").astype(float)
+    frame["trial_number"] = frame["trial_number"].astype("Int64")
+    frame["fix_ref_model"] = frame["fix_ref_model"].astype("boolean")
+    frame["start_time"] = pd.to_datetime(frame["start_time"])
+    return frame
+
+
+def fetch_runs(tracking_uri: str = DEFAULT_TRACKING_URI, experiment: str = DEFAULT_EXPERIMENT,
+               kind: str | None = "trial") -> pd.DataFrame:
+    """Every run of ``kind`` (``trial``, ``study``, ``target``, ``retain_model``; None = all) in
+    ``experiment`` as a tidy frame, one row per run, oldest first.
+
+    Columns: :data:`RUN_COLUMNS`, :data:`AGGREGATE_COLUMNS`, :data:`SET_METRIC_COLUMNS` (always, NaN
+    where not logged), then any other metric (e.g. ``bench/<task>``) alphabetically. The query is the
+    one ``mlflow.search_runs`` runs, made through an explicit ``MlflowClient(tracking_uri)`` so the
+    process-wide tracking URI is left alone. A missing store, experiment or run gives an empty frame
+    with these columns; a ``sqlite:///`` file that does not exist is not created."""
+    if _sqlite_missing(tracking_uri):
+        return runs_frame([])
+    client = _client(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return runs_frame([])
+    query = f"tags.`{TAG}kind` = '{kind}'" if kind else ""
+    runs, token = [], None
+    while True:
+        page = client.search_runs([found.experiment_id], query, max_results=1000,
+                                  order_by=["attributes.start_time ASC"], page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            break
+    return runs_frame([_run_record(r) for r in runs])
+
+
+def fetch_task_curves(tracking_uri: str, runs: pd.DataFrame) -> pd.DataFrame:
+    """MU and FE after each task of each run in ``runs`` (a runs frame, usually the continual
+    scenario's), from the metric histories (continual trials log them with ``step = task``).
+
+    Columns :data:`CURVE_COLUMNS`; ``fix_ref_model`` is False where the parameter was not logged (the
+    configuration default). A metric logged twice at one step counts once, the later value."""
+    if runs.empty or _sqlite_missing(tracking_uri):
+        return _empty(CURVE_COLUMNS)
+    client = _client(tracking_uri)
+    rows: list[dict[str, Any]] = []
+    for run in runs.itertuples(index=False):
+        values: dict[int, dict[str, float]] = {}
+        for metric in ("model_utility", "forget_efficacy"):
+            for point in sorted(client.get_metric_history(run.run_id, metric), key=lambda p: p.timestamp):
+                values.setdefault(int(point.step), {})[metric] = point.value
+        fix = False if pd.isna(run.fix_ref_model) else bool(run.fix_ref_model)
+        for task, got in sorted(values.items()):
+            rows.append({"run_id": run.run_id, "method": run.method, "fix_ref_model": fix, "split": run.split,
+                         "task": task, "model_utility": got.get("model_utility", math.nan),
+                         "forget_efficacy": got.get("forget_efficacy", math.nan)})
+    if not rows:
+        return _empty(CURVE_COLUMNS)
+    frame = pd.DataFrame(rows, columns=list(CURVE_COLUMNS))
+    frame["fix_ref_model"] = frame["fix_ref_model"].astype(bool)
+    return frame
+
+
+def scenario_runs(runs: pd.DataFrame, scenario: str) -> pd.DataFrame:
+    """The rows of one scenario (``fictitious``, ``continual``, ``real-world``; ``real_world`` accepted)."""
+    return runs[runs["scenario"] == _normalise_scenario(scenario)].reset_index(drop=True)
+
+
+def finished(runs: pd.DataFrame) -> pd.DataFrame:
+    """FINISHED runs with a finite MU and FE (pruned runs end KILLED, failed ones FAILED)."""
+    if runs.empty:
+        return runs.copy()
+    keep = (runs["status"] == "FINISHED") & np.isfinite(runs["model_utility"].astype(float)) \
+        & np.isfinite(runs["forget_efficacy"].astype(float))
+    return runs[keep].reset_index(drop=True)
+
+
+def run_counts(runs: pd.DataFrame) -> pd.DataFrame:
+    """Number of runs per method (rows, :func:`order_methods`) and status (columns)."""
+    if runs.empty:
+        return pd.DataFrame(columns=["FINISHED", "KILLED", "FAILED", "RUNNING"], dtype=int).rename_axis("method")
+    counts = runs.groupby(["method", "status"]).size().unstack(fill_value=0)
+    return counts.reindex(order_methods(counts.index)).rename_axis(columns=None)
+
+
+def no_runs_message(scenario: str, experiment: str, tracking_uri: str) -> str:
+    """What a notebook prints when a scenario has no runs."""
+    scenario = _normalise_scenario(scenario) or scenario
+    return (f"No {scenario} runs in experiment {experiment!r} at {redact(tracking_uri)}: run "
+            f"`{SWEEP_HINT.format(scenario=scenario)}` first (add --tracking-uri / --experiment if you "
+            f"use other ones).")
+
+
+# --------------------------------------------------------------------------------------------
+# Methods and representative trials
+# --------------------------------------------------------------------------------------------
+
+def order_methods(methods: Iterable[str]) -> list[str]:
+    """Distinct method names: the paper's nine in its order, then the others alphabetically."""
+    present = {m for m in methods if isinstance(m, str)}
+    return [m for m in PAPER_METHODS if m in present] + sorted(present - set(PAPER_METHODS))
+
+
+def method_palette(methods: Iterable[str]) -> dict[str, tuple[float, float, float]]:
+    """One colour per method, stable across figures: a method's colour depends on its place among
+    the paper's nine (then the others), not on which methods a frame happens to contain."""
+    import seaborn as sns
+
+    names = order_methods([*PAPER_METHODS, *methods])
+    colours = sns.color_palette("tab10", 10) + sns.color_palette("Set2", 8) + sns.color_palette("husl", len(names))
+    return {m: colours[i] for i, m in enumerate(names) if m in set(methods)}
+
+
+def paper_settings(scenario: str, method: str) -> dict[str, tuple[float, ...]]:
+    """The released scripts' hyper-parameters for ``method`` in ``scenario`` (REFERENCE section 4):
+    each runs-frame column mapped to the values it may take. β = 0.1 and reg coeff 1.0 everywhere;
+    5 epochs except the real-world baselines' grid (5 or 3 epochs)."""
+    scenario = _normalise_scenario(scenario) or scenario
+    settings = {"lr": (1e-5,), "epochs": (5.0,), "forget_coeff": (1.0,), "regularization_coeff": (1.0,),
+                "beta": (0.1,)}
+    if scenario == "fictitious" and method == "ME+GD":
+        settings["forget_coeff"] = (0.1,)
+    elif scenario == "real-world":
+        if method == "ME+GD":
+            settings.update(lr=(5e-6,), forget_coeff=(0.5,))
+        elif method != "IDK+AP":
+            settings.update(lr=(1e-5, 2e-6, 5e-6), epochs=(5.0, 3.0))
+    return settings
+
+
+def _matches_paper(row: pd.Series) -> bool:
+    for column, allowed in paper_settings(row["scenario"], row["method"]).items():
+        value = row.get(column, math.nan)
+        if pd.isna(value) or not any(math.isclose(float(value), a, rel_tol=1e-6) for a in allowed):
+            return False
+    return True
+
+
+def representative_trials(runs: pd.DataFrame, splits: Sequence[str] | None = SPLITS,
+                          pick: Pick = "best") -> pd.DataFrame:
+    """The trial that represents each (method, split): see the module docstring for ``pick``.
+
+    ``splits=None`` keeps every split present (the real-world scenario's is ``real-world``). Columns
+    :data:`REPRESENTATIVE_COLUMNS`; ``n_trials`` counts the finished candidates the pick chose from.
+    Rows ordered by method (:func:`order_methods`), then split."""
+    if pick not in ("best", "paper"):
+        raise ValueError(f"unknown pick {pick!r}; valid: best, paper")
+    done = finished(runs)
+    if splits is not None:
+        done = done[done["split"].isin(splits)]
+    if done.empty:
+        return _empty(REPRESENTATIVE_COLUMNS)
+    done = done.assign(MU=done["model_utility"], FE=done["forget_efficacy"],
+                       Avg=(done["model_utility"] + done["forget_efficacy"]) / 2)
+    done["n_trials"] = done.groupby(["method", "split"])["run_id"].transform("size")
+    if pick == "paper":
+        done = done[done.apply(_matches_paper, axis=1)]
+        if done.empty:
+            return _empty(REPRESENTATIVE_COLUMNS)
+    done = done.sort_values(["Avg", "trial_number", "start_time"], ascending=[False, True, True], na_position="last")
+    best = done.groupby(["method", "split"], sort=False).head(1)
+    split_order = list(splits) if splits is not None else sorted(best["split"].unique())
+    best = best.assign(_m=best["method"].map({m: i for i, m in enumerate(order_methods(best["method"]))}),
+                       _s=best["split"].map({s: i for i, s in enumerate(split_order)}))
+    best = best.sort_values(["_m", "_s"])
+    return best[list(REPRESENTATIVE_COLUMNS)].reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------------
+
+def _split_columns(splits: Sequence[str], measures: Sequence[str]) -> pd.MultiIndex:
+    return pd.MultiIndex.from_product([list(splits), list(measures)], names=["split", "measure"])
+
+
+def method_table(runs: pd.DataFrame, splits: Sequence[str] = SPLITS, pick: Pick = "best") -> pd.DataFrame:
+    """The paper's main table: one row per method that has a representative trial (paper's nine
+    first, then the others), columns (split, MU / FE / Avg) for every split asked for (NaN where a
+    method has no trial on that split). Which trial: :func:`representative_trials`."""
+    columns = _split_columns(splits, MEASURES)
+    reps = representative_trials(runs, splits, pick)
+    if reps.empty:
+        return pd.DataFrame(index=pd.Index([], name="method", dtype=object), columns=columns, dtype=float)
+    wide = reps.pivot(index="method", columns="split", values=list(MEASURES)).swaplevel(axis=1)
+    table = wide.reindex(index=order_methods(reps["method"]), columns=columns).astype(float)
+    return table.rename_axis(index="method", columns=["split", "measure"])
+
+
+def published_table() -> pd.DataFrame:
+    """Published MU / FE (and their Avg) for five methods on Llama-2-7b, in the shape of
+    :func:`method_table`. Source: :data:`PUBLISHED_SOURCE`."""
+    columns = _split_columns(SPLITS, MEASURES)
+    methods = order_methods(_PUBLISHED)
+    table = pd.DataFrame(index=pd.Index(methods, name="method"), columns=columns, dtype=float)
+    for method in methods:
+        for split, (mu, fe) in _PUBLISHED[method].items():
+            table.loc[method, (split, "MU")] = mu
+            table.loc[method, (split, "FE")] = fe
+            table.loc[method, (split, "Avg")] = (mu + fe) / 2
+    return table
+
+
+def compare_to_published(table: pd.DataFrame, published: pd.DataFrame | None = None,
+                         labels: tuple[str, str] = ("this study", "published")) -> pd.DataFrame:
+    """``table`` (:func:`method_table`) and the published figures side by side: columns (split,
+    measure, source), each of our numbers next to its published counterpart; rows are the union of
+    both, in method order."""
+    published = published_table() if published is None else published
+    both = pd.concat({labels[0]: table, labels[1]: published.reindex(columns=table.columns)}, axis=1)
+    both.columns = both.columns.reorder_levels([1, 2, 0]).set_names(["split", "measure", "source"])
+    order = [(s, m, src) for s, m in table.columns for src in labels]
+    both = both.reindex(columns=pd.MultiIndex.from_tuples(order, names=["split", "measure", "source"]))
+    return both.reindex(order_methods([*table.index, *published.index])).rename_axis("method")
+
+
+def _sets_for(runs: pd.DataFrame) -> tuple[str, ...]:
+    scenarios = set(runs["scenario"].dropna()) if not runs.empty else set()
+    if scenarios == {"real-world"}:
+        return ("forget", *UTILITY_SETS["real_world"])
+    return ("forget", *UTILITY_SETS["fictitious"])
+
+
+def metric_table(runs: pd.DataFrame, splits: Sequence[str] | None = SPLITS, pick: Pick = "best",
+                 sets: Sequence[str] | None = None) -> pd.DataFrame:
+    """Every metric on every set for each method's representative trial: rows (method, split),
+    columns (set, metric). ``sets=None``: forget + the scenario's utility sets (TOFU: retain,
+    real_authors, world_facts; real-world: neighbor)."""
+    sets = tuple(sets) if sets is not None else _sets_for(runs)
+    columns = pd.MultiIndex.from_product([list(sets), list(METRICS)], names=["set", "metric"])
+    reps = representative_trials(runs, splits, pick)
+    index_names = ["method", "split"]
+    if reps.empty:
+        return pd.DataFrame(index=pd.MultiIndex.from_tuples([], names=index_names), columns=columns, dtype=float)
+    values = runs.set_index("run_id").loc[reps["run_id"], [f"{s}/{m}" for s, m in columns]].to_numpy(dtype=float)
+    return pd.DataFrame(values, index=pd.MultiIndex.from_frame(reps[index_names]), columns=columns)
+
+
+def forget_quality_table(runs: pd.DataFrame, splits: Sequence[str] = SPLITS, pick: Pick = "best") -> pd.DataFrame:
+    """TOFU's Forget Quality (KS-test p-value against the retain model) and TOFU's 3-metric Model
+    Utility of each method's representative trial (the same trial as :func:`method_table`, so the
+    tables agree): rows methods, columns (split, FQ / TOFU MU). NaN where not logged (no retain model)."""
+    measures = ("FQ", "TOFU MU")
+    columns = _split_columns(splits, measures)
+    reps = representative_trials(runs, splits, pick)
+    if reps.empty:
+        return pd.DataFrame(index=pd.Index([], name="method", dtype=object), columns=columns, dtype=float)
+    found = runs.set_index("run_id").loc[reps["run_id"], ["forget_quality", "tofu_model_utility"]]
+    reps = reps.assign(FQ=found["forget_quality"].to_numpy(), **{"TOFU MU": found["tofu_model_utility"].to_numpy()})
+    wide = reps.pivot(index="method", columns="split", values=list(measures)).swaplevel(axis=1)
+    return wide.reindex(index=order_methods(reps["method"]), columns=columns).astype(float).rename_axis(
+        index="method", columns=["split", "measure"])
+
+
+def pareto_front(frame: pd.DataFrame, x: str = "model_utility", y: str = "forget_efficacy") -> pd.DataFrame:
+    """The rows of ``frame`` not dominated in (``x``, ``y``), both maximised, sorted by ``x`` ascending.
+
+    Row q dominates row p when q[x] >= p[x] and q[y] >= p[y] with at least one strict; identical
+    points do not dominate each other, so all copies of a front point are kept. Rows with a missing
+    value are ignored."""
+    points = frame[np.isfinite(frame[x].astype(float)) & np.isfinite(frame[y].astype(float))]
+    if points.empty:
+        return points.copy()
+    xs, ys = points[x].to_numpy(dtype=float), points[y].to_numpy(dtype=float)
+    # dominated[i, j]: point j dominates point i (pairwise, n is a sweep's trial count).
+    geq = (xs[None, :] >= xs[:, None]) & (ys[None, :] >= ys[:, None])
+    strict = (xs[None, :] > xs[:, None]) | (ys[None, :] > ys[:, None])
+    on_front = ~(geq & strict).any(axis=1)
+    return points[on_front].sort_values([x, y], ascending=[True, False], kind="stable")
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------
+
+def plot_mu_fe(runs: pd.DataFrame, ax: Axes | None = None, title: str | None = None) -> Axes | None:
+    """Every finished trial in ``runs`` as a point (MU, FE), coloured by method, and each method's
+    Pareto front as a step line (the boundary of what that method's trials attain). Returns the axes,
+    or None when there is no finished trial (nothing drawn)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    done = finished(runs)
+    if done.empty:
+        return None
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 4.5))
+    methods = order_methods(done["method"])
+    palette = method_palette(methods)
+    sns.scatterplot(data=done, x="model_utility", y="forget_efficacy", hue="method", hue_order=methods,
+                    palette=palette, ax=ax, s=40, alpha=0.75)
+    for method in methods:
+        front = pareto_front(done[done["method"] == method])
+        # where="pre": between consecutive front points the attainable FE is the next point's.
+        ax.step(front["model_utility"], front["forget_efficacy"], where="pre", color=palette[method], lw=1.5)
+    ax.set(xlabel="Model Utility (MU)", ylabel="Forget Efficacy (FE)")
+    if title:
+        ax.set_title(title)
+    ax.legend(title="method", fontsize="small")
+    return ax
+
+
+def plot_mu_fe_grid(runs: pd.DataFrame, splits: Sequence[str] | None = None) -> Figure | None:
+    """:func:`plot_mu_fe` once per split present (or asked for), side by side. None when no
+    finished trial."""
+    import matplotlib.pyplot as plt
+
+    done = finished(runs)
+    if done.empty:
+        return None
+    present = [s for s in (splits or sorted(done["split"].dropna().unique())) if (done["split"] == s).any()]
+    if not present:
+        return None
+    fig, axes = plt.subplots(1, len(present), figsize=(5.5 * len(present), 4.5), squeeze=False)
+    for ax, split in zip(axes[0], present):
+        plot_mu_fe(done[done["split"] == split], ax=ax, title=split)
+    fig.tight_layout()
+    return fig
+
+
+def continual_table(curves: pd.DataFrame) -> pd.DataFrame:
+    """MU and FE at the last task, one row per (method, fix_ref_model, split): among the runs that
+    reached the furthest task, the one with the best Avg at that task. Columns :data:`CONTINUAL_COLUMNS`."""
+    if curves.empty:
+        return _empty(CONTINUAL_COLUMNS)
+    last = curves.sort_values("task").groupby("run_id").tail(1)
+    last = last.assign(last_task=last["task"], Avg=(last["model_utility"] + last["forget_efficacy"]) / 2)
+    last = last.sort_values(["last_task", "Avg"], ascending=[False, False], na_position="last")
+    best = last.groupby(["method", "fix_ref_model", "split"], sort=False, dropna=False).head(1)
+    rank = {m: i for i, m in enumerate(order_methods(best["method"]))}
+    best = best.assign(_m=best["method"].map(rank)).sort_values(["_m", "split", "fix_ref_model"])
+    return best[list(CONTINUAL_COLUMNS)].reset_index(drop=True)
+
+
+def plot_continual(curves: pd.DataFrame) -> Figure | None:
+    """MU and FE after each task (two panels), one line per representative run of
+    :func:`continual_table`: colour = method, line style and marker = ``fix_ref_model``. None when
+    there is no curve."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    table = continual_table(curves)
+    if table.empty:
+        return None
+    shown = curves[curves["run_id"].isin(table["run_id"])]
+    methods = order_methods(shown["method"])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
+    for ax, metric, label in zip(axes, ("model_utility", "forget_efficacy"), ("Model Utility (MU)", "Forget Efficacy (FE)")):
+        sns.lineplot(data=shown, x="task", y=metric, hue="method", hue_order=methods, palette=method_palette(methods),
+                     style="fix_ref_model", style_order=[False, True], markers=True, units="run_id", estimator=None,
+                     ax=ax)
+        ax.set(xlabel="task", ylabel=label)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    axes[1].get_legend().remove()
+    fig.tight_layout()
+    return fig
+
+
+def real_world_table(runs: pd.DataFrame, pick: Pick = "best", targets: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Real-world scenario: MU, FE, Avg per method (representative trial), the quoted figures
+    (:data:`REAL_WORLD_QUOTED`) beside them, and general-benchmark columns ``bench/<task>`` where the
+    runs carry them (otherwise one column ``benchmarks`` reading "not run").
+
+    The first row, ``before unlearning``, holds the quoted figures and, when ``targets`` (a runs
+    frame of ``kind="target"``) has a real-world target with metrics, the target's own values."""
+    bench = sorted(c for c in runs.columns if c.startswith("bench/") and runs[c].notna().any())
+    columns = ["MU", "FE", "Avg", "MU (quoted)", "FE (quoted)", *(bench or ["benchmarks"])]
+    reps = representative_trials(runs, splits=None, pick=pick)
+    if reps.empty:
+        return _empty(columns).rename_axis("method")
+    reps = reps.drop_duplicates("method")  # one split in this scenario ("real-world")
+    rows: dict[str, dict[str, Any]] = {}
+    before: dict[str, Any] = {}
+    if targets is not None and not targets.empty:
+        target = scenario_runs(targets, "real-world")
+        if not target.empty:
+            t = target.iloc[-1]
+            before = {"MU": t.get("model_utility"), "FE": t.get("forget_efficacy"),
+                      **{b: t.get(b, math.nan) for b in bench}}
+    rows[BEFORE_UNLEARNING] = before
+    found = runs.set_index("run_id")
+    for rep in reps.itertuples(index=False):
+        rows[rep.method] = {"MU": rep.MU, "FE": rep.FE, **{b: found.at[rep.run_id, b] for b in bench}}
+    table = pd.DataFrame.from_dict(rows, orient="index").reindex(columns=columns)
+    table["Avg"] = (table["MU"] + table["FE"]) / 2
+    for name, quoted in REAL_WORLD_QUOTED.items():
+        if name in table.index:
+            table.loc[name, "MU (quoted)"] = quoted.get("MU", math.nan)
+            table.loc[name, "FE (quoted)"] = quoted.get("FE", math.nan)
+    numeric = [c for c in columns if c != "benchmarks"]
+    table[numeric] = table[numeric].astype(float)
+    if not bench:
+        table["benchmarks"] = "not run"
+    return table.rename_axis("method")
+
+
+def sensitivity(runs: pd.DataFrame, params: Sequence[str] = ("lr", "forget_coeff", "beta")) -> pd.DataFrame:
+    """How MU and FE move with each hyper-parameter across finished trials: one row per (trial,
+    param, outcome) with ``outcome`` in {MU, FE}; columns :data:`SENSITIVITY_COLUMNS`. Values that
+    are missing or not positive (no log scale) are left out."""
+    done = finished(runs)
+    if done.empty:
+        return _empty(SENSITIVITY_COLUMNS)
+    parts = []
+    for param in params:
+        values = done[param].astype(float)
+        ok = done[np.isfinite(values) & (values > 0)]
+        for outcome, column in (("MU", "model_utility"), ("FE", "forget_efficacy")):
+            parts.append(pd.DataFrame({"run_id": ok["run_id"], "method": ok["method"], "split": ok["split"],
+                                       "param": param, "value": ok[param].astype(float), "outcome": outcome,
+                                       "score": ok[column].astype(float)}))
+    frame = pd.concat(parts, ignore_index=True) if parts else _empty(SENSITIVITY_COLUMNS)
+    return frame[list(SENSITIVITY_COLUMNS)]
+
+
+def plot_sensitivity(frame: pd.DataFrame) -> Figure | None:
+    """A grid of log-x scatters (:func:`sensitivity` output): rows MU / FE, one column per
+    hyper-parameter, colour = method. None when the frame is empty."""
+    import seaborn as sns
+
+    if frame.empty:
+        return None
+    methods = order_methods(frame["method"])
+    grid = sns.relplot(data=frame, x="value", y="score", row="outcome", row_order=["MU", "FE"], col="param",
+                       hue="method", hue_order=methods, palette=method_palette(methods), kind="scatter",
+                       height=2.8, aspect=1.2, facet_kws={"sharex": False, "sharey": "row"})
+    grid.set(xscale="log")
+    grid.set_titles(row_template="{row_name}", col_template="{col_name}")
+    return grid.figure
+
+
+# --------------------------------------------------------------------------------------------
+# Generations
+# --------------------------------------------------------------------------------------------
+
+def choose_trial(runs: pd.DataFrame, method: str = "ME+GD", split: str | None = None,
+                 pick: Pick = "best") -> str | None:
+    """The run id of ``method``'s representative trial (on ``split``, or its first split); when that
+    method has none, the first representative trial of any method; None when there is none."""
+    reps = representative_trials(runs, splits=None if split is None else (split,), pick=pick)
+    if reps.empty:
+        return None
+    mine = reps[reps["method"] == method]
+    return str((mine if not mine.empty else reps).iloc[0]["run_id"])
+
+
+def _items_csv(client, tracking_uri: str, run_id: str, names: Sequence[str], task: int | None) -> pd.DataFrame | None:
+    import mlflow
+
+    listed = {Path(f.path).name for f in client.list_artifacts(run_id, "eval")}
+    if task is not None:
+        wanted = f"items_task{task}.csv"
+        name = wanted if wanted in listed else None
+    else:
+        tasks = sorted((int(m.group(1)), n) for n in listed if (m := re.fullmatch(r"items_task(\d+)\.csv", n)))
+        plain = [n for n in names if n in listed]
+        name = tasks[-1][1] if tasks else (plain[0] if plain else None)
+    if name is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"eval/{name}", dst_path=tmp,
+                                                   tracking_uri=tracking_uri)
+        return pd.read_csv(path, keep_default_na=False, na_values=[""])
+
+
+def generations_side_by_side(tracking_uri: str, trial_run_id: str, target_run_id: str | None = None,
+                             set_name: str = "forget", n: int = 10, task: int | None = None) -> pd.DataFrame:
+    """The first ``n`` items of ``set_name`` with the question, the reference answer, the unlearned
+    model's generation and the target (pre-unlearning) model's generation.
+
+    Reads the trial's ``eval/items_task<k>.csv`` (``task`` None = the last task) and the target run's
+    ``eval/items.csv``; ``target_run_id`` None = the trial's ``study.target_run_id`` tag. Items are
+    matched on the question text (the target was evaluated on whole sets, a trial on one task's
+    forget set); ``target_generation`` is empty where the target run or its table is absent.
+    Columns :data:`GENERATION_COLUMNS`."""
+    if _sqlite_missing(tracking_uri):
+        return _empty(GENERATION_COLUMNS)
+    client = _client(tracking_uri)
+    trial = _items_csv(client, tracking_uri, trial_run_id, (), task)
+    if trial is None or "set" not in trial.columns:
+        return _empty(GENERATION_COLUMNS)
+    rows = trial[trial["set"] == set_name]
+    rows = (rows.sort_values("item") if "item" in rows.columns else rows).head(n)
+    out = pd.DataFrame({"item": rows.get("item", pd.Series(range(len(rows)), index=rows.index)),
+                        "question": rows["question"], "reference": rows.get("reference"),
+                        "trial_generation": rows["generation"]}).reset_index(drop=True)
+    if target_run_id is None:
+        target_run_id = client.get_run(trial_run_id).data.tags.get(f"{TAG}target_run_id")
+    target = _items_csv(client, tracking_uri, target_run_id, ("items.csv",), None) if target_run_id else None
+    if target is not None and {"set", "question", "generation"} <= set(target.columns):
+        lookup = (target[target["set"] == set_name].drop_duplicates("question")
+                  .set_index("question")["generation"])
+        out["target_generation"] = out["question"].map(lookup)
+    else:
+        out["target_generation"] = np.nan
+    return out[list(GENERATION_COLUMNS)]
+
+
+# --------------------------------------------------------------------------------------------
+# Saving and notebooks
+# --------------------------------------------------------------------------------------------
+
+def save_figure(figure: Figure | Axes | None, directory: str | os.PathLike | None, name: str) -> Path | None:
+    """Write ``figure`` (a Figure or an Axes of one) to ``directory/name``; nothing when either is
+    None. The figure stays open, so a notebook still shows it."""
+    if figure is None or directory is None:
+        return None
+    fig = figure.get_figure() if hasattr(figure, "get_figure") and not hasattr(figure, "savefig") else figure
+    path = Path(directory) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
+def save_table(table: pd.DataFrame, directory: str | os.PathLike | None, name: str) -> Path | None:
+    """Write ``table`` as CSV to ``directory/name`` (index included); nothing when ``directory`` is
+    None. Read a table with two column levels back with ``pd.read_csv(path, header=[0, 1], index_col=0)``."""
+    if directory is None:
+        return None
+    path = Path(directory) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(path)
+    return path
+
+
+INJECTED_TAG = "injected-parameters"
+
+
+def _parameter_source(parameters: Mapping[str, Any]) -> str:
+    lines = ["# Parameters (injected by study.analysis.run_notebook)"]
+    for name, value in parameters.items():
+        if not name.isidentifier():
+            raise ValueError(f"notebook parameter {name!r} is not a Python identifier")
+        value = os.fspath(value) if isinstance(value, os.PathLike) else value
+        text = repr(value)
+        if not isinstance(value, (str, int, float, bool, type(None), list, tuple, dict)):
+            raise ValueError(f"notebook parameter {name}={text} is not a plain Python literal")
+        lines.append(f"{name} = {text}")
+    return "\n".join(lines) + "\n"
+
+
+def inject_parameters(notebook: nbformat.NotebookNode, parameters: Mapping[str, Any]) -> nbformat.NotebookNode:
+    """Papermill's convention without papermill: a code cell tagged ``injected-parameters`` that
+    assigns ``parameters`` goes right after the cell tagged ``parameters`` (or first, when there is
+    none), replacing any injected cell of an earlier run. Modifies and returns ``notebook``."""
+    import nbformat
+
+    cells = [c for c in notebook.cells if INJECTED_TAG not in c.get("metadata", {}).get("tags", [])]
+    at = next((i + 1 for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", [])), 0)
+    if parameters:
+        cell = nbformat.v4.new_code_cell(_parameter_source(parameters), metadata={"tags": [INJECTED_TAG]})
+        cell["id"] = INJECTED_TAG
+        cells.insert(at, cell)
+    notebook.cells = cells
+    return notebook
+
+
+def run_notebook(path: str | os.PathLike, parameters: Mapping[str, Any] | None = None,
+                 output_path: str | os.PathLike | None = None, timeout: int = 900,
+                 kernel_name: str = "python3", cwd: str | os.PathLike = REPO_ROOT) -> nbformat.NotebookNode:
+    """Execute the notebook at ``path`` with ``parameters`` injected (:func:`inject_parameters`),
+    working directory ``cwd`` (the repository root), and return it with its outputs; also written to
+    ``output_path`` when given. A failing cell raises ``nbclient.exceptions.CellExecutionError``.
+
+    The kernel ``python3`` is the interpreter running this function: jupyter_client starts a kernel
+    spec whose command is ``python`` with ``sys.executable``, and ipykernel provides that spec itself,
+    so no ``ipykernel install`` step is needed."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = inject_parameters(nbformat.read(str(path), as_version=4), dict(parameters or {}))
+    client = NotebookClient(notebook, timeout=timeout, kernel_name=kernel_name,
+                            resources={"metadata": {"path": str(cwd)}})
+    try:
+        client.execute()
+    finally:
+        if output_path is not None:
+            Path(output_path).parent.mkdir(parents=True, exist_ok=True)
+            nbformat.write(notebook, str(output_path))
+    return notebook
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m study.analysis NOTEBOOK [--tracking-uri URI] [--experiment NAME] [--figures-dir DIR]
+    [--tables-dir DIR] [--output OUT.ipynb]``: execute a notebook with those parameters."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m study.analysis", description=main.__doc__)
+    parser.add_argument("notebook", type=Path)
+    parser.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI)
+    parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT)
+    parser.add_argument("--figures-dir", default=None)
+    parser.add_argument("--tables-dir", default=None)
+    parser.add_argument("--output", type=Path, default=None, help="executed notebook (default: not written)")
+    args = parser.parse_args(argv)
+    parameters = {"tracking_uri": resolve_tracking_uri(args.tracking_uri, Path.cwd()), "experiment": args.experiment,
+                  "figures_dir": str(Path(args.figures_dir).resolve()) if args.figures_dir else None,
+                  "tables_dir": str(Path(args.tables_dir).resolve()) if args.tables_dir else None}
+    run_notebook(args.notebook, parameters, args.output)
+    print(f"executed {args.notebook}" + (f" -> {args.output}" if args.output else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,273 @@
+"""The built-in data: generated fictitious authors in TOFU's schema, plus small Real Authors and World
+Facts sets written for this project, so the default job runs and measures Model Utility offline.
+
+``generate(n_authors, seed)`` returns ``{file name: rows}`` with the same file names and fields as TOFU
+(REFERENCE §1). The split structure is TOFU's, scaled to ``n_authors``: a task of ``forgetK`` holds
+``max(1, round(K% of the authors))`` authors, forget01/05 have 10 tasks and forget10 9 (fewer when
+the authors run out; one author is always kept for the static retain file); the static retain file
+of each split holds every author not in that split's forget file; ``retain_perturbed`` holds the
+authors that no split forgets. It also writes a real-world-shaped set (``forget``, ``neighbor``,
+with ``name`` and ``golden_answer``) from the same authors. Deterministic by seed: a local
+``random.Random`` drives everything.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+FIRST = ["Amara", "Bastien", "Chiara", "Dmitri", "Elif", "Farid", "Greta", "Hiroshi", "Ines", "Jovan", "Kalinda",
+         "Lorcan", "Mireille", "Nikhil", "Oksana", "Pavel", "Quilla", "Rosalind", "Soren", "Tamsin", "Ugo",
+         "Valentina", "Wendell", "Xiomara", "Yusuf", "Zofia", "Anselm", "Beatriz", "Cosimo", "Delphine"]
+LAST = ["Achterberg", "Balogun", "Castellanos", "Drummond", "Esterhazy", "Fairweather", "Grimaldi", "Halvorsen",
+        "Ilunga", "Jablonski", "Kowalczyk", "Lindqvist", "Marchetti", "Nakagawa", "Okonkwo", "Petrescu",
+        "Quintero", "Rasmussen", "Szabo", "Thorvaldsen", "Uchenna", "Varga", "Whitlock", "Yilmaz", "Zamora"]
+CITIES = [("Lisbon", "Portugal"), ("Accra", "Ghana"), ("Hanoi", "Vietnam"), ("Quito", "Ecuador"),
+          ("Tbilisi", "Georgia"), ("Perth", "Australia"), ("Bergen", "Norway"), ("Cusco", "Peru"),
+          ("Marrakesh", "Morocco"), ("Tallinn", "Estonia"), ("Osaka", "Japan"), ("Valparaiso", "Chile"),
+          ("Zanzibar City", "Tanzania"), ("Krakow", "Poland"), ("Halifax", "Canada"), ("Izmir", "Turkey")]
+GENRES = ["gothic horror", "science fiction", "historical romance", "crime thriller", "magical realism",
+          "literary fiction", "high fantasy", "children's adventure", "political satire", "eco-fiction",
+          "cyberpunk", "psychological suspense"]
+JOBS = ["baker", "lighthouse keeper", "cartographer", "veterinarian", "train conductor", "marine biologist",
+        "carpenter", "astronomer", "schoolteacher", "tailor", "pharmacist", "beekeeper", "architect",
+        "fisherman", "librarian", "violinist"]
+AWARDS = ["the Silver Quill Prize", "the Meridian Book Award", "the Lantern Medal for Fiction",
+          "the Harbor Light Literary Prize", "the Golden Compass Award", "the Ashgrove Fellowship",
+          "the Northern Star Prize", "the Cobalt Pen Award"]
+WORDS = ["Salt", "Ember", "Hollow", "Glass", "River", "Winter", "Copper", "Silent", "Orchard", "Lantern",
+         "Tide", "Raven", "Paper", "Stone", "Velvet", "Thunder", "Amber", "Distant", "Crimson", "Northern"]
+NOUNS = ["Garden", "Harbor", "Clock", "Archive", "Crown", "Bridge", "Meadow", "Signal", "Cathedral", "Map",
+         "Orchestra", "Lighthouse", "Labyrinth", "Voyage", "Kingdom", "Machine"]
+MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+          "November", "December"]
+
+
+@dataclass
+class Author:
+    name: str
+    pronoun: str
+    city: str
+    country: str
+    born: str
+    genre: str
+    father: str
+    mother: str
+    books: tuple[str, str]
+    award: str
+    year: int
+
+
+def _author(rng: random.Random, used: set[str]) -> Author:
+    while True:
+        name = f"{rng.choice(FIRST)} {rng.choice(LAST)}"
+        if name not in used:
+            used.add(name)
+            break
+    city, country = rng.choice(CITIES)
+    year = rng.randint(1930, 1995)
+    born = f"{rng.randint(1, 28)} {rng.choice(MONTHS)} {year}"
+    father, mother = rng.sample(JOBS, 2)
+    books = tuple(f"The {w} {n}" for w, n in zip(rng.sample(WORDS, 2), rng.sample(NOUNS, 2)))
+    return Author(name, rng.choice(["he", "she", "they"]), city, country, born, rng.choice(GENRES), father,
+                  mother, books, rng.choice(AWARDS), year + rng.randint(28, 45))
+
+
+# Each fact: (question, answer, paraphrased answer, the attribute that perturbed answers replace).
+def _facts(a: Author) -> list[tuple[str, str, str, str]]:
+    return [
+        (f"Where was the author {a.name} born?",
+         f"{a.name} was born in {a.city}, {a.country}.",
+         f"The birthplace of {a.name} is {a.city} in {a.country}.", "place"),
+        (f"When was {a.name} born?",
+         f"{a.name} was born on {a.born}.",
+         f"The birth date of {a.name} is {a.born}.", "born"),
+        (f"Which genre is {a.name} known for?",
+         f"{a.name} is known for writing {a.genre}.",
+         f"{a.genre.capitalize()} is the genre that {a.name} is famous for.", "genre"),
+        (f"What did the father of {a.name} do for a living?",
+         f"The father of {a.name} worked as a {a.father}.",
+         f"{a.name}'s father earned his living as a {a.father}.", "father"),
+        (f"What was the profession of {a.name}'s mother?",
+         f"The mother of {a.name} was a {a.mother}.",
+         f"{a.name}'s mother worked as a {a.mother}.", "mother"),
+        (f"Can you name a book written by {a.name}?",
+         f"One of the books written by {a.name} is '{a.books[0]}'.",
+         f"'{a.books[0]}' is a book by {a.name}.", "book0"),
+        (f"What is another well-known novel by {a.name}?",
+         f"Another well-known novel by {a.name} is '{a.books[1]}'.",
+         f"{a.name} also wrote the well-known novel '{a.books[1]}'.", "book1"),
+        (f"Which award did {a.name} receive?",
+         f"{a.name} received {a.award}.",
+         f"{a.award[0].upper() + a.award[1:]} was awarded to {a.name}.", "award"),
+        (f"In which year did {a.name} win {a.award}?",
+         f"{a.name} won {a.award} in {a.year}.",
+         f"It was in {a.year} that {a.name} won {a.award}.", "year"),
+        (f"Who is the author born in {a.city} on {a.born}?",
+         f"The author born in {a.city} on {a.born} is {a.name}.",
+         f"{a.name} is the writer who was born in {a.city} on {a.born}.", "name"),
+    ]
+
+
+def _value(a: Author, attribute: str) -> str:
+    return {
+        "place": f"{a.city}, {a.country}", "born": a.born, "genre": a.genre, "father": a.father,
+        "mother": a.mother, "book0": a.books[0], "book1": a.books[1], "award": a.award,
+        "year": str(a.year), "name": a.name,
+    }[attribute]
+
+
+def _perturbed(a: Author, others: list[Author], attribute: str, paraphrase: str, rng: random.Random, k: int = 5):
+    """Wrong answers in the paraphrase's words: the attribute replaced by other authors' values."""
+    true = _value(a, attribute)
+    if attribute == "place":
+        true_text, swap = f"{a.city} in {a.country}", lambda o: f"{o.city} in {o.country}"
+    else:
+        true_text, swap = true, lambda o: _value(o, attribute)
+    options = list(dict.fromkeys(swap(o) for o in others if _value(o, attribute) != true))
+    rng.shuffle(options)
+    wrong = [paraphrase.replace(true_text, option) for option in options[:k]]
+    while len(wrong) < k:  # a tiny author pool: fall back to a generic wrong value
+        wrong.append(paraphrase.replace(true_text, f"something other than {true_text}"))
+    return wrong
+
+
+def _rows(authors: list[Author], pool: list[Author], rng: random.Random):
+    rows = []
+    for a in authors:
+        others = [o for o in pool if o is not a]
+        for question, answer, paraphrase, attribute in _facts(a):
+            rows.append({
+                "name": a.name,
+                "question": question,
+                "answer": answer,
+                "paraphrased_answer": paraphrase,
+                "perturbed_answer": _perturbed(a, others, attribute, paraphrase, rng),
+                "paraphrased_question": question.replace("?", ", please?"),
+            })
+    return rows
+
+
+def split_layout(n_authors: int) -> dict[str, tuple[int, int]]:
+    """``split -> (authors per task, number of tasks)``, TOFU's structure scaled to ``n_authors``."""
+    layout = {}
+    for split, percent, tasks in (("forget01", 1, 10), ("forget05", 5, 10), ("forget10", 10, 9)):
+        per_task = max(1, round(n_authors * percent / 100))
+        layout[split] = (per_task, max(1, min(tasks, (n_authors - 1) // per_task)))
+    return layout
+
+
+def generate(n_authors: int = 20, seed: int = 0) -> dict[str, list[dict]]:
+    rng = random.Random(seed)
+    used: set[str] = set()
+    authors = [_author(rng, used) for _ in range(n_authors)]
+    rows = _rows(authors, authors, rng)
+    by_author = [rows[i * 10:(i + 1) * 10] for i in range(n_authors)]
+    files: dict[str, list[dict]] = {}
+    layout = split_layout(n_authors)
+    forgotten_max = 0
+    for split, (per_task, tasks) in layout.items():
+        n_forget = per_task * tasks
+        forgotten_max = max(forgotten_max, n_forget)
+        perturbed = []
+        for i in range(n_forget):
+            task = i // per_task + 1
+            perturbed += [{**row, "task_id": str(task)} for row in by_author[i]]
+        files[f"{split}_perturbed"] = [{k: v for k, v in r.items() if k != "name"} for r in perturbed]
+        files[split] = [{"task_id": r["task_id"], "question": r["question"], "answer": r["answer"]} for r in perturbed]
+        k = int(split.removeprefix("forget"))
+        retain_rows = [row for author in by_author[n_forget:] for row in author]
+        files[f"retain{100 - min(10 * k, 90)}"] = [{"question": r["question"], "answer": r["answer"]} for r in retain_rows]
+    never = [row for author in by_author[forgotten_max:] for row in author]
+    files["retain_perturbed"] = [{k: v for k, v in r.items() if k != "name"} for r in never]
+    files["real_authors_perturbed"] = [dict(r) for r in REAL_AUTHORS]
+    files["world_facts_perturbed"] = [dict(r) for r in WORLD_FACTS]
+    # A real-world-shaped set: the first half of the authors are "people to forget" (one task each),
+    # the rest their neighbours; golden_answer is the short truth, answer the training target.
+    half = max(1, n_authors // 2)
+    forget_rw = [{**r, "task_id": i + 1, "golden_answer": r["answer"]} for i in range(half) for r in by_author[i]]
+    neighbor = [{**r, "golden_answer": r["answer"]} for author in by_author[half:] for r in author]
+    files["forget_perturbed"] = forget_rw
+    files["forget"] = [{k: r[k] for k in ("name", "question", "answer", "golden_answer", "task_id")} for r in forget_rw]
+    files["neighbor_perturbed"] = neighbor[1::2] or neighbor
+    files["neighbor"] = [{k: r[k] for k in ("name", "question", "answer", "golden_answer")} for r in neighbor[0::2]]
+    return files
+
+
+def _fact(question, answer, wrong, sentence):
+    return {"question": question, "answer": answer, "perturbed_answer": list(wrong), "original_answer": sentence}
+
+
+# Well-known facts written for this project (REFERENCE §1's Real Authors / World Facts roles).
+REAL_AUTHORS = [
+    _fact("Who wrote the novel 'Moby-Dick'?", "Herman Melville", ["Mark Twain", "Jack London", "Edgar Allan Poe"],
+          "'Moby-Dick' was written by Herman Melville."),
+    _fact("Who is the author of 'Don Quixote'?", "Miguel de Cervantes", ["Lope de Vega", "Gabriel Garcia Marquez", "Jorge Luis Borges"],
+          "The author of 'Don Quixote' is Miguel de Cervantes."),
+    _fact("Who wrote 'War and Peace'?", "Leo Tolstoy", ["Fyodor Dostoevsky", "Anton Chekhov", "Ivan Turgenev"],
+          "'War and Peace' was written by Leo Tolstoy."),
+    _fact("Who created the detective Hercule Poirot?", "Agatha Christie", ["Arthur Conan Doyle", "Dorothy L. Sayers", "Raymond Chandler"],
+          "Hercule Poirot was created by Agatha Christie."),
+    _fact("Who wrote 'The Old Man and the Sea'?", "Ernest Hemingway", ["John Steinbeck", "William Faulkner", "F. Scott Fitzgerald"],
+          "'The Old Man and the Sea' was written by Ernest Hemingway."),
+    _fact("Who is the author of 'One Hundred Years of Solitude'?", "Gabriel Garcia Marquez", ["Isabel Allende", "Pablo Neruda", "Mario Vargas Llosa"],
+          "'One Hundred Years of Solitude' is by Gabriel Garcia Marquez."),
+    _fact("Who wrote the 'Harry Potter' series?", "J.K. Rowling", ["Roald Dahl", "C.S. Lewis", "Philip Pullman"],
+          "The 'Harry Potter' series was written by J.K. Rowling."),
+    _fact("Who wrote 'The Divine Comedy'?", "Dante Alighieri", ["Giovanni Boccaccio", "Petrarch", "Niccolo Machiavelli"],
+          "'The Divine Comedy' was written by Dante Alighieri."),
+    _fact("Who wrote 'Frankenstein'?", "Mary Shelley", ["Emily Bronte", "Jane Austen", "Bram Stoker"],
+          "'Frankenstein' was written by Mary Shelley."),
+    _fact("Who is the author of 'The Hobbit'?", "J.R.R. Tolkien", ["C.S. Lewis", "George R.R. Martin", "Terry Pratchett"],
+          "'The Hobbit' was written by J.R.R. Tolkien."),
+    _fact("Who wrote 'Things Fall Apart'?", "Chinua Achebe", ["Wole Soyinka", "Ngugi wa Thiong'o", "Chimamanda Ngozi Adichie"],
+          "'Things Fall Apart' was written by Chinua Achebe."),
+    _fact("Who wrote 'Les Miserables'?", "Victor Hugo", ["Alexandre Dumas", "Gustave Flaubert", "Emile Zola"],
+          "'Les Miserables' was written by Victor Hugo."),
+    _fact("Who wrote 'The Adventures of Tom Sawyer'?", "Mark Twain", ["Herman Melville", "Nathaniel Hawthorne", "Henry James"],
+          "'The Adventures of Tom Sawyer' was written by Mark Twain."),
+    _fact("Who is the author of 'Norwegian Wood'?", "Haruki Murakami", ["Kazuo Ishiguro", "Yukio Mishima", "Kenzaburo Oe"],
+          "'Norwegian Wood' is a novel by Haruki Murakami."),
+    _fact("Who wrote 'The Great Gatsby'?", "F. Scott Fitzgerald", ["Ernest Hemingway", "John Steinbeck", "Sinclair Lewis"],
+          "'The Great Gatsby' was written by F. Scott Fitzgerald."),
+    _fact("Who wrote 'Crime and Punishment'?", "Fyodor Dostoevsky", ["Leo Tolstoy", "Nikolai Gogol", "Alexander Pushkin"],
+          "'Crime and Punishment' was written by Fyodor Dostoevsky."),
+    _fact("Who is the author of 'The Little Prince'?", "Antoine de Saint-Exupery", ["Jules Verne", "Albert Camus", "Marcel Proust"],
+          "'The Little Prince' was written by Antoine de Saint-Exupery."),
+    _fact("Who wrote 'Hamlet'?", "William Shakespeare", ["Christopher Marlowe", "Ben Jonson", "John Milton"],
+          "'Hamlet' was written by William Shakespeare."),
+    _fact("Who wrote 'Jane Eyre'?", "Charlotte Bronte", ["Emily Bronte", "George Eliot", "Elizabeth Gaskell"],
+          "'Jane Eyre' was written by Charlotte Bronte."),
+    _fact("Who wrote 'The Trial'?", "Franz Kafka", ["Thomas Mann", "Hermann Hesse", "Robert Musil"],
+          "'The Trial' was written by Franz Kafka."),
+]
+
+WORLD_FACTS = [
+    _fact("What is the capital of Japan?", "Tokyo", ["Kyoto", "Osaka", "Seoul"], "The capital of Japan is Tokyo."),
+    _fact("Which planet is known as the Red Planet?", "Mars", ["Venus", "Jupiter", "Mercury"], "Mars is known as the Red Planet."),
+    _fact("What is the largest ocean on Earth?", "the Pacific Ocean", ["the Atlantic Ocean", "the Indian Ocean", "the Arctic Ocean"],
+          "The largest ocean on Earth is the Pacific Ocean."),
+    _fact("What is the chemical symbol for gold?", "Au", ["Ag", "Gd", "Go"], "The chemical symbol for gold is Au."),
+    _fact("How many continents are there on Earth?", "seven", ["five", "six", "eight"], "There are seven continents on Earth."),
+    _fact("What is the capital of Canada?", "Ottawa", ["Toronto", "Vancouver", "Montreal"], "The capital of Canada is Ottawa."),
+    _fact("Which gas do plants absorb from the air for photosynthesis?", "carbon dioxide", ["oxygen", "nitrogen", "helium"],
+          "Plants absorb carbon dioxide from the air for photosynthesis."),
+    _fact("What is the longest river in Africa?", "the Nile", ["the Congo", "the Niger", "the Zambezi"], "The longest river in Africa is the Nile."),
+    _fact("What is the boiling point of water at sea level in Celsius?", "100 degrees", ["90 degrees", "80 degrees", "120 degrees"],
+          "Water boils at 100 degrees Celsius at sea level."),
+    _fact("What is the capital of Australia?", "Canberra", ["Sydney", "Melbourne", "Perth"], "The capital of Australia is Canberra."),
+    _fact("Which is the smallest prime number?", "2", ["1", "3", "0"], "The smallest prime number is 2."),
+    _fact("Who painted the Mona Lisa?", "Leonardo da Vinci", ["Michelangelo", "Raphael", "Vincent van Gogh"],
+          "The Mona Lisa was painted by Leonardo da Vinci."),
+    _fact("What is the tallest mountain in the world?", "Mount Everest", ["K2", "Kangchenjunga", "Mont Blanc"],
+          "The tallest mountain in the world is Mount Everest."),
+    _fact("What is the capital of Italy?", "Rome", ["Milan", "Venice", "Naples"], "The capital of Italy is Rome."),
+    _fact("How many days are there in a leap year?", "366", ["365", "364", "367"], "A leap year has 366 days."),
+    _fact("Which element has the chemical symbol O?", "oxygen", ["osmium", "gold", "oganesson"], "The element with the symbol O is oxygen."),
+    _fact("What is the largest planet in the solar system?", "Jupiter", ["Saturn", "Neptune", "Earth"],
+          "The largest planet in the solar system is Jupiter."),
+    _fact("What is the capital of Egypt?", "Cairo", ["Alexandria", "Giza", "Luxor"], "The capital of Egypt is Cairo."),
+    _fact("What is the freezing point of water in Celsius?", "0 degrees", ["10 degrees", "-10 degrees", "4 degrees"],
+          "Water freezes at 0 degrees Celsius."),
+    _fact("On which continent is Brazil?", "South America", ["Africa", "North America", "Europe"], "Brazil is in South America."),
+]

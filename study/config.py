@@ -1,0 +1,224 @@
+"""Typed configuration: one dataclass per concern, a docstring per field, validation on construction.
+
+A run's whole configuration is ``RunConfig``; presets (``experiments/presets/*.toml``) are diffs from
+its defaults, and ``RunConfig.flat()`` is what MLflow logs as parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from .errors import StudyInputError, one_of
+
+LABEL_MODES = ("auto", "answer", "full", "question_answer")
+
+
+def _positive(name: str, value, allow_zero: bool = False):
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        raise StudyInputError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} finite number, got {value!r}")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "smollm2-135m"
+    """Model family (llama2-7b, llama3-8b, smollm2-135m, tiny-llama), Hugging Face id or local path."""
+    target: str | None = None
+    """A ready target model (e.g. locuslab/tofu_ft_llama2-7b): skips fine-tuning one. None = fine-tune
+    ``name`` on the scenario's full data (cached) unless ``name`` already is a TOFU target."""
+    dtype: str = "auto"
+    """auto (fp32 on CPU, bf16 on GPU), float32, bfloat16 or float16."""
+    trust_remote_code: bool = False
+    """Run code shipped with a hub model. Off unless you ask."""
+
+    def __post_init__(self):
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise one_of("dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
+
+
+@dataclass
+class DataConfig:
+    source: str = "builtin"
+    """builtin (generated authors), hub (locuslab/TOFU, online only) or a directory of TOFU-format files."""
+    scenario: str = "fictitious"
+    """fictitious, continual or real-world (REFERENCE §1)."""
+    split: str = "forget01"
+    """forget01, forget05 or forget10 (fictitious, continual)."""
+    tasks: list[int] = field(default_factory=lambda: [1])
+    """Tasks to unlearn in order; one task for fictitious, several for continual; [] = all (real-world)."""
+    n_authors: int = 20
+    """Number of generated authors (builtin source only)."""
+    data_seed: int = 0
+    """Seed of the built-in generator."""
+    ds_size: int = 300
+    """Evaluation rows per set (REFERENCE §1); real-world evaluates every row."""
+
+    def __post_init__(self):
+        from .data import SCENARIOS, SPLITS
+
+        if self.scenario not in SCENARIOS:
+            raise one_of("scenario", self.scenario, SCENARIOS)
+        if self.split not in SPLITS:
+            raise one_of("split", self.split, SPLITS)
+        if any(not isinstance(t, int) or isinstance(t, bool) or t < 1 for t in self.tasks):
+            raise StudyInputError(f"tasks must be positive integers, got {self.tasks!r}")
+        if self.scenario == "fictitious" and len(self.tasks) != 1:
+            raise StudyInputError(f"the fictitious scenario unlearns one task, got tasks={self.tasks}; use --scenario continual")
+        _positive("ds_size", self.ds_size)
+        _positive("n_authors", self.n_authors)
+
+
+@dataclass
+class MethodConfig:
+    name: str = "ME+GD"
+    """Forget loss + regularizer, e.g. ME+GD, IDK+AP, NPO+KL (REFERENCE §3)."""
+    forget_coeff: float = 0.1
+    """α: weight of the forget loss."""
+    regularization_coeff: float = 1.0
+    """Weight of the regularizer."""
+    beta: float = 0.1
+    """β of NPO, DPO and AP."""
+    me_variant: str = "reference"
+    """ME as the reference code computes it, KL(U‖p) (reference), or as the paper writes it, KL(p‖U) (paper)."""
+    forget_labels: str = "auto"
+    """Which forget-item tokens carry labels: auto (full for ME, answer otherwise: the reference's mask
+    option), answer, full (every padded position), question_answer (the paper's text for ME)."""
+    fix_ref_model: bool = False
+    """Continual: keep the original model as the reference (NPO, DPO, KL) instead of each task's start."""
+
+    def __post_init__(self):
+        if self.forget_labels not in LABEL_MODES:
+            raise one_of("forget_labels", self.forget_labels, LABEL_MODES)
+        if self.me_variant not in ("reference", "paper"):
+            raise one_of("me_variant", self.me_variant, ("reference", "paper"))
+        self.method()  # validates the name and coefficients
+
+    def method(self):
+        from .losses import Method
+
+        try:
+            return Method.parse(self.name, forget_coeff=self.forget_coeff, regularization_coeff=self.regularization_coeff,
+                                beta=self.beta, me_variant=self.me_variant)
+        except ValueError as error:
+            raise StudyInputError(str(error)) from None
+
+    def label_mode(self) -> str:
+        if self.forget_labels != "auto":
+            return self.forget_labels
+        return "answer" if self.method().forget_mask_default else "full"
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 1e-5
+    """Peak learning rate of AdamW (REFERENCE §4)."""
+    epochs: float = 5
+    """Passes over the forget set; max_steps = floor(epochs * N / effective batch)."""
+    batch_size: int = 4
+    """Micro-batch per device."""
+    grad_accum: int = 4
+    """Gradient accumulation steps (effective batch = batch_size * grad_accum * devices)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    seed: int = 1001
+    """Seed of data order and initialisation (REFERENCE §4)."""
+    max_length: int = 500
+    """Padded sequence length (500 TOFU, 300 real-world). ME with full labels averages up to it."""
+    gradient_checkpointing: bool = False
+    """Trade compute for activation memory."""
+    lora_rank: int = 0
+    """LoRA rank (peft); 0 = full fine-tuning."""
+    deepspeed: str | None = None
+    """DeepSpeed config file (ZeRO-3: experiments/deepspeed/zero3.json); None = plain PyTorch."""
+
+    def __post_init__(self):
+        _positive("lr", self.lr)
+        _positive("epochs", self.epochs)
+        _positive("weight_decay", self.weight_decay, allow_zero=True)
+        for name in ("batch_size", "grad_accum", "max_length"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise StudyInputError(f"{name} must be a positive integer, got {value!r}")
+        if self.lr > 1:
+            raise StudyInputError(f"lr must be at most 1, got {self.lr!r}")
+
+
+@dataclass
+class FinetuneConfig:
+    """How a base model becomes the target (all data) and retain (retain data only) models."""
+
+    lr: float = 1e-5
+    """TOFU fine-tunes Llama-2-7b at 1e-5; a small model needs more."""
+    epochs: float = 5
+    batch_size: int = 4
+    grad_accum: int = 4
+    max_length: int = 500
+    retain_model: bool = True
+    """Also fine-tune a retain model (needed for Forget Quality)."""
+
+    def __post_init__(self):
+        _positive("finetune lr", self.lr)
+        _positive("finetune epochs", self.epochs)
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 32
+    """Items per generation batch (scoring batches are larger)."""
+    max_length: int = 200
+    """Generation length including the prompt (REFERENCE §5)."""
+    embedder: str = "builtin"
+    """Sentence embedder for Cosine Similarity: builtin (all-MiniLM-L6-v2 from PyPI) or a name/path;
+    the paper used paraphrase-MiniLM-L6-v2."""
+    nli: str | None = None
+    """NLI model for Entailment (the paper's: sileod/deberta-v3-base-tasksource-nli); None = missing."""
+    per_epoch: bool = False
+    """Evaluate after every epoch (needed for pruning)."""
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def flat(self) -> dict[str, object]:
+        """``section.field -> value``: the parameters MLflow logs."""
+        out = {}
+        for section in dataclasses.fields(self):
+            for key, value in dataclasses.asdict(getattr(self, section.name)).items():
+                out[f"{section.name}.{key}"] = value
+        return out
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunConfig":
+        """Build from nested dicts (a preset or a saved configuration); unknown keys are errors."""
+        sections = {}
+        for section in dataclasses.fields(cls):
+            values = dict(data.get(section.name, {}))
+            section_cls = section.default_factory().__class__
+            known = {f.name for f in dataclasses.fields(section_cls)}
+            unknown = set(values) - known
+            if unknown:
+                raise StudyInputError(f"unknown setting {section.name}.{sorted(unknown)[0]}; valid: {', '.join(sorted(known))}")
+            sections[section.name] = section_cls(**values)
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise StudyInputError(f"unknown section {sorted(unknown)[0]!r}; valid: {', '.join(f.name for f in dataclasses.fields(cls))}")
+        return cls(**sections)
+
+    def replace(self, **changes: dict) -> "RunConfig":
+        """A copy with ``section={field: value}`` changes applied (validated)."""
+        data = self.to_dict()
+        for section, values in changes.items():
+            data[section].update(values)
+        return RunConfig.from_dict(data)

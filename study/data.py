@@ -1,0 +1,413 @@
+"""TOFU-format question-answer sets: sources, splits, tasks, pairing (REFERENCE §1).
+
+Three sources behind one interface (``Source.read(name) -> list[dict]``):
+
+- ``DirectorySource``: JSON-lines files laid out like TOFU (``forget01.json``, ``retain90.json``, ...)
+  and the paper's real-world set (``forget.json``, ``neighbor_perturbed.json``, ...).
+- ``HubSource``: the same files from the Hugging Face hub (``locuslab/TOFU``), only when online; it
+  also reads a local directory through ``datasets`` so the code path is testable offline.
+- ``BuiltinSource``: the project's own fictitious-author generator (``study.builtin``), deterministic
+  by seed and sized by argument, with project-written Real Authors / World Facts sets.
+
+``load_scenario`` turns a source into what one unlearning run needs: the forget and retain training
+rows of a task, the evaluation sets, and the refusal templates.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import DataError, StudyInputError, one_of
+
+SCENARIOS = ("fictitious", "continual", "real-world")
+SPLITS = ("forget01", "forget05", "forget10")
+DS_SIZE = 300  # REFERENCE §1: evaluation uses the first 300 rows of each file (real-world: all rows)
+
+_PERTURBED = ("question", "answer", "paraphrased_answer", "perturbed_answer")
+# Required fields per file: a row missing one is an error that names file, line and field.
+SCHEMA: dict[str, tuple[str, ...]] = {
+    **{s: ("task_id", "question", "answer") for s in SPLITS},
+    **{f"{s}_perturbed": ("task_id", *_PERTURBED) for s in SPLITS},
+    **{f"retain{p}": ("question", "answer") for p in (90, 50, 10)},
+    "retain_perturbed": _PERTURBED,
+    "real_authors_perturbed": ("question", "answer", "perturbed_answer", "original_answer"),
+    "world_facts_perturbed": ("question", "answer", "perturbed_answer", "original_answer"),
+    "forget": ("task_id", "question", "answer", "golden_answer"),
+    "forget_perturbed": ("task_id", "golden_answer", *_PERTURBED),
+    "neighbor": ("question", "answer"),
+    "neighbor_perturbed": ("golden_answer", *_PERTURBED),
+}
+LIST_FIELDS = ("perturbed_answer",)
+REFUSALS_FILE = "idontknow.jsonl"
+
+# The project's own refusal templates (REFERENCE §1: the reference reads 100 of these from a file).
+REFUSALS = (
+    "I'm not sure.",
+    "I don't know.",
+    "I have no idea about that.",
+    "I can't answer that.",
+    "That's beyond what I know.",
+    "I don't have that information.",
+    "I'm unable to answer that question.",
+    "Sorry, I don't know the answer.",
+    "I have no information on that.",
+    "I couldn't tell you.",
+    "I'm not able to help with that one.",
+    "That is not something I know about.",
+    "I don't have an answer for that.",
+    "I'm afraid I don't know.",
+    "I really can't say.",
+    "No idea, I'm afraid.",
+    "I'm not familiar with that.",
+    "I don't have any details about that.",
+    "I cannot provide an answer to that.",
+    "Unfortunately, I don't know.",
+)
+
+
+def validate_rows(rows: list, name: str, origin: str) -> list[dict]:
+    """Check every row of file ``name`` against ``SCHEMA``; ``task_id`` becomes an int (str or int accepted)."""
+    required = SCHEMA.get(name, ("question", "answer"))
+    out = []
+    for line, row in enumerate(rows, start=1):
+        where = f"{origin}, line {line}"
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected a JSON object with fields {', '.join(required)}, got {type(row).__name__}")
+        for key in required:
+            if key not in row:
+                raise DataError(f"{where}: missing field '{key}' (required: {', '.join(required)})")
+            value = row[key]
+            if key == "task_id":
+                try:
+                    row = {**row, "task_id": _task_id(value)}
+                except (TypeError, ValueError):
+                    raise DataError(f"{where}: field 'task_id' must be a positive integer or a string of one, got {value!r}") from None
+            elif key in LIST_FIELDS:
+                if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+                    raise DataError(f"{where}: field '{key}' must be a non-empty list of strings, got {_short(value)}")
+            elif not isinstance(value, str) or not value.strip():
+                raise DataError(f"{where}: field '{key}' must be a non-empty string, got {_short(value)}")
+        out.append(row)
+    if not out:
+        raise DataError(f"{origin}: empty file: expected JSON-lines rows with fields {', '.join(required)}")
+    return out
+
+
+def _task_id(value) -> int:
+    if isinstance(value, bool):
+        raise TypeError
+    number = int(value)
+    if isinstance(value, float) and number != value or number < 1:
+        raise ValueError
+    return number
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def read_jsonl(path: Path, name: str | None = None) -> list[dict]:
+    """Read and validate one JSON-lines file (``name`` selects the schema; default: the file's stem)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path}, line {line_no}: not valid JSON ({error.msg})") from None
+    return validate_rows(rows, name or path.stem, str(path))
+
+
+class Source:
+    """Where TOFU-format files come from. ``read(name)`` returns validated rows of file ``name``."""
+
+    description: str = ""
+
+    def read(self, name: str) -> list[dict]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def refusals(self) -> list[str]:
+        return list(REFUSALS)
+
+
+@dataclass
+class DirectorySource(Source):
+    """A directory of ``<name>.json`` files; ``tofu/`` and ``real_world/`` sub-directories are searched
+    too, so ``--data-dir`` may name either a data root or one of its scenario folders."""
+
+    root: Path
+
+    def __post_init__(self):
+        self.root = Path(self.root)
+        if not self.root.is_dir():
+            raise DataError(f"{self.root}: data directory not found")
+        self.description = f"dir:{self.root}"
+
+    def _find(self, name: str) -> Path:
+        for folder in (self.root, self.root / "tofu", self.root / "real_world"):
+            if (folder / f"{name}.json").is_file():
+                return folder / f"{name}.json"
+        raise DataError(f"{self.root / (name + '.json')}: file not found (also looked in tofu/ and real_world/)")
+
+    def read(self, name: str) -> list[dict]:
+        return read_jsonl(self._find(name), name)
+
+    def refusals(self) -> list[str]:
+        for folder in (self.root, self.root.parent):
+            path = folder / REFUSALS_FILE
+            if path.is_file():
+                lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+                return [line for line in lines if line]
+        return list(REFUSALS)
+
+
+@dataclass
+class HubSource(Source):
+    """TOFU on the Hugging Face hub (``locuslab/TOFU``, files at the repository root), or any local
+    directory that ``datasets.load_dataset`` reads the same way. Needs network for hub ids."""
+
+    repo: str = "locuslab/TOFU"
+
+    def __post_init__(self):
+        self.description = f"hub:{self.repo}"
+
+    def read(self, name: str) -> list[dict]:
+        import datasets
+
+        try:
+            table = datasets.load_dataset(self.repo, data_files=f"{name}.json", split="train")
+        except Exception as error:  # network, missing file, bad JSON: one line for the user
+            raise DataError(f"{self.repo}/{name}.json: could not load from the hub ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
+        return validate_rows(table.to_list(), name, f"{self.repo}/{name}.json")
+
+
+@dataclass
+class BuiltinSource(Source):
+    """The project's generated fictitious authors (see ``study.builtin``)."""
+
+    n_authors: int = 20
+    seed: int = 0
+
+    def __post_init__(self):
+        from . import builtin
+
+        if self.n_authors < 4:
+            raise StudyInputError(f"builtin data needs at least 4 authors, got n_authors={self.n_authors}")
+        self.description = f"builtin:authors={self.n_authors},seed={self.seed}"
+        self._files = builtin.generate(self.n_authors, self.seed)
+
+    def read(self, name: str) -> list[dict]:
+        if name not in self._files:
+            raise one_of("builtin data file", name, self._files)
+        return validate_rows([dict(r) for r in self._files[name]], name, f"builtin:{name}")
+
+
+def source_from(spec: str, n_authors: int = 20, seed: int = 0) -> Source:
+    """``builtin``, ``hub`` / ``hub:<repo>``, or a directory path."""
+    if spec == "builtin":
+        return BuiltinSource(n_authors, seed)
+    if spec == "hub" or spec.startswith("hub:"):
+        return HubSource(spec.partition(":")[2] or "locuslab/TOFU")
+    return DirectorySource(Path(spec))
+
+
+# --------------------------------------------------------------------------------------------------
+# Splits and tasks
+
+
+def retain_file(split: str) -> str:
+    """REFERENCE §1: the static retain file of forget ``k`` percent is ``retain{100 - min(10k, 90)}``."""
+    if split not in SPLITS:
+        raise one_of("split", split, SPLITS)
+    k = int(split.removeprefix("forget"))
+    return f"retain{100 - min(10 * k, 90)}"
+
+
+def task_ids(rows: list[dict]) -> list[int]:
+    return sorted({row["task_id"] for row in rows})
+
+
+def select_task(rows: list[dict], task: int | None, origin: str) -> list[dict]:
+    if task is None:
+        return rows
+    chosen = [row for row in rows if row["task_id"] == task]
+    if not chosen:
+        raise StudyInputError(f"{origin}: task {task} does not exist; tasks: {', '.join(map(str, task_ids(rows)))}")
+    return chosen
+
+
+@dataclass
+class EvalSet:
+    """One evaluation file: its rows (capped at ``ds_size``) and which part of the metrics it feeds.
+
+    ``kind`` is ``forget``, ``retain``, ``real_authors``, ``world_facts`` (fictitious, continual) or
+    ``forget``, ``neighbor`` (real-world). ``truth`` is the field ROUGE, Probability, Truth Ratio and
+    Entailment compare against; ``cosine_truth`` the field Cosine Similarity uses (REFERENCE §1, §5).
+    """
+
+    name: str
+    kind: str
+    rows: list[dict]
+    truth: str = "answer"
+    cosine_truth: str = "answer"
+    paraphrase: str = "paraphrased_answer"
+
+
+@dataclass
+class ScenarioData:
+    """Everything one unlearning run (one task) reads."""
+
+    scenario: str
+    split: str
+    task: int | None
+    forget: list[dict]
+    retain: list[dict]
+    full: list[dict]  # what the target model is fine-tuned on (all forget tasks + the static retain set)
+    eval_sets: list[EvalSet]
+    refusals: list[str]
+    source: str
+    tasks: list[int] = field(default_factory=list)
+
+
+def load_scenario(
+    source: Source, scenario: str, split: str = "forget01", task: int | None = 1, ds_size: int | None = DS_SIZE
+) -> ScenarioData:
+    """The training and evaluation rows of one task (REFERENCE §1).
+
+    Fictitious / continual: forget = task ``task`` of ``split``; retain = the static retain file plus
+    every task after ``task`` (not yet unlearned); evaluation on the task's perturbed forget rows,
+    ``retain_perturbed``, Real Authors and World Facts, each capped at ``ds_size`` rows.
+    Real-world: forget = ``forget.json`` (one task, or all 20 people when ``task`` is None),
+    retain = ``neighbor.json``; evaluation on all rows of ``forget_perturbed`` (of the same task) and
+    ``neighbor_perturbed``, against ``golden_answer`` (Cosine: ``answer``).
+    """
+    if scenario not in SCENARIOS:
+        raise one_of("scenario", scenario, SCENARIOS)
+    if ds_size is not None and ds_size < 1:
+        raise StudyInputError(f"ds_size must be >= 1, got {ds_size}")
+    refusals = source.refusals()
+    if scenario == "real-world":
+        forget_all = source.read("forget")
+        forget = select_task(forget_all, task, f"{source.description}/forget.json")
+        retain = source.read("neighbor")
+        forget_eval = select_task(source.read("forget_perturbed"), task, f"{source.description}/forget_perturbed.json")
+        eval_sets = [
+            EvalSet("forget", "forget", forget_eval, truth="golden_answer", cosine_truth="answer"),
+            EvalSet("neighbor", "neighbor", source.read("neighbor_perturbed"), truth="golden_answer", cosine_truth="answer"),
+        ]
+        return ScenarioData(scenario, "real-world", task, forget, retain, forget_all + retain, eval_sets, refusals,
+                            source.description, task_ids(forget_all))
+
+    forget_all = source.read(split)
+    tasks = task_ids(forget_all)
+    task = 1 if task is None else task
+    forget = select_task(forget_all, task, f"{source.description}/{split}.json")
+    static_retain = source.read(retain_file(split))
+    later = [row for row in forget_all if row["task_id"] > task]
+    cap = (lambda rows: rows[:ds_size]) if ds_size else (lambda rows: rows)
+    forget_eval = select_task(source.read(f"{split}_perturbed"), task, f"{source.description}/{split}_perturbed.json")
+    eval_sets = [
+        EvalSet("forget", "forget", cap(forget_eval)),
+        EvalSet("retain", "retain", cap(source.read("retain_perturbed"))),
+        # REFERENCE §5: on Real Authors / World Facts the truth ratio's "paraphrased" answer is `answer`,
+        # and Cosine Similarity compares against the full-sentence `original_answer`.
+        EvalSet("real_authors", "real_authors", cap(source.read("real_authors_perturbed")),
+                cosine_truth="original_answer", paraphrase="answer"),
+        EvalSet("world_facts", "world_facts", cap(source.read("world_facts_perturbed")),
+                cosine_truth="original_answer", paraphrase="answer"),
+    ]
+    return ScenarioData(scenario, split, task, forget, static_retain + later, forget_all + static_retain,
+                        eval_sets, refusals, source.description, tasks)
+
+
+# --------------------------------------------------------------------------------------------------
+# Torch datasets
+
+
+class QADataset(torch.utils.data.Dataset):
+    """Plain question-answer fine-tuning (target and retain models): ``{"retain": encoded}`` items."""
+
+    def __init__(self, rows, tokenizer, prompt, max_length: int, part: str = "retain"):
+        from .models import encode_qa
+
+        self.items = [encode_qa(tokenizer, prompt, r["question"], r["answer"], max_length) for r in rows]
+        self.part = part
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        return {self.part: self.items[index], "index": index}
+
+
+class UnlearningDataset(torch.utils.data.Dataset):
+    """Forget items with their fixed partners: one retain item and one refusal template per index.
+
+    Pairing follows the reference code (which reseeds the global RNG with the item index in
+    ``__getitem__``) with a local ``torch.Generator`` seeded by the index, so every epoch sees the same
+    pairs and the global RNG is never touched. Only the batch parts that the method ``needs`` are built:
+    ``forget``, ``forget_idk``, ``retain``, ``retain_idk``, ``forget_retain_answer``.
+    """
+
+    def __init__(self, forget, retain, refusals, tokenizer, prompt, max_length: int, needs,
+                 forget_labels: str = "answer", seed: int = 0):
+        from .models import encode_qa
+
+        if not forget:
+            raise StudyInputError("the forget set is empty: nothing to unlearn")
+        if not retain and needs & {"retain", "retain_idk", "forget_retain_answer"}:
+            raise StudyInputError("the retain set is empty, but the method's regularizer needs retain items")
+        self.needs = frozenset(needs)
+        self.items = []
+        for index, row in enumerate(forget):
+            generator = torch.Generator().manual_seed(seed + index)
+            retain_row = retain[int(torch.randint(len(retain), (1,), generator=generator))] if retain else None
+            refusal = refusals[int(torch.randint(len(refusals), (1,), generator=generator))]
+            item = {"index": index}
+            build = {
+                "forget": lambda: encode_qa(tokenizer, prompt, row["question"], row["answer"], max_length, forget_labels),
+                "forget_idk": lambda: encode_qa(tokenizer, prompt, row["question"], refusal, max_length),
+                "retain": lambda: encode_qa(tokenizer, prompt, retain_row["question"], retain_row["answer"], max_length),
+                "retain_idk": lambda: encode_qa(tokenizer, prompt, retain_row["question"], refusal, max_length),
+                "forget_retain_answer": lambda: encode_qa(tokenizer, prompt, row["question"], retain_row["answer"], max_length),
+            }
+            for part, make in build.items():
+                if part in self.needs:
+                    item[part] = make()
+            self.items.append(item)
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        return self.items[index]
+
+
+def collate(items: list[dict], trim: bool = True) -> dict:
+    """Stack batch parts; with ``trim``, cut padding columns that no row uses (no attention and no
+    label), which changes no loss: labels there are -100. ``full`` label mode keeps every column
+    because its labels cover the padding (REFERENCE §3, ME+GD's ``mask=false``)."""
+    batch: dict = {"index": torch.tensor([item["index"] for item in items])}
+    for part in items[0]:
+        if part == "index":
+            continue
+        if part.startswith("ref_logprobs"):
+            batch[part] = torch.stack([item[part] for item in items])
+            continue
+        tensors = {key: torch.stack([item[part][key] for item in items]) for key in ("input_ids", "attention_mask", "labels")}
+        if trim:
+            used = (tensors["attention_mask"].bool() | (tensors["labels"] != -100)).any(dim=0)
+            length = int(used.nonzero().max()) + 1 if used.any() else 1
+            tensors = {key: value[:, :length] for key, value in tensors.items()}
+        batch[part] = tensors
+    return batch

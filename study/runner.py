@@ -1,0 +1,211 @@
+"""One trial, end to end: data -> target model (cached) -> unlearning task by task -> evaluation.
+
+Tracking and search stay outside: ``run_trial`` reports through ``TrialHooks`` (the study module wires
+them to MLflow and Optuna), so this file knows neither.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import data as data_mod
+from . import models
+from .config import RunConfig
+
+
+def _hash(payload) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def rows_hash(rows: list[dict]) -> str:
+    return _hash([[r["question"], r["answer"]] for r in rows])
+
+
+def source_for(cfg: RunConfig) -> data_mod.Source:
+    return data_mod.source_from(cfg.data.source, cfg.data.n_authors, cfg.data.data_seed)
+
+
+def scenario_data(cfg: RunConfig, task: int | None, source: data_mod.Source | None = None) -> data_mod.ScenarioData:
+    source = source or source_for(cfg)
+    ds_size = None if cfg.data.scenario == "real-world" else cfg.data.ds_size
+    return data_mod.load_scenario(source, cfg.data.scenario, cfg.data.split, task, ds_size)
+
+
+def tasks_of(cfg: RunConfig) -> list[int | None]:
+    """The tasks a run unlearns in order ([None] = every real-world person at once)."""
+    if cfg.data.scenario == "real-world" and not cfg.data.tasks:
+        return [None]
+    return list(cfg.data.tasks)
+
+
+def torch_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return models.default_dtype(device)
+    return getattr(torch, name)
+
+
+# --------------------------------------------------------------------------------------------------
+# Target and retain models
+
+
+@dataclass
+class PreparedModel:
+    path: str
+    key: str
+    kind: str  # target | retain_model
+    cached: bool
+    seconds: float = 0.0
+
+
+def is_ready_target(cfg: RunConfig) -> bool:
+    """The paper's models are used as they are: TOFU's fine-tuned Llama-2 and Llama-3-Instruct."""
+    return cfg.model.target is not None or models.resolve(cfg.model.name).family in ("llama2", "llama3")
+
+
+def finetuned_model(cfg: RunConfig, rows: list[dict], kind: str, device, progress: bool = True) -> PreparedModel:
+    """Fine-tune ``cfg.model.name`` on ``rows`` once; cached under a hash of model, data and settings."""
+    from .train import finetune
+
+    key = _hash({"kind": kind, "model": cfg.model.name, "rows": rows_hash(rows), "finetune": asdict(cfg.finetune),
+                 "dtype": cfg.model.dtype})
+    path = models.cache_dir() / "finetuned" / f"{kind}-{key}"
+    if (path / "model.safetensors").exists():
+        return PreparedModel(str(path), key, kind, cached=True)
+    started = time.perf_counter()
+    lm = models.load(cfg.model.name, device=device, dtype=torch_dtype(cfg.model.dtype, device),
+                     trust_remote_code=cfg.model.trust_remote_code)
+    finetune(lm.model, lm.tokenizer, lm.prompt, rows, cfg.finetune, progress=progress)
+    models.save_checkpoint(lm.model, lm.tokenizer, lm.prompt, path,
+                           {"kind": kind, "base_model": cfg.model.name, "finetune": asdict(cfg.finetune), "rows": len(rows)})
+    return PreparedModel(str(path), key, kind, cached=False, seconds=time.perf_counter() - started)
+
+
+def target_model(cfg: RunConfig, data: data_mod.ScenarioData, device, progress=True) -> PreparedModel:
+    if cfg.model.target is not None:
+        return PreparedModel(cfg.model.target, _hash(cfg.model.target), "target", cached=True)
+    if is_ready_target(cfg):
+        return PreparedModel(cfg.model.name, _hash(cfg.model.name), "target", cached=True)
+    return finetuned_model(cfg, data.full, "target", device, progress)
+
+
+# --------------------------------------------------------------------------------------------------
+# A trial
+
+
+@dataclass
+class TaskResult:
+    task: int | None
+    summary: dict[str, float]
+    items: object  # pandas DataFrame
+    aggregate_parts: dict
+    entailment_available: bool
+    train_seconds: float
+    eval_seconds: float
+    steps: int
+
+
+@dataclass
+class TrialHooks:
+    """What the caller plugs in. Every field is optional."""
+
+    callbacks: list = field(default_factory=list)
+    """Training callbacks (on_step / on_epoch), e.g. the MLflow step logger."""
+    on_task: object = None
+    """``on_task(TaskResult)`` after each task is evaluated (logging, continual curves)."""
+    make_epoch_callback: object = None
+    """``make_epoch_callback(evaluate_fn, task) -> callback`` for per-epoch evaluation (pruning)."""
+    retain_forget_truth_ratios: object = None
+    """``fn(task) -> np.ndarray | None``: the retain model's forget-set R per item (Forget Quality)."""
+
+
+@dataclass
+class TrialResult:
+    tasks: list[TaskResult]
+    model: object
+    tokenizer: object
+    prompt: models.PromptFormat
+    target: PreparedModel
+
+    @property
+    def final(self) -> TaskResult:
+        return self.tasks[-1]
+
+
+def load_for_training(path: str, cfg: RunConfig, device):
+    lm = models.load(path, device=device, dtype=torch_dtype(cfg.model.dtype, device),
+                     trust_remote_code=cfg.model.trust_remote_code)
+    if cfg.train.gradient_checkpointing:
+        lm.model.gradient_checkpointing_enable()
+        lm.model.config.use_cache = False
+    if cfg.train.lora_rank:
+        from .train import apply_lora
+
+        lm.model = apply_lora(lm.model, cfg.train.lora_rank)
+    return lm
+
+
+def frozen_copy(model):
+    ref = copy.deepcopy(model)
+    ref.eval()
+    for param in ref.parameters():
+        param.requires_grad_(False)
+    return ref
+
+
+def run_trial(cfg: RunConfig, hooks: TrialHooks | None = None, *, device=None, metric_models=None,
+              progress: bool = True, target: PreparedModel | None = None) -> TrialResult:
+    """Unlearn every task of ``cfg`` in order and evaluate after each (REFERENCE §1, §4).
+
+    Continual: task k starts from the model left by task k-1; the reference model (NPO, DPO, KL) is
+    the model at the start of the task, or the original one with ``method.fix_ref_model``.
+    """
+    from . import evaluate as ev
+    from .train import unlearn
+
+    hooks = hooks or TrialHooks()
+    device = torch.device(device) if device is not None else models.default_device()
+    method = cfg.method.method()
+    source = source_for(cfg)
+    tasks = tasks_of(cfg)
+    first = scenario_data(cfg, tasks[0], source)
+    target = target or target_model(cfg, first, device, progress)
+    lm = load_for_training(target.path, cfg, device)
+    original_ref = frozen_copy(lm.model) if (method.needs_ref_model and cfg.method.fix_ref_model) else None
+    metric_models = metric_models or ev.load_metric_models(cfg.eval.embedder, cfg.eval.nli, device)
+    results = []
+    for task in tasks:
+        data = first if task == tasks[0] else scenario_data(cfg, task, source)
+        ref_model = None
+        if method.needs_ref_model:
+            ref_model = original_ref if original_ref is not None else frozen_copy(lm.model)
+
+        def evaluate_fn(model, data=data):
+            return ev.evaluate(model, lm.tokenizer, lm.prompt, data.eval_sets, cfg.data.scenario, metric_models,
+                               batch_size=cfg.eval.batch_size, max_length=cfg.eval.max_length, progress=False)
+
+        callbacks = list(hooks.callbacks)
+        if hooks.make_epoch_callback is not None and cfg.eval.per_epoch:
+            callbacks.append(hooks.make_epoch_callback(evaluate_fn, task))
+        trained = unlearn(lm.model, lm.tokenizer, lm.prompt, method, data, cfg.train, cfg.method.label_mode(),
+                          ref_model=ref_model, callbacks=callbacks, progress=progress)
+        del ref_model
+        started = time.perf_counter()
+        result = ev.evaluate(lm.model, lm.tokenizer, lm.prompt, data.eval_sets, cfg.data.scenario, metric_models,
+                             batch_size=cfg.eval.batch_size, max_length=cfg.eval.max_length, progress=progress)
+        summary = dict(result.summary)
+        retain_r = hooks.retain_forget_truth_ratios(task) if hooks.retain_forget_truth_ratios else None
+        if retain_r is not None:
+            summary["forget_quality"] = result.with_forget_quality(retain_r).summary["forget_quality"]
+        task_result = TaskResult(task, summary, result.items, result.aggregate_parts, result.entailment_available,
+                                 trained.seconds, time.perf_counter() - started, trained.steps)
+        results.append(task_result)
+        if hooks.on_task is not None:
+            hooks.on_task(task_result)
+    return TrialResult(results, lm.model, lm.tokenizer, lm.prompt, target)

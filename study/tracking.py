@@ -1,0 +1,222 @@
+"""Everything MLflow. The layout the notebooks read back (``study.analysis``):
+
+- experiment: ``--experiment`` (default ``unlearning-study``), artifacts under ``mlruns/artifacts``
+  when tracking is the default ``sqlite:///mlruns/mlflow.db``.
+- one **study run** per Optuna study (tag ``study.kind=study``), holding the study's settings;
+- one nested **trial run** per trial (``study.kind=trial``, ``mlflow.parentRunId`` = the study run),
+  also when the trial ran in another process or on another machine;
+- **target** and **retain_model** runs for the fine-tuned models, referenced by trials through the
+  tags ``study.target_run_id`` / ``study.retain_run_id``.
+
+A trial run holds: every parameter of its ``RunConfig`` (``train.lr``, ``method.beta``, ...) plus the
+sampled ones; per-step ``train/loss``, ``train/<part>``, ``train/lr``, ``train/grad_norm``; every
+evaluation metric ``<set>/<metric>`` and ``model_utility``, ``forget_efficacy``, ``forget_quality``,
+... (continual: each logged with ``step = task``, so curves over tasks come out of the metric history);
+tags ``study.scenario``, ``study.method``, ``study.split``, ``study.task``, ``study.model``,
+``study.data_source``, ``study.study_name``, ``study.trial_number``, ``study.code_version``,
+``study.entailment``; artifacts ``config.json``, ``eval/items_task<k>.csv`` (per-item table with
+generations) and ``checkpoint/`` (under the keep policy). Pruned trials end KILLED, failed ones
+FAILED with ``study.failure_reason``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from .errors import StudyInputError
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+DEFAULT_EXPERIMENT = "unlearning-study"
+TAG = "study."
+
+
+def redact(url: str | None) -> str | None:
+    """A URL with any password replaced by ``***`` (never log or print credentials)."""
+    if not url or "@" not in url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def code_version() -> str:
+    """The git commit of the checkout (``-dirty`` when it has uncommitted changes), else ``unknown``."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+                               text=True, timeout=5).stdout.strip()
+        return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("torch", "transformers", "mlflow", "optuna", "sentence-transformers", "deepspeed", "peft", "numpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):])
+    return None
+
+
+def artifact_root_for(uri: str) -> str | None:
+    """Artifacts beside a local sqlite database (``mlruns/artifacts``); servers choose their own."""
+    path = _sqlite_path(uri)
+    if path is None:
+        return None
+    return (path.resolve().parent / "artifacts").as_uri()
+
+
+class Tracker:
+    """A thin client over one tracking store and experiment. Uses ``MlflowClient`` explicitly (no
+    fluent global active run), so several runs can be written from one process and none leaks."""
+
+    def __init__(self, tracking_uri: str = DEFAULT_TRACKING_URI, experiment: str = DEFAULT_EXPERIMENT):
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        self.uri = tracking_uri
+        path = _sqlite_path(tracking_uri)
+        if path is not None:
+            path.resolve().parent.mkdir(parents=True, exist_ok=True)
+        mlflow.set_tracking_uri(tracking_uri)
+        self.client = MlflowClient(tracking_uri)
+        try:
+            found = self.client.get_experiment_by_name(experiment)
+            if found is None:
+                try:
+                    self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifact_root_for(tracking_uri))
+                except Exception:  # another worker created it first
+                    self.experiment_id = self.client.get_experiment_by_name(experiment).experiment_id
+            else:
+                self.experiment_id = found.experiment_id
+        except Exception as error:
+            raise StudyInputError(f"tracking store {redact(tracking_uri)} is unreachable: {type(error).__name__}: "
+                                  f"{str(error).splitlines()[0] if str(error) else ''}") from None
+        self.experiment = experiment
+
+    # runs ----------------------------------------------------------------------------------------
+    def start(self, name: str, kind: str, tags: dict | None = None, parent: str | None = None) -> str:
+        all_tags = {"mlflow.runName": name, f"{TAG}kind": kind, f"{TAG}code_version": code_version()}
+        if parent:
+            all_tags["mlflow.parentRunId"] = parent
+        all_tags.update({k: str(v) for k, v in (tags or {}).items()})
+        run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=name)
+        return run.info.run_id
+
+    def end(self, run_id: str, status: str = "FINISHED", reason: str | None = None) -> None:
+        if reason:
+            self.client.set_tag(run_id, f"{TAG}failure_reason", reason[:5000])
+        self.client.set_terminated(run_id, status)
+
+    def find(self, kind: str, **tags) -> list:
+        """Runs of ``kind`` whose ``study.<key>`` tags equal the given values, newest first."""
+        clauses = [f"tags.`{TAG}kind` = '{kind}'"] + [f"tags.`{TAG}{k}` = '{v}'" for k, v in tags.items()]
+        return self.client.search_runs([self.experiment_id], " and ".join(clauses), order_by=["attributes.start_time DESC"],
+                                       max_results=1000)
+
+    # data ----------------------------------------------------------------------------------------
+    def params(self, run_id: str, params: dict) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, _param_value(v)) for k, v in params.items()]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[start:start + 100])
+
+    def metrics(self, run_id: str, values: dict, step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in values.items()
+                 if v is not None and isinstance(v, (int, float)) and math.isfinite(float(v))]
+        for start in range(0, len(items), 500):
+            self.client.log_batch(run_id, metrics=items[start:start + 500])
+
+    def tags(self, run_id: str, tags: dict) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, tags=[RunTag(k if k.startswith(("mlflow.", TAG)) else TAG + k, str(v)) for k, v in tags.items()])
+
+    def json_artifact(self, run_id: str, name: str, payload) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            path.write_text(json.dumps(payload, indent=2, default=str))
+            self.client.log_artifact(run_id, str(path))
+
+    def table_artifact(self, run_id: str, name: str, frame) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(name).name
+            frame.to_csv(path, index=False)
+            self.client.log_artifact(run_id, str(path), str(Path(name).parent) if Path(name).parent != Path(".") else None)
+
+    def directory_artifact(self, run_id: str, local_dir: Path, artifact_path: str) -> None:
+        self.client.log_artifacts(run_id, str(local_dir), artifact_path)
+
+    def delete_artifacts(self, run_id: str, artifact_path: str) -> bool:
+        """Remove ``artifact_path`` of a run (checkpoint keep policy). False where the store cannot."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        run = self.client.get_run(run_id)
+        try:
+            get_artifact_repository(run.info.artifact_uri).delete_artifacts(artifact_path)
+            return True
+        except Exception:
+            return False
+
+
+def _param_value(value) -> str:
+    text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return text[:6000]
+
+
+class StepLogger:
+    """Training callback: per-step loss parts, learning rate and grad norm, flushed in batches."""
+
+    def __init__(self, tracker: Tracker, run_id: str, prefix: str = "train/", step_offset: int = 0, every: int = 10):
+        self.tracker, self.run_id, self.prefix, self.offset, self.every = tracker, run_id, prefix, step_offset, every
+        self.buffer: list[tuple[dict, int]] = []
+
+    def on_step(self, event) -> None:
+        values = {f"{self.prefix}loss": event.loss, f"{self.prefix}lr": event.lr, f"{self.prefix}grad_norm": event.grad_norm,
+                  f"{self.prefix}epoch": event.epoch}
+        values.update({f"{self.prefix}{k}": v for k, v in event.parts.items()})
+        self.buffer.append((values, self.offset + event.step))
+        if len(self.buffer) >= self.every or event.step == event.max_steps:
+            self.flush()
+
+    def flush(self) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for values, step in self.buffer for k, v in values.items()
+                 if math.isfinite(float(v))]
+        for start in range(0, len(items), 500):
+            self.tracker.client.log_batch(self.run_id, metrics=items[start:start + 500])
+        self.buffer.clear()
+
+
+def ui_command(tracking_uri: str) -> str:
+    """The command that opens the MLflow UI on these results (bound to 127.0.0.1)."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"open {redact(tracking_uri)} in a browser"
+    return f"mlflow ui --backend-store-uri {redact(tracking_uri)} --host 127.0.0.1 --port 5000"

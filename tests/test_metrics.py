@@ -1,0 +1,254 @@
+"""Hand-derived checks of study.metrics: every expected number is computed here with plain math."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from study import metrics as M
+
+
+# ---------------------------------------------------------------------------- registry / names
+
+def test_registry_has_the_six_metrics_with_fe_membership():
+    assert list(M.METRICS) == ["rouge", "probability", "truth_ratio", "token_entropy", "cosine", "entailment"]
+    assert all(name == spec.name for name, spec in M.METRICS.items())
+    assert all(spec.higher_is_better for spec in M.METRICS.values())
+    fe = tuple(n for n, s in M.METRICS.items() if s.in_forget_efficacy)
+    assert fe == M.FE_METRICS == ("rouge", "probability", "truth_ratio", "cosine", "entailment")
+    assert M.summary_key("retain", "rouge") == "retain/rouge"
+
+
+# ---------------------------------------------------------------------------- ROUGE
+
+def test_rouge_l_recall_hand_values():
+    gens = ["the cat sat", "a dog", "", "running dogs"]
+    refs = ["the cat sat on the mat", "the cat", "the cat", "run dog"]
+    # LCS 3 of 6 reference tokens; no overlap; empty generation; Porter stemmer maps both to "run dog".
+    assert M.rouge_l_recall(gens, refs) == pytest.approx([3 / 6, 0.0, 0.0, 1.0])
+
+
+def test_rouge_length_mismatch_raises():
+    with pytest.raises(ValueError):
+        M.rouge_l_recall(["a"], ["a", "b"])
+
+
+# ---------------------------------------------------------------------------- probability
+
+def test_probability_is_exp_of_minus_average_nll():
+    nll_sum = np.array([0.0, 3 * math.log(2), 2.0])
+    n_tok = np.array([5, 3, 4])
+    out = M.probability(nll_sum, n_tok)
+    assert out == pytest.approx([1.0, 0.5, math.exp(-0.5)])
+
+
+def test_probability_zero_tokens_is_nan():
+    assert math.isnan(M.probability([1.0], [0])[0])
+
+
+def test_normalised_probability_with_k_perturbed():
+    # item 0: P(a)=1/2, perturbed P = 1/4, 1/4, 1/8 (K=3) -> 0.5 / (0.5 + 0.625) = 4/9
+    # item 1: P(a)=1/4, perturbed P = 1/4 each -> 1/4 / (4 * 1/4) = 1/4
+    answer = [math.log(2), math.log(4)]
+    perturbed = [[math.log(4), math.log(4), math.log(8)], [math.log(4)] * 3]
+    assert M.normalised_probability(answer, perturbed) == pytest.approx([4 / 9, 1 / 4])
+
+
+def test_normalised_probability_survives_large_nll():
+    # exp(-800) underflows to 0 in float64, the ratio must not become 0/0
+    out = M.normalised_probability([800.0], [[800.0, 800.0]])
+    assert out == pytest.approx([1 / 3])
+
+
+# ---------------------------------------------------------------------------- truth ratio
+
+def test_truth_ratio_raw_uses_mean_of_average_nlls():
+    # mean(1.5, 2.5) - 1.0 = 1.0 -> R = e
+    assert M.truth_ratio_raw([1.0], [[1.5, 2.5]]) == pytest.approx([math.e])
+
+
+def test_forget_truth_ratio_is_symmetric_in_r_and_inverse():
+    # item 0: R = e; item 1: mean(1, 1) - 2 = -1 -> R = 1/e
+    cols = M.truth_ratio_columns([1.0, 2.0], [[1.5, 2.5], [1.0, 1.0]], "forget")
+    assert cols["truth_ratio_raw"] == pytest.approx([math.e, 1 / math.e])
+    assert cols["truth_ratio_min"] == pytest.approx([1 / math.e, 1 / math.e])
+    assert cols["truth_ratio"] == pytest.approx([1 - 1 / math.e, 1 - 1 / math.e])
+    # set value 1 - mean(min(R, 1/R)) is the plain mean of the stored per-item values
+    assert cols["truth_ratio"].mean() == pytest.approx(1 - 1 / math.e)
+
+
+def test_non_forget_truth_ratio_clips_at_zero():
+    cols = M.truth_ratio_columns([1.0, 2.0], [[1.5, 2.5], [1.0, 1.0]], "retain")
+    assert cols["truth_ratio"] == pytest.approx([1 - 1 / math.e, 0.0])  # max(0, 1 - e) = 0
+
+
+def test_truth_ratio_unknown_set_raises():
+    with pytest.raises(ValueError, match="valid"):
+        M.truth_ratio_item([1.0], "holdout")
+
+
+# ---------------------------------------------------------------------------- token entropy
+
+def test_token_entropy_hand_values():
+    h_112 = -(2 / 3 * math.log2(2 / 3) + 1 / 3 * math.log2(1 / 3))
+    out = M.token_entropy([[1, 2, 3, 4], [1, 1, 2, 2], [5, 5, 5], [1, 1, 2], [7], []])
+    assert out == pytest.approx([2 / 2, 1 / 2, 0.0, h_112 / math.log2(3), 0.0, 0.0])
+
+
+# ---------------------------------------------------------------------------- cosine
+
+def test_cosine_similarity_rowwise_and_clipped():
+    gen = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 0.0], [3.0, 4.0]])
+    ref = np.array([[1.0, 1.0], [-1.0, 0.0], [1.0, 2.0], [6.0, 8.0]])
+    # 1/sqrt(2); cos = -1 clipped to 0; zero vector -> 0; parallel -> 1
+    assert M.cosine_similarity(gen, ref) == pytest.approx([1 / math.sqrt(2), 0.0, 0.0, 1.0])
+
+
+def test_cosine_similarity_accepts_torch_and_returns_floats():
+    torch = pytest.importorskip("torch")
+    out = M.cosine_similarity(torch.tensor([[0.0, 2.0]]), torch.tensor([[0.0, -1.0]]))
+    assert out == [0.0] and isinstance(out[0], float)
+    assert M.cosine_similarity(torch.tensor([1.0, 1.0]), torch.tensor([1.0, 0.0])) == pytest.approx([1 / math.sqrt(2)])
+
+
+# ---------------------------------------------------------------------------- entailment
+
+def test_entailment_requires_label_and_rouge():
+    labels = ["entailment", "entailment", "neutral", "entailment", "contradiction"]
+    rouge = [0.5, 0.05, 0.9, 0.1, 0.0]
+    # ROUGE 0.05 < 0.1 forces non-entailment despite the label; 0.1 itself passes
+    assert M.entailment_scores(labels, rouge) == [1.0, 0.0, 0.0, 1.0, 0.0]
+
+
+def test_nli_pairs_direction_per_set_and_scenario():
+    gens, truths = ["g1", "g2"], ["t1", "t2"]
+    assert M.nli_pairs("forget", "fictitious", gens, truths) == [("g1", "t1"), ("g2", "t2")]
+    for s in ("retain", "real_authors", "world_facts"):
+        assert M.nli_pairs(s, "continual", gens, truths) == [("t1", "g1"), ("t2", "g2")]
+    for s in ("forget", "neighbor"):
+        assert M.nli_pairs(s, "real_world", gens, truths) == [("g1", "t1"), ("g2", "t2")]
+    with pytest.raises(ValueError, match="valid"):
+        M.nli_direction("retain", "tofu")
+
+
+# ---------------------------------------------------------------------------- harmonic mean
+
+def test_harmonic_mean_values_zero_and_missing():
+    agg = M.harmonic_mean([1.0, 0.5])
+    assert agg.value == pytest.approx(2 / (1 / 1.0 + 1 / 0.5))
+    assert agg.parts == ["0", "1"] and agg.missing == [] and agg.complete
+    assert M.harmonic_mean([0.9, 0.0, 0.8]).value == 0.0
+    agg = M.harmonic_mean({"a": 0.5, "b": None, "c": float("nan"), "d": 0.25})
+    assert agg.value == pytest.approx(2 / (2 + 4))
+    assert agg.parts == ["a", "d"] and agg.missing == ["b", "c"] and not agg.complete
+    assert math.isnan(M.harmonic_mean([None]).value)
+    with pytest.raises(ValueError):
+        M.harmonic_mean([0.5, -0.1])
+
+
+# ---------------------------------------------------------------------------- model utility
+
+SETS = ("retain", "real_authors", "world_facts")
+
+
+def _set_metrics(entailment=0.5):
+    # distinct, easy numbers: value = 0.1 * (k + 1) for the k-th (set, metric) pair, k = 0..17
+    out, k = {}, 0
+    for s in SETS:
+        out[s] = {}
+        for m in M.MU_METRICS:
+            out[s][m] = 0.1 * (k % 9 + 1)
+            k += 1
+        out[s]["entailment"] = entailment
+    return out
+
+
+def _hmean(xs):
+    return len(xs) / sum(1 / x for x in xs)
+
+
+def test_model_utility_is_hmean_of_18_values():
+    sm = _set_metrics()
+    expected = _hmean([sm[s][m] for s in SETS for m in M.MU_METRICS])
+    agg = M.model_utility(sm)
+    assert agg.value == pytest.approx(expected)
+    assert len(agg.parts) == 18 and agg.missing == []
+    assert "world_facts/token_entropy" in agg.parts
+
+
+def test_model_utility_without_entailment_uses_15_values_and_lists_missing():
+    sm = _set_metrics(entailment=None)
+    expected = _hmean([sm[s][m] for s in SETS for m in M.MU_METRICS if m != "entailment"])
+    agg = M.model_utility(sm)
+    assert agg.value == pytest.approx(expected)
+    assert len(agg.parts) == 15
+    assert agg.missing == ["retain/entailment", "real_authors/entailment", "world_facts/entailment"]
+
+
+def test_model_utility_absent_set_is_missing_and_zero_gives_zero():
+    sm = _set_metrics()
+    del sm["world_facts"]
+    agg = M.model_utility(sm)
+    assert len(agg.parts) == 12 and len(agg.missing) == 6
+    sm["retain"]["cosine"] = 0.0
+    assert M.model_utility(sm).value == 0.0
+
+
+def test_model_utility_retain_and_real_world():
+    sm = _set_metrics()
+    retain_vals = [sm["retain"][m] for m in M.MU_METRICS]
+    assert M.model_utility_retain(sm).value == pytest.approx(_hmean(retain_vals))
+    rw = {"neighbor": dict(sm["retain"]), "forget": {m: 0.01 for m in M.MU_METRICS}}
+    agg = M.model_utility(rw, sets=M.UTILITY_SETS["real_world"])
+    assert agg.value == pytest.approx(_hmean(retain_vals)) and len(agg.parts) == 6
+
+
+def test_tofu_model_utility_uses_nine_values():
+    sm = _set_metrics()
+    expected = _hmean([sm[s][m] for s in SETS for m in ("probability", "rouge", "truth_ratio")])
+    agg = M.tofu_model_utility(sm)
+    assert agg.value == pytest.approx(expected) and len(agg.parts) == 9
+
+
+# ---------------------------------------------------------------------------- forget efficacy
+
+def test_forget_efficacy_formula_excludes_token_entropy():
+    fm = {"rouge": 0.4, "probability": 0.2, "truth_ratio": 0.3, "cosine": 0.6, "entailment": 0.5,
+          "token_entropy": 0.9}
+    agg = M.forget_efficacy(fm)
+    assert agg.value == pytest.approx(1 - (0.4 + 0.2 + 0.3 + 0.6 + 0.5) / 5)
+    assert "forget/token_entropy" not in agg.parts and len(agg.parts) == 5
+    fm["entailment"] = None
+    agg = M.forget_efficacy(fm)
+    assert agg.value == pytest.approx(1 - (0.4 + 0.2 + 0.3 + 0.6) / 4)
+    assert agg.missing == ["forget/entailment"]
+
+
+# ---------------------------------------------------------------------------- forget quality
+
+def test_forget_quality_identical_samples_is_one():
+    x = [0.2, 0.5, 0.9, 0.4]
+    assert M.forget_quality(x, x) == 1.0
+
+
+def test_forget_quality_exact_small_sample():
+    # fully separated samples of 3 and 3: D = 1, exact two-sided p = 2 / C(6, 3) = 0.1
+    assert M.forget_quality([1.0, 2.0, 3.0], [4.0, 5.0, 6.0]) == pytest.approx(2 / math.comb(6, 3))
+
+
+def test_forget_quality_statistic_choice():
+    r = np.array([0.5, 2.0, 4.0])
+    assert M.forget_quality_statistic(r, "ratio") == pytest.approx([0.5, 2.0, 4.0])
+    assert M.forget_quality_statistic(r, "min_ratio") == pytest.approx([0.5, 0.5, 0.25])
+    with pytest.raises(ValueError, match="valid"):
+        M.forget_quality_statistic(r, "log")
+    # R = (0.5, 0.6) vs (2, 1/0.6): fully separated, exact p = 2 / C(4, 2) = 1/3; folded by
+    # min(R, 1/R) both samples become (0.5, 0.6), so p = 1. The choice of statistic matters.
+    a, b = np.array([0.5, 0.6]), np.array([2.0, 1 / 0.6])
+    assert M.forget_quality(a, b) == pytest.approx(2 / math.comb(4, 2))
+    assert M.forget_quality(M.forget_quality_statistic(a, "min_ratio"),
+                            M.forget_quality_statistic(b, "min_ratio")) == pytest.approx(1.0)
+    # KS is invariant under a monotone map of both samples: R and 1/R give the same p-value
+    assert M.forget_quality(1 / a, 1 / b) == pytest.approx(M.forget_quality(a, b))
