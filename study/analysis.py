@@ -136,6 +136,9 @@ REAL_WORLD_QUOTED: dict[str, dict[str, float]] = {
 
 BEFORE_UNLEARNING = "before unlearning"
 
+FRONT_GID = "pareto-front"
+"""``gid`` of the Pareto-front lines :func:`plot_mu_fe` draws (seaborn adds empty legend lines too)."""
+
 SWEEP_HINT = "python experiments/sweep.py --preset smoke --scenario {scenario}"
 
 
@@ -516,7 +519,8 @@ def plot_mu_fe(runs: pd.DataFrame, ax: Axes | None = None, title: str | None = N
     for method in methods:
         front = pareto_front(done[done["method"] == method])
         # where="pre": between consecutive front points the attainable FE is the next point's.
-        ax.step(front["model_utility"], front["forget_efficacy"], where="pre", color=palette[method], lw=1.5)
+        ax.step(front["model_utility"], front["forget_efficacy"], where="pre", color=palette[method], lw=1.5,
+                label=f"_front {method}", gid=FRONT_GID)
     ax.set(xlabel="Model Utility (MU)", ylabel="Forget Efficacy (FE)")
     if title:
         ax.set_title(title)

@@ -323,3 +323,11 @@ def left_padded(tokenizer):
     clone = copy.deepcopy(tokenizer)
     clone.padding_side = "left"
     return clone
+
+
+if __name__ == "__main__":  # python -m study.models prepare
+    import sys
+
+    if sys.argv[1:] != ["prepare"]:
+        sys.exit("usage: python -m study.models prepare   (dequantise and cache the offline default model)")
+    print(f"default model ready: {smollm2_dir()}")

