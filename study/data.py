@@ -308,6 +308,8 @@ def load_scenario(
         return ScenarioData(scenario, "real-world", task, forget, retain, forget_all + retain, eval_sets, refusals,
                             source.description, task_ids(forget_all))
 
+    if split not in SPLITS:
+        raise one_of("split", split, SPLITS)
     forget_all = source.read(split)
     tasks = task_ids(forget_all)
     task = 1 if task is None else task

@@ -1,0 +1,266 @@
+"""Foundation: prompt formats, tokenisation (REFERENCE §2), the offline default model, data (§1), bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from study import data, models
+from study.errors import DataError, StudyInputError
+
+
+@pytest.fixture(scope="module")
+def smol_tokenizer():
+    return models.load_tokenizer(models.FAMILIES["smollm2-135m"])
+
+
+# -- prompt formats and tokenisation ---------------------------------------------------------------
+
+
+def test_paper_prompt_formats():
+    assert models.LLAMA2_CHAT.prompt("Who?") == "[INST] Who? [/INST]"
+    assert models.LLAMA3_INSTRUCT.prompt("Who?") == (
+        "<|start_header_id|>user<|end_header_id|>\n\nWho?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
+    assert models.QUESTION_ANSWER.prompt("Who?") == "Question: Who?\nAnswer: "
+    assert models.resolve("llama2-7b").weights == "locuslab/tofu_ft_llama2-7b"
+    assert models.resolve("llama3-8b").weights == "meta-llama/Meta-Llama-3-8B-Instruct"
+
+
+def test_smollm2_format_comes_from_its_chat_template(smol_tokenizer):
+    fmt = models.prompt_format(models.FAMILIES["smollm2-135m"], smol_tokenizer)
+    rendered = smol_tokenizer.apply_chat_template([{"role": "user", "content": "Who?"}], tokenize=False,
+                                                  add_generation_prompt=True)
+    assert fmt.prompt("Who?") == rendered
+    assert fmt.question_start.endswith("<|im_start|>user\n") and fmt.question_end == "<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_eos_is_end_of_turn_and_pads(smol_tokenizer):
+    assert smol_tokenizer.eos_token == "<|im_end|>"
+    assert smol_tokenizer.pad_token_id == smol_tokenizer.eos_token_id
+
+
+@pytest.mark.parametrize("fmt", [models.LLAMA2_CHAT, models.QUESTION_ANSWER])
+def test_answer_labels_mask_question_and_add_one_eos(smol_tokenizer, fmt):
+    """labels: -100 on the question, the answer's ids, one EOS label, then -100 (REFERENCE §2)."""
+    tok = smol_tokenizer
+    question, answer = "Where was Ada born?", "Ada was born in London."
+    enc = models.encode_qa(tok, fmt, question, answer, max_length=64)
+    ids = tok(fmt.prompt(question) + answer, add_special_tokens=True).input_ids
+    n_q = len(tok.tokenize(fmt.question_start + question + fmt.question_end, add_special_tokens=True))
+    eos = tok.eos_token_id
+    assert enc["input_ids"].tolist() == ids + [eos] * (64 - len(ids))
+    assert enc["attention_mask"].tolist() == [1] * len(ids) + [0] * (64 - len(ids))
+    expected = [-100] * n_q + ids[n_q:] + [eos] + [-100] * (64 - len(ids) - 1)
+    assert enc["labels"].tolist() == expected
+    # The answer text is exactly what the unmasked labels decode to.
+    assert tok.decode(ids[n_q:]).strip().endswith("London.")
+
+
+def test_full_labels_cover_every_padded_position(smol_tokenizer):
+    """ME+GD's mask=false: labels are the whole padded sequence (REFERENCE §3)."""
+    enc = models.encode_qa(smol_tokenizer, models.QUESTION_ANSWER, "Q?", "A.", max_length=40, labels="full")
+    assert enc["labels"].tolist() == enc["input_ids"].tolist()
+    qa = models.encode_qa(smol_tokenizer, models.QUESTION_ANSWER, "Q?", "A.", max_length=40, labels="question_answer")
+    n = int(qa["attention_mask"].sum())
+    assert qa["labels"][:n].tolist() == qa["input_ids"][:n].tolist()
+    assert qa["labels"][n].item() == smol_tokenizer.eos_token_id and (qa["labels"][n + 1:] == -100).all()
+
+
+def test_truncation_keeps_labels_without_extra_eos(smol_tokenizer):
+    enc = models.encode_qa(smol_tokenizer, models.QUESTION_ANSWER, "Q?", "word " * 50, max_length=16)
+    assert enc["attention_mask"].tolist() == [1] * 16
+    assert (enc["labels"] != -100).sum() == 16 - len(smol_tokenizer.tokenize("Question: Q?\n"))
+
+
+def test_left_padded_copy_leaves_tokenizer_untouched(smol_tokenizer):
+    clone = models.left_padded(smol_tokenizer)
+    assert clone.padding_side == "left" and smol_tokenizer.padding_side == "right"
+
+
+def test_unknown_model_is_one_line_error():
+    with pytest.raises(StudyInputError, match="unknown model 'gpt-17'.*valid: llama2-7b"):
+        models.resolve("gpt-17")
+
+
+def test_default_model_loads_offline_and_generates(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    lm = models.load("smollm2-135m", device="cpu")
+    assert lm.model.config.vocab_size == 49152 and lm.model.dtype == torch.float32
+    enc = lm.tokenizer(lm.prompt.prompt("What is the capital of France?"), return_tensors="pt")
+    out = lm.model.generate(**enc, max_new_tokens=8, do_sample=False)
+    text = lm.tokenizer.decode(out[0, enc.input_ids.shape[1]:], skip_special_tokens=True)
+    assert "Paris" in text
+
+
+def test_tiny_llama_is_small_and_deterministic():
+    a, b = models.tiny_llama(seed=0), models.tiny_llama(seed=0)
+    state = torch.random.get_rng_state()
+    models.tiny_llama(seed=1)
+    assert torch.equal(state, torch.random.get_rng_state())  # the global RNG is untouched
+    assert sum(p.numel() for p in a.parameters()) < 5_000_000
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_checkpoint_records_prompt_and_loads(tmp_path, smol_tokenizer):
+    model = models.tiny_llama()
+    path = models.save_checkpoint(model, smol_tokenizer, models.LLAMA2_CHAT, tmp_path / "ckpt", {"note": "x"})
+    assert (path / "model.safetensors").exists() and not list(path.glob("*.bin"))
+    assert models.resolve(str(path)).prompt == models.LLAMA2_CHAT
+
+
+# -- TOFU and the real-world set -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("split,rows,tasks,retain", [("forget01", 400, 10, 3960), ("forget05", 2000, 10, 3800),
+                                                     ("forget10", 3600, 9, 3600)])
+def test_tofu_splits_and_task_one_retain_sets(shared_data, split, rows, tasks, retain):
+    source = data.DirectorySource(shared_data / "tofu")
+    forget = source.read(split)
+    assert len(forget) == rows and data.task_ids(forget) == list(range(1, tasks + 1))
+    scenario = data.load_scenario(source, "fictitious", split, 1)
+    assert len(scenario.retain) == retain  # TOFU's retain99 / retain95 / retain90
+    assert len(scenario.forget) == rows // tasks
+    sizes = {s.name: len(s.rows) for s in scenario.eval_sets}
+    assert sizes == {"forget": min(300, rows // tasks), "retain": 300, "real_authors": 100, "world_facts": 117}
+    assert len(scenario.refusals) == 100  # idontknow.jsonl beside tofu/
+
+
+def test_continual_retain_holds_tasks_not_yet_unlearned(shared_data):
+    source = data.DirectorySource(shared_data)
+    task3 = data.load_scenario(source, "continual", "forget01", 3)
+    assert len(task3.retain) == 3600 + 7 * 40
+    assert {r["task_id"] for r in task3.forget} == {3}
+
+
+def test_real_world_uses_golden_answer_and_every_row(shared_data):
+    scenario = data.load_scenario(data.DirectorySource(shared_data / "real_world"), "real-world", task=None, ds_size=None)
+    assert len(scenario.forget) == 400 and len(scenario.retain) == 400
+    forget = scenario.eval_sets[0]
+    assert forget.truth == "golden_answer" and forget.cosine_truth == "answer" and len(forget.rows) == 400
+    assert data.task_ids(scenario.forget) == list(range(1, 21))  # integer task_ids accepted
+
+
+def test_hub_source_code_path_reads_local_files(shared_data):
+    hub = data.HubSource(str(shared_data / "tofu"))
+    rows = hub.read("forget01")
+    assert len(rows) == 400 and rows[0]["task_id"] == 1
+
+
+# -- the built-in generator --------------------------------------------------------------------------
+
+
+def test_builtin_is_deterministic_and_seeded():
+    a, b, c = data.BuiltinSource(20, 0), data.BuiltinSource(20, 0), data.BuiltinSource(20, 1)
+    assert a.read("forget01_perturbed") == b.read("forget01_perturbed")
+    assert a.read("forget01_perturbed") != c.read("forget01_perturbed")
+
+
+@pytest.mark.parametrize("n_authors", [6, 20, 200])
+def test_builtin_has_tofus_structure(n_authors):
+    source = data.BuiltinSource(n_authors, 0)
+    total = n_authors * 10
+    for split in data.SPLITS:
+        forget = source.read(split)
+        retain = source.read(data.retain_file(split))
+        assert len(forget) + len(retain) == total  # every author is in exactly one of the two
+        perturbed = source.read(f"{split}_perturbed")
+        assert [r["question"] for r in perturbed] == [r["question"] for r in forget]
+        assert all(len(r["perturbed_answer"]) == 5 and r["answer"] not in r["perturbed_answer"] for r in perturbed)
+        scenario = data.load_scenario(source, "fictitious", split, 1)
+        assert len(scenario.retain) == total - len(scenario.forget)
+    if n_authors == 200:  # TOFU's layout: 10% / 50% / 90% of the authors (10 questions each, TOFU has 20)
+        assert [len(data.task_ids(source.read(s))) for s in data.SPLITS] == [10, 10, 9]
+        assert [len(source.read(s)) for s in data.SPLITS] == [200, 1000, 1800]
+    forget_names = {r["question"] for s in data.SPLITS for r in source.read(s)}
+    assert not forget_names & {r["question"] for r in source.read("retain_perturbed")}
+    for name in ("real_authors_perturbed", "world_facts_perturbed"):
+        rows = source.read(name)
+        assert len(rows) >= 20 and all(r["answer"] in r["original_answer"] for r in rows)
+    rw = data.load_scenario(source, "real-world", task=None, ds_size=None)
+    assert rw.forget and rw.retain and rw.eval_sets[0].truth == "golden_answer"
+
+
+def test_pairing_is_fixed_per_index_with_a_local_generator(smol_tokenizer):
+    source = data.BuiltinSource(6, 0)
+    scenario = data.load_scenario(source, "fictitious", "forget01", 1)
+    parts = {"forget", "retain", "forget_idk"}
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    a = data.UnlearningDataset(scenario.forget, scenario.retain, scenario.refusals, smol_tokenizer,
+                               models.QUESTION_ANSWER, 64, parts)
+    assert torch.equal(state, torch.random.get_rng_state())
+    torch.manual_seed(999)
+    b = data.UnlearningDataset(scenario.forget, scenario.retain, scenario.refusals, smol_tokenizer,
+                               models.QUESTION_ANSWER, 64, parts)
+    for x, y in zip(a.items, b.items):
+        assert torch.equal(x["retain"]["input_ids"], y["retain"]["input_ids"])
+        assert torch.equal(x["forget_idk"]["input_ids"], y["forget_idk"]["input_ids"])
+    assert len({tuple(x["retain"]["input_ids"].tolist()) for x in a.items}) > 1  # not one partner for all
+
+
+# -- bad input: one line naming file, line, field and what was expected ------------------------------
+
+
+def _write(path, lines):
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(DataError, match=r"forget01\.json: file not found"):
+        data.DirectorySource(tmp_path).read("forget01")
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(DataError, match="data directory not found"):
+        data.DirectorySource(tmp_path / "nope")
+
+
+def test_line_that_is_not_json(tmp_path):
+    _write(tmp_path / "forget01.json", ['{"task_id": 1, "question": "q", "answer": "a"}', "{not json"])
+    with pytest.raises(DataError, match=r"forget01\.json, line 2: not valid JSON"):
+        data.DirectorySource(tmp_path).read("forget01")
+
+
+def test_missing_field(tmp_path):
+    _write(tmp_path / "forget01.json", ['{"task_id": 1, "question": "q"}'])
+    with pytest.raises(DataError, match=r"line 1: missing field 'answer' \(required: task_id, question, answer\)"):
+        data.DirectorySource(tmp_path).read("forget01")
+
+
+def test_wrong_types(tmp_path):
+    _write(tmp_path / "retain_perturbed.json",
+           ['{"question": "q", "answer": "a", "paraphrased_answer": "p", "perturbed_answer": "not a list"}'])
+    with pytest.raises(DataError, match="field 'perturbed_answer' must be a non-empty list of strings"):
+        data.DirectorySource(tmp_path).read("retain_perturbed")
+    _write(tmp_path / "forget01.json", ['{"task_id": "one", "question": "q", "answer": "a"}'])
+    with pytest.raises(DataError, match="field 'task_id' must be a positive integer"):
+        data.DirectorySource(tmp_path).read("forget01")
+
+
+def test_empty_split(tmp_path):
+    _write(tmp_path / "forget01.json", [""])
+    with pytest.raises(DataError, match="empty file"):
+        data.DirectorySource(tmp_path).read("forget01")
+
+
+def test_task_id_as_string_or_integer(tmp_path):
+    _write(tmp_path / "forget01.json", [json.dumps({"task_id": "2", "question": "q", "answer": "a"}),
+                                        json.dumps({"task_id": 3, "question": "q", "answer": "a"})])
+    assert [r["task_id"] for r in data.DirectorySource(tmp_path).read("forget01")] == [2, 3]
+
+
+def test_task_that_does_not_exist(shared_data):
+    with pytest.raises(StudyInputError, match="task 11 does not exist; tasks: 1, 2, 3"):
+        data.load_scenario(data.DirectorySource(shared_data), "continual", "forget01", 11)
+
+
+def test_unknown_split_and_scenario():
+    source = data.BuiltinSource(6, 0)
+    with pytest.raises(StudyInputError, match="unknown split 'forget02'; valid: forget01, forget05, forget10"):
+        data.load_scenario(source, "fictitious", "forget02", 1)
+    with pytest.raises(StudyInputError, match="unknown scenario 'imaginary'"):
+        data.load_scenario(source, "imaginary", "forget01", 1)
