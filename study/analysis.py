@@ -35,6 +35,7 @@ failing. Plotting never selects a matplotlib backend; scripts and tests choose `
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -329,13 +330,17 @@ def order_methods(methods: Iterable[str]) -> list[str]:
 
 
 def method_palette(methods: Iterable[str]) -> dict[str, tuple[float, float, float]]:
-    """One colour per method, stable across figures: a method's colour depends on its place among
-    the paper's nine (then the others), not on which methods a frame happens to contain."""
+    """One colour per method: each of the paper's nine has a fixed colour whatever else a frame
+    contains, so figures agree; other methods take spare colours in alphabetical order."""
     import seaborn as sns
 
-    names = order_methods([*PAPER_METHODS, *methods])
-    colours = sns.color_palette("tab10", 10) + sns.color_palette("Set2", 8) + sns.color_palette("husl", len(names))
-    return {m: colours[i] for i, m in enumerate(names) if m in set(methods)}
+    tab10 = sns.color_palette("tab10", 10)
+    # Hand-placed so that related methods differ and ME+GD (the paper's proposal) is red.
+    fixed = dict(zip(PAPER_METHODS, (tab10[i] for i in (0, 9, 2, 8, 4, 6, 5, 1, 3))))
+    others = [m for m in order_methods(methods) if m not in fixed]
+    spare = [tab10[7], *sns.color_palette("Set2", 8), *sns.color_palette("husl", max(len(others), 1))]
+    colours = {**fixed, **dict(zip(others, spare))}
+    return {m: colours[m] for m in order_methods(methods)}
 
 
 def paper_settings(scenario: str, method: str) -> dict[str, tuple[float, ...]]:
@@ -653,7 +658,9 @@ def plot_sensitivity(frame: pd.DataFrame) -> Figure | None:
                        hue="method", hue_order=methods, palette=method_palette(methods), kind="scatter",
                        height=2.8, aspect=1.2, facet_kws={"sharex": False, "sharey": "row"})
     grid.set(xscale="log")
-    grid.set_titles(row_template="{row_name}", col_template="{col_name}")
+    grid.set_titles("{col_name}")
+    for (outcome, param), ax in grid.axes_dict.items():
+        ax.set(xlabel=param, ylabel=outcome)
     return grid.figure
 
 
@@ -672,6 +679,22 @@ def choose_trial(runs: pd.DataFrame, method: str = "ME+GD", split: str | None = 
     return str((mine if not mine.empty else reps).iloc[0]["run_id"])
 
 
+@contextlib.contextmanager
+def _no_progress_bar():
+    """MLflow draws a download progress bar per artifact (noise in a notebook); its only switch is
+    this environment variable, so it is set for the download and restored after."""
+    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(name)
+    os.environ[name] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
 def _items_csv(client, tracking_uri: str, run_id: str, names: Sequence[str], task: int | None) -> pd.DataFrame | None:
     import mlflow
 
@@ -685,7 +708,7 @@ def _items_csv(client, tracking_uri: str, run_id: str, names: Sequence[str], tas
         name = tasks[-1][1] if tasks else (plain[0] if plain else None)
     if name is None:
         return None
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _no_progress_bar():
         path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"eval/{name}", dst_path=tmp,
                                                    tracking_uri=tracking_uri)
         return pd.read_csv(path, keep_default_na=False, na_values=[""])

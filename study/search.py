@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -221,7 +222,7 @@ def open_storage(url: str, failed_trial_callback=None):
             Path(url[len("sqlite:///"):]).resolve().parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
-                                          grace_period=2 * HEARTBEAT_S, failed_trial_callback=failed_trial_callback)
+                                          grace_period=2 * HEARTBEAT_S, heartbeat_stale_trial_callback=failed_trial_callback)
     except Exception as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise StudyInputError(f"Optuna storage {redact(url)} is unreachable: {type(error).__name__}: {first}") from None
@@ -397,7 +398,7 @@ class Sweep:
         import optuna
 
         name = f"{self.settings.study_name}/{method}"
-        space = search_space(method, self.cfg.data.scenario, self.settings.sampler)
+        space = search_space(method, self.cfg.data.scenario, self.settings.sampler, self.settings.space)
         n_trials = self.settings.n_trials
         if self.settings.sampler in ("grid", "paper"):
             n_trials = min(n_trials, math.prod(len(v) for v in space.values())) if self.settings.sampler == "grid" else \
@@ -406,7 +407,13 @@ class Sweep:
                                     directions=directions(self.settings.objective),
                                     sampler=make_sampler(self.settings, space),
                                     pruner=optuna.pruners.MedianPruner(n_startup_trials=2) if self.settings.prune else optuna.pruners.NopPruner())
-        study.set_metric_names(["model_utility", "forget_efficacy"] if self.settings.objective == "pareto" else [self.settings.objective])
+        # A sampler seeded alike in every process would repeat the same first suggestions when a
+        # study resumes or a second worker joins: offset the seed by the trials already there.
+        study.sampler = make_sampler(dataclasses.replace(self.settings, seed=self.settings.seed + len(study.trials)), space)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(["model_utility", "forget_efficacy"] if self.settings.objective == "pareto"
+                                   else [self.settings.objective])
         parent = self._parent_run(study, method)
         done = _counted(study)
         self.log(f"study {name}: {done}/{n_trials} trials finished" + (", resuming" if done else ""))

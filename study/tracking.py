@@ -120,7 +120,7 @@ class Tracker:
         all_tags = {"mlflow.runName": name, f"{TAG}kind": kind, f"{TAG}code_version": code_version()}
         if parent:
             all_tags["mlflow.parentRunId"] = parent
-        all_tags.update({k: str(v) for k, v in (tags or {}).items()})
+        all_tags.update({_tag_key(k): str(v) for k, v in (tags or {}).items()})
         run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=name)
         return run.info.run_id
 
@@ -155,7 +155,7 @@ class Tracker:
     def tags(self, run_id: str, tags: dict) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(run_id, tags=[RunTag(k if k.startswith(("mlflow.", TAG)) else TAG + k, str(v)) for k, v in tags.items()])
+        self.client.log_batch(run_id, tags=[RunTag(_tag_key(k), str(v)) for k, v in tags.items()])
 
     def json_artifact(self, run_id: str, name: str, payload) -> None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -182,6 +182,11 @@ class Tracker:
             return True
         except Exception:
             return False
+
+
+def _tag_key(key: str) -> str:
+    """Project tags live under ``study.``; MLflow's own (``mlflow.*``) are kept as they are."""
+    return key if key.startswith(("mlflow.", TAG)) else TAG + key
 
 
 def _param_value(value) -> str:

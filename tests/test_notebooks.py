@@ -1,0 +1,161 @@
+"""The three notebooks, executed end to end with ``study.analysis.run_notebook``.
+
+* ``test_notebooks_are_committed_clean`` (fast): outputs stripped, a ``parameters`` cell with the
+  parameters every notebook takes.
+* ``test_notebooks_on_example_store`` (slow, ~1 min): the store of ``tests/test_analysis.py``
+  (known numbers, so the tables are checked value by value).
+* ``test_notebooks_on_smoke_studies`` (slow, a few minutes): real output of ``experiments/sweep.py
+  --preset smoke`` for each scenario (a tiny random model); skipped while sweep.py does not exist.
+
+Each executed notebook writes its tables (CSV) to ``tables_dir`` and its figures (PNG) to
+``figures_dir``; the tests read those back.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+
+from study import analysis as A
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = {name: ROOT / "notebooks" / f"{name}.ipynb" for name in ("fictitious", "continual", "real_world")}
+SWEEP = ROOT / "experiments" / "sweep.py"
+SMOKE_METHODS = ("GA+GD", "ME+GD")
+FIGURES = {"fictitious": ("mu_fe.png", "sensitivity.png"), "continual": ("continual.png",),
+           "real_world": ("real_world_mu_fe.png",)}
+
+
+def execute_all(tracking_uri: str, experiment: str, out: Path) -> dict[str, Path]:
+    """Run every notebook against the store; returns the output directory of each."""
+    dirs = {}
+    for name, path in NOTEBOOKS.items():
+        target = out / name
+        A.run_notebook(path, {"tracking_uri": tracking_uri, "experiment": experiment,
+                              "figures_dir": str(target / "figures"), "tables_dir": str(target / "tables")},
+                       output_path=target / f"{name}.ipynb")
+        dirs[name] = target
+    return dirs
+
+
+def read_table(directory: Path, name: str, levels: int = 1, index: int | list[int] = 0) -> pd.DataFrame:
+    return pd.read_csv(directory / "tables" / name, header=list(range(levels)) if levels > 1 else 0, index_col=index)
+
+
+def check_figures(dirs: dict[str, Path]) -> None:
+    for name, files in FIGURES.items():
+        for file in files:
+            path = dirs[name] / "figures" / file
+            assert path.exists(), f"{name} drew no {file}"
+            assert path.stat().st_size > 5_000, f"{path} looks empty"
+
+
+def test_notebooks_are_committed_clean():
+    for name, path in NOTEBOOKS.items():
+        nb = nbformat.read(str(path), as_version=4)
+        nbformat.validate(nb)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert all(not c.outputs and c.execution_count is None for c in code), f"{name}: strip the outputs"
+        params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+        assert len(params) == 1, f"{name}: one cell tagged 'parameters'"
+        for variable in ("tracking_uri", "experiment", "figures_dir", "tables_dir", "pick"):
+            assert f"{variable} = " in params[0].source, f"{name}: parameter {variable} missing"
+        assert nb.metadata.kernelspec.name == "python3"
+
+
+@pytest.mark.slow
+def test_notebooks_on_example_store(tmp_path):
+    from test_analysis import write_example_store  # tests/ is on sys.path (pytest's rootdir-less import)
+
+    uri, experiment = f"sqlite:///{tmp_path}/mlflow.db", "notebook-example"
+    write_example_store(uri, experiment)
+    dirs = execute_all(uri, experiment, tmp_path / "out")
+    check_figures(dirs)
+
+    main = read_table(dirs["fictitious"], "method_table.csv", levels=2)
+    assert list(main.index) == ["GA+GD", "NPO+GD", "IDK+AP", "ME+GD"]
+    assert list(main.columns) == [(s, m) for s in A.SPLITS for m in ("MU", "FE", "Avg")]
+    assert main.loc["ME+GD", ("forget01", "MU")] == pytest.approx(0.70)  # Avg 0.79 beats 0.785 and 0.71
+    assert main.loc["GA+GD", ("forget05", "FE")] == pytest.approx(0.85)
+    metrics = read_table(dirs["fictitious"], "metric_table.csv", levels=2, index=[0, 1])
+    assert len(metrics) == 6 and metrics.shape[1] == 4 * 6
+    fq = read_table(dirs["fictitious"], "forget_quality_table.csv", levels=2)
+    assert list(fq.index) == list(main.index)
+    side = read_table(dirs["fictitious"], "generations.csv")
+    assert side["target_generation"].str.startswith("target answer").all()
+
+    last = read_table(dirs["continual"], "continual_table.csv", index=None)
+    assert last[["method", "fix_ref_model"]].values.tolist() == [["NPO+GD", False], ["NPO+GD", True],
+                                                                 ["ME+GD", False], ["ME+GD", True]]
+    assert (last["last_task"] == 3).all()
+    curves = read_table(dirs["continual"], "task_curves.csv", index=None)
+    assert len(curves) == 12
+
+    real = read_table(dirs["real_world"], "real_world_table.csv")
+    assert list(real.index) == ["before unlearning", "GA+GD", "IDK+AP", "ME+GD"]
+    assert list(real.columns) == ["MU", "FE", "Avg", "MU (quoted)", "FE (quoted)", "bench/mmlu"]
+    assert real.loc["before unlearning", "MU"] == pytest.approx(0.61)
+
+
+@pytest.mark.slow
+def test_notebooks_on_empty_store_print_the_hint(tmp_path):
+    nb = A.run_notebook(NOTEBOOKS["continual"], {"tracking_uri": f"sqlite:///{tmp_path}/none.db",
+                                                 "experiment": "nothing-here", "tables_dir": str(tmp_path)})
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "No continual runs in experiment 'nothing-here'" in text
+    assert "experiments/sweep.py --preset smoke --scenario continual" in text
+    assert pd.read_csv(tmp_path / "continual_table.csv").empty
+
+
+@pytest.fixture(scope="session")
+def smoke_store(tmp_path_factory) -> tuple[str, str]:
+    """Smoke studies of every scenario in one store, as the README tells users to run them."""
+    if not SWEEP.exists():
+        pytest.skip("experiments/sweep.py does not exist yet")
+    tmp = tmp_path_factory.mktemp("smoke")
+    uri, experiment = f"sqlite:///{tmp}/mlflow.db", "smoke-notebooks"
+    for scenario in ("fictitious", "continual", "real-world"):
+        command = [sys.executable, str(SWEEP), "--preset", "smoke", "--scenario", scenario,
+                   "--method", *SMOKE_METHODS, "--n-trials", "2", "--tracking-uri", uri,
+                   "--storage", f"sqlite:///{tmp}/optuna.db", "--experiment", experiment]
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+        if done.returncode != 0:
+            pytest.fail(f"{' '.join(command)} exited {done.returncode}:\n{done.stderr[-3000:]}")
+    return uri, experiment
+
+
+@pytest.mark.slow
+def test_notebooks_on_smoke_studies(smoke_store, tmp_path):
+    uri, experiment = smoke_store
+    runs = A.fetch_runs(uri, experiment)
+    dirs = execute_all(uri, experiment, tmp_path)
+    check_figures(dirs)
+
+    main = read_table(dirs["fictitious"], "method_table.csv", levels=2)
+    assert list(main.index) == list(SMOKE_METHODS)
+    assert list(main.columns) == [(s, m) for s in A.SPLITS for m in ("MU", "FE", "Avg")]
+    assert main.notna().any(axis=1).all()  # each method has numbers on the split the smoke preset ran
+    metrics = read_table(dirs["fictitious"], "metric_table.csv", levels=2, index=[0, 1])
+    assert set(metrics.index.get_level_values(0)) == set(SMOKE_METHODS)
+    assert metrics.shape[1] == 4 * 6 and metrics[["forget", "retain"]].notna().any(axis=None)
+    side = read_table(dirs["fictitious"], "generations.csv", index=None)
+    assert list(side.columns) == list(A.GENERATION_COLUMNS) and len(side) > 0
+
+    last = read_table(dirs["continual"], "continual_table.csv", index=None)
+    assert set(last["method"]) == set(SMOKE_METHODS)
+    curves = read_table(dirs["continual"], "task_curves.csv", index=None)
+    for _, run in curves.groupby("run_id"):
+        assert run["task"].tolist() == list(range(1, len(run) + 1))  # one point per task, from task 1
+    assert (last["last_task"] >= 2).all(), "continual smoke runs should cover more than one task"
+    finished = A.finished(A.scenario_runs(runs, "continual"))
+    assert set(last["run_id"]) <= set(finished["run_id"])
+
+    real = read_table(dirs["real_world"], "real_world_table.csv")
+    assert list(real.index) == ["before unlearning", *SMOKE_METHODS]
+    assert list(real.columns[:5]) == ["MU", "FE", "Avg", "MU (quoted)", "FE (quoted)"]
+    assert real.loc[list(SMOKE_METHODS), "MU"].notna().all()
