@@ -124,6 +124,14 @@ def plan(args) -> tuple[object, object, dict]:
         cfg = RunConfig.from_dict(config)
     except TypeError as error:
         raise StudyInputError(f"bad setting: {error}") from None
+    if not cfg.data.source.startswith("hub"):
+        # Read the data now: a missing file, a bad line or a task that does not exist is reported
+        # before anything is written (the hub is read only when the study runs).
+        from study.runner import scenario_data, source_for, tasks_of
+
+        source = source_for(cfg)
+        for task in tasks_of(cfg):
+            scenario_data(cfg, task, source)
     scenario = cfg.data.scenario
     split = "real-world" if scenario == "real-world" else cfg.data.split
     parts = [args.preset] + [p for p in (scenario, split) if p not in args.preset] + [Path(cfg.model.name).name]

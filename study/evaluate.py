@@ -385,40 +385,93 @@ def _batches(order: Sequence[int], size: int) -> Iterator[list[int]]:
         yield list(order[start:start + size])
 
 
+def _greedy_hf(model: Any, input_ids: torch.Tensor, attention: torch.Tensor, max_new: int,
+               eos: list[int], pad_id: int) -> list[list[int]]:
+    """Greedy continuations with Hugging Face ``generate`` (the reference code's call), [B] lists."""
+    out = model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new,
+                         do_sample=False, num_beams=1, eos_token_id=eos, pad_token_id=pad_id, use_cache=True)
+    return out[:, input_ids.shape[1]:].tolist()
+
+
+def _greedy_dropping_finished(model: Any, input_ids: torch.Tensor, attention: torch.Tensor,
+                              budgets: list[int], eos: list[int]) -> list[list[int]]:
+    """Greedy decoding of a left-padded batch that drops each row from the batch (and from the KV
+    cache) as soon as it emits EOS or reaches its own budget.
+
+    ``generate`` keeps finished rows in the batch until the longest one ends; evaluation
+    generations have long-tailed lengths (a few run to the budget, most stop early), so dropping
+    them makes the late steps cheap. Each step does what ``generate``'s greedy search does
+    (``_sample`` with ``do_sample=False``): position ids ``cumsum(mask) - 1`` (0 on padding), logits
+    of the last position only, float32 argmax; no logits processors.
+
+    Args:
+        input_ids: [B, P] prompts, left-padded. attention: [B, P], 0 on padding.
+        budgets: new tokens allowed per row (``max_length`` minus the row's prompt length), >= 1.
+        eos: ids that end a row (the EOS itself is recorded, and cut by the caller).
+
+    Returns:
+        [B] lists of generated ids, each at most ``budgets[i]`` long.
+    """
+    from transformers import DynamicCache
+
+    device = input_ids.device
+    eos_t = torch.tensor(eos, device=device)
+    budget_t = torch.tensor(budgets, device=device)
+    out: list[list[int]] = [[] for _ in budgets]
+    rows = torch.arange(len(budgets), device=device)  # original row of each live batch row
+    cache = DynamicCache(config=model.config)
+    positions = (attention.long().cumsum(-1) - 1).masked_fill(attention == 0, 0)  # [B, P]
+    logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
+                   past_key_values=cache, use_cache=True, logits_to_keep=1).logits  # [B, 1, V]
+    last_position = positions[:, -1]
+    step = 0
+    while True:
+        next_tokens = logits[:, -1].to(dtype=torch.float32).argmax(dim=-1)  # [b]
+        for row, token in zip(rows.tolist(), next_tokens.tolist()):
+            out[row].append(token)
+        step += 1
+        done = torch.isin(next_tokens, eos_t) | (budget_t[rows] <= step)
+        if bool(done.all()):
+            return out
+        if bool(done.any()):
+            keep = (~done).nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            rows, attention, next_tokens, last_position = rows[keep], attention[keep], next_tokens[keep], last_position[keep]
+        attention = torch.cat([attention, attention.new_ones((attention.shape[0], 1))], dim=1)
+        last_position = last_position + 1
+        logits = model(input_ids=next_tokens[:, None], attention_mask=attention, position_ids=last_position[:, None],
+                       past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+
+
 def _generate(model: Any, tokenizer: Any, prompts: Sequence[str], max_length: int, plan: _Plan,
               device: torch.device, bar: tqdm) -> list[list[int]]:
     """Greedy continuations of each prompt, cut at the first EOS and at ``max_length`` tokens
     including the item's own prompt. Returns the new token ids per prompt (EOS excluded).
 
-    Left padding on a copy of the tokenizer; a batch runs to the largest budget of its items and
-    each item is then cut to its own budget, which is what generating it alone would give (greedy
-    decoding is causal), so results do not depend on the batching.
+    Left padding on a copy of the tokenizer. Each item gets its own budget, which is what
+    generating it alone gives, so results do not depend on the batching: the fast path drops rows
+    when they reach it; ``generate`` (reference path, and models without a KV cache API) runs a batch
+    to its largest budget and rows are cut after (greedy decoding is causal).
     """
     tok = left_padded(tokenizer)
     prompt_ids: list[list[int]] = tok(list(prompts), add_special_tokens=True)["input_ids"]
     eos = _eos_ids(model, tokenizer)
     order = list(range(len(prompts)))
-    if plan.fast:  # similar lengths together: little padding, similar budgets
+    if plan.fast:  # similar lengths together: little padding
         order.sort(key=lambda i: len(prompt_ids[i]))
     out: list[list[int]] = [[] for _ in prompts]
     for batch in _batches(order, plan.generation_batch):
-        budgets = {i: max_length - len(prompt_ids[i]) for i in batch}
-        max_new = max(budgets.values())
-        if max_new > 0:
-            padded = tok.pad({"input_ids": [prompt_ids[i] for i in batch]}, padding=True, return_tensors="pt")
-            input_ids = padded["input_ids"].to(device)
-            generated = model.generate(
-                input_ids=input_ids,
-                attention_mask=padded["attention_mask"].to(device),
-                max_new_tokens=max_new,
-                do_sample=False,
-                num_beams=1,
-                eos_token_id=eos,
-                pad_token_id=tok.pad_token_id,
-                use_cache=True,
-            )[:, input_ids.shape[1]:].tolist()
-            for i, row in zip(batch, generated):
-                row = row[: max(budgets[i], 0)]
+        budgets = [max_length - len(prompt_ids[i]) for i in batch]
+        live = [(i, b) for i, b in zip(batch, budgets) if b > 0]  # a prompt at max_length gets ""
+        if live:
+            padded = tok.pad({"input_ids": [prompt_ids[i] for i, _ in live]}, padding=True, return_tensors="pt")
+            input_ids, attention = padded["input_ids"].to(device), padded["attention_mask"].to(device)
+            if plan.fast:
+                generated = _greedy_dropping_finished(model, input_ids, attention, [b for _, b in live], eos)
+            else:
+                generated = _greedy_hf(model, input_ids, attention, max(b for _, b in live), eos, tok.pad_token_id)
+            for (i, budget), row in zip(live, generated):
+                row = row[:budget]
                 cut = next((j for j, t in enumerate(row) if t in eos), len(row))
                 out[i] = row[:cut]
         bar.update(1)
@@ -533,7 +586,7 @@ def _nli_truth_field(eval_set: EvalSet) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# One set
+# Sets
 
 
 def _rectangular(rows: list[list[float]], set_name: str) -> np.ndarray:
@@ -546,18 +599,33 @@ def _rectangular(rows: list[list[float]], set_name: str) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64).reshape(len(rows), counts[0] if counts else 0)
 
 
-def _evaluate_set(model: Any, tokenizer: Any, prompt: PromptFormat, eval_set: EvalSet, scenario: str,
-                  metric_models: MetricModels, max_length: int, plan: _Plan, progress: bool,
-                  device: torch.device, timings: dict[str, float]) -> pd.DataFrame:
-    rows = eval_set.rows
-    n = len(rows)
-    kind = eval_set.kind
-    questions = [r["question"] for r in rows]
-    truths = [r[eval_set.truth] for r in rows]
+@dataclass
+class _SetWork:
+    """One set's items and where its sequences sit in the pooled work lists."""
 
-    # Every scored sequence of the set, flattened: [truth, paraphrase, perturbed_1..K] per item.
-    # The fast path scores each distinct (question, answer) text once: on RA/WF the "paraphrased"
-    # answer is the answer itself, so its forward pass is shared.
+    eval_set: EvalSet
+    first: int
+    """Index of the set's first item in the pooled prompt list."""
+    truth_slot: list[int]
+    """Per item, the index of (question, truth answer) in the pooled scored sequences."""
+    para_slot: list[int]
+    pert_slot: list[list[int]]
+
+    @property
+    def rows(self) -> list[dict]:
+        return self.eval_set.rows
+
+    @property
+    def items(self) -> slice:
+        return slice(self.first, self.first + len(self.eval_set.rows))
+
+
+def _plan_work(eval_sets: Sequence[EvalSet], plan: _Plan) -> tuple[list[_SetWork], list[tuple[str, str]]]:
+    """Pool the scored sequences of all sets: per item [truth, paraphrase, perturbed_1..K].
+
+    The fast path scores each distinct (question, answer) text once: on Real Authors / World Facts
+    the "paraphrased" answer is the answer itself, so they share one forward pass.
+    """
     pairs: list[tuple[str, str]] = []
     index: dict[tuple[str, str], int] = {}
 
@@ -569,69 +637,103 @@ def _evaluate_set(model: Any, tokenizer: Any, prompt: PromptFormat, eval_set: Ev
         index[key] = len(pairs) - 1
         return len(pairs) - 1
 
-    truth_slot = [slot(q, t) for q, t in zip(questions, truths)]
-    para_slot = [slot(q, r[eval_set.paraphrase]) for q, r in zip(questions, rows)]
-    pert_slot = [[slot(q, p) for p in r["perturbed_answer"]] for q, r in zip(questions, rows)]
+    works, first = [], 0
+    for eval_set in eval_sets:
+        rows = eval_set.rows
+        works.append(_SetWork(
+            eval_set, first,
+            truth_slot=[slot(r["question"], r[eval_set.truth]) for r in rows],
+            para_slot=[slot(r["question"], r[eval_set.paraphrase]) for r in rows],
+            pert_slot=[[slot(r["question"], p) for p in r["perturbed_answer"]] for r in rows],
+        ))
+        first += len(rows)
+    return works, pairs
 
+
+def _evaluate_sets(model: Any, tokenizer: Any, prompt: PromptFormat, eval_sets: Sequence[EvalSet], scenario: str,
+                   metric_models: MetricModels, max_length: int, plan: _Plan, progress: bool,
+                   device: torch.device, timings: dict[str, float]) -> list[pd.DataFrame]:
+    """Generate, score, embed and classify the items of ``eval_sets`` together (pooled across sets,
+    so batches stay full), then compute each set's per-item table."""
+    works, pairs = _plan_work(eval_sets, plan)
+    questions = [r["question"] for w in works for r in w.rows]
+    n = len(questions)
     n_gen = math.ceil(n / plan.generation_batch)
     n_score = math.ceil(len(pairs) / plan.score_batch)
     n_nli = math.ceil(n / plan.nli_batch) if metric_models.nli is not None else 0
-    with tqdm(total=n_gen + n_score + n_nli, desc=f"eval {eval_set.name}", leave=False,
-              disable=not progress) as bar, torch.inference_mode():
+    names = "+".join(s.name for s in eval_sets)
+
+    with tqdm(total=n_gen + n_score + n_nli, desc=f"eval {names}", leave=False, disable=not progress) as bar:
         t0 = time.perf_counter()
-        gen_ids = _generate(model, tokenizer, [prompt.prompt(q) for q in questions], max_length, plan, device, bar)
-        generations = tokenizer.batch_decode(gen_ids, skip_special_tokens=True)
+        with torch.inference_mode():
+            gen_ids = _generate(model, tokenizer, [prompt.prompt(q) for q in questions], max_length, plan, device, bar)
+        generations: list[str] = tokenizer.batch_decode(gen_ids, skip_special_tokens=True)
         t1 = time.perf_counter()
-        nll, n_tok = _score(model, tokenizer, prompt, pairs, max_length, plan, device, bar)
+        with torch.inference_mode():
+            nll, n_tok = _score(model, tokenizer, prompt, pairs, max_length, plan, device, bar)
         t2 = time.perf_counter()
-    timings["generation"] = timings.get("generation", 0.0) + t1 - t0
-    timings["scoring"] = timings.get("scoring", 0.0) + t2 - t1
+        cosine_refs = [r[w.eval_set.cosine_truth] for w in works for r in w.rows]
+        cosine = _cosine(metric_models.embedder, generations, cosine_refs, plan)
+        t3 = time.perf_counter()
+        nli_labels: list[str | None] = [None] * n
+        if metric_models.nli is not None:
+            pairs_nli = []
+            for w in works:  # the direction depends on the set and the scenario (metrics.nli_pairs)
+                refs = [r[_nli_truth_field(w.eval_set)] for r in w.rows]
+                pairs_nli.extend(M.nli_pairs(w.eval_set.kind, metrics_scenario(scenario), generations[w.items], refs))
+            nli_labels = list(_nli_labels(metric_models.nli, pairs_nli, plan, bar))
+        t4 = time.perf_counter()
+    for stage, seconds in (("generation", t1 - t0), ("scoring", t2 - t1), ("embedding", t3 - t2), ("nli", t4 - t3)):
+        timings[stage] = timings.get(stage, 0.0) + seconds
 
-    avg = nll / np.where(n_tok > 0, n_tok, 1)
-    avg = np.where(n_tok > 0, avg, np.nan)
-    answer_nll, answer_n = nll[truth_slot], n_tok[truth_slot]
-    answer_avg, para_avg = avg[truth_slot], avg[para_slot]
-    pert_avg = _rectangular([[avg[j] for j in js] for js in pert_slot], eval_set.name)
-
-    columns: dict[str, Any] = {}
-    columns[M.ROUGE] = M.rouge_l_recall(generations, truths)
-    if kind in (M.REAL_AUTHORS, M.WORLD_FACTS):
-        columns[M.PROBABILITY] = M.normalised_probability(answer_avg, pert_avg)
-    else:
-        columns[M.PROBABILITY] = M.probability(answer_nll, answer_n)
-    columns.update(M.truth_ratio_columns(para_avg, pert_avg, kind))
     # The reference code counts tokenizer.tokenize(generation): the decoded text re-tokenised (which
-    # can differ from the generated ids), done here for the whole set in one call.
+    # can differ from the generated ids), done here for all items in one call.
     retokenised = tokenizer(generations, add_special_tokens=False)["input_ids"] if n else []
-    columns[M.TOKEN_ENTROPY] = M.token_entropy(retokenised)
+    avg = np.where(n_tok > 0, nll / np.where(n_tok > 0, n_tok, 1), np.nan)  # average token NLL per sequence
+    return [_set_table(w, scenario, generations[w.items], retokenised[w.items], nll, n_tok, avg,
+                       cosine[w.items], nli_labels[w.items]) for w in works]
 
-    t3 = time.perf_counter()
-    cosine_refs = [r[eval_set.cosine_truth] for r in rows]
-    columns[M.COSINE] = _cosine(metric_models.embedder, generations, cosine_refs, plan)
-    t4 = time.perf_counter()
-    nli_refs = [r[_nli_truth_field(eval_set)] for r in rows]
-    if metric_models.nli is not None:
-        with tqdm(total=n_nli, desc=f"nli {eval_set.name}", leave=False, disable=not progress) as bar:
-            nli_labels: list[str | None] = list(_nli_labels(
-                metric_models.nli, M.nli_pairs(kind, metrics_scenario(scenario), generations, nli_refs), plan, bar))
-        columns[M.ENTAILMENT] = M.entailment_scores(nli_labels, columns[M.ROUGE])
+
+def _set_table(work: _SetWork, scenario: str, generations: list[str], retokenised: list[list[int]],
+               nll: np.ndarray, n_tok: np.ndarray, avg: np.ndarray, cosine: list[float],
+               nli_labels: list[str | None]) -> pd.DataFrame:
+    """The per-item table of one set, every metric from :mod:`study.metrics`."""
+    eval_set, rows, kind = work.eval_set, work.rows, work.eval_set.kind
+    n = len(rows)
+    truths = [r[eval_set.truth] for r in rows]
+    answer_nll, answer_n = nll[work.truth_slot], n_tok[work.truth_slot]
+    answer_avg, para_avg = avg[work.truth_slot], avg[work.para_slot]
+    pert_avg = _rectangular([[avg[j] for j in js] for js in work.pert_slot], eval_set.name)  # [N, K]
+
+    rouge = M.rouge_l_recall(generations, truths)
+    if kind in (M.REAL_AUTHORS, M.WORLD_FACTS):
+        probability = M.normalised_probability(answer_avg, pert_avg)
     else:
-        nli_labels = [None] * n
-        columns[M.ENTAILMENT] = [math.nan] * n
-    timings["embedding"] = timings.get("embedding", 0.0) + t4 - t3
-    timings["nli"] = timings.get("nli", 0.0) + time.perf_counter() - t4
-
+        probability = M.probability(answer_nll, answer_n)
+    truth_ratio = M.truth_ratio_columns(para_avg, pert_avg, kind)
+    if all(label is not None for label in nli_labels) and n:
+        entailment = M.entailment_scores(nli_labels, rouge)
+    else:
+        entailment = [math.nan] * n
+    metric_columns = {
+        M.ROUGE: rouge,
+        M.PROBABILITY: probability,
+        M.TRUTH_RATIO: truth_ratio[M.TRUTH_RATIO],
+        M.TOKEN_ENTROPY: M.token_entropy(retokenised),
+        M.COSINE: cosine,
+        M.ENTAILMENT: entailment,
+    }
     return pd.DataFrame({
         "set": [eval_set.name] * n,
         "item": np.arange(n),
-        "question": questions,
+        "question": [r["question"] for r in rows],
         "generation": generations,
         "reference": truths,
-        "cosine_reference": cosine_refs,
-        "nli_reference": nli_refs,
-        **{m: np.asarray(columns[m], dtype=np.float64) for m in M.METRICS},
-        M.TRUTH_RATIO_RAW: columns[M.TRUTH_RATIO_RAW],
-        M.TRUTH_RATIO_MIN: columns[M.TRUTH_RATIO_MIN],
+        "cosine_reference": [r[eval_set.cosine_truth] for r in rows],
+        "nli_reference": [r[_nli_truth_field(eval_set)] for r in rows],
+        **{m: np.asarray(metric_columns[m], dtype=np.float64) for m in M.METRICS},
+        M.TRUTH_RATIO_RAW: truth_ratio[M.TRUTH_RATIO_RAW],
+        M.TRUTH_RATIO_MIN: truth_ratio[M.TRUTH_RATIO_MIN],
         "nli_label": nli_labels,
         "nll_answer": answer_nll,
         "n_tokens_answer": answer_n,
@@ -698,15 +800,17 @@ def _run(model: Any, tokenizer: Any, prompt: PromptFormat, eval_sets: Sequence[E
     model.eval()  # no dropout; restored afterwards (evaluation can run mid-training)
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    tables = []
+    tables: list[pd.DataFrame] = []
     try:
-        for eval_set in eval_sets:
-            models_for_set = metric_models
-            if plan.reload_metric_models:
-                models_for_set = load_metric_models(metric_models.embedder_name, metric_models.nli_name,
-                                                    metric_models.device, reload=True)
-            tables.append(_evaluate_set(model, tokenizer, prompt, eval_set, scenario, models_for_set,
-                                        max_length, plan, progress, device, timings))
+        if plan.reload_metric_models:  # the reference way: one set at a time, metric models rebuilt
+            for eval_set in eval_sets:
+                reloaded = load_metric_models(metric_models.embedder_name, metric_models.nli_name,
+                                              metric_models.device, reload=True)
+                tables += _evaluate_sets(model, tokenizer, prompt, [eval_set], scenario, reloaded,
+                                         max_length, plan, progress, device, timings)
+        else:
+            tables = _evaluate_sets(model, tokenizer, prompt, eval_sets, scenario, metric_models,
+                                    max_length, plan, progress, device, timings)
     finally:
         model.train(was_training)
     items = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()

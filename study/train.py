@@ -1,22 +1,30 @@
 """The thin training loop: unlearning (REFERENCE §3-§4) and the fine-tuning that makes target and retain
 models. It knows nothing of MLflow or Optuna: it emits ``StepEvent`` / ``EpochEvent`` to callbacks.
 
-Schedule (REFERENCE §4): AdamW (weight decay 0.01), effective batch = micro-batch x accumulation x
-devices, ``max_steps = floor(epochs * N / effective_batch)``, linear warm-up over the first epoch's
-steps when that is more than one step, then linear decay to 0.
+Schedule (REFERENCE §4): AdamW (weight decay 0.01, none on biases and norms), effective batch =
+micro-batch x accumulation x devices, ``max_steps = floor(epochs * N / effective_batch)``, linear
+warm-up over the first epoch's steps when that is more than one step, then linear decay to 0, as
+transformers' ``get_linear_schedule_with_warmup`` (step 0 of a warm-up runs at lr 0). No gradient
+clipping: the reference's DeepSpeed config has none, and DeepSpeed then does not clip.
 
 Data order: one stream of per-epoch permutations (a local ``torch.Generator`` seeded by ``seed +
 epoch``). Optimizer step ``s`` takes the next ``effective_batch`` indices; micro-batch ``j`` of it is
 processed by rank ``j % world_size``. So one process with ``grad_accum * W`` micro-batches sees
-exactly the global batches that ``W`` processes see, and both average the same micro-batch gradients.
+exactly the global batches that ``W`` processes see, and both average the same micro-batch gradients
+(each micro-batch loss is divided by the accumulation steps; DeepSpeed also averages over ranks).
+Reported step losses are means over the global batch's micro-batches on every rank.
+
+Multi-process training goes through a DeepSpeed engine (``engine=``; see ``study.distributed``), or
+through ``unlearn`` with ``TrainConfig.deepspeed`` set, which builds the engine itself.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -29,21 +37,34 @@ class NonFiniteLoss(RuntimeError):
 
 @dataclass
 class StepEvent:
-    step: int  # optimizer steps done (1-based)
+    """One optimizer step, sent to ``Callback.on_step`` (identical on every rank)."""
+
+    step: int
+    """Optimizer steps done (1-based)."""
     max_steps: int
-    epoch: float  # fractional epochs done
+    epoch: float
+    """Fractional epochs done."""
     loss: float
+    """Mean micro-batch loss of the step's global batch."""
     parts: dict[str, float]
+    """The loss function's parts (``total``, ``forget``, ``regularization``, ...), same mean."""
     lr: float
+    """Learning rate used for this step."""
     grad_norm: float
+    """L2 norm of the accumulated (global) gradient, before the optimizer step."""
     seconds: float
 
 
 @dataclass
 class EpochEvent:
-    epoch: int  # epochs completed (1-based)
+    """An epoch boundary was crossed (or the last step ran), sent to ``Callback.on_epoch``."""
+
+    epoch: int
+    """Epochs completed (1-based; the last, partial epoch counts as one)."""
     step: int
     model: object
+    """The model being trained, in eval mode during the call. Under ZeRO-3 its parameters are
+    partitioned: every rank must run the same forward passes on it (they all get the event)."""
 
 
 class Callback(Protocol):
@@ -58,8 +79,16 @@ class TrainResult:
     seconds: float = 0.0
 
 
+LossFn = Callable[[Any, dict], "tuple[torch.Tensor, Mapping[str, torch.Tensor | float]]"]
+"""``loss_fn(model, batch) -> (scalar loss with grad, {name: detached scalar})``."""
+
+
 def max_steps_for(n_items: int, epochs: float, effective_batch: int) -> int:
-    """REFERENCE §4: ``floor(epochs * N / effective_batch)`` (at least one step)."""
+    """REFERENCE §4: ``floor(epochs * N / effective_batch)`` (at least one step).
+
+    ``int(epochs * N) // B`` equals ``floor(epochs * N / B)`` for an integer ``B`` (nested floors), and
+    is what the reference code computes.
+    """
     return max(1, int(epochs * n_items) // effective_batch)
 
 
@@ -77,13 +106,23 @@ def lr_at(step: int, lr: float, warmup: int, max_steps: int) -> float:
     return lr * max(0.0, (max_steps - step) / max(1, max_steps - warmup))
 
 
-def index_stream(n_items: int, seed: int):
+def index_stream(n_items: int, seed: int) -> Iterator[int]:
     """Endless indices: a fresh permutation per epoch, each from a local generator."""
     epoch = 0
     while True:
         generator = torch.Generator().manual_seed(seed + epoch)
         yield from torch.randperm(n_items, generator=generator).tolist()
         epoch += 1
+
+
+def adamw_param_groups(model, weight_decay: float) -> list[dict]:
+    """Trainable parameters in two AdamW groups: matrices decay, vectors (biases, norms) do not, as
+    transformers' ``Trainer`` (used by the reference code) does."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
 
 
 def _to(batch: dict, device) -> dict:
@@ -96,7 +135,33 @@ def _to(batch: dict, device) -> dict:
     return out
 
 
-LossFn = Callable[[object, dict], "tuple[torch.Tensor, dict[str, torch.Tensor]]"]
+def _rank_mean(values: list[float], device, world_size: int) -> list[float]:
+    """Mean over ranks of per-rank numbers (one all-reduce); unchanged in a single process."""
+    if world_size == 1:
+        return values
+    import torch.distributed as dist
+
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return (tensor / world_size).tolist()
+
+
+def _check_engine(engine, batch_size: int, grad_accum: int, world_size: int) -> None:
+    """The engine's batch geometry must be the loop's, and the loop owns the learning rate."""
+    expected = {
+        "train_micro_batch_size_per_gpu": batch_size,
+        "gradient_accumulation_steps": grad_accum,
+    }
+    for name, value in expected.items():
+        actual = getattr(engine, name)()
+        if actual != value:
+            raise ValueError(f"DeepSpeed engine has {name}={actual}, the training loop {value}: build the engine "
+                             "with study.distributed.deepspeed_engine (it fills these from the TrainConfig)")
+    dp_world = getattr(engine, "dp_world_size", world_size)
+    if dp_world != world_size:
+        raise ValueError(f"DeepSpeed engine spans {dp_world} data-parallel ranks, the loop was given world_size={world_size}")
+    if getattr(engine, "lr_scheduler", None) is not None:
+        raise ValueError("the DeepSpeed config has a 'scheduler': remove it; the training loop sets the learning rate (REFERENCE §4)")
 
 
 def train_loop(
@@ -110,7 +175,7 @@ def train_loop(
     grad_accum: int,
     weight_decay: float = 0.01,
     seed: int = 1001,
-    callbacks: list = (),
+    callbacks: Sequence = (),
     world_size: int = 1,
     rank: int = 0,
     engine=None,
@@ -119,27 +184,34 @@ def train_loop(
 ) -> TrainResult:
     """Run the schedule over ``dataset`` (items collated by ``study.data.collate``).
 
-    ``loss_fn(model, batch) -> (loss, parts)``. With ``engine`` (a DeepSpeed engine wrapping ``model``),
-    backward/step go through it and ``world_size``/``rank`` select this process's micro-batches.
+    ``loss_fn(model, batch) -> (loss, parts)``. Without ``engine`` (one process), a torch AdamW is
+    built here and ``(loss / grad_accum).backward()`` accumulates. With ``engine`` (a DeepSpeed engine
+    wrapping ``model``, e.g. from ``study.distributed.deepspeed_engine``), ``loss_fn`` gets the engine,
+    backward/step go through it, and ``world_size``/``rank`` select this process's micro-batches; the
+    engine's micro-batch and accumulation steps must be ``batch_size`` and ``grad_accum``.
+
+    Raises:
+        NonFiniteLoss: a micro-batch loss is NaN or infinite (on any rank); the message names the step.
     """
     from tqdm.auto import tqdm
 
+    if world_size > 1 and engine is None:
+        raise ValueError(f"world_size={world_size} needs a DeepSpeed engine (study.distributed.deepspeed_engine): "
+                         "without one nothing averages gradients across ranks")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world_size {world_size}")
     n_items = len(dataset)
     effective = batch_size * grad_accum * world_size
     max_steps = max_steps_for(n_items, epochs, effective)
     warmup = warmup_steps_for(n_items, effective)
     device = next(model.parameters()).device
-    model.train()
     if engine is None:
-        params = [p for p in model.parameters() if p.requires_grad]
-        decay = [p for p in params if p.ndim >= 2]
-        no_decay = [p for p in params if p.ndim < 2]
-        # transformers' Trainer (used by the reference code) exempts biases and norms from weight decay.
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
-        )
+        optimizer = torch.optim.AdamW(adamw_param_groups(model, weight_decay), lr=lr)
     else:
+        _check_engine(engine, batch_size, grad_accum, world_size)
         optimizer = engine.optimizer
+    trained = engine if engine is not None else model
+    trained.train()
     stream = index_stream(n_items, seed)
     result = TrainResult(steps=max_steps)
     started = time.perf_counter()
@@ -154,29 +226,37 @@ def train_loop(
         consumed += effective
         total = 0.0
         parts_sum: dict[str, float] = {}
-        mine = [indices[j * batch_size:(j + 1) * batch_size] for j in range(grad_accum * world_size) if j % world_size == rank]
-        for micro in mine:
+        micro_batches = [indices[j * batch_size:(j + 1) * batch_size] for j in range(grad_accum * world_size)]
+        for micro in micro_batches[rank::world_size]:
             batch = _to(collate([dataset[i] for i in micro]), device)
-            loss, parts = loss_fn(engine or model, batch)
-            if not torch.isfinite(loss):
+            loss, parts = loss_fn(trained, batch)
+            finite = bool(torch.isfinite(loss.detach()))
+            if world_size > 1:  # every rank stops together, or the others would wait forever
+                finite = _rank_mean([float(finite)], device, world_size)[0] == 1.0
+            if not finite:
                 raise NonFiniteLoss(
-                    f"loss became {loss.item()} at step {step + 1}/{max_steps} "
+                    f"loss became {loss.item()} at step {step + 1}/{max_steps} on rank {rank} "
                     f"(parts: {', '.join(f'{k}={float(v):.4g}' for k, v in parts.items())})"
                 )
             if engine is not None:
-                engine.backward(loss)  # DeepSpeed scales by its accumulation steps itself
-                engine.step()
+                engine.backward(loss)  # DeepSpeed divides by its accumulation steps itself
+                engine.step()  # steps the optimizer only at the accumulation boundary
             else:
                 (loss / grad_accum).backward()
             total += loss.item() / grad_accum
             for key, value in parts.items():
                 parts_sum[key] = parts_sum.get(key, 0.0) + float(value) / grad_accum
         if engine is None:
+            # max_norm=inf: measures the norm, clips nothing (REFERENCE §4: no clipping).
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf")))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         else:
             grad_norm = float(engine.get_global_grad_norm() or 0.0)
+        if world_size > 1:
+            keys = sorted(parts_sum)
+            total, *means = _rank_mean([total, *(parts_sum[k] for k in keys)], device, world_size)
+            parts_sum = dict(zip(keys, means))
         event = StepEvent(step + 1, max_steps, consumed / n_items, total, parts_sum, current_lr, grad_norm,
                           time.perf_counter() - step_start)
         result.history.append(event)
@@ -187,13 +267,14 @@ def train_loop(
                 callback.on_step(event)
         epochs_done = consumed // n_items
         if epochs_done > (consumed - effective) // n_items or step + 1 == max_steps:
+            epoch_event = EpochEvent(max(1, math.ceil(consumed / n_items - 1e-9)), step + 1, model)
             for callback in callbacks:
                 if hasattr(callback, "on_epoch"):
-                    model.eval()
-                    callback.on_epoch(EpochEvent(max(1, math.ceil(consumed / n_items - 1e-9)), step + 1, model))
-                    model.train()
+                    trained.eval()
+                    callback.on_epoch(epoch_event)
+                    trained.train()
     bar.close()
-    model.eval()
+    trained.eval()
     result.seconds = time.perf_counter() - started
     return result
 
@@ -211,7 +292,9 @@ def unlearning_dataset(method, forget, retain, refusals, tokenizer, prompt, max_
 
 def cache_reference_logprobs(method, ref_model, dataset, batch_size: int = 16) -> None:
     """NPO and DPO only need per-sequence log-probs of the frozen reference: compute them once per
-    item (stored on the dataset items as ``ref_logprobs_<part>``) instead of at every step."""
+    item (stored on the dataset items as ``ref_logprobs_<part>``) instead of at every step.
+
+    ``ref_model`` may be a ZeRO-3 inference engine: every rank then runs the same forward passes."""
     from .losses import ref_cache_key, reference_logprobs
 
     parts = method.ref_logprob_parts
@@ -229,8 +312,19 @@ def cache_reference_logprobs(method, ref_model, dataset, batch_size: int = 16) -
 
 
 def unlearn(model, tokenizer, prompt, method, data, train_cfg, label_mode: str, ref_model=None, callbacks=(),
-            cache_reference: bool = True, progress: bool = False, engine=None, world_size=1, rank=0) -> TrainResult:
-    """Unlearn ``data.forget`` from ``model`` with ``method`` (a ``study.losses.Method``)."""
+            cache_reference: bool = True, progress: bool = False, engine=None, world_size: int = 1,
+            rank: int = 0) -> TrainResult:
+    """Unlearn ``data.forget`` from ``model`` with ``method`` (a ``study.losses.Method``).
+
+    ``ref_model``: the frozen reference (NPO, DPO, KL, LLMU). With ``cache_reference`` its per-sequence
+    log-probs are computed once before training (NPO, DPO); it is kept for every step only when a
+    loss needs its logits (KL, LLMU) or ``cache_reference`` is False.
+
+    Three ways to run: one process (default); a DeepSpeed ``engine`` wrapping ``model`` built by the
+    caller (``world_size``/``rank`` of this process); or ``train_cfg.deepspeed`` set and no engine, in
+    which case ``study.distributed.train_with_deepspeed`` builds the engines (ZeRO-3: also one for a
+    live reference model), trains, and writes the trained weights back into ``model``.
+    """
     from .losses import compute_loss
 
     dataset = unlearning_dataset(method, data.forget, data.retain, data.refusals, tokenizer, prompt,
@@ -239,18 +333,28 @@ def unlearn(model, tokenizer, prompt, method, data, train_cfg, label_mode: str, 
         cache_reference_logprobs(method, ref_model, dataset)
     keep_ref = ref_model if (method.needs_live_ref_model or not cache_reference) else None
 
-    def loss_fn(m, batch):
-        out = compute_loss(method, m, batch, keep_ref)
-        return out.total, out.parts
+    def make_loss_fn(ref):
+        def loss_fn(m, batch):
+            out = compute_loss(method, m, batch, ref)
+            return out.total, out.parts
 
-    return train_loop(model, dataset, loss_fn, lr=train_cfg.lr, epochs=train_cfg.epochs, batch_size=train_cfg.batch_size,
-                      grad_accum=train_cfg.grad_accum, weight_decay=train_cfg.weight_decay, seed=train_cfg.seed,
-                      callbacks=callbacks, progress=progress, engine=engine, world_size=world_size, rank=rank,
-                      description=f"unlearn {method}")
+        return loss_fn
+
+    description = f"unlearn {method}"
+    if engine is None and train_cfg.deepspeed:
+        from .distributed import train_with_deepspeed
+
+        return train_with_deepspeed(model, dataset, make_loss_fn, train_cfg, ref_model=keep_ref, callbacks=callbacks,
+                                    progress=progress, description=description)
+    return train_loop(model, dataset, make_loss_fn(keep_ref), lr=train_cfg.lr, epochs=train_cfg.epochs,
+                      batch_size=train_cfg.batch_size, grad_accum=train_cfg.grad_accum,
+                      weight_decay=train_cfg.weight_decay, seed=train_cfg.seed, callbacks=callbacks, progress=progress,
+                      engine=engine, world_size=world_size, rank=rank, description=description)
 
 
 def finetune(model, tokenizer, prompt, rows, cfg, seed: int = 1001, callbacks=(), progress: bool = False) -> TrainResult:
-    """Plain question-answer fine-tuning (how TOFU makes its target and retain models)."""
+    """Plain question-answer fine-tuning (how TOFU makes its target and retain models): ``NLL_mean`` of
+    the answers, AdamW with weight decay 0.01, the same schedule as unlearning. One process."""
     from .data import QADataset
     from .losses import mean_nll
 
@@ -267,10 +371,22 @@ def finetune(model, tokenizer, prompt, rows, cfg, seed: int = 1001, callbacks=()
                       description="fine-tune")
 
 
-def apply_lora(model, rank: int, alpha: int | None = None):
-    """Wrap ``model`` with LoRA adapters on the attention and MLP projections (peft)."""
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+"""Llama's attention and MLP projections: every linear layer but the LM head, as the reference's
+``find_all_linear_names``."""
+
+
+def apply_lora(model, rank: int, alpha: int | None = None, seed: int = 0):
+    """Wrap ``model`` with LoRA adapters (peft) on ``LORA_TARGETS``; only the adapters train.
+
+    ``lora_alpha`` defaults to ``2 * rank``; dropout 0. The adapters' random initialisation uses a
+    forked RNG seeded with ``seed``, so the caller's global RNG is untouched and runs repeat exactly.
+    """
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(r=rank, lora_alpha=alpha or 2 * rank, lora_dropout=0.0, task_type="CAUSAL_LM",
-                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-    return get_peft_model(model, config)
+                        target_modules=list(LORA_TARGETS))
+    devices = [next(model.parameters()).device] if next(model.parameters()).is_cuda else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        return get_peft_model(model, config)

@@ -1,0 +1,156 @@
+#!/usr/bin/env python
+"""The training loop's overhead: ``study.train.train_loop`` against a bare PyTorch loop.
+
+    python benchmarks/bench_trainer.py                        # SmolLM2-135M, default preset's batches
+    python benchmarks/bench_trainer.py --model tiny-llama --steps 20
+
+Both loops train the same model on the same micro-batches (the default preset's fine-tuning rows,
+``batch_size`` 4, ``max_length`` 96, in ``train_loop``'s own data order) with a GD-style loss
+(``study.losses.mean_nll`` on ``retain``, as ``study.train.finetune``), the same AdamW parameter
+groups (no weight decay on biases and norms) and the same learning-rate schedule:
+
+- ``train_loop``: the library loop: collation per micro-batch, finiteness check, ``loss.item()`` and
+  loss parts per micro-batch, gradient norm, ``StepEvent`` history, tqdm (disabled), callbacks (none);
+- ``bare``: batches collated beforehand (not timed); per step ``forward -> loss -> backward ->
+  optimizer.step() -> zero_grad``, nothing else.
+
+Each timed run builds its optimizer and runs ``--steps`` optimizer steps (so both pay AdamW's state
+allocation on the first step). Runs alternate between the loops, ``--repeat`` times after one warm-up
+run each; the figure is the ratio of the minimum times. Target: at most 1.10x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tomllib
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import ROOT, add_device_arg, machine, resolve_device, result_line, summary, timed  # noqa: E402
+
+TARGET = 1.10
+
+
+def gd_loss_fn(model, batch):
+    """``train_loop``'s ``loss_fn``: NLL_mean on the ``retain`` part (what ``finetune`` uses)."""
+    from study.losses import mean_nll
+
+    part = batch["retain"]
+    logits = model(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
+    loss = mean_nll(logits, part["labels"])
+    return loss, {"nll": loss.detach()}
+
+
+def optimizer_for(model, lr: float, weight_decay: float):
+    """The same AdamW parameter groups as ``train_loop`` builds."""
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+                              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}], lr=lr)
+
+
+def same_batches(dataset, steps: int, batch_size: int, grad_accum: int, seed: int, device) -> list[list[dict]]:
+    """The micro-batches ``train_loop`` draws for ``steps`` steps (its index stream), collated, on ``device``."""
+    from study.data import collate
+    from study.train import _to, index_stream
+
+    stream = index_stream(len(dataset), seed)
+    out = []
+    for _ in range(steps):
+        indices = [next(stream) for _ in range(batch_size * grad_accum)]
+        out.append([_to(collate([dataset[i] for i in indices[j * batch_size:(j + 1) * batch_size]]), device)
+                    for j in range(grad_accum)])
+    return out
+
+
+def bare_loop(model, batches, lr: float, weight_decay: float, n_items: int, effective: int) -> None:
+    """Forward, backward and AdamW step on the given micro-batches, with train_loop's schedule."""
+    from study.losses import mean_nll
+    from study.train import lr_at, warmup_steps_for
+
+    optimizer = optimizer_for(model, lr, weight_decay)
+    warmup = warmup_steps_for(n_items, effective)
+    model.train()
+    for step, micro_batches in enumerate(batches):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, lr, warmup, len(batches))
+        for batch in micro_batches:
+            part = batch["retain"]
+            logits = model(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
+            (mean_nll(logits, part["labels"]) / len(micro_batches)).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    model.eval()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m", help="model family or path (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=4, help="optimizer steps per timed run")
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs per loop (after one warm-up run each)")
+    parser.add_argument("--batch-size", type=int, default=None, help="micro-batch (default: the preset's, 4)")
+    parser.add_argument("--grad-accum", type=int, default=None, help="accumulation steps (default: the preset's, 1)")
+    parser.add_argument("--max-length", type=int, default=None, help="padded length (default: the preset's, 96)")
+    parser.add_argument("--preset", default="default", help="preset whose data and settings are used")
+    add_device_arg(parser)
+    args = parser.parse_args(argv)
+    device = resolve_device(args.device)
+
+    from study import models, runner
+    from study.config import RunConfig
+    from study.data import QADataset
+    from study.train import train_loop
+
+    preset = tomllib.loads((ROOT / "experiments" / "presets" / f"{args.preset}.toml").read_text())
+    cfg = RunConfig.from_dict(preset["config"])
+    batch_size = args.batch_size or cfg.train.batch_size
+    grad_accum = args.grad_accum or cfg.train.grad_accum
+    max_length = args.max_length or cfg.train.max_length
+    lr, weight_decay, seed = cfg.train.lr, cfg.train.weight_decay, cfg.train.seed
+
+    lm = models.load(args.model, device=device, dtype=runner.torch_dtype(cfg.model.dtype, device))
+    rows = runner.scenario_data(cfg, runner.tasks_of(cfg)[0]).full
+    dataset = QADataset(rows, lm.tokenizer, lm.prompt, max_length)
+    effective = batch_size * grad_accum
+    # train_loop runs floor(epochs * N / effective) steps: ask for exactly --steps.
+    epochs = (args.steps * effective + 0.5) / len(dataset)
+    batches = same_batches(dataset, args.steps, batch_size, grad_accum, seed, device)
+    n_params = sum(p.numel() for p in lm.model.parameters())
+    widths = sorted({mb["retain"]["input_ids"].shape[1] for step in batches for mb in step})
+    print(f"bench_trainer: {machine()}; device {device}; {args.model} ({n_params / 1e6:.0f}M parameters), "
+          f"{args.steps} steps x {grad_accum} micro-batches of {batch_size} (trimmed widths {widths[0]}-{widths[-1]} tokens)")
+
+    def library() -> None:
+        result = train_loop(lm.model, dataset, gd_loss_fn, lr=lr, epochs=epochs, batch_size=batch_size,
+                            grad_accum=grad_accum, weight_decay=weight_decay, seed=seed)
+        assert result.steps == args.steps, (result.steps, args.steps)
+
+    def bare() -> None:
+        bare_loop(lm.model, batches, lr, weight_decay, len(dataset), effective)
+
+    variants = {"train_loop": library, "bare": bare}
+    for fn in variants.values():  # warm-up: first-call allocations, lazy kernels
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(args.repeat):
+        for name, fn in variants.items():
+            times[name].append(timed(fn, device))
+    for name in variants:
+        per_step = [t / args.steps for t in times[name]]
+        print(f"  {name:10s} per step: {summary(per_step)}")
+    ratio = min(times["train_loop"]) / min(times["bare"])
+    median_ratio = statistics.median(times["train_loop"]) / statistics.median(times["bare"])
+    per_step_ms = (min(times["train_loop"]) - min(times["bare"])) / args.steps * 1000
+    print(f"  train_loop/bare: {ratio:.3f}x of the minima ({median_ratio:.3f}x of the medians); "
+          f"{per_step_ms:+.0f} ms per step")
+    details = (f"train_loop/bare time per step, min of {args.repeat}; median {median_ratio:.3f}x; {args.model} "
+               f"B={batch_size}x{grad_accum} on {device.type}, {per_step_ms:+.0f} ms/step")
+    result_line("trainer", ratio, details, f"<= {TARGET:.2f}", ratio <= TARGET)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
