@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
       help="any other setting, e.g. --set train.max_length=256 --set eval.batch_size=8 (TOML value syntax)")
     a("--dry-run", action="store_true", help="print the plan (every setting) and exit")
     a("--no-progress", action="store_true", help="no progress bars")
+    a("--heartbeat", type=int, metavar="SECONDS", help="seconds between a running trial's heartbeats in the Optuna storage "
+      "(default 30); a trial silent for twice as long (its worker was killed) is failed, and its MLflow run ended FAILED, "
+      "by the next worker that starts a trial")
+    a("--max-failures", type=int, metavar="N", help="stop a study after N failed trials in a row, e.g. a setting whose "
+      "loss always turns NaN (default 5)")
     return parser
 
 
@@ -120,10 +125,16 @@ def plan(args) -> tuple[object, object, dict]:
     config.setdefault("method", {}).setdefault("name", methods[0])
     if "name" in config["method"] and args.method:
         config["method"]["name"] = methods[0]
+    _check_types(config)
     try:
         cfg = RunConfig.from_dict(config)
     except TypeError as error:
         raise StudyInputError(f"bad setting: {error}") from None
+    from study import models
+
+    for name in (cfg.model.name, cfg.model.target):
+        if name is not None:
+            models.resolve(name)  # an unknown model name is reported now, not inside every trial
     if not cfg.data.source.startswith("hub"):
         # Read the data now: a missing file, a bad line or a task that does not exist is reported
         # before anything is written (the hub is read only when the study runs).
@@ -152,9 +163,42 @@ def plan(args) -> tuple[object, object, dict]:
         prune=args.prune,
         preset=args.preset,
         space={k: list(v) for k, v in study.get("space", {}).items()},
+        heartbeat=args.heartbeat if args.heartbeat is not None else study.get("heartbeat", 30),
+        max_failures=args.max_failures if args.max_failures is not None else study.get("max_failures", 5),
     )
     spaces = {m: search_space(m, scenario, settings.sampler, settings.space) for m in settings.methods}
     return cfg, settings, spaces
+
+
+def _check_types(config: dict) -> None:
+    """Each preset or ``--set`` value against its field's type, before any dataclass uses it (a name
+    must be text, a batch size an integer ...)."""
+    import dataclasses
+    import types
+    import typing
+
+    from study.config import RunConfig
+    from study.errors import StudyInputError
+
+    def fits(value, hint) -> bool:
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):
+            return any(fits(value, arg) for arg in typing.get_args(hint))
+        if typing.get_origin(hint) is list:
+            return isinstance(value, list) and all(fits(v, typing.get_args(hint)[0]) for v in value)
+        if hint is type(None):
+            return value is None
+        if hint is float:
+            return isinstance(value, (int, float)) and not isinstance(value, bool)
+        if hint is int:
+            return isinstance(value, int) and not isinstance(value, bool)
+        return isinstance(value, hint)
+
+    for section in dataclasses.fields(RunConfig):
+        hints = typing.get_type_hints(section.default_factory)
+        for key, value in config.get(section.name, {}).items():
+            if key in hints and not fits(value, hints[key]):
+                expected = str(hints[key]).replace("<class '", "").replace("'>", "").replace("typing.", "")
+                raise StudyInputError(f"setting {section.name}.{key} must be of type {expected}, got {value!r}")
 
 
 def print_plan(cfg, settings, spaces) -> None:

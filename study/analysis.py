@@ -209,7 +209,7 @@ def _run_record(run) -> dict[str, Any]:
         "split": tags.get(f"{TAG}split") or params.get("data.split"),
         "task": tags.get(f"{TAG}task") or params.get("data.tasks"),
         "model": tags.get(f"{TAG}model") or params.get("model.name"),
-        "fix_ref_model": _bool(params.get("method.fix_ref_model")),
+        "fix_ref_model": _bool(params.get("method.fix_ref_model", tags.get(f"{TAG}fix_ref_model"))),
         "target_run_id": tags.get(f"{TAG}target_run_id"),
         "retain_run_id": tags.get(f"{TAG}retain_run_id"),
         "entailment_status": tags.get(f"{TAG}entailment"),
@@ -765,12 +765,15 @@ def save_figure(figure: Figure | Axes | None, directory: str | os.PathLike | Non
 
 def save_table(table: pd.DataFrame, directory: str | os.PathLike | None, name: str) -> Path | None:
     """Write ``table`` as CSV to ``directory/name`` (index included); nothing when ``directory`` is
-    None. Read a table with two column levels back with ``pd.read_csv(path, header=[0, 1], index_col=0)``."""
+    None. The index is written unless it is a default unnamed 0..n-1 one. Read a table with two
+    column levels back with ``pd.read_csv(path, header=[0, 1], index_col=0)``."""
     if directory is None:
         return None
     path = Path(directory) / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(path)
+    # A tidy frame's default 0..n-1 index carries nothing; a table's method index does.
+    plain = isinstance(table.index, pd.RangeIndex) and table.index.name is None
+    table.to_csv(path, index=not plain)
     return path
 
 
@@ -806,6 +809,17 @@ def inject_parameters(notebook: nbformat.NotebookNode, parameters: Mapping[str, 
     return notebook
 
 
+def _kernel_manager(kernel_name: str):
+    """A kernel manager for ``kernel_name``; for ``python3``, one that searches no kernel directory,
+    so jupyter_client falls back to ipykernel's built-in spec: ``sys.executable -m ipykernel_launcher``."""
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import KernelManager
+
+    if kernel_name != "python3":
+        return KernelManager(kernel_name=kernel_name)
+    return KernelManager(kernel_name=kernel_name, kernel_spec_manager=KernelSpecManager(kernel_dirs=[]))
+
+
 def run_notebook(path: str | os.PathLike, parameters: Mapping[str, Any] | None = None,
                  output_path: str | os.PathLike | None = None, timeout: int = 900,
                  kernel_name: str = "python3", cwd: str | os.PathLike = REPO_ROOT) -> nbformat.NotebookNode:
@@ -813,14 +827,15 @@ def run_notebook(path: str | os.PathLike, parameters: Mapping[str, Any] | None =
     working directory ``cwd`` (the repository root), and return it with its outputs; also written to
     ``output_path`` when given. A failing cell raises ``nbclient.exceptions.CellExecutionError``.
 
-    The kernel ``python3`` is the interpreter running this function: jupyter_client starts a kernel
-    spec whose command is ``python`` with ``sys.executable``, and ipykernel provides that spec itself,
-    so no ``ipykernel install`` step is needed."""
+    The kernel ``python3`` is the interpreter running this function (``sys.executable``, so the
+    project's virtual environment), whatever kernel specs are installed: no ``ipykernel install``
+    step is needed, and a user-level ``python3`` spec pointing elsewhere is not used. Any other
+    ``kernel_name`` is looked up as Jupyter does."""
     import nbformat
     from nbclient import NotebookClient
 
     notebook = inject_parameters(nbformat.read(str(path), as_version=4), dict(parameters or {}))
-    client = NotebookClient(notebook, timeout=timeout, kernel_name=kernel_name,
+    client = NotebookClient(notebook, timeout=timeout, kernel_name=kernel_name, km=_kernel_manager(kernel_name),
                             resources={"metadata": {"path": str(cwd)}})
     try:
         client.execute()

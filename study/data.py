@@ -15,6 +15,7 @@ rows of a task, the evaluation sets, and the refusal templates.
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,11 +70,12 @@ REFUSALS = (
 )
 
 
-def validate_rows(rows: list, name: str, origin: str) -> list[dict]:
-    """Check every row of file ``name`` against ``SCHEMA``; ``task_id`` becomes an int (str or int accepted)."""
+def validate_rows(rows: list, name: str, origin: str, line_numbers: list[int] | None = None) -> list[dict]:
+    """Check every row of file ``name`` against ``SCHEMA``; ``task_id`` becomes an int (str or int accepted).
+    ``line_numbers``: the file line of each row (default: 1, 2, ...), for the messages."""
     required = SCHEMA.get(name, ("question", "answer"))
     out = []
-    for line, row in enumerate(rows, start=1):
+    for line, row in zip(line_numbers or range(1, len(rows) + 1), rows):
         where = f"{origin}, line {line}"
         if not isinstance(row, dict):
             raise DataError(f"{where}: expected a JSON object with fields {', '.join(required)}, got {type(row).__name__}")
@@ -84,7 +86,7 @@ def validate_rows(rows: list, name: str, origin: str) -> list[dict]:
             if key == "task_id":
                 try:
                     row = {**row, "task_id": _task_id(value)}
-                except (TypeError, ValueError):
+                except (TypeError, ValueError, OverflowError):
                     raise DataError(f"{where}: field 'task_id' must be a positive integer or a string of one, got {value!r}") from None
             elif key in LIST_FIELDS:
                 if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
@@ -116,16 +118,25 @@ def read_jsonl(path: Path, name: str | None = None) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path}, line {line_no}: not valid JSON ({error.msg})") from None
-    return validate_rows(rows, name or path.stem, str(path))
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line_no = raw[:error.start].count(b"\n") + 1
+        raise DataError(f"{path}, line {line_no}: not UTF-8 text ({error.reason})") from None
+    rows, line_numbers = [], []
+    for line_no, line in enumerate(io.StringIO(text, newline=None), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}, line {line_no}: not valid JSON ({error.msg})") from None
+        except (ValueError, RecursionError) as error:  # numbers of thousands of digits, nesting too deep
+            raise DataError(f"{path}, line {line_no}: not valid JSON ({type(error).__name__}: "
+                            f"{str(error).splitlines()[0] if str(error) else ''})") from None
+        line_numbers.append(line_no)
+    return validate_rows(rows, name or path.stem, str(path), line_numbers)
 
 
 class Source:
@@ -166,7 +177,10 @@ class DirectorySource(Source):
         for folder in (self.root, self.root.parent):
             path = folder / REFUSALS_FILE
             if path.is_file():
-                lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+                try:
+                    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+                except UnicodeDecodeError as error:
+                    raise DataError(f"{path}: not UTF-8 text ({error.reason})") from None
                 return [line for line in lines if line]
         return list(REFUSALS)
 
@@ -242,7 +256,7 @@ def select_task(rows: list[dict], task: int | None, origin: str) -> list[dict]:
         return rows
     chosen = [row for row in rows if row["task_id"] == task]
     if not chosen:
-        raise StudyInputError(f"{origin}: task {task} does not exist; tasks: {', '.join(map(str, task_ids(rows)))}")
+        raise DataError(f"{origin}: task {task} does not exist; tasks: {', '.join(map(str, task_ids(rows)))}")
     return chosen
 
 

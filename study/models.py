@@ -263,17 +263,26 @@ def load(name_or_path: str, device=None, dtype=None, trust_remote_code: bool = F
 def save_checkpoint(model, tokenizer, prompt: PromptFormat, path: Path, meta: dict | None = None) -> Path:
     """safetensors weights + tokenizer + prompt format + the exact configuration, loadable by
     ``AutoModelForCausalLM.from_pretrained(path)``. Written to a temporary folder, then renamed."""
+    import shutil
+    import socket
+
     path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
+    existed = path.exists()
+    # A folder of this process's own: workers sharing a cache may write the same checkpoint at once.
+    tmp = path.with_name(f"{path.name}.partial-{socket.gethostname()}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
     unwrapped = getattr(model, "module", model)
     unwrapped.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     (tmp / CHECKPOINT_META).write_text(json.dumps({"prompt": asdict(prompt), **(meta or {})}, indent=2, default=str))
-    if path.exists():
-        import shutil
-
+    if existed:
         shutil.rmtree(path)
-    tmp.rename(path)
+    try:
+        tmp.rename(path)
+    except OSError:
+        if not (path / "model.safetensors").exists() and not (path / "model.safetensors.index.json").exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # another worker wrote the same checkpoint first: keep it
     return path
 
 

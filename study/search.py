@@ -12,7 +12,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -33,7 +35,8 @@ SAMPLERS = ("tpe", "grid", "paper")
 OBJECTIVES = ("pareto", "average", "model_utility", "forget_efficacy")
 KEEP = ("best", "all", "none")
 DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
-HEARTBEAT_S = 30
+HEARTBEAT_S = 30  # default Optuna heartbeat (s); a trial silent for 2x this long is failed by the next worker
+MAX_FAILURES = 5  # a worker stops a study after this many failed trials in a row
 
 # REFERENCE §4: the released scripts' settings, per scenario and method (lr, forget_coeff, epochs).
 _PAPER = {
@@ -82,6 +85,11 @@ class StudySettings:
     preset: str = "default"
     space: dict = dataclasses.field(default_factory=dict)
     """Range overrides ``name -> [low, high]`` (e.g. a preset's learning rates for a small model)."""
+    heartbeat: int = HEARTBEAT_S
+    """Seconds between a running trial's heartbeats; a trial silent for twice as long (its worker was
+    killed) is failed, and its MLflow run ended FAILED, by the next worker that starts a trial."""
+    max_failures: int = MAX_FAILURES
+    """Stop the study after this many failed trials in a row (a setting that always diverges)."""
 
     def __post_init__(self):
         if self.sampler not in SAMPLERS:
@@ -92,6 +100,9 @@ class StudySettings:
             raise one_of("keep-checkpoints policy", self.keep_checkpoints, KEEP)
         if not isinstance(self.n_trials, int) or self.n_trials < 1:
             raise StudyInputError(f"n_trials must be a positive integer, got {self.n_trials!r}")
+        for name in ("heartbeat", "max_failures"):
+            if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool) or getattr(self, name) < 1:
+                raise StudyInputError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.prune and self.objective == "pareto":
             raise StudyInputError("pruning needs a single objective: add --objective average (or model_utility, forget_efficacy)")
         if not self.methods:
@@ -204,8 +215,9 @@ def directions(objective: str) -> list[str]:
 # Storage
 
 
-def open_storage(url: str, failed_trial_callback=None):
-    """An Optuna storage with heartbeats, so a killed worker's trial is marked failed on resume.
+def open_storage(url: str, failed_trial_callback=None, heartbeat: int = HEARTBEAT_S):
+    """An Optuna storage with heartbeats (every ``heartbeat`` s, grace 2x), so a killed worker's trial is
+    marked failed on resume.
 
     ``sqlite:///...``, ``postgresql+psycopg2://...`` (any SQLAlchemy URL) or ``journal:<file>``.
     """
@@ -221,8 +233,8 @@ def open_storage(url: str, failed_trial_callback=None):
         if url.startswith("sqlite:///"):
             Path(url[len("sqlite:///"):]).resolve().parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S,
-                                          grace_period=2 * HEARTBEAT_S, heartbeat_stale_trial_callback=failed_trial_callback)
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
+                                          grace_period=2 * heartbeat, heartbeat_stale_trial_callback=failed_trial_callback)
     except Exception as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise StudyInputError(f"Optuna storage {redact(url)} is unreachable: {type(error).__name__}: {first}") from None
@@ -242,6 +254,10 @@ class Interrupted(Exception):
     pass
 
 
+class TooManyFailures(StudyInputError):
+    """``max_failures`` trials failed in a row (e.g. every setting diverges): the study stops."""
+
+
 # --------------------------------------------------------------------------------------------------
 # A study
 
@@ -256,18 +272,45 @@ class Sweep:
         self.metric_models = None
         self._targets: dict[str, tuple] = {}
         self._retain_r: dict = {}
+        self._current_run: str | None = None  # the MLflow run of the trial in progress (ended KILLED on Ctrl-C)
 
     # MLflow ------------------------------------------------------------------------------------
     def _end_stale_run(self, study, trial) -> None:
         """Optuna's failed-trial callback: a trial whose worker stopped beating is failed in MLflow too."""
         run_id = trial.user_attrs.get("mlflow_run_id")
+        self.log(f"trial {trial.number}: its worker stopped beating (killed or crashed): failed, MLflow run {run_id} ended FAILED")
         if run_id and self.tracker is not None:
             self.tracker.end(run_id, "FAILED", "worker stopped (no heartbeat): killed or crashed; the study resumed without it")
 
+    def _end_current_run(self, status: str, reason: str) -> None:
+        run_id, self._current_run = self._current_run, None
+        if run_id and self.tracker is not None:
+            try:
+                if self.tracker.client.get_run(run_id).info.status == "RUNNING":
+                    self.tracker.end(run_id, status, reason)
+            except Exception:  # the store is unreachable: the heartbeat recovery will end it
+                pass
+
     def _parent_run(self, study, method: str) -> str:
-        existing = study.user_attrs.get("mlflow_parent_run_id")
-        if existing:
-            return existing
+        """The study's MLflow run, created once even when workers start together: a worker without one
+        writes a claim into the study, waits a moment, and creates the run only if its claim is the one
+        that stayed; the others wait for the run's id (a claim a minute old without a run is taken over)."""
+        me = f"{os.getpid()}@{socket.gethostname()}@{time.time():.3f}"
+        while True:
+            attrs = study.user_attrs
+            if attrs.get("mlflow_parent_run_id"):
+                return attrs["mlflow_parent_run_id"]
+            claim = str(attrs.get("mlflow_parent_claim", ""))
+            try:
+                stale = time.time() - float(claim.rsplit("@", 1)[-1]) > 60
+            except ValueError:
+                stale = True
+            if stale:
+                study.set_user_attr("mlflow_parent_claim", me)
+                time.sleep(1.0)
+                if study.user_attrs.get("mlflow_parent_claim") == me:
+                    break
+            time.sleep(0.5)
         run_id = self.tracker.start(study.study_name, "study", {
             "study_name": study.study_name, "method": method, "scenario": self.cfg.data.scenario,
             "split": self.cfg.data.split, "model": self.cfg.model.name, "preset": self.settings.preset,
@@ -276,13 +319,6 @@ class Sweep:
                                         if k not in ("storage", "tracking_uri")},
                                      "study.storage": redact(self.settings.storage)})
         study.set_user_attr("mlflow_parent_run_id", run_id)
-        # Another worker may have set it at the same moment (last writer wins): re-read after a moment
-        # and, if ours lost, remove it so the study keeps one parent.
-        time.sleep(1.0)
-        current = study.user_attrs.get("mlflow_parent_run_id")
-        if current and current != run_id:
-            self.tracker.client.delete_run(run_id)
-            return current
         return run_id
 
     def _trial_tags(self, cfg: RunConfig, study_name: str, number: int, method: str, task) -> dict:
@@ -372,7 +408,9 @@ class Sweep:
             result = self._evaluate_path(prepared.path, data, device)
             forget = result.items[result.items["set"] == "forget"]
             values = forget["truth_ratio_raw"].to_numpy(dtype=float)
-            cache.write_text(json.dumps(values.tolist()))
+            partial = cache.with_name(f"{cache.name}.{os.getpid()}.partial")  # atomic: workers share the cache
+            partial.write_text(json.dumps(values.tolist()))
+            partial.replace(cache)
             run_id = self.tracker.start(f"retain-model-{prepared.key}", "retain_model", {
                 "key": prepared.key, "model": self.cfg.model.name, "path": prepared.path, "task": task,
                 "scenario": self.cfg.data.scenario, "split": self.cfg.data.split})
@@ -387,15 +425,21 @@ class Sweep:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        storage = open_storage(self.settings.storage, failed_trial_callback=self._end_stale_run)
+        storage = open_storage(self.settings.storage, failed_trial_callback=self._end_stale_run,
+                               heartbeat=self.settings.heartbeat)
         self.tracker = Tracker(self.settings.tracking_uri, self.settings.experiment)
         studies = {}
-        for method in self.settings.methods:
-            studies[method] = self._run_method(storage, method)
+        try:
+            for method in self.settings.methods:
+                studies[method] = self._run_method(storage, method)
+        except KeyboardInterrupt:  # wherever it hit: the trial's run ends KILLED (Optuna fails the trial)
+            self._end_current_run("KILLED", "interrupted (Ctrl-C)")
+            raise
         return studies
 
     def _run_method(self, storage, method: str):
         import optuna
+        from optuna.trial import TrialState
 
         name = f"{self.settings.study_name}/{method}"
         space = search_space(method, self.cfg.data.scenario, self.settings.sampler, self.settings.space)
@@ -417,15 +461,55 @@ class Sweep:
         parent = self._parent_run(study, method)
         done = _counted(study)
         self.log(f"study {name}: {done}/{n_trials} trials finished" + (", resuming" if done else ""))
+        failures = 0
         while _counted(study) < n_trials:
-            study.optimize(lambda trial: self._objective(trial, study, method, space, parent, n_trials),
-                           n_trials=1, catch=(Exception,), gc_after_trial=True)
-            last = study.get_trials(deepcopy=False)[-1]
+            mine, errors = [], []
+
+            def objective(trial):
+                try:
+                    return self._objective(trial, study, method, space, parent, n_trials)
+                except Exception as error:
+                    errors.append(error)
+                    if not isinstance(error, (optuna.TrialPruned, SurplusTrial)) and "failure_reason" not in trial.user_attrs:
+                        trial.set_user_attr("failure_reason", f"{type(error).__name__}: {error}"[:1000])
+                    raise
+
+            study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True,
+                           callbacks=[lambda _study, frozen: mine.append(frozen)])
+            last = mine[-1] if mine else study.get_trials(deepcopy=False)[-1]  # this worker's trial
             if last.user_attrs.get("surplus"):
-                break
+                # The study is full of other workers' trials: wait for them; go on if one of them fails.
+                if not self._wait_for_others(study, storage, n_trials):
+                    break
+                continue
             self._apply_keep_policy(study)
+            failures = failures + 1 if last.state == TrialState.FAIL else 0
+            if failures and isinstance(errors[-1] if errors else None, StudyInputError):
+                raise StudyInputError(f"study {name}, trial {last.number}: {errors[-1]}")
+            if failures >= self.settings.max_failures:
+                raise TooManyFailures(
+                    f"study {name}: {failures} trials failed in a row, the last with {last.user_attrs.get('failure_reason', '?')}"
+                    f" -- change the settings (e.g. lower learning rates or coefficients) or raise --max-failures, "
+                    "then run the same command again to resume")
         self.tracker.metrics(parent, {"n_trials_finished": _counted(study)})
         return study
+
+    def _wait_for_others(self, study, storage, n_trials: int) -> bool:
+        """After a surplus trial: wait while other trials run. True when the study still needs trials and
+        none runs any more (one failed, or its worker died and its heartbeat went stale): go on."""
+        import optuna
+        from optuna.trial import TrialState
+
+        if not isinstance(storage, optuna.storages.RDBStorage):  # no heartbeat: a dead worker's trial stays RUNNING
+            return False
+        while _counted(study) < n_trials:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+            if not any(t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False)):
+                return True
+            time.sleep(min(5, self.settings.heartbeat))
+        return False
 
     def _objective(self, trial, study, method: str, space: dict, parent: str, n_trials: int):
         import optuna
@@ -445,6 +529,7 @@ class Sweep:
         tags = self._trial_tags(cfg, study.study_name, trial.number, method, tasks_of(cfg)[-1])
         tags["target_run_id"] = target_run
         run_id = self.tracker.start(f"{method} trial {trial.number}", "trial", tags, parent=parent)
+        self._current_run = run_id
         trial.set_user_attr("mlflow_run_id", run_id)
         self.tracker.params(run_id, {**cfg.flat(), **{f"sampled.{k}": v for k, v in params.items()}})
         self.tracker.tags(run_id, {f"version.{k}": v for k, v in package_versions().items()})
@@ -479,6 +564,7 @@ class Sweep:
         except KeyboardInterrupt:
             logger.flush()
             self.tracker.end(run_id, "KILLED", "interrupted (Ctrl-C)")
+            trial.set_user_attr("failure_reason", "interrupted (Ctrl-C)")
             raise
         except Exception as error:
             logger.flush()

@@ -38,14 +38,40 @@ TAG = "study."
 
 
 def redact(url: str | None) -> str | None:
-    """A URL with any password replaced by ``***`` (never log or print credentials)."""
+    """A URL with any password replaced by ``***`` (never log or print credentials). A malformed URL
+    (no scheme, an unencoded ``/`` or ``@`` in the password) loses everything between the user name's
+    ``:`` and the last ``@``: better too much hidden than a password shown."""
     if not url or "@" not in url:
         return url
-    parts = urlsplit(url)
-    if parts.password is None:
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        password = None
+    if password is not None and f":{password}@" in parts.netloc:
+        netloc = parts.netloc.replace(f":{password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    start = url.find("//") + 2 if "//" in url else 0
+    userinfo, _, host = url[start:].rpartition("@")
+    if ":" not in userinfo:
         return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
+    return f"{url[:start]}{userinfo.split(':', 1)[0]}:***@{host}"
+
+
+def _probe(uri: str) -> None:
+    """Fail fast on an unreachable tracking server or database (MLflow itself retries for minutes)."""
+    if uri.startswith(("http://", "https://")):
+        import requests
+
+        requests.get(uri.rstrip("/") + "/health", timeout=15)
+    elif "://" in uri and uri.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "mysql", "mssql"):
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(uri, pool_pre_ping=True)
+        try:
+            engine.connect().close()
+        finally:
+            engine.dispose()
 
 
 def code_version() -> str:
@@ -97,11 +123,12 @@ class Tracker:
 
         self.uri = tracking_uri
         path = _sqlite_path(tracking_uri)
-        if path is not None:
-            path.resolve().parent.mkdir(parents=True, exist_ok=True)
-        mlflow.set_tracking_uri(tracking_uri)
-        self.client = MlflowClient(tracking_uri)
         try:
+            if path is not None:
+                path.resolve().parent.mkdir(parents=True, exist_ok=True)
+            _probe(tracking_uri)
+            mlflow.set_tracking_uri(tracking_uri)
+            self.client = MlflowClient(tracking_uri)
             found = self.client.get_experiment_by_name(experiment)
             if found is None:
                 try:
@@ -111,8 +138,10 @@ class Tracker:
             else:
                 self.experiment_id = found.experiment_id
         except Exception as error:
-            raise StudyInputError(f"tracking store {redact(tracking_uri)} is unreachable: {type(error).__name__}: "
-                                  f"{str(error).splitlines()[0] if str(error) else ''}") from None
+            first = str(error).splitlines()[0] if str(error) else ""
+            hidden = redact(tracking_uri)
+            first = first.replace(tracking_uri, hidden) if hidden != tracking_uri else first
+            raise StudyInputError(f"tracking store {hidden} is unreachable: {type(error).__name__}: {first}") from None
         self.experiment = experiment
 
     # runs ----------------------------------------------------------------------------------------

@@ -125,6 +125,50 @@ def adamw_param_groups(model, weight_decay: float) -> list[dict]:
     ]
 
 
+class Fp32MasterWeights:
+    """fp32 master copies of a model's low-precision (bf16 / fp16) trainable parameters.
+
+    AdamW steps the fp32 copies and the model gets them rounded back after every step, as DeepSpeed's
+    bf16 mode (the reference's set-up, REFERENCE §4) keeps fp32 master weights. Stepping bf16 weights
+    in place would drop most updates: an Adam step is about ``lr`` per weight, and at lr 1e-5 that is
+    far below half the bf16 spacing of a typical weight (|w| ~ 0.05: spacing 2.4e-4), so the weight
+    would round back to itself. fp32 parameters are their own masters. fp16 gets no loss scaling.
+    """
+
+    def __init__(self, model):
+        self.pairs = [(p, p if p.dtype == torch.float32 else p.detach().float().clone())
+                      for p in model.parameters() if p.requires_grad]
+
+    @staticmethod
+    def needed(model) -> bool:
+        return any(p.requires_grad and p.dtype in (torch.bfloat16, torch.float16) for p in model.parameters())
+
+    @property
+    def params(self) -> list[torch.Tensor]:
+        return [master for _, master in self.pairs]
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """As :func:`adamw_param_groups`, over the masters."""
+        return [
+            {"params": [m for p, m in self.pairs if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [m for p, m in self.pairs if p.ndim < 2], "weight_decay": 0.0},
+        ]
+
+    def grads_in(self) -> None:
+        """Move the accumulated gradients onto the masters (in fp32)."""
+        for param, master in self.pairs:
+            if master is not param:
+                master.grad = None if param.grad is None else param.grad.float()
+                param.grad = None
+
+    @torch.no_grad()
+    def weights_out(self) -> None:
+        """Round the stepped masters into the model."""
+        for param, master in self.pairs:
+            if master is not param:
+                param.copy_(master)
+
+
 def _to(batch: dict, device) -> dict:
     out = {}
     for key, value in batch.items():
@@ -133,6 +177,13 @@ def _to(batch: dict, device) -> dict:
         else:
             out[key] = value.to(device) if isinstance(value, torch.Tensor) else value
     return out
+
+
+def _grad_norm(params: list[torch.Tensor]) -> float:
+    """Global L2 norm of the gradients, summed in float32 squares. (``clip_grad_norm_``'s
+    ``vector_norm`` is off by ~1e-5 relative on CPU for an embedding-sized gradient.)"""
+    squares = [p.grad.float().pow(2).sum() for p in params if p.grad is not None]
+    return math.sqrt(float(torch.stack(squares).sum())) if squares else 0.0
 
 
 def _rank_mean(values: list[float], device, world_size: int) -> list[float]:
@@ -185,7 +236,8 @@ def train_loop(
     """Run the schedule over ``dataset`` (items collated by ``study.data.collate``).
 
     ``loss_fn(model, batch) -> (loss, parts)``. Without ``engine`` (one process), a torch AdamW is
-    built here and ``(loss / grad_accum).backward()`` accumulates. With ``engine`` (a DeepSpeed engine
+    built here and ``(loss / grad_accum).backward()`` accumulates; a bf16 / fp16 model is stepped
+    through fp32 master weights (:class:`Fp32MasterWeights`). With ``engine`` (a DeepSpeed engine
     wrapping ``model``, e.g. from ``study.distributed.deepspeed_engine``), ``loss_fn`` gets the engine,
     backward/step go through it, and ``world_size``/``rank`` select this process's micro-batches; the
     engine's micro-batch and accumulation steps must be ``batch_size`` and ``grad_accum``.
@@ -205,7 +257,10 @@ def train_loop(
     max_steps = max_steps_for(n_items, epochs, effective)
     warmup = warmup_steps_for(n_items, effective)
     device = next(model.parameters()).device
-    if engine is None:
+    master = Fp32MasterWeights(model) if engine is None and Fp32MasterWeights.needed(model) else None
+    if master is not None:
+        optimizer = torch.optim.AdamW(master.param_groups(weight_decay), lr=lr)
+    elif engine is None:
         optimizer = torch.optim.AdamW(adamw_param_groups(model, weight_decay), lr=lr)
     else:
         _check_engine(engine, batch_size, grad_accum, world_size)
@@ -247,10 +302,14 @@ def train_loop(
             for key, value in parts.items():
                 parts_sum[key] = parts_sum.get(key, 0.0) + float(value) / grad_accum
         if engine is None:
-            # max_norm=inf: measures the norm, clips nothing (REFERENCE §4: no clipping).
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf")))
+            if master is not None:
+                master.grads_in()
+            stepped = master.params if master is not None else [p for p in model.parameters() if p.requires_grad]
+            grad_norm = _grad_norm(stepped)  # REFERENCE §4: measured, never clipped
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if master is not None:
+                master.weights_out()
         else:
             grad_norm = float(engine.get_global_grad_norm() or 0.0)
         if world_size > 1:

@@ -1,0 +1,151 @@
+"""Batched evaluation vs the reference code's one-at-a-time way: same items, same numbers, how much faster.
+
+Evaluates the same builtin items twice with ``study.evaluate``:
+
+* ``evaluate`` -- items pooled across sets and sorted by length, generation in batches that drop
+  finished rows, all scored sequences of all sets flattened into large trimmed batches, one
+  embedder call, metric models loaded once per process (their load is reported, not timed);
+* ``evaluate_one_at_a_time`` -- one item per ``generate`` call, one sequence per forward pass
+  padded to ``max_length`` with full logits, one embedder call per text, and the metric models
+  reloaded for every set (what the reference code does),
+
+checks the results agree (generations equal, metrics within ``--tolerance``), and prints wall and CPU
+seconds per item and the speed-up. The machine this runs on may be shared: CPU seconds of this
+process are printed next to wall seconds because they are less disturbed by other processes.
+
+    python benchmarks/bench_eval.py                     # SmolLM2-135M, 8 items per set (~2-3 min)
+    python benchmarks/bench_eval.py --model tiny-llama --items 4 --max-length 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from study import metrics as M  # noqa: E402
+from study.data import BuiltinSource, load_scenario  # noqa: E402
+from study.evaluate import (  # noqa: E402
+    EvalResult,
+    evaluate,
+    evaluate_one_at_a_time,
+    load_metric_models,
+)
+from study.models import load  # noqa: E402
+
+COMPARED = [*M.METRICS, M.TRUTH_RATIO_RAW, "avg_nll_answer", "avg_nll_paraphrased"]
+"""Columns compared with the absolute tolerance (metrics in [0, 1] and average token NLLs)."""
+RELATIVE = ["nll_answer"]
+"""Columns compared with the tolerance relative to their size (NLL sums over many tokens)."""
+
+
+def compare(fast: EvalResult, slow: EvalResult, tolerance: float) -> tuple[bool, list[str]]:
+    """Whether the two evaluations agree: identical generations, every compared column within
+    ``tolerance`` (absolute, NaN == NaN), and the same summary keys. Returns (ok, report lines)."""
+    lines = []
+    a, b = fast.items, slow.items
+    same_gen = (a["generation"] == b["generation"]).to_numpy()
+    ok = bool(same_gen.all())
+    lines.append(f"  generations identical: {int(same_gen.sum())}/{len(same_gen)}")
+    for i in np.flatnonzero(~same_gen)[:3]:
+        lines.append(f"    differs at {a['set'][i]}[{a['item'][i]}]:\n      batched: {a['generation'][i]!r}\n"
+                     f"      one-at-a-time: {b['generation'][i]!r}")
+    for column in COMPARED:
+        x, y = a[column].to_numpy(np.float64), b[column].to_numpy(np.float64)
+        both_nan = np.isnan(x) & np.isnan(y)
+        diff = np.where(both_nan, 0.0, np.abs(x - y))
+        worst = float(np.nanmax(diff)) if len(diff) else 0.0
+        if np.isnan(diff).any():
+            worst = math.inf
+        # Items whose generations differ legitimately differ in generation-based metrics; judge the
+        # likelihood metrics on every item, the generation-based ones where generations agree.
+        judged = worst if column not in (M.ROUGE, M.TOKEN_ENTROPY, M.COSINE, M.ENTAILMENT) else \
+            float(np.max(diff[same_gen], initial=0.0))
+        ok &= judged <= tolerance
+        lines.append(f"  max |diff| {column:<20} {worst:.2e}")
+    for column in RELATIVE:
+        x, y = a[column].to_numpy(np.float64), b[column].to_numpy(np.float64)
+        worst = float(np.max(np.abs(x - y) / np.maximum(np.abs(y), 1.0), initial=0.0))
+        ok &= worst <= tolerance
+        lines.append(f"  max rel diff {column:<18} {worst:.2e}")
+    if set(fast.summary) != set(slow.summary):
+        ok = False
+        lines.append(f"  summary keys differ: {sorted(set(fast.summary) ^ set(slow.summary))}")
+    for key in ("model_utility", "forget_efficacy"):
+        if key in fast.summary:
+            lines.append(f"  {key}: batched {fast.summary[key]:.6f}  one-at-a-time {slow.summary[key]:.6f}")
+    return ok, lines
+
+
+def timed(fn, *args, **kwargs) -> tuple[EvalResult, float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = fn(*args, **kwargs)
+    return result, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m", help="model name or path (default: smollm2-135m)")
+    parser.add_argument("--items", type=int, default=8, help="items per evaluation set (default: 8)")
+    parser.add_argument("--n-authors", type=int, default=20, help="builtin authors (default: 20)")
+    parser.add_argument("--split", default="forget10", help="forget split (default: forget10)")
+    parser.add_argument("--max-length", type=int, default=200, help="generation max length incl. prompt (200)")
+    parser.add_argument("--batch-size", type=int, default=32, help="batched path: prompts per generation batch")
+    parser.add_argument("--score-batch-size", type=int, default=64, help="batched path: sequences per forward")
+    parser.add_argument("--embedder", default="builtin", help="sentence embedder (default: builtin)")
+    parser.add_argument("--nli", default=None, help="NLI model name or path (default: none)")
+    parser.add_argument("--device", default=None, help="device (default: cuda if available, else cpu)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="model dtype (default float32, where the two paths must agree exactly)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice); 1 is faster on a busy shared CPU")
+    parser.add_argument("--tolerance", type=float, default=1e-5, help="max |diff| allowed on metrics")
+    args = parser.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    loaded = load(args.model, device=device, dtype=getattr(torch, args.dtype))
+    data = load_scenario(BuiltinSource(args.n_authors), "fictitious", args.split, task=1, ds_size=args.items)
+    n_items = sum(len(s.rows) for s in data.eval_sets)
+    t = time.perf_counter()
+    metric_models = load_metric_models(args.embedder, args.nli, device)
+    load_seconds = time.perf_counter() - t
+    print(f"model {args.model} ({args.dtype}, {device}, {torch.get_num_threads()} threads); "
+          f"{n_items} items: " + ", ".join(f"{s.name} {len(s.rows)}" for s in data.eval_sets)
+          + f"; metric models loaded once in {load_seconds:.1f} s"
+          + ("" if metric_models.nli else f" (no NLI: {metric_models.nli_error})"))
+
+    common = (loaded.model, loaded.tokenizer, loaded.prompt)
+    # Warm-up (first-call costs of both paths) on one item per set, untimed.
+    warm = [type(s)(s.name, s.kind, s.rows[:1], s.truth, s.cosine_truth, s.paraphrase) for s in data.eval_sets]
+    evaluate(*common, warm, "fictitious", metric_models, max_length=min(args.max_length, 64), progress=False)
+
+    fast, fast_wall, fast_cpu = timed(
+        evaluate, *common, data.eval_sets, "fictitious", metric_models, batch_size=args.batch_size,
+        score_batch_size=args.score_batch_size, max_length=args.max_length, progress=False)
+    slow, slow_wall, slow_cpu = timed(
+        evaluate_one_at_a_time, *common, data.eval_sets, "fictitious", metric_models,
+        max_length=args.max_length, progress=False)
+
+    for name, result, wall, cpu in (("batched", fast, fast_wall, fast_cpu),
+                                    ("one-at-a-time", slow, slow_wall, slow_cpu)):
+        stages = ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items() if k != "total")
+        print(f"{name:>14}: wall {wall:7.1f} s ({wall / n_items:.2f} s/item), cpu {cpu:7.1f} s "
+              f"({cpu / n_items:.2f} s/item); stages (wall s): {stages}")
+    ok, lines = compare(fast, slow, args.tolerance)
+    print("agreement:")
+    print("\n".join(lines))
+    print(f"cpu-time speed-up: {slow_cpu / fast_cpu:.1f}x")
+    print(f"eval_speedup: {slow_wall / fast_wall:.1f}x (batched {fast_wall / n_items:.2f} s/item vs "
+          f"one-at-a-time {slow_wall / n_items:.2f} s/item), identical results: {'yes' if ok else 'no'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,277 @@
+"""Bad input, everywhere: malformed data files and bad command lines end in one clear line.
+
+- Data (property-based, hypothesis): any bytes in a data file either load as validated rows or raise
+  ``DataError`` with a one-line message that names the file; never another exception.
+- Command line (in-process ``main(argv)``): unknown methods, bad learning rates, unknown splits, missing
+  data, bad ``--set`` syntax or types, unreachable stores: one ``error:`` line, no traceback, a
+  non-zero exit, nothing written to the tracking store, and no password in the output.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from study import data as data_mod
+from study.errors import DataError, StudyInputError
+
+ROOT = Path(__file__).resolve().parents[1]
+PASSWORD = "s3cr3tPW-9f2"
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    spec = importlib.util.spec_from_file_location("sweep_bad_input", ROOT / "experiments" / "sweep.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# --------------------------------------------------------------------------------------------------
+# Data files (hypothesis)
+
+FIELDS = sorted({key for keys in data_mod.SCHEMA.values() for key in keys} | {"original_answer", "extra"})
+JSON_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(min_value=-10**30, max_value=10**30),
+                         st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=30))
+JSON_VALUES = st.recursive(JSON_SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                                 st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+                           max_leaves=12)
+TASK_IDS = st.one_of(st.integers(min_value=-3, max_value=25), st.sampled_from(["1", "02", " 3 ", "1.0", "x", "", "1e3", "١", "²"]),
+                     st.floats(allow_nan=True, allow_infinity=True), st.booleans(), st.none(), st.lists(st.integers(), max_size=2),
+                     st.just(10**40))
+ANSWERS = st.one_of(st.text(max_size=40), st.just(""), st.just("   "), st.just("x" * 200_000), st.just("\n"),
+                    st.lists(st.text(max_size=10), max_size=3), JSON_SCALARS)
+
+
+@st.composite
+def rows(draw):
+    """A dict that looks like a data row: some required fields, some wrong types, some missing."""
+    keys = draw(st.lists(st.sampled_from(FIELDS), max_size=len(FIELDS), unique=True))
+    row = {}
+    for key in keys:
+        row[key] = draw(TASK_IDS if key == "task_id" else ANSWERS)
+    return row
+
+
+def _dump(value) -> bytes:
+    return json.dumps(value, allow_nan=True).encode()
+
+
+LINES = st.one_of(
+    rows().map(_dump),
+    JSON_VALUES.map(_dump),
+    st.text(max_size=60).map(lambda t: t.encode("utf-8", "surrogatepass")),
+    st.binary(max_size=60),
+    st.sampled_from([b"", b"   ", b"{", b"}", b"[" * 5000 + b"]" * 5000, b"1" * 5000, b"NaN", b"Infinity",
+                     b'{"task_id": Infinity, "question": "q", "answer": "a"}', b'{"task_id": NaN}', b"\xff\xfe\x00",
+                     b'{"question": "q", "answer": "a", "task_id": 1}', b'"\\ud800"', b"\x00" * 10, b"null",
+                     b'{"question": "q", "answer": "a"}\x1e']),
+)
+
+
+def _check(call, path: Path):
+    """Either rows that passed the schema, or a one-line DataError naming the file."""
+    try:
+        loaded = call()
+    except DataError as error:
+        message = str(error)
+        assert "\n" not in message and "\r" not in message, message
+        assert str(path) in message or path.name in message, message
+        return None
+    assert isinstance(loaded, list) and loaded
+    return loaded
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(name=st.sampled_from(sorted(data_mod.SCHEMA)), lines=st.lists(LINES, max_size=6), newline=st.sampled_from([b"\n", b"\r\n"]))
+def test_any_data_file_loads_or_raises_one_line_data_error(tmp_path_factory, name, lines, newline):
+    folder = tmp_path_factory.mktemp("data")
+    path = folder / f"{name}.json"
+    path.write_bytes(newline.join(lines))
+    loaded = _check(lambda: data_mod.read_jsonl(path), path)
+    via_source = _check(lambda: data_mod.DirectorySource(folder).read(name), path)
+    assert (loaded is None) == (via_source is None)
+    for row in loaded or []:
+        for key in data_mod.SCHEMA[name]:
+            value = row[key]
+            if key == "task_id":
+                assert isinstance(value, int) and not isinstance(value, bool) and value >= 1
+            elif key in data_mod.LIST_FIELDS:
+                assert isinstance(value, list) and value and all(isinstance(v, str) for v in value)
+            else:
+                assert isinstance(value, str) and value.strip()
+
+
+@pytest.fixture(scope="module")
+def valid_tofu(tmp_path_factory):
+    """The built-in authors written as TOFU-format JSON-lines files."""
+    from study import builtin
+
+    folder = tmp_path_factory.mktemp("tofu")
+    for name, file_rows in builtin.generate(6, 0).items():
+        (folder / f"{name}.json").write_text("".join(json.dumps(r) + "\n" for r in file_rows))
+    return folder
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(target=st.sampled_from(["forget01", "forget01_perturbed", "retain90", "retain_perturbed", "real_authors_perturbed"]),
+       mutated=st.lists(st.one_of(rows().map(_dump), LINES), min_size=1, max_size=4), task=st.integers(min_value=-1, max_value=4),
+       keep=st.booleans())
+def test_scenario_with_one_bad_file_loads_or_names_it(valid_tofu, tmp_path_factory, target, mutated, task, keep):
+    """A whole scenario (weird task ids included): loads, or one line that names the offending file."""
+    folder = tmp_path_factory.mktemp("scenario")
+    for source in valid_tofu.iterdir():
+        (folder / source.name).write_bytes(source.read_bytes())
+    original = (valid_tofu / f"{target}.json").read_bytes()
+    (folder / f"{target}.json").write_bytes((original if keep else b"") + b"\n".join(mutated))
+    try:
+        scenario = data_mod.load_scenario(data_mod.DirectorySource(folder), "fictitious", "forget01", task)
+    except StudyInputError as error:
+        assert isinstance(error, DataError), f"{type(error).__name__}: {error}"
+        message = str(error)
+        assert "\n" not in message and ".json" in message, message
+        return
+    assert scenario.forget and all(row["task_id"] == task for row in scenario.forget)
+
+
+def test_non_utf8_refusals_file_is_a_data_error(tmp_path):
+    (tmp_path / data_mod.REFUSALS_FILE).write_bytes(b"I don't know\n\xff\xfe\n")
+    with pytest.raises(DataError, match=re.escape(data_mod.REFUSALS_FILE)):
+        data_mod.DirectorySource(tmp_path).refusals()
+
+
+# --------------------------------------------------------------------------------------------------
+# The command line (in-process)
+
+BAD_ARGV = [
+    (["--method", "XX+GD"], "unknown forget loss"),
+    (["--method", "ME+XX"], "unknown regularizer"),
+    (["--method", ""], "method name must be"),
+    (["--set", "train.lr=-1"], "lr must be a positive finite number"),
+    (["--set", "train.lr=nan"], "lr must be a positive finite number"),
+    (["--set", "train.lr=inf"], "lr must be a positive finite number"),
+    (["--set", "train.lr=1e30"], "lr must be at most 1"),
+    (["--set", "train.lr=0"], "lr must be a positive finite number"),
+    (["--set", "train.lr=fast"], "lr must be"),
+    (["--set", "data.split=forget99"], "unknown split 'forget99'"),
+    (["--data-dir", "/nonexistent/tofu"], "/nonexistent/tofu: data directory not found"),
+    (["--set", "train"], "expected SECTION.FIELD=VALUE"),
+    (["--set", "train.lr"], "expected SECTION.FIELD=VALUE"),
+    (["--set", "lr=1e-4"], "expected SECTION.FIELD=VALUE"),
+    (["--set", "nosuch.x=1"], "unknown section"),
+    (["--set", "train.nonsense=1"], "unknown setting train.nonsense"),
+    (["--set", "model.name=5"], "model.name must be of type str"),
+    (["--set", "method.name=[1]"], "method.name must be of type str"),
+    (["--set", "data.source=true"], "data.source must be of type str"),
+    (["--set", "data.ds_size=1.5"], "data.ds_size must be of type int"),
+    (["--set", "data.tasks=[0]"], "tasks must be positive integers"),
+    (["--model", "no-such-model"], "unknown model 'no-such-model'"),
+    (["--n-trials", "0"], "n_trials must be a positive integer"),
+    (["--heartbeat", "0"], "heartbeat must be a positive integer"),
+    (["--max-failures", "-1"], "max_failures must be a positive integer"),
+    (["--scenario", "continual", "--tasks", "1", "99"], "task 99 does not exist"),
+]
+
+
+def _run_main(sweep, capsys, argv):
+    try:
+        code = sweep.main(argv)
+    except SystemExit as exit_info:  # argparse: usage + one error line
+        code = exit_info.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _one_error_line(err: str) -> str:
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("error:") or ": error:" in line]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("argv,message", BAD_ARGV, ids=[" ".join(a) for a, _ in BAD_ARGV])
+def test_bad_command_line_is_one_error_line_and_writes_nothing(sweep, capsys, tmp_path, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    db = tmp_path / "mlflow.db"
+    code, out, err = _run_main(sweep, capsys, ["--preset", "smoke", "--tracking-uri", f"sqlite:///{db}",
+                                               "--storage", f"sqlite:///{tmp_path}/optuna.db", *argv])
+    assert code == 2
+    assert message in _one_error_line(err)
+    assert not db.exists() and not (tmp_path / "optuna.db").exists()
+
+
+@pytest.mark.parametrize("argv", [["--split", "forget02"], ["--keep-checkpoints", "some"], ["--n-trials", "many"],
+                                  ["--no-such-option"]])
+def test_argparse_errors_exit_2_with_usage(sweep, capsys, tmp_path, argv):
+    code, out, err = _run_main(sweep, capsys, ["--preset", "smoke", "--tracking-uri", f"sqlite:///{tmp_path}/m.db", *argv])
+    assert code == 2 and "usage:" in err
+    _one_error_line(err)
+    assert not (tmp_path / "m.db").exists()
+
+
+def test_malformed_data_file_is_reported_before_anything_is_written(sweep, capsys, tmp_path, valid_tofu):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for source in valid_tofu.iterdir():
+        (folder / source.name).write_bytes(source.read_bytes())
+    (folder / "retain_perturbed.json").write_text('{"question": "q", "answer": "a", "paraphrased_answer": 3}\n')
+    db = tmp_path / "mlflow.db"
+    code, out, err = _run_main(sweep, capsys, ["--preset", "smoke", "--data-dir", str(folder), "--tracking-uri", f"sqlite:///{db}",
+                                               "--storage", f"sqlite:///{tmp_path}/optuna.db"])
+    line = _one_error_line(err)
+    assert code == 2 and "retain_perturbed.json, line 1" in line and "paraphrased_answer" in line
+    assert not db.exists()
+
+
+UNREACHABLE = [
+    ("--storage", f"postgresql+psycopg2://user:{PASSWORD}@127.0.0.1:1/optuna", "Optuna storage"),
+    ("--storage", f"postgresql+psycopg2://user:{PASSWORD}@127.0.0.1:notaport/optuna", "Optuna storage"),
+    ("--storage", f"mysql://user:{PASSWORD}@127.0.0.1:1/optuna", "Optuna storage"),
+    ("--storage", f"post gres://user:{PASSWORD}@127.0.0.1/optuna", "Optuna storage"),
+    ("--storage", f"user:{PASSWORD}@127.0.0.1/optuna", "Optuna storage"),
+    ("--storage", f"postgresql://user:{PASSWORD}/x@127.0.0.1:1/optuna", "Optuna storage"),
+    ("--tracking-uri", f"postgresql+psycopg2://user:{PASSWORD}@127.0.0.1:1/mlflow", "tracking store"),
+    ("--tracking-uri", f"http://user:{PASSWORD}@127.0.0.1:1", "tracking store"),
+]
+
+
+@pytest.mark.parametrize("option,url,what", UNREACHABLE, ids=[u[1].split(PASSWORD)[0] + u[0] for u in UNREACHABLE])
+def test_unreachable_store_is_one_line_without_the_password(sweep, capsys, tmp_path, monkeypatch, option, url, what):
+    monkeypatch.chdir(tmp_path)  # main() changes into the repository for its default stores
+    stores = {"--storage": f"sqlite:///{tmp_path}/optuna.db", "--tracking-uri": f"sqlite:///{tmp_path}/mlflow.db", option: url}
+    code, out, err = _run_main(sweep, capsys, ["--preset", "smoke", "--no-progress", *[x for kv in stores.items() for x in kv]])
+    line = _one_error_line(err)
+    assert code == 2 and what in line and "unreachable" in line
+    assert PASSWORD not in out + err
+    assert not (tmp_path / "mlflow.db").exists()  # the tracking store is never created when a store is bad
+
+
+@settings(max_examples=300, deadline=None)
+@given(user=st.text(alphabet="abcdefgh_.", min_size=1, max_size=8),
+       secret=st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=16),
+       scheme=st.sampled_from(["postgresql+psycopg2://", "mysql://", "http://", "https://", "", "post gres://", "sqlite://"]),
+       host=st.sampled_from(["127.0.0.1:5432/db", "db.example.org/optuna?sslmode=require", "h", "[::1]:5000"]))
+def test_redact_never_shows_a_password(user, secret, scheme, host):
+    """Any password (unencoded '@', ':', '/', unicode ...) in any URL shape is hidden."""
+    from study.tracking import redact
+
+    password = "Zq9" + secret  # a marker no scheme, user or host contains
+    hidden = redact(f"{scheme}{user}:{password}@{host}")
+    assert "Zq9" not in hidden and "***" in hidden, hidden
+
+
+def test_dry_run_prints_stores_without_password(sweep, capsys, tmp_path):
+    code, out, err = _run_main(sweep, capsys, ["--preset", "smoke", "--dry-run",
+                                               "--storage", f"postgresql+psycopg2://user:{PASSWORD}@db.internal:5432/optuna",
+                                               "--tracking-uri", f"http://user:{PASSWORD}@mlflow.internal:5000"])
+    assert code == 0
+    assert "storage      postgresql+psycopg2://user:***@db.internal:5432/optuna" in out
+    assert "tracking     http://user:***@mlflow.internal:5000" in out
+    assert PASSWORD not in out + err

