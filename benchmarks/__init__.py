@@ -6,8 +6,15 @@ Every script prints its figures, then one result line, the last line of its outp
 
 which :func:`result_line` formats and :data:`RESULT_RE` parses (``run_all.py`` builds its table from it).
 Timings on a shared machine are noisy: the scripts measure the variants they compare side by side in one
-process, alternate them, repeat, and report the minimum (the run least disturbed by other processes)
-next to the median.
+process, alternate them (A B B A ...), repeat, and print minimum and median of both clocks:
+
+- ``cpu``: CPU seconds of this process (all its threads), ``time.process_time``: what the work costs,
+  little disturbed by other processes competing for the cores (the default on a CPU device);
+- ``wall``: ``time.perf_counter`` around the work with the device synchronised (the default on CUDA,
+  where the work is not this process's CPU time).
+
+A ratio is taken between medians on the ``cpu`` clock and between minima on the ``wall`` clock (the run
+least disturbed by others).
 """
 
 from __future__ import annotations
@@ -55,27 +62,68 @@ def sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn, device) -> float:
-    """Wall seconds of ``fn()``, device work included."""
+def add_clock_arg(parser) -> None:
+    parser.add_argument("--clock", choices=["auto", "cpu", "wall"], default="auto",
+                        help="which time the ratio uses: cpu (process CPU seconds, median), wall (min); "
+                             "auto: cpu on a CPU device, wall on CUDA")
+
+
+def clock_for(choice: str, device) -> str:
+    if choice != "auto":
+        return choice
+    return "wall" if getattr(device, "type", str(device)).startswith("cuda") else "cpu"
+
+
+class Timings:
+    """Repeated timings of one variant on both clocks."""
+
+    def __init__(self):
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+
+    def add(self, wall: float, cpu: float) -> None:
+        self.wall.append(wall)
+        self.cpu.append(cpu)
+
+    def figure(self, clock: str) -> float:
+        """The figure a ratio is taken from: median CPU seconds, or minimum wall seconds."""
+        return statistics.median(self.cpu) if clock == "cpu" else min(self.wall)
+
+    def describe(self, scale: float = 1.0) -> str:
+        w = [v * scale for v in self.wall]
+        c = [v * scale for v in self.cpu]
+        return (f"wall min {min(w):.3f} s / median {statistics.median(w):.3f} s; "
+                f"cpu min {min(c):.3f} s / median {statistics.median(c):.3f} s (n={len(w)})")
+
+
+def timed(fn, device, into: Timings | None = None) -> tuple[float, float]:
+    """(wall, cpu) seconds of ``fn()``, device work included; appended to ``into`` if given."""
     sync(device)
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     fn()
     sync(device)
-    return time.perf_counter() - start
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    if into is not None:
+        into.add(wall, cpu)
+    return wall, cpu
 
 
-def summary(values: list[float]) -> str:
-    """``min / median`` of repeated timings, for the printed figures."""
-    return f"min {min(values):.3f} s, median {statistics.median(values):.3f} s (n={len(values)})"
+def alternate(variants: dict, repeat: int):
+    """``(round, name, value)`` in the order A B, B A, A B ...: a drift in the machine's load hits all alike."""
+    items = list(variants.items())
+    for i in range(repeat):
+        for name, value in (items if i % 2 == 0 else items[::-1]):
+            yield i, name, value
 
 
 def machine() -> str:
-    """One line naming what the figures were measured on."""
+    """One line naming what the figures were measured on, with the load the other processes put on it."""
     import torch
 
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"torch {torch.__version__}, {cpus} CPU cores visible, {torch.get_num_threads()} torch threads, {gpu}"
+    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
+    return f"torch {torch.__version__}, {cpus} CPU cores visible{load}, {torch.get_num_threads()} torch threads, {gpu}"
 
 
 def result_line(name: str, ratio: float, details: str, target: str, met: bool) -> str:

@@ -25,6 +25,9 @@ is unchanged); each phase's time is exclusive of the phases nested in it:
   what ``--keep-checkpoints best|all`` does for every trial) is its own phase;
 - other: the rest of ``run_trial`` (reading the scenario data, ...).
 
+Not in the trial, printed apart: the imports of transformers and sentence-transformers and the tracker
+set-up (MLflow import, sqlite store creation): a sweep pays them once per process, not per trial.
+
 Target (the brief sets none for this script; chosen before measuring): the pure bookkeeping, that is the
 fine-tune cache hit plus the MLflow writes (checkpoint excluded), at most 5% of the trial.
 """
@@ -48,32 +51,35 @@ BOOKKEEPING = ("fine-tune (cache hit)", "logging (MLflow)")
 
 
 class PhaseTimer:
-    """Exclusive wall seconds per phase: a phase nested in another is subtracted from its parent."""
+    """Exclusive wall and CPU seconds per phase: a phase nested in another is subtracted from its parent."""
 
     def __init__(self, device):
         self.device = device
         self.seconds: dict[str, float] = defaultdict(float)
-        self._stack: list[list] = []  # [name, start, nested seconds]
+        self.cpu: dict[str, float] = defaultdict(float)
+        self._stack: list[list] = []  # [name, wall start, cpu start, nested wall, nested cpu]
 
     @contextmanager
     def phase(self, name: str):
         sync(self.device)
-        self._stack.append([name, time.perf_counter(), 0.0])
+        self._stack.append([name, time.perf_counter(), time.process_time(), 0.0, 0.0])
         try:
             yield
         finally:
             sync(self.device)
-            _, start, nested = self._stack.pop()
-            elapsed = time.perf_counter() - start
-            self.seconds[name] += elapsed - nested
+            _, wall0, cpu0, nested_wall, nested_cpu = self._stack.pop()
+            wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+            self.seconds[name] += wall - nested_wall
+            self.cpu[name] += cpu - nested_cpu
             if self._stack:
-                self._stack[-1][2] += elapsed
+                self._stack[-1][3] += wall
+                self._stack[-1][4] += cpu
 
     def add(self, name: str, seconds: float) -> None:
-        """Seconds measured inside the current phase (moved out of it)."""
+        """Wall seconds measured inside the current phase (moved out of it; its CPU time stays there)."""
         self.seconds[name] += seconds
         if self._stack:
-            self._stack[-1][2] += seconds
+            self._stack[-1][3] += seconds
 
     def wrap(self, module, attribute: str, name: str, after=None):
         """Time every call of ``module.attribute`` as phase ``name`` (``after(result)`` may split it)."""
@@ -127,6 +133,14 @@ def main(argv=None) -> int:
 
     # The target model is fine-tuned once per (model, data, settings) and cached: make sure it is, outside
     # the trial, so the trial measures what every trial but the very first sees.
+    started = time.perf_counter()
+    import sentence_transformers  # noqa: F401  (the embedder's library)
+    import transformers
+
+    for name in ("AutoTokenizer", "AutoModelForCausalLM", "GenerationMixin", "LlamaForCausalLM"):
+        getattr(transformers, name)  # transformers imports lazily: pull in what loading and generating use
+    imports_s = time.perf_counter() - started
+
     first = runner.scenario_data(cfg, runner.tasks_of(cfg)[0])
     started = time.perf_counter()
     prepared = runner.target_model(cfg, first, device, progress=False)
@@ -189,13 +203,16 @@ def main(argv=None) -> int:
     print(f"  trial wall time {total:.1f} s; {result.final.steps} unlearning steps; "
           f"MU {result.final.summary.get('model_utility', float('nan')):.3f}, "
           f"FE {result.final.summary.get('forget_efficacy', float('nan')):.3f}")
-    print(f"  {'phase':30s} {'seconds':>8s} {'share':>7s}")
+    print(f"  {'phase':30s} {'wall s':>8s} {'share':>7s} {'cpu s':>8s}")
     for name in order + sorted(set(timer.seconds) - set(order)):
         if name in timer.seconds:
-            print(f"  {name:30s} {timer.seconds[name]:8.2f} {timer.seconds[name] / total:7.1%}")
+            cpu = f"{timer.cpu[name]:8.2f}" if name in timer.cpu else f"{'-':>8s}"
+            note = "  (cpu: the whole evaluation)" if name == "evaluation: metrics, tables" else ""
+            print(f"  {name:30s} {timer.seconds[name]:8.2f} {timer.seconds[name] / total:7.1%} {cpu}{note}")
     accounted = sum(timer.seconds.values())
-    print(f"  {'(sum of phases)':30s} {accounted:8.2f} {accounted / total:7.1%}")
-    print(f"  not in the trial: tracker setup (sqlite store creation, once per sweep) {setup_s:.2f} s")
+    print(f"  {'(sum of phases)':30s} {accounted:8.2f} {accounted / total:7.1%} {sum(timer.cpu.values()):8.2f}")
+    print(f"  not in the trial (once per process or sweep): imports of transformers and sentence-transformers "
+          f"{imports_s:.2f} s; tracker setup (MLflow import, sqlite store creation) {setup_s:.2f} s")
 
     bookkeeping = sum(timer.seconds[name] for name in BOOKKEEPING)
     share = bookkeeping / total

@@ -225,8 +225,11 @@ def runs_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     columns are NaN. Handy for tests and for runs that never went through MLflow."""
     fixed = [*RUN_COLUMNS, *AGGREGATE_COLUMNS, *SET_METRIC_COLUMNS]
     extra = sorted({k for r in records for k in r} - set(fixed))
-    frame = pd.DataFrame.from_records([dict(r) for r in records], columns=[*fixed, *extra]) if records else _empty([*fixed, *extra])
-    numeric = [*_NUMERIC_PARAMS, *AGGREGATE_COLUMNS, *SET_METRIC_COLUMNS, *extra]
+    columns = [*fixed, *extra]
+    frame = pd.DataFrame.from_records([dict(r) for r in records], columns=columns) if records else _empty(columns)
+    # Extra columns are metrics when read from MLflow; a hand-made record may add text ones.
+    numbers = [c for c in extra if frame[c].map(lambda v: v is None or isinstance(v, (int, float))).all()]
+    numeric = [*_NUMERIC_PARAMS, *AGGREGATE_COLUMNS, *SET_METRIC_COLUMNS, *numbers]
     frame[numeric] = frame[numeric].apply(pd.to_numeric, errors="coerce").astype(float)
     frame["trial_number"] = frame["trial_number"].astype("Int64")
     frame["fix_ref_model"] = frame["fix_ref_model"].astype("boolean")
@@ -578,7 +581,8 @@ def plot_continual(curves: pd.DataFrame) -> Figure | None:
     shown = curves[curves["run_id"].isin(table["run_id"])]
     methods = order_methods(shown["method"])
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
-    for ax, metric, label in zip(axes, ("model_utility", "forget_efficacy"), ("Model Utility (MU)", "Forget Efficacy (FE)")):
+    panels = (("model_utility", "Model Utility (MU)"), ("forget_efficacy", "Forget Efficacy (FE)"))
+    for ax, (metric, label) in zip(axes, panels):
         sns.lineplot(data=shown, x="task", y=metric, hue="method", hue_order=methods, palette=method_palette(methods),
                      style="fix_ref_model", style_order=[False, True], markers=True, units="run_id", estimator=None,
                      ax=ax)
@@ -838,7 +842,7 @@ def run_notebook(path: str | os.PathLike, parameters: Mapping[str, Any] | None =
     client = NotebookClient(notebook, timeout=timeout, kernel_name=kernel_name, km=_kernel_manager(kernel_name),
                             resources={"metadata": {"path": str(cwd)}})
     try:
-        client.execute()
+        client.execute(cleanup_kc=True)  # the kernel manager is ours: shut the kernel down when done
     finally:
         if output_path is not None:
             Path(output_path).parent.mkdir(parents=True, exist_ok=True)

@@ -16,13 +16,20 @@ The metric models (sentence embedder, NLI classifier) are loaded once per proces
 
 Two ways to run the same computation:
 
-* :func:`evaluate` -- the fast path: items sorted by length, generation in batches, every scored
-  sequence of a set (answers, paraphrases, perturbed answers of all items) flattened into large
-  batches, padding columns no row uses trimmed, logits computed only from the first answer column on.
-* :func:`evaluate_one_at_a_time` -- the reference code's way: one item at a time for generation,
-  one sequence at a time for scoring (padded to ``max_length``, full logits), embeddings and NLI per
-  item, and the metric models reloaded for every set. It exists to check that the fast path computes
-  the same numbers (tests, ``benchmarks/bench_eval.py``) and to measure the speed-up.
+* :func:`evaluate` -- the fast path. The items of all sets are pooled so batches stay full.
+  Generation: prompts sorted by length, left-padded batches, greedy decoding that drops each row
+  from the batch and its KV cache as soon as it ends (evaluation answers have long-tailed lengths).
+  Likelihoods: every scored sequence of every item (answers, paraphrases, perturbed answers)
+  tokenised in two calls, the tokens the sequences of one question share (prompt + question) run
+  once per question, the rest in large right-padded batches trimmed to their longest row, logits
+  built only from the first answer-predicting position. Embeddings and NLI in batches.
+* :func:`evaluate_one_at_a_time` -- the reference code's way: one ``generate`` call per item, one
+  forward pass per sequence padded to ``max_length`` with full logits, one embedder call per text,
+  one NLI call per pair, and the metric models reloaded for every set. It exists to check that the
+  fast path computes the same numbers (tests, ``benchmarks/bench_eval.py``) and to time it.
+
+On SmolLM2-135M in float32 on CPU the two give identical generations and metrics within ~3e-6
+(float32 rounding of differently shaped matrix products); ``benchmarks/bench_eval.py`` checks this.
 
 Differences from the reference code (``sail-sg/closer-look-LLM-unlearning``, ``metrics/metrics.py``)
 that are deliberate:
@@ -31,6 +38,9 @@ that are deliberate:
   so every item of a batch gets ``200 - longest prompt of the batch`` new tokens. Here each item gets
   ``max_length - its own prompt length`` (what a batch of one gets in the reference), so results do
   not depend on how items are batched.
+* Greedy decoding is plain argmax. ``generate`` would also apply logits processors that a model's
+  ``generation_config`` may set (repetition penalty, banned n-grams); the fast path does not, and
+  the reference path passes only ``do_sample=False``. Neither of the project's models sets any.
 * The tokenizer is copied for left padding (:func:`study.models.left_padded`), never mutated.
 """
 
@@ -324,8 +334,9 @@ class _Plan:
     nli_batch: int
     """Pairs per NLI forward pass."""
     fast: bool
-    """Sort by length, batch-tokenise, score each distinct sequence once, trim padding columns and
-    compute logits only from the first answer column. False: the reference code's way (rows padded
+    """Sort by length; generate dropping finished rows; batch-tokenise; score each distinct
+    sequence once, sharing each question's prefix, with padding trimmed and logits built only from
+    the first answer-predicting position. False: the reference code's way (``generate``; rows padded
     to ``max_length``, full logits, ``encode_qa`` per sequence, answer and paraphrase scored apart
     even when they are the same text)."""
     reload_metric_models: bool
@@ -459,6 +470,9 @@ def _generate(model: Any, tokenizer: Any, prompts: Sequence[str], max_length: in
     order = list(range(len(prompts)))
     if plan.fast:  # similar lengths together: little padding
         order.sort(key=lambda i: len(prompt_ids[i]))
+    # The row-dropping loop needs a KV cache whose rows can be selected and explicit positions.
+    drop_finished = plan.fast and {"past_key_values", "position_ids", "logits_to_keep"} <= _forward_params(model) \
+        and _plain_kv_cache(model)
     out: list[list[int]] = [[] for _ in prompts]
     for batch in _batches(order, plan.generation_batch):
         budgets = [max_length - len(prompt_ids[i]) for i in batch]
@@ -466,7 +480,7 @@ def _generate(model: Any, tokenizer: Any, prompts: Sequence[str], max_length: in
         if live:
             padded = tok.pad({"input_ids": [prompt_ids[i] for i, _ in live]}, padding=True, return_tensors="pt")
             input_ids, attention = padded["input_ids"].to(device), padded["attention_mask"].to(device)
-            if plan.fast:
+            if drop_finished:
                 generated = _greedy_dropping_finished(model, input_ids, attention, [b for _, b in live], eos)
             else:
                 generated = _greedy_hf(model, input_ids, attention, max(b for _, b in live), eos, tok.pad_token_id)
@@ -474,7 +488,7 @@ def _generate(model: Any, tokenizer: Any, prompts: Sequence[str], max_length: in
                 row = row[:budget]
                 cut = next((j for j, t in enumerate(row) if t in eos), len(row))
                 out[i] = row[:cut]
-        bar.update(1)
+        bar.update(len(batch))
     return out
 
 
@@ -482,11 +496,28 @@ def _generate(model: Any, tokenizer: Any, prompts: Sequence[str], max_length: in
 # Likelihoods
 
 
-def _supports_logits_to_keep(model: Any) -> bool:
+def _forward_params(model: Any) -> set[str]:
     try:
-        return "logits_to_keep" in inspect.signature(model.forward).parameters
+        return set(inspect.signature(model.forward).parameters)
     except (TypeError, ValueError):
-        return False
+        return set()
+
+
+def _first_scored(labels: list[int]) -> int:
+    """Index of the first label that is scored (the first answer token); ``len(labels)`` if none."""
+    return next((j for j, label in enumerate(labels) if label != IGNORE_INDEX), len(labels))
+
+
+def _common_prefix(rows: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common prefix of token-id lists."""
+    first = rows[0]
+    n = min(len(r) for r in rows)
+    for row in rows[1:]:
+        j = 0
+        while j < n and row[j] == first[j]:
+            j += 1
+        n = j
+    return n
 
 
 def _score(model: Any, tokenizer: Any, prompt: PromptFormat, pairs: Sequence[tuple[str, str]],
@@ -494,53 +525,150 @@ def _score(model: Any, tokenizer: Any, prompt: PromptFormat, pairs: Sequence[tup
     """``NLL_sum`` and answer-token counts of each (question, answer) sequence, float64 / int64 [S].
 
     Labels follow :func:`study.models.encode_qa` (``"answer"``): question -100, answer tokens, one
-    EOS label. Fast path: rows sorted by length, right-padded to the longest row of their batch
-    (those columns carry attention 0 and label -100, so the sums equal those of rows padded to
-    ``max_length``), and the model's ``logits_to_keep`` keeps only the last ``T - s`` positions,
-    ``s`` = the batch's earliest position whose next token is scored: the question's logits over the
-    vocabulary are never built. The NLL itself is :func:`study.losses.sequence_nll` (fused
-    cross-entropy, float32).
+    EOS label; the NLL is :func:`study.losses.sequence_nll` (fused cross-entropy in float32).
+
+    * Reference path: one ``encode_qa`` row at a time, padded to ``max_length``, full logits.
+    * Fast path: all rows tokenised in two calls, sorted by length, and, when the model takes a KV
+      cache, the tokens that the sequences of one question share (prompt and question: the truth,
+      paraphrased and perturbed answers of an item differ only after them) are run once per
+      question; see :func:`_score_shared_prefix`. Otherwise (or for a question with nothing to
+      share) :func:`_score_trimmed`. Both pad a batch only to its longest row and compute logits
+      only from the first position whose next token is scored, which changes no sum: padding
+      columns carry attention 0 and label -100, and causal attention never looks right.
     """
-    eos = tokenizer.eos_token_id
-    if plan.fast:
-        ids, labels = encode_qa_batch(tokenizer, prompt, [q for q, _ in pairs], [a for _, a in pairs], max_length)
-        order = sorted(range(len(pairs)), key=lambda i: len(labels[i]), reverse=True)
-    else:  # the reference way: one encode_qa call per sequence, padded to max_length
-        encoded = [encode_qa(tokenizer, prompt, q, a, max_length) for q, a in pairs]
-        order = list(range(len(pairs)))
-    keep_tail = plan.fast and _supports_logits_to_keep(model)
     nll = np.zeros(len(pairs), dtype=np.float64)
     n_tokens = np.zeros(len(pairs), dtype=np.int64)
-    for batch in _batches(order, plan.score_batch):
-        if plan.fast:
-            width = max(len(labels[i]) for i in batch)
-            input_ids = torch.full((len(batch), width), eos, dtype=torch.long)
-            attention = torch.zeros((len(batch), width), dtype=torch.long)
-            label_t = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
-            for row, i in enumerate(batch):
-                input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
-                attention[row, : len(ids[i])] = 1
-                label_t[row, : len(labels[i])] = torch.tensor(labels[i])
-        else:
-            input_ids = torch.stack([encoded[i]["input_ids"] for i in batch])
-            attention = torch.stack([encoded[i]["attention_mask"] for i in batch])
-            label_t = torch.stack([encoded[i]["labels"] for i in batch])
-        input_ids, attention, label_t = input_ids.to(device), attention.to(device), label_t.to(device)
-        scored = label_t != IGNORE_INDEX  # [B, T]
-        if keep_tail and scored.any():
-            # Position t predicts labels[t + 1]: the first position whose logits matter is one
-            # before the earliest scored label of the batch.
-            start = max(int(scored.any(dim=0).nonzero().min()) - 1, 0)
-            logits = model(input_ids=input_ids, attention_mask=attention, use_cache=False,
-                           logits_to_keep=input_ids.shape[1] - start).logits  # [B, T - start, V]
-            batch_nll = sequence_nll(logits, label_t[:, start:])
-        else:
-            logits = model(input_ids=input_ids, attention_mask=attention, use_cache=False).logits  # [B, T, V]
-            batch_nll = sequence_nll(logits, label_t)
-        nll[batch] = batch_nll.double().cpu().numpy()
-        n_tokens[batch] = scored.sum(dim=1).cpu().numpy()
-        bar.update(1)
+    if not plan.fast:
+        for i, (question, answer) in enumerate(pairs):
+            enc = encode_qa(tokenizer, prompt, question, answer, max_length)
+            batch = {k: v[None].to(device) for k, v in enc.items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           use_cache=False).logits  # [1, max_length, V]
+            nll[i] = float(sequence_nll(logits, batch["labels"])[0])
+            n_tokens[i] = int((batch["labels"] != IGNORE_INDEX).sum())
+            bar.update(1)
+        return nll, n_tokens
+
+    ids, labels = encode_qa_batch(tokenizer, prompt, [q for q, _ in pairs], [a for _, a in pairs], max_length)
+    n_tokens[:] = [sum(label != IGNORE_INDEX for label in row) for row in labels]
+    params = _forward_params(model)
+    rest = list(range(len(pairs)))
+    if {"past_key_values", "position_ids", "logits_to_keep"} <= params and _plain_kv_cache(model):
+        by_question: dict[str, list[int]] = {}
+        for i, (question, _) in enumerate(pairs):
+            by_question.setdefault(question, []).append(i)
+        groups, prefixes, rest = [], [], []
+        for members in by_question.values():
+            # Share tokens up to (not including) the position whose logits predict the first answer
+            # token; a common prefix can end earlier when the tokenizer merges across the boundary.
+            shared = min(_common_prefix([ids[i] for i in members]),
+                         min(_first_scored(labels[i]) for i in members) - 1)
+            if shared >= 1 and all(n_tokens[i] > 0 for i in members):
+                groups.append(members)
+                prefixes.append(shared)
+            else:
+                rest.extend(members)
+        _score_shared_prefix(model, ids, labels, groups, prefixes, plan, device, tokenizer.eos_token_id, nll, bar)
+    _score_trimmed(model, ids, labels, rest, plan, device, tokenizer.eos_token_id,
+                   "logits_to_keep" in params, nll, bar)
     return nll, n_tokens
+
+
+def _plain_kv_cache(model: Any) -> bool:
+    """Whether the model's cache is made of plain full-attention ``DynamicLayer``s, whose key /
+    value tensors can be selected by row and concatenated (no sliding windows, no linear attention)."""
+    try:
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        cache = DynamicCache(config=model.config)
+        return bool(cache.layers) and all(type(layer) is DynamicLayer for layer in cache.layers)
+    except Exception:  # an exotic config: use the plain path
+        return False
+
+
+def _right_padded(rows: Sequence[Sequence[int]], width: int, fill: int) -> torch.Tensor:
+    out = torch.full((len(rows), width), fill, dtype=torch.long)
+    for r, row in enumerate(rows):
+        out[r, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return out
+
+
+def _score_trimmed(model: Any, ids: list[list[int]], labels: list[list[int]], which: Sequence[int], plan: _Plan,
+                   device: torch.device, eos: int, keep_tail: bool, nll: np.ndarray, bar: tqdm) -> None:
+    """Fill ``nll[i]`` for ``i in which``: whole sequences, right-padded per batch (sorted by length)."""
+    order = sorted(which, key=lambda i: len(labels[i]), reverse=True)
+    for batch in _batches(order, plan.score_batch):
+        width = max(len(labels[i]) for i in batch)  # the EOS label may sit one past the last input
+        input_ids = _right_padded([ids[i] for i in batch], width, eos).to(device)
+        attention = _right_padded([[1] * len(ids[i]) for i in batch], width, 0).to(device)
+        label_t = _right_padded([labels[i] for i in batch], width, IGNORE_INDEX).to(device)
+        start = 0
+        if keep_tail:  # position t predicts labels[t + 1]: logits before the first answer label are unused
+            start = max(min(_first_scored(labels[i]) for i in batch) - 1, 0)
+            logits = model(input_ids=input_ids, attention_mask=attention, use_cache=False,
+                           logits_to_keep=width - start).logits  # [B, width - start, V]
+        else:
+            logits = model(input_ids=input_ids, attention_mask=attention, use_cache=False).logits  # [B, width, V]
+        nll[batch] = sequence_nll(logits, label_t[:, start:]).double().cpu().numpy()
+        bar.update(len(batch))
+
+
+def _score_shared_prefix(model: Any, ids: list[list[int]], labels: list[list[int]], groups: list[list[int]],
+                         prefixes: list[int], plan: _Plan, device: torch.device, eos: int,
+                         nll: np.ndarray, bar: tqdm) -> None:
+    """Fill ``nll`` for the sequences of ``groups``: each group's first ``prefixes[g]`` tokens
+    (shared by all its sequences) run once, then every sequence's remaining tokens on top of a copy
+    of its group's KV cache.
+
+    Chunks of ``score_batch`` groups, sorted by prefix length: a prefix pass over the chunk,
+    left-padded to ``P`` tokens (positions ``cumsum(mask) - 1``, as generation does), keeps the
+    keys / values ``[G, H, P, D]`` per layer; then suffix batches of ``score_batch`` sequences,
+    right-padded to ``S`` tokens, attend to ``[prefix mask | suffix mask]`` at positions
+    ``p_g + 0..S-1``. Only the logits from the first answer-predicting suffix position on are built.
+    """
+    from transformers import DynamicCache
+
+    group_order = sorted(range(len(groups)), key=lambda g: prefixes[g])
+    for chunk in _batches(group_order, plan.score_batch):
+        width = max(prefixes[g] for g in chunk)
+        prefix_rows = [ids[groups[g][0]][: prefixes[g]] for g in chunk]
+        prefix_ids = torch.full((len(chunk), width), eos, dtype=torch.long)
+        prefix_mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for r, row in enumerate(prefix_rows):  # left padding
+            prefix_ids[r, width - len(row):] = torch.tensor(row, dtype=torch.long)
+            prefix_mask[r, width - len(row):] = 1
+        prefix_ids, prefix_mask = prefix_ids.to(device), prefix_mask.to(device)
+        positions = (prefix_mask.cumsum(-1) - 1).masked_fill(prefix_mask == 0, 0)
+        cache = DynamicCache(config=model.config)
+        model(input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=positions, past_key_values=cache,
+              use_cache=True, logits_to_keep=1)
+        keys = [layer.keys for layer in cache.layers]  # per layer [G, H, P, D]
+        values = [layer.values for layer in cache.layers]
+
+        # (sequence, row of its group in the chunk), longest suffix first.
+        members = [(i, r) for r, g in enumerate(chunk) for i in groups[g]]
+        members.sort(key=lambda m: len(labels[m[0]]) - prefixes[chunk[m[1]]], reverse=True)
+        for batch in _batches(range(len(members)), plan.score_batch):
+            seqs = [members[b][0] for b in batch]
+            rows = torch.tensor([members[b][1] for b in batch], device=device)
+            shared = [prefixes[chunk[members[b][1]]] for b in batch]
+            suffix_ids = [ids[i][p:] for i, p in zip(seqs, shared)]
+            suffix_labels = [labels[i][p:] for i, p in zip(seqs, shared)]
+            s_width = max(len(row) for row in suffix_labels)  # the EOS label may sit one past the last input
+            input_ids = _right_padded(suffix_ids, s_width, eos).to(device)
+            suffix_mask = _right_padded([[1] * len(row) for row in suffix_ids], s_width, 0).to(device)
+            label_t = _right_padded(suffix_labels, s_width, IGNORE_INDEX).to(device)
+            attention = torch.cat([prefix_mask[rows], suffix_mask], dim=1)  # [B, P + S]
+            position_ids = torch.tensor(shared, device=device)[:, None] + torch.arange(s_width, device=device)
+            batch_cache = DynamicCache(ddp_cache_data=[(k[rows], v[rows]) for k, v in zip(keys, values)],
+                                       config=model.config)
+            start = min(_first_scored(row) for row in suffix_labels) - 1  # >= 0: the prefix stops before
+            logits = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
+                           past_key_values=batch_cache, use_cache=True,
+                           logits_to_keep=s_width - start).logits  # [B, S - start, V]
+            nll[seqs] = sequence_nll(logits, label_t[:, start:]).double().cpu().numpy()
+            bar.update(len(batch))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -574,7 +702,7 @@ def _nli_labels(nli: NLIModel, pairs: Sequence[tuple[str, str]], plan: _Plan, ba
         with torch.inference_mode():
             predicted = nli.model(**enc).logits.argmax(dim=-1).tolist()
         out.update({i: nli.id2label[p] for i, p in zip(batch, predicted)})
-        bar.update(1)
+        bar.update(len(batch))
     return [out[i] for i in range(len(pairs))]
 
 
@@ -651,26 +779,25 @@ def _plan_work(eval_sets: Sequence[EvalSet], plan: _Plan) -> tuple[list[_SetWork
 
 
 def _evaluate_sets(model: Any, tokenizer: Any, prompt: PromptFormat, eval_sets: Sequence[EvalSet], scenario: str,
-                   metric_models: MetricModels, max_length: int, plan: _Plan, progress: bool,
-                   device: torch.device, timings: dict[str, float]) -> list[pd.DataFrame]:
+                   metric_models: MetricModels, max_length: int, score_max_length: int, plan: _Plan,
+                   progress: bool, device: torch.device, timings: dict[str, float]) -> list[pd.DataFrame]:
     """Generate, score, embed and classify the items of ``eval_sets`` together (pooled across sets,
     so batches stay full), then compute each set's per-item table."""
     works, pairs = _plan_work(eval_sets, plan)
     questions = [r["question"] for w in works for r in w.rows]
     n = len(questions)
-    n_gen = math.ceil(n / plan.generation_batch)
-    n_score = math.ceil(len(pairs) / plan.score_batch)
-    n_nli = math.ceil(n / plan.nli_batch) if metric_models.nli is not None else 0
     names = "+".join(s.name for s in eval_sets)
-
-    with tqdm(total=n_gen + n_score + n_nli, desc=f"eval {names}", leave=False, disable=not progress) as bar:
+    # One bar over the batches of every stage, advanced by the rows each batch completes: items
+    # generated, sequences scored, pairs classified.
+    total = n + len(pairs) + (n if metric_models.nli is not None else 0)
+    with tqdm(total=total, desc=f"eval {names}", unit="row", leave=False, disable=not progress) as bar:
         t0 = time.perf_counter()
         with torch.inference_mode():
             gen_ids = _generate(model, tokenizer, [prompt.prompt(q) for q in questions], max_length, plan, device, bar)
         generations: list[str] = tokenizer.batch_decode(gen_ids, skip_special_tokens=True)
         t1 = time.perf_counter()
         with torch.inference_mode():
-            nll, n_tok = _score(model, tokenizer, prompt, pairs, max_length, plan, device, bar)
+            nll, n_tok = _score(model, tokenizer, prompt, pairs, score_max_length, plan, device, bar)
         t2 = time.perf_counter()
         cosine_refs = [r[w.eval_set.cosine_truth] for w in works for r in w.rows]
         cosine = _cosine(metric_models.embedder, generations, cosine_refs, plan)
@@ -784,7 +911,8 @@ def _summarise(items: pd.DataFrame, eval_sets: Sequence[EvalSet], scenario: str
 
 
 def _run(model: Any, tokenizer: Any, prompt: PromptFormat, eval_sets: Sequence[EvalSet], scenario: str,
-         metric_models: MetricModels, max_length: int, plan: _Plan, progress: bool) -> EvalResult:
+         metric_models: MetricModels, max_length: int, score_max_length: int | None, plan: _Plan,
+         progress: bool) -> EvalResult:
     metrics_scenario(scenario)  # fail early on an unknown scenario
     kinds = [s.kind for s in eval_sets]
     if len(set(kinds)) != len(kinds):
@@ -792,8 +920,9 @@ def _run(model: Any, tokenizer: Any, prompt: PromptFormat, eval_sets: Sequence[E
     for eval_set in eval_sets:
         if eval_set.kind not in M.SET_NAMES:
             raise one_of("evaluation set kind", eval_set.kind, M.SET_NAMES)
-    if max_length < 2:
-        raise StudyInputError(f"max_length must be >= 2, got {max_length}")
+    score_max_length = max_length if score_max_length is None else score_max_length
+    if max_length < 2 or score_max_length < 2:
+        raise StudyInputError(f"max_length and score_max_length must be >= 2, got {max_length}, {score_max_length}")
     param = next(model.parameters())
     device = param.device
     was_training = model.training
@@ -806,11 +935,11 @@ def _run(model: Any, tokenizer: Any, prompt: PromptFormat, eval_sets: Sequence[E
             for eval_set in eval_sets:
                 reloaded = load_metric_models(metric_models.embedder_name, metric_models.nli_name,
                                               metric_models.device, reload=True)
-                tables += _evaluate_sets(model, tokenizer, prompt, [eval_set], scenario, reloaded,
-                                         max_length, plan, progress, device, timings)
+                tables += _evaluate_sets(model, tokenizer, prompt, [eval_set], scenario, reloaded, max_length,
+                                         score_max_length, plan, progress, device, timings)
         else:
-            tables = _evaluate_sets(model, tokenizer, prompt, eval_sets, scenario, metric_models,
-                                    max_length, plan, progress, device, timings)
+            tables = _evaluate_sets(model, tokenizer, prompt, eval_sets, scenario, metric_models, max_length,
+                                    score_max_length, plan, progress, device, timings)
     finally:
         model.train(was_training)
     items = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
@@ -823,7 +952,7 @@ def _run(model: Any, tokenizer: Any, prompt: PromptFormat, eval_sets: Sequence[E
 def evaluate(
     model: Any, tokenizer: Any, prompt: PromptFormat, eval_sets: Sequence[EvalSet], scenario: str,
     metric_models: MetricModels, *, batch_size: int = 32, score_batch_size: int = 64,
-    max_length: int = MAX_LENGTH, progress: bool = True,
+    max_length: int = MAX_LENGTH, score_max_length: int | None = None, progress: bool = True,
 ) -> EvalResult:
     """Evaluate ``model`` on ``eval_sets``: generations, likelihoods, the six metrics, aggregates.
 
@@ -839,8 +968,10 @@ def evaluate(
         batch_size: prompts per generation batch.
         score_batch_size: sequences per likelihood forward pass (answers, paraphrases and
             perturbed answers of many items flattened together); bounds the ``[B, T, V]`` logits.
-        max_length: generation stops at this many tokens including the prompt; scored sequences
-            are truncated to it (REFERENCE §5: 200).
+        max_length: generation stops at this many tokens including the prompt (REFERENCE §5: 200).
+        score_max_length: scored (question, answer) sequences are truncated to this many tokens;
+            default ``max_length``, as the reference code (its ``TextDatasetQA`` takes
+            ``generation.max_length``). Rows are padded only to the longest row of their batch.
         progress: show tqdm bars over batches.
 
     Returns:
@@ -851,21 +982,24 @@ def evaluate(
         raise StudyInputError(f"batch sizes must be >= 1, got {batch_size} and {score_batch_size}")
     plan = _Plan(generation_batch=batch_size, score_batch=score_batch_size, embed_batch=64, nli_batch=32,
                  fast=True, reload_metric_models=False)
-    return _run(model, tokenizer, prompt, eval_sets, scenario, metric_models, max_length, plan, progress)
+    return _run(model, tokenizer, prompt, eval_sets, scenario, metric_models, max_length, score_max_length,
+                plan, progress)
 
 
 def evaluate_one_at_a_time(
     model: Any, tokenizer: Any, prompt: PromptFormat, eval_sets: Sequence[EvalSet], scenario: str,
-    metric_models: MetricModels, *, max_length: int = MAX_LENGTH, progress: bool = True,
+    metric_models: MetricModels, *, max_length: int = MAX_LENGTH, score_max_length: int | None = None,
+    progress: bool = True,
 ) -> EvalResult:
     """The same evaluation done the slow way, as a check of :func:`evaluate` and a timing baseline.
 
     Every item is generated alone (no padding), every sequence scored alone, padded to
-    ``max_length`` with full logits (``encode_qa`` per sequence, as the reference's
+    ``score_max_length`` with full logits (``encode_qa`` per sequence, as the reference's
     ``TextDatasetQA``), each text embedded alone and each pair classified alone, and the metric
     models named by ``metric_models`` are reloaded for every set, bypassing the cache (the
     reference code builds its ``SentenceTransformer`` and NLI pipeline inside per-set functions).
     """
     plan = _Plan(generation_batch=1, score_batch=1, embed_batch=0, nli_batch=1, fast=False,
                  reload_metric_models=True)
-    return _run(model, tokenizer, prompt, eval_sets, scenario, metric_models, max_length, plan, progress)
+    return _run(model, tokenizer, prompt, eval_sets, scenario, metric_models, max_length, score_max_length,
+                plan, progress)

@@ -322,10 +322,11 @@ def write_example_store(tracking_uri: str, experiment: str = EXPERIMENT) -> dict
             run = tracker.start(f"{name}-t{number}", "trial", {
                 **common, "study.trial_number": number, "study.task": ",".join(map(str, tasks)),
                 "study.entailment": "available", "study.target_run_id": targets[scenario]}, parent=parent)
-            tracker.params(run, {"method.name": method, "method.forget_coeff": alpha, "method.regularization_coeff": 1.0,
-                                 "method.beta": 0.1, "method.fix_ref_model": fix, "train.lr": lr, "train.epochs": 5,
-                                 "data.scenario": scenario, "data.split": "forget01" if scenario == "real-world" else split,
-                                 "data.tasks": tasks, "model.name": "tiny-llama"})
+            tracker.params(run, {
+                "method.name": method, "method.forget_coeff": alpha, "method.regularization_coeff": 1.0,
+                "method.beta": 0.1, "method.fix_ref_model": fix, "train.lr": lr, "train.epochs": 5,
+                "data.scenario": scenario, "data.split": "forget01" if scenario == "real-world" else split,
+                "data.tasks": tasks, "model.name": "tiny-llama"})
             tracker.metrics(run, {"train/loss": 1.0}, step=1)
             for task, (mu, fe) in enumerate(zip(mus, fes), start=1):
                 values = {"model_utility": mu, "forget_efficacy": fe, "forget_quality": 10 ** (-4 * fe),
@@ -333,7 +334,8 @@ def write_example_store(tracking_uri: str, experiment: str = EXPERIMENT) -> dict
                 if scenario == "real-world":
                     values["bench/mmlu"] = 0.6 * mu / 0.5
                 tracker.metrics(run, values, step=task)
-                tracker.table_artifact(run, f"eval/items_task{task}.csv", _items(sets, f"{method} t{number} task{task}"))
+                items = _items(sets, f"{method} t{number} task{task}")
+                tracker.table_artifact(run, f"eval/items_task{task}.csv", items)
             tracker.end(run, status, reason="example failure" if status == "FAILED" else None)
             ids[scenario].append(run)
         tracker.end(parent)

@@ -239,6 +239,151 @@ def test_sigkill_trial_is_failed_by_heartbeat_and_rerun_completes(store, killed_
 
 
 # --------------------------------------------------------------------------------------------------
+# the study loop in-process, with trials that do no real work (seconds, not minutes)
+
+
+def _fast_sweep(tmp_path, monkeypatch, outcome, **changes):
+    """A real ``Sweep`` over sqlite stores whose trials call ``outcome()`` instead of training."""
+    import types
+
+    from study import runner, search
+    from study.config import RunConfig
+
+    cfg = RunConfig.from_dict({"model": {"name": "tiny-llama"}, "data": {"n_authors": 6, "ds_size": 4}})
+    settings = search.StudySettings("fast", ["ME+GD"], storage=f"sqlite:///{tmp_path}/optuna.db",
+                                    tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="fast",
+                                    keep_checkpoints="none", **changes)
+    logs = []
+    sweep = search.Sweep(cfg, settings, log=logs.append)
+    monkeypatch.setattr(sweep, "prepare_target", lambda: (runner.PreparedModel("none", "k", "target", True), "target-run"))
+    monkeypatch.setattr(sweep, "_metric_models", lambda device: None)
+
+    def run_trial(cfg, hooks=None, **kwargs):
+        summary = outcome()
+        return types.SimpleNamespace(final=types.SimpleNamespace(summary=summary))
+
+    monkeypatch.setattr(runner, "run_trial", run_trial)
+    return sweep, logs
+
+
+def _good():
+    return {"model_utility": 0.5, "forget_efficacy": 0.5, "forget/rouge": 0.1}
+
+
+def test_resume_right_after_a_crash_waits_for_the_dead_trial(tmp_path, monkeypatch):
+    """Re-run within the grace period: the dead worker's RUNNING trial must not count as taking the last
+    place; the worker waits until its heartbeat is stale, fails it, and runs the trial the study needs."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from study.search import open_storage
+
+    sweep, logs = _fast_sweep(tmp_path, monkeypatch, _good, n_trials=1, heartbeat=1)
+    storage = open_storage(sweep.settings.storage, heartbeat=1)
+    study = optuna.create_study(study_name="fast/ME+GD", storage=storage, directions=["maximize", "maximize"])
+    dead = study.ask()
+    storage.record_heartbeat(dead._trial_id)  # it was beating a moment ago
+    (study,) = sweep.run().values()
+    states = [t.state for t in study.trials]
+    assert states[0] == TrialState.FAIL and states.count(TrialState.COMPLETE) == 1, states
+    assert any("its worker stopped beating" in line for line in logs)
+
+
+def test_failing_trials_stop_the_study_after_max_failures(tmp_path, monkeypatch):
+    from optuna.trial import TrialState
+
+    from study.search import TooManyFailures
+
+    def diverge():
+        raise FloatingPointError("loss is nan")
+
+    sweep, logs = _fast_sweep(tmp_path, monkeypatch, diverge, n_trials=2, max_failures=3)
+    with pytest.raises(TooManyFailures, match="3 trials failed in a row, the last with FloatingPointError: loss is nan"):
+        sweep.run()
+    import optuna
+
+    study = optuna.load_study(study_name="fast/ME+GD", storage=sweep.settings.storage)
+    assert [t.state for t in study.trials] == [TrialState.FAIL] * 3
+    assert all(t.user_attrs["failure_reason"] == "FloatingPointError: loss is nan" for t in study.trials)
+    runs = sweep.tracker.find("trial")
+    assert len(runs) == 3 and {r.info.status for r in runs} == {"FAILED"}
+
+
+def test_a_failure_between_successes_does_not_stop_the_study(tmp_path, monkeypatch):
+    from optuna.trial import TrialState
+
+    outcomes = iter([_good, lambda: {"model_utility": float("nan")} if False else (_ for _ in ()).throw(ValueError("nan loss")),
+                     _good])
+
+    sweep, _ = _fast_sweep(tmp_path, monkeypatch, lambda: next(outcomes)(), n_trials=2, max_failures=1)
+    (study,) = sweep.run().values()
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+
+
+def test_bad_input_inside_a_trial_stops_at_once(tmp_path, monkeypatch):
+    from study.errors import DataError, StudyInputError
+
+    def missing():
+        raise DataError("/data/forget01.json: file not found")
+
+    sweep, _ = _fast_sweep(tmp_path, monkeypatch, missing, n_trials=3, max_failures=5)
+    with pytest.raises(StudyInputError, match=r"trial 0: /data/forget01.json: file not found"):
+        sweep.run()
+    assert len(sweep.tracker.find("trial")) == 1
+
+
+def test_workers_starting_together_create_one_study_run(tmp_path, monkeypatch):
+    """Two workers reach an empty study at once, one slow to create its MLflow run: one study run."""
+    import optuna
+
+    from study.search import open_storage
+    from study.tracking import Tracker
+
+    sweeps = [_fast_sweep(tmp_path, monkeypatch, _good)[0] for _ in range(2)]
+    optuna.create_study(study_name="fast/ME+GD", storage=open_storage(sweeps[0].settings.storage),
+                        directions=["maximize", "maximize"])
+    studies = []
+    for sweep, delay in zip(sweeps, (2.5, 0.0)):
+        sweep.tracker = Tracker(sweep.settings.tracking_uri, "fast")
+        original = sweep.tracker.start
+        sweep.tracker.start = lambda *a, _start=original, _delay=delay, **k: (time.sleep(_delay), _start(*a, **k))[1]
+        studies.append(optuna.load_study(study_name="fast/ME+GD", storage=open_storage(sweep.settings.storage)))
+    results = [None, None]
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, sweeps[i]._parent_run(studies[i], "ME+GD")))
+               for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert results[0] and results[0] == results[1]
+    assert [r.info.run_id for r in sweeps[0].tracker.find("study")] == [results[0]]
+
+
+def test_concurrent_checkpoint_writers_keep_one_complete_copy(tmp_path):
+    """Workers sharing the model cache: a writer that finds the checkpoint already written by another
+    keeps that one (no error, no half-written folder left behind)."""
+    from study import models
+
+    path = tmp_path / "target-abc"
+
+    class Model:
+        def save_pretrained(self, folder, safe_serialization):
+            assert safe_serialization
+            Path(folder).mkdir(parents=True)
+            (Path(folder) / "model.safetensors").write_text("mine")
+
+    class Tokenizer:
+        def save_pretrained(self, folder):
+            # Meanwhile another worker finished writing the same checkpoint.
+            path.mkdir()
+            (path / "model.safetensors").write_text("theirs")
+
+    models.save_checkpoint(Model(), Tokenizer(), models.QUESTION_ANSWER, path)
+    assert (path / "model.safetensors").read_text() == "theirs"
+    assert [p.name for p in tmp_path.iterdir()] == ["target-abc"]
+
+
+# --------------------------------------------------------------------------------------------------
 # divergence
 
 
@@ -315,7 +460,7 @@ def _fake_sweep(tmp_path, policy: str, values: list, directions: list[str]):
         (folder / "model.safetensors").write_bytes(b"x" * 10)
         sweep.tracker.directory_artifact(run_id, folder, "checkpoint")
         sweep.tracker.end(run_id)
-        study.add_trial(create_trial(values=value, user_attrs={"mlflow_run_id": run_id, "checkpoint": "kept"}))
+        study.add_trial(create_trial(values=value if isinstance(value, list) else [value], user_attrs={"mlflow_run_id": run_id, "checkpoint": "kept"}))
     sweep._apply_keep_policy(study)
     kept = {t.number for t in study.trials
             if any(a.path == "checkpoint" for a in sweep.tracker.client.list_artifacts(t.user_attrs["mlflow_run_id"]))}
@@ -357,19 +502,24 @@ def test_no_pickle_loading_of_weights():
 
 
 def test_models_are_read_and_written_as_safetensors_only():
-    """Every model ``from_pretrained`` asks for safetensors (or reads a GGUF file); every model
+    """Every model ``from_pretrained`` call asks for safetensors (or reads a GGUF file); every model
     ``save_pretrained`` writes safetensors. Tokenizers carry no weights."""
+    import ast
+
     offenders = []
     for path in _python_sources():
-        text = path.read_text()
-        for match in re.finditer(r"(\w+)\.(from_pretrained|save_pretrained)\(", text):
-            owner = match.group(1)
-            if "Tokenizer" in owner or owner.lower().endswith("tokenizer"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in ("from_pretrained", "save_pretrained")):
                 continue
-            call = text[match.start(): text.find(")", match.end()) + 1]
-            wanted = ("use_safetensors=True", "gguf_file=") if match.group(2) == "from_pretrained" else ("safe_serialization=True",)
-            if not any(w in call for w in wanted):
-                offenders.append(f"{path.relative_to(ROOT)}:{text[:match.start()].count(chr(10)) + 1}: {call}")
+            owner = ast.unparse(node.func.value)
+            if "tokenizer" in owner.lower():
+                continue
+            keywords = {k.arg: ast.unparse(k.value) for k in node.keywords}
+            ok = (keywords.get("use_safetensors") == "True" or "gguf_file" in keywords) if node.func.attr == "from_pretrained" \
+                else keywords.get("safe_serialization") == "True"
+            if not ok:
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
     assert not offenders, offenders
 
 

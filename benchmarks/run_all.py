@@ -1,0 +1,112 @@
+#!/usr/bin/env python
+"""Run every benchmark in sequence (one subprocess each) and print a markdown table of the results.
+
+    python benchmarks/run_all.py                   # the full set at each script's defaults (`make bench`)
+    python benchmarks/run_all.py --quick           # tiny models and short sequences: a smoke test of the set
+    python benchmarks/run_all.py --only me_loss trainer --device cuda
+
+Each script prints its figures and, as its last line, ``<name>: <ratio>x (<details>) target <op> <value>:
+met|MISSED`` (see ``benchmarks/__init__.py``); the table has one row per script: benchmark, measured,
+target, met?. A script whose last line has no target (``name: <ratio>x (...)``) is listed with its
+figure and ``n/a``. Exit status: 1 if a script failed or printed no result (or, with ``--strict``,
+missed its target), else 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from benchmarks import RESULT_RE  # noqa: E402
+
+BENCHMARKS: dict[str, tuple[str, list[str]]] = {
+    # name: (script, extra arguments under --quick)
+    "me_loss": ("bench_me_loss.py", ["--tokens", "128", "--repeat", "2"]),
+    "ref_cache": ("bench_ref_cache.py", ["--model", "tiny-llama", "--repeat", "1"]),
+    "trainer": ("bench_trainer.py", ["--model", "tiny-llama", "--steps", "3", "--repeat", "2"]),
+    "trial": ("bench_trial.py", ["--preset", "smoke"]),
+    "eval": ("bench_eval.py", ["--model", "tiny-llama", "--items", "4", "--max-length", "64"]),
+}
+"""Run in this order. ``bench_eval.py`` belongs to the evaluation module's owner."""
+
+LOOSE_RE = re.compile(r"^(?P<name>[\w.-]+): (?P<ratio>[0-9.]+|nan)x\b(?P<rest>.*)$")
+"""A result line without a target (``eval_speedup: 12.3x (...)``)."""
+
+
+def run_one(name: str, script: str, extra: list[str], timeout: float) -> dict:
+    """Run one script, echo its output, and return its parsed result line."""
+    command = [sys.executable, str(HERE / script), *extra]
+    print(f"\n=== {name}: {' '.join(command[1:])}", flush=True)
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=HERE.parent)
+    except subprocess.TimeoutExpired as expired:
+        output = expired.stdout.decode() if isinstance(expired.stdout, bytes) else (expired.stdout or "")
+        print(output, end="")
+        return {"name": name, "status": f"timed out after {timeout:.0f} s", "ok": False}
+    seconds = time.perf_counter() - started
+    print(done.stdout, end="", flush=True)
+    lines = [line.strip() for line in done.stdout.splitlines() if line.strip()]
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+        print(f"--- {name} failed (exit {done.returncode}); stderr tail:\n{tail}", flush=True)
+        return {"name": name, "status": f"failed (exit {done.returncode})", "ok": False, "seconds": seconds}
+    for line in reversed(lines):
+        if match := RESULT_RE.match(line):
+            return {**match.groupdict(), "ok": True, "seconds": seconds}
+        if match := LOOSE_RE.match(line):
+            return {"name": match["name"], "ratio": match["ratio"], "details": match["rest"].strip(), "target": "n/a",
+                    "status": "n/a", "ok": True, "seconds": seconds, "loose": True}
+    return {"name": name, "status": "no result line", "ok": False, "seconds": seconds}
+
+
+def table(results: list[dict]) -> str:
+    rows = ["| benchmark | measured | target | met? |", "|---|---|---|---|"]
+    for r in results:
+        if "ratio" in r:
+            ratio = f"{float(r['ratio']):.3g}x" if r["ratio"] != "nan" else "nan"
+            measured = f"{ratio} {r['details']}" if r.get("loose") else f"{ratio} ({r['details']})"
+            measured = measured.replace("|", "/")
+            rows.append(f"| {r['name']} | {measured} | {r['target']} | {r['status']} |")
+        else:
+            rows.append(f"| {r['name']} | — | — | {r['status']} |")
+    return "\n".join(rows)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="run only these benchmarks")
+    parser.add_argument("--skip", nargs="+", choices=list(BENCHMARKS), default=[], help="leave these out")
+    parser.add_argument("--quick", action="store_true", help="tiny models / short inputs (a smoke test, not the figures)")
+    parser.add_argument("--device", default=None, help="passed to every script (default: each script's own: cuda if available)")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds per script (default: %(default)s)")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed too")
+    args = parser.parse_args(argv)
+
+    results = []
+    started = time.perf_counter()
+    for name in args.only or list(BENCHMARKS):
+        if name in args.skip:
+            continue
+        script, quick = BENCHMARKS[name]
+        if not (HERE / script).exists():
+            results.append({"name": name, "status": f"{script} not found", "ok": False})
+            continue
+        extra = (quick if args.quick else []) + (["--device", args.device] if args.device else [])
+        results.append(run_one(name, script, extra, args.timeout))
+
+    print(f"\n## Benchmarks ({'--quick, ' if args.quick else ''}{time.perf_counter() - started:.0f} s in all)\n")
+    print(table(results))
+    failed = [r for r in results if not r["ok"]]
+    missed = [r for r in results if r.get("status") == "MISSED"]
+    return 1 if failed or (args.strict and missed) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Tests of study.distributed: DeepSpeed config filling, the entry point's configuration, and (slow) a
+two-process ZeRO-3 run over gloo that takes the same steps as one plain PyTorch process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from study import distributed as D  # noqa: E402
+from study.config import TrainConfig  # noqa: E402
+from study.errors import StudyInputError  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def train_cfg(**changes) -> TrainConfig:
+    return TrainConfig(**{"lr": 2e-5, "batch_size": 4, "grad_accum": 3, "weight_decay": 0.05, **changes})
+
+
+# --------------------------------------------------------------------------------------------------
+# Config filling
+
+
+def test_shipped_zero3_config_fills_completely():
+    raw = D.load_config(None)
+    assert raw == json.loads((ROOT / "experiments/deepspeed/zero3.json").read_text())
+    filled = D.fill_config(raw, train_cfg(), world_size=2, dtype=torch.bfloat16, hidden_size=64)
+    assert D.zero_stage(filled) == 3
+    assert filled["train_micro_batch_size_per_gpu"] == 4
+    assert filled["gradient_accumulation_steps"] == 3
+    assert filled["train_batch_size"] == 4 * 3 * 2
+    assert filled["bf16"]["enabled"] is True
+    assert filled["gradient_clipping"] == 0
+    assert filled["zero_allow_untested_optimizer"] is True  # a torch AdamW is passed in
+    assert "auto" not in json.dumps(filled)
+    assert raw["bf16"]["enabled"] == "auto"  # the input is not modified
+    assert D.fill_config(raw, train_cfg(), world_size=1, dtype=torch.float32)["bf16"]["enabled"] is False
+
+
+def test_fill_config_sizes_buckets_and_optimizer_from_the_model_and_train_config():
+    raw = {
+        "zero_optimization": {"stage": 3, "reduce_bucket_size": "auto", "stage3_prefetch_bucket_size": "auto",
+                              "stage3_param_persistence_threshold": "auto"},
+        "optimizer": {"type": "AdamW", "params": {"lr": "auto", "weight_decay": "auto"}},
+    }
+    filled = D.fill_config(raw, train_cfg(), world_size=2, dtype=torch.float32, hidden_size=64)
+    zero = filled["zero_optimization"]
+    assert (zero["reduce_bucket_size"], zero["stage3_prefetch_bucket_size"], zero["stage3_param_persistence_threshold"]) \
+        == (64 * 64, int(0.9 * 64 * 64), 640)
+    assert filled["optimizer"]["params"] == {"lr": 2e-5, "weight_decay": 0.05}
+    assert "zero_allow_untested_optimizer" not in filled
+
+
+def test_fill_config_refuses_what_it_cannot_honour():
+    with pytest.raises(StudyInputError, match="train_batch_size=64.*use \"auto\""):
+        D.fill_config({"train_batch_size": 64}, train_cfg(), world_size=2, dtype=torch.float32)
+    with pytest.raises(StudyInputError, match="scheduler"):
+        D.fill_config({"scheduler": {"type": "WarmupLR"}}, train_cfg(), world_size=1, dtype=torch.float32)
+    with pytest.raises(StudyInputError, match="zero_optimization.sub_group_size"):
+        D.fill_config({"zero_optimization": {"sub_group_size": "auto"}}, train_cfg(), world_size=1, dtype=torch.float32)
+    # Explicit values that agree are kept.
+    same = D.fill_config({"train_micro_batch_size_per_gpu": 4}, train_cfg(), world_size=1, dtype=torch.float32)
+    assert same["train_micro_batch_size_per_gpu"] == 4
+
+
+def test_load_config_errors_name_the_file(tmp_path):
+    with pytest.raises(StudyInputError, match="not found"):
+        D.load_config(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    with pytest.raises(StudyInputError, match="bad.json: not valid JSON"):
+        D.load_config(bad)
+    assert D.load_config("experiments/deepspeed/zero3.json") == D.load_config(None)  # relative to the repository
+
+
+def test_config_from_preset_method_and_overrides():
+    cfg = D.config_from("smoke", "NPO+KL", ['train.lr=2e-3', 'data.tasks=[1, 2]', 'data.scenario="continual"',
+                                            'model.target="tiny-llama"'])
+    assert cfg.method.name == "NPO+KL"
+    assert cfg.train.lr == 2e-3 and cfg.data.tasks == [1, 2] and cfg.model.target == "tiny-llama"
+    assert cfg.model.name == "tiny-llama"  # from the preset
+    with pytest.raises(StudyInputError, match="presets:"):
+        D.config_from("no-such-preset")
+    with pytest.raises(StudyInputError, match="SECTION.FIELD=VALUE"):
+        D.config_from("smoke", settings=["lr=1"])
+
+
+def test_step_recorder_tags_tasks_by_the_restarting_step_counter():
+    from study.train import StepEvent
+
+    recorder = D.StepRecorder([3, 5])
+    for step in (1, 2, 1, 2, 3):
+        recorder.on_step(StepEvent(step, 3, 0.0, 1.0, {}, 0.1, 1.0, 0.0))
+    assert [s["task"] for s in recorder.steps] == [3, 3, 5, 5, 5]
+
+
+# --------------------------------------------------------------------------------------------------
+# Two processes, ZeRO-3, gloo
+
+
+COMMON = ["--preset", "smoke", "--method", "NPO+KL", "--set", 'model.target="tiny-llama"', "--set", "train.lr=1e-3",
+          "--set", "train.epochs=3", "--set", "data.n_authors=4", "--set", "data.tasks=[1, 2]",
+          "--set", 'data.scenario="continual"']
+"""Continual NPO+KL on the random tiny Llama: a cached reference (NPO), a live one (KL), two engines in a row."""
+
+
+@pytest.mark.slow
+def test_zero3_on_two_processes_takes_the_steps_of_one_process(tmp_path):
+    extensions = tmp_path / "torch_extensions"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "DS_ACCELERATOR": "cpu",
+           "TORCH_EXTENSIONS_DIR": str(extensions), "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "study.distributed", *COMMON, "--set", "train.batch_size=2", "--set", "train.grad_accum=1",
+               "--train-only", "--no-progress", "--out", str(tmp_path / "out")]
+    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    written = json.loads((tmp_path / "out" / "history.json").read_text())
+    assert written["world_size"] == 2 and written["deepspeed"]["zero_optimization"]["stage"] == 3
+    two = written["steps"]
+    assert not any(extensions.rglob("*.so")), "DeepSpeed compiled an extension on CPU"
+
+    # The same global batches in one plain PyTorch process: 2 micro-batches accumulated per step.
+    settings = COMMON[4:] + ["--set", "train.batch_size=2", "--set", "train.grad_accum=2"]
+    cfg = D.config_from("smoke", "NPO+KL", settings[1::2])
+    recorder = D.StepRecorder([1, 2])
+    D.train_tasks(cfg, torch.device("cpu"), callbacks=[recorder])
+    one = recorder.steps
+
+    assert [(s["task"], s["step"]) for s in two] == [(s["task"], s["step"]) for s in one]
+    assert len(one) == 2 * 7  # floor(3 epochs * 10 items / 4) per task
+    for a, b in zip(one, two):
+        where = f"task {a['task']} step {a['step']}"
+        assert b["lr"] == pytest.approx(a["lr"], rel=1e-12), where
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), where
+        for key in a["parts"]:
+            assert b["parts"][key] == pytest.approx(a["parts"][key], rel=1e-4, abs=1e-6), (where, key)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4), where
+    # The losses moved: the comparison is not between two constant sequences.
+    assert min(s["loss"] for s in one) < 0.9 * one[0]["loss"]
