@@ -920,6 +920,8 @@ def _run(model: Any, tokenizer: Any, prompt: PromptFormat, eval_sets: Sequence[E
     for eval_set in eval_sets:
         if eval_set.kind not in M.SET_NAMES:
             raise one_of("evaluation set kind", eval_set.kind, M.SET_NAMES)
+        if not eval_set.rows:
+            raise StudyInputError(f"evaluation set {eval_set.name!r} has no rows")
     score_max_length = max_length if score_max_length is None else score_max_length
     if max_length < 2 or score_max_length < 2:
         raise StudyInputError(f"max_length and score_max_length must be >= 2, got {max_length}, {score_max_length}")
@@ -965,9 +967,11 @@ def evaluate(
         scenario: ``"fictitious"``, ``"continual"`` or ``"real-world"`` (NLI direction, which sets
             make Model Utility).
         metric_models: from :func:`load_metric_models`.
-        batch_size: prompts per generation batch.
+        batch_size: prompts per generation batch (the items of all sets are pooled); bounds the
+            KV cache, ``[batch_size, max_length]`` per layer.
         score_batch_size: sequences per likelihood forward pass (answers, paraphrases and
-            perturbed answers of many items flattened together); bounds the ``[B, T, V]`` logits.
+            perturbed answers of many items flattened together), and questions per shared-prefix
+            pass; bounds the ``[B, T, V]`` logits.
         max_length: generation stops at this many tokens including the prompt (REFERENCE §5: 200).
         score_max_length: scored (question, answer) sequences are truncated to this many tokens;
             default ``max_length``, as the reference code (its ``TextDatasetQA`` takes

@@ -464,6 +464,11 @@ class Sweep:
         failures = 0
         while _counted(study) < n_trials:
             mine, errors = [], []
+            # Re-seeded before every trial (TPE keeps no state but its RNG): workers that share the study
+            # draw different suggestions instead of repeating each other's sequence; one worker stays
+            # deterministic (trial k uses seed + k).
+            study.sampler = make_sampler(dataclasses.replace(self.settings, seed=self.settings.seed
+                                                             + len(study.get_trials(deepcopy=False))), space)
 
             def objective(trial):
                 try:
@@ -491,7 +496,10 @@ class Sweep:
                     f"study {name}: {failures} trials failed in a row, the last with {last.user_attrs.get('failure_reason', '?')}"
                     f" -- change the settings (e.g. lower learning rates or coefficients) or raise --max-failures, "
                     "then run the same command again to resume")
-        self.tracker.metrics(parent, {"n_trials_finished": _counted(study)})
+        finished = _counted(study)
+        self.tracker.metrics(parent, {"n_trials_finished": finished})
+        if finished >= n_trials:  # the study is complete (a later run with more trials re-opens it)
+            self.tracker.end(parent, "FINISHED")
         return study
 
     def _wait_for_others(self, study, storage, n_trials: int) -> bool:

@@ -312,8 +312,9 @@ def _main(argv=None) -> int:
                                              log=directory / "mlflow-server.log") as server:
             init_stores(pg.url("optuna"), server.url, args.experiment)
             urls = directory / "urls.env"
-            urls.touch(mode=0o600)
-            urls.write_text(f"STORAGE='{pg.url('optuna')}'\nTRACKING_URI='{server.url}'\n")
+            urls.unlink(missing_ok=True)
+            with os.fdopen(os.open(urls, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+                handle.write(f"STORAGE='{pg.url('optuna')}'\nTRACKING_URI='{server.url}'\n")
             print(f"PostgreSQL   {redact(pg.url('optuna'))} (data in {pg.directory}, deleted on exit)")
             print(f"MLflow       {server.url} (artifacts in {directory / 'artifacts'})")
             print(f"full URLs    {urls} (mode 0600)")

@@ -10,7 +10,9 @@
 - reproducibility: the same seed in two stores gives identical metrics; runs record versions.
 
 One store serves the crash, interrupt, divergence and reproducibility studies (the target model is
-evaluated once per store), so the module costs a few smoke runs.
+evaluated once per store), so the module costs a few smoke runs; those tests are marked slow. The
+study loop's rules (waiting for a dead worker's trial, failure limits, one study run per study) are
+also tested in-process with trials that do no real work.
 """
 
 from __future__ import annotations
@@ -149,7 +151,20 @@ def _line_before_study_starts(stdout: str, prefix: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def second_store(tmp_path_factory):
+    """A fresh store where study ``repro`` starts at once, in the background (keep none: the policy
+    changes no metric), while the crash studies run in the first store."""
+    other = tmp_path_factory.mktemp("reproduced")
+    _init(other)
+    worker = Worker(other, "repro", "--n-trials", "1", "--keep-checkpoints", "none", tag="repro")
+    yield other, worker
+    if worker.proc.poll() is None:  # a test selection that never waited for it
+        worker.proc.kill()
+        worker.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, second_store):
     path = tmp_path_factory.mktemp("reliability")
     _init(path)
     return path
@@ -192,13 +207,11 @@ def diverged(store, killed_and_resumed):
 
 
 @pytest.fixture(scope="module")
-def reproduced(store, diverged, tmp_path_factory):
-    """Study ``repro`` (1 trial) in this store (keep best, a hub token in the environment) and in a second,
-    fresh store (keep none: the policy changes no metric), run at the same time."""
-    other = tmp_path_factory.mktemp("reproduced")
-    _init(other)
+def reproduced(store, diverged, second_store):
+    """Study ``repro`` (1 trial) in this store (keep best, a hub token in the environment) and in the
+    second store (started first, in the background)."""
+    other, second = second_store
     first = Worker(store, "repro", "--n-trials", "1", env=_env(HF_TOKEN=TOKEN, HUGGING_FACE_HUB_TOKEN=TOKEN), tag="repro")
-    second = Worker(other, "repro", "--n-trials", "1", "--keep-checkpoints", "none", tag="repro")
     for worker in (first, second):
         assert worker.wait() == 0, worker.tail()
     return first, second, other
@@ -208,6 +221,7 @@ def reproduced(store, diverged, tmp_path_factory):
 # crashes
 
 
+@pytest.mark.slow
 def test_sigint_ends_run_killed_and_trial_failed_and_says_how_to_resume(store, interrupted):
     from optuna.trial import TrialState
 
@@ -220,6 +234,7 @@ def test_sigint_ends_run_killed_and_trial_failed_and_says_how_to_resume(store, i
     assert "interrupted" in run.data.tags["study.failure_reason"]
 
 
+@pytest.mark.slow
 def test_sigkill_trial_is_failed_by_heartbeat_and_rerun_completes(store, killed_and_resumed):
     from optuna.trial import TrialState
 
@@ -312,10 +327,11 @@ def test_failing_trials_stop_the_study_after_max_failures(tmp_path, monkeypatch)
 def test_a_failure_between_successes_does_not_stop_the_study(tmp_path, monkeypatch):
     from optuna.trial import TrialState
 
-    outcomes = iter([_good, lambda: {"model_utility": float("nan")} if False else (_ for _ in ()).throw(ValueError("nan loss")),
-                     _good])
+    def nan_loss():
+        raise ValueError("nan loss")
 
-    sweep, _ = _fast_sweep(tmp_path, monkeypatch, lambda: next(outcomes)(), n_trials=2, max_failures=1)
+    outcomes = iter([_good, nan_loss, _good])
+    sweep, _ = _fast_sweep(tmp_path, monkeypatch, lambda: next(outcomes)(), n_trials=2, max_failures=2)
     (study,) = sweep.run().values()
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
 
@@ -387,6 +403,7 @@ def test_concurrent_checkpoint_writers_keep_one_complete_copy(tmp_path):
 # divergence
 
 
+@pytest.mark.slow
 def test_diverging_trials_fail_with_reason_and_the_study_goes_on_then_stops(store, diverged):
     from optuna.trial import TrialState
 
@@ -410,6 +427,7 @@ def test_diverging_trials_fail_with_reason_and_the_study_goes_on_then_stops(stor
 # disk: the keep policy
 
 
+@pytest.mark.slow
 def test_keep_policy_lines_are_printed_before_the_study_starts(killed_and_resumed, reproduced):
     _, _, resumed = killed_and_resumed
     assert _line_before_study_starts(resumed.stdout, "checkpoints: ") == "checkpoints: all kept: 1 x 0.01 GB = 0.01 GB"
@@ -418,6 +436,7 @@ def test_keep_policy_lines_are_printed_before_the_study_starts(killed_and_resume
         "checkpoints: Pareto-best kept: 0.01 GB each, at most 0.01 GB")
 
 
+@pytest.mark.slow
 def test_keep_all_and_best_keep_safetensors_checkpoints_only_for_finished_trials(store, killed_and_resumed, reproduced):
     client = _client(store)
     for study in ("crash", "repro"):
@@ -432,6 +451,7 @@ def test_keep_all_and_best_keep_safetensors_checkpoints_only_for_finished_trials
                 assert not checkpoint
 
 
+@pytest.mark.slow
 def test_keep_none_keeps_no_checkpoint(reproduced):
     _, _, other = reproduced
     (run,) = _trial_runs(other, "repro")
@@ -587,6 +607,7 @@ def test_study_run_params_hide_the_storage_password(tmp_path):
     assert "pa55word" not in everything
 
 
+@pytest.mark.slow
 def test_hub_token_never_logged_or_printed(store, reproduced):
     first, _, _ = reproduced
     assert TOKEN not in first.stdout + first.stderr
@@ -602,6 +623,7 @@ def test_hub_token_never_logged_or_printed(store, reproduced):
 # reproducibility
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_metrics_in_two_stores(store, reproduced):
     _, _, other = reproduced
     (a,), (b,) = _trial_runs(store, "repro"), _trial_runs(other, "repro")
@@ -614,6 +636,7 @@ def test_same_seed_gives_identical_metrics_in_two_stores(store, reproduced):
                 == [(m.step, m.value) for m in client_b.get_metric_history(b.info.run_id, key)])
 
 
+@pytest.mark.slow
 def test_runs_record_package_and_code_versions(store, reproduced):
     from study.tracking import code_version, package_versions
 
