@@ -459,6 +459,8 @@ class Sweep:
             study.set_metric_names(["model_utility", "forget_efficacy"] if self.settings.objective == "pareto"
                                    else [self.settings.objective])
         parent = self._parent_run(study, method)
+        if _counted(study) < n_trials and self.tracker.client.get_run(parent).info.status != "RUNNING":
+            self.tracker.client.update_run(parent, status="RUNNING")  # resumed with trials to run
         done = _counted(study)
         self.log(f"study {name}: {done}/{n_trials} trials finished" + (", resuming" if done else ""))
         failures = 0
