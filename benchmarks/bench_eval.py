@@ -3,8 +3,8 @@
 Evaluates the same builtin items twice with ``study.evaluate``:
 
 * ``evaluate`` -- items pooled across sets and sorted by length, generation in batches that drop
-  finished rows, all scored sequences of all sets flattened into large trimmed batches, one
-  embedder call, metric models loaded once per process (their load is reported, not timed);
+  finished rows, all scored sequences of all sets flattened into large trimmed batches with each
+  question's shared prompt tokens run once, one embedder call, metric models loaded once per process (their load is reported, not timed);
 * ``evaluate_one_at_a_time`` -- one item per ``generate`` call, one sequence per forward pass
   padded to ``max_length`` with full logits, one embedder call per text, and the metric models
   reloaded for every set (what the reference code does),
@@ -13,8 +13,15 @@ checks the results agree (generations equal, metrics within ``--tolerance``), an
 seconds per item and the speed-up. The machine this runs on may be shared: CPU seconds of this
 process are printed next to wall seconds because they are less disturbed by other processes.
 
-    python benchmarks/bench_eval.py                     # SmolLM2-135M, 4 items per set
-    python benchmarks/bench_eval.py --model tiny-llama --items 4 --max-length 64
+    python benchmarks/bench_eval.py                     # SmolLM2-135M, 8 items per set, 1 thread
+    python benchmarks/bench_eval.py --items 4           # quicker; smaller batches, smaller speed-up
+    python benchmarks/bench_eval.py --model tiny-llama --items 4 --max-length 64   # seconds
+
+Most of the run is the one-at-a-time path (~9 CPU s per item on SmolLM2). The speed-up grows with
+the number of items: generation batches are all the pooled items, and a batch costs at least
+(longest generation) x (one decoding step), so a few items cannot fill it. Measured on the 2-core
+CPU machine, SmolLM2 fp32, 1 thread, while other jobs loaded it (load average ~8):
+8 items per set 5.7x wall / 5.8x CPU (1.55 vs 8.94 CPU s per item); 4 items per set 3.7x / 4.2x.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from study import metrics as M  # noqa: E402
-from study.data import BuiltinSource, load_scenario  # noqa: E402
+from study.data import BuiltinSource, EvalSet, load_scenario  # noqa: E402
 from study.evaluate import (  # noqa: E402
     EvalResult,
     evaluate,
@@ -48,7 +55,8 @@ float32 rounding over many tokens."""
 
 def compare(fast: EvalResult, slow: EvalResult, tolerance: float) -> tuple[bool, list[str]]:
     """Whether the two evaluations agree: identical generations, every compared column within
-    ``tolerance`` (absolute, NaN == NaN), and the same summary keys. Returns (ok, report lines)."""
+    ``tolerance`` (absolute on the metrics, relative on R and NLLs; NaN == NaN), and the same summary
+    keys. Returns (ok, report lines)."""
     lines = []
     a, b = fast.items, slow.items
     same_gen = (a["generation"] == b["generation"]).to_numpy()
@@ -93,7 +101,7 @@ def timed(fn, *args, **kwargs) -> tuple[EvalResult, float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m", help="model name or path (default: smollm2-135m)")
-    parser.add_argument("--items", type=int, default=4, help="items per evaluation set (default: 4)")
+    parser.add_argument("--items", type=int, default=8, help="items per evaluation set (default: 8)")
     parser.add_argument("--n-authors", type=int, default=20, help="builtin authors (default: 20)")
     parser.add_argument("--split", default="forget10", help="forget split (default: forget10)")
     parser.add_argument("--max-length", type=int, default=200, help="generation max length incl. prompt (200)")
@@ -104,12 +112,13 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="device (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                         help="model dtype (default float32, where the two paths must agree exactly)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's choice); 1 is faster on a busy shared CPU")
-    parser.add_argument("--tolerance", type=float, default=1e-5, help="max |diff| allowed on metrics")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: on a shared CPU, OpenMP threads spinning against "
+                             "other processes made decoding up to 10x slower; 0 = torch's choice)")
+    parser.add_argument("--tolerance", type=float, default=1e-5, help="max |diff| allowed on metrics (relative on R and NLLs)")
     args = parser.parse_args()
 
-    if args.threads:
+    if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     loaded = load(args.model, device=device, dtype=getattr(torch, args.dtype))
@@ -125,7 +134,7 @@ def main() -> None:
 
     common = (loaded.model, loaded.tokenizer, loaded.prompt)
     # Warm-up (first-call costs of both paths) on one item per set, untimed.
-    warm = [type(s)(s.name, s.kind, s.rows[:1], s.truth, s.cosine_truth, s.paraphrase) for s in data.eval_sets]
+    warm = [EvalSet(s.name, s.kind, s.rows[:1], s.truth, s.cosine_truth, s.paraphrase) for s in data.eval_sets]
     evaluate(*common, warm, "fictitious", metric_models, max_length=min(args.max_length, 64), progress=False)
 
     fast, fast_wall, fast_cpu = timed(

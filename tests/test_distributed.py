@@ -143,5 +143,7 @@ def test_zero3_on_two_processes_takes_the_steps_of_one_process(tmp_path):
         for key in a["parts"]:
             assert b["parts"][key] == pytest.approx(a["parts"][key], rel=1e-4, abs=1e-6), (where, key)
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4), where
+    worst = max(abs(b["loss"] - a["loss"]) / abs(a["loss"]) for a, b in zip(one, two))
+    print(f"ZeRO-3 x2 vs one process: {len(one)} steps, largest relative loss difference {worst:.2e}")
     # The losses moved: the comparison is not between two constant sequences.
     assert min(s["loss"] for s in one) < 0.9 * one[0]["loss"]

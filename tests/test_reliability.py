@@ -25,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -296,7 +297,9 @@ def test_resume_right_after_a_crash_waits_for_the_dead_trial(tmp_path, monkeypat
     sweep, logs = _fast_sweep(tmp_path, monkeypatch, _good, n_trials=1, heartbeat=1)
     storage = open_storage(sweep.settings.storage, heartbeat=1)
     study = optuna.create_study(study_name="fast/ME+GD", storage=storage, directions=["maximize", "maximize"])
-    dead = study.ask()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "heartbeat ... supposed to be used with optimize": a dead worker's trial
+        dead = study.ask()
     storage.record_heartbeat(dead._trial_id)  # it was beating a moment ago
     (study,) = sweep.run().values()
     states = [t.state for t in study.trials]
