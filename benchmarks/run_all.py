@@ -15,9 +15,12 @@ missed its target), else 0.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -44,14 +47,28 @@ def run_one(name: str, script: str, extra: list[str], timeout: float) -> dict:
     command = [sys.executable, str(HERE / script), *extra]
     print(f"\n=== {name}: {' '.join(command[1:])}", flush=True)
     started = time.perf_counter()
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=HERE.parent)
-    except subprocess.TimeoutExpired as expired:
-        output = expired.stdout.decode() if isinstance(expired.stdout, bytes) else (expired.stdout or "")
-        print(output, end="")
-        return {"name": name, "status": f"timed out after {timeout:.0f} s", "ok": False}
+    # stdout is echoed as it comes (a script can run for minutes); stderr (progress bars, warnings) is
+    # kept in a temporary file and its tail shown only if the script fails.
+    with tempfile.TemporaryFile(mode="w+") as errors:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True, cwd=HERE.parent,
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        timer = threading.Timer(timeout, process.kill)
+        timer.start()
+        out = []
+        try:
+            for line in process.stdout:
+                print(line, end="", flush=True)
+                out.append(line)
+            returncode = process.wait()
+        finally:
+            timed_out = not timer.is_alive()
+            timer.cancel()
+        errors.seek(0)
+        stderr = errors.read()
     seconds = time.perf_counter() - started
-    print(done.stdout, end="", flush=True)
+    if timed_out:
+        return {"name": name, "status": f"timed out after {timeout:.0f} s", "ok": False, "seconds": seconds}
+    done = subprocess.CompletedProcess(command, returncode, "".join(out), stderr)
     lines = [line.strip() for line in done.stdout.splitlines() if line.strip()]
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-15:])

@@ -162,6 +162,10 @@ class FinetuneConfig:
     def __post_init__(self):
         _positive("finetune lr", self.lr)
         _positive("finetune epochs", self.epochs)
+        for name in ("batch_size", "grad_accum", "max_length"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise StudyInputError(f"finetune.{name} must be a positive integer, got {value!r}")
 
 
 @dataclass
@@ -177,6 +181,12 @@ class EvalConfig:
     """NLI model for Entailment (the paper's: sileod/deberta-v3-base-tasksource-nli); None = missing."""
     per_epoch: bool = False
     """Evaluate after every epoch (needed for pruning)."""
+
+    def __post_init__(self):
+        for name in ("batch_size", "max_length"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise StudyInputError(f"eval.{name} must be a positive integer, got {value!r}")
 
 
 @dataclass

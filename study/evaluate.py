@@ -175,7 +175,7 @@ def _load_nli(name: str, device: torch.device) -> NLIModel:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=False)
-    model = AutoModelForSequenceClassification.from_pretrained(name, trust_remote_code=False)
+    model = AutoModelForSequenceClassification.from_pretrained(name, trust_remote_code=False, use_safetensors=True)
     id2label = {int(i): str(label).lower() for i, label in model.config.id2label.items()}
     if ENTAILMENT_LABEL not in id2label.values():
         raise ValueError(f"its config has no 'entailment' label (id2label = {model.config.id2label})")

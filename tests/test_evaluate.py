@@ -22,6 +22,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from scipy.stats import ks_2samp  # noqa: E402
 
+from study import evaluate as evaluate_module  # noqa: E402
 from study import metrics as M  # noqa: E402
 from study.data import BuiltinSource, EvalSet, load_scenario  # noqa: E402
 from study.errors import StudyInputError  # noqa: E402
@@ -226,15 +227,19 @@ def test_same_model_twice_gives_identical_numbers(tiny, data, metric_models, res
         assert again.summary[key] == value or (math.isnan(value) and math.isnan(again.summary[key])), key
 
 
-def test_batched_equals_one_at_a_time(tiny, data, metric_models, result):
+def test_batched_equals_one_at_a_time(tiny, data, metric_models, result, monkeypatch):
     """Small batches (several per set, padding and trimming) and the reference way (batch 1,
     padded to max_length, full logits, metric models reloaded per set) give the same results as the
     default batching."""
     sets = subset(data.eval_sets, 2)
     small = evaluate(tiny.model, tiny.tokenizer, tiny.prompt, sets, "fictitious", metric_models, batch_size=3,
                      score_batch_size=7, max_length=MAX_LENGTH, score_max_length=SCORE_MAX_LENGTH, progress=False)
+    loads = []
+    real_loader = evaluate_module._load_embedder
+    monkeypatch.setattr(evaluate_module, "_load_embedder", lambda *a: loads.append(a) or real_loader(*a))
     slow = evaluate_one_at_a_time(tiny.model, tiny.tokenizer, tiny.prompt, sets, "fictitious", metric_models,
                                   max_length=MAX_LENGTH, score_max_length=SCORE_MAX_LENGTH, progress=False)
+    assert len(loads) == len(sets)  # the embedder was rebuilt for every set
     assert slow.items["generation"].nunique() == len(slow.items)  # varied, so the check has teeth
     default = result.items[result.items["item"] < 2].reset_index(drop=True)
     for other in (small.items, slow.items):
