@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m", help="model family or path (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=2, help="optimizer steps per timed run")
-    parser.add_argument("--repeat", type=int, default=3, help="timed runs per loop (after a one-step warm-up each)")
+    parser.add_argument("--repeat", type=int, default=4, help="timed runs per loop (after a one-step warm-up each)")
     parser.add_argument("--batch-size", type=int, default=None, help="micro-batch (default: the preset's, 4)")
     parser.add_argument("--grad-accum", type=int, default=None, help="accumulation steps (default: the preset's, 1)")
     parser.add_argument("--max-length", type=int, default=None, help="padded length (default: the preset's, 96)")

@@ -147,3 +147,17 @@ def test_zero3_on_two_processes_takes_the_steps_of_one_process(tmp_path):
     print(f"ZeRO-3 x2 vs one process: {len(one)} steps, largest relative loss difference {worst:.2e}")
     # The losses moved: the comparison is not between two constant sequences.
     assert min(s["loss"] for s in one) < 0.9 * one[0]["loss"]
+
+
+# --------------------------------------------------------------------------------------------------
+# experiments/gpu_check.py
+
+
+def test_gpu_check_refuses_without_cuda():
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    run = subprocess.run([sys.executable, str(ROOT / "experiments" / "gpu_check.py")], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2
+    assert run.stdout == ""
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no CUDA device" in lines[0], run.stderr
