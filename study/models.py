@@ -49,6 +49,7 @@ LLAMA3_INSTRUCT = PromptFormat(
     "",
 )
 QUESTION_ANSWER = PromptFormat("Question: ", "\n", "Answer: ")
+SMOLLM2_CHAT = PromptFormat("<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n", "")
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,10 @@ FAMILIES: dict[str, ModelSpec] = {
         LLAMA3_INSTRUCT,
         "llama3",
     ),
-    "smollm2-135m": ModelSpec("smollm2-135m", "builtin:smollm2", "builtin:smollm2", None, "smollm2"),
+    # SmolLM2's chat template, without the default system prompt the template adds when none is given
+    # ("You are a helpful AI assistant named SmolLM..."): 31 tokens on every sequence, a third of a
+    # TOFU-length item, that carry no information for unlearning.
+    "smollm2-135m": ModelSpec("smollm2-135m", "builtin:smollm2", "builtin:smollm2", SMOLLM2_CHAT, "smollm2"),
     "tiny-llama": ModelSpec("tiny-llama", "builtin:tiny", "builtin:smollm2", QUESTION_ANSWER, "tiny"),
 }
 

@@ -29,12 +29,20 @@ def test_paper_prompt_formats():
     assert models.resolve("llama3-8b").weights == "meta-llama/Meta-Llama-3-8B-Instruct"
 
 
-def test_smollm2_format_comes_from_its_chat_template(smol_tokenizer):
+def test_smollm2_format_is_its_chat_template_without_the_default_system_prompt(smol_tokenizer):
     fmt = models.prompt_format(models.FAMILIES["smollm2-135m"], smol_tokenizer)
     rendered = smol_tokenizer.apply_chat_template([{"role": "user", "content": "Who?"}], tokenize=False,
                                                   add_generation_prompt=True)
+    assert rendered.endswith(fmt.prompt("Who?")) and rendered.startswith("<|im_start|>system\n")
+    assert fmt.prompt("Who?") == "<|im_start|>user\nWho?<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_a_chat_template_gives_the_format_of_other_models(smol_tokenizer):
+    spec = models.ModelSpec("x", "x", "x", None, "hf")
+    fmt = models.prompt_format(spec, smol_tokenizer)
+    rendered = smol_tokenizer.apply_chat_template([{"role": "user", "content": "Who?"}], tokenize=False,
+                                                  add_generation_prompt=True)
     assert fmt.prompt("Who?") == rendered
-    assert fmt.question_start.endswith("<|im_start|>user\n") and fmt.question_end == "<|im_end|>\n<|im_start|>assistant\n"
 
 
 def test_eos_is_end_of_turn_and_pads(smol_tokenizer):
