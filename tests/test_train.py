@@ -501,7 +501,27 @@ def test_bf16_model_steps_through_fp32_master_weights():
     for _ in range(10):
         naive.grad = torch.ones(1, dtype=torch.bfloat16)
         optimizer.step()
-    assert float(naive) == 1.0
+    assert naive.detach().item() == 1.0
+
+
+def test_answer_nll_skips_question_columns_and_changes_nothing(tiny, scenario):
+    from study.data import QADataset
+
+    part = collate([QADataset(scenario.forget, tiny.tokenizer, tiny.prompt, 64)[i] for i in range(4)])["retain"]
+    model = copy.deepcopy(tiny.model)
+    seen = []
+    model.lm_head.register_forward_hook(lambda module, args, out: seen.append(out.shape[1]))
+    full = mean_nll(model(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits, part["labels"])
+    kept = T.answer_nll(model, part)
+    first_label = int((part["labels"] != -100).any(dim=0).nonzero().min())
+    assert seen == [part["input_ids"].shape[1], part["input_ids"].shape[1] - first_label + 1]
+    assert kept.item() == pytest.approx(full.item(), rel=1e-6)
+    kept.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    full.backward()
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(grads[name], param.grad, rtol=1e-4, atol=1e-7)
 
 
 # --------------------------------------------------------------------------------------------------
