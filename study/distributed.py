@@ -305,10 +305,6 @@ def load_gathered(model, state: Mapping[str, torch.Tensor]) -> None:
         param.copy_(state[name].to(param.device, param.dtype))
 
 
-def _to_device(module, device: torch.device):
-    return module.to(device) if module is not None else None
-
-
 def train_with_deepspeed(model, dataset, make_loss_fn: Callable[[Any], Callable], train_cfg, *, ref_model=None,
                          callbacks: Sequence = (), progress: bool = False, description: str = "train"):
     """``study.train.train_loop`` on a DeepSpeed engine, for a caller that holds a plain model.
@@ -328,7 +324,8 @@ def train_with_deepspeed(model, dataset, make_loss_fn: Callable[[Any], Callable]
     homes = (next(model.parameters()).device, next(ref_model.parameters()).device if ref_model is not None else None)
     if env.device.type != "cpu":  # park the plain copies: the engines need the memory
         model.to("cpu")
-        _to_device(ref_model, torch.device("cpu"))
+        if ref_model is not None:
+            ref_model.to("cpu")
     engine = ref_engine = None
     try:
         work = copy.deepcopy(model).to(env.device)

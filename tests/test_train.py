@@ -20,9 +20,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from study import models, runner  # noqa: E402
 from study import train as T  # noqa: E402
-from study.config import EvalConfig, FinetuneConfig, RunConfig, TrainConfig  # noqa: E402
+from study.config import FinetuneConfig, RunConfig, TrainConfig  # noqa: E402
 from study.data import BuiltinSource, UnlearningDataset, collate, load_scenario  # noqa: E402
-from study.losses import Method, compute_loss, mean_nll, npo_loss, sequence_logprob  # noqa: E402
+from study.losses import Method, mean_nll, npo_loss, sequence_logprob  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------
 # Fixtures
