@@ -14,7 +14,6 @@ import json
 import math
 import os
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -37,6 +36,7 @@ KEEP = ("best", "all", "none")
 DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
 HEARTBEAT_S = 30  # default Optuna heartbeat (s); a trial silent for 2x this long is failed by the next worker
 MAX_FAILURES = 5  # a worker stops a study after this many failed trials in a row
+CLAIM_TIMEOUT_S = 120  # a claim on creating a study's MLflow run that produced none in this long is taken over
 
 # REFERENCE §4: the released scripts' settings, per scenario and method (lr, forget_coeff, epochs).
 _PAPER = {
@@ -292,25 +292,39 @@ class Sweep:
                 pass
 
     def _parent_run(self, study, method: str) -> str:
-        """The study's MLflow run, created once even when workers start together: a worker without one
-        writes a claim into the study, waits a moment, and creates the run only if its claim is the one
-        that stayed; the others wait for the run's id (a claim a minute old without a run is taken over)."""
-        me = f"{os.getpid()}@{socket.gethostname()}@{time.time():.3f}"
+        """The study's MLflow run, created once even when workers start together.
+
+        The claim is atomic: the worker that creates the Optuna study ``<name>#claim-<k>`` (study names
+        are unique in every Optuna storage) creates the run; the others wait for its id. A claim that
+        has not produced a run within ``CLAIM_TIMEOUT_S`` (its worker died) is taken over by claiming
+        ``k + 1``. Claims are deleted once the run's id is stored."""
+        import optuna
+
+        storage, generation, waiting_since = study._storage, 1, None
         while True:
-            attrs = study.user_attrs
-            if attrs.get("mlflow_parent_run_id"):
-                return attrs["mlflow_parent_run_id"]
-            claim = str(attrs.get("mlflow_parent_claim", ""))
+            run_id = study.user_attrs.get("mlflow_parent_run_id")
+            if run_id:
+                return run_id
+            claim = f"{study.study_name}#claim-{generation}"
             try:
-                stale = time.time() - float(claim.rsplit("@", 1)[-1]) > 60
-            except ValueError:
-                stale = True
-            if stale:
-                study.set_user_attr("mlflow_parent_claim", me)
-                time.sleep(1.0)
-                if study.user_attrs.get("mlflow_parent_claim") == me:
-                    break
-            time.sleep(0.5)
+                optuna.create_study(study_name=claim, storage=storage)
+            except optuna.exceptions.DuplicatedStudyError:
+                waiting_since = waiting_since or time.monotonic()
+                if time.monotonic() - waiting_since > CLAIM_TIMEOUT_S:
+                    generation, waiting_since = generation + 1, None
+                else:
+                    time.sleep(0.5)
+                continue
+            # Won: unless a run appeared between the check above and the claim (claims are deleted after it).
+            run_id = study.user_attrs.get("mlflow_parent_run_id") or self._create_parent_run(study, method)
+            for k in range(1, generation + 1):
+                try:
+                    optuna.delete_study(study_name=f"{study.study_name}#claim-{k}", storage=storage)
+                except KeyError:
+                    pass
+            return run_id
+
+    def _create_parent_run(self, study, method: str) -> str:
         run_id = self.tracker.start(study.study_name, "study", {
             "study_name": study.study_name, "method": method, "scenario": self.cfg.data.scenario,
             "split": self.cfg.data.split, "model": self.cfg.model.name, "preset": self.settings.preset,

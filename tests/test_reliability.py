@@ -648,3 +648,25 @@ def test_runs_record_package_and_code_versions(store, reproduced):
     for name, version in package_versions().items():
         assert tags[f"study.version.{name}"] == version
     assert tags["study.code_version"] == code_version() and tags["study.code_version"] != ""
+    assert not [s for s in optuna.get_all_study_names(open_storage(sweeps[0].settings.storage)) if "#claim" in s]
+
+
+def test_a_dead_workers_claim_on_the_study_run_is_taken_over(tmp_path, monkeypatch):
+    """A worker died after claiming the study's MLflow run but before creating it: the next worker waits
+    out the claim, creates the run itself, and leaves no claim behind."""
+    import optuna
+
+    from study import search
+    from study.search import open_storage
+    from study.tracking import Tracker
+
+    sweep, _ = _fast_sweep(tmp_path, monkeypatch, _good)
+    sweep.tracker = Tracker(sweep.settings.tracking_uri, "fast")
+    storage = open_storage(sweep.settings.storage)
+    study = optuna.create_study(study_name="fast/ME+GD", storage=storage, directions=["maximize", "maximize"])
+    optuna.create_study(study_name="fast/ME+GD#claim-1", storage=storage)  # the dead worker's claim
+    monkeypatch.setattr(search, "CLAIM_TIMEOUT_S", 1.0)
+    run_id = sweep._parent_run(study, "ME+GD")
+    assert [r.info.run_id for r in sweep.tracker.find("study")] == [run_id]
+    assert study.user_attrs["mlflow_parent_run_id"] == run_id
+    assert optuna.get_all_study_names(storage) == ["fast/ME+GD"]
