@@ -5,18 +5,21 @@ Every script prints its figures, then one result line, the last line of its outp
     <name>: <ratio>x (<details>) target <op> <value>: met|MISSED
 
 which :func:`result_line` formats and :data:`RESULT_RE` parses (``run_all.py`` builds its table from it).
-Timings on a shared machine are noisy: the scripts measure the variants they compare side by side in one
-process, alternate them (A B B A ...), repeat, and print minimum and median of both clocks:
+Timings on a shared machine are noisy. The scripts run the variants they compare side by side in one
+process, in **pairs** (A B, then B A, then A B ...), and take the **median of the per-pair ratios**:
+the two runs of a pair are back to back, so a change in the machine's load between pairs cancels, and the
+median ignores the pairs that a burst of load hit on one side only. On this machine, shared with other
+engineers' test runs (load average 4-12 on 2 cores), single runs of identical work varied by up to 2x on
+either clock, and ratios of minima over 3-4 runs moved by up to 25% between invocations.
 
-- ``cpu``: CPU seconds of this process (all its threads), ``time.process_time``: what the work costs,
-  little disturbed by other processes competing for the cores (the default on a CPU device);
-- ``wall``: ``time.perf_counter`` around the work with the device synchronised (the default on CUDA,
-  where the work is not this process's CPU time).
+Two clocks are recorded for every run:
 
-A ratio is taken between the **minima** on the chosen clock. Interference from other processes only ever
-adds time, on either clock (descheduled threads spin, caches and memory bandwidth are shared, pages fault),
-so the fastest run is the least disturbed one; on this shared machine the medians of a few runs moved by
-up to 2x between otherwise identical runs, the minima by a few percent.
+- ``cpu``: CPU seconds of this process (all its threads), ``time.process_time``: little disturbed by
+  processes competing for the cores (the default on a CPU device);
+- ``wall``: ``time.perf_counter`` around the work, device synchronised (the default on CUDA, where the
+  work is not this process's CPU time).
+
+Both are printed, with minimum and median per variant.
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ def sync(device) -> None:
 
 def add_clock_arg(parser) -> None:
     parser.add_argument("--clock", choices=["auto", "cpu", "wall"], default="auto",
-                        help="which time the ratio uses (minimum over runs): cpu (process CPU seconds) or wall; "
+                        help="which time the ratios use: cpu (process CPU seconds) or wall; "
                              "auto: cpu on a CPU device, wall on CUDA")
 
 
@@ -87,9 +90,11 @@ class Timings:
         self.wall.append(wall)
         self.cpu.append(cpu)
 
-    def figure(self, clock: str) -> float:
-        """The figure a ratio is taken from: the minimum on ``clock`` (``cpu`` or ``wall``)."""
-        return min(self.cpu) if clock == "cpu" else min(self.wall)
+    def on(self, clock: str) -> list[float]:
+        return self.cpu if clock == "cpu" else self.wall
+
+    def median(self, clock: str) -> float:
+        return statistics.median(self.on(clock))
 
     def describe(self, scale: float = 1.0) -> str:
         w = [v * scale for v in self.wall]
@@ -108,6 +113,15 @@ def timed(fn, device, into: Timings | None = None) -> tuple[float, float]:
     if into is not None:
         into.add(wall, cpu)
     return wall, cpu
+
+
+def pair_ratio(a: Timings, b: Timings, clock: str) -> float:
+    """Median over pairs of ``a[i] / b[i]`` (runs ``i`` of ``a`` and ``b`` ran back to back)."""
+    return statistics.median(x / y for x, y in zip(a.on(clock), b.on(clock)))
+
+
+def other_clock(clock: str) -> str:
+    return "wall" if clock == "cpu" else "cpu"
 
 
 def alternate(variants: dict, repeat: int):
