@@ -553,26 +553,39 @@ def test_checkpoint_loads_with_transformers_and_gives_identical_logits(tiny, tmp
 # Slow: a real target model
 
 
-TARGET_FINETUNE = FinetuneConfig(lr=1e-3, epochs=2, batch_size=4, grad_accum=1, max_length=80)
-"""The cheapest fine-tuning found that makes SmolLM2-135M memorise built-in authors: 2 epochs (20 steps
-on 4 authors' 40 rows; 1.5 epochs reach only ROUGE 0.79), ~3-4 min on 2 CPU cores. max_length 80
-holds the longest built-in item under SmolLM2's 50-token chat prompt (78 tokens)."""
+def _default_finetune() -> FinetuneConfig:
+    """The default preset's fine-tuning (experiments/presets/default.toml), the one this test vouches for."""
+    import tomllib
+    from pathlib import Path
+
+    preset = tomllib.loads((Path(__file__).resolve().parents[1] / "experiments/presets/default.toml").read_text())
+    return FinetuneConfig(**preset["config"]["finetune"])
 
 
 @pytest.mark.slow
-def test_smollm2_target_memorises_its_forget_set():
+def test_smollm2_target_memorises_and_keeps_utility():
+    """The default preset's fine-tuning makes SmolLM2-135M memorise built-in authors (forget ROUGE-L recall
+    >= 0.8; the base model scores ~0.57 on these templated answers) without wrecking what it knew: a
+    harsher fine-tuning (2 epochs at 1e-3) answered "The capital of Japan is a violinist". 4 authors'
+    40 rows here (the preset has 12), ~2-3 min on 2 CPU cores."""
     from study.evaluate import MetricModels, evaluate
 
     lm = models.load("smollm2-135m", device="cpu")
     data = load_scenario(BuiltinSource(n_authors=4), "fictitious", "forget01", 1)
-    started = time.perf_counter()
-    result = T.finetune(lm.model, lm.tokenizer, lm.prompt, data.full, TARGET_FINETUNE)
-    seconds = time.perf_counter() - started
-    forget = [s for s in data.eval_sets if s.kind == "forget"]
+    sets = [s for s in data.eval_sets if s.kind in ("forget", "world_facts")]
     metric_models = MetricModels(HashEmbedder(), "hash", None, None, "no NLI in tests", torch.device("cpu"))
-    evaluation = evaluate(lm.model, lm.tokenizer, lm.prompt, forget, "fictitious", metric_models, batch_size=16,
-                          max_length=96, progress=False)
-    rouge = evaluation.summary["forget/rouge"]
-    print(f"fine-tune: {result.steps} steps in {seconds:.0f} s, final loss {result.history[-1].loss:.3f}, "
-          f"forget ROUGE-L recall {rouge:.3f}")
-    assert rouge >= 0.8
+
+    def rouge():
+        summary = evaluate(lm.model, lm.tokenizer, lm.prompt, sets, "fictitious", metric_models, batch_size=16,
+                           max_length=96, progress=False).summary
+        return summary["forget/rouge"], summary["world_facts/rouge"]
+
+    base_forget, base_world = rouge()
+    started = time.perf_counter()
+    result = T.finetune(lm.model, lm.tokenizer, lm.prompt, data.full, _default_finetune())
+    seconds = time.perf_counter() - started
+    forget, world = rouge()
+    print(f"fine-tune: {result.steps} steps in {seconds:.0f} s, final loss {result.history[-1].loss:.3f}; "
+          f"forget ROUGE-L recall {base_forget:.3f} -> {forget:.3f}, world facts {base_world:.3f} -> {world:.3f}")
+    assert forget >= 0.8
+    assert world >= 0.6 * base_world
