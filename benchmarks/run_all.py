@@ -28,13 +28,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from benchmarks import RESULT_RE  # noqa: E402
 
-BENCHMARKS: dict[str, tuple[str, list[str]]] = {
-    # name: (script, extra arguments under --quick)
-    "me_loss": ("bench_me_loss.py", ["--tokens", "128", "--repeat", "2"]),
-    "ref_cache": ("bench_ref_cache.py", ["--model", "tiny-llama", "--repeat", "1"]),
-    "trainer": ("bench_trainer.py", ["--model", "tiny-llama", "--steps", "3", "--repeat", "2"]),
-    "trial": ("bench_trial.py", ["--preset", "smoke"]),
-    "eval": ("bench_eval.py", ["--model", "tiny-llama", "--items", "4", "--max-length", "64"]),
+BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
+    # name: (script, arguments, extra arguments under --quick)
+    "me_loss": ("bench_me_loss.py", [], ["--tokens", "128", "--repeat", "2"]),
+    "ref_cache_npo": ("bench_ref_cache.py", ["--method", "NPO+GD"], ["--model", "tiny-llama", "--pairs", "2"]),
+    "ref_cache_dpo": ("bench_ref_cache.py", ["--method", "DPO+GD", "--whole-epochs", "0"], ["--model", "tiny-llama", "--pairs", "2"]),
+    "trainer": ("bench_trainer.py", [], ["--model", "tiny-llama", "--steps", "3", "--repeat", "2"]),
+    "trial": ("bench_trial.py", [], ["--preset", "smoke"]),
+    "eval": ("bench_eval.py", [], ["--model", "tiny-llama", "--items", "4", "--max-length", "64"]),
 }
 """Run in this order. ``bench_eval.py`` belongs to the evaluation module's owner."""
 
@@ -111,11 +112,11 @@ def main(argv=None) -> int:
     for name in args.only or list(BENCHMARKS):
         if name in args.skip:
             continue
-        script, quick = BENCHMARKS[name]
+        script, arguments, quick = BENCHMARKS[name]
         if not (HERE / script).exists():
             results.append({"name": name, "status": f"{script} not found", "ok": False})
             continue
-        extra = (quick if args.quick else []) + (["--device", args.device] if args.device else [])
+        extra = arguments + (quick if args.quick else []) + (["--device", args.device] if args.device else [])
         results.append(run_one(name, script, extra, args.timeout))
 
     print(f"\n## Benchmarks ({'--quick, ' if args.quick else ''}{time.perf_counter() - started:.0f} s in all)\n")

@@ -177,6 +177,44 @@ class _SoftmaxEntropy(torch.autograd.Function):
         return grad.view(z.shape), None
 
 
+class _UniformKL(torch.autograd.Function):
+    """``KL(U_V || softmax(z)) = logsumexp(z) - mean_v(z) - log V`` per position, in row chunks.
+
+    Like :class:`_SoftmaxEntropy`, neither pass keeps a full ``[B, T, V]`` temporary: forward saves ``z``
+    (already alive) and ``logsumexp [B, T]``; backward writes ``dKL/dz_k = p_k - 1/V`` chunk by chunk
+    straight into the gradient, the only full-size tensor it creates. (Autograd through
+    ``torch.logsumexp(z) - z.mean()`` kept three more logits-sized tensors alive.)
+    """
+
+    @staticmethod
+    def forward(ctx: Any, z: Tensor, chunk_rows: int) -> Tensor:  # z: [..., V]
+        dtype = _compute_dtype(z)
+        rows = z.reshape(-1, z.shape[-1])
+        lse = torch.empty(rows.shape[0], dtype=dtype, device=z.device)
+        kl = torch.empty_like(lse)
+        log_v = math.log(z.shape[-1])
+        for start in range(0, rows.shape[0], chunk_rows):
+            chunk = rows[start : start + chunk_rows].to(dtype)
+            lse[start : start + chunk_rows] = torch.logsumexp(chunk, dim=-1)
+            kl[start : start + chunk_rows] = lse[start : start + chunk_rows] - chunk.mean(dim=-1) - log_v
+        ctx.save_for_backward(z, lse)
+        ctx.chunk_rows = chunk_rows
+        return kl.view(z.shape[:-1])
+
+    @staticmethod
+    def backward(ctx: Any, grad_kl: Tensor) -> tuple[Tensor, None]:
+        z, lse = ctx.saved_tensors
+        rows = z.reshape(-1, z.shape[-1])
+        grad_rows = grad_kl.reshape(-1).to(lse.dtype)
+        grad = torch.empty_like(rows)
+        inv_v = 1.0 / z.shape[-1]
+        for start in range(0, rows.shape[0], ctx.chunk_rows):
+            end = start + ctx.chunk_rows
+            p = (rows[start:end].to(lse.dtype) - lse[start:end, None]).exp_()
+            grad[start:end] = p.sub_(inv_v).mul_(grad_rows[start:end, None]).to(grad.dtype)
+        return grad.view(z.shape), None
+
+
 def softmax_entropy(logits: Tensor, chunk_rows: int = ENTROPY_CHUNK_ROWS) -> Tensor:
     """``H(p) = -sum_v p_v log p_v`` with ``p = softmax(logits)``, in float32, chunked. ``[..., V] -> [...]``."""
     return _SoftmaxEntropy.apply(logits, chunk_rows)
@@ -251,8 +289,8 @@ def me_loss(logits: Tensor, labels: Tensor, variant: MEVariant = "reference") ->
     """ME (maximum entropy): mean over scored positions of a divergence to the uniform ``U_V``.
 
     - ``"reference"`` (default, what the reference code computes):
-      ``KL(U_V || p_θ(·|t)) = logsumexp(z) - mean_v(z) - log V``, in closed form. No softmax or
-      uniform ``[B, T, V]`` tensor is built; the reference adds ``1e-12`` to ``p`` before the log, which
+      ``KL(U_V || p_θ(·|t)) = logsumexp(z) - mean_v(z) - log V``, in closed form with a chunked
+      backward (:class:`_UniformKL`): no softmax or uniform ``[B, T, V]`` tensor is built or kept; the reference adds ``1e-12`` to ``p`` before the log, which
       only matters where some ``p_v < ~1e-12`` (it caps ``-log p_v`` at ``~27.6``); the closed form is
       the exact KL.
     - ``"paper"`` (the paper's text): ``KL(p_θ(·|t) || U_V) = log V - H(p_θ(·|t))``, with the entropy
@@ -269,8 +307,7 @@ def me_loss(logits: Tensor, labels: Tensor, variant: MEVariant = "reference") ->
     """
     log_v = math.log(logits.shape[-1])
     if variant == "reference":
-        z = logits.to(_compute_dtype(logits))  # one float32 copy for bf16 logits, none for float32
-        kl = torch.logsumexp(z, dim=-1) - z.mean(dim=-1) - log_v  # [B, T]
+        kl = _UniformKL.apply(logits, ENTROPY_CHUNK_ROWS)  # [B, T], float32 (float64 for float64 logits)
     elif variant == "paper":
         kl = log_v - softmax_entropy(logits)  # [B, T]
     else:

@@ -201,6 +201,29 @@ def test_me_closed_form_matches_naive_reference_on_random_logits():
     torch.testing.assert_close(me_loss(logits, labels, "paper"), kl[mask].mean(), rtol=1e-5, atol=1e-7)
 
 
+def test_me_gradient_matches_naive_and_chunking():
+    from study.losses import _UniformKL
+
+    gen = torch.Generator().manual_seed(3)
+    z = (4 * torch.randn(2, 3, 5, generator=gen, dtype=torch.float64)).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: _UniformKL.apply(x, 4), (z,))  # 6 rows in chunks of 4
+    labels = torch.randint(0, 5, (2, 3), generator=gen)
+    labels[0, 1] = -100
+    me_loss(z, labels).backward()
+    naive = z.detach().clone().requires_grad_()
+    _naive_me(naive, labels).backward()
+    torch.testing.assert_close(z.grad, naive.grad, rtol=1e-6, atol=1e-12)
+    # Extreme logits: finite loss and gradient; bf16 logits: float32 loss, bf16 gradient.
+    extreme = torch.tensor([[[0.0, -200.0, 300.0]] * 2], requires_grad=True)
+    me_loss(extreme, torch.zeros(1, 2, dtype=torch.long)).backward()
+    assert torch.isfinite(extreme.grad).all()
+    zb = z.detach().to(torch.bfloat16).requires_grad_()
+    loss = me_loss(zb, labels)
+    loss.backward()
+    assert loss.dtype == torch.float32 and zb.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(zb.grad.double(), z.grad, rtol=0.05, atol=0.01)
+
+
 def test_softmax_entropy_gradient_and_chunking():
     gen = torch.Generator().manual_seed(2)
     z = (4 * torch.randn(2, 3, 4, generator=gen, dtype=torch.float64)).requires_grad_()
