@@ -30,8 +30,8 @@ from benchmarks import RESULT_RE  # noqa: E402
 
 BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     # name: (script, arguments, extra arguments under --quick)
-    "me_loss": ("bench_me_loss.py", [], ["--tokens", "128", "--repeat", "2"]),
-    "ref_cache_npo": ("bench_ref_cache.py", ["--method", "NPO+GD"], ["--model", "tiny-llama", "--pairs", "2"]),
+    "me_loss": ("bench_me_loss.py", ["--repeat", "3"], ["--tokens", "128", "--repeat", "2"]),
+    "ref_cache_npo": ("bench_ref_cache.py", ["--method", "NPO+GD", "--whole-epochs", "0"], ["--model", "tiny-llama", "--pairs", "2"]),
     "ref_cache_dpo": ("bench_ref_cache.py", ["--method", "DPO+GD", "--whole-epochs", "0"], ["--model", "tiny-llama", "--pairs", "2"]),
     "trainer": ("bench_trainer.py", [], ["--model", "tiny-llama", "--steps", "3", "--repeat", "2"]),
     "trial": ("bench_trial.py", [], ["--preset", "smoke"]),
