@@ -188,6 +188,31 @@ def apply_params(cfg: RunConfig, method: str, params: dict) -> RunConfig:
     return cfg.replace(**changes)
 
 
+def fixed_config(cfg: RunConfig, method: str, space: dict) -> dict:
+    """The settings every trial of a study shares: the trial configuration without the searched
+    hyper-parameters (and the evaluation batch size, which changes speed, not results), JSON-normalised.
+    A study resumed with other fixed settings would mix incomparable trials."""
+    flat = apply_params(cfg, method, {}).flat()
+    searched = {f"{section}.{name}" for name in space for section in ("train", "method")}
+    fixed = {k: v for k, v in flat.items() if k not in searched and k != "eval.batch_size"}
+    return json.loads(json.dumps(fixed, default=str))
+
+
+def check_fixed_config(study, fixed: dict, storage_url: str) -> None:
+    """Record ``fixed`` on a new study; on an existing one, refuse settings that differ from it."""
+    recorded = study.user_attrs.get("fixed_config")
+    if recorded is None:
+        study.set_user_attr("fixed_config", fixed)
+        return
+    changed = [k for k in sorted(set(recorded) | set(fixed)) if recorded.get(k) != fixed.get(k)]
+    if changed:
+        shown = ", ".join(f"{k} {recorded.get(k)!r} -> {fixed.get(k)!r}" for k in changed[:4])
+        more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+        raise StudyInputError(
+            f"study {study.study_name} in {redact(storage_url)} was run with other settings ({shown}{more}): "
+            "run with its settings to resume it, or pass a new --study-name")
+
+
 def make_sampler(settings: StudySettings, space: dict):
     import optuna
 
@@ -472,6 +497,7 @@ class Sweep:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(["model_utility", "forget_efficacy"] if self.settings.objective == "pareto"
                                    else [self.settings.objective])
+        check_fixed_config(study, fixed_config(self.cfg, method, space), self.settings.storage)
         parent = self._parent_run(study, method)
         if _counted(study) < n_trials and self.tracker.client.get_run(parent).info.status != "RUNNING":
             self.tracker.client.update_run(parent, status="RUNNING")  # resumed with trials to run

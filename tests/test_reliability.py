@@ -376,6 +376,7 @@ def test_workers_starting_together_create_one_study_run(tmp_path, monkeypatch):
         thread.join(timeout=120)
     assert results[0] and results[0] == results[1]
     assert [r.info.run_id for r in sweeps[0].tracker.find("study")] == [results[0]]
+    assert not [s for s in optuna.get_all_study_names(open_storage(sweeps[0].settings.storage)) if "#claim" in s]
 
 
 def test_concurrent_checkpoint_writers_keep_one_complete_copy(tmp_path):
@@ -648,7 +649,6 @@ def test_runs_record_package_and_code_versions(store, reproduced):
     for name, version in package_versions().items():
         assert tags[f"study.version.{name}"] == version
     assert tags["study.code_version"] == code_version() and tags["study.code_version"] != ""
-    assert not [s for s in optuna.get_all_study_names(open_storage(sweeps[0].settings.storage)) if "#claim" in s]
 
 
 def test_a_dead_workers_claim_on_the_study_run_is_taken_over(tmp_path, monkeypatch):
@@ -670,3 +670,21 @@ def test_a_dead_workers_claim_on_the_study_run_is_taken_over(tmp_path, monkeypat
     assert [r.info.run_id for r in sweep.tracker.find("study")] == [run_id]
     assert study.user_attrs["mlflow_parent_run_id"] == run_id
     assert optuna.get_all_study_names(storage) == ["fast/ME+GD"]
+
+
+def test_resuming_a_study_with_other_settings_is_refused(tmp_path, monkeypatch):
+    """Trials of one study share their fixed settings: a re-run that changed one (here the evaluation set
+    size) stops with one line naming the setting, before any trial; more trials with the same ones resume."""
+    from study.config import RunConfig
+    from study.errors import StudyInputError
+
+    sweep, _ = _fast_sweep(tmp_path, monkeypatch, _good, n_trials=1)
+    sweep.run()
+    again, _ = _fast_sweep(tmp_path, monkeypatch, _good, n_trials=2)
+    again.cfg = RunConfig.from_dict({"model": {"name": "tiny-llama"}, "data": {"n_authors": 6, "ds_size": 3}})
+    with pytest.raises(StudyInputError, match=r"fast/ME\+GD .*other settings \(data.ds_size 4 -> 3\)"):
+        again.run()
+    assert len(again.tracker.find("trial")) == 1
+    more, _ = _fast_sweep(tmp_path, monkeypatch, _good, n_trials=2)
+    more.run()
+    assert len(more.tracker.find("trial")) == 2
