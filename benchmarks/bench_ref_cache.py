@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     assert all(ref_cache_key(p) in dataset.items[0] for p in method.ref_logprob_parts)
 
     # 1. Paired optimizer steps on the same micro-batches, with train_loop's optimizer groups.
-    optimizer = torch.optim.AdamW(train.adamw_param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
+    optimizer = train.adamw(train.adamw_param_groups(model, cfg.train.weight_decay), cfg.train.lr)
     stream = train.index_stream(n_forget, cfg.train.seed)
 
     def next_batches():

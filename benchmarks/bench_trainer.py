@@ -47,12 +47,12 @@ def gd_loss_fn(model, batch):
 
 
 def optimizer_for(model, lr: float, weight_decay: float):
-    """The same AdamW parameter groups as ``train_loop`` builds."""
-    import torch
+    """The same AdamW (fused where available) and parameter groups as ``train_loop`` builds."""
+    from study.train import adamw
 
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-                              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}], lr=lr)
+    return adamw([{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}], lr)
 
 
 def same_batches(dataset, steps: int, batch_size: int, grad_accum: int, seed: int, device) -> list[list[dict]]:

@@ -589,3 +589,25 @@ def test_smollm2_target_memorises_and_keeps_utility():
           f"forget ROUGE-L recall {base_forget:.3f} -> {forget:.3f}, world facts {base_world:.3f} -> {world:.3f}")
     assert forget >= 0.8
     assert world >= 0.6 * base_world
+
+
+def test_fused_adamw_matches_the_unfused_update():
+    """``study.train.adamw`` takes torch's fused kernel on CPU float parameters; its steps agree with the
+    plain AdamW's to float rounding (weight decay on one group only, as ``adamw_param_groups``)."""
+    gen = torch.Generator().manual_seed(5)
+    weights = [torch.randn(7, 3, generator=gen), torch.randn(3, generator=gen)]
+    grads = [[torch.randn(w.shape, generator=gen) for w in weights] for _ in range(3)]
+    results = []
+    for fused in (True, False):
+        params = [torch.nn.Parameter(w.clone()) for w in weights]
+        groups = [{"params": params[:1], "weight_decay": 0.01}, {"params": params[1:], "weight_decay": 0.0}]
+        optimizer = T.adamw(groups, 1e-2) if fused else torch.optim.AdamW(groups, lr=1e-2)
+        assert optimizer.defaults["fused"] is (True if fused else None)
+        for step in grads:
+            for p, g in zip(params, step):
+                p.grad = g.clone()
+            optimizer.step()
+        results.append([p.detach() for p in params])
+    for a, b, w in zip(*results, weights):
+        assert not torch.equal(a, w)
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
