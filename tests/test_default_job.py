@@ -2,7 +2,7 @@
 default (SmolLM2-135M, built-in authors, ME+GD, 3 trials): its target memorised the forget set, and its
 best trial has visibly forgotten it while keeping Model Utility (issue 5's "done when").
 
-Cold (no fine-tuned target cached) it is the longest test: ~10 min on 2 CPU cores."""
+Cold (no fine-tuned target cached) it is the longest test: ~8 min on 2 CPU cores."""
 
 from __future__ import annotations
 
