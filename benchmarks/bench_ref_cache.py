@@ -25,7 +25,7 @@ so the cost of a run of ``S`` steps is ``cache + S x step`` against ``S x step'`
    0 skips it), from the same starting weights, printed but not used.
 
 Data and settings are the default preset's (built-in authors, forget01 task 1: 10 forget items,
-micro-batch 4, ``max_length`` 96). Clock: CPU seconds on a CPU device, wall seconds on CUDA (see
+micro-batch 4, ``max_length`` 64). Clock: CPU seconds on a CPU device, wall seconds on CUDA (see
 ``benchmarks/__init__.py``). Target: at most 0.75x.
 """
 
@@ -61,8 +61,6 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     clock = clock_for(args.clock, device)
-
-    import torch
 
     from study import models, runner, train
     from study.data import collate

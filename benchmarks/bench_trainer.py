@@ -5,7 +5,7 @@
     python benchmarks/bench_trainer.py --model tiny-llama --steps 20
 
 Both loops train the same model on the same micro-batches (the default preset's fine-tuning rows,
-``batch_size`` 4, ``max_length`` 96, in ``train_loop``'s own data order) with a GD-style loss
+``batch_size`` 4, ``max_length`` 64, in ``train_loop``'s own data order) with a GD-style loss
 (``study.losses.mean_nll`` on ``retain``, as ``study.train.finetune``), the same AdamW parameter
 groups (no weight decay on biases and norms) and the same learning-rate schedule:
 
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=8, help="pairs of timed runs (after a one-step warm-up each)")
     parser.add_argument("--batch-size", type=int, default=None, help="micro-batch (default: the preset's, 4)")
     parser.add_argument("--grad-accum", type=int, default=None, help="accumulation steps (default: the preset's, 1)")
-    parser.add_argument("--max-length", type=int, default=None, help="padded length (default: the preset's, 96)")
+    parser.add_argument("--max-length", type=int, default=None, help="padded length (default: the preset's, 64)")
     parser.add_argument("--preset", default="default", help="preset whose data and settings are used")
     add_device_arg(parser)
     add_clock_arg(parser)

@@ -195,8 +195,9 @@ class _UniformKL(torch.autograd.Function):
         log_v = math.log(z.shape[-1])
         for start in range(0, rows.shape[0], chunk_rows):
             chunk = rows[start : start + chunk_rows].to(dtype)
-            lse[start : start + chunk_rows] = torch.logsumexp(chunk, dim=-1)
-            kl[start : start + chunk_rows] = lse[start : start + chunk_rows] - chunk.mean(dim=-1) - log_v
+            chunk_lse = torch.logsumexp(chunk, dim=-1)
+            lse[start : start + chunk_rows] = chunk_lse
+            kl[start : start + chunk_rows] = chunk_lse - chunk.mean(dim=-1) - log_v
         ctx.save_for_backward(z, lse)
         ctx.chunk_rows = chunk_rows
         return kl.view(z.shape[:-1])

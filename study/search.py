@@ -13,8 +13,6 @@ import dataclasses
 import json
 import math
 import os
-import signal
-import sys
 import tempfile
 import time
 import traceback
@@ -118,7 +116,7 @@ class StudySettings:
             try:
                 low, high = (float(b) for b in bounds)
                 dataclasses.replace(HYPERPARAMS[name], low=low, high=high, default=None)
-            except (TypeError, ValueError) as error:
+            except (TypeError, ValueError):
                 raise StudyInputError(f"search range of {name} must be [low, high] with 0 < low < high, got {bounds!r}") from None
 
 
