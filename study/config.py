@@ -133,6 +133,10 @@ class TrainConfig:
     """LoRA rank (peft); 0 = full fine-tuning."""
     deepspeed: str | None = None
     """DeepSpeed config file (ZeRO-3: experiments/deepspeed/zero3.json); None = plain PyTorch."""
+    kl_full_padding: bool = True
+    """KL regularizer (KL, LLMU): average over every position of the retain batch padded to
+    ``max_length``, as the reference code (default). False trims padding columns no row uses:
+    faster, but the KL's average then runs over fewer positions (a different, larger value)."""
 
     def __post_init__(self):
         _positive("lr", self.lr)

@@ -376,7 +376,7 @@ class UnlearningDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, forget, retain, refusals, tokenizer, prompt, max_length: int, needs,
-                 forget_labels: str = "answer", seed: int = 0):
+                 forget_labels: str = "answer", seed: int = 0, full_width_parts=()):
         from .models import encode_qa
 
         if not forget:
@@ -384,6 +384,8 @@ class UnlearningDataset(torch.utils.data.Dataset):
         if not retain and needs & {"retain", "retain_idk", "forget_retain_answer"}:
             raise StudyInputError("the retain set is empty, but the method's regularizer needs retain items")
         self.needs = frozenset(needs)
+        self.full_width_parts = frozenset(full_width_parts)
+        """Parts collated at their full padded width (``max_length``): see :func:`collate`."""
         self.items = []
         for index, row in enumerate(forget):
             generator = torch.Generator().manual_seed(seed + index)
@@ -409,10 +411,15 @@ class UnlearningDataset(torch.utils.data.Dataset):
         return self.items[index]
 
 
-def collate(items: list[dict], trim: bool = True) -> dict:
+def collate(items: list[dict], trim: bool = True, full_width_parts=()) -> dict:
     """Stack batch parts; with ``trim``, cut padding columns that no row uses (no attention and no
-    label), which changes no loss: labels there are -100. ``full`` label mode keeps every column
-    because its labels cover the padding (REFERENCE §3, ME+GD's ``mask=false``)."""
+    label). That changes no label-based loss (labels there are -100), and ``full`` label mode keeps
+    every column anyway because its labels cover the padding (REFERENCE §3, ME+GD's ``mask=false``).
+
+    It does change a loss that averages over *positions* regardless of labels: the KL regularizer
+    (KL and LLMU's KL term) divides by ``B * T``, and the reference code pads every retain batch to
+    ``max_length``. Parts in ``full_width_parts`` are therefore left at their full padded width
+    (``UnlearningDataset.full_width_parts``, set by ``study.train.unlearning_dataset``)."""
     batch: dict = {"index": torch.tensor([item["index"] for item in items])}
     for part in items[0]:
         if part == "index":
@@ -421,7 +428,7 @@ def collate(items: list[dict], trim: bool = True) -> dict:
             batch[part] = torch.stack([item[part] for item in items])
             continue
         tensors = {key: torch.stack([item[part][key] for item in items]) for key in ("input_ids", "attention_mask", "labels")}
-        if trim:
+        if trim and part not in full_width_parts:
             used = (tensors["attention_mask"].bool() | (tensors["labels"] != -100)).any(dim=0)
             length = int(used.nonzero().max()) + 1 if used.any() else 1
             tensors = {key: value[:, :length] for key, value in tensors.items()}

@@ -277,6 +277,10 @@ class Interrupted(Exception):
     pass
 
 
+class NonFiniteObjective(ValueError):
+    """A trial finished but its objective is NaN or infinite (e.g. a metric with no value): failed."""
+
+
 class TooManyFailures(StudyInputError):
     """``max_failures`` trials failed in a row (e.g. every setting diverges): the study stops."""
 
@@ -452,6 +456,7 @@ class Sweep:
                 "key": prepared.key, "model": self.cfg.model.name, "path": prepared.path, "task": task,
                 "scenario": self.cfg.data.scenario, "split": self.cfg.data.split})
             self.tracker.metrics(run_id, result.summary)
+            self.tracker.table_artifact(run_id, "eval/items.csv", result.items)
             self.tracker.end(run_id)
         self._retain_r[task] = (values, run_id)
         return values
@@ -584,18 +589,21 @@ class Sweep:
         self.tracker.json_artifact(run_id, "config.json", {"config": cfg.to_dict(), "sampled": params, "study": study.study_name,
                                                            "trial": trial.number})
         started = time.perf_counter()
-        step_offset = {"value": 0}
+        logger = StepLogger(self.tracker, run_id)
 
         def on_task(result):
             step = result.task if result.task is not None else 1
             self.tracker.metrics(run_id, result.summary, step=step)
             self.tracker.metrics(run_id, {"time/train_s": result.train_seconds, "time/eval_s": result.eval_seconds}, step=step)
             self.tracker.table_artifact(run_id, f"eval/items_task{step}.csv", result.items)
-            self.tracker.tags(run_id, {"entailment": "available" if result.entailment_available else "missing",
-                                       "aggregate_parts": json.dumps(result.aggregate_parts, default=str)[:4900]})
-            step_offset["value"] += result.steps
-
-        logger = StepLogger(self.tracker, run_id)
+            tags = {"entailment": "available" if result.entailment_available else "missing",
+                    "aggregate_parts": json.dumps(result.aggregate_parts, default=str)[:4900]}
+            if result.task in self._retain_r:  # the retain model whose forget-set R gave this task's Forget Quality
+                tags["retain_run_id"] = self._retain_r[result.task][1]
+            self.tracker.tags(run_id, tags)
+            # Continual: the next task's optimizer steps continue this task's step axis of train/*.
+            logger.flush()
+            logger.offset += result.steps
 
         def make_epoch_callback(evaluate_fn, task):
             return _PruneOnEpoch(trial, evaluate_fn, self.settings.objective, self.tracker, run_id)
@@ -623,6 +631,15 @@ class Sweep:
             raise
         summary = result.final.summary
         self.tracker.metrics(run_id, {"time/trial_s": time.perf_counter() - started})
+        values = objective_values(summary, self.settings.objective)
+        if not all(math.isfinite(v) for v in np.atleast_1d(np.asarray(values, dtype=float))):
+            # Optuna fails a trial whose objective is not finite: MLflow must say the same, with the reason.
+            reason = (f"objective {self.settings.objective} is not finite: "
+                      + ", ".join(f"{k}={summary.get(k, float('nan'))}" for k in ("model_utility", "forget_efficacy")))
+            trial.set_user_attr("failure_reason", reason)
+            self.tracker.end(run_id, "FAILED", reason)
+            self.log(f"trial {trial.number} failed: {reason}")
+            raise NonFiniteObjective(reason)
         if self.settings.keep_checkpoints != "none":
             with tempfile.TemporaryDirectory() as tmp:
                 path = models.save_checkpoint(result.model, result.tokenizer, result.prompt, Path(tmp) / "checkpoint",
@@ -634,7 +651,6 @@ class Sweep:
         trial.set_user_attr("model_utility", summary.get("model_utility"))
         trial.set_user_attr("forget_efficacy", summary.get("forget_efficacy"))
         trial.set_user_attr("forget_rouge", summary.get("forget/rouge"))
-        values = objective_values(summary, self.settings.objective)
         self.log(f"trial {trial.number}: MU {summary.get('model_utility', float('nan')):.4f}  "
                  f"FE {summary.get('forget_efficacy', float('nan')):.4f}  forget ROUGE {summary.get('forget/rouge', float('nan')):.3f}"
                  f"  ({time.perf_counter() - started:.0f} s)")

@@ -301,7 +301,7 @@ def train_loop(
         parts_sum: dict[str, float] = {}
         micro_batches = [indices[j * batch_size:(j + 1) * batch_size] for j in range(grad_accum * world_size)]
         for micro in micro_batches[rank::world_size]:
-            batch = _to(collate([dataset[i] for i in micro]), device)
+            batch = _to(collate([dataset[i] for i in micro], full_width_parts=getattr(dataset, "full_width_parts", ())), device)
             loss, parts = loss_fn(trained, batch)
             finite = bool(torch.isfinite(loss.detach()))
             if world_size > 1:  # every rank stops together, or the others would wait forever
@@ -360,11 +360,16 @@ def train_loop(
 # Unlearning and fine-tuning
 
 
-def unlearning_dataset(method, forget, retain, refusals, tokenizer, prompt, max_length, label_mode, seed=0):
+def unlearning_dataset(method, forget, retain, refusals, tokenizer, prompt, max_length, label_mode, seed=0,
+                       kl_full_padding: bool = True):
+    """The method's batch parts per forget item. With ``kl_full_padding`` (the reference's behaviour),
+    parts whose reference *logits* are compared (KL, LLMU's KL term) stay padded to ``max_length``,
+    so the KL's ``batchmean`` averages over ``B * max_length`` positions as the reference code's."""
     from .data import UnlearningDataset
 
+    full = method.ref_logit_parts if kl_full_padding else ()
     return UnlearningDataset(forget, retain, refusals, tokenizer, prompt, max_length, set(method.batch_parts),
-                             label_mode, seed)
+                             label_mode, seed, full_width_parts=full)
 
 
 def cache_reference_logprobs(method, ref_model, dataset, batch_size: int = 16) -> None:
@@ -405,7 +410,7 @@ def unlearn(model, tokenizer, prompt, method, data, train_cfg, label_mode: str, 
     from .losses import compute_loss
 
     dataset = unlearning_dataset(method, data.forget, data.retain, data.refusals, tokenizer, prompt,
-                                 train_cfg.max_length, label_mode)
+                                 train_cfg.max_length, label_mode, kl_full_padding=train_cfg.kl_full_padding)
     if cache_reference and ref_model is not None:
         cache_reference_logprobs(method, ref_model, dataset)
     keep_ref = ref_model if (method.needs_live_ref_model or not cache_reference) else None

@@ -555,3 +555,65 @@ def test_tiny_llama_moves_the_intended_way(name, target_llama):
         assert after["idk_logp"] > before["idk_logp"] + 6.0, (before, after)
     if forget == "ME":
         assert after["me"] < 0.75 * before["me"], (before, after)
+
+
+# --------------------------------------------------------------------------------------------------
+# Composite methods through compute_loss: each part feeds the term it belongs to
+# --------------------------------------------------------------------------------------------------
+
+
+def _logits(model, part):
+    return model(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
+
+
+def _hand_composite(name: str, model, ref, batch, alpha: float, reg: float, beta: float) -> float:
+    """``alpha * L_forget + reg * L_reg`` of a paper method, written out from the pure losses with each
+    batch part named explicitly (REFERENCE §3): forget answers, refusals to forget questions, retain
+    answers, refusals to retain questions."""
+    with torch.no_grad():
+        z = {p: _logits(model, batch[p]) for p in batch}
+        z_ref = {p: _logits(ref, batch[p]) for p in batch}
+    lab = {p: batch[p]["labels"] for p in batch}
+
+    def logp(logits, part):
+        return sequence_logprob(logits[part], lab[part])
+
+    forget_name, reg_name = name.split("+")
+    forget = {
+        "GA": lambda: ga_loss(z["forget"], lab["forget"]),
+        "NPO": lambda: npo_loss(logp(z, "forget"), logp(z_ref, "forget"), beta),
+        "DPO": lambda: dpo_loss(logp(z, "forget_idk"), logp(z, "forget"), logp(z_ref, "forget_idk"), logp(z_ref, "forget"), beta),
+        "IDK": lambda: idk_loss(z["forget_idk"], lab["forget_idk"]),
+        "ME": lambda: me_loss(z["forget"], lab["forget"]),
+    }[forget_name]()
+    regularization = {
+        "GD": lambda: gd_loss(z["retain"], lab["retain"]),
+        "KL": lambda: kl_loss(z["retain"], z_ref["retain"]),
+        "AP": lambda: ap_loss(logp(z, "retain"), logp(z, "retain_idk"), beta),
+    }[reg_name]()
+    return float(alpha * forget + reg * regularization)
+
+
+@pytest.mark.parametrize("name", PAPER_METHODS)
+def test_composite_methods_feed_each_part_to_its_term(name):
+    # Distinct parts (forget / retain / refusal tokens from disjoint ranges), a reference model that
+    # differs from the trained one, and coefficients that differ: a swap of two parts, of AP's two
+    # arguments, of DPO's preferred / rejected, or of the two coefficients changes the value.
+    model, ref = tiny_llama(seed=0), tiny_llama(seed=1)
+    batch = tiny_batch()
+    alpha, reg, beta = 0.7, 1.3, 0.5
+    method = Method.parse(name, forget_coeff=alpha, regularization_coeff=reg, beta=beta)
+    with torch.no_grad():
+        out = compute_loss(method, model, batch, ref_model=ref)
+    expected = _hand_composite(name, model, ref, batch, alpha, reg, beta)
+    assert float(out.total) == pytest.approx(expected, rel=1e-6)
+    assert float(out.parts["forget"]) * alpha + float(out.parts["regularization"]) * reg == pytest.approx(expected, rel=1e-6)
+    # The check can fail: the same formula with the retain and forget parts swapped gives another value.
+    swapped = dict(batch, forget=batch["retain"], retain=batch["forget"], forget_idk=batch["retain_idk"],
+                   retain_idk=batch["forget_idk"])
+    assert _hand_composite(name, model, ref, swapped, alpha, reg, beta) != pytest.approx(expected, rel=1e-3)
+    if name.endswith("+AP"):
+        with torch.no_grad():
+            ap_swapped = ap_loss(sequence_logprob(_logits(model, batch["retain_idk"]), batch["retain_idk"]["labels"]),
+                                 sequence_logprob(_logits(model, batch["retain"]), batch["retain"]["labels"]), beta)
+        assert float(ap_swapped) != pytest.approx(float(out.parts["regularization"]), rel=1e-3)

@@ -115,8 +115,6 @@ def test_notebooks_on_empty_store_print_the_hint(tmp_path):
 @pytest.fixture(scope="session")
 def smoke_store(tmp_path_factory) -> tuple[str, str]:
     """Smoke studies of every scenario in one store, as the README tells users to run them."""
-    if not SWEEP.exists():
-        pytest.skip("experiments/sweep.py does not exist yet")
     tmp = tmp_path_factory.mktemp("smoke")
     uri, experiment = f"sqlite:///{tmp}/mlflow.db", "smoke-notebooks"
     for scenario in ("fictitious", "continual", "real-world"):

@@ -611,3 +611,68 @@ def test_fused_adamw_matches_the_unfused_update():
     for a, b, w in zip(*results, weights):
         assert not torch.equal(a, w)
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+# --------------------------------------------------------------------------------------------------
+# KL averaging: the reference pads every retain batch to max_length and divides by B * max_length
+
+
+class _RecordSteps:
+    def __init__(self):
+        self.events = []
+
+    def on_step(self, event):
+        self.events.append(event)
+
+
+def _reference_kl(model, ref, items, part: str = "retain") -> float:
+    """The reference code's KL on one micro-batch, written out: every row padded to ``max_length``
+    (no trimming), ``kl_div(log_softmax(z), log_softmax(z_ref), reduction='batchmean',
+    log_target=True)`` over the ``B * max_length`` flattened positions."""
+    ids = torch.stack([item[part]["input_ids"] for item in items])
+    mask = torch.stack([item[part]["attention_mask"] for item in items])
+    with torch.no_grad():
+        z = model(input_ids=ids, attention_mask=mask).logits.float()
+        z_ref = ref(input_ids=ids, attention_mask=mask).logits.float()
+    v = z.shape[-1]
+    logp = torch.log_softmax(z, -1).view(-1, v)
+    ref_logp = torch.log_softmax(z_ref, -1).view(-1, v)
+    return float((ref_logp.exp() * (ref_logp - logp)).sum() / (ids.shape[0] * ids.shape[1]))
+
+
+@pytest.mark.parametrize("method_name", ["GA+KL", "LLMU"])
+@pytest.mark.parametrize("full_padding", [True, False])
+def test_kl_averages_over_max_length_like_the_reference(tiny, scenario, method_name, full_padding):
+    method = Method.parse(method_name)
+    model = copy.deepcopy(tiny.model)
+    with torch.random.fork_rng(devices=[]):  # a reference that differs from the model, so KL > 0
+        torch.manual_seed(7)
+        ref = copy.deepcopy(tiny.model)
+        for p in ref.parameters():
+            p.data.add_(0.05 * torch.randn_like(p))
+    ref.eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    max_length = 48
+    cfg = TrainConfig(lr=1e-4, epochs=1, batch_size=2, grad_accum=1, max_length=max_length, kl_full_padding=full_padding)
+    recorder = _RecordSteps()
+    T.unlearn(model, tiny.tokenizer, tiny.prompt, method, scenario, cfg, "answer", ref_model=ref, callbacks=[recorder])
+    # Step 1 runs before any optimizer step: its KL term is KL(ref || initial model) on the first batch.
+    dataset = T.unlearning_dataset(method, scenario.forget, scenario.retain, scenario.refusals, tiny.tokenizer, tiny.prompt,
+                                   max_length, "answer")
+    stream = T.index_stream(len(dataset), cfg.seed)
+    items = [dataset[next(stream)] for _ in range(cfg.batch_size)]
+    expected = _reference_kl(tiny.model, ref, items)
+    longest = max(int(item["retain"]["attention_mask"].sum()) for item in items)
+    assert longest < max_length - 8  # the batch has padding columns that trimming would cut
+    logged = recorder.events[0].parts["regularization" if method_name == "GA+KL" else "regularization/kl"]
+    if full_padding:
+        assert logged == pytest.approx(expected, rel=1e-5)
+    else:  # trimmed: the same KL sum over fewer positions, a larger mean
+        # Trimming keeps the columns some row attends to or labels (the EOS label sits one past the text).
+        width = max(int(((it["retain"]["attention_mask"] > 0) | (it["retain"]["labels"] != -100)).nonzero().max()) + 1
+                    for it in items)
+        trimmed = _reference_kl(tiny.model, ref, [{"retain": {k: v[:width] for k, v in item["retain"].items()}}
+                                                  for item in items])
+        assert logged == pytest.approx(trimmed, rel=1e-5)
+        assert logged != pytest.approx(expected, rel=1e-3)
