@@ -36,6 +36,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "trainer": ("bench_trainer.py", [], ["--model", "tiny-llama", "--steps", "3", "--repeat", "2"]),
     "trial": ("bench_trial.py", [], ["--preset", "smoke"]),
     "eval": ("bench_eval.py", [], ["--model", "tiny-llama", "--items", "4", "--max-length", "64"]),
+    "kl_padding": ("bench_kl_padding.py", [], ["--model", "tiny-llama", "--pairs", "2"]),
 }
 """Run in this order. ``bench_eval.py`` belongs to the evaluation module's owner."""
 

@@ -211,14 +211,18 @@ def check_fixed_config(study, fixed: dict, storage_url: str) -> None:
             "run with its settings to resume it, or pass a new --study-name")
 
 
-def make_sampler(settings: StudySettings, space: dict):
+def make_sampler(settings: StudySettings, space: dict, offset: int = 0):
+    """The study's sampler. ``offset`` (the number of trials already in the study) moves TPE's seed, so
+    a resumed study or a second worker does not repeat the first suggestions. Grid and paper samplers
+    keep ``settings.seed``: their grid order is drawn from it, and trial ``k`` takes grid point ``k``
+    of that order, so every worker must share one order (a moved seed would repeat points)."""
     import optuna
 
     if settings.sampler in ("grid", "paper"):
         return optuna.samplers.GridSampler({k: list(v) for k, v in space.items()}, seed=settings.seed)
     if settings.objective == "pareto":
-        return optuna.samplers.TPESampler(seed=settings.seed, multivariate=True)
-    return optuna.samplers.TPESampler(seed=settings.seed)
+        return optuna.samplers.TPESampler(seed=settings.seed + offset, multivariate=True)
+    return optuna.samplers.TPESampler(seed=settings.seed + offset)
 
 
 def objective_values(summary: dict, objective: str):
@@ -495,7 +499,7 @@ class Sweep:
                                     pruner=optuna.pruners.MedianPruner(n_startup_trials=2) if self.settings.prune else optuna.pruners.NopPruner())
         # A sampler seeded alike in every process would repeat the same first suggestions when a
         # study resumes or a second worker joins: offset the seed by the trials already there.
-        study.sampler = make_sampler(dataclasses.replace(self.settings, seed=self.settings.seed + len(study.trials)), space)
+        study.sampler = make_sampler(self.settings, space, offset=len(study.trials))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(["model_utility", "forget_efficacy"] if self.settings.objective == "pareto"
@@ -512,8 +516,7 @@ class Sweep:
             # Re-seeded before every trial (TPE keeps no state but its RNG): workers that share the study
             # draw different suggestions instead of repeating each other's sequence; one worker stays
             # deterministic (trial k uses seed + k).
-            study.sampler = make_sampler(dataclasses.replace(self.settings, seed=self.settings.seed
-                                                             + len(study.get_trials(deepcopy=False))), space)
+            study.sampler = make_sampler(self.settings, space, offset=len(study.get_trials(deepcopy=False)))
 
             def objective(trial):
                 try:
