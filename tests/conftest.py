@@ -43,3 +43,51 @@ def shared_data() -> Path:
     if not (path / "tofu").is_dir():
         pytest.skip(f"shared TOFU data not found at {path} (set UNLEARNING_SHARED_DATA)")
     return path
+
+
+# --------------------------------------------------------------------------------------------------
+# experiments/sweep.py in this process, and one smoke store shared by the tests that only read it
+
+
+def _sweep_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sweep_entry", ROOT / "experiments" / "sweep.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_sweep(store: Path, *args: str, experiment: str = "trials") -> tuple[int, str, str]:
+    """``python experiments/sweep.py --preset smoke ...`` in this process (``sweep.main(argv)``), on the
+    stores under ``store``; returns (exit code, stdout, stderr). Tests that need a signal, a second
+    process or a server start sweep.py as a subprocess instead."""
+    import contextlib
+    import io
+
+    argv = ["--preset", "smoke", "--no-progress", "--tracking-uri", f"sqlite:///{store}/mlflow.db",
+            "--storage", f"sqlite:///{store}/optuna.db", "--experiment", experiment, *args]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = _sweep_module().main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+SMOKE_METHODS = ("GA+GD", "ME+GD")
+SMOKE_EXPERIMENT = "smoke-notebooks"
+
+
+@pytest.fixture(scope="session")
+def smoke_store(tmp_path_factory) -> tuple[Path, str]:
+    """Smoke studies of every scenario in one store, as the README tells users to run them: GA+GD and
+    ME+GD, 2 trials each (continual: tasks 1-3), the default keep policy; each sweep's output in
+    ``<store>/<scenario>.stdout``. Read by the notebook, trial and sweep tests; the one that writes to it
+    re-runs the same command, which must add nothing."""
+    store = tmp_path_factory.mktemp("smoke")
+    for scenario in ("fictitious", "continual", "real-world"):
+        code, out, err = run_sweep(store, "--scenario", scenario, "--method", *SMOKE_METHODS, "--n-trials", "2",
+                                   experiment=SMOKE_EXPERIMENT)
+        if code != 0:
+            pytest.fail(f"smoke sweep of {scenario} exited {code}:\n{out[-2000:]}\n{err[-3000:]}")
+        (store / f"{scenario}.stdout").write_text(out)
+    return store, SMOKE_EXPERIMENT

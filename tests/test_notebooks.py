@@ -5,7 +5,7 @@
 * ``test_notebooks_on_example_store`` (slow, ~1 min): the store of ``tests/test_analysis.py``
   (known numbers, so the tables are checked value by value).
 * ``test_notebooks_on_smoke_studies`` (slow, a few minutes): real output of ``experiments/sweep.py
-  --preset smoke`` for each scenario (a tiny random model); skipped while sweep.py does not exist.
+  --preset smoke`` for each scenario (a tiny random model; the session's shared ``smoke_store``).
 
 Each executed notebook writes its tables (CSV) to ``tables_dir`` and its figures (PNG) to
 ``figures_dir``; the tests read those back.
@@ -13,20 +13,17 @@ Each executed notebook writes its tables (CSV) to ``tables_dir`` and its figures
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
 import pandas as pd
 import pytest
 
+from conftest import SMOKE_METHODS
 from study import analysis as A
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = {name: ROOT / "notebooks" / f"{name}.ipynb" for name in ("fictitious", "continual", "real_world")}
-SWEEP = ROOT / "experiments" / "sweep.py"
-SMOKE_METHODS = ("GA+GD", "ME+GD")
 FIGURES = {"fictitious": ("mu_fe.png", "sensitivity.png"), "continual": ("continual.png",),
            "real_world": ("real_world_mu_fe.png",)}
 
@@ -112,24 +109,10 @@ def test_notebooks_on_empty_store_print_the_hint(tmp_path):
     assert pd.read_csv(tmp_path / "continual_table.csv").empty
 
 
-@pytest.fixture(scope="session")
-def smoke_store(tmp_path_factory) -> tuple[str, str]:
-    """Smoke studies of every scenario in one store, as the README tells users to run them."""
-    tmp = tmp_path_factory.mktemp("smoke")
-    uri, experiment = f"sqlite:///{tmp}/mlflow.db", "smoke-notebooks"
-    for scenario in ("fictitious", "continual", "real-world"):
-        command = [sys.executable, str(SWEEP), "--preset", "smoke", "--scenario", scenario,
-                   "--method", *SMOKE_METHODS, "--n-trials", "2", "--tracking-uri", uri,
-                   "--storage", f"sqlite:///{tmp}/optuna.db", "--experiment", experiment]
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1800)
-        if done.returncode != 0:
-            pytest.fail(f"{' '.join(command)} exited {done.returncode}:\n{done.stderr[-3000:]}")
-    return uri, experiment
-
-
 @pytest.mark.slow
 def test_notebooks_on_smoke_studies(smoke_store, tmp_path):
-    uri, experiment = smoke_store
+    store, experiment = smoke_store
+    uri = f"sqlite:///{store}/mlflow.db"
     runs = A.fetch_runs(uri, experiment)
     dirs = execute_all(uri, experiment, tmp_path)
     check_figures(dirs)

@@ -9,20 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SMOKE_METHODS, run_sweep
+
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ROOT / "experiments" / "sweep.py"
 
 pytestmark = pytest.mark.slow
-
-
-def sweep(store: Path, *args: str, check: bool = True, experiment: str = "e2e") -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(SWEEP), "--preset", "smoke", "--no-progress", "--tracking-uri", f"sqlite:///{store}/mlflow.db",
-           "--storage", f"sqlite:///{store}/optuna.db", "--experiment", experiment, *args]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
-    if check:
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return proc
 
 
 def runs(store: Path, experiment: str = "e2e", kind: str | None = None):
@@ -33,60 +25,78 @@ def runs(store: Path, experiment: str = "e2e", kind: str | None = None):
     return frame if kind is None else frame[frame["tags.study.kind"] == kind]
 
 
-@pytest.fixture(scope="module")
-def fictitious(tmp_path_factory):
-    store = tmp_path_factory.mktemp("fictitious")
-    first = sweep(store, "--n-trials", "2", "--method", "ME+GD")
-    return store, first
+FICTITIOUS = "smoke-fictitious-forget01-tiny-llama"
 
 
-def test_one_parent_two_children_with_everything(fictitious):
+def test_one_parent_per_method_with_its_trials_and_everything(smoke_store):
     import mlflow
-
-    store, first = fictitious
-    parents, trials = runs(store, kind="study"), runs(store, kind="trial")
-    assert len(parents) == 1 and len(trials) == 2
-    assert set(trials["tags.mlflow.parentRunId"]) == {parents["run_id"].iloc[0]}
-    assert set(trials["status"]) == {"FINISHED"}
-    for column in ("metrics.model_utility", "metrics.forget_efficacy", "metrics.forget_quality", "metrics.forget/rouge",
-                   "metrics.retain/truth_ratio", "metrics.world_facts/cosine", "metrics.real_authors/probability",
-                   "metrics.model_utility_retain", "metrics.tofu_model_utility"):
-        assert trials[column].notna().all(), column
-    for column in ("params.train.lr", "params.method.forget_coeff", "params.method.name", "params.data.split",
-                   "params.sampled.lr"):
-        assert trials[column].notna().all(), column
-    for tag in ("scenario", "method", "split", "task", "model", "data_source", "study_name", "trial_number",
-                "code_version", "entailment", "target_run_id", "version.torch"):
-        assert trials[f"tags.study.{tag}"].notna().all(), tag
-    assert set(trials["tags.study.method"]) == {"ME+GD"} and set(trials["tags.study.entailment"]) == {"missing"}
-    client = mlflow.tracking.MlflowClient()
-    run_id = trials["run_id"].iloc[0]
-    names = {a.path for a in client.list_artifacts(run_id)}
-    assert {"config.json", "eval"} <= names
-    items = client.list_artifacts(run_id, "eval")
-    assert [a.path for a in items] == ["eval/items_task1.csv"]
-    history = client.get_metric_history(run_id, "train/loss")
-    assert len(history) >= 2 and {"train/lr", "train/grad_norm", "train/forget", "train/regularization"} <= set(
-        client.get_run(run_id).data.metrics)
-    # Target and retain models are runs of their own, referenced by the trials.
-    targets = runs(store, kind="target")
-    assert set(trials["tags.study.target_run_id"]) <= set(targets["run_id"])
-    assert len(runs(store, kind="retain_model")) == 1
-    # The keep policy (best): only Pareto-best trials keep a checkpoint.
-    kept = [r for r in trials["run_id"] if any(a.path == "checkpoint" for a in client.list_artifacts(r))]
-    assert 1 <= len(kept) <= 2
-    assert "Pareto-best trials" in first.stdout and "mlflow ui --backend-store-uri" in first.stdout
-
-
-def test_rerun_adds_no_duplicate_trials(fictitious):
     import optuna
 
-    store, _ = fictitious
-    again = sweep(store, "--n-trials", "2", "--method", "ME+GD")
-    assert "2/2 trials finished" in again.stdout
-    assert len(runs(store, kind="trial")) == 2
-    study = optuna.load_study(study_name="smoke-fictitious-forget01-tiny-llama/ME+GD", storage=f"sqlite:///{store}/optuna.db")
-    assert len(study.trials) == 2
+    store, experiment = smoke_store
+    all_trials = runs(store, experiment, kind="trial")
+    all_trials = all_trials[all_trials["tags.study.scenario"] == "fictitious"]
+    parents = runs(store, experiment, kind="study")
+    client = mlflow.tracking.MlflowClient()
+    for method in SMOKE_METHODS:
+        parent = parents[parents["tags.study.study_name"] == f"{FICTITIOUS}/{method}"]
+        trials = all_trials[all_trials["tags.study.method"] == method]
+        assert len(parent) == 1 and len(trials) == 2
+        assert parent["status"].iloc[0] == "FINISHED" and parent["metrics.n_trials_finished"].iloc[0] == 2
+        assert set(trials["tags.mlflow.parentRunId"]) == {parent["run_id"].iloc[0]}
+        assert set(trials["status"]) == {"FINISHED"}
+        assert sorted(trials["tags.study.trial_number"].astype(int)) == [0, 1]
+        for column in ("metrics.model_utility", "metrics.forget_efficacy", "metrics.forget_quality"):
+            assert trials[column].between(0, 1).all(), column
+        for column in ("metrics.forget/rouge", "metrics.retain/truth_ratio", "metrics.world_facts/cosine",
+                       "metrics.real_authors/probability", "metrics.model_utility_retain", "metrics.tofu_model_utility"):
+            assert trials[column].notna().all(), column
+        # Each trial's parameters are its Optuna trial's.
+        study = optuna.load_study(study_name=f"{FICTITIOUS}/{method}", storage=f"sqlite:///{store}/optuna.db")
+        by_number = {t.number: t for t in study.trials}
+        for _, row in trials.iterrows():
+            optuna_trial = by_number[int(row["tags.study.trial_number"])]
+            assert float(row["params.train.lr"]) == pytest.approx(optuna_trial.params["lr"], rel=1e-12)
+            assert float(row["params.sampled.lr"]) == pytest.approx(optuna_trial.params["lr"], rel=1e-12)
+            assert float(row["params.method.forget_coeff"]) == pytest.approx(optuna_trial.params["forget_coeff"], rel=1e-12)
+            assert row["run_id"] == optuna_trial.user_attrs["mlflow_run_id"]
+            assert row["metrics.model_utility"] == pytest.approx(optuna_trial.values[0], rel=1e-12)
+        assert set(trials["params.method.name"]) == {method} and set(trials["params.data.split"]) == {"forget01"}
+        for tag in ("scenario", "method", "split", "task", "model", "data_source", "study_name", "trial_number",
+                    "code_version", "entailment", "target_run_id", "retain_run_id", "version.torch"):
+            assert trials[f"tags.study.{tag}"].notna().all(), tag
+        assert set(trials["tags.study.entailment"]) == {"missing"}
+        run_id = trials["run_id"].iloc[0]
+        assert {"config.json", "eval"} <= {a.path for a in client.list_artifacts(run_id)}
+        assert [a.path for a in client.list_artifacts(run_id, "eval")] == ["eval/items_task1.csv"]
+        history = client.get_metric_history(run_id, "train/loss")
+        assert [m.step for m in history] == list(range(1, len(history) + 1)) and len(history) >= 2
+        assert {"train/lr", "train/grad_norm", "train/forget", "train/regularization"} <= set(client.get_run(run_id).data.metrics)
+        # The keep policy (best): exactly the Pareto-best trials keep a checkpoint.
+        best = {t.user_attrs["mlflow_run_id"] for t in study.best_trials}
+        kept = {r for r in trials["run_id"] if any(a.path == "checkpoint" for a in client.list_artifacts(r))}
+        assert kept == best
+    # Target and retain models are runs of their own, referenced by the trials.
+    targets = runs(store, experiment, kind="target")
+    assert set(all_trials["tags.study.target_run_id"]) <= set(targets["run_id"])
+    retain = runs(store, experiment, kind="retain_model")
+    assert set(all_trials["tags.study.retain_run_id"]) == set(retain[retain["tags.study.scenario"] == "fictitious"]["run_id"])
+    out = (store / "fictitious.stdout").read_text()
+    assert "Pareto-best trials" in out and "mlflow ui --backend-store-uri" in out
+
+
+def test_rerun_adds_no_duplicate_trials(smoke_store):
+    import optuna
+
+    store, experiment = smoke_store
+    before = len(runs(store, experiment, kind="trial"))
+    code, out, err = run_sweep(store, "--scenario", "fictitious", "--method", *SMOKE_METHODS, "--n-trials", "2",
+                               experiment=experiment)
+    assert code == 0, err[-3000:]
+    assert out.count("2/2 trials finished") == len(SMOKE_METHODS)
+    assert len(runs(store, experiment, kind="trial")) == before
+    for method in SMOKE_METHODS:
+        study = optuna.load_study(study_name=f"{FICTITIOUS}/{method}", storage=f"sqlite:///{store}/optuna.db")
+        assert len(study.trials) == 2
 
 
 def test_two_workers_share_one_sqlite_study(tmp_path):
@@ -118,8 +128,9 @@ def test_two_workers_share_one_sqlite_study(tmp_path):
 def test_continual_smoke_logs_per_task_metrics(tmp_path):
     import mlflow
 
-    sweep(tmp_path, "--scenario", "continual", "--tasks", "1", "2", "--n-trials", "1", "--method", "NPO+GD",
-          "--fix-ref-model", experiment="cont")
+    code, out, err = run_sweep(tmp_path, "--scenario", "continual", "--tasks", "1", "2", "--n-trials", "1",
+                               "--method", "NPO+GD", "--fix-ref-model", experiment="cont")
+    assert code == 0, err[-3000:]
     trials = runs(tmp_path, "cont", kind="trial")
     assert len(trials) == 1 and trials["tags.study.scenario"].iloc[0] == "continual"
     client = mlflow.tracking.MlflowClient()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import time
 
 import numpy as np
 import pytest
@@ -20,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from study import models, runner  # noqa: E402
 from study import train as T  # noqa: E402
-from study.config import FinetuneConfig, RunConfig, TrainConfig  # noqa: E402
+from study.config import RunConfig, TrainConfig  # noqa: E402
 from study.data import BuiltinSource, UnlearningDataset, collate, load_scenario  # noqa: E402
 from study.losses import Method, mean_nll, npo_loss, sequence_logprob  # noqa: E402
 
@@ -553,41 +552,37 @@ def test_checkpoint_loads_with_transformers_and_gives_identical_logits(tiny, tmp
 # Slow: a real target model
 
 
-def _default_finetune() -> FinetuneConfig:
-    """The default preset's fine-tuning (experiments/presets/default.toml), the one this test vouches for."""
-    import tomllib
-    from pathlib import Path
-
-    preset = tomllib.loads((Path(__file__).resolve().parents[1] / "experiments/presets/default.toml").read_text())
-    return FinetuneConfig(**preset["config"]["finetune"])
-
-
 @pytest.mark.slow
-def test_smollm2_target_memorises_and_keeps_utility():
-    """The default preset's fine-tuning makes SmolLM2-135M memorise built-in authors (forget ROUGE-L recall
-    >= 0.8; the base model scores ~0.57 on these templated answers) without wrecking what it knew: a
-    harsher fine-tuning (2 epochs at 1e-3) answered "The capital of Japan is a violinist". 4 authors'
-    40 rows here (the preset has 12), ~2-3 min on 2 CPU cores."""
+def test_smollm2_default_target_memorises_and_keeps_utility():
+    """The default preset's fine-tuning makes SmolLM2-135M memorise the built-in authors (forget ROUGE-L
+    recall >= 0.8; the base model scores ~0.57 on these templated answers) without wrecking what it
+    knew: a harsher fine-tuning (2 epochs at 1e-3) answered "The capital of Japan is a violinist".
+
+    The target is ``runner.target_model`` of the default preset: fine-tuned once and cached, the very
+    model the default job (``tests/test_default_job.py``) unlearns from; whichever test runs first
+    fine-tunes it (~2.5 min on 2 CPU cores), the other reads the cache."""
+    from conftest import _sweep_module
     from study.evaluate import MetricModels, evaluate
 
-    lm = models.load("smollm2-135m", device="cpu")
-    data = load_scenario(BuiltinSource(n_authors=4), "fictitious", "forget01", 1)
+    sweep = _sweep_module()
+    cfg, _, _ = sweep.plan(sweep.build_parser().parse_args([]))
+    assert cfg.model.name == "smollm2-135m"
+    data = runner.scenario_data(cfg, 1)
+    target = runner.target_model(cfg, data, torch.device("cpu"), progress=False)
     sets = [s for s in data.eval_sets if s.kind in ("forget", "world_facts")]
     metric_models = MetricModels(HashEmbedder(), "hash", None, None, "no NLI in tests", torch.device("cpu"))
 
-    def rouge():
+    def rouge(path):
+        lm = models.load(path, device="cpu", dtype=torch.float32)
         summary = evaluate(lm.model, lm.tokenizer, lm.prompt, sets, "fictitious", metric_models, batch_size=16,
                            max_length=96, progress=False).summary
         return summary["forget/rouge"], summary["world_facts/rouge"]
 
-    base_forget, base_world = rouge()
-    started = time.perf_counter()
-    result = T.finetune(lm.model, lm.tokenizer, lm.prompt, data.full, _default_finetune())
-    seconds = time.perf_counter() - started
-    forget, world = rouge()
-    print(f"fine-tune: {result.steps} steps in {seconds:.0f} s, final loss {result.history[-1].loss:.3f}; "
+    base_forget, base_world = rouge("smollm2-135m")
+    forget, world = rouge(target.path)
+    print(f"target {target.path} ({'cached' if target.cached else f'fine-tuned in {target.seconds:.0f} s'}): "
           f"forget ROUGE-L recall {base_forget:.3f} -> {forget:.3f}, world facts {base_world:.3f} -> {world:.3f}")
-    assert forget >= 0.8
+    assert forget >= 0.8 and forget > base_forget + 0.2
     assert world >= 0.6 * base_world
 
 

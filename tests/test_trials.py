@@ -10,37 +10,16 @@ The sweeps run in this process (``sweep.main(argv)``): nothing here needs a sign
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import io
 import math
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import SMOKE_METHODS, _sweep_module, run_sweep
+
 pytestmark = pytest.mark.slow
-
-
-def _sweep_module():
-    spec = importlib.util.spec_from_file_location("sweep_entry", ROOT / "experiments" / "sweep.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 SWEEP = _sweep_module()
-
-
-def run_sweep(store: Path, *args: str, experiment: str = "trials") -> tuple[int, str, str]:
-    """``python experiments/sweep.py --preset smoke ...`` in this process; returns (exit code, stdout, stderr)."""
-    argv = ["--preset", "smoke", "--no-progress", "--tracking-uri", f"sqlite:///{store}/mlflow.db",
-            "--storage", f"sqlite:///{store}/optuna.db", "--experiment", experiment, *args]
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = SWEEP.main(argv)
-    return code, out.getvalue(), err.getvalue()
 
 
 def client_for(store: Path):
@@ -49,10 +28,11 @@ def client_for(store: Path):
     return MlflowClient(f"sqlite:///{store}/mlflow.db")
 
 
-def runs_of(store: Path, kind: str, experiment: str = "trials") -> list:
+def runs_of(store: Path, kind: str, experiment: str = "trials", scenario: str | None = None) -> list:
     client = client_for(store)
     exp = client.get_experiment_by_name(experiment)
-    return client.search_runs([exp.experiment_id], f"tags.`study.kind` = '{kind}'", max_results=1000)
+    query = f"tags.`study.kind` = '{kind}'" + (f" and tags.`study.scenario` = '{scenario}'" if scenario else "")
+    return client.search_runs([exp.experiment_id], query, max_results=1000)
 
 
 def items_csv(store: Path, run_id: str, name: str) -> pd.DataFrame:
@@ -68,16 +48,15 @@ def smoke_config(*overrides: str):
     return cfg
 
 
-# --------------------------------------------------------------------------------------------------
-# A fictitious study that keeps every checkpoint
+# The session's smoke store (conftest.smoke_store): GA+GD and ME+GD, 2 trials each, every scenario
 
 
 @pytest.fixture(scope="module")
-def fictitious(tmp_path_factory):
-    store = tmp_path_factory.mktemp("fictitious")
-    code, out, err = run_sweep(store, "--method", "ME+GD", "--n-trials", "2", "--keep-checkpoints", "all")
-    assert code == 0, out[-2000:] + err[-3000:]
-    return store
+def fictitious(smoke_store):
+    store, experiment = smoke_store
+    trials = runs_of(store, "trial", experiment, "fictitious")
+    assert len(trials) == 2 * len(SMOKE_METHODS)
+    return store, experiment, trials
 
 
 def test_items_csv_has_one_row_per_evaluated_item_and_its_means_are_the_logged_metrics(fictitious):
@@ -87,8 +66,9 @@ def test_items_csv_has_one_row_per_evaluated_item_and_its_means_are_the_logged_m
     data = runner.scenario_data(smoke_config(), 1)
     expected_rows = {s.name: len(s.rows) for s in data.eval_sets}
     assert set(expected_rows) == {"forget", "retain", "real_authors", "world_facts"}
-    for run in runs_of(fictitious, "trial"):
-        items = items_csv(fictitious, run.info.run_id, "eval/items_task1.csv")
+    store, _, trials = fictitious
+    for run in trials:
+        items = items_csv(store, run.info.run_id, "eval/items_task1.csv")
         assert items.groupby("set").size().to_dict() == expected_rows
         for s in data.eval_sets:  # every row is its set's item, with the generation and the truth
             part = items[items["set"] == s.name].sort_values("item")
@@ -112,13 +92,14 @@ def test_items_csv_has_one_row_per_evaluated_item_and_its_means_are_the_logged_m
 def test_forget_quality_is_the_ks_test_of_trial_and_retain_model_truth_ratios(fictitious):
     from scipy.stats import ks_2samp
 
-    retain_runs = runs_of(fictitious, "retain_model")
+    store, experiment, trials = fictitious
+    retain_runs = runs_of(store, "retain_model", experiment, "fictitious")
     assert len(retain_runs) == 1
-    retain = items_csv(fictitious, retain_runs[0].info.run_id, "eval/items.csv")
+    retain = items_csv(store, retain_runs[0].info.run_id, "eval/items.csv")
     retain_r = retain[retain["set"] == "forget"].sort_values("item")["truth_ratio_raw"].to_numpy()
-    for run in runs_of(fictitious, "trial"):
+    for run in trials:
         assert run.data.tags["study.retain_run_id"] == retain_runs[0].info.run_id
-        items = items_csv(fictitious, run.info.run_id, "eval/items_task1.csv")
+        items = items_csv(store, run.info.run_id, "eval/items_task1.csv")
         ours = items[items["set"] == "forget"].sort_values("item")["truth_ratio_raw"].to_numpy()
         assert len(ours) == len(retain_r) > 1
         assert run.data.metrics["forget_quality"] == pytest.approx(ks_2samp(ours, retain_r).pvalue, rel=1e-9)
@@ -132,9 +113,11 @@ def test_kept_checkpoint_loads_with_transformers_and_gives_the_logged_rouge(fict
     from study import evaluate as ev
     from study import models, runner
 
-    run = runs_of(fictitious, "trial")[0]
-    assert run.data.tags["study.checkpoint"] == "kept"
-    path = download_artifacts(run_id=run.info.run_id, artifact_path="checkpoint", tracking_uri=f"sqlite:///{fictitious}/mlflow.db")
+    store, _, trials = fictitious
+    kept = [r for r in trials if r.data.tags.get("study.checkpoint") == "kept"]
+    assert kept  # the keep policy (best) keeps each study's Pareto-best trials
+    run = kept[0]
+    path = download_artifacts(run_id=run.info.run_id, artifact_path="checkpoint", tracking_uri=f"sqlite:///{store}/mlflow.db")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(path)
     prompt = models.prompt_format(models.resolve(path), tokenizer)  # the format recorded beside the weights
@@ -152,35 +135,37 @@ def test_kept_checkpoint_loads_with_transformers_and_gives_the_logged_rouge(fict
 
 
 @pytest.fixture(scope="module")
-def continual(tmp_path_factory):
-    store = tmp_path_factory.mktemp("continual")
-    code, out, err = run_sweep(store, "--scenario", "continual", "--tasks", "1", "2", "--method", "NPO+KL",
-                               "--n-trials", "1", "--keep-checkpoints", "none")
-    assert code == 0, out[-2000:] + err[-3000:]
-    return store
+def continual(smoke_store):
+    store, experiment = smoke_store
+    trials = runs_of(store, "trial", experiment, "continual")
+    assert len(trials) == 2 * len(SMOKE_METHODS)
+    return store, experiment, trials
 
 
 def test_continual_training_curves_continue_over_tasks(continual):
     from study import runner
     from study.train import max_steps_for
 
-    cfg = smoke_config("--scenario", "continual", "--tasks", "1", "2")
+    store, _, trials = continual
+    cfg = smoke_config("--scenario", "continual")
+    assert cfg.data.tasks == [1, 2, 3]
     per_task = [max_steps_for(len(runner.scenario_data(cfg, k).forget), cfg.train.epochs,
-                              cfg.train.batch_size * cfg.train.grad_accum) for k in (1, 2)]
-    (run,) = runs_of(continual, "trial")
-    history = client_for(continual).get_metric_history(run.info.run_id, "train/loss")
-    steps = sorted(m.step for m in history)
-    # Task 2's steps follow task 1's: every step once, none overwritten.
-    assert steps == list(range(1, sum(per_task) + 1))
-    for key in ("train/forget", "train/regularization", "train/lr"):
-        assert len(client_for(continual).get_metric_history(run.info.run_id, key)) == sum(per_task), key
+                              cfg.train.batch_size * cfg.train.grad_accum) for k in cfg.data.tasks]
+    client = client_for(store)
+    for run in trials:
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss"))
+        # Each task's steps follow the previous task's: every step once, none overwritten.
+        assert steps == list(range(1, sum(per_task) + 1))
+        for key in ("train/forget", "train/regularization", "train/lr"):
+            assert len(client.get_metric_history(run.info.run_id, key)) == sum(per_task), key
 
 
 def test_continual_trial_points_to_the_retain_model_of_its_last_task(continual):
-    retain_runs = {r.data.tags["study.task"]: r.info.run_id for r in runs_of(continual, "retain_model")}
-    assert set(retain_runs) == {"1", "2"}
-    (run,) = runs_of(continual, "trial")
-    assert run.data.tags["study.retain_run_id"] == retain_runs["2"]
+    store, experiment, trials = continual
+    retain_runs = {r.data.tags["study.task"]: r.info.run_id for r in runs_of(store, "retain_model", experiment, "continual")}
+    assert set(retain_runs) == {"1", "2", "3"}
+    for run in trials:
+        assert run.data.tags["study.retain_run_id"] == retain_runs["3"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -189,7 +174,6 @@ def test_continual_trial_points_to_the_retain_model_of_its_last_task(continual):
 
 # REFERENCE §4, written out: the released scripts' lr, α (forget_coeff), β and epochs.
 RELEASED = {
-    ("fictitious", "GA+GD"): [{"lr": 1e-5, "forget_coeff": 1.0}],
     ("fictitious", "IDK+AP"): [{"lr": 1e-5, "forget_coeff": 1.0, "beta": 0.1}],
     ("fictitious", "ME+GD"): [{"lr": 1e-5, "forget_coeff": 0.1}],
     ("real-world", "NPO+GD"): [{"lr": lr, "forget_coeff": 1.0, "beta": 0.1, "epochs": e}
