@@ -281,10 +281,11 @@ def init_stores(storage: str, tracking_uri: str, experiment: str = "unlearning-s
     """Create the Optuna tables and the MLflow experiment once, before several workers start (two
     workers creating them at the same moment can collide)."""
     from .search import open_storage
-    from .tracking import Tracker
+    from .tracking import Tracker, schema_lock
 
-    open_storage(storage)
-    Tracker(tracking_uri, experiment)
+    with schema_lock(storage, tracking_uri):
+        open_storage(storage)
+        Tracker(tracking_uri, experiment)
 
 
 def _main(argv=None) -> int:

@@ -233,8 +233,6 @@ UNREACHABLE = [
     ("--storage", f"postgresql+psycopg2://user:{PASSWORD}@127.0.0.1:1/optuna", "Optuna storage"),
     ("--storage", f"postgresql+psycopg2://user:{PASSWORD}@127.0.0.1:notaport/optuna", "Optuna storage"),
     ("--storage", f"mysql://user:{PASSWORD}@127.0.0.1:1/optuna", "Optuna storage"),
-    ("--storage", f"post gres://user:{PASSWORD}@127.0.0.1/optuna", "Optuna storage"),
-    ("--storage", f"user:{PASSWORD}@127.0.0.1/optuna", "Optuna storage"),
     ("--storage", f"postgresql://user:{PASSWORD}/x@127.0.0.1:1/optuna", "Optuna storage"),
     ("--tracking-uri", f"postgresql+psycopg2://user:{PASSWORD}@127.0.0.1:1/mlflow", "tracking store"),
     ("--tracking-uri", f"http://user:{PASSWORD}@127.0.0.1:1", "tracking store"),
@@ -250,6 +248,34 @@ def test_unreachable_store_is_one_line_without_the_password(sweep, capsys, tmp_p
     assert code == 2 and what in line and "unreachable" in line
     assert PASSWORD not in out + err
     assert not (tmp_path / "mlflow.db").exists()  # the tracking store is never created when a store is bad
+
+
+MALFORMED = [
+    ("--storage", f"post gres://user:{PASSWORD}@127.0.0.1/optuna", "Optuna storage"),
+    ("--storage", f"user:{PASSWORD}@127.0.0.1/optuna", "Optuna storage"),
+    ("--storage", f"user:{PASSWORD}@127.0.0.1//optuna", "Optuna storage"),
+    ("--storage", f"redis://user:{PASSWORD}@127.0.0.1/0", "Optuna storage"),
+    ("--storage", f"sqlite:///{{tmp}}/o.db?password={PASSWORD}\n", "Optuna storage"),
+    ("--tracking-uri", f"ftp://user:{PASSWORD}@127.0.0.1/m", "tracking store"),
+    ("--tracking-uri", f"user:{PASSWORD}@mlflow.internal:5000", "tracking store"),
+]
+
+
+@pytest.mark.parametrize("option,url,what", MALFORMED, ids=[u[1].split(PASSWORD)[0] + u[0] for u in MALFORMED])
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_unknown_store_scheme_is_refused_at_planning_without_the_password(sweep, capsys, tmp_path, monkeypatch, option, url,
+                                                                         what, dry_run):
+    """Issue 13 (2, 5): a store URL with an unknown scheme is refused by the plan (also with --dry-run), in one
+    line that shows no part of the password, before any store is created."""
+    monkeypatch.chdir(tmp_path)
+    stores = {"--storage": f"sqlite:///{tmp_path}/optuna.db", "--tracking-uri": f"sqlite:///{tmp_path}/mlflow.db",
+              option: url.replace("{tmp}", str(tmp_path))}
+    code, out, err = _run_main(sweep, capsys, ["--preset", "smoke", "--no-progress", *[x for kv in stores.items() for x in kv],
+                                               *(["--dry-run"] if dry_run else [])])
+    line = _one_error_line(err)
+    assert code == 2 and what in line and "unknown scheme" in line, line
+    assert PASSWORD not in out + err and "s3cr3t" not in out + err
+    assert list(tmp_path.iterdir()) == []
 
 
 @settings(max_examples=300, deadline=None)
