@@ -64,7 +64,8 @@ def _redact_userinfo(url: str) -> str:
         password = parts.password
     except ValueError:
         parts, password = None, None
-    well_formed = parts is not None and parts.netloc.count("@") == 1 and "@" not in url.split(parts.netloc, 1)[1]
+    well_formed = (parts is not None and parts.netloc.count("@") == 1 and parts.netloc in url  # (urlsplit drops \t\r\n)
+                   and "@" not in url.split(parts.netloc, 1)[1])
     if well_formed and password is None and ":" not in parts.netloc.partition("@")[0]:
         return url  # a user name alone
     if well_formed and password is not None and f":{password}@" in parts.netloc:
