@@ -330,8 +330,10 @@ def test_failing_trials_stop_the_study_after_max_failures(tmp_path, monkeypatch)
 def test_a_failure_between_successes_does_not_stop_the_study(tmp_path, monkeypatch):
     from optuna.trial import TrialState
 
+    from study.train import NonFiniteLoss
+
     def nan_loss():
-        raise ValueError("nan loss")
+        raise NonFiniteLoss("loss became nan at step 1/2 on rank 0")
 
     outcomes = iter([_good, nan_loss, _good])
     sweep, _ = _fast_sweep(tmp_path, monkeypatch, lambda: next(outcomes)(), n_trials=2, max_failures=2)
@@ -349,6 +351,69 @@ def test_bad_input_inside_a_trial_stops_at_once(tmp_path, monkeypatch):
     with pytest.raises(StudyInputError, match=r"trial 0: /data/forget01.json: file not found"):
         sweep.run()
     assert len(sweep.tracker.find("trial")) == 1
+
+
+def _run_of(sweep, kind: str):
+    (run,) = sweep.tracker.find(kind)
+    return run
+
+
+def test_a_failure_that_is_not_a_diverging_loss_stops_the_study_at_once(tmp_path, monkeypatch):
+    """Issue 13 (1, 4): a trial that fails for another reason than a non-finite loss (here the disk is
+    full) stops the study at its first failure, in one line; the trial's and the study's runs end FAILED."""
+    from study.errors import StudyFault
+
+    def disk_full():
+        raise OSError(28, "No space left on device")
+
+    sweep, logs = _fast_sweep(tmp_path, monkeypatch, disk_full, n_trials=3, max_failures=5)
+    with pytest.raises(StudyFault, match=r"trial 0 failed: OSError: \[Errno 28\] No space left on device") as error:
+        sweep.run()
+    assert "\n" not in str(error.value)
+    trial, study = _run_of(sweep, "trial"), _run_of(sweep, "study")
+    assert trial.info.status == "FAILED" and "No space left on device" in trial.data.tags["study.failure_reason"]
+    assert study.info.status == "FAILED" and "No space left on device" in study.data.tags["study.failure_reason"]
+
+
+def test_a_store_that_turns_read_only_ends_the_runs_failed(tmp_path, monkeypatch):
+    """Issue 13 (4): a write that fails after training (a read-only tracking store) does not leave the
+    trial's run RUNNING, and stops the study with one line."""
+    import sqlite3
+
+    from study.errors import StudyFault
+    from study.tracking import Tracker
+
+    original = Tracker.metrics
+
+    def metrics(self, run_id, values, step=0):
+        if "time/trial_s" in values:
+            raise sqlite3.OperationalError("attempt to write a readonly database")
+        return original(self, run_id, values, step)
+
+    monkeypatch.setattr(Tracker, "metrics", metrics)
+    sweep, _ = _fast_sweep(tmp_path, monkeypatch, _good, n_trials=2)
+    with pytest.raises(StudyFault, match="readonly database"):
+        sweep.run()
+    assert _run_of(sweep, "trial").info.status == "FAILED"
+    assert _run_of(sweep, "study").info.status == "FAILED"
+
+
+@pytest.mark.parametrize("failure", ["diverging", "input"])
+def test_a_stopped_study_ends_its_run_failed_with_the_reason(tmp_path, monkeypatch, failure):
+    """Issue 13 (4): after too many failures, or bad input found inside a trial, the study's run is not
+    left RUNNING."""
+    from study.errors import DataError, StudyInputError
+    from study.train import NonFiniteLoss
+
+    def fail():
+        raise NonFiniteLoss("loss became nan") if failure == "diverging" else DataError("/d/forget01.json: file not found")
+
+    sweep, _ = _fast_sweep(tmp_path, monkeypatch, fail, n_trials=2, max_failures=2)
+    with pytest.raises(StudyInputError):
+        sweep.run()
+    study = _run_of(sweep, "study")
+    assert study.info.status == "FAILED"
+    assert ("2 trials failed in a row" if failure == "diverging" else "file not found") in study.data.tags["study.failure_reason"]
 
 
 def test_workers_starting_together_create_one_study_run(tmp_path, monkeypatch):
