@@ -290,6 +290,13 @@ def main(argv=None) -> int:
 
     try:
         cfg, settings, spaces = plan(args)
+        from study.tracking import redact
+
+        for option, url in (("--storage", args.storage), ("--tracking-uri", args.tracking_uri)):
+            if url and redact(url) != url:
+                variable = "OPTUNA_STORAGE" if option == "--storage" else "MLFLOW_TRACKING_URI"
+                print(f"warning: {option} holds a credential, readable by every local user in /proc/<pid>/cmdline; "
+                      f"pass the URL in ${variable} instead", file=sys.stderr)
         if args.dry_run:
             print_plan(cfg, settings, spaces)
             return 0

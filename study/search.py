@@ -299,7 +299,7 @@ def open_storage(url: str, failed_trial_callback=None, heartbeat: int = HEARTBEA
                                           grace_period=2 * heartbeat, heartbeat_stale_trial_callback=failed_trial_callback)
     except Exception as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise StudyInputError(f"Optuna storage {redact(url)} is unreachable: {type(error).__name__}: {first}") from None
+        raise StudyInputError(f"Optuna storage {redact(url)} is unreachable: {type(error).__name__}: {scrub(first, url)}") from None
 
 
 def _counted(study) -> int:
@@ -586,7 +586,7 @@ class Sweep:
             self._end_current_run("FAILED", one_line(error))
             if isinstance(error, (StudyInputError, StudyFault)) or not is_environment_error(error):
                 raise
-            raise StudyFault(f"{type(error).__name__}: {scrub(one_line(error), self.settings.storage, self.settings.tracking_uri)}") from None
+            raise StudyFault(scrub(one_line(error), self.settings.storage, self.settings.tracking_uri)) from None
         return studies
 
     def _run_method(self, storage, method: str):

@@ -78,8 +78,8 @@ def _redact_userinfo(url: str) -> str:
 
 
 def secrets_of(url: str | None) -> list[str]:
-    """The credentials ``url`` holds (password, secret query values) and their pieces of three or more
-    characters, longest first: what ``scrub`` removes from a message that quotes part of the URL."""
+    """The credentials ``url`` holds: its password (also of a malformed URL) and the values of query
+    parameters named like secrets."""
     if not url:
         return []
     found = set()
@@ -93,18 +93,30 @@ def secrets_of(url: str | None) -> list[str]:
     except ValueError:
         pass
     found.update(m.group(2) for m in _SECRET_QUERY.finditer(url))
-    pieces = {piece for secret in found for piece in re.split(r"[/:@?#&=;%\s]+", secret)}
-    return sorted({s for s in found | pieces if len(s) >= 3}, key=len, reverse=True)
+    return sorted((s for s in found if s), key=len, reverse=True)
 
 
-def scrub(text: str, *urls: str | None) -> str:
-    """``text`` (an error message) with each URL redacted and any credential it holds, whole or in
-    part, replaced by ``***``."""
+def scrub(text: str, *urls: str | None, shortest: int = 4) -> str:
+    """``text`` (an error message) with each URL redacted and every run of ``shortest`` or more
+    characters that occurs in one of their credentials replaced by ``***``: a message that quotes a
+    malformed URL in pieces shows no piece of its password."""
     for url in urls:
-        if url:
-            text = text.replace(url, redact(url))
-            for secret in secrets_of(url):
-                text = text.replace(secret, "***")
+        if not url:
+            continue
+        text = text.replace(url, redact(url))
+        for secret in secrets_of(url):
+            out, i = [], 0
+            while i < len(text):
+                j = i + shortest
+                if j <= len(text) and text[i:j] in secret:
+                    while j < len(text) and text[i:j + 1] in secret:
+                        j += 1
+                    out.append("***")
+                    i = j
+                else:
+                    out.append(text[i])
+                    i += 1
+            text = "".join(out)
     return text
 
 

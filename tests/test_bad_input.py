@@ -176,7 +176,133 @@ BAD_ARGV = [
     (["--heartbeat", "0"], "heartbeat must be a positive integer"),
     (["--max-failures", "-1"], "max_failures must be a positive integer"),
     (["--scenario", "continual", "--tasks", "1", "99"], "task 99 does not exist"),
+    # Issue 13 (1): refused at planning, not inside every trial.
+    (["--device", "tpu9"], "device"),
+    (["--device", "cuda:notanumber"], "device 'cuda:notanumber'"),
+    (["--set", "train.lora_rank=-1"], "lora_rank must be an integer from 0"),
+    (["--set", "train.seed=4294967296"], "seed must be an integer from 0 to 4294967295"),
+    (["--seed", "-1"], "seed must be an integer from 0 to 4294967295"),
+    (["--set", "data.data_seed=-5"], "data_seed must be an integer from 0"),
+    (["--set", "train.max_length=3"], "train.max_length must be at least"),
+    (["--set", "eval.max_length=5"], "eval.max_length must be at least"),
+    (["--set", "finetune.max_length=2"], "finetune.max_length must be at least"),
+    (["--embedder", "/nonexistent/embedder"], "embedder '/nonexistent/embedder'"),
+    (["--set", "train.deepspeed='/nonexistent/zero3.json'"], "train.deepspeed"),
+    # Issue 13 (2)
+    (["--set", "train.batch_size=100000000000000000000"], "batch_size must be"),
+    (["--set", "train.batch_size=65536", "--set", "train.grad_accum=2"], "batch_size x grad_accum must be at most"),
+    (["--set", "eval.batch_size=1000000000"], "eval.batch_size must be"),
+    (["--set", "train.epochs=1e12"], "epochs must be at most"),
+    (["--scenario", "continual", "--tasks", "1", "1"], "tasks must not repeat"),
+    (["--study-name", "a/b"], "study name must be"),
+    (["--study-name", ".."], "study name must be"),
+    (["--study-name", "x..y"], "study name must be"),
+    (["--study-name", "two\nlines"], "study name must be"),
+    (["--study-name", "s" * 5000], "study name must be"),
+    (["--study-name", ""], "study name must be"),
+    (["--model", ""], "model.name must be a non-empty name"),
+    (["--model", " "], "model.name must be a non-empty name"),
+    (["--data-dir", ""], "--data-dir must name a directory"),
+    (["--experiment", ""], "experiment name must be"),
+    (["--storage", "redis://127.0.0.1/0"], "Optuna storage 'redis://127.0.0.1/0': unknown scheme"),
+    (["--tracking-uri", "gopher://127.0.0.1/"], "tracking store 'gopher://127.0.0.1/': unknown scheme"),
 ]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_device_on_a_cpu_machine_is_refused_at_planning(sweep, capsys, tmp_path):
+    code, out, err = _run_main(sweep, capsys, ["--preset", "smoke", "--dry-run", "--device", "cuda"])
+    assert code == 2 and "CUDA is not available" in _one_error_line(err)
+
+
+def _data_copy(valid_tofu, folder: Path) -> Path:
+    folder.mkdir()
+    for source in valid_tofu.iterdir():
+        (folder / source.name).write_bytes(source.read_bytes())
+    return folder
+
+
+def test_bad_models_and_data_are_refused_at_planning(sweep, capsys, tmp_path, valid_tofu):
+    """Issue 13 (1): a folder that is not a model (as model, target or embedder), an empty refusal file,
+    perturbed-answer lists of unequal length: refused by the plan, naming the file or field."""
+    not_a_model = tmp_path / "not-a-model"
+    not_a_model.mkdir()
+    (not_a_model / "notes.txt").write_text("no weights here")
+    empty_refusals = _data_copy(valid_tofu, tmp_path / "refusals")
+    (empty_refusals / "idontknow.jsonl").write_text("\n  \n")
+    ragged = _data_copy(valid_tofu, tmp_path / "ragged")
+    rows = [json.loads(line) for line in (ragged / "retain_perturbed.json").read_text().splitlines()]
+    rows[1]["perturbed_answer"] = rows[1]["perturbed_answer"][:1] + rows[1]["perturbed_answer"]
+    (ragged / "retain_perturbed.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cases = [(["--model", str(not_a_model)], "not a model directory (no config.json)"),
+             (["--target", str(not_a_model)], "not a model directory (no config.json)"),
+             (["--embedder", str(not_a_model)], "is not a model directory"),
+             (["--data-dir", str(empty_refusals)], "idontknow.jsonl: no refusal template"),
+             (["--data-dir", str(ragged)], "retain set, row 2: field 'perturbed_answer' has")]
+    for argv, message in cases:
+        code, out, err = _run_main(sweep, capsys, ["--preset", "smoke", "--dry-run", *argv])
+        assert code == 2 and message in _one_error_line(err), (argv, err)
+
+
+def test_set_lr_is_fixed_for_the_study_not_silently_searched(sweep, capsys):
+    """Issue 13 (2): ``--set train.lr`` used to be overridden by the sampled lr; now lr leaves the search space."""
+    assert sweep.main(["--preset", "smoke", "--dry-run", "--set", "train.lr=0.0005"]) == 0
+    out = capsys.readouterr().out
+    assert "fixed        train.lr = 0.0005 (given with --set: not searched)" in out
+    space = next(line for line in out.splitlines() if line.startswith("space ME+GD"))
+    assert "lr in" not in space and "forget_coeff in" in space
+    assert sweep.main(["--preset", "smoke", "--dry-run"]) == 0
+    assert "space ME+GD    lr in [0.0001, 0.001] (log)" in capsys.readouterr().out
+
+
+def test_stores_come_from_the_environment_redacted(sweep, capsys, tmp_path, monkeypatch):
+    """Issue 13 (5): OPTUNA_STORAGE / MLFLOW_TRACKING_URI keep passwords off the command line; the options win."""
+    monkeypatch.setenv("OPTUNA_STORAGE", f"postgresql+psycopg2://user:{PASSWORD}@db.internal:5432/optuna?sslmode=require")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://mlflow.internal:5000/?token={PASSWORD}")
+    code, out, err = _run_main(sweep, capsys, ["--preset", "smoke", "--dry-run"])
+    assert code == 0
+    assert "storage      postgresql+psycopg2://user:***@db.internal:5432/optuna?sslmode=require" in out
+    assert "tracking     http://mlflow.internal:5000/?token=***" in out
+    assert PASSWORD not in out + err and "warning" not in err
+    code, out, err = _run_main(sweep, capsys, ["--preset", "smoke", "--dry-run", "--storage", f"sqlite:///{tmp_path}/o.db"])
+    assert f"storage      sqlite:///{tmp_path}/o.db" in out
+
+
+def test_a_password_on_the_command_line_is_hidden_and_warned_about(sweep, capsys):
+    code, out, err = _run_main(sweep, capsys, ["--preset", "smoke", "--dry-run",
+                                               "--storage", f"sqlite:///mlruns/optuna.db?password={PASSWORD}"])
+    assert code == 0 and PASSWORD not in out + err
+    assert "storage      sqlite:///mlruns/optuna.db?password=***" in out
+    assert "warning: --storage holds a credential" in err and "OPTUNA_STORAGE" in err
+
+
+def test_query_string_password_is_not_stored_in_the_study_run(tmp_path):
+    """Issue 13 (5): the MLflow param ``study.storage`` held ``?password=...`` in clear."""
+    import optuna
+
+    from study.config import RunConfig
+    from study.search import StudySettings, Sweep
+    from study.tracking import Tracker
+
+    settings = StudySettings("pw", ["ME+GD"], storage=f"postgresql+psycopg2://db.internal/optuna?user=u&password={PASSWORD}")
+    sweep = Sweep(RunConfig(), settings, log=lambda *a: None)
+    sweep.tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "pw")
+    study = optuna.create_study(study_name="pw/ME+GD", directions=["maximize", "maximize"])
+    run = sweep.tracker.client.get_run(sweep._parent_run(study, "ME+GD"))
+    assert run.data.params["study.storage"] == "postgresql+psycopg2://db.internal/optuna?user=u&password=***"
+    assert PASSWORD not in json.dumps([run.data.params, run.data.tags, study.user_attrs])
+
+
+@pytest.mark.parametrize("url", [f"postgresql://user:{PASSWORD}/x@127.0.0.1:1/optuna", f"user:{PASSWORD}@host//db",
+                                 f"postgresql://user:{PASSWORD[:6]}#{PASSWORD[6:]}@h/db", f"mysql://u@h/db?pwd={PASSWORD}",
+                                 f"postgresql://user:{PASSWORD}@h:5432/db?x=a@b", f"http://[user:{PASSWORD}@h"])
+def test_malformed_urls_hide_the_whole_password(url):
+    """Issue 13 (5): no part of the password (three characters or more) survives redaction or ``scrub``."""
+    from study.tracking import redact, scrub
+
+    pieces = {PASSWORD[i:i + 4] for i in range(len(PASSWORD) - 3)}
+    for shown in (redact(url), scrub(f"cannot parse {url!r} (near {PASSWORD[2:9]!r})", url)):
+        assert not [p for p in pieces if p in shown], shown
 
 
 def _run_main(sweep, capsys, argv):
@@ -197,6 +323,10 @@ def _one_error_line(err: str) -> str:
 
 @pytest.mark.parametrize("argv,message", BAD_ARGV, ids=[" ".join(a) for a, _ in BAD_ARGV])
 def test_bad_command_line_is_one_error_line_and_writes_nothing(sweep, capsys, tmp_path, monkeypatch, argv, message):
+    if "max_length must be at least" in message:
+        from study import models
+
+        models.smollm2_dir()  # the length check needs the tokenizer at hand (prepared once per machine)
     monkeypatch.chdir(tmp_path)
     db = tmp_path / "mlflow.db"
     code, out, err = _run_main(sweep, capsys, ["--preset", "smoke", "--tracking-uri", f"sqlite:///{db}",

@@ -229,6 +229,7 @@ def test_sigint_ends_run_killed_and_trial_failed_and_says_how_to_resume(store, i
     worker, code, trial = interrupted
     assert code == 130, worker.tail()
     assert "interrupted" in worker.stderr and "Run the same command again to resume" in worker.stderr
+    assert "Traceback" not in worker.stderr, worker.stderr  # only the message (issue 13, 4)
     assert _study(store, "crash").trials[trial.number].state == TrialState.FAIL
     run = _client(store).get_run(trial.user_attrs["mlflow_run_id"])
     assert run.info.status == "KILLED"
@@ -442,6 +443,30 @@ def test_workers_starting_together_create_one_study_run(tmp_path, monkeypatch):
     assert results[0] and results[0] == results[1]
     assert [r.info.run_id for r in sweeps[0].tracker.find("study")] == [results[0]]
     assert not [s for s in optuna.get_all_study_names(open_storage(sweeps[0].settings.storage)) if "#claim" in s]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attempt", range(3))
+def test_two_workers_started_together_on_fresh_stores(tmp_path, attempt):
+    """Issue 13 (3), the README's two-worker example: two ``sweep.py`` processes started at the same moment on
+    stores that do not exist yet finish exactly n_trials trials of one study, with one study run, one
+    target run and one retain run, and no traceback."""
+    import optuna
+    from optuna.trial import TrialState
+
+    workers = [Worker(tmp_path, "pair", "--keep-checkpoints", "none", tag=f"w{i}") for i in range(2)]
+    for worker in workers:
+        assert worker.wait() == 0, worker.tail()
+        assert "Traceback" not in worker.stderr, worker.tail()
+    study = optuna.load_study(study_name="pair/ME+GD", storage=_urls(tmp_path)[0])
+    states = [t.state for t in study.trials]
+    assert states.count(TrialState.COMPLETE) == 2, states  # the smoke preset's n_trials
+    assert all(t.user_attrs.get("surplus") for t in study.trials if t.state != TrialState.COMPLETE)
+    client = _client(tmp_path)
+    experiment = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    kinds = [r.data.tags["study.kind"] for r in client.search_runs([experiment])]
+    assert sorted(kinds) == ["retain_model", "study", "target", "trial", "trial"], kinds
+    assert {r.info.status for r in client.search_runs([experiment])} == {"FINISHED"}
 
 
 def test_concurrent_checkpoint_writers_keep_one_complete_copy(tmp_path):
