@@ -430,3 +430,118 @@ def test_dry_run_prints_stores_without_password(sweep, capsys, tmp_path):
     assert "storage      postgresql+psycopg2://user:***@db.internal:5432/optuna" in out
     assert "tracking     http://user:***@mlflow.internal:5000" in out
     assert PASSWORD not in out + err
+
+
+# --------------------------------------------------------------------------------------------------
+# The command line and the settings, generated (hypothesis): every --set field and option
+
+
+def _toml(value) -> str:
+    """``value`` in TOML value syntax (what ``--set`` parses)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return "nan" if value != value else ("inf" if value == float("inf") else "-inf" if value == float("-inf") else repr(value))
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return str(value)
+
+
+def _field_values(hint, field: str):
+    """Values for a field of this type (valid, borderline, absurd) and of every other type."""
+    import typing
+
+    integers = st.one_of(st.integers(min_value=-3, max_value=600), st.integers(min_value=-2**70, max_value=2**70),
+                         st.sampled_from([0, 1, 2**31, 2**32 - 1, 2**32, 2**63 - 1, 10**20]))
+    floats = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.floats(min_value=1e-7, max_value=2.0))
+    texts = st.one_of(st.text(max_size=20), st.sampled_from(["", " ", "builtin", "hub", "x/y", "/nonexistent", "..", "ME+GD",
+                                                              "auto", "answer", "float32", "forget05", "continual", "\n"]))
+    wrong = st.one_of(integers, floats, texts, st.booleans(), st.lists(st.integers(min_value=-2, max_value=12), max_size=3))
+    text = str(hint)
+    if text in ("int", "<class 'int'>"):
+        typed = integers
+    elif text in ("float", "<class 'float'>"):
+        typed = st.one_of(floats, integers)
+    elif text in ("bool", "<class 'bool'>"):
+        typed = st.booleans()
+    elif "list" in text:
+        typed = st.lists(st.integers(min_value=-2, max_value=12), max_size=4)
+    else:
+        typed = texts
+    del typing
+    return st.one_of(typed, typed, wrong)
+
+
+@st.composite
+def set_items(draw):
+    import dataclasses
+    import typing
+
+    from study.config import RunConfig
+
+    items = []
+    for _ in range(draw(st.integers(min_value=1, max_value=2))):
+        section = draw(st.sampled_from(dataclasses.fields(RunConfig)))
+        hints = typing.get_type_hints(section.default_factory)
+        field = draw(st.sampled_from(sorted(hints)))
+        value = draw(_field_values(hints[field], field))
+        items.append((f"{section.name}.{field}", value))
+    return items
+
+
+OPTIONS = {  # option -> (values, a word the refusal must contain)
+    "--n-trials": (st.integers(min_value=-5, max_value=10**7), "n_trials"),
+    "--heartbeat": (st.integers(min_value=-5, max_value=10**7), "heartbeat"),
+    "--max-failures": (st.integers(min_value=-5, max_value=10**7), "max_failures"),
+    "--seed": (st.integers(min_value=-2**40, max_value=2**40), "seed"),
+    "--study-name": (st.text(max_size=300), "study name"),
+    "--experiment": (st.text(max_size=300), "experiment"),
+    "--model": (st.one_of(st.text(max_size=12), st.sampled_from(["", "tiny-llama", "a/b", "/tmp", "."])), "model"),
+    "--device": (st.one_of(st.text(max_size=8), st.sampled_from(["cpu", "cuda", "cuda:7", "mps", "meta", "cpu:0", "xla"])), "device"),
+    "--embedder": (st.one_of(st.text(max_size=12), st.sampled_from(["builtin", "/nonexistent", "a/b", ".", ""])), "embedder"),
+    "--storage": (st.one_of(st.text(max_size=30), st.sampled_from(["sqlite://", "journal:", "redis://x", "x://y"])), "Optuna storage"),
+    "--tracking-uri": (st.one_of(st.text(max_size=30), st.sampled_from(["file:", "ftp://x", "http:/x"])), "tracking store"),
+}
+
+
+class _NoStudy:
+    """Stands in for ``Sweep``: an accepted command line stops after its plan (nothing is trained)."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def run(self):
+        return {}
+
+
+@settings(max_examples=120, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large])
+@given(items=set_items(), option=st.one_of(st.none(), st.sampled_from(sorted(OPTIONS))), data=st.data())
+def test_generated_command_lines_run_or_are_refused_in_one_line(sweep, capsys, tmp_path_factory, monkeypatch, items, option,
+                                                                 data):
+    """Issue 13: any value of any ``--set`` field, and of the options: accepted, or one ``error:`` line that
+    names the setting, a non-zero exit, no traceback and nothing written to the stores."""
+    import study.search
+
+    monkeypatch.setattr(study.search, "Sweep", _NoStudy)
+    folder = tmp_path_factory.mktemp("cli")
+    monkeypatch.chdir(folder)
+    argv = ["--preset", "smoke", "--no-progress", "--storage", f"sqlite:///{folder}/optuna.db",
+            "--tracking-uri", f"sqlite:///{folder}/mlflow.db"]
+    for key, value in items:
+        argv += ["--set", f"{key}={_toml(value)}"]
+    names = [key for key, _ in items] + [key.split(".")[1] for key, _ in items] + [key.split(".")[0] for key, _ in items]
+    if option is not None:
+        values, word = OPTIONS[option]
+        argv.append(f"{option}={data.draw(values)}")
+        names.append(word)
+    code, out, err = _run_main(sweep, capsys, argv)
+    assert "Traceback" not in out + err, err
+    if code == 0:
+        return
+    line = _one_error_line(err)
+    assert code == 2, (code, err)
+    assert any(name.replace("_", " ") in line.replace("_", " ") or name in line for name in names), (argv, line)
+    assert list(folder.iterdir()) == [], (argv, line)  # nothing written to the stores
