@@ -591,10 +591,9 @@ class Sweep:
 
     def _run_method(self, storage, method: str):
         import optuna
-        from optuna.trial import TrialState
 
         name = f"{self.settings.study_name}/{method}"
-        space = search_space(method, self.cfg.data.scenario, self.settings.sampler, self.settings.space)
+        space = search_space(method, self.cfg.data.scenario, self.settings.sampler, self.settings.space, self.settings.fixed)
         n_trials = self.settings.n_trials
         if self.settings.sampler in ("grid", "paper"):
             n_trials = min(n_trials, math.prod(len(v) for v in space.values())) if self.settings.sampler == "grid" else \
