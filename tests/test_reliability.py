@@ -778,3 +778,17 @@ def test_resuming_a_study_with_other_settings_is_refused(tmp_path, monkeypatch):
     more, _ = _fast_sweep(tmp_path, monkeypatch, _good, n_trials=2)
     more.run()
     assert len(more.tracker.find("trial")) == 2
+
+
+def test_a_hyper_parameter_fixed_with_set_is_not_sampled(tmp_path, monkeypatch):
+    """Issue 13 (2): ``--set train.lr=...`` (``StudySettings.fixed``) keeps lr out of every trial's sampled
+    parameters; the trial runs with the configuration's value."""
+    seen = []
+    sweep, _ = _fast_sweep(tmp_path, monkeypatch, _good, n_trials=1, fixed=["lr"])
+    from study import runner
+
+    original = runner.run_trial
+    monkeypatch.setattr(runner, "run_trial", lambda cfg, hooks=None, **kw: (seen.append(cfg.train.lr), original(cfg, hooks, **kw))[1])
+    (study,) = sweep.run().values()
+    assert "lr" not in study.trials[0].params and "forget_coeff" in study.trials[0].params
+    assert seen == [sweep.cfg.train.lr]
