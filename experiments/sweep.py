@@ -47,9 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     a("--objective", choices=["pareto", "average", "model_utility", "forget_efficacy"],
       help="pareto: maximise Model Utility and Forget Efficacy together (default); or one scalar")
     a("--prune", action="store_true", help="evaluate after every epoch and prune poor trials (needs a single --objective)")
-    a("--storage", help="Optuna storage: sqlite:///..., postgresql+psycopg2://user:pw@host/db, or journal:<file> "
-                        "(default: sqlite:///mlruns/optuna.db)")
-    a("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlruns/mlflow.db; or http://host:5000)")
+    a("--storage", help="Optuna storage: sqlite:///..., postgresql+psycopg2://user@host/db, or journal:<file> "
+                        "(default: $OPTUNA_STORAGE, else sqlite:///mlruns/optuna.db). Pass a URL with a password in "
+                        "$OPTUNA_STORAGE, not here: a command line is readable by every local user")
+    a("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db; "
+                             "or http://host:5000). Credentials: in $MLFLOW_TRACKING_URI (or MLflow's "
+                             "$MLFLOW_TRACKING_USERNAME / $MLFLOW_TRACKING_PASSWORD), not here")
     a("--experiment", help="MLflow experiment name (default: unlearning-study)")
     a("--study-name", help="Optuna study name (default: derived from preset, scenario, split and model)")
     a("--seed", type=int, help="training seed (default 1001, REFERENCE §4); the sampler's seed too")
@@ -97,11 +100,13 @@ def plan(args) -> tuple[object, object, dict]:
         put("data", "split", args.split)
     if args.tasks:
         put("data", "tasks", args.tasks)
-    if args.model:
+    if args.model is not None:
         put("model", "name", args.model)
-    if args.target:
+    if args.target is not None:
         put("model", "target", args.target)
-    if args.data_dir:
+    if args.data_dir is not None:
+        if not args.data_dir.strip():
+            raise StudyInputError("--data-dir must name a directory (or hub), got an empty string")
         put("data", "source", args.data_dir if args.data_dir == "hub" else str(Path(args.data_dir).expanduser().resolve()))
     if config.get("data", {}).get("source", "builtin") == "":
         raise StudyInputError(f"preset {args.preset} needs data: pass --data-dir DIR (a folder with forget.json, neighbor.json, ...)")
@@ -109,18 +114,21 @@ def plan(args) -> tuple[object, object, dict]:
         put("train", "seed", args.seed)
     if args.fix_ref_model:
         put("method", "fix_ref_model", True)
-    if args.nli:
+    if args.nli is not None:
         put("eval", "nli", None if args.nli == "none" else args.nli)
-    if args.embedder:
+    if args.embedder is not None:
         put("eval", "embedder", args.embedder)
     if args.prune:
         put("eval", "per_epoch", True)
+    fixed = {}  # searchable hyper-parameters given with --set: fixed for the study, not searched
     for item in args.set:
         key, sep, value = item.partition("=")
         section, dot, field = key.partition(".")
         if not sep or not dot:
             raise StudyInputError(f"--set {item!r}: expected SECTION.FIELD=VALUE, e.g. train.max_length=256")
         put(section, field, _toml_value(value))
+        if SEARCHED.get(key) is not None:
+            fixed[SEARCHED[key]] = key
     methods = args.method or study.get("methods", ["ME+GD"])
     config.setdefault("method", {}).setdefault("name", methods[0])
     if "name" in config["method"] and args.method:
@@ -132,17 +140,27 @@ def plan(args) -> tuple[object, object, dict]:
         raise StudyInputError(f"bad setting: {error}") from None
     from study import models
 
+    if args.device is not None:
+        models.check_device(args.device)  # an unknown device, or CUDA on a machine without it
     for name in (cfg.model.name, cfg.model.target):
         if name is not None:
-            models.resolve(name)  # an unknown model name is reported now, not inside every trial
+            models.resolve(name)  # an unknown model name or a folder that holds none is reported now
+    if cfg.eval.embedder != "builtin":
+        models.check_loadable(cfg.eval.embedder, "embedder")
+    if cfg.train.deepspeed is not None and not (ROOT / cfg.train.deepspeed).is_file() and not Path(cfg.train.deepspeed).is_file():
+        raise StudyInputError(f"train.deepspeed {cfg.train.deepspeed!r}: no such file")
     if not cfg.data.source.startswith("hub"):
-        # Read the data now: a missing file, a bad line or a task that does not exist is reported
-        # before anything is written (the hub is read only when the study runs).
+        # Read the data now: a missing file, a bad line, a task that does not exist, an empty refusal
+        # file or ragged perturbed answers are reported before anything is written (the hub is read
+        # only when the study runs).
+        from study.data import check_eval_sets
         from study.runner import scenario_data, source_for, tasks_of
 
         source = source_for(cfg)
         for task in tasks_of(cfg):
-            scenario_data(cfg, task, source)
+            data = scenario_data(cfg, task, source)
+            check_eval_sets(data)
+            _check_lengths(cfg, data)
     scenario = cfg.data.scenario
     split = "real-world" if scenario == "real-world" else cfg.data.split
     parts = [args.preset] + [p for p in (scenario, split) if p not in args.preset] + [Path(cfg.model.name).name]
@@ -150,14 +168,15 @@ def plan(args) -> tuple[object, object, dict]:
     if scenario == "continual" and cfg.method.fix_ref_model:
         default_name += "-fixref"
     settings = StudySettings(
-        study_name=args.study_name or default_name,
+        study_name=args.study_name if args.study_name is not None else default_name,
         methods=list(methods),
         n_trials=args.n_trials if args.n_trials is not None else study.get("n_trials", 4),
         sampler=args.sampler or study.get("sampler", "tpe"),
         objective=args.objective or study.get("objective", "pareto"),
-        storage=args.storage or study.get("storage", "sqlite:///mlruns/optuna.db"),
-        tracking_uri=args.tracking_uri or study.get("tracking_uri", "sqlite:///mlruns/mlflow.db"),
-        experiment=args.experiment or study.get("experiment", "unlearning-study"),
+        storage=_first(args.storage, os.environ.get("OPTUNA_STORAGE"), study.get("storage"), "sqlite:///mlruns/optuna.db"),
+        tracking_uri=_first(args.tracking_uri, os.environ.get("MLFLOW_TRACKING_URI"), study.get("tracking_uri"),
+                            "sqlite:///mlruns/mlflow.db"),
+        experiment=args.experiment if args.experiment is not None else study.get("experiment", "unlearning-study"),
         seed=cfg.train.seed if args.seed is not None else study.get("seed", 0),
         keep_checkpoints=args.keep_checkpoints or study.get("keep_checkpoints", "best"),
         prune=args.prune,
@@ -165,9 +184,51 @@ def plan(args) -> tuple[object, object, dict]:
         space={k: list(v) for k, v in study.get("space", {}).items()},
         heartbeat=args.heartbeat if args.heartbeat is not None else study.get("heartbeat", 30),
         max_failures=args.max_failures if args.max_failures is not None else study.get("max_failures", 5),
+        fixed=sorted(fixed),
     )
-    spaces = {m: search_space(m, scenario, settings.sampler, settings.space) for m in settings.methods}
+    spaces = {m: search_space(m, scenario, settings.sampler, settings.space, settings.fixed) for m in settings.methods}
     return cfg, settings, spaces
+
+
+# ``--set`` keys that name a searched hyper-parameter: given on the command line, it is fixed for the study.
+SEARCHED = {"train.lr": "lr", "train.epochs": "epochs", "method.forget_coeff": "forget_coeff", "method.beta": "beta"}
+
+
+def _first(*values):
+    """The first value that is not None or empty (option, environment variable, preset, default)."""
+    return next(v for v in values if v)
+
+
+def _check_lengths(cfg, data) -> None:
+    """Each sequence length holds the longest prompt it must (training: the forget and retain prompts
+    plus one answer token; generation: the evaluation prompts plus one new token), or every trial would
+    fail (or train on no label). Needs the tokenizer, so it runs only where that is at hand locally."""
+    from study import models
+    from study.errors import StudyInputError
+
+    spec = models.resolve(cfg.model.name)
+    local = Path(spec.tokenizer).is_dir() or (spec.tokenizer == "builtin:smollm2" and (
+        models.cache_dir() / "models" / "smollm2-135m-instruct" / "tokenizer.json").exists())
+    if not local:
+        return
+    try:
+        tokenizer = models.load_tokenizer(spec, cfg.model.trust_remote_code)
+        prompt = models.prompt_format(spec, tokenizer)
+    except Exception:  # the trial will say why it cannot load; this check is only a shortcut
+        return
+
+    def longest(rows) -> int:
+        texts = sorted({prompt.prompt(row["question"]) for row in rows})
+        return max(map(len, tokenizer(texts, add_special_tokens=True)["input_ids"]), default=0) if texts else 0
+
+    trained = longest(data.forget + data.retain)
+    evaluated = longest([row for eval_set in data.eval_sets for row in eval_set.rows])
+    for name, value, needed in (("train.max_length", cfg.train.max_length, trained + 1),
+                                ("finetune.max_length", cfg.finetune.max_length, longest(data.full) + 1),
+                                ("eval.max_length", cfg.eval.max_length, evaluated + 1)):
+        if value < needed:
+            raise StudyInputError(f"{name} must be at least {needed} tokens to hold the longest prompt of "
+                                  f"{data.source} with {cfg.model.name}, got {value}")
 
 
 def _check_types(config: dict) -> None:
@@ -212,6 +273,9 @@ def print_plan(cfg, settings, spaces) -> None:
     print(f"storage      {redact(settings.storage)}")
     print(f"tracking     {redact(settings.tracking_uri)}  experiment {settings.experiment}")
     print(f"checkpoints  keep {settings.keep_checkpoints}")
+    for name in settings.fixed:
+        key = next(k for k, v in SEARCHED.items() if v == name)
+        print(f"fixed        {key} = {cfg.flat()[key]} (given with --set: not searched)")
     for method, space in spaces.items():
         print(f"space {method:<8} {describe_space(space)}")
     print("settings:")
@@ -222,10 +286,17 @@ def print_plan(cfg, settings, spaces) -> None:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from study.errors import StudyInputError
+    from study.errors import StudyFault, StudyInputError
 
     try:
         cfg, settings, spaces = plan(args)
+        from study.tracking import redact
+
+        for option, url in (("--storage", args.storage), ("--tracking-uri", args.tracking_uri)):
+            if url and redact(url) != url:
+                variable = "OPTUNA_STORAGE" if option == "--storage" else "MLFLOW_TRACKING_URI"
+                print(f"warning: {option} holds a credential, readable by every local user in /proc/<pid>/cmdline; "
+                      f"pass the URL in ${variable} instead", file=sys.stderr)
         if args.dry_run:
             print_plan(cfg, settings, spaces)
             return 0
@@ -240,6 +311,9 @@ def main(argv=None) -> int:
     except StudyInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except StudyFault as error:  # the study's and trial's MLflow runs were ended FAILED with the reason
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\ninterrupted: the running trial was ended as KILLED in MLflow and FAIL in Optuna. "
               "Run the same command again to resume; finished trials are kept.", file=sys.stderr)

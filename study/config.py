@@ -13,6 +13,41 @@ from dataclasses import dataclass, field
 from .errors import StudyInputError, one_of
 
 LABEL_MODES = ("auto", "answer", "full", "question_answer")
+SEED_MAX = 2**32 - 1
+"""Seeds reach NumPy (``RandomState``, Optuna's samplers), whose seeds are 0 .. 2**32 - 1."""
+MAX_BATCH = 65_536
+"""A micro-batch, or an effective batch (micro-batch x accumulation), beyond this is a typo: its index
+list alone would not fit in memory."""
+MAX_LENGTH = 1_048_576
+"""Sequence lengths beyond this (tokens) are a typo, not a model."""
+MAX_EPOCHS = 10_000
+
+
+def _integer(name: str, value, low: int, high: int) -> None:
+    """``value`` must be an integer in [low, high] (bools are not integers here)."""
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise StudyInputError(f"{name} must be an integer from {low} to {high}, got {value!r}")
+
+
+def _batches(prefix: str, config) -> None:
+    """batch_size, grad_accum and max_length of a training section: positive, and small enough to build."""
+    for name in ("batch_size", "grad_accum", "max_length"):
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise StudyInputError(f"{prefix}{name} must be a positive integer, got {value!r}")
+    _integer(f"{prefix}batch_size", config.batch_size, 1, MAX_BATCH)
+    _integer(f"{prefix}grad_accum", config.grad_accum, 1, MAX_BATCH)
+    _integer(f"{prefix}max_length", config.max_length, 1, MAX_LENGTH)
+    if config.batch_size * config.grad_accum > MAX_BATCH:
+        raise StudyInputError(f"{prefix}batch_size x {prefix}grad_accum must be at most {MAX_BATCH}, "
+                              f"got {config.batch_size} x {config.grad_accum}")
+    if config.epochs > MAX_EPOCHS:
+        raise StudyInputError(f"{prefix}epochs must be at most {MAX_EPOCHS}, got {config.epochs!r}")
+
+
+def _name(name: str, value) -> None:
+    if not isinstance(value, str) or not value.strip() or value != value.strip() or any(c in value for c in "\n\r\0"):
+        raise StudyInputError(f"{name} must be a non-empty name or path without surrounding spaces, got {value!r}")
 
 
 def _positive(name: str, value, allow_zero: bool = False):
@@ -35,6 +70,9 @@ class ModelConfig:
     """Run code shipped with a hub model. Off unless you ask."""
 
     def __post_init__(self):
+        _name("model.name", self.name)
+        if self.target is not None:
+            _name("model.target", self.target)
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise one_of("dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
 
@@ -65,10 +103,13 @@ class DataConfig:
             raise one_of("split", self.split, SPLITS)
         if any(not isinstance(t, int) or isinstance(t, bool) or t < 1 for t in self.tasks):
             raise StudyInputError(f"tasks must be positive integers, got {self.tasks!r}")
+        if len(set(self.tasks)) != len(self.tasks):
+            raise StudyInputError(f"tasks must not repeat (a task is unlearned once), got {self.tasks!r}")
         if self.scenario == "fictitious" and len(self.tasks) != 1:
             raise StudyInputError(f"the fictitious scenario unlearns one task, got tasks={self.tasks}; use --scenario continual")
-        _positive("ds_size", self.ds_size)
-        _positive("n_authors", self.n_authors)
+        _integer("ds_size", self.ds_size, 1, 10**9)
+        _integer("n_authors", self.n_authors, 1, 10_000)
+        _integer("data_seed", self.data_seed, 0, SEED_MAX)
 
 
 @dataclass
@@ -142,10 +183,11 @@ class TrainConfig:
         _positive("lr", self.lr)
         _positive("epochs", self.epochs)
         _positive("weight_decay", self.weight_decay, allow_zero=True)
-        for name in ("batch_size", "grad_accum", "max_length"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise StudyInputError(f"{name} must be a positive integer, got {value!r}")
+        _batches("", self)
+        _integer("seed", self.seed, 0, SEED_MAX)
+        _integer("lora_rank", self.lora_rank, 0, 65_536)
+        if self.deepspeed is not None:
+            _name("deepspeed", self.deepspeed)
         if self.lr > 1:
             raise StudyInputError(f"lr must be at most 1, got {self.lr!r}")
 
@@ -166,10 +208,7 @@ class FinetuneConfig:
     def __post_init__(self):
         _positive("finetune lr", self.lr)
         _positive("finetune epochs", self.epochs)
-        for name in ("batch_size", "grad_accum", "max_length"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise StudyInputError(f"finetune.{name} must be a positive integer, got {value!r}")
+        _batches("finetune.", self)
 
 
 @dataclass
@@ -191,6 +230,11 @@ class EvalConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise StudyInputError(f"eval.{name} must be a positive integer, got {value!r}")
+        _integer("eval.batch_size", self.batch_size, 1, MAX_BATCH)
+        _integer("eval.max_length", self.max_length, 1, MAX_LENGTH)
+        _name("eval.embedder", self.embedder)
+        if self.nli is not None:
+            _name("eval.nli", self.nli)
 
 
 @dataclass

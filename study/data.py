@@ -181,6 +181,8 @@ class DirectorySource(Source):
                     lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
                 except UnicodeDecodeError as error:
                     raise DataError(f"{path}: not UTF-8 text ({error.reason})") from None
+                if not any(lines):
+                    raise DataError(f"{path}: no refusal template (the file is empty): expected one answer per line")
                 return [line for line in lines if line]
         return list(REFUSALS)
 
@@ -344,6 +346,17 @@ def load_scenario(
     ]
     return ScenarioData(scenario, split, task, forget, static_retain + later, forget_all + static_retain,
                         eval_sets, refusals, source.description, tasks)
+
+
+def check_eval_sets(data: ScenarioData) -> None:
+    """Every row of an evaluation set has as many perturbed answers as the first: the metrics stack
+    them into one [N, K] array (REFERENCE §5), so a ragged set would fail inside every trial."""
+    for eval_set in data.eval_sets:
+        counts = [len(row["perturbed_answer"]) for row in eval_set.rows if "perturbed_answer" in row]
+        if counts and len(set(counts)) > 1:
+            first, line = counts[0], next(i for i, k in enumerate(counts, start=1) if k != counts[0])
+            raise DataError(f"{data.source}/{eval_set.name} set, row {line}: field 'perturbed_answer' has {counts[line - 1]} "
+                            f"answers, the first row {first}: every row needs the same number")
 
 
 # --------------------------------------------------------------------------------------------------

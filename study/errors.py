@@ -19,3 +19,9 @@ class DataError(StudyInputError):
 def one_of(kind: str, value: object, valid) -> StudyInputError:
     """``unknown <kind> 'value'; valid: a, b, c`` as an error to raise."""
     return StudyInputError(f"unknown {kind} {value!r}; valid: {', '.join(sorted(map(str, valid)))}")
+
+
+class StudyFault(RuntimeError):
+    """The environment failed under a running study (disk full, a store that became read-only or
+    unreachable, a trial that failed for a reason other than a diverging loss): one line for the user,
+    after the study's and the trial's MLflow runs were ended FAILED with the reason."""

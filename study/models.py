@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import StudyInputError
+from .errors import StudyInputError, one_of
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CHECKPOINT_META = "study.json"
@@ -97,6 +97,9 @@ def resolve(name_or_path: str) -> ModelSpec:
         return FAMILIES[name_or_path]
     path = Path(name_or_path)
     if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise StudyInputError(f"{path}: not a model directory (no config.json); valid: {', '.join(FAMILIES)}, "
+                                  "a Hugging Face id (owner/name) or a folder written by save_pretrained")
         meta = path / CHECKPOINT_META
         prompt = None
         if meta.exists():
@@ -230,6 +233,44 @@ def default_dtype(device: torch.device | str) -> torch.dtype:
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def check_device(name: str) -> torch.device:
+    """``name`` as a device this machine has (``cpu``, ``cuda``, ``cuda:1``, ``mps``), else one line."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise StudyInputError(f"device {name!r} is not a device; valid: cpu, cuda, cuda:N, mps") from None
+    if device.type not in DEVICE_TYPES:
+        raise one_of("device type", device.type, DEVICE_TYPES)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise StudyInputError(f"device {name!r}: CUDA is not available on this machine; valid: cpu")
+        if device.index is not None and device.index >= count:
+            raise StudyInputError(f"device {name!r}: this machine has {count} CUDA device(s), cuda:0 .. cuda:{count - 1}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise StudyInputError(f"device {name!r}: MPS is not available on this machine; valid: cpu")
+    return device
+
+
+def check_loadable(name: str, what: str) -> None:
+    """Cheap checks that ``name`` (a sentence embedder or NLI model: a hub id or a folder) can load,
+    without loading it: a path must be a folder that holds a model; a hub id is only checked for shape
+    (planning may happen offline, for another machine: a hub model that fails to load stops the study
+    at its first trial)."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not any((path / f).is_file() for f in ("config.json", "modules.json")):
+            raise StudyInputError(f"{what} {name!r}: {path} is not a model directory (no config.json)")
+        return
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or path.exists():
+        raise StudyInputError(f"{what} {name!r}: no such model directory")
+    if not name.strip() or any(c.isspace() for c in name):
+        raise StudyInputError(f"{what} {name!r}: not a Hugging Face id (owner/name) or a model directory")
 
 
 def load_model(spec: ModelSpec, device=None, dtype: torch.dtype | None = None, trust_remote_code: bool = False):

@@ -23,10 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from . import models
-from .config import RunConfig
-from .errors import StudyInputError, one_of
+from .config import SEED_MAX, RunConfig
+from .errors import StudyFault, StudyInputError, one_of
 from .losses import HYPERPARAMS, Method, Param
-from .tracking import TAG, StepLogger, Tracker, package_versions, redact
+from .train import NonFiniteLoss
+from .tracking import TAG, StepLogger, Tracker, package_versions, redact, schema_lock, scrub
 
 SAMPLERS = ("tpe", "grid", "paper")
 OBJECTIVES = ("pareto", "average", "model_utility", "forget_efficacy")
@@ -34,6 +35,9 @@ KEEP = ("best", "all", "none")
 DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
 HEARTBEAT_S = 30  # default Optuna heartbeat (s); a trial silent for 2x this long is failed by the next worker
 MAX_FAILURES = 5  # a worker stops a study after this many failed trials in a row
+MAX_TRIALS = 100_000
+STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql", "journal")
+TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks", "file")
 CLAIM_TIMEOUT_S = 120  # a claim on creating a study's MLflow run that produced none in this long is taken over
 
 # REFERENCE §4: the released scripts' settings, per scenario and method (lr, forget_coeff, epochs).
@@ -88,19 +92,32 @@ class StudySettings:
     killed) is failed, and its MLflow run ended FAILED, by the next worker that starts a trial."""
     max_failures: int = MAX_FAILURES
     """Stop the study after this many failed trials in a row (a setting that always diverges)."""
+    fixed: list[str] = dataclasses.field(default_factory=list)
+    """Searchable hyper-parameters the user fixed (``--set train.lr=...``): not searched, the trial
+    configuration's value is used."""
 
     def __post_init__(self):
+        check_study_name(self.study_name)
+        check_store_url("Optuna storage", self.storage, STORAGE_SCHEMES)
+        check_store_url("tracking store", self.tracking_uri, TRACKING_SCHEMES)
+        if not isinstance(self.experiment, str) or not self.experiment.strip() or len(self.experiment) > 256 \
+                or any(ord(c) < 32 for c in self.experiment):
+            raise StudyInputError(f"experiment name must be 1 to 256 printable characters, got {self.experiment!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= SEED_MAX:
+            raise StudyInputError(f"seed must be an integer from 0 to {SEED_MAX} (NumPy's range), got {self.seed!r}")
         if self.sampler not in SAMPLERS:
             raise one_of("sampler", self.sampler, SAMPLERS)
         if self.objective not in OBJECTIVES:
             raise one_of("objective", self.objective, OBJECTIVES)
         if self.keep_checkpoints not in KEEP:
             raise one_of("keep-checkpoints policy", self.keep_checkpoints, KEEP)
-        if not isinstance(self.n_trials, int) or self.n_trials < 1:
-            raise StudyInputError(f"n_trials must be a positive integer, got {self.n_trials!r}")
+        if not isinstance(self.n_trials, int) or isinstance(self.n_trials, bool) or not 1 <= self.n_trials <= MAX_TRIALS:
+            raise StudyInputError(f"n_trials must be a positive integer up to {MAX_TRIALS}, got {self.n_trials!r}")
         for name in ("heartbeat", "max_failures"):
             if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool) or getattr(self, name) < 1:
                 raise StudyInputError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+            if getattr(self, name) > 10**6:
+                raise StudyInputError(f"{name} must be at most 1000000, got {getattr(self, name)!r}")
         if self.prune and self.objective == "pareto":
             raise StudyInputError("pruning needs a single objective: add --objective average (or model_utility, forget_efficacy)")
         if not self.methods:
@@ -120,17 +137,38 @@ class StudySettings:
                 raise StudyInputError(f"search range of {name} must be [low, high] with 0 < low < high, got {bounds!r}") from None
 
 
+def check_study_name(name) -> None:
+    """A study name is one printable line of at most 200 characters without ``/``, ``#`` or ``..``:
+    it becomes Optuna study names (``<name>/<method>``), MLflow tags and run names."""
+    if not isinstance(name, str) or not name.strip() or len(name) > 200 or name != name.strip() \
+            or any(not c.isprintable() for c in name) or "/" in name or "\\" in name or "#" in name or ".." in name:
+        raise StudyInputError(f"study name must be 1 to 200 printable characters without '/', '\\', '#' or '..', "
+                              f"got {name!r}"[:300])
+
+
+def check_store_url(what: str, url, schemes: tuple[str, ...]) -> None:
+    """A store URL with a known scheme (``scheme://...`` or ``journal:<file>``); checked before any store
+    is touched. The message shows the URL redacted."""
+    scheme = url.split(":", 1)[0].split("+", 1)[0].lower() if isinstance(url, str) and ":" in url else ""
+    if not isinstance(url, str) or scheme not in schemes or (scheme != "journal" and "://" not in url) \
+            or any(not c.isprintable() for c in url):
+        shown = redact(url) if isinstance(url, str) else url
+        raise StudyInputError(f"{what} {shown!r}: unknown scheme; valid: "
+                              + ", ".join(f"{s}:<file>" if s == "journal" else f"{s}://..." for s in schemes))
+
+
 # --------------------------------------------------------------------------------------------------
 # Search spaces
 
 
-def search_space(method: str, scenario: str, sampler: str, overrides: dict | None = None) -> dict[str, object]:
+def search_space(method: str, scenario: str, sampler: str, overrides: dict | None = None, fixed=()) -> dict[str, object]:
     """``name -> Param`` (tpe) or ``name -> list of values`` (grid, paper). The ranges are the ones the
-    losses declare (``study.losses``), narrowed or moved by ``overrides`` (``name -> [low, high]``)."""
+    losses declare (``study.losses``), narrowed or moved by ``overrides`` (``name -> [low, high]``);
+    the names in ``fixed`` are left out (the trial configuration's value is used)."""
     if sampler == "paper":
         rows = paper_settings(scenario, method)
-        return {key: sorted({row[key] for row in rows}) for key in rows[0]}
-    space = {p.name: p for p in Method.parse(method).search_space()}
+        return {key: sorted({row[key] for row in rows}) for key in rows[0] if key not in fixed}
+    space = {p.name: p for p in Method.parse(method).search_space() if p.name not in fixed}
     for name, (low, high) in (overrides or {}).items():
         if name in space:
             space[name] = dataclasses.replace(space[name], low=float(low), high=float(high), default=None)
@@ -218,6 +256,7 @@ def make_sampler(settings: StudySettings, space: dict, offset: int = 0):
     of that order, so every worker must share one order (a moved seed would repeat points)."""
     import optuna
 
+    settings = dataclasses.replace(settings, seed=settings.seed % (SEED_MAX + 1))  # offset seeds wrap around
     if settings.sampler in ("grid", "paper"):
         return optuna.samplers.GridSampler({k: list(v) for k, v in space.items()}, seed=settings.seed)
     if settings.objective == "pareto":
@@ -264,13 +303,97 @@ def open_storage(url: str, failed_trial_callback=None, heartbeat: int = HEARTBEA
                                           grace_period=2 * heartbeat, heartbeat_stale_trial_callback=failed_trial_callback)
     except Exception as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise StudyInputError(f"Optuna storage {redact(url)} is unreachable: {type(error).__name__}: {first}") from None
+        raise StudyInputError(f"Optuna storage {redact(url)} is unreachable: {type(error).__name__}: {scrub(first, url)}") from None
 
 
 def _counted(study) -> int:
     from optuna.trial import TrialState
 
     return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials(deepcopy=False))
+
+
+def once(storage, key: str, find, create, poll_s: float = 0.5) -> str:
+    """``find()`` if it finds something, else ``create()`` in exactly one of the workers that get here
+    together; the others wait for ``find()`` to answer. Returns what was found or created.
+
+    The claim is atomic: the worker that creates the Optuna study ``<key>#claim-<k>`` (study names are
+    unique in every Optuna storage) creates; it beats on the claim while it works. A claim whose beat
+    has not moved for ``CLAIM_TIMEOUT_S`` (its worker died) is taken over by claiming ``k + 1``.
+    Claims are deleted once ``create()`` returned."""
+    import threading
+
+    import optuna
+
+    generation, last_beat, seen_at = 1, None, None
+    while True:
+        found = find()
+        if found:
+            return found
+        claim = f"{key}#claim-{generation}"
+        try:
+            claimed = optuna.create_study(study_name=claim, storage=storage)
+        except optuna.exceptions.DuplicatedStudyError:
+            try:
+                beat = optuna.load_study(study_name=claim, storage=storage).user_attrs.get("beat")
+            except KeyError:  # the claim was just released: look again
+                beat = "released"
+            if beat != last_beat or seen_at is None:
+                last_beat, seen_at = beat, time.monotonic()
+            elif time.monotonic() - seen_at > CLAIM_TIMEOUT_S:
+                generation, last_beat, seen_at = generation + 1, None, None
+                continue
+            time.sleep(poll_s)
+            continue
+        stop = threading.Event()
+
+        def beat_on(claimed=claimed):
+            count = 0
+            while not stop.wait(min(10.0, CLAIM_TIMEOUT_S / 4)):
+                count += 1
+                try:
+                    claimed.set_user_attr("beat", count)
+                except Exception:  # the storage hiccuped: the next beat will do
+                    pass
+
+        beating = threading.Thread(target=beat_on, daemon=True)
+        beating.start()
+        try:
+            # Unless it appeared between the look above and the claim (claims are deleted after it).
+            return find() or create()
+        finally:
+            stop.set()
+            beating.join()
+            for k in range(1, generation + 1):
+                try:
+                    optuna.delete_study(study_name=f"{key}#claim-{k}", storage=storage)
+                except Exception:  # already gone (KeyError) or the storage is unreachable: stale claims expire
+                    pass
+
+
+def _running(study) -> int:
+    from optuna.trial import TrialState
+
+    return sum(t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False))
+
+
+def one_line(error: BaseException) -> str:
+    """``Type: first line of the message``: how a failure is reported to the user."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+
+
+def is_environment_error(error: BaseException) -> bool:
+    """A failure of the machine or a store (disk full, read-only or unreachable database, network),
+    not of this code: reported in one line instead of a traceback."""
+    if isinstance(error, (OSError, MemoryError)):
+        return True
+    module = type(error).__module__.split(".")[0]
+    return module in ("sqlite3", "sqlalchemy", "mlflow", "psycopg2", "requests", "urllib3")
+
+
+INSTABILITIES = (NonFiniteLoss, FloatingPointError)
+"""Failures that say the sampled setting diverges, not that something is broken: the study goes on
+(up to ``max_failures`` in a row). Any other failure inside a trial stops the study at once."""
 
 
 class SurplusTrial(Exception):
@@ -304,6 +427,7 @@ class Sweep:
         self._targets: dict[str, tuple] = {}
         self._retain_r: dict = {}
         self._current_run: str | None = None  # the MLflow run of the trial in progress (ended KILLED on Ctrl-C)
+        self._storage = None  # the Optuna storage (claims on creating the target and retain runs)
 
     # MLflow ------------------------------------------------------------------------------------
     def _end_stale_run(self, study, trial) -> None:
@@ -323,37 +447,9 @@ class Sweep:
                 pass
 
     def _parent_run(self, study, method: str) -> str:
-        """The study's MLflow run, created once even when workers start together.
-
-        The claim is atomic: the worker that creates the Optuna study ``<name>#claim-<k>`` (study names
-        are unique in every Optuna storage) creates the run; the others wait for its id. A claim that
-        has not produced a run within ``CLAIM_TIMEOUT_S`` (its worker died) is taken over by claiming
-        ``k + 1``. Claims are deleted once the run's id is stored."""
-        import optuna
-
-        storage, generation, waiting_since = study._storage, 1, None
-        while True:
-            run_id = study.user_attrs.get("mlflow_parent_run_id")
-            if run_id:
-                return run_id
-            claim = f"{study.study_name}#claim-{generation}"
-            try:
-                optuna.create_study(study_name=claim, storage=storage)
-            except optuna.exceptions.DuplicatedStudyError:
-                waiting_since = waiting_since or time.monotonic()
-                if time.monotonic() - waiting_since > CLAIM_TIMEOUT_S:
-                    generation, waiting_since = generation + 1, None
-                else:
-                    time.sleep(0.5)
-                continue
-            # Won: unless a run appeared between the check above and the claim (claims are deleted after it).
-            run_id = study.user_attrs.get("mlflow_parent_run_id") or self._create_parent_run(study, method)
-            for k in range(1, generation + 1):
-                try:
-                    optuna.delete_study(study_name=f"{study.study_name}#claim-{k}", storage=storage)
-                except KeyError:
-                    pass
-            return run_id
+        """The study's MLflow run, created once even when workers start together (``once``)."""
+        return once(study._storage, study.study_name, lambda: study.user_attrs.get("mlflow_parent_run_id"),
+                    lambda: self._create_parent_run(study, method))
 
     def _create_parent_run(self, study, method: str) -> str:
         run_id = self.tracker.start(study.study_name, "study", {
@@ -413,11 +509,11 @@ class Sweep:
         self.log(f"target model: from {self.cfg.model.target or self.cfg.model.name} ...")
         prepared = target_model(self.cfg, data, device, self.progress)
         self.log(f"target model: {prepared.path} ({'cached' if prepared.cached else f'fine-tuned in {prepared.seconds:.0f} s'})")
-        runs = self.tracker.find("target", key=prepared.key, eval_key=self._eval_key(), task=tasks_of(self.cfg)[0])
-        runs = [r for r in runs if r.info.status == "FINISHED"]
-        if runs:
-            run_id = runs[0].info.run_id
-        else:
+        def find():
+            runs = self.tracker.find("target", key=prepared.key, eval_key=self._eval_key(), task=tasks_of(self.cfg)[0])
+            return next((r.info.run_id for r in runs if r.info.status == "FINISHED"), None)
+
+        def create():
             run_id = self.tracker.start(f"target-{prepared.key}", "target", {
                 "key": prepared.key, "eval_key": self._eval_key(), "model": self.cfg.model.name, "path": prepared.path,
                 "scenario": self.cfg.data.scenario, "split": self.cfg.data.split, "task": tasks_of(self.cfg)[0],
@@ -429,6 +525,10 @@ class Sweep:
             self.tracker.metrics(run_id, result.summary)
             self.tracker.table_artifact(run_id, "eval/items.csv", result.items)
             self.tracker.end(run_id)
+            return run_id
+
+        # One target run per tracking store, even when workers reach this together.
+        run_id = once(self._storage, f"#target-{prepared.key}-{self._eval_key()}-task{tasks_of(self.cfg)[0]}", find, create)
         self._targets["target"] = (prepared, run_id)
         return prepared, run_id
 
@@ -444,11 +544,11 @@ class Sweep:
         data = scenario_data(self.cfg, task)
         prepared = finetuned_model(self.cfg, data.retain, "retain_model", device, self.progress)
         cache = Path(prepared.path) / f"forget_truth_ratio-{self._eval_key()}-task{task}.json"
-        runs = [r for r in self.tracker.find("retain_model", key=prepared.key, task=task) if r.info.status == "FINISHED"]
-        if cache.exists() and runs:
-            values = np.array(json.loads(cache.read_text()))
-            run_id = runs[0].info.run_id
-        else:
+        def find():
+            runs = [r for r in self.tracker.find("retain_model", key=prepared.key, task=task) if r.info.status == "FINISHED"]
+            return runs[0].info.run_id if runs and cache.exists() else None
+
+        def create():
             self.log(f"retain model (for Forget Quality, task {task}): evaluating ...")
             result = self._evaluate_path(prepared.path, data, device)
             forget = result.items[result.items["set"] == "forget"]
@@ -462,6 +562,11 @@ class Sweep:
             self.tracker.metrics(run_id, result.summary)
             self.tracker.table_artifact(run_id, "eval/items.csv", result.items)
             self.tracker.end(run_id)
+            return run_id
+
+        # One retain run per tracking store, even when workers reach this together.
+        run_id = once(self._storage, f"#retain-{prepared.key}-{self._eval_key()}-task{task}", find, create)
+        values = np.array(json.loads(cache.read_text()))
         self._retain_r[task] = (values, run_id)
         return values
 
@@ -470,10 +575,15 @@ class Sweep:
         """Run every method's study to ``n_trials`` finished trials; returns ``method -> study``."""
         import optuna
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        storage = open_storage(self.settings.storage, failed_trial_callback=self._end_stale_run,
-                               heartbeat=self.settings.heartbeat)
-        self.tracker = Tracker(self.settings.tracking_uri, self.settings.experiment)
+        # A failed trial is reported in one line by this module (its traceback goes to the MLflow run),
+        # not by Optuna's warning with the traceback; so is Ctrl-C.
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        # Workers started together on fresh stores would race at creating the schemas.
+        with schema_lock(self.settings.storage, self.settings.tracking_uri):
+            storage = open_storage(self.settings.storage, failed_trial_callback=self._end_stale_run,
+                                   heartbeat=self.settings.heartbeat)
+            self.tracker = Tracker(self.settings.tracking_uri, self.settings.experiment)
+        self._storage = storage
         studies = {}
         try:
             for method in self.settings.methods:
@@ -481,14 +591,18 @@ class Sweep:
         except KeyboardInterrupt:  # wherever it hit: the trial's run ends KILLED (Optuna fails the trial)
             self._end_current_run("KILLED", "interrupted (Ctrl-C)")
             raise
+        except Exception as error:
+            self._end_current_run("FAILED", one_line(error))
+            if isinstance(error, (StudyInputError, StudyFault)) or not is_environment_error(error):
+                raise
+            raise StudyFault(scrub(one_line(error), self.settings.storage, self.settings.tracking_uri)) from None
         return studies
 
     def _run_method(self, storage, method: str):
         import optuna
-        from optuna.trial import TrialState
 
         name = f"{self.settings.study_name}/{method}"
-        space = search_space(method, self.cfg.data.scenario, self.settings.sampler, self.settings.space)
+        space = search_space(method, self.cfg.data.scenario, self.settings.sampler, self.settings.space, self.settings.fixed)
         n_trials = self.settings.n_trials
         if self.settings.sampler in ("grid", "paper"):
             n_trials = min(n_trials, math.prod(len(v) for v in space.values())) if self.settings.sampler == "grid" else \
@@ -510,8 +624,42 @@ class Sweep:
             self.tracker.client.update_run(parent, status="RUNNING")  # resumed with trials to run
         done = _counted(study)
         self.log(f"study {name}: {done}/{n_trials} trials finished" + (", resuming" if done else ""))
+        try:
+            self._trials(study, storage, method, space, parent, n_trials)
+        except KeyboardInterrupt:
+            self._end_run(parent, "KILLED", "interrupted (Ctrl-C); run the same command again to resume")
+            raise
+        except Exception as error:  # every exit path ends the study's run with a status and a reason
+            self._end_run(parent, "FAILED", one_line(error))
+            raise
+        finished = _counted(study)
+        self.tracker.metrics(parent, {"n_trials_finished": finished})
+        if finished >= n_trials:  # the study is complete (a later run with more trials re-opens it)
+            self.tracker.end(parent, "FINISHED")
+        return study
+
+    def _end_run(self, run_id: str, status: str, reason: str) -> None:
+        """End a run that may still be RUNNING, quietly where the store itself is what failed."""
+        try:
+            if self.tracker.client.get_run(run_id).info.status == "RUNNING":
+                self.tracker.end(run_id, status, reason)
+        except Exception:
+            pass
+
+    def _trials(self, study, storage, method: str, space: dict, parent: str, n_trials: int) -> None:
+        """Run trials until the study holds ``n_trials`` finished ones. A diverging trial (non-finite
+        loss) counts towards ``max_failures``; any other failure stops the study at once."""
+        import optuna
+        from optuna.trial import TrialState
+
+        name = study.study_name
         failures = 0
         while _counted(study) < n_trials:
+            if isinstance(storage, optuna.storages.RDBStorage) and _counted(study) + _running(study) >= n_trials:
+                # Other workers' trials fill the study: wait for them rather than start a surplus trial.
+                if not self._wait_for_others(study, storage, n_trials):
+                    break
+                continue
             mine, errors = [], []
             # Re-seeded before every trial (TPE keeps no state but its RNG): workers that share the study
             # draw different suggestions instead of repeating each other's sequence; one worker stays
@@ -524,7 +672,13 @@ class Sweep:
                 except Exception as error:
                     errors.append(error)
                     if not isinstance(error, (optuna.TrialPruned, SurplusTrial)) and "failure_reason" not in trial.user_attrs:
-                        trial.set_user_attr("failure_reason", f"{type(error).__name__}: {error}"[:1000])
+                        try:
+                            trial.set_user_attr("failure_reason", one_line(error)[:1000])
+                        except Exception:  # the storage failed too: the error itself is reported
+                            pass
+                    # A failure after the trial's run began that did not end it (e.g. the disk filled up
+                    # while the checkpoint was written): FAILED with the reason, not left RUNNING.
+                    self._end_current_run("FAILED", one_line(error) + "\n" + traceback.format_exc()[-3000:])
                     raise
 
             study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True,
@@ -535,20 +689,20 @@ class Sweep:
                 if not self._wait_for_others(study, storage, n_trials):
                     break
                 continue
-            self._apply_keep_policy(study)
             failures = failures + 1 if last.state == TrialState.FAIL else 0
-            if failures and isinstance(errors[-1] if errors else None, StudyInputError):
-                raise StudyInputError(f"study {name}, trial {last.number}: {errors[-1]}")
+            error = errors[-1] if errors and last.state == TrialState.FAIL else None
+            if isinstance(error, StudyInputError):
+                raise StudyInputError(f"study {name}, trial {last.number}: {error}")
+            if error is not None and not isinstance(error, INSTABILITIES):
+                raise StudyFault(f"study {name}, trial {last.number} failed: "
+                                 f"{scrub(one_line(error), self.settings.storage, self.settings.tracking_uri)}"
+                                 " -- the study stopped (not a diverging loss: fix the cause, then run the same command to resume)")
+            self._apply_keep_policy(study)
             if failures >= self.settings.max_failures:
                 raise TooManyFailures(
                     f"study {name}: {failures} trials failed in a row, the last with {last.user_attrs.get('failure_reason', '?')}"
                     f" -- change the settings (e.g. lower learning rates or coefficients) or raise --max-failures, "
                     "then run the same command again to resume")
-        finished = _counted(study)
-        self.tracker.metrics(parent, {"n_trials_finished": finished})
-        if finished >= n_trials:  # the study is complete (a later run with more trials re-opens it)
-            self.tracker.end(parent, "FINISHED")
-        return study
 
     def _wait_for_others(self, study, storage, n_trials: int) -> bool:
         """After a surplus trial: wait while other trials run. True when the study still needs trials and

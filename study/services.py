@@ -4,7 +4,7 @@ stores artifacts. The scale-out test uses them, and so can you, to try the clust
 ``docs/scale-out.md`` on one machine:
 
     python -m study.services up                 # PostgreSQL + MLflow server until Ctrl-C; prints the URLs
-    python -m study.services init --storage URL --tracking-uri URL [--experiment NAME]
+    python -m study.services init [--experiment NAME]   # the stores of $OPTUNA_STORAGE and $MLFLOW_TRACKING_URI
 
 In Python::
 
@@ -19,7 +19,8 @@ Everything binds to 127.0.0.1 only. PostgreSQL comes from the operating system (
 ``apt-get install postgresql``; ``make setup`` installs it); it refuses to run as root, so as root the
 server runs as the ``postgres`` user that the package creates. Passwords are random, passed to the
 MLflow server through its environment (not its command line) and never printed: ``up`` writes the
-full URLs to ``<dir>/urls.env`` (mode 0600) and prints them redacted.
+full URLs to ``<dir>/urls.env`` (mode 0600) as ``OPTUNA_STORAGE`` and ``MLFLOW_TRACKING_URI`` (the
+variables ``sweep.py`` reads, so no password goes on a worker's command line) and prints them redacted.
 """
 
 from __future__ import annotations
@@ -281,10 +282,11 @@ def init_stores(storage: str, tracking_uri: str, experiment: str = "unlearning-s
     """Create the Optuna tables and the MLflow experiment once, before several workers start (two
     workers creating them at the same moment can collide)."""
     from .search import open_storage
-    from .tracking import Tracker
+    from .tracking import Tracker, schema_lock
 
-    open_storage(storage)
-    Tracker(tracking_uri, experiment)
+    with schema_lock(storage, tracking_uri):
+        open_storage(storage)
+        Tracker(tracking_uri, experiment)
 
 
 def _main(argv=None) -> int:
@@ -295,14 +297,19 @@ def _main(argv=None) -> int:
     up.add_argument("--port", type=int, default=5000, help="MLflow server port (default %(default)s)")
     up.add_argument("--experiment", default="unlearning-study")
     init = sub.add_parser("init", help="create the Optuna tables and the MLflow experiment")
-    init.add_argument("--storage", required=True)
-    init.add_argument("--tracking-uri", required=True)
+    init.add_argument("--storage", default=os.environ.get("OPTUNA_STORAGE"),
+                      help="Optuna storage (default: $OPTUNA_STORAGE; pass passwords there, not here)")
+    init.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
+                      help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI)")
     init.add_argument("--experiment", default="unlearning-study")
     args = parser.parse_args(argv)
     from .errors import StudyInputError
 
     try:
         if args.command == "init":
+            if not args.storage or not args.tracking_uri:
+                raise StudyInputError("init needs the stores: set OPTUNA_STORAGE and MLFLOW_TRACKING_URI "
+                                      "(or pass --storage and --tracking-uri)")
             init_stores(args.storage, args.tracking_uri, args.experiment)
             print(f"ready: Optuna storage {redact(args.storage)}, MLflow {redact(args.tracking_uri)} experiment {args.experiment}")
             return 0
@@ -314,12 +321,11 @@ def _main(argv=None) -> int:
             urls = directory / "urls.env"
             urls.unlink(missing_ok=True)
             with os.fdopen(os.open(urls, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
-                handle.write(f"STORAGE='{pg.url('optuna')}'\nTRACKING_URI='{server.url}'\n")
+                handle.write(f"export OPTUNA_STORAGE='{pg.url('optuna')}'\nexport MLFLOW_TRACKING_URI='{server.url}'\n")
             print(f"PostgreSQL   {redact(pg.url('optuna'))} (data in {pg.directory}, deleted on exit)")
             print(f"MLflow       {server.url} (artifacts in {directory / 'artifacts'})")
             print(f"full URLs    {urls} (mode 0600)")
-            print(f"workers:     . {urls} && python experiments/sweep.py --study-name NAME --storage \"$STORAGE\" "
-                  f"--tracking-uri \"$TRACKING_URI\" --experiment {args.experiment}")
+            print(f"workers:     . {urls} && python experiments/sweep.py --study-name NAME --experiment {args.experiment}")
             print("Ctrl-C stops both servers (the PostgreSQL data is deleted; the artifacts stay).")
             try:
                 while server.process.poll() is None and pg.process.poll() is None:

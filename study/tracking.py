@@ -21,9 +21,10 @@ FAILED with ``study.failure_reason``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import os
+import re
 import subprocess
 import tempfile
 import time
@@ -37,25 +38,85 @@ DEFAULT_EXPERIMENT = "unlearning-study"
 TAG = "study."
 
 
+_SECRET_KEY = re.compile(r"pass|pwd|secret|token|key|auth|credential|signature", re.IGNORECASE)
+_SECRET_QUERY = re.compile(r"([?&;][^=&;#?]*?(?:pass|pwd|secret|token|key|auth|credential|signature)[^=&;#?]*=)([^&;#]*)",
+                           re.IGNORECASE)
+_SCHEME = re.compile(r"^[^:/@]*://")
+
+
 def redact(url: str | None) -> str | None:
-    """A URL with any password replaced by ``***`` (never log or print credentials). A malformed URL
-    (no scheme, an unencoded ``/`` or ``@`` in the password) loses everything between the user name's
-    ``:`` and the last ``@``: better too much hidden than a password shown."""
-    if not url or "@" not in url:
+    """A URL with every credential replaced by ``***`` (never log or print credentials): the password
+    of its user information, and the value of every query parameter named like a secret (``password``,
+    ``pwd``, ``secret``, ``token``, ``key`` ...). A malformed URL (no scheme, an unencoded ``/``, ``#``
+    or ``@`` in the password) loses everything between the user name's ``:`` and the last ``@``, or
+    all that precedes the last ``@`` when there is no ``:``: better too much hidden than a password shown."""
+    if not url:
+        return url
+    return _SECRET_QUERY.sub(lambda m: m.group(1) + "***", _redact_userinfo(url))
+
+
+def _redact_userinfo(url: str) -> str:
+    if "@" not in url:
         return url
     try:
         parts = urlsplit(url)
         password = parts.password
     except ValueError:
-        password = None
-    if password is not None and f":{password}@" in parts.netloc:
-        netloc = parts.netloc.replace(f":{password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    start = url.find("//") + 2 if "//" in url else 0
+        parts, password = None, None
+    well_formed = (parts is not None and parts.netloc.count("@") == 1 and parts.netloc in url  # (urlsplit drops \t\r\n)
+                   and "@" not in url.split(parts.netloc, 1)[1])
+    if well_formed and password is None and ":" not in parts.netloc.partition("@")[0]:
+        return url  # a user name alone
+    if well_formed and password is not None and f":{password}@" in parts.netloc:
+        return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{password}@", ":***@")))
+    scheme = _SCHEME.match(url)
+    start = scheme.end() if scheme else 0
     userinfo, _, host = url[start:].rpartition("@")
-    if ":" not in userinfo:
-        return url
-    return f"{url[:start]}{userinfo.split(':', 1)[0]}:***@{host}"
+    user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
+    return f"{url[:start]}{user}{':' if user else ''}***@{host}"
+
+
+def secrets_of(url: str | None) -> list[str]:
+    """The credentials ``url`` holds: its password (also of a malformed URL) and the values of query
+    parameters named like secrets."""
+    if not url:
+        return []
+    found = set()
+    scheme = _SCHEME.match(url)
+    userinfo = url[scheme.end() if scheme else 0:].rpartition("@")[0]
+    if userinfo and redact(url) != url:
+        found.add(userinfo.split(":", 1)[1] if ":" in userinfo else userinfo)
+    try:
+        if urlsplit(url).password:
+            found.add(urlsplit(url).password)
+    except ValueError:
+        pass
+    found.update(m.group(2) for m in _SECRET_QUERY.finditer(url))
+    return sorted((s for s in found if s), key=len, reverse=True)
+
+
+def scrub(text: str, *urls: str | None, shortest: int = 4) -> str:
+    """``text`` (an error message) with each URL redacted and every run of ``shortest`` or more
+    characters that occurs in one of their credentials replaced by ``***``: a message that quotes a
+    malformed URL in pieces shows no piece of its password."""
+    for url in urls:
+        if not url:
+            continue
+        text = text.replace(url, redact(url))
+        for secret in secrets_of(url):
+            out, i = [], 0
+            while i < len(text):
+                j = i + shortest
+                if j <= len(text) and text[i:j] in secret:
+                    while j < len(text) and text[i:j + 1] in secret:
+                        j += 1
+                    out.append("***")
+                    i = j
+                else:
+                    out.append(text[i])
+                    i += 1
+            text = "".join(out)
+    return text
 
 
 def _probe(uri: str) -> None:
@@ -105,6 +166,26 @@ def _sqlite_path(uri: str) -> Path | None:
     return None
 
 
+@contextlib.contextmanager
+def schema_lock(*uris: str):
+    """Hold an exclusive lock (``fcntl.flock`` on ``<database>.lock``) for each local SQLite database
+    among ``uris`` while the block creates or upgrades its schema: processes started together on fresh
+    stores would otherwise race (``table ... already exists``). Servers and other URLs need no lock here."""
+    import fcntl
+
+    with contextlib.ExitStack() as stack:
+        for uri in sorted({u for u in uris if u}):
+            path = _sqlite_path(uri)
+            if path is None:
+                continue
+            path = path.resolve()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = stack.enter_context(open(path.with_name(path.name + ".lock"), "a"))
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            stack.callback(fcntl.flock, handle, fcntl.LOCK_UN)
+        yield
+
+
 def artifact_root_for(uri: str) -> str | None:
     """Artifacts beside a local sqlite database (``mlruns/artifacts``); servers choose their own."""
     path = _sqlite_path(uri)
@@ -138,10 +219,9 @@ class Tracker:
             else:
                 self.experiment_id = found.experiment_id
         except Exception as error:
-            first = str(error).splitlines()[0] if str(error) else ""
-            hidden = redact(tracking_uri)
-            first = first.replace(tracking_uri, hidden) if hidden != tracking_uri else first
-            raise StudyInputError(f"tracking store {hidden} is unreachable: {type(error).__name__}: {first}") from None
+            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise StudyInputError(f"tracking store {redact(tracking_uri)} is unreachable: "
+                                  f"{type(error).__name__}: {scrub(first, tracking_uri)}") from None
         self.experiment = experiment
 
     # runs ----------------------------------------------------------------------------------------

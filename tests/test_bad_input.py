@@ -176,7 +176,133 @@ BAD_ARGV = [
     (["--heartbeat", "0"], "heartbeat must be a positive integer"),
     (["--max-failures", "-1"], "max_failures must be a positive integer"),
     (["--scenario", "continual", "--tasks", "1", "99"], "task 99 does not exist"),
+    # Issue 13 (1): refused at planning, not inside every trial.
+    (["--device", "tpu9"], "device"),
+    (["--device", "cuda:notanumber"], "device 'cuda:notanumber'"),
+    (["--set", "train.lora_rank=-1"], "lora_rank must be an integer from 0"),
+    (["--set", "train.seed=4294967296"], "seed must be an integer from 0 to 4294967295"),
+    (["--seed", "-1"], "seed must be an integer from 0 to 4294967295"),
+    (["--set", "data.data_seed=-5"], "data_seed must be an integer from 0"),
+    (["--set", "train.max_length=3"], "train.max_length must be at least"),
+    (["--set", "eval.max_length=5"], "eval.max_length must be at least"),
+    (["--set", "finetune.max_length=2"], "finetune.max_length must be at least"),
+    (["--embedder", "/nonexistent/embedder"], "embedder '/nonexistent/embedder'"),
+    (["--set", "train.deepspeed='/nonexistent/zero3.json'"], "train.deepspeed"),
+    # Issue 13 (2)
+    (["--set", "train.batch_size=100000000000000000000"], "batch_size must be"),
+    (["--set", "train.batch_size=65536", "--set", "train.grad_accum=2"], "batch_size x grad_accum must be at most"),
+    (["--set", "eval.batch_size=1000000000"], "eval.batch_size must be"),
+    (["--set", "train.epochs=1e12"], "epochs must be at most"),
+    (["--scenario", "continual", "--tasks", "1", "1"], "tasks must not repeat"),
+    (["--study-name", "a/b"], "study name must be"),
+    (["--study-name", ".."], "study name must be"),
+    (["--study-name", "x..y"], "study name must be"),
+    (["--study-name", "two\nlines"], "study name must be"),
+    (["--study-name", "s" * 5000], "study name must be"),
+    (["--study-name", ""], "study name must be"),
+    (["--model", ""], "model.name must be a non-empty name"),
+    (["--model", " "], "model.name must be a non-empty name"),
+    (["--data-dir", ""], "--data-dir must name a directory"),
+    (["--experiment", ""], "experiment name must be"),
+    (["--storage", "redis://127.0.0.1/0"], "Optuna storage 'redis://127.0.0.1/0': unknown scheme"),
+    (["--tracking-uri", "gopher://127.0.0.1/"], "tracking store 'gopher://127.0.0.1/': unknown scheme"),
 ]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_device_on_a_cpu_machine_is_refused_at_planning(sweep, capsys, tmp_path):
+    code, out, err = _run_main(sweep, capsys, ["--preset", "smoke", "--dry-run", "--device", "cuda"])
+    assert code == 2 and "CUDA is not available" in _one_error_line(err)
+
+
+def _data_copy(valid_tofu, folder: Path) -> Path:
+    folder.mkdir()
+    for source in valid_tofu.iterdir():
+        (folder / source.name).write_bytes(source.read_bytes())
+    return folder
+
+
+def test_bad_models_and_data_are_refused_at_planning(sweep, capsys, tmp_path, valid_tofu):
+    """Issue 13 (1): a folder that is not a model (as model, target or embedder), an empty refusal file,
+    perturbed-answer lists of unequal length: refused by the plan, naming the file or field."""
+    not_a_model = tmp_path / "not-a-model"
+    not_a_model.mkdir()
+    (not_a_model / "notes.txt").write_text("no weights here")
+    empty_refusals = _data_copy(valid_tofu, tmp_path / "refusals")
+    (empty_refusals / "idontknow.jsonl").write_text("\n  \n")
+    ragged = _data_copy(valid_tofu, tmp_path / "ragged")
+    rows = [json.loads(line) for line in (ragged / "retain_perturbed.json").read_text().splitlines()]
+    rows[1]["perturbed_answer"] = rows[1]["perturbed_answer"][:1] + rows[1]["perturbed_answer"]
+    (ragged / "retain_perturbed.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cases = [(["--model", str(not_a_model)], "not a model directory (no config.json)"),
+             (["--target", str(not_a_model)], "not a model directory (no config.json)"),
+             (["--embedder", str(not_a_model)], "is not a model directory"),
+             (["--data-dir", str(empty_refusals)], "idontknow.jsonl: no refusal template"),
+             (["--data-dir", str(ragged)], "retain set, row 2: field 'perturbed_answer' has")]
+    for argv, message in cases:
+        code, out, err = _run_main(sweep, capsys, ["--preset", "smoke", "--dry-run", *argv])
+        assert code == 2 and message in _one_error_line(err), (argv, err)
+
+
+def test_set_lr_is_fixed_for_the_study_not_silently_searched(sweep, capsys):
+    """Issue 13 (2): ``--set train.lr`` used to be overridden by the sampled lr; now lr leaves the search space."""
+    assert sweep.main(["--preset", "smoke", "--dry-run", "--set", "train.lr=0.0005"]) == 0
+    out = capsys.readouterr().out
+    assert "fixed        train.lr = 0.0005 (given with --set: not searched)" in out
+    space = next(line for line in out.splitlines() if line.startswith("space ME+GD"))
+    assert "lr in" not in space and "forget_coeff in" in space
+    assert sweep.main(["--preset", "smoke", "--dry-run"]) == 0
+    assert "space ME+GD    lr in [0.0001, 0.001] (log)" in capsys.readouterr().out
+
+
+def test_stores_come_from_the_environment_redacted(sweep, capsys, tmp_path, monkeypatch):
+    """Issue 13 (5): OPTUNA_STORAGE / MLFLOW_TRACKING_URI keep passwords off the command line; the options win."""
+    monkeypatch.setenv("OPTUNA_STORAGE", f"postgresql+psycopg2://user:{PASSWORD}@db.internal:5432/optuna?sslmode=require")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://mlflow.internal:5000/?token={PASSWORD}")
+    code, out, err = _run_main(sweep, capsys, ["--preset", "smoke", "--dry-run"])
+    assert code == 0
+    assert "storage      postgresql+psycopg2://user:***@db.internal:5432/optuna?sslmode=require" in out
+    assert "tracking     http://mlflow.internal:5000/?token=***" in out
+    assert PASSWORD not in out + err and "warning" not in err
+    code, out, err = _run_main(sweep, capsys, ["--preset", "smoke", "--dry-run", "--storage", f"sqlite:///{tmp_path}/o.db"])
+    assert f"storage      sqlite:///{tmp_path}/o.db" in out
+
+
+def test_a_password_on_the_command_line_is_hidden_and_warned_about(sweep, capsys):
+    code, out, err = _run_main(sweep, capsys, ["--preset", "smoke", "--dry-run",
+                                               "--storage", f"sqlite:///mlruns/optuna.db?password={PASSWORD}"])
+    assert code == 0 and PASSWORD not in out + err
+    assert "storage      sqlite:///mlruns/optuna.db?password=***" in out
+    assert "warning: --storage holds a credential" in err and "OPTUNA_STORAGE" in err
+
+
+def test_query_string_password_is_not_stored_in_the_study_run(tmp_path):
+    """Issue 13 (5): the MLflow param ``study.storage`` held ``?password=...`` in clear."""
+    import optuna
+
+    from study.config import RunConfig
+    from study.search import StudySettings, Sweep
+    from study.tracking import Tracker
+
+    settings = StudySettings("pw", ["ME+GD"], storage=f"postgresql+psycopg2://db.internal/optuna?user=u&password={PASSWORD}")
+    sweep = Sweep(RunConfig(), settings, log=lambda *a: None)
+    sweep.tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "pw")
+    study = optuna.create_study(study_name="pw/ME+GD", directions=["maximize", "maximize"])
+    run = sweep.tracker.client.get_run(sweep._parent_run(study, "ME+GD"))
+    assert run.data.params["study.storage"] == "postgresql+psycopg2://db.internal/optuna?user=u&password=***"
+    assert PASSWORD not in json.dumps([run.data.params, run.data.tags, study.user_attrs])
+
+
+@pytest.mark.parametrize("url", [f"postgresql://user:{PASSWORD}/x@127.0.0.1:1/optuna", f"user:{PASSWORD}@host//db",
+                                 f"postgresql://user:{PASSWORD[:6]}#{PASSWORD[6:]}@h/db", f"mysql://u@h/db?pwd={PASSWORD}",
+                                 f"postgresql://user:{PASSWORD}@h:5432/db?x=a@b", f"http://[user:{PASSWORD}@h"])
+def test_malformed_urls_hide_the_whole_password(url):
+    """Issue 13 (5): no part of the password (three characters or more) survives redaction or ``scrub``."""
+    from study.tracking import redact, scrub
+
+    pieces = {PASSWORD[i:i + 4] for i in range(len(PASSWORD) - 3)}
+    for shown in (redact(url), scrub(f"cannot parse {url!r} (near {PASSWORD[2:9]!r})", url)):
+        assert not [p for p in pieces if p in shown], shown
 
 
 def _run_main(sweep, capsys, argv):
@@ -197,6 +323,10 @@ def _one_error_line(err: str) -> str:
 
 @pytest.mark.parametrize("argv,message", BAD_ARGV, ids=[" ".join(a) for a, _ in BAD_ARGV])
 def test_bad_command_line_is_one_error_line_and_writes_nothing(sweep, capsys, tmp_path, monkeypatch, argv, message):
+    if "max_length must be at least" in message:
+        from study import models
+
+        models.smollm2_dir()  # the length check needs the tokenizer at hand (prepared once per machine)
     monkeypatch.chdir(tmp_path)
     db = tmp_path / "mlflow.db"
     code, out, err = _run_main(sweep, capsys, ["--preset", "smoke", "--tracking-uri", f"sqlite:///{db}",
@@ -233,8 +363,6 @@ UNREACHABLE = [
     ("--storage", f"postgresql+psycopg2://user:{PASSWORD}@127.0.0.1:1/optuna", "Optuna storage"),
     ("--storage", f"postgresql+psycopg2://user:{PASSWORD}@127.0.0.1:notaport/optuna", "Optuna storage"),
     ("--storage", f"mysql://user:{PASSWORD}@127.0.0.1:1/optuna", "Optuna storage"),
-    ("--storage", f"post gres://user:{PASSWORD}@127.0.0.1/optuna", "Optuna storage"),
-    ("--storage", f"user:{PASSWORD}@127.0.0.1/optuna", "Optuna storage"),
     ("--storage", f"postgresql://user:{PASSWORD}/x@127.0.0.1:1/optuna", "Optuna storage"),
     ("--tracking-uri", f"postgresql+psycopg2://user:{PASSWORD}@127.0.0.1:1/mlflow", "tracking store"),
     ("--tracking-uri", f"http://user:{PASSWORD}@127.0.0.1:1", "tracking store"),
@@ -250,6 +378,34 @@ def test_unreachable_store_is_one_line_without_the_password(sweep, capsys, tmp_p
     assert code == 2 and what in line and "unreachable" in line
     assert PASSWORD not in out + err
     assert not (tmp_path / "mlflow.db").exists()  # the tracking store is never created when a store is bad
+
+
+MALFORMED = [
+    ("--storage", f"post gres://user:{PASSWORD}@127.0.0.1/optuna", "Optuna storage"),
+    ("--storage", f"user:{PASSWORD}@127.0.0.1/optuna", "Optuna storage"),
+    ("--storage", f"user:{PASSWORD}@127.0.0.1//optuna", "Optuna storage"),
+    ("--storage", f"redis://user:{PASSWORD}@127.0.0.1/0", "Optuna storage"),
+    ("--storage", f"sqlite:///{{tmp}}/o.db?password={PASSWORD}\n", "Optuna storage"),
+    ("--tracking-uri", f"ftp://user:{PASSWORD}@127.0.0.1/m", "tracking store"),
+    ("--tracking-uri", f"user:{PASSWORD}@mlflow.internal:5000", "tracking store"),
+]
+
+
+@pytest.mark.parametrize("option,url,what", MALFORMED, ids=[u[1].split(PASSWORD)[0] + u[0] for u in MALFORMED])
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_unknown_store_scheme_is_refused_at_planning_without_the_password(sweep, capsys, tmp_path, monkeypatch, option, url,
+                                                                         what, dry_run):
+    """Issue 13 (2, 5): a store URL with an unknown scheme is refused by the plan (also with --dry-run), in one
+    line that shows no part of the password, before any store is created."""
+    monkeypatch.chdir(tmp_path)
+    stores = {"--storage": f"sqlite:///{tmp_path}/optuna.db", "--tracking-uri": f"sqlite:///{tmp_path}/mlflow.db",
+              option: url.replace("{tmp}", str(tmp_path))}
+    code, out, err = _run_main(sweep, capsys, ["--preset", "smoke", "--no-progress", *[x for kv in stores.items() for x in kv],
+                                               *(["--dry-run"] if dry_run else [])])
+    line = _one_error_line(err)
+    assert code == 2 and what in line and "unknown scheme" in line, line
+    assert PASSWORD not in out + err and "s3cr3t" not in out + err
+    assert list(tmp_path.iterdir()) == []
 
 
 @settings(max_examples=300, deadline=None)
@@ -274,3 +430,118 @@ def test_dry_run_prints_stores_without_password(sweep, capsys, tmp_path):
     assert "storage      postgresql+psycopg2://user:***@db.internal:5432/optuna" in out
     assert "tracking     http://user:***@mlflow.internal:5000" in out
     assert PASSWORD not in out + err
+
+
+# --------------------------------------------------------------------------------------------------
+# The command line and the settings, generated (hypothesis): every --set field and option
+
+
+def _toml(value) -> str:
+    """``value`` in TOML value syntax (what ``--set`` parses)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return "nan" if value != value else ("inf" if value == float("inf") else "-inf" if value == float("-inf") else repr(value))
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return str(value)
+
+
+def _field_values(hint, field: str):
+    """Values for a field of this type (valid, borderline, absurd) and of every other type."""
+    import typing
+
+    integers = st.one_of(st.integers(min_value=-3, max_value=600), st.integers(min_value=-2**70, max_value=2**70),
+                         st.sampled_from([0, 1, 2**31, 2**32 - 1, 2**32, 2**63 - 1, 10**20]))
+    floats = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.floats(min_value=1e-7, max_value=2.0))
+    texts = st.one_of(st.text(max_size=20), st.sampled_from(["", " ", "builtin", "hub", "x/y", "/nonexistent", "..", "ME+GD",
+                                                              "auto", "answer", "float32", "forget05", "continual", "\n"]))
+    wrong = st.one_of(integers, floats, texts, st.booleans(), st.lists(st.integers(min_value=-2, max_value=12), max_size=3))
+    text = str(hint)
+    if text in ("int", "<class 'int'>"):
+        typed = integers
+    elif text in ("float", "<class 'float'>"):
+        typed = st.one_of(floats, integers)
+    elif text in ("bool", "<class 'bool'>"):
+        typed = st.booleans()
+    elif "list" in text:
+        typed = st.lists(st.integers(min_value=-2, max_value=12), max_size=4)
+    else:
+        typed = texts
+    del typing
+    return st.one_of(typed, typed, wrong)
+
+
+@st.composite
+def set_items(draw):
+    import dataclasses
+    import typing
+
+    from study.config import RunConfig
+
+    items = []
+    for _ in range(draw(st.integers(min_value=1, max_value=2))):
+        section = draw(st.sampled_from(dataclasses.fields(RunConfig)))
+        hints = typing.get_type_hints(section.default_factory)
+        field = draw(st.sampled_from(sorted(hints)))
+        value = draw(_field_values(hints[field], field))
+        items.append((f"{section.name}.{field}", value))
+    return items
+
+
+OPTIONS = {  # option -> (values, a word the refusal must contain)
+    "--n-trials": (st.integers(min_value=-5, max_value=10**7), "n_trials"),
+    "--heartbeat": (st.integers(min_value=-5, max_value=10**7), "heartbeat"),
+    "--max-failures": (st.integers(min_value=-5, max_value=10**7), "max_failures"),
+    "--seed": (st.integers(min_value=-2**40, max_value=2**40), "seed"),
+    "--study-name": (st.text(max_size=300), "study name"),
+    "--experiment": (st.text(max_size=300), "experiment"),
+    "--model": (st.one_of(st.text(max_size=12), st.sampled_from(["", "tiny-llama", "a/b", "/tmp", "."])), "model"),
+    "--device": (st.one_of(st.text(max_size=8), st.sampled_from(["cpu", "cuda", "cuda:7", "mps", "meta", "cpu:0", "xla"])), "device"),
+    "--embedder": (st.one_of(st.text(max_size=12), st.sampled_from(["builtin", "/nonexistent", "a/b", ".", ""])), "embedder"),
+    "--storage": (st.one_of(st.text(max_size=30), st.sampled_from(["sqlite://", "journal:", "redis://x", "x://y"])), "Optuna storage"),
+    "--tracking-uri": (st.one_of(st.text(max_size=30), st.sampled_from(["file:", "ftp://x", "http:/x"])), "tracking store"),
+}
+
+
+class _NoStudy:
+    """Stands in for ``Sweep``: an accepted command line stops after its plan (nothing is trained)."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def run(self):
+        return {}
+
+
+@settings(max_examples=120, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large])
+@given(items=set_items(), option=st.one_of(st.none(), st.sampled_from(sorted(OPTIONS))), data=st.data())
+def test_generated_command_lines_run_or_are_refused_in_one_line(sweep, capsys, tmp_path_factory, monkeypatch, items, option,
+                                                                 data):
+    """Issue 13: any value of any ``--set`` field, and of the options: accepted, or one ``error:`` line that
+    names the setting, a non-zero exit, no traceback and nothing written to the stores."""
+    import study.search
+
+    monkeypatch.setattr(study.search, "Sweep", _NoStudy)
+    folder = tmp_path_factory.mktemp("cli")
+    monkeypatch.chdir(folder)
+    argv = ["--preset", "smoke", "--no-progress", "--storage", f"sqlite:///{folder}/optuna.db",
+            "--tracking-uri", f"sqlite:///{folder}/mlflow.db"]
+    for key, value in items:
+        argv += ["--set", f"{key}={_toml(value)}"]
+    names = [key for key, _ in items] + [key.split(".")[1] for key, _ in items] + [key.split(".")[0] for key, _ in items]
+    if option is not None:
+        values, word = OPTIONS[option]
+        argv.append(f"{option}={data.draw(values)}")
+        names.append(word)
+    code, out, err = _run_main(sweep, capsys, argv)
+    assert "Traceback" not in out + err, err
+    if code == 0:
+        return
+    line = _one_error_line(err)
+    assert code == 2, (code, err)
+    assert any(name.replace("_", " ") in line.replace("_", " ") or name in line for name in names), (argv, line)
+    assert list(folder.iterdir()) == [], (argv, line)  # nothing written to the stores

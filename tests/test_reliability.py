@@ -229,6 +229,7 @@ def test_sigint_ends_run_killed_and_trial_failed_and_says_how_to_resume(store, i
     worker, code, trial = interrupted
     assert code == 130, worker.tail()
     assert "interrupted" in worker.stderr and "Run the same command again to resume" in worker.stderr
+    assert "Traceback" not in worker.stderr, worker.stderr  # only the message (issue 13, 4)
     assert _study(store, "crash").trials[trial.number].state == TrialState.FAIL
     run = _client(store).get_run(trial.user_attrs["mlflow_run_id"])
     assert run.info.status == "KILLED"
@@ -330,8 +331,10 @@ def test_failing_trials_stop_the_study_after_max_failures(tmp_path, monkeypatch)
 def test_a_failure_between_successes_does_not_stop_the_study(tmp_path, monkeypatch):
     from optuna.trial import TrialState
 
+    from study.train import NonFiniteLoss
+
     def nan_loss():
-        raise ValueError("nan loss")
+        raise NonFiniteLoss("loss became nan at step 1/2 on rank 0")
 
     outcomes = iter([_good, nan_loss, _good])
     sweep, _ = _fast_sweep(tmp_path, monkeypatch, lambda: next(outcomes)(), n_trials=2, max_failures=2)
@@ -349,6 +352,69 @@ def test_bad_input_inside_a_trial_stops_at_once(tmp_path, monkeypatch):
     with pytest.raises(StudyInputError, match=r"trial 0: /data/forget01.json: file not found"):
         sweep.run()
     assert len(sweep.tracker.find("trial")) == 1
+
+
+def _run_of(sweep, kind: str):
+    (run,) = sweep.tracker.find(kind)
+    return run
+
+
+def test_a_failure_that_is_not_a_diverging_loss_stops_the_study_at_once(tmp_path, monkeypatch):
+    """Issue 13 (1, 4): a trial that fails for another reason than a non-finite loss (here the disk is
+    full) stops the study at its first failure, in one line; the trial's and the study's runs end FAILED."""
+    from study.errors import StudyFault
+
+    def disk_full():
+        raise OSError(28, "No space left on device")
+
+    sweep, logs = _fast_sweep(tmp_path, monkeypatch, disk_full, n_trials=3, max_failures=5)
+    with pytest.raises(StudyFault, match=r"trial 0 failed: OSError: \[Errno 28\] No space left on device") as error:
+        sweep.run()
+    assert "\n" not in str(error.value)
+    trial, study = _run_of(sweep, "trial"), _run_of(sweep, "study")
+    assert trial.info.status == "FAILED" and "No space left on device" in trial.data.tags["study.failure_reason"]
+    assert study.info.status == "FAILED" and "No space left on device" in study.data.tags["study.failure_reason"]
+
+
+def test_a_store_that_turns_read_only_ends_the_runs_failed(tmp_path, monkeypatch):
+    """Issue 13 (4): a write that fails after training (a read-only tracking store) does not leave the
+    trial's run RUNNING, and stops the study with one line."""
+    import sqlite3
+
+    from study.errors import StudyFault
+    from study.tracking import Tracker
+
+    original = Tracker.metrics
+
+    def metrics(self, run_id, values, step=0):
+        if "time/trial_s" in values:
+            raise sqlite3.OperationalError("attempt to write a readonly database")
+        return original(self, run_id, values, step)
+
+    monkeypatch.setattr(Tracker, "metrics", metrics)
+    sweep, _ = _fast_sweep(tmp_path, monkeypatch, _good, n_trials=2)
+    with pytest.raises(StudyFault, match="readonly database"):
+        sweep.run()
+    assert _run_of(sweep, "trial").info.status == "FAILED"
+    assert _run_of(sweep, "study").info.status == "FAILED"
+
+
+@pytest.mark.parametrize("failure", ["diverging", "input"])
+def test_a_stopped_study_ends_its_run_failed_with_the_reason(tmp_path, monkeypatch, failure):
+    """Issue 13 (4): after too many failures, or bad input found inside a trial, the study's run is not
+    left RUNNING."""
+    from study.errors import DataError, StudyInputError
+    from study.train import NonFiniteLoss
+
+    def fail():
+        raise NonFiniteLoss("loss became nan") if failure == "diverging" else DataError("/d/forget01.json: file not found")
+
+    sweep, _ = _fast_sweep(tmp_path, monkeypatch, fail, n_trials=2, max_failures=2)
+    with pytest.raises(StudyInputError):
+        sweep.run()
+    study = _run_of(sweep, "study")
+    assert study.info.status == "FAILED"
+    assert ("2 trials failed in a row" if failure == "diverging" else "file not found") in study.data.tags["study.failure_reason"]
 
 
 def test_workers_starting_together_create_one_study_run(tmp_path, monkeypatch):
@@ -377,6 +443,30 @@ def test_workers_starting_together_create_one_study_run(tmp_path, monkeypatch):
     assert results[0] and results[0] == results[1]
     assert [r.info.run_id for r in sweeps[0].tracker.find("study")] == [results[0]]
     assert not [s for s in optuna.get_all_study_names(open_storage(sweeps[0].settings.storage)) if "#claim" in s]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attempt", range(3))
+def test_two_workers_started_together_on_fresh_stores(tmp_path, attempt):
+    """Issue 13 (3), the README's two-worker example: two ``sweep.py`` processes started at the same moment on
+    stores that do not exist yet finish exactly n_trials trials of one study, with one study run, one
+    target run and one retain run, and no traceback."""
+    import optuna
+    from optuna.trial import TrialState
+
+    workers = [Worker(tmp_path, "pair", "--keep-checkpoints", "none", tag=f"w{i}") for i in range(2)]
+    for worker in workers:
+        assert worker.wait() == 0, worker.tail()
+        assert "Traceback" not in worker.stderr, worker.tail()
+    study = optuna.load_study(study_name="pair/ME+GD", storage=_urls(tmp_path)[0])
+    states = [t.state for t in study.trials]
+    assert states.count(TrialState.COMPLETE) == 2, states  # the smoke preset's n_trials
+    assert all(t.user_attrs.get("surplus") for t in study.trials if t.state != TrialState.COMPLETE)
+    client = _client(tmp_path)
+    experiment = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    kinds = [r.data.tags["study.kind"] for r in client.search_runs([experiment])]
+    assert sorted(kinds) == ["retain_model", "study", "target", "trial", "trial"], kinds
+    assert {r.info.status for r in client.search_runs([experiment])} == {"FINISHED"}
 
 
 def test_concurrent_checkpoint_writers_keep_one_complete_copy(tmp_path):
@@ -688,3 +778,17 @@ def test_resuming_a_study_with_other_settings_is_refused(tmp_path, monkeypatch):
     more, _ = _fast_sweep(tmp_path, monkeypatch, _good, n_trials=2)
     more.run()
     assert len(more.tracker.find("trial")) == 2
+
+
+def test_a_hyper_parameter_fixed_with_set_is_not_sampled(tmp_path, monkeypatch):
+    """Issue 13 (2): ``--set train.lr=...`` (``StudySettings.fixed``) keeps lr out of every trial's sampled
+    parameters; the trial runs with the configuration's value."""
+    seen = []
+    sweep, _ = _fast_sweep(tmp_path, monkeypatch, _good, n_trials=1, fixed=["lr"])
+    from study import runner
+
+    original = runner.run_trial
+    monkeypatch.setattr(runner, "run_trial", lambda cfg, hooks=None, **kw: (seen.append(cfg.train.lr), original(cfg, hooks, **kw))[1])
+    (study,) = sweep.run().values()
+    assert "lr" not in study.trials[0].params and "forget_coeff" in study.trials[0].params
+    assert seen == [sweep.cfg.train.lr]
