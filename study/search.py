@@ -256,12 +256,12 @@ def make_sampler(settings: StudySettings, space: dict, offset: int = 0):
     of that order, so every worker must share one order (a moved seed would repeat points)."""
     import optuna
 
-    settings = dataclasses.replace(settings, seed=settings.seed % (SEED_MAX + 1))  # offset seeds wrap around
     if settings.sampler in ("grid", "paper"):
         return optuna.samplers.GridSampler({k: list(v) for k, v in space.items()}, seed=settings.seed)
+    seed = (settings.seed + offset) % (SEED_MAX + 1)  # offset seeds wrap around numpy's range
     if settings.objective == "pareto":
-        return optuna.samplers.TPESampler(seed=settings.seed + offset, multivariate=True)
-    return optuna.samplers.TPESampler(seed=settings.seed + offset)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+    return optuna.samplers.TPESampler(seed=seed)
 
 
 def objective_values(summary: dict, objective: str):
