@@ -391,11 +391,6 @@ def is_environment_error(error: BaseException) -> bool:
     return module in ("sqlite3", "sqlalchemy", "mlflow", "psycopg2", "requests", "urllib3")
 
 
-INSTABILITIES = (NonFiniteLoss, FloatingPointError)
-"""Failures that say the sampled setting diverges, not that something is broken: the study goes on
-(up to ``max_failures`` in a row). Any other failure inside a trial stops the study at once."""
-
-
 class SurplusTrial(Exception):
     """A trial numbered beyond ``n_trials`` by a race between workers: dropped before any work."""
 
@@ -405,7 +400,13 @@ class Interrupted(Exception):
 
 
 class NonFiniteObjective(ValueError):
-    """A trial finished but its objective is NaN or infinite (e.g. a metric with no value): failed."""
+    """A trial finished but its objective is NaN or infinite (metrics of a model wrecked by the setting):
+    failed, and counted like a diverging loss."""
+
+
+INSTABILITIES = (NonFiniteLoss, FloatingPointError, NonFiniteObjective)
+"""Failures that say the sampled setting diverges, not that something is broken: the study goes on
+(up to ``max_failures`` in a row). Any other failure inside a trial stops the study at once."""
 
 
 class TooManyFailures(StudyInputError):
