@@ -343,8 +343,12 @@ def train_loop(
             if hasattr(callback, "on_step"):
                 callback.on_step(event)
         epochs_done = consumed // n_items
-        if epochs_done > (consumed - effective) // n_items or step + 1 == max_steps:
-            epoch_event = EpochEvent(max(1, math.ceil(consumed / n_items - 1e-9)), step + 1, model)
+        crossed = epochs_done > (consumed - effective) // n_items
+        if crossed or step + 1 == max_steps:
+            # The epoch just completed; after the last step a partial epoch counts as one more. (Rounding
+            # up at a crossing would number the step that finishes epoch 1 of 1.2 "2", twice over.)
+            number = epochs_done if crossed else math.ceil(consumed / n_items - 1e-9)
+            epoch_event = EpochEvent(max(1, number), step + 1, model)
             for callback in callbacks:
                 if hasattr(callback, "on_epoch"):
                     trained.eval()

@@ -214,6 +214,17 @@ class Recorder:
         self.training_during_epoch.append(event.model.training)
 
 
+def test_epoch_events_number_each_epoch_once_when_batches_straddle_epochs():
+    # 10 items, batches of 4, 2 epochs: 5 steps; step 3 (12 items, 1.2 epochs) completes epoch 1, and
+    # step 5 (20 items) completes epoch 2. Per-epoch pruning reports these numbers to Optuna.
+    recorder = Recorder()
+    T.train_loop(toy_model(), ToyData(10), toy_loss, lr=1e-3, epochs=2, batch_size=4, grad_accum=1, callbacks=[recorder])
+    assert [(e.epoch, e.step) for e in recorder.epochs] == [(1, 3), (2, 5)]
+    recorder = Recorder()  # 5 epochs: 12 steps, 48 items; the last 0.8 epoch counts as epoch 5
+    T.train_loop(toy_model(), ToyData(10), toy_loss, lr=1e-3, epochs=5, batch_size=4, grad_accum=1, callbacks=[recorder])
+    assert [(e.epoch, e.step) for e in recorder.epochs] == [(1, 3), (2, 5), (3, 8), (4, 10), (5, 12)]
+
+
 @pytest.mark.parametrize("epochs, expected_epoch_steps", [(3, [6, 12, 18]), (2.5, [6, 12, 15])])
 def test_events(epochs, expected_epoch_steps):
     recorder = Recorder()
