@@ -166,7 +166,7 @@ def main(argv=None) -> int:
         values = {name: float(step(fn, logits, labels)) for name, fn in VARIANTS.items()}  # warm-up + check
         times = {name: Timings() for name in VARIANTS}
         for _, name, fn in alternate(VARIANTS, args.repeat):
-            timed(lambda fn=fn: step(fn, logits, labels), device, times[name])
+            timed(lambda fn=fn, logits=logits, labels=labels: step(fn, logits, labels), device, times[name])
         del logits, labels
         sync(device)
         peaks = {name: measure_peak(name, args, vocab, device) for name in VARIANTS}
