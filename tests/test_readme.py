@@ -323,3 +323,36 @@ def test_a_bad_option_fails_the_sweep_check(request, monkeypatch, capsys):
                                                                                "--no-such-option"]),
                     request, monkeypatch, capsys)
     assert exit_.value.code == 2
+
+
+def test_science_pointers_name_existing_sections():
+    """Docstrings and comments cite ``docs/science.md §N``: every N is a section of that file, and no
+    file sends readers to documents a clone does not have."""
+    science = (ROOT / "docs" / "science.md").read_text()
+    sections = set(re.findall(r"^## (\d+)\. ", science, re.M))
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    if not tracked:
+        pytest.skip("not a git checkout")
+    cited, stale = set(), []
+    for name in tracked:
+        path = ROOT / name
+        if path.suffix not in (".py", ".md", ".toml", ".ipynb") or not path.is_file():
+            continue
+        text = path.read_text(errors="replace")
+        for match in re.finditer(r"docs/science\.md §(\d+)((?:, ?§\d+|-§\d+)*)", text):
+            cited.update(re.findall(r"\d+", match.group(0).split("md", 1)[1]))
+        if name != "tests/test_readme.py" and re.search(r"shared/docs|REFERENCE(\.md| §| section)|docs/STYLE\.md", text):
+            stale.append(name)
+    assert cited and cited <= sections, f"cited sections {sorted(cited - sections)} are not in docs/science.md"
+    assert not stale, f"pointers to documents outside the repository in {stale}"
+
+
+def test_science_published_figures_match_the_code():
+    """docs/science.md's published MU / FE table is the one the notebooks compare against."""
+    from study import analysis
+
+    rows = re.findall(r"^\| ([\w+]+) \| ([\d.]+) / ([\d.]+) \| ([\d.]+) / ([\d.]+) \| ([\d.]+) / ([\d.]+) \|$",
+                      (ROOT / "docs" / "science.md").read_text(), re.M)
+    table = {m: {split: (float(v[2 * i]), float(v[2 * i + 1])) for i, split in enumerate(analysis.SPLITS)}
+             for m, *v in rows}
+    assert table == analysis._PUBLISHED
