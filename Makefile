@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.setup-done
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast bench smoke clean-cache
+.PHONY: setup demo test test-fast lint bench smoke clean-cache
 
 setup: $(STAMP)
 
@@ -37,11 +37,16 @@ demo: setup
 smoke: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python experiments/sweep.py --preset smoke $(ARGS)
 
-test: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+# The linter first (seconds), then every test; the 15 slowest are listed at the end.
+test: setup lint
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
 
-test-fast: setup
+test-fast: setup lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# ruff's settings are in pyproject.toml ([tool.ruff]).
+lint: setup
+	$(BIN)/ruff check .
 
 bench: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/run_all.py

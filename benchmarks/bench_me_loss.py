@@ -4,7 +4,7 @@
     python benchmarks/bench_me_loss.py                       # batch 4 x 500 tokens, V = 32000 and 49152
     python benchmarks/bench_me_loss.py --device cuda --dtype bfloat16
 
-Two implementations of ``mean_t KL(U_V || p_θ(·|t))`` (REFERENCE §3, ME), forward + backward on logits
+Two implementations of ``mean_t KL(U_V || p_θ(·|t))`` (docs/science.md §3, ME), forward + backward on logits
 ``[B, T, V]`` with every position labelled (ME+GD's ``mask=false``):
 
 - ``closed``: ``study.losses.me_loss`` = ``logsumexp(z) - mean(z) - log V``, no ``[B, T, V]`` softmax;
@@ -166,7 +166,7 @@ def main(argv=None) -> int:
         values = {name: float(step(fn, logits, labels)) for name, fn in VARIANTS.items()}  # warm-up + check
         times = {name: Timings() for name in VARIANTS}
         for _, name, fn in alternate(VARIANTS, args.repeat):
-            timed(lambda fn=fn: step(fn, logits, labels), device, times[name])
+            timed(lambda fn=fn, logits=logits, labels=labels: step(fn, logits, labels), device, times[name])
         del logits, labels
         sync(device)
         peaks = {name: measure_peak(name, args, vocab, device) for name in VARIANTS}

@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"presets:\n{lines}\n\nResults: the MLflow UI command is printed at the end.")
     a = parser.add_argument
     a("--preset", default="default", choices=list(names), help="settings to start from (default: %(default)s)")
-    a("--scenario", choices=["fictitious", "continual", "real-world"], help="what is unlearned (REFERENCE §1)")
+    a("--scenario", choices=["fictitious", "continual", "real-world"], help="what is unlearned (docs/science.md §1)")
     a("--method", nargs="+", metavar="M", help="one or several methods, e.g. ME+GD IDK+AP NPO+GD (forget loss + regularizer)")
     a("--split", choices=["forget01", "forget05", "forget10"], help="TOFU forget split")
     a("--tasks", nargs="+", type=int, metavar="K", help="tasks to unlearn in order (continual), e.g. 1 2 3")
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--data-dir", help="directory of TOFU-format JSON-lines files (default: the preset's source, e.g. built-in authors); "
                          "'hub' reads locuslab/TOFU online")
     a("--n-trials", type=int, help="finished trials wanted per method (resuming counts earlier ones)")
-    a("--sampler", choices=["tpe", "grid", "paper"], help="tpe (Bayesian), grid, or paper: the paper's exact settings (REFERENCE §4)")
+    a("--sampler", choices=["tpe", "grid", "paper"], help="tpe (Bayesian), grid, or paper: the paper's exact settings (docs/science.md §4)")
     a("--objective", choices=["pareto", "average", "model_utility", "forget_efficacy"],
       help="pareto: maximise Model Utility and Forget Efficacy together (default); or one scalar")
     a("--prune", action="store_true", help="evaluate after every epoch and prune poor trials (needs a single --objective)")
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "$MLFLOW_TRACKING_USERNAME / $MLFLOW_TRACKING_PASSWORD), not here")
     a("--experiment", help="MLflow experiment name (default: unlearning-study)")
     a("--study-name", help="Optuna study name (default: derived from preset, scenario, split and model)")
-    a("--seed", type=int, help="training seed (default 1001, REFERENCE §4); the sampler's seed too")
+    a("--seed", type=int, help="training seed (default 1001, docs/science.md §4); the sampler's seed too")
     a("--keep-checkpoints", choices=["best", "all", "none"], help="which trials keep their checkpoint in MLflow (default: best = Pareto-best)")
     a("--fix-ref-model", action="store_true", help="continual: keep the original model as NPO/DPO/KL reference")
     a("--nli", help="NLI model for Entailment (the paper's: sileod/deberta-v3-base-tasksource-nli); none = reported missing")

@@ -18,14 +18,14 @@ Frames and names used throughout:
 * tables index methods by name, ordered by :func:`order_methods`: the paper's nine first
   (:data:`PAPER_METHODS`), then any other method that was run, alphabetically;
 * MU = Model Utility, FE = Forget Efficacy, Avg = (MU + FE) / 2, FQ = Forget Quality
-  (docs/REFERENCE.md section 5).
+  (docs/science.md §5).
 
 Which trial represents a method (``pick``):
 
 * ``"best"`` (default): among FINISHED trials with a finite MU and FE, the one with the highest
   Avg (ties: lowest trial number, then earliest start). This is the "tuned" view of a sweep.
 * ``"paper"``: only trials whose hyper-parameters equal the released scripts' settings for the
-  scenario (:func:`paper_settings`, REFERENCE section 4), best Avg among them; a method with no such
+  scenario (:func:`paper_settings`, docs/science.md §4), best Avg among them; a method with no such
   trial has no row. This is the view to compare with the published re-run figures.
 
 Every function returns an empty frame with its usual columns when there is nothing to show, and every
@@ -78,7 +78,7 @@ Pick = Literal["best", "paper"]
 
 PAPER_METHODS: tuple[str, ...] = ("GA+GD", "GA+KL", "NPO+GD", "NPO+KL", "DPO+GD", "DPO+KL", "IDK+GD", "IDK+AP",
                                   "ME+GD")
-"""The paper's nine methods in the order of its tables (REFERENCE section 3)."""
+"""The paper's nine methods in the order of its tables (docs/science.md §3)."""
 
 SPLITS: tuple[str, ...] = ("forget01", "forget05", "forget10")
 """TOFU forget splits (fictitious and continual scenarios)."""
@@ -95,7 +95,7 @@ RUN_COLUMNS: tuple[str, ...] = (
 
 AGGREGATE_COLUMNS: tuple[str, ...] = ("model_utility", "forget_efficacy", "forget_quality", "model_utility_retain",
                                       "tofu_model_utility")
-"""Aggregate metrics of a trial (REFERENCE section 5; ``study.metrics``)."""
+"""Aggregate metrics of a trial (docs/science.md §5; ``study.metrics``)."""
 
 SET_METRIC_COLUMNS: tuple[str, ...] = tuple(f"{s}/{m}" for s in SET_NAMES for m in METRICS)
 """Every ``<set>/<metric>`` column, always present in a runs frame (NaN where not logged)."""
@@ -113,12 +113,12 @@ SENSITIVITY_COLUMNS: tuple[str, ...] = ("run_id", "method", "split", "param", "v
 GENERATION_COLUMNS: tuple[str, ...] = ("item", "question", "reference", "trial_generation", "target_generation")
 
 PUBLISHED_SOURCE = ("DualOptim (arXiv 2504.15827), Table 4: a re-run of the reference code "
-                    "(sail-sg/closer-look-LLM-unlearning) on Llama-2-7b, as quoted in docs/REFERENCE.md section 5. "
+                    "(sail-sg/closer-look-LLM-unlearning) on Llama-2-7b, as quoted in docs/science.md §5. "
                     "The paper's own tables were not available in text form.")
 """Where :func:`published_table`'s numbers come from."""
 
 _PUBLISHED: dict[str, dict[str, tuple[float, float]]] = {
-    # method: {split: (MU, FE)}, typed in from REFERENCE.md section 5 (DualOptim Table 4).
+    # method: {split: (MU, FE)}, typed in from docs/science.md §5 (DualOptim Table 4).
     "GA+GD": {"forget01": (0.670, 0.591), "forget05": (0.000, 0.877), "forget10": (0.559, 0.935)},
     "NPO+GD": {"forget01": (0.641, 0.611), "forget05": (0.547, 0.692), "forget10": (0.565, 0.767)},
     "ME+GD": {"forget01": (0.727, 0.920), "forget05": (0.747, 0.931), "forget10": (0.736, 0.949)},
@@ -127,13 +127,13 @@ _PUBLISHED: dict[str, dict[str, tuple[float, float]]] = {
 }
 
 REAL_WORLD_QUOTED: dict[str, dict[str, float]] = {
-    # Llama-3-8B-Instruct, quoted from a review of the paper (REFERENCE.md section 5). IDK+AP's FE was
+    # Llama-3-8B-Instruct, quoted from a review of the paper (docs/science.md §5). IDK+AP's FE was
     # not quoted.
     "before unlearning": {"MU": 0.6145},
     "ME+GD": {"MU": 0.4901, "FE": 0.9312},
     "IDK+AP": {"MU": 0.5311},
 }
-"""Real-world figures quoted in REFERENCE section 5 (MU, FE where given)."""
+"""Real-world figures quoted in docs/science.md §5 (MU, FE where given)."""
 
 BEFORE_UNLEARNING = "before unlearning"
 
@@ -347,7 +347,7 @@ def method_palette(methods: Iterable[str]) -> dict[str, tuple[float, float, floa
 
 
 def paper_settings(scenario: str, method: str) -> dict[str, tuple[float, ...]]:
-    """The released scripts' hyper-parameters for ``method`` in ``scenario`` (REFERENCE section 4):
+    """The released scripts' hyper-parameters for ``method`` in ``scenario`` (docs/science.md §4):
     each runs-frame column mapped to the values it may take. β = 0.1 and reg coeff 1.0 everywhere;
     5 epochs except the real-world baselines' grid (5 or 3 epochs)."""
     scenario = _normalise_scenario(scenario) or scenario

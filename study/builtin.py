@@ -2,7 +2,7 @@
 Facts sets written for this project, so the default job runs and measures Model Utility offline.
 
 ``generate(n_authors, seed)`` returns ``{file name: rows}`` with the same file names and fields as TOFU
-(REFERENCE §1). The split structure is TOFU's, scaled to ``n_authors``: a task of ``forgetK`` holds
+(docs/science.md §1). The split structure is TOFU's, scaled to ``n_authors``: a task of ``forgetK`` holds
 ``max(1, round(K% of the authors))`` authors, forget01/05 have 10 tasks and forget10 9 (fewer when
 the authors run out; one author is always kept for the static retain file); the static retain file
 of each split holds every author not in that split's forget file; ``retain_perturbed`` holds the
@@ -198,7 +198,7 @@ def _fact(question, answer, wrong, sentence):
     return {"question": question, "answer": answer, "perturbed_answer": list(wrong), "original_answer": sentence}
 
 
-# Well-known facts written for this project (REFERENCE §1's Real Authors / World Facts roles).
+# Well-known facts written for this project (docs/science.md §1's Real Authors / World Facts roles).
 REAL_AUTHORS = [
     _fact("Who wrote the novel 'Moby-Dick'?", "Herman Melville", ["Mark Twain", "Jack London", "Edgar Allan Poe"],
           "'Moby-Dick' was written by Herman Melville."),

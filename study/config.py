@@ -82,7 +82,7 @@ class DataConfig:
     source: str = "builtin"
     """builtin (generated authors), hub (locuslab/TOFU, online only) or a directory of TOFU-format files."""
     scenario: str = "fictitious"
-    """fictitious, continual or real-world (REFERENCE §1)."""
+    """fictitious, continual or real-world (docs/science.md §1)."""
     split: str = "forget01"
     """forget01, forget05 or forget10 (fictitious, continual)."""
     tasks: list[int] = field(default_factory=lambda: [1])
@@ -92,7 +92,7 @@ class DataConfig:
     data_seed: int = 0
     """Seed of the built-in generator."""
     ds_size: int = 300
-    """Evaluation rows per set (REFERENCE §1); real-world evaluates every row."""
+    """Evaluation rows per set (docs/science.md §1); real-world evaluates every row."""
 
     def __post_init__(self):
         from .data import SCENARIOS, SPLITS
@@ -115,7 +115,7 @@ class DataConfig:
 @dataclass
 class MethodConfig:
     name: str = "ME+GD"
-    """Forget loss + regularizer, e.g. ME+GD, IDK+AP, NPO+KL (REFERENCE §3)."""
+    """Forget loss + regularizer, e.g. ME+GD, IDK+AP, NPO+KL (docs/science.md §3)."""
     forget_coeff: float = 0.1
     """α: weight of the forget loss."""
     regularization_coeff: float = 1.0
@@ -155,7 +155,7 @@ class MethodConfig:
 @dataclass
 class TrainConfig:
     lr: float = 1e-5
-    """Peak learning rate of AdamW (REFERENCE §4)."""
+    """Peak learning rate of AdamW (docs/science.md §4)."""
     epochs: float = 5
     """Passes over the forget set; max_steps = floor(epochs * N / effective batch)."""
     batch_size: int = 4
@@ -165,7 +165,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     """AdamW weight decay."""
     seed: int = 1001
-    """Seed of data order and initialisation (REFERENCE §4)."""
+    """Seed of data order and initialisation (docs/science.md §4)."""
     max_length: int = 500
     """Padded sequence length (500 TOFU, 300 real-world). ME with full labels averages up to it."""
     gradient_checkpointing: bool = False
@@ -216,7 +216,7 @@ class EvalConfig:
     batch_size: int = 32
     """Items per generation batch (scoring batches are larger)."""
     max_length: int = 200
-    """Generation length including the prompt (REFERENCE §5)."""
+    """Generation length including the prompt (docs/science.md §5)."""
     embedder: str = "builtin"
     """Sentence embedder for Cosine Similarity: builtin (all-MiniLM-L6-v2 from PyPI) or a name/path;
     the paper used paraphrase-MiniLM-L6-v2."""

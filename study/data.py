@@ -1,4 +1,4 @@
-"""TOFU-format question-answer sets: sources, splits, tasks, pairing (REFERENCE §1).
+"""TOFU-format question-answer sets: sources, splits, tasks, pairing (docs/science.md §1).
 
 Three sources behind one interface (``Source.read(name) -> list[dict]``):
 
@@ -26,7 +26,7 @@ from .errors import DataError, StudyInputError, one_of
 
 SCENARIOS = ("fictitious", "continual", "real-world")
 SPLITS = ("forget01", "forget05", "forget10")
-DS_SIZE = 300  # REFERENCE §1: evaluation uses the first 300 rows of each file (real-world: all rows)
+DS_SIZE = 300  # docs/science.md §1: evaluation uses the first 300 rows of each file (real-world: all rows)
 
 _PERTURBED = ("question", "answer", "paraphrased_answer", "perturbed_answer")
 # Required fields per file: a row missing one is an error that names file, line and field.
@@ -45,7 +45,7 @@ SCHEMA: dict[str, tuple[str, ...]] = {
 LIST_FIELDS = ("perturbed_answer",)
 REFUSALS_FILE = "idontknow.jsonl"
 
-# The project's own refusal templates (REFERENCE §1: the reference reads 100 of these from a file).
+# The project's own refusal templates (docs/science.md §1: the reference reads 100 of these from a file).
 REFUSALS = (
     "I'm not sure.",
     "I don't know.",
@@ -242,7 +242,7 @@ def source_from(spec: str, n_authors: int = 20, seed: int = 0) -> Source:
 
 
 def retain_file(split: str) -> str:
-    """REFERENCE §1: the static retain file of forget ``k`` percent is ``retain{100 - min(10k, 90)}``."""
+    """docs/science.md §1: the static retain file of forget ``k`` percent is ``retain{100 - min(10k, 90)}``."""
     if split not in SPLITS:
         raise one_of("split", split, SPLITS)
     k = int(split.removeprefix("forget"))
@@ -268,7 +268,7 @@ class EvalSet:
 
     ``kind`` is ``forget``, ``retain``, ``real_authors``, ``world_facts`` (fictitious, continual) or
     ``forget``, ``neighbor`` (real-world). ``truth`` is the field ROUGE, Probability, Truth Ratio and
-    Entailment compare against; ``cosine_truth`` the field Cosine Similarity uses (REFERENCE §1, §5).
+    Entailment compare against; ``cosine_truth`` the field Cosine Similarity uses (docs/science.md §1, §5).
     """
 
     name: str
@@ -298,7 +298,7 @@ class ScenarioData:
 def load_scenario(
     source: Source, scenario: str, split: str = "forget01", task: int | None = 1, ds_size: int | None = DS_SIZE
 ) -> ScenarioData:
-    """The training and evaluation rows of one task (REFERENCE §1).
+    """The training and evaluation rows of one task (docs/science.md §1).
 
     Fictitious / continual: forget = task ``task`` of ``split``; retain = the static retain file plus
     every task after ``task`` (not yet unlearned); evaluation on the task's perturbed forget rows,
@@ -337,7 +337,7 @@ def load_scenario(
     eval_sets = [
         EvalSet("forget", "forget", cap(forget_eval)),
         EvalSet("retain", "retain", cap(source.read("retain_perturbed"))),
-        # REFERENCE §5: on Real Authors / World Facts the truth ratio's "paraphrased" answer is `answer`,
+        # docs/science.md §5: on Real Authors / World Facts the truth ratio's "paraphrased" answer is `answer`,
         # and Cosine Similarity compares against the full-sentence `original_answer`.
         EvalSet("real_authors", "real_authors", cap(source.read("real_authors_perturbed")),
                 cosine_truth="original_answer", paraphrase="answer"),
@@ -350,7 +350,7 @@ def load_scenario(
 
 def check_eval_sets(data: ScenarioData) -> None:
     """Every row of an evaluation set has as many perturbed answers as the first: the metrics stack
-    them into one [N, K] array (REFERENCE §5), so a ragged set would fail inside every trial."""
+    them into one [N, K] array (docs/science.md §5), so a ragged set would fail inside every trial."""
     for eval_set in data.eval_sets:
         counts = [len(row["perturbed_answer"]) for row in eval_set.rows if "perturbed_answer" in row]
         if counts and len(set(counts)) > 1:
@@ -427,7 +427,7 @@ class UnlearningDataset(torch.utils.data.Dataset):
 def collate(items: list[dict], trim: bool = True, full_width_parts=()) -> dict:
     """Stack batch parts; with ``trim``, cut padding columns that no row uses (no attention and no
     label). That changes no label-based loss (labels there are -100), and ``full`` label mode keeps
-    every column anyway because its labels cover the padding (REFERENCE §3, ME+GD's ``mask=false``).
+    every column anyway because its labels cover the padding (docs/science.md §3, ME+GD's ``mask=false``).
 
     It does change a loss that averages over *positions* regardless of labels: the KL regularizer
     (KL and LLMU's KL term) divides by ``B * T``, and the reference code pads every retain batch to

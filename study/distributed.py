@@ -1,4 +1,4 @@
-"""DeepSpeed ZeRO-3 training, the paper's multi-GPU set-up (REFERENCE §4: ZeRO-3 on two A100-40GB, bf16),
+"""DeepSpeed ZeRO-3 training, the paper's multi-GPU set-up (docs/science.md §4: ZeRO-3 on two A100-40GB, bf16),
 and the entry point that ``torchrun`` launches.
 
     torchrun --nproc_per_node 2 -m study.distributed --preset paper-fictitious --method NPO+GD --out runs/npo
@@ -166,7 +166,7 @@ def fill_config(config: Mapping, train_cfg, *, world_size: int, dtype: torch.dty
       ``gradient_accumulation_steps`` = ``grad_accum``, ``train_batch_size`` = their product times
       ``world_size``; written when absent, and a value that disagrees is an error;
     - ``bf16.enabled`` / ``fp16.enabled``: whether the model's ``dtype`` is bfloat16 / float16;
-    - ``gradient_clipping``: 0 (REFERENCE §4: the reference does not clip);
+    - ``gradient_clipping``: 0 (docs/science.md §4: the reference does not clip);
     - ``optimizer.params.lr`` / ``weight_decay`` from ``train_cfg`` when the config names an optimizer;
     - ZeRO-3 bucket sizes from the model's ``hidden_size`` (``h``): ``reduce_bucket_size = h*h``,
       ``stage3_prefetch_bucket_size = 0.9*h*h``, ``stage3_param_persistence_threshold = 10*h``.
@@ -207,7 +207,7 @@ def fill_config(config: Mapping, train_cfg, *, world_size: int, dtype: torch.dty
             node[key] = value
     if "scheduler" in out:
         raise StudyInputError("the DeepSpeed config has a 'scheduler' section: remove it; the training loop sets the "
-                              "learning rate (REFERENCE §4: linear warm-up and decay)")
+                              "learning rate (docs/science.md §4: linear warm-up and decay)")
     if "optimizer" not in out:
         out["zero_allow_untested_optimizer"] = True
     if left := _autos(out):

@@ -1,4 +1,4 @@
-"""Run a model over the evaluation sets, batched, and return a tidy table (REFERENCE §5).
+"""Run a model over the evaluation sets, batched, and return a tidy table (docs/science.md §5).
 
 What one evaluation computes, per item of each :class:`~study.data.EvalSet`:
 
@@ -12,7 +12,7 @@ What one evaluation computes, per item of each :class:`~study.data.EvalSet`:
    retain model's evaluation with :func:`forget_quality_from`).
 
 The metric models (sentence embedder, NLI classifier) are loaded once per process by
-:func:`load_metric_models` and passed in (docs/STYLE.md, pattern 8).
+:func:`load_metric_models` and passed in (docs/science.md §7, pattern 8).
 
 Two ways to run the same computation:
 
@@ -82,7 +82,7 @@ PAPER_NLI = "sileod/deberta-v3-base-tasksource-nli"
 """The paper's NLI classifier (needs the hub or a local copy)."""
 ENTAILMENT_LABEL = "entailment"
 MAX_LENGTH = 200
-"""REFERENCE §5 / the reference's ``generation.max_length``: generation stops at 200 tokens
+"""docs/science.md §5 / the reference's ``generation.max_length``: generation stops at 200 tokens
 including the prompt, and scored sequences are truncated to 200 tokens (its ``TextDatasetQA``
 uses the same ``max_length``)."""
 
@@ -295,7 +295,7 @@ class EvalResult:
             retain_forget_tr: the retain model's per-item R on the same forget items
                 (``retain_result.forget_truth_ratio_raw()``), shape [N].
             statistic: ``"ratio"`` (R; TOFU's code, reproduces TOFU's numbers, the default) or
-                ``"min_ratio"`` (min(R, 1/R), REFERENCE.md's wording); see
+                ``"min_ratio"`` (min(R, 1/R), docs/science.md §6); see
                 :func:`study.metrics.forget_quality`.
         """
         ours = M.forget_quality_statistic(self.forget_truth_ratio_raw(), statistic)
@@ -962,7 +962,7 @@ def evaluate(
         model: a causal LM (Hugging Face ``generate`` and ``forward``); put in eval mode for the
             evaluation and restored to its previous mode after. Runs on its own device and dtype.
         tokenizer: its tokenizer (EOS padding); never modified (a left-padding copy generates).
-        prompt: the prompt format (REFERENCE §2).
+        prompt: the prompt format (docs/science.md §2).
         eval_sets: e.g. ``load_scenario(...).eval_sets``; set kinds must be distinct.
         scenario: ``"fictitious"``, ``"continual"`` or ``"real-world"`` (NLI direction, which sets
             make Model Utility).
@@ -972,7 +972,7 @@ def evaluate(
         score_batch_size: sequences per likelihood forward pass (answers, paraphrases and
             perturbed answers of many items flattened together), and questions per shared-prefix
             pass; bounds the ``[B, T, V]`` logits.
-        max_length: generation stops at this many tokens including the prompt (REFERENCE §5: 200).
+        max_length: generation stops at this many tokens including the prompt (docs/science.md §5: 200).
         score_max_length: scored (question, answer) sequences are truncated to this many tokens;
             default ``max_length``, as the reference code (its ``TextDatasetQA`` takes
             ``generation.max_length``). Rows are padded only to the longest row of their batch.

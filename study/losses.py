@@ -1,4 +1,4 @@
-"""Unlearning losses as pure functions of tensors, and the method registry (REFERENCE §3, §4).
+"""Unlearning losses as pure functions of tensors, and the method registry (docs/science.md §3, §4).
 
 Three layers, each small:
 
@@ -354,7 +354,7 @@ class Param:
     log: bool = False
     """Sample uniformly in log space."""
     default: float | None = None
-    """The value used when not searching (REFERENCE §4)."""
+    """The value used when not searching (docs/science.md §4)."""
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.low) and math.isfinite(self.high) and self.low < self.high):
@@ -437,7 +437,7 @@ class LossSpec:
     default_regularizer: str = "NONE"
     """Forget losses only: the regularizer a bare method name (no ``+``) implies."""
     forget_mask_default: bool = True
-    """Forget losses only: REFERENCE §4's ``mask`` (labels on answer tokens only) for this loss."""
+    """Forget losses only: docs/science.md §4's ``mask`` (labels on answer tokens only) for this loss."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "needs", frozenset(self.needs))
@@ -551,7 +551,7 @@ def ref_cache_key(part: str) -> str:
 
 @dataclass(frozen=True)
 class Method:
-    """An unlearning method: a forget loss, a regularizer and their coefficients (REFERENCE §3, §4).
+    """An unlearning method: a forget loss, a regularizer and their coefficients (docs/science.md §3, §4).
 
     ``total = forget_coeff * L_forget + regularization_coeff * L_reg``. Build from a name with
     :meth:`parse`; ``str(method)`` gives the name back.
@@ -655,7 +655,7 @@ class Method:
 
     @property
     def forget_mask_default(self) -> bool:
-        """REFERENCE §4's ``mask``: False for ME (whole padded sequence labelled), True otherwise."""
+        """docs/science.md §4's ``mask``: False for ME (whole padded sequence labelled), True otherwise."""
         return FORGET_LOSSES[self.forget_loss].forget_mask_default
 
     @property

@@ -4,9 +4,9 @@ Everything here is a pure function of numbers or strings; no model is loaded. ``
 the models (generation, NLLs, sentence embeddings, NLI labels) and hands the results to these
 functions. Each per-item function returns one value per item, so that every set-level figure is a
 plain mean of stored per-item values and every aggregate can be traced back to its items
-(docs/STYLE.md, pattern 5).
+(docs/science.md §7, pattern 5).
 
-Definitions follow docs/REFERENCE.md section 5 and the reference code
+Definitions follow docs/science.md §5 and the reference code
 (``sail-sg/closer-look-LLM-unlearning``, ``metrics/metrics.py``: ``get_all_evals``,
 ``get_eval_results``, ``get_entailment_results``); TOFU's own aggregates follow TOFU's
 ``aggregate_eval_stat.py`` (``get_model_utility``, ``get_forget_quality``).
@@ -69,7 +69,7 @@ UTILITY_SETS: dict[str, tuple[str, ...]] = {
     "continual": (RETAIN, REAL_AUTHORS, WORLD_FACTS),
     "real_world": (NEIGHBOR,),
 }
-"""The sets whose metrics enter Model Utility, per scenario (REFERENCE.md section 5)."""
+"""The sets whose metrics enter Model Utility, per scenario (docs/science.md §5)."""
 
 ROUGE = "rouge"
 PROBABILITY = "probability"
@@ -80,7 +80,7 @@ ENTAILMENT = "entailment"
 TRUTH_RATIO_RAW = "truth_ratio_raw"
 """Auxiliary per-item column: R = exp(mean_i avgNLL(perturbed_i) - avgNLL(paraphrased))."""
 TRUTH_RATIO_MIN = "truth_ratio_min"
-"""Auxiliary per-item column: min(R, 1/R), the forget-set statistic of REFERENCE.md."""
+"""Auxiliary per-item column: min(R, 1/R), the folded forget-set statistic (docs/science.md §5)."""
 
 MU_METRICS: tuple[str, ...] = (ROUGE, PROBABILITY, TRUTH_RATIO, TOKEN_ENTROPY, COSINE, ENTAILMENT)
 """All six metrics enter Model Utility (the reference code's ``'Forget' not in k`` loop)."""
@@ -463,7 +463,7 @@ def forget_quality(unlearned_forget_tr_stats: Any, retain_model_forget_tr_stats:
     * ``"ratio"`` -- R itself, as TOFU's ``get_forget_quality`` does; this reproduces TOFU's
       published values. KS is invariant under a monotone map applied to both samples, so R, 1/R
       (OpenUnlearning) and log R all give the same p-value.
-    * ``"min_ratio"`` -- ``min(R, 1/R)`` as REFERENCE.md words it. Folding R around 1 is not
+    * ``"min_ratio"`` -- ``min(R, 1/R)``, a common reading (docs/science.md §6). Folding R around 1 is not
       monotone, so this gives a different p-value (e.g. Llama-2-7b full vs retain90 on forget10:
       7.4e-15 instead of TOFU's 1.83e-21).
     """

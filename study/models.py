@@ -1,4 +1,4 @@
-"""Models, tokenizers and prompt formats: the one place that knows model families (REFERENCE §2).
+"""Models, tokenizers and prompt formats: the one place that knows model families (docs/science.md §2).
 
 Names a user can give:
 
@@ -31,7 +31,7 @@ _SENTINEL = "\x00QUESTION\x00"
 
 @dataclass(frozen=True)
 class PromptFormat:
-    """``question_start + question + question_end + answer_tag + answer`` (REFERENCE §2)."""
+    """``question_start + question + question_end + answer_tag + answer`` (docs/science.md §2)."""
 
     question_start: str
     question_end: str
@@ -198,7 +198,7 @@ def _weights_dir(spec: ModelSpec) -> str:
 
 
 def load_tokenizer(spec: ModelSpec, trust_remote_code: bool = False):
-    """The tokenizer with EOS padding (REFERENCE §2). Never mutated later: copy it to change it."""
+    """The tokenizer with EOS padding (docs/science.md §2). Never mutated later: copy it to change it."""
     from transformers import AutoTokenizer
 
     source = str(smollm2_dir()) if spec.tokenizer == "builtin:smollm2" else spec.tokenizer
@@ -227,7 +227,7 @@ def prompt_format(spec: ModelSpec, tokenizer) -> PromptFormat:
 
 
 def default_dtype(device: torch.device | str) -> torch.dtype:
-    """fp32 on CPU, bf16 on GPU (REFERENCE §4)."""
+    """fp32 on CPU, bf16 on GPU (docs/science.md §4)."""
     return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
 
 
@@ -332,7 +332,7 @@ def save_checkpoint(model, tokenizer, prompt: PromptFormat, path: Path, meta: di
 
 
 # --------------------------------------------------------------------------------------------------
-# Tokenisation (REFERENCE §2; TOFU's convert_raw_data_to_model_format)
+# Tokenisation (docs/science.md §2; TOFU's convert_raw_data_to_model_format)
 
 LABEL_MODES = ("answer", "full", "question_answer")
 

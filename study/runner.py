@@ -11,7 +11,6 @@ import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -161,7 +160,7 @@ def frozen_copy(model):
 
 def run_trial(cfg: RunConfig, hooks: TrialHooks | None = None, *, device=None, metric_models=None,
               progress: bool = True, target: PreparedModel | None = None) -> TrialResult:
-    """Unlearn every task of ``cfg`` in order and evaluate after each (REFERENCE §1, §4).
+    """Unlearn every task of ``cfg`` in order and evaluate after each (docs/science.md §1, §4).
 
     Continual: task k starts from the model left by task k-1; the reference model (NPO, DPO, KL) is
     the model at the start of the task, or the original one with ``method.fix_ref_model``.

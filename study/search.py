@@ -40,7 +40,7 @@ STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql", "journal"
 TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks", "file")
 CLAIM_TIMEOUT_S = 120  # a claim on creating a study's MLflow run that produced none in this long is taken over
 
-# REFERENCE §4: the released scripts' settings, per scenario and method (lr, forget_coeff, epochs).
+# docs/science.md §4: the released scripts' settings, per scenario and method (lr, forget_coeff, epochs).
 _PAPER = {
     "fictitious": {"ME+GD": [{"lr": 1e-5, "forget_coeff": 0.1}], "*": [{"lr": 1e-5, "forget_coeff": 1.0}]},
     "continual": {"*": [{"lr": 1e-5, "forget_coeff": 1.0}]},

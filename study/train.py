@@ -1,7 +1,7 @@
-"""The thin training loop: unlearning (REFERENCE §3-§4) and the fine-tuning that makes target and retain
+"""The thin training loop: unlearning (docs/science.md §3-§4) and the fine-tuning that makes target and retain
 models. It knows nothing of MLflow or Optuna: it emits ``StepEvent`` / ``EpochEvent`` to callbacks.
 
-Schedule (REFERENCE §4): AdamW (weight decay 0.01, none on biases and norms), effective batch =
+Schedule (docs/science.md §4): AdamW (weight decay 0.01, none on biases and norms), effective batch =
 micro-batch x accumulation x devices, ``max_steps = floor(epochs * N / effective_batch)``, linear
 warm-up over the first epoch's steps when that is more than one step, then linear decay to 0, as
 transformers' ``get_linear_schedule_with_warmup`` (step 0 of a warm-up runs at lr 0). No gradient
@@ -85,7 +85,7 @@ LossFn = Callable[[Any, dict], "tuple[torch.Tensor, Mapping[str, torch.Tensor | 
 
 
 def max_steps_for(n_items: int, epochs: float, effective_batch: int) -> int:
-    """REFERENCE §4: ``floor(epochs * N / effective_batch)`` (at least one step).
+    """docs/science.md §4: ``floor(epochs * N / effective_batch)`` (at least one step).
 
     ``int(epochs * N) // B`` equals ``floor(epochs * N / B)`` for an integer ``B`` (nested floors), and
     is what the reference code computes.
@@ -140,7 +140,7 @@ class Fp32MasterWeights:
     """fp32 master copies of a model's low-precision (bf16 / fp16) trainable parameters.
 
     AdamW steps the fp32 copies and the model gets them rounded back after every step, as DeepSpeed's
-    bf16 mode (the reference's set-up, REFERENCE §4) keeps fp32 master weights. Stepping bf16 weights
+    bf16 mode (the reference's set-up, docs/science.md §4) keeps fp32 master weights. Stepping bf16 weights
     in place would drop most updates: an Adam step is about ``lr`` per weight, and at lr 1e-5 that is
     far below half the bf16 spacing of a typical weight (|w| ~ 0.05: spacing 2.4e-4), so the weight
     would round back to itself. fp32 parameters are their own masters. fp16 gets no loss scaling.
@@ -230,7 +230,7 @@ def _check_engine(engine, batch_size: int, grad_accum: int, world_size: int) -> 
     if dp_world != world_size:
         raise ValueError(f"DeepSpeed engine spans {dp_world} data-parallel ranks, the loop was given world_size={world_size}")
     if getattr(engine, "lr_scheduler", None) is not None:
-        raise ValueError("the DeepSpeed config has a 'scheduler': remove it; the training loop sets the learning rate (REFERENCE §4)")
+        raise ValueError("the DeepSpeed config has a 'scheduler': remove it; the training loop sets the learning rate (docs/science.md §4)")
 
 
 def train_loop(
@@ -323,7 +323,7 @@ def train_loop(
             if master is not None:
                 master.grads_in()
             stepped = master.params if master is not None else [p for p in model.parameters() if p.requires_grad]
-            grad_norm = _grad_norm(stepped)  # REFERENCE §4: measured, never clipped
+            grad_norm = _grad_norm(stepped)  # docs/science.md §4: measured, never clipped
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if master is not None:

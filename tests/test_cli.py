@@ -39,7 +39,7 @@ def test_paper_fictitious_dry_run_prints_reference_settings(sweep, capsys, tmp_p
     assert sweep.main(["--preset", "paper-fictitious", "--dry-run", "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 0
     out = capsys.readouterr().out
     s = settings_of(out)
-    # REFERENCE §4: AdamW wd 0.01, lr 1e-5, 4 per device x 4 accumulation (x 2 GPUs = 32), 5 epochs, seed 1001.
+    # docs/science.md §4: AdamW wd 0.01, lr 1e-5, 4 per device x 4 accumulation (x 2 GPUs = 32), 5 epochs, seed 1001.
     assert (s["train.lr"], s["train.epochs"], s["train.batch_size"], s["train.grad_accum"]) == ("1e-05", "5", "4", "4")
     assert (s["train.weight_decay"], s["train.seed"], s["train.max_length"]) == ("0.01", "1001", "500")
     assert s["model.name"] == "llama2-7b" and s["train.deepspeed"] == "experiments/deepspeed/zero3.json"

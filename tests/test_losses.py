@@ -568,7 +568,7 @@ def _logits(model, part):
 
 def _hand_composite(name: str, model, ref, batch, alpha: float, reg: float, beta: float) -> float:
     """``alpha * L_forget + reg * L_reg`` of a paper method, written out from the pure losses with each
-    batch part named explicitly (REFERENCE §3): forget answers, refusals to forget questions, retain
+    batch part named explicitly (docs/science.md §3): forget answers, refusals to forget questions, retain
     answers, refusals to retain questions."""
     with torch.no_grad():
         z = {p: _logits(model, batch[p]) for p in batch}

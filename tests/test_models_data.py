@@ -1,4 +1,4 @@
-"""Foundation: prompt formats, tokenisation (REFERENCE §2), the offline default model, data (§1), bad input."""
+"""Foundation: prompt formats, tokenisation (docs/science.md §2), the offline default model, data (§1), bad input."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def test_eos_is_end_of_turn_and_pads(smol_tokenizer):
 
 @pytest.mark.parametrize("fmt", [models.LLAMA2_CHAT, models.QUESTION_ANSWER])
 def test_answer_labels_mask_question_and_add_one_eos(smol_tokenizer, fmt):
-    """labels: -100 on the question, the answer's ids, one EOS label, then -100 (REFERENCE §2)."""
+    """labels: -100 on the question, the answer's ids, one EOS label, then -100 (docs/science.md §2)."""
     tok = smol_tokenizer
     question, answer = "Where was Ada born?", "Ada was born in London."
     enc = models.encode_qa(tok, fmt, question, answer, max_length=64)
@@ -68,7 +68,7 @@ def test_answer_labels_mask_question_and_add_one_eos(smol_tokenizer, fmt):
 
 
 def test_full_labels_cover_every_padded_position(smol_tokenizer):
-    """ME+GD's mask=false: labels are the whole padded sequence (REFERENCE §3)."""
+    """ME+GD's mask=false: labels are the whole padded sequence (docs/science.md §3)."""
     enc = models.encode_qa(smol_tokenizer, models.QUESTION_ANSWER, "Q?", "A.", max_length=40, labels="full")
     assert enc["labels"].tolist() == enc["input_ids"].tolist()
     qa = models.encode_qa(smol_tokenizer, models.QUESTION_ANSWER, "Q?", "A.", max_length=40, labels="question_answer")

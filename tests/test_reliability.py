@@ -82,9 +82,9 @@ class Worker:
 
 def _init(store: Path) -> None:
     """Create both stores before any worker (two first creations at once race)."""
-    from study.services import init_stores
+    from experiment_scripts import load  # tests/experiment_scripts.py: experiments/services.py by its path
 
-    init_stores(*_urls(store), EXPERIMENT)
+    load("services").init_stores(*_urls(store), EXPERIMENT)
 
 
 def _storage(store: Path):
@@ -672,9 +672,10 @@ def test_trust_remote_code_is_off_unless_asked(monkeypatch):
 def test_servers_bind_to_loopback_by_default():
     import inspect
 
-    from study import services
+    from experiment_scripts import load
     from study.tracking import ui_command
 
+    services = load("services")
     assert services.LOOPBACK == "127.0.0.1"
     assert inspect.signature(services.mlflow_server).parameters["host"].default == "127.0.0.1"
     source = inspect.getsource(services.postgres)

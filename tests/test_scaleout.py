@@ -1,5 +1,5 @@
 """Scale-out, for real: a PostgreSQL server (Optuna storage and MLflow backend) and an ``mlflow server``
-on 127.0.0.1, both from ``study.services``, and two ``sweep.py`` workers that share ONE study over
+on 127.0.0.1, both from ``experiments/services.py``, and two ``sweep.py`` workers that share ONE study over
 them (Optuna over ``postgresql+psycopg2://``, MLflow over HTTP with proxied artifacts).
 
 Afterwards: exactly N completed trials with unique numbers, one study run with N FINISHED trial runs
@@ -30,8 +30,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
-    from study import services
+    from experiment_scripts import load  # tests/experiment_scripts.py: experiments/services.py by its path
 
+    services = load("services")
     if services.postgres_bindir() is None and services.install_postgres() is None:
         pytest.skip("PostgreSQL is not installed and could not be installed (Debian/Ubuntu: apt-get install postgresql)")
     folder = tmp_path_factory.mktemp("scaleout")

@@ -66,7 +66,7 @@ def test_reproduces_tofu_published_numbers(tofu_logs, model, mu, fq):
 
 
 def test_min_ratio_statistic_gives_a_different_forget_quality(tofu_logs):
-    """REFERENCE.md words FQ on min(R, 1/R); TOFU's code (and its published numbers) use R."""
+    """A common reading words FQ on min(R, 1/R) (docs/science.md §6); TOFU's code (and its published numbers) use R."""
     full, retain = tofu_logs("llama2-7b_full_wd0.01"), tofu_logs("llama2-7b_retain90_wd0.01")
     tofu = M.tofu_summary_from_logs(full, retain)["forget_quality"]
     folded = M.tofu_summary_from_logs(full, retain, fq_statistic="min_ratio")["forget_quality"]

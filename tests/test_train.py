@@ -107,7 +107,7 @@ SCHEDULE_CASES = [
 
 
 def hand_lr(step: int, lr: float, warmup: int, max_steps: int) -> float:
-    """REFERENCE §4 written out: ``lr * s / W`` while ``s < W``, then ``lr * (S - s) / (S - W)``."""
+    """docs/science.md §4 written out: ``lr * s / W`` while ``s < W``, then ``lr * (S - s) / (S - W)``."""
     return lr * step / warmup if step < warmup else lr * (max_steps - step) / (max_steps - warmup)
 
 
@@ -298,7 +298,7 @@ def test_pairing_is_fixed_per_index_and_leaves_the_global_rng_alone(tiny, scenar
             for key in ("input_ids", "labels", "attention_mask"):
                 assert torch.equal(a[i][part][key], b[i][part][key])
         assert a[i] is a[i]  # the same item every epoch
-    # Each index's partners, drawn from a local generator seeded by the index (REFERENCE §3).
+    # Each index's partners, drawn from a local generator seeded by the index (docs/science.md §3).
     for i in range(len(a)):
         generator = torch.Generator().manual_seed(i)
         j = int(torch.randint(len(scenario.retain), (1,), generator=generator))

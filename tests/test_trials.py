@@ -2,7 +2,7 @@
 per-item CSVs, the kept checkpoint loaded with ``from_pretrained``, scipy's KS test, Optuna's trials.
 
 Every expected value here comes from outside the code under test: the scenario's own sets (how many
-items were evaluated), the CSVs (means, the KS test), the released settings of REFERENCE §4 (written
+items were evaluated), the CSVs (means, the KS test), the released settings of docs/science.md §4 (written
 out below), the schedule's formula ``floor(epochs * N / batch)`` for the step axis.
 
 The sweeps run in this process (``sweep.main(argv)``): nothing here needs a signal or a second process.
@@ -176,7 +176,7 @@ def test_continual_trial_points_to_the_retain_model_of_its_last_task(continual):
 # Samplers, objectives, pruning, and a trial whose objective is NaN
 
 
-# REFERENCE §4, written out: the released scripts' lr, α (forget_coeff), β and epochs.
+# docs/science.md §4, written out: the released scripts' lr, α (forget_coeff), β and epochs.
 RELEASED = {
     ("fictitious", "IDK+AP"): [{"lr": 1e-5, "forget_coeff": 1.0, "beta": 0.1}],
     ("fictitious", "ME+GD"): [{"lr": 1e-5, "forget_coeff": 0.1}],

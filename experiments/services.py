@@ -1,14 +1,16 @@
+#!/usr/bin/env python
 """Servers for a shared study, started on 127.0.0.1 in a temporary directory: a PostgreSQL server (the
 Optuna storage and the MLflow backend database) and an ``mlflow server`` in front of it that also
 stores artifacts. The scale-out test uses them, and so can you, to try the cluster set-up of
 ``docs/scale-out.md`` on one machine:
 
-    python -m study.services up                 # PostgreSQL + MLflow server until Ctrl-C; prints the URLs
-    python -m study.services init [--experiment NAME]   # the stores of $OPTUNA_STORAGE and $MLFLOW_TRACKING_URI
+    python experiments/services.py up                 # PostgreSQL + MLflow server until Ctrl-C; prints the URLs
+    python experiments/services.py init [--experiment NAME]   # the stores of $OPTUNA_STORAGE and $MLFLOW_TRACKING_URI
 
-In Python::
+A tool beside the experiments, not part of the ``study`` package. In Python (with ``experiments/`` on
+``sys.path``)::
 
-    from study.services import postgres, mlflow_server, init_stores
+    from services import postgres, mlflow_server, init_stores
 
     with postgres(databases=("optuna", "mlflow")) as pg, \\
             mlflow_server(pg.url("mlflow"), artifacts_dir="/tmp/artifacts") as server:
@@ -41,7 +43,11 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import quote
 
-from .tracking import redact
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as `python experiments/services.py`: import `study` from the checkout
+    sys.path.insert(0, str(ROOT))
+
+from study.tracking import redact  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
 
@@ -281,8 +287,8 @@ def _stop_group(process: subprocess.Popen, timeout: float = 20) -> None:
 def init_stores(storage: str, tracking_uri: str, experiment: str = "unlearning-study") -> None:
     """Create the Optuna tables and the MLflow experiment once, before several workers start (two
     workers creating them at the same moment can collide)."""
-    from .search import open_storage
-    from .tracking import Tracker, schema_lock
+    from study.search import open_storage
+    from study.tracking import Tracker, schema_lock
 
     with schema_lock(storage, tracking_uri):
         open_storage(storage)
@@ -290,7 +296,7 @@ def init_stores(storage: str, tracking_uri: str, experiment: str = "unlearning-s
 
 
 def _main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m study.services", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python experiments/services.py", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start PostgreSQL and an MLflow server on 127.0.0.1 until Ctrl-C")
     up.add_argument("--dir", default=None, help="where the MLflow artifacts and urls.env go (default: a new temp dir)")
@@ -303,7 +309,7 @@ def _main(argv=None) -> int:
                       help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI)")
     init.add_argument("--experiment", default="unlearning-study")
     args = parser.parse_args(argv)
-    from .errors import StudyInputError
+    from study.errors import StudyInputError
 
     try:
         if args.command == "init":
