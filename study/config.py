@@ -226,6 +226,9 @@ class EvalConfig:
     """NLI model for Entailment (the paper's: sileod/deberta-v3-base-tasksource-nli); None = missing."""
     per_epoch: bool = False
     """Evaluate after every epoch (needed for pruning)."""
+    holdout: bool = False
+    """Also score the split's holdout set when the data has one (built-in data does; TOFU directories
+    may carry holdout01/05/10): membership-inference AUCs and PrivLeak (docs/science-beyond-paper.md §3)."""
 
     def __post_init__(self):
         for name in ("batch_size", "max_length"):

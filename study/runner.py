@@ -11,7 +11,6 @@ import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -35,7 +34,7 @@ def source_for(cfg: RunConfig) -> data_mod.Source:
 def scenario_data(cfg: RunConfig, task: int | None, source: data_mod.Source | None = None) -> data_mod.ScenarioData:
     source = source or source_for(cfg)
     ds_size = None if cfg.data.scenario == "real-world" else cfg.data.ds_size
-    return data_mod.load_scenario(source, cfg.data.scenario, cfg.data.split, task, ds_size)
+    return data_mod.load_scenario(source, cfg.data.scenario, cfg.data.split, task, ds_size, holdout=cfg.eval.holdout)
 
 
 def tasks_of(cfg: RunConfig) -> list[int | None]:
