@@ -44,6 +44,7 @@ SCHEMA: dict[str, tuple[str, ...]] = {
     "forget_perturbed": ("task_id", "golden_answer", *_PERTURBED),
     "neighbor": ("question", "answer"),
     "neighbor_perturbed": ("golden_answer", *_PERTURBED),
+    **{s.replace("forget", "holdout"): ("question", "answer") for s in SPLITS},  # membership-inference non-members
 }
 LIST_FIELDS = ("perturbed_answer",)
 REFUSALS_FILE = "idontknow.jsonl"

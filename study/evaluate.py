@@ -482,6 +482,8 @@ def _generate(model: Any, tokenizer: Any, prompts: Sequence[str], max_length: in
     when they reach it; ``generate`` (reference path, and models without a KV cache API) runs a batch
     to its largest budget and rows are cut after (greedy decoding is causal).
     """
+    if not prompts:  # only score-only sets (holdout) in this call
+        return []
     tok = left_padded(tokenizer)
     prompt_ids: list[list[int]] = tok(list(prompts), add_special_tokens=True)["input_ids"]
     eos = _eos_ids(model, tokenizer)
@@ -859,10 +861,10 @@ def _evaluate_sets(model: Any, tokenizer: Any, prompt: PromptFormat, eval_sets: 
             scores = _score(model, tokenizer, prompt, pairs, score_max_length, plan, device, bar)
         t2 = time.perf_counter()
         cosine_refs = [r[w.eval_set.cosine_truth] for w in works for r in w.rows]
-        cosine = _cosine(metric_models.embedder, generations, cosine_refs, plan)
+        cosine = _cosine(metric_models.embedder, generations, cosine_refs, plan) if n else []
         t3 = time.perf_counter()
         nli_labels: list[str | None] = [None] * n
-        if metric_models.nli is not None:
+        if metric_models.nli is not None and n:
             pairs_nli = []
             for w in works:  # the direction depends on the set and the scenario (metrics.nli_pairs)
                 refs = [r[_nli_truth_field(w.eval_set)] for r in w.rows]
