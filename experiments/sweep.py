@@ -191,7 +191,8 @@ def plan(args) -> tuple[object, object, dict]:
 
 
 # ``--set`` keys that name a searched hyper-parameter: given on the command line, it is fixed for the study.
-SEARCHED = {"train.lr": "lr", "train.epochs": "epochs", "method.forget_coeff": "forget_coeff", "method.beta": "beta"}
+SEARCHED = {"train.lr": "lr", "train.epochs": "epochs", "method.forget_coeff": "forget_coeff", "method.beta": "beta",
+           "method.gamma": "gamma"}
 
 
 def _first(*values):

@@ -191,6 +191,16 @@ def generate(n_authors: int = 20, seed: int = 0) -> dict[str, list[dict]]:
     files["forget"] = [{k: r[k] for k in ("name", "question", "answer", "golden_answer", "task_id")} for r in forget_rw]
     files["neighbor_perturbed"] = neighbor[1::2] or neighbor
     files["neighbor"] = [{k: r[k] for k in ("name", "question", "answer", "golden_answer")} for r in neighbor[0::2]]
+    # Holdout authors (TOFU's holdout01/05/10, OpenUnlearning): same generator, never in any training
+    # file; holdoutXX has as many authors as one task of forgetXX, the non-members of the
+    # membership-inference attacks (docs/science-beyond-paper.md §3). Drawn after every row above, from
+    # the same generator, so adding them changed none of the other files.
+    n_holdout = max(per_task for per_task, _ in layout.values())
+    holdout_authors = [_author(rng, used) for _ in range(n_holdout)]
+    holdout_rows = _rows(holdout_authors, holdout_authors + authors, rng)
+    for split, (per_task, _) in layout.items():
+        files[split.replace("forget", "holdout")] = [{k: v for k, v in r.items() if k != "name"}
+                                                     for r in holdout_rows[: 10 * per_task]]
     return files
 
 

@@ -121,7 +121,9 @@ class MethodConfig:
     regularization_coeff: float = 1.0
     """Weight of the regularizer."""
     beta: float = 0.1
-    """β of NPO, DPO and AP."""
+    """β of NPO, DPO, AP and SimNPO."""
+    gamma: float = 0.0
+    """SimNPO's reward margin γ (docs/science-beyond-paper.md §1); ignored by the other losses."""
     me_variant: str = "reference"
     """ME as the reference code computes it, KL(U‖p) (reference), or as the paper writes it, KL(p‖U) (paper)."""
     forget_labels: str = "auto"
@@ -142,7 +144,7 @@ class MethodConfig:
 
         try:
             return Method.parse(self.name, forget_coeff=self.forget_coeff, regularization_coeff=self.regularization_coeff,
-                                beta=self.beta, me_variant=self.me_variant)
+                                beta=self.beta, gamma=self.gamma, me_variant=self.me_variant)
         except ValueError as error:
             raise StudyInputError(str(error)) from None
 
@@ -224,6 +226,9 @@ class EvalConfig:
     """NLI model for Entailment (the paper's: sileod/deberta-v3-base-tasksource-nli); None = missing."""
     per_epoch: bool = False
     """Evaluate after every epoch (needed for pruning)."""
+    holdout: bool = False
+    """Also score the split's holdout set when the data has one (built-in data does; TOFU directories
+    may carry holdout01/05/10): membership-inference AUCs and PrivLeak (docs/science-beyond-paper.md §3)."""
 
     def __post_init__(self):
         for name in ("batch_size", "max_length"):

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .errors import DataError, StudyInputError, one_of
+
+log = logging.getLogger(__name__)
 
 SCENARIOS = ("fictitious", "continual", "real-world")
 SPLITS = ("forget01", "forget05", "forget10")
@@ -41,6 +44,7 @@ SCHEMA: dict[str, tuple[str, ...]] = {
     "forget_perturbed": ("task_id", "golden_answer", *_PERTURBED),
     "neighbor": ("question", "answer"),
     "neighbor_perturbed": ("golden_answer", *_PERTURBED),
+    **{s.replace("forget", "holdout"): ("question", "answer") for s in SPLITS},  # membership-inference non-members
 }
 LIST_FIELDS = ("perturbed_answer",)
 REFUSALS_FILE = "idontknow.jsonl"
@@ -249,6 +253,30 @@ def retain_file(split: str) -> str:
     return f"retain{100 - min(10 * k, 90)}"
 
 
+def holdout_file(split: str) -> str:
+    """``forget05`` -> ``holdout05``: the unseen authors of TOFU's (and the built-in generator's) holdout
+    sets, sized like ``split``'s forget set."""
+    return split.replace("forget", "holdout")
+
+
+def read_optional(source: Source, name: str) -> list[dict] | None:
+    """``source.read(name)``, or None when the source has no such file (any other data error is raised)."""
+    if isinstance(source, BuiltinSource) and name not in source._files:
+        return None
+    if isinstance(source, DirectorySource):
+        try:
+            source._find(name)
+        except DataError:
+            return None
+    if isinstance(source, HubSource):
+        try:
+            return source.read(name)
+        except DataError as error:
+            log.info("no %s in %s (%s): membership-inference metrics left out", name, source.description, error)
+            return None
+    return source.read(name)
+
+
 def task_ids(rows: list[dict]) -> list[int]:
     return sorted({row["task_id"] for row in rows})
 
@@ -296,7 +324,8 @@ class ScenarioData:
 
 
 def load_scenario(
-    source: Source, scenario: str, split: str = "forget01", task: int | None = 1, ds_size: int | None = DS_SIZE
+    source: Source, scenario: str, split: str = "forget01", task: int | None = 1, ds_size: int | None = DS_SIZE,
+    holdout: bool = False,
 ) -> ScenarioData:
     """The training and evaluation rows of one task (docs/science.md §1).
 
@@ -306,6 +335,11 @@ def load_scenario(
     Real-world: forget = ``forget.json`` (one task, or all 20 people when ``task`` is None),
     retain = ``neighbor.json``; evaluation on all rows of ``forget_perturbed`` (of the same task) and
     ``neighbor_perturbed``, against ``golden_answer`` (Cosine: ``answer``).
+
+    ``holdout=True`` (fictitious / continual) adds the ``holdout<XX>`` file of the split, when the
+    source has one, as a score-only evaluation set: the non-members of the membership-inference
+    metrics (docs/science-beyond-paper.md §3). Without the file, or for real-world, nothing is added
+    and those metrics are missing.
     """
     if scenario not in SCENARIOS:
         raise one_of("scenario", scenario, SCENARIOS)
@@ -344,6 +378,9 @@ def load_scenario(
         EvalSet("world_facts", "world_facts", cap(source.read("world_facts_perturbed")),
                 cosine_truth="original_answer", paraphrase="answer"),
     ]
+    # The membership-inference non-members (docs/science-beyond-paper.md §3), when the source has them.
+    if holdout and (holdout_rows := read_optional(source, holdout_file(split))) is not None:
+        eval_sets.append(EvalSet("holdout", "holdout", cap(holdout_rows)))
     return ScenarioData(scenario, split, task, forget, static_retain + later, forget_all + static_retain,
                         eval_sets, refusals, source.description, tasks)
 

@@ -63,7 +63,7 @@ from tqdm.auto import tqdm
 from . import metrics as M
 from .data import EvalSet
 from .errors import StudyInputError, one_of
-from .losses import IGNORE_INDEX, sequence_nll
+from .losses import IGNORE_INDEX, shift_labels, token_nll
 from .models import PromptFormat, default_device, encode_qa, left_padded
 
 __all__ = [
@@ -255,10 +255,13 @@ class EvalResult:
     metric columns of :data:`study.metrics.METRICS`, ``truth_ratio_raw`` (R),
     ``truth_ratio_min`` (min(R, 1/R)), ``nli_label`` (None without NLI), ``nll_answer`` (NLL sum),
     ``n_tokens_answer``, ``avg_nll_answer``, ``avg_nll_paraphrased``, ``avg_nll_perturbed``
-    (list of K floats), ``n_tokens_generation`` (model tokens of the decoded generation)."""
+    (list of K floats), ``n_tokens_generation`` (model tokens of the decoded generation), and the
+    columns of :data:`study.metrics.PRIVACY_METRICS` (``mia_loss``, ``mia_zlib``, ``mia_min_k``,
+    ``extraction_strength``, ``exact_memorization``; docs/science-beyond-paper.md §3, §4)."""
     summary: dict[str, float]
-    """``"<set>/<metric>"`` means of the six metrics (entailment NaN when no NLI model),
-    ``"forget/truth_ratio_min"``, ``"n_items/<set>"``, and the aggregates that apply:
+    """``"<set>/<metric>"`` means of the six metrics (entailment NaN when no NLI model) and of the
+    privacy metrics, ``"forget/truth_ratio_min"``, ``"n_items/<set>"``, ``"mia_auc/<attack>"`` when
+    a holdout set was evaluated with the forget set, and the aggregates that apply:
     ``model_utility``, ``model_utility_retain``, ``forget_efficacy``, ``tofu_model_utility``
     (``forget_quality`` after :meth:`with_forget_quality`)."""
     aggregate_parts: dict[str, M.Aggregate]
@@ -277,7 +280,8 @@ class EvalResult:
         """``{set: {metric: mean}}`` of the six metrics (what :mod:`study.metrics` aggregates take)."""
         out: dict[str, dict[str, float]] = {}
         for set_name in self.items["set"].unique():
-            out[set_name] = {m: self.summary[M.summary_key(set_name, m)] for m in M.METRICS}
+            if M.summary_key(set_name, M.ROUGE) in self.summary:  # score-only sets (holdout) have none
+                out[set_name] = {m: self.summary[M.summary_key(set_name, m)] for m in M.METRICS}
         return out
 
     def forget_truth_ratio_raw(self) -> np.ndarray:
@@ -306,9 +310,23 @@ class EvalResult:
         parts["forget_quality"] = M.Aggregate(value, [part, "retain_model/" + part], [])
         return replace(self, summary={**self.summary, "forget_quality": value}, aggregate_parts=parts)
 
-    def long_items(self) -> pd.DataFrame:
-        """The per-item metrics in tidy long form: columns ``set``, ``item``, ``metric``, ``value``."""
-        value_columns = [*M.METRICS, M.TRUTH_RATIO_RAW, M.TRUTH_RATIO_MIN]
+    def with_privleak(self, retain_summary: dict[str, float]) -> EvalResult:
+        """A copy with ``summary["privleak/<attack>"]`` for each attack whose AUC both this evaluation
+        and the retain model's (``retain_summary``, an evaluation summary on the same forget and
+        holdout items) hold: :func:`study.metrics.privleak`. Without AUCs nothing is added."""
+        values = {}
+        for attack in M.MIA_ATTACKS:
+            key = M.mia_auc_key(attack)
+            if key in self.summary and key in retain_summary:
+                values[M.privleak_key(attack)] = M.privleak(self.summary[key], retain_summary[key])
+        return replace(self, summary={**self.summary, **values})
+
+    def long_items(self, privacy: bool = False) -> pd.DataFrame:
+        """The per-item metrics in tidy long form: columns ``set``, ``item``, ``metric``, ``value``.
+
+        ``privacy=True`` adds the metrics of :data:`study.metrics.PRIVACY_METRICS`.
+        """
+        value_columns = [*M.METRICS, M.TRUTH_RATIO_RAW, M.TRUTH_RATIO_MIN, *(M.PRIVACY_METRICS if privacy else ())]
         return self.items.melt(id_vars=["set", "item"], value_vars=value_columns,
                                var_name="metric", value_name="value")
 
@@ -464,6 +482,8 @@ def _generate(model: Any, tokenizer: Any, prompts: Sequence[str], max_length: in
     when they reach it; ``generate`` (reference path, and models without a KV cache API) runs a batch
     to its largest budget and rows are cut after (greedy decoding is causal).
     """
+    if not prompts:  # only score-only sets (holdout) in this call
+        return []
     tok = left_padded(tokenizer)
     prompt_ids: list[list[int]] = tok(list(prompts), add_special_tokens=True)["input_ids"]
     eos = _eos_ids(model, tokenizer)
@@ -520,8 +540,40 @@ def _common_prefix(rows: Sequence[Sequence[int]]) -> int:
     return n
 
 
+@dataclass
+class _Scores:
+    """What scoring returns per (question, answer) sequence ``[S]``."""
+
+    nll: np.ndarray
+    """float64 ``[S]``: ``NLL_sum`` of the answer (:func:`study.losses.sequence_nll`)."""
+    n_tokens: np.ndarray
+    """int64 ``[S]``: scored tokens (answer tokens and the EOS label)."""
+    token_logprob: list[np.ndarray]
+    """Per sequence, float64 ``[n]``: ``log p`` of each scored token (Min-K%)."""
+    token_match: list[np.ndarray]
+    """Per sequence, bool ``[n]``: the argmax given the true prefix is the scored token
+    (extraction strength, exact memorisation)."""
+
+
+def _record(logits: torch.Tensor, labels: torch.Tensor, seqs: Sequence[int], scores: _Scores) -> None:
+    """Store the NLL sums and per-token statistics of a scored batch: ``logits [B, T, V]`` with their
+    unshifted ``labels [B, T]``, row ``r`` belonging to sequence ``seqs[r]``.
+
+    The sum is ``token_nll(...).sum(-1)``, i.e. exactly :func:`study.losses.sequence_nll`.
+    """
+    nll = token_nll(logits, labels)  # [B, T], 0 where not scored
+    target = shift_labels(labels)
+    scored = target != IGNORE_INDEX
+    match = logits.argmax(dim=-1) == target  # [B, T]
+    scores.nll[list(seqs)] = nll.sum(dim=-1).double().cpu().numpy()
+    nll, scored, match = nll.double().cpu().numpy(), scored.cpu().numpy(), match.cpu().numpy()
+    for r, i in enumerate(seqs):
+        scores.token_logprob[i] = -nll[r][scored[r]]
+        scores.token_match[i] = match[r][scored[r]]
+
+
 def _score(model: Any, tokenizer: Any, prompt: PromptFormat, pairs: Sequence[tuple[str, str]],
-           max_length: int, plan: _Plan, device: torch.device, bar: tqdm) -> tuple[np.ndarray, np.ndarray]:
+           max_length: int, plan: _Plan, device: torch.device, bar: tqdm) -> _Scores:
     """``NLL_sum`` and answer-token counts of each (question, answer) sequence, float64 / int64 [S].
 
     Labels follow :func:`study.models.encode_qa` (``"answer"``): question -100, answer tokens, one
@@ -536,18 +588,20 @@ def _score(model: Any, tokenizer: Any, prompt: PromptFormat, pairs: Sequence[tup
       only from the first position whose next token is scored, which changes no sum: padding
       columns carry attention 0 and label -100, and causal attention never looks right.
     """
-    nll = np.zeros(len(pairs), dtype=np.float64)
-    n_tokens = np.zeros(len(pairs), dtype=np.int64)
+    empty = [np.zeros(0)] * len(pairs)
+    scores = _Scores(np.zeros(len(pairs), dtype=np.float64), np.zeros(len(pairs), dtype=np.int64),
+                     list(empty), [e.astype(bool) for e in empty])
+    n_tokens = scores.n_tokens
     if not plan.fast:
         for i, (question, answer) in enumerate(pairs):
             enc = encode_qa(tokenizer, prompt, question, answer, max_length)
             batch = {k: v[None].to(device) for k, v in enc.items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                            use_cache=False).logits  # [1, max_length, V]
-            nll[i] = float(sequence_nll(logits, batch["labels"])[0])
+            _record(logits, batch["labels"], [i], scores)
             n_tokens[i] = int((batch["labels"] != IGNORE_INDEX).sum())
             bar.update(1)
-        return nll, n_tokens
+        return scores
 
     ids, labels = encode_qa_batch(tokenizer, prompt, [q for q, _ in pairs], [a for _, a in pairs], max_length)
     n_tokens[:] = [sum(label != IGNORE_INDEX for label in row) for row in labels]
@@ -568,10 +622,10 @@ def _score(model: Any, tokenizer: Any, prompt: PromptFormat, pairs: Sequence[tup
                 prefixes.append(shared)
             else:
                 rest.extend(members)
-        _score_shared_prefix(model, ids, labels, groups, prefixes, plan, device, tokenizer.eos_token_id, nll, bar)
+        _score_shared_prefix(model, ids, labels, groups, prefixes, plan, device, tokenizer.eos_token_id, scores, bar)
     _score_trimmed(model, ids, labels, rest, plan, device, tokenizer.eos_token_id,
-                   "logits_to_keep" in params, nll, bar)
-    return nll, n_tokens
+                   "logits_to_keep" in params, scores, bar)
+    return scores
 
 
 def _plain_kv_cache(model: Any) -> bool:
@@ -595,8 +649,8 @@ def _right_padded(rows: Sequence[Sequence[int]], width: int, fill: int) -> torch
 
 
 def _score_trimmed(model: Any, ids: list[list[int]], labels: list[list[int]], which: Sequence[int], plan: _Plan,
-                   device: torch.device, eos: int, keep_tail: bool, nll: np.ndarray, bar: tqdm) -> None:
-    """Fill ``nll[i]`` for ``i in which``: whole sequences, right-padded per batch (sorted by length)."""
+                   device: torch.device, eos: int, keep_tail: bool, scores: _Scores, bar: tqdm) -> None:
+    """Fill ``scores`` for ``i in which``: whole sequences, right-padded per batch (sorted by length)."""
     order = sorted(which, key=lambda i: len(labels[i]), reverse=True)
     for batch in _batches(order, plan.score_batch):
         width = max(len(labels[i]) for i in batch)  # the EOS label may sit one past the last input
@@ -610,14 +664,14 @@ def _score_trimmed(model: Any, ids: list[list[int]], labels: list[list[int]], wh
                            logits_to_keep=width - start).logits  # [B, width - start, V]
         else:
             logits = model(input_ids=input_ids, attention_mask=attention, use_cache=False).logits  # [B, width, V]
-        nll[batch] = sequence_nll(logits, label_t[:, start:]).double().cpu().numpy()
+        _record(logits, label_t[:, start:], batch, scores)
         bar.update(len(batch))
 
 
 def _score_shared_prefix(model: Any, ids: list[list[int]], labels: list[list[int]], groups: list[list[int]],
                          prefixes: list[int], plan: _Plan, device: torch.device, eos: int,
-                         nll: np.ndarray, bar: tqdm) -> None:
-    """Fill ``nll`` for the sequences of ``groups``: each group's first ``prefixes[g]`` tokens
+                         scores: _Scores, bar: tqdm) -> None:
+    """Fill ``scores`` for the sequences of ``groups``: each group's first ``prefixes[g]`` tokens
     (shared by all its sequences) run once, then every sequence's remaining tokens on top of a copy
     of its group's KV cache.
 
@@ -667,7 +721,7 @@ def _score_shared_prefix(model: Any, ids: list[list[int]], labels: list[list[int
             logits = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
                            past_key_values=batch_cache, use_cache=True,
                            logits_to_keep=s_width - start).logits  # [B, S - start, V]
-            nll[seqs] = sequence_nll(logits, label_t[:, start:]).double().cpu().numpy()
+            _record(logits, label_t[:, start:], seqs, scores)
             bar.update(len(batch))
 
 
@@ -752,7 +806,9 @@ def _plan_work(eval_sets: Sequence[EvalSet], plan: _Plan) -> tuple[list[_SetWork
     """Pool the scored sequences of all sets: per item [truth, paraphrase, perturbed_1..K].
 
     The fast path scores each distinct (question, answer) text once: on Real Authors / World Facts
-    the "paraphrased" answer is the answer itself, so they share one forward pass.
+    the "paraphrased" answer is the answer itself, so they share one forward pass. A score-only set
+    (holdout, :data:`study.metrics.SCORE_ONLY_SETS`) contributes its truth answers only and no
+    prompts to generate from (its ``first`` is -1).
     """
     pairs: list[tuple[str, str]] = []
     index: dict[tuple[str, str], int] = {}
@@ -768,6 +824,10 @@ def _plan_work(eval_sets: Sequence[EvalSet], plan: _Plan) -> tuple[list[_SetWork
     works, first = [], 0
     for eval_set in eval_sets:
         rows = eval_set.rows
+        if eval_set.kind in M.SCORE_ONLY_SETS:
+            truth = [slot(r["question"], r[eval_set.truth]) for r in rows]
+            works.append(_SetWork(eval_set, -1, truth_slot=truth, para_slot=truth, pert_slot=[[] for _ in rows]))
+            continue
         works.append(_SetWork(
             eval_set, first,
             truth_slot=[slot(r["question"], r[eval_set.truth]) for r in rows],
@@ -783,7 +843,8 @@ def _evaluate_sets(model: Any, tokenizer: Any, prompt: PromptFormat, eval_sets: 
                    progress: bool, device: torch.device, timings: dict[str, float]) -> list[pd.DataFrame]:
     """Generate, score, embed and classify the items of ``eval_sets`` together (pooled across sets,
     so batches stay full), then compute each set's per-item table."""
-    works, pairs = _plan_work(eval_sets, plan)
+    all_works, pairs = _plan_work(eval_sets, plan)
+    works = [w for w in all_works if w.first >= 0]  # the sets that are generated from
     questions = [r["question"] for w in works for r in w.rows]
     n = len(questions)
     names = "+".join(s.name for s in eval_sets)
@@ -797,13 +858,13 @@ def _evaluate_sets(model: Any, tokenizer: Any, prompt: PromptFormat, eval_sets: 
         generations: list[str] = tokenizer.batch_decode(gen_ids, skip_special_tokens=True)
         t1 = time.perf_counter()
         with torch.inference_mode():
-            nll, n_tok = _score(model, tokenizer, prompt, pairs, score_max_length, plan, device, bar)
+            scores = _score(model, tokenizer, prompt, pairs, score_max_length, plan, device, bar)
         t2 = time.perf_counter()
         cosine_refs = [r[w.eval_set.cosine_truth] for w in works for r in w.rows]
-        cosine = _cosine(metric_models.embedder, generations, cosine_refs, plan)
+        cosine = _cosine(metric_models.embedder, generations, cosine_refs, plan) if n else []
         t3 = time.perf_counter()
         nli_labels: list[str | None] = [None] * n
-        if metric_models.nli is not None:
+        if metric_models.nli is not None and n:
             pairs_nli = []
             for w in works:  # the direction depends on the set and the scenario (metrics.nli_pairs)
                 refs = [r[_nli_truth_field(w.eval_set)] for r in w.rows]
@@ -816,16 +877,53 @@ def _evaluate_sets(model: Any, tokenizer: Any, prompt: PromptFormat, eval_sets: 
     # The reference code counts tokenizer.tokenize(generation): the decoded text re-tokenised (which
     # can differ from the generated ids), done here for all items in one call.
     retokenised = tokenizer(generations, add_special_tokens=False)["input_ids"] if n else []
+    nll, n_tok = scores.nll, scores.n_tokens
     avg = np.where(n_tok > 0, nll / np.where(n_tok > 0, n_tok, 1), np.nan)  # average token NLL per sequence
-    return [_set_table(w, scenario, generations[w.items], retokenised[w.items], nll, n_tok, avg,
-                       cosine[w.items], nli_labels[w.items]) for w in works]
+    return [_set_table(w, scenario, generations[w.items], retokenised[w.items], scores, avg,
+                       cosine[w.items], nli_labels[w.items]) if w.first >= 0 else _score_only_table(w, scores, avg)
+            for w in all_works]
+
+
+def _score_only_table(work: _SetWork, scores: _Scores, avg: np.ndarray) -> pd.DataFrame:
+    """The per-item table of a score-only set (holdout): the truth answer's likelihood columns and the
+    privacy metrics; no generation, so the six metric columns are NaN (the set never enters MU/FE)."""
+    eval_set, rows = work.eval_set, work.rows
+    n = len(rows)
+    truths = [r[eval_set.truth] for r in rows]
+    answer_avg = avg[work.truth_slot]
+    return pd.DataFrame({
+        "set": [eval_set.name] * n,
+        "item": np.arange(n),
+        "question": [r["question"] for r in rows],
+        "reference": truths,
+        **{m: np.full(n, np.nan) for m in M.METRICS},
+        "nll_answer": scores.nll[work.truth_slot],
+        "n_tokens_answer": scores.n_tokens[work.truth_slot],
+        "avg_nll_answer": answer_avg,
+        **_privacy_columns(truths, answer_avg, [scores.token_logprob[j] for j in work.truth_slot],
+                           [scores.token_match[j] for j in work.truth_slot]),
+    })
+
+
+def _privacy_columns(truths: Sequence[str], answer_avg: np.ndarray, token_logprob: Sequence[np.ndarray],
+                     token_match: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """The per-item metrics beyond the paper (:data:`study.metrics.PRIVACY_METRICS`), all from the
+    truth answer's scoring pass: no extra forward pass or generation."""
+    return {
+        M.MIA_LOSS: np.asarray(answer_avg, dtype=np.float64),
+        M.MIA_ZLIB: M.zlib_ratio(answer_avg, truths),
+        M.MIA_MIN_K: M.min_k_score(token_logprob),
+        M.EXTRACTION_STRENGTH: M.extraction_strength(token_match),
+        M.EXACT_MEMORIZATION: M.exact_memorization(token_match),
+    }
 
 
 def _set_table(work: _SetWork, scenario: str, generations: list[str], retokenised: list[list[int]],
-               nll: np.ndarray, n_tok: np.ndarray, avg: np.ndarray, cosine: list[float],
+               scores: _Scores, avg: np.ndarray, cosine: list[float],
                nli_labels: list[str | None]) -> pd.DataFrame:
     """The per-item table of one set, every metric from :mod:`study.metrics`."""
     eval_set, rows, kind = work.eval_set, work.rows, work.eval_set.kind
+    nll, n_tok = scores.nll, scores.n_tokens
     n = len(rows)
     truths = [r[eval_set.truth] for r in rows]
     answer_nll, answer_n = nll[work.truth_slot], n_tok[work.truth_slot]
@@ -868,11 +966,23 @@ def _set_table(work: _SetWork, scenario: str, generations: list[str], retokenise
         "avg_nll_paraphrased": para_avg,
         "avg_nll_perturbed": [list(map(float, row)) for row in pert_avg],
         "n_tokens_generation": [len(ids) for ids in retokenised],
+        **_privacy_columns(truths, answer_avg, [scores.token_logprob[j] for j in work.truth_slot],
+                           [scores.token_match[j] for j in work.truth_slot]),
     })
 
 
 # --------------------------------------------------------------------------------------------------
 # Summary and aggregates
+
+
+def _mia_aucs(items: pd.DataFrame, eval_sets: Sequence[EvalSet]) -> dict[str, float]:
+    """``mia_auc/<attack>``: each attack's AUC separating forget items (members) from holdout items
+    (non-members), :func:`study.metrics.mia_auc`. Absent, not zero, without a holdout set."""
+    names = {s.kind: s.name for s in eval_sets}
+    if M.FORGET not in names or M.HOLDOUT not in names:
+        return {}
+    forget, holdout = (items[items["set"] == names[k]] for k in (M.FORGET, M.HOLDOUT))
+    return {M.mia_auc_key(a): M.mia_auc(forget[a].to_numpy(), holdout[a].to_numpy()) for a in M.MIA_ATTACKS}
 
 
 def _summarise(items: pd.DataFrame, eval_sets: Sequence[EvalSet], scenario: str
@@ -882,13 +992,21 @@ def _summarise(items: pd.DataFrame, eval_sets: Sequence[EvalSet], scenario: str
     set_metrics: dict[str, dict[str, float]] = {}
     for eval_set in eval_sets:
         part = items[items["set"] == eval_set.name]
+        if eval_set.kind in M.SCORE_ONLY_SETS:  # no paper metric: only the privacy means and the count
+            for metric in M.PRIVACY_METRICS:
+                summary[M.summary_key(eval_set.name, metric)] = float(part[metric].mean()) if len(part) else math.nan
+            summary[f"n_items/{eval_set.name}"] = float(len(part))
+            continue
         values = {m: float(part[m].mean()) if len(part) else math.nan for m in M.METRICS}
         set_metrics[eval_set.kind] = values
         for metric, value in values.items():
             summary[M.summary_key(eval_set.name, metric)] = value
         if eval_set.kind == M.FORGET:
             summary[M.summary_key(eval_set.name, M.TRUTH_RATIO_MIN)] = float(part[M.TRUTH_RATIO_MIN].mean())
+        for metric in M.PRIVACY_METRICS:
+            summary[M.summary_key(eval_set.name, metric)] = float(part[metric].mean()) if len(part) else math.nan
         summary[f"n_items/{eval_set.name}"] = float(len(part))
+    summary.update(_mia_aucs(items, eval_sets))
 
     sc = metrics_scenario(scenario)
     aggregates: dict[str, M.Aggregate] = {}

@@ -4,7 +4,8 @@ Three layers, each small:
 
 1. **Shared numerics** (written once): the causal-LM label shift, per-sequence summed NLL, the batch
    token-mean NLL that Hugging Face's ``outputs.loss`` returns, and the chunked softmax entropy.
-2. **Pure losses**: GA, NPO, DPO, IDK, ME, GD, KL, AP as functions of logits / labels or of per-sequence
+2. **Pure losses**: GA, NPO, DPO, IDK, ME, GD, KL, AP (the paper's) and SimNPO (beyond the paper,
+   ``docs/science-beyond-paper.md`` §1) as functions of logits / labels or of per-sequence
    log-probs. Each docstring gives the formula the reference code (``sail-sg/closer-look-LLM-unlearning``)
    computes; where the paper's text differs, the paper's version is a named option.
 3. **Registry and adapter**: a :class:`LossSpec` per loss in ``FORGET_LOSSES`` / ``REGULARIZERS``
@@ -254,6 +255,27 @@ def npo_loss(logp: Tensor, ref_logp: Tensor, beta: float) -> Tensor:
     return -(2.0 / beta) * F.logsigmoid(beta * (ref_logp - logp)).mean()
 
 
+def simnpo_loss(logp: Tensor, n_tokens: Tensor, beta: float, gamma: float = 0.0) -> Tensor:
+    """SimNPO: ``L = -(2/β) * mean_i log σ(-(β/|y_i|) logp(y_i|x_i) - γ)`` on the forget answers.
+
+    NPO without a reference model, on the length-normalised log-likelihood, with a reward margin γ
+    (Fan, Liu, Lin, Jia, Zhang, Chang, Liu, 2024, "Simplicity Prevails: Rethinking Negative Preference
+    Optimization for LLM Unlearning", arXiv 2410.07163; docs/science-beyond-paper.md §1). Minimising it
+    lowers the average per-token log-likelihood of each forget answer; unlike NPO's, its gradient
+    weight does not depend on a reference model, and it fades once ``-(β/|y|) logp - γ`` is a few
+    units above 0.
+
+    Args:
+        logp: ``[B]`` per-sequence log-probs (sums over the scored tokens) of the current model.
+        n_tokens: ``[B]`` scored tokens per sequence ``|y_i|`` (answer tokens and the EOS label);
+            clamped to >= 1 so a sequence with no scored token contributes ``log σ(-γ)``.
+        beta: inverse temperature β > 0.
+        gamma: reward margin γ.
+    """
+    length = n_tokens.to(logp.dtype).clamp(min=1)
+    return -(2.0 / beta) * F.logsigmoid(-(beta / length) * logp - gamma).mean()
+
+
 def dpo_loss(
     logp_preferred: Tensor,
     logp_rejected: Tensor,
@@ -371,9 +393,10 @@ HYPERPARAMS: dict[str, Param] = {
         Param("lr", 1e-6, 1e-4, log=True, default=1e-5),
         Param("forget_coeff", 0.01, 10.0, log=True, default=1.0),
         Param("beta", 0.01, 1.0, log=True, default=0.1),
+        Param("gamma", 0.0, 2.0, default=0.0),
     )
 }
-"""Every searchable hyper-parameter by name."""
+"""Every searchable hyper-parameter by name (a loss may narrow or move one: ``LossSpec.ranges``)."""
 
 SHARED_HYPERPARAMS: tuple[str, ...] = ("lr", "forget_coeff")
 """Searched for every method; a loss adds its own (``LossSpec.hyperparams``)."""
@@ -403,6 +426,10 @@ class LossInputs:
     def logprob(self, part: str) -> Tensor:
         """``logp(y|x) [B]`` of the current model on ``part``."""
         return sequence_logprob(self.logits[part], self.labels[part])
+
+    def n_tokens(self, part: str) -> Tensor:
+        """``|y| [B]``: positions of ``part`` whose shifted label is scored (what ``logprob`` sums)."""
+        return (shift_labels(self.labels[part]) != IGNORE_INDEX).sum(dim=-1)
 
     def zero(self) -> Tensor:
         """A scalar 0 on the logits' device (the value of the ``NONE`` regularizer)."""
@@ -438,9 +465,14 @@ class LossSpec:
     """Forget losses only: the regularizer a bare method name (no ``+``) implies."""
     forget_mask_default: bool = True
     """Forget losses only: docs/science.md §4's ``mask`` (labels on answer tokens only) for this loss."""
+    ranges: Mapping[str, Param] = field(default_factory=dict)
+    """Search ranges of this loss that differ from :data:`HYPERPARAMS` (SimNPO's β acts on a
+    per-token log-likelihood, so it lives on a larger scale than NPO's)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "needs", frozenset(self.needs))
+        if unknown_range := set(self.ranges) - set(self.hyperparams):
+            raise ValueError(f"loss {self.name}: ranges for hyper-parameters it does not use {sorted(unknown_range)}")
         if unknown := self.needs - NEEDS:
             raise ValueError(f"loss {self.name}: unknown needs {sorted(unknown)}; valid: {sorted(NEEDS)}")
         for need, parts in (("ref_logprobs", self.ref_logprob_parts), ("ref_logits", self.ref_logit_parts)):
@@ -484,6 +516,13 @@ FORGET_LOSSES: dict[str, LossSpec] = {
             needs=frozenset({"forget", "forget_idk", "ref_logprobs"}), ref_logprob_parts=("forget", "forget_idk"),
             hyperparams=("beta",),
             formula="-(2/β) mean log σ(β [(logp_θ(idk) - logp_θ(a)) - (logp_ref(idk) - logp_ref(a))])",
+        ),
+        LossSpec(
+            "SimNPO", "forget",
+            lambda x, m: simnpo_loss(x.logprob("forget"), x.n_tokens("forget"), m.beta, m.gamma),
+            needs=frozenset({"forget"}), hyperparams=("beta", "gamma"),
+            ranges={"beta": Param("beta", 0.5, 10.0, log=True)},
+            formula="-(2/β) mean log σ(-(β/|y|) logp_θ(y|x) - γ) on forget (no reference model)",
         ),
         LossSpec(
             "IDK", "forget", lambda x, m: idk_loss(x.logits["forget_idk"], x.labels["forget_idk"]),
@@ -566,7 +605,9 @@ class Method:
     regularization_coeff: float = 1.0
     """The weight of the regularizer."""
     beta: float = 0.1
-    """β of NPO, DPO and AP."""
+    """β of NPO, DPO, AP and SimNPO."""
+    gamma: float = 0.0
+    """SimNPO's reward margin γ (docs/science-beyond-paper.md §1); no other loss reads it."""
     me_variant: MEVariant = "reference"
     """ME's divergence: ``"reference"`` = KL(U || p) (the code), ``"paper"`` = KL(p || U) (the text)."""
 
@@ -582,6 +623,8 @@ class Method:
                 raise StudyInputError(f"{coeff} must be a finite number >= 0, got {value!r} (method {name})")
         if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta > 0):
             raise StudyInputError(f"beta must be a finite number > 0, got {self.beta!r} (method {name})")
+        if not (isinstance(self.gamma, (int, float)) and math.isfinite(self.gamma)):
+            raise StudyInputError(f"gamma must be a finite number, got {self.gamma!r} (method {name})")
         if self.me_variant not in ME_VARIANTS:
             raise StudyInputError(f"unknown ME variant {self.me_variant!r}; valid: {', '.join(ME_VARIANTS)}")
 
@@ -667,8 +710,14 @@ class Method:
         return tuple(names)
 
     def search_space(self) -> list[Param]:
-        """The method's whole search space: lr, forget_coeff, and beta if a loss uses it."""
-        return [HYPERPARAMS[h] for h in self.hyperparams]
+        """The method's whole search space: lr, forget_coeff, and beta (gamma) if a loss uses it.
+
+        A range a loss declares in ``LossSpec.ranges`` replaces the shared one (the forget loss's
+        first, as it is the one the parameter was introduced for).
+        """
+        forget, reg = self.specs
+        ranges = {**reg.ranges, **forget.ranges}
+        return [ranges.get(h, HYPERPARAMS[h]) for h in self.hyperparams]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ Names used everywhere (column names of the tidy table and keys of summaries):
 from __future__ import annotations
 
 import math
+import zlib
 from collections import Counter
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +48,10 @@ __all__ = [
     "mean_of", "model_utility", "model_utility_retain", "forget_efficacy", "tofu_model_utility",
     "forget_quality", "forget_quality_statistic", "TOFU_LOG_SETS", "tofu_items_from_log",
     "tofu_summary_from_logs",
+    "HOLDOUT", "SCORE_ONLY_SETS", "MIA_LOSS", "MIA_ZLIB", "MIA_MIN_K", "MIA_ATTACKS", "EXTRACTION_STRENGTH",
+    "EXACT_MEMORIZATION", "MIN_K_FRACTION", "PRIVACY_METRICS", "mia_auc_key", "privleak_key",
+    "zlib_length", "zlib_ratio", "min_k_score", "extraction_strength", "exact_memorization",
+    "mia_auc", "privleak",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -58,9 +63,16 @@ RETAIN = "retain"
 REAL_AUTHORS = "real_authors"
 WORLD_FACTS = "world_facts"
 NEIGHBOR = "neighbor"
-SET_NAMES: tuple[str, ...] = (FORGET, RETAIN, REAL_AUTHORS, WORLD_FACTS, NEIGHBOR)
+HOLDOUT = "holdout"
+SET_NAMES: tuple[str, ...] = (FORGET, RETAIN, REAL_AUTHORS, WORLD_FACTS, NEIGHBOR, HOLDOUT)
 """Evaluation set names. TOFU (fictitious, continual): forget, retain, real_authors, world_facts.
-Real-world: forget and neighbor (the disjoint neighbor *evaluation* set)."""
+Real-world: forget and neighbor (the disjoint neighbor *evaluation* set). Optional everywhere:
+holdout, items of the forget set's distribution the target never saw (the non-members of the
+membership-inference attacks; never part of MU or FE)."""
+
+SCORE_ONLY_SETS: tuple[str, ...] = (HOLDOUT,)
+"""Sets that are only scored (likelihoods of the truth answer), never generated from: they need only
+``question`` and ``answer`` and carry only the privacy metrics."""
 
 SCENARIOS: tuple[str, ...] = ("fictitious", "continual", "real_world")
 
@@ -353,6 +365,150 @@ def nli_pairs(set_name: str, scenario: str, generations: Sequence[str],
 
 
 # --------------------------------------------------------------------------------------------
+# Beyond the paper: membership inference and memorisation (docs/science-beyond-paper.md §3, §4)
+# --------------------------------------------------------------------------------------------
+
+MIA_LOSS = "mia_loss"
+"""Per-item LOSS attack statistic: the answer's average token NLL (Yeom et al., 2018)."""
+MIA_ZLIB = "mia_zlib"
+"""Per-item zlib attack statistic: average token NLL / zlib-compressed answer bytes (Carlini et al., 2021)."""
+MIA_MIN_K = "mia_min_k"
+"""Per-item Min-K% Prob attack statistic: minus the mean of the k% lowest token log-probs (Shi et al., 2023)."""
+MIA_ATTACKS: tuple[str, ...] = (MIA_LOSS, MIA_ZLIB, MIA_MIN_K)
+"""Every attack statistic is oriented alike: higher = looks less like a training member."""
+EXTRACTION_STRENGTH = "extraction_strength"
+"""Per-item share of the answer the model reproduces greedily from a prefix (OpenUnlearning)."""
+EXACT_MEMORIZATION = "exact_memorization"
+"""Per-item share of answer tokens that are the model's argmax given the true prefix (OpenUnlearning)."""
+MIN_K_FRACTION = 0.4
+"""k of Min-K% Prob: the share of lowest-probability tokens averaged (MUSE / OpenUnlearning use 0.4)."""
+
+PRIVACY_METRICS: dict[str, MetricSpec] = {
+    spec.name: spec
+    for spec in (
+        MetricSpec(MIA_LOSS, False, "loss", "MIA LOSS", in_forget_efficacy=False),
+        MetricSpec(MIA_ZLIB, False, "zlib", "MIA zlib", in_forget_efficacy=False),
+        MetricSpec(MIA_MIN_K, False, "min_k", "MIA Min-K%", in_forget_efficacy=False),
+        MetricSpec(EXTRACTION_STRENGTH, True, "extraction_strength", "Extraction Strength",
+                   in_forget_efficacy=False),
+        MetricSpec(EXACT_MEMORIZATION, True, "exact_memorization", "Exact Memorization",
+                   in_forget_efficacy=False),
+    )
+}
+"""Per-item metrics beyond the paper's six. They are columns of the per-item table and set means
+in the summary, and never enter Model Utility or Forget Efficacy. ``higher_is_better`` is the
+direction as a measure of knowledge (a higher attack statistic means the item looks *less* known)."""
+
+
+def mia_auc_key(attack: str) -> str:
+    """Summary key of an attack's forget-vs-holdout AUC, e.g. ``"mia_auc/mia_min_k"``."""
+    return f"mia_auc/{attack}"
+
+
+def privleak_key(attack: str) -> str:
+    """Summary key of an attack's PrivLeak against the retain model, e.g. ``"privleak/mia_min_k"``."""
+    return f"privleak/{attack}"
+
+
+def zlib_length(text: str) -> int:
+    """Bytes of ``zlib.compress(text.encode("utf-8"))`` (default level), the zlib "entropy" of Carlini et al."""
+    return len(zlib.compress(text.encode("utf-8")))
+
+
+def zlib_ratio(avg_nll: Any, texts: Sequence[str]) -> np.ndarray:
+    """Per-item zlib attack statistic ``avg_nll / zlib_length(text)`` (Carlini et al., 2021, arXiv 2012.07805).
+
+    ``avg_nll`` [N] is the answer's average token NLL (the LOSS statistic), ``texts`` the answers.
+    """
+    avg_nll = np.asarray(avg_nll, dtype=np.float64)
+    if len(avg_nll) != len(texts):
+        raise ValueError(f"{len(avg_nll)} losses but {len(texts)} texts")
+    return avg_nll / np.asarray([zlib_length(t) for t in texts], dtype=np.float64)
+
+
+def min_k_score(token_logprobs: Sequence[Any], k: float = MIN_K_FRACTION) -> np.ndarray:
+    """Per-item Min-K% Prob statistic: ``-mean`` of the ``max(1, floor(k n))`` lowest of the item's
+    ``n`` token log-probs (Shi et al., 2023, arXiv 2310.16789; OpenUnlearning's ``MinKProbAttack``).
+
+    Args:
+        token_logprobs: per item, the log-probs ``[n]`` of its scored tokens.
+        k: the fraction of tokens kept, in (0, 1].
+
+    Returns:
+        float64 [N]; NaN for an item with no scored token.
+    """
+    if not 0 < k <= 1:
+        raise ValueError(f"k must be in (0, 1], got {k}")
+    out = np.full(len(token_logprobs), np.nan)
+    for i, lp in enumerate(token_logprobs):
+        lp = np.sort(np.asarray(lp, dtype=np.float64))
+        if lp.size:
+            out[i] = -float(np.mean(lp[: max(1, int(lp.size * k))]))
+    return out
+
+
+def extraction_strength(matches: Sequence[Any]) -> np.ndarray:
+    """Per-item ``ES = 1 - k* / n``: ``k*`` is the smallest ``k`` in ``0..n`` such that greedy decoding
+    from the question and the first ``k`` answer tokens reproduces the remaining ``n - k`` exactly.
+
+    Greedy decoding that reproduces the true tokens feeds itself the true prefix, so it reproduces
+    tokens ``k..n-1`` iff the argmax under teacher forcing equals the label at each of them: ``k*`` is
+    the start of the longest all-correct suffix of ``matches`` (Carlini et al., 2021; OpenUnlearning's
+    ``extraction_strength``). ``k = n`` (nothing left to reproduce) always qualifies, so an answer whose
+    last token is not reproduced scores 0 (OpenUnlearning's loop stops at ``k = n - 1`` and gives
+    ``1/n`` there); see docs/science-beyond-paper.md §4.
+
+    Args:
+        matches: per item, booleans ``[n]``: the argmax given the true prefix equals answer token ``t``.
+
+    Returns:
+        float64 [N] in [0, 1]; NaN for an item with no scored token.
+    """
+    out = np.full(len(matches), np.nan)
+    for i, m in enumerate(matches):
+        m = np.asarray(m, dtype=bool)
+        if m.size:
+            wrong = np.flatnonzero(~m)
+            k_star = int(wrong[-1]) + 1 if wrong.size else 0
+            out[i] = 1.0 - k_star / m.size
+    return out
+
+
+def exact_memorization(matches: Sequence[Any]) -> np.ndarray:
+    """Per-item share of answer tokens whose teacher-forced argmax is the true token
+    (OpenUnlearning's ``exact_memorization``; Tirumala et al., 2022). NaN with no scored token."""
+    return np.asarray([float(np.mean(np.asarray(m, dtype=bool))) if len(m) else np.nan for m in matches])
+
+
+def mia_auc(member_scores: Any, nonmember_scores: Any) -> float:
+    """AUC of a membership attack whose statistic is higher for non-members.
+
+    ``AUC = P(s_nonmember > s_member) + P(s_nonmember = s_member) / 2`` over all (member,
+    non-member) pairs: the ROC AUC of ``roc_auc_score(labels = 1 for non-members, scores)``, as
+    OpenUnlearning's ``mia_auc`` computes it (forget = members labelled 0, holdout = 1). 1 = every
+    forget item looks more like training data than every holdout item; 0.5 = no separation.
+    NaN when either side is empty or holds a NaN.
+    """
+    members = np.asarray(member_scores, dtype=np.float64)
+    nonmembers = np.asarray(nonmember_scores, dtype=np.float64)
+    if members.size == 0 or nonmembers.size == 0 or np.isnan(members).any() or np.isnan(nonmembers).any():
+        return math.nan
+    greater = (nonmembers[:, None] > members[None, :]).sum()
+    ties = (nonmembers[:, None] == members[None, :]).sum()
+    return float((greater + 0.5 * ties) / (members.size * nonmembers.size))
+
+
+def privleak(auc_unlearned: float, auc_retain: float) -> float:
+    """MUSE's PrivLeak: ``(AUC_unlearned - AUC_retain) / AUC_retain`` (Shi et al., 2024, "MUSE",
+    arXiv 2407.06460). 0 = as private as the retain model; > 0 = forget items still look like
+    members (under-unlearning); < 0 = they look *less* like members than unseen data (over-unlearning).
+    A fraction, not a percentage (OpenUnlearning reports it times 100). NaN if either AUC is missing."""
+    if _is_missing(auc_unlearned) or _is_missing(auc_retain) or auc_retain == 0:
+        return math.nan
+    return (float(auc_unlearned) - float(auc_retain)) / float(auc_retain)
+
+
+# --------------------------------------------------------------------------------------------
 # Aggregates
 # --------------------------------------------------------------------------------------------
 
@@ -576,8 +732,10 @@ def tofu_summary_from_logs(model_log: Mapping[str, Mapping[str, Any]],
 
 
 def _check_set(set_name: str) -> None:
-    if set_name not in SET_NAMES:
-        raise ValueError(f"unknown set {set_name!r}; valid: {', '.join(SET_NAMES)}")
+    """A set the paper's metrics apply to (score-only sets such as holdout have no truth ratio or NLI)."""
+    valid = tuple(s for s in SET_NAMES if s not in SCORE_ONLY_SETS)
+    if set_name not in valid:
+        raise ValueError(f"unknown set {set_name!r}; valid: {', '.join(valid)}")
 
 
 def _as_2d(values: Any, what: str) -> np.ndarray:

@@ -34,7 +34,7 @@ def source_for(cfg: RunConfig) -> data_mod.Source:
 def scenario_data(cfg: RunConfig, task: int | None, source: data_mod.Source | None = None) -> data_mod.ScenarioData:
     source = source or source_for(cfg)
     ds_size = None if cfg.data.scenario == "real-world" else cfg.data.ds_size
-    return data_mod.load_scenario(source, cfg.data.scenario, cfg.data.split, task, ds_size)
+    return data_mod.load_scenario(source, cfg.data.scenario, cfg.data.split, task, ds_size, holdout=cfg.eval.holdout)
 
 
 def tasks_of(cfg: RunConfig) -> list[int | None]:
@@ -122,6 +122,9 @@ class TrialHooks:
     """``make_epoch_callback(evaluate_fn, task) -> callback`` for per-epoch evaluation (pruning)."""
     retain_forget_truth_ratios: object = None
     """``fn(task) -> np.ndarray | None``: the retain model's forget-set R per item (Forget Quality)."""
+    retain_mia_aucs: object = None
+    """``fn(task) -> dict | None``: the retain model's ``mia_auc/<attack>`` on the same forget and holdout
+    items (PrivLeak, docs/science-beyond-paper.md §3)."""
 
 
 @dataclass
@@ -202,6 +205,9 @@ def run_trial(cfg: RunConfig, hooks: TrialHooks | None = None, *, device=None, m
         retain_r = hooks.retain_forget_truth_ratios(task) if hooks.retain_forget_truth_ratios else None
         if retain_r is not None:
             summary["forget_quality"] = result.with_forget_quality(retain_r).summary["forget_quality"]
+        retain_aucs = hooks.retain_mia_aucs(task) if hooks.retain_mia_aucs else None
+        if retain_aucs:
+            summary.update({k: v for k, v in result.with_privleak(retain_aucs).summary.items() if k.startswith("privleak/")})
         task_result = TaskResult(task, summary, result.items, result.aggregate_parts, result.entailment_available,
                                  trained.seconds, time.perf_counter() - started, trained.steps)
         results.append(task_result)

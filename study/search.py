@@ -571,6 +571,14 @@ class Sweep:
         self._retain_r[task] = (values, run_id)
         return values
 
+    def retain_mia_aucs(self, task):
+        """The retain model's ``mia_auc/<attack>`` for ``task`` (PrivLeak), read back from its run; None
+        without a holdout evaluation or a retain model."""
+        if not self.cfg.eval.holdout or self.retain_truth_ratios(task) is None:
+            return None
+        logged = self.tracker.client.get_run(self._retain_r[task][1]).data.metrics
+        return {k: v for k, v in logged.items() if k.startswith("mia_auc/")} or None
+
     # the loop ---------------------------------------------------------------------------------
     def run(self) -> dict[str, object]:
         """Run every method's study to ``n_trials`` finished trials; returns ``method -> study``."""
@@ -767,7 +775,7 @@ class Sweep:
             return _PruneOnEpoch(trial, evaluate_fn, self.settings.objective, self.tracker, run_id)
 
         hooks = TrialHooks(callbacks=[logger], on_task=on_task, make_epoch_callback=make_epoch_callback,
-                           retain_forget_truth_ratios=self.retain_truth_ratios)
+                           retain_forget_truth_ratios=self.retain_truth_ratios, retain_mia_aucs=self.retain_mia_aucs)
         try:
             result = run_trial(cfg, hooks, device=self._device(), metric_models=self._metric_models(self._device()),
                                progress=self.progress, target=prepared)

@@ -369,3 +369,97 @@ def test_real_world_sets_use_golden_answer_and_neighbor_utility(tiny, metric_mod
     assert set(mu.parts) | set(mu.missing) == {f"neighbor/{m}" for m in M.METRICS}
     assert out.summary["model_utility_retain"] == out.summary["model_utility"]
     assert "tofu_model_utility" not in out.summary and "forget_efficacy" in out.summary
+
+
+# ------------------------------------------ beyond the paper: membership inference and memorisation
+
+
+@pytest.fixture(scope="module")
+def privacy_sets():
+    data = load_scenario(BuiltinSource(n_authors=6), "fictitious", "forget01", task=1, ds_size=3, holdout=True)
+    return [s for s in data.eval_sets if s.kind in ("forget", "holdout")]
+
+
+@pytest.fixture(scope="module")
+def privacy_result(tiny, metric_models, privacy_sets) -> EvalResult:
+    return evaluate(tiny.model, tiny.tokenizer, tiny.prompt, privacy_sets, "fictitious", metric_models,
+                    max_length=MAX_LENGTH, score_max_length=SCORE_MAX_LENGTH, progress=False)
+
+
+def _by_hand(model, tokenizer, prompt, question, answer):
+    """Token log-probs and teacher-forced argmax matches of the scored tokens, one forward pass."""
+    enc = encode_qa(tokenizer, prompt, question, answer, max_length=200)
+    with torch.no_grad():
+        logits = model(input_ids=enc["input_ids"][None], attention_mask=enc["attention_mask"][None]).logits[0]
+    logp = torch.log_softmax(logits[:-1].double(), dim=-1)
+    targets = enc["labels"][1:]
+    scored = targets != -100
+    lp = logp[scored, targets[scored]].tolist()
+    match = (logits[:-1].argmax(-1)[scored] == targets[scored]).tolist()
+    return lp, match
+
+
+def test_privacy_columns_match_a_direct_forward_pass(tiny, privacy_sets, privacy_result):
+    import zlib
+
+    checked = 0
+    for eval_set in privacy_sets:
+        for item in range(len(eval_set.rows)):
+            row = eval_set.rows[item]
+            lp, match = _by_hand(tiny.model, tiny.tokenizer, tiny.prompt, row["question"], row["answer"])
+            n = len(lp)
+            loss = -sum(lp) / n
+            lowest = sorted(lp)[: max(1, int(0.4 * n))]
+            k_star = next(k for k in range(n + 1) if all(match[k:]))
+            got = privacy_result.items[(privacy_result.items["set"] == eval_set.name)
+                                       & (privacy_result.items["item"] == item)].iloc[0]
+            assert got[M.MIA_LOSS] == pytest.approx(loss, rel=1e-5)
+            assert got[M.MIA_ZLIB] == pytest.approx(loss / len(zlib.compress(row["answer"].encode("utf-8"))), rel=1e-5)
+            assert got[M.MIA_MIN_K] == pytest.approx(-sum(lowest) / len(lowest), rel=1e-5)
+            assert got[M.EXACT_MEMORIZATION] == pytest.approx(sum(match) / n)
+            assert got[M.EXTRACTION_STRENGTH] == pytest.approx(1 - k_star / n)
+            checked += 1
+    assert checked == 6
+
+
+def test_holdout_is_score_only_and_gives_aucs(privacy_sets, privacy_result, result):
+    items = privacy_result.items
+    holdout = items[items["set"] == "holdout"]
+    forget = items[items["set"] == "forget"]
+    assert len(holdout) == 3 and len(forget) == 3
+    assert holdout[list(M.METRICS)].isna().all().all()  # no generation, no paper metric
+    assert "holdout/rouge" not in privacy_result.summary
+    assert privacy_result.summary["n_items/holdout"] == 3
+    for attack in M.MIA_ATTACKS:
+        # by hand: share of (member, non-member) pairs the attack orders right, ties counting half
+        pairs = [(m, h) for m in forget[attack] for h in holdout[attack]]
+        expected = sum(1.0 if h > m else 0.5 if h == m else 0.0 for m, h in pairs) / len(pairs)
+        assert privacy_result.summary[M.mia_auc_key(attack)] == pytest.approx(expected)
+        assert privacy_result.summary[M.summary_key("forget", attack)] == pytest.approx(forget[attack].mean())
+    # without a holdout set the AUCs are missing, not zero; the per-item columns are there for every set
+    assert not any(k.startswith("mia_auc/") for k in result.summary)
+    assert set(M.PRIVACY_METRICS) <= set(result.items.columns)
+    assert result.items[list(M.PRIVACY_METRICS)].notna().all().all()
+    # and they never enter MU / FE
+    for name in ("model_utility", "forget_efficacy"):
+        parts = result.aggregate_parts[name].parts + result.aggregate_parts[name].missing
+        assert not any(p.split("/")[1] in M.PRIVACY_METRICS for p in parts)
+
+
+def test_privleak_against_a_retain_evaluation(privacy_result, result):
+    same = privacy_result.with_privleak(privacy_result.summary)
+    for attack in M.MIA_ATTACKS:
+        assert same.summary[M.privleak_key(attack)] == 0.0
+    retain = {M.mia_auc_key(a): 0.5 for a in M.MIA_ATTACKS}
+    leak = privacy_result.with_privleak(retain)
+    for attack in M.MIA_ATTACKS:
+        expected = (privacy_result.summary[M.mia_auc_key(attack)] - 0.5) / 0.5
+        assert leak.summary[M.privleak_key(attack)] == pytest.approx(expected)
+    assert result.with_privleak(retain).summary == result.summary  # no holdout: nothing added
+
+
+def test_privacy_columns_batched_equal_one_at_a_time(tiny, metric_models, privacy_sets, privacy_result):
+    slow = evaluate_one_at_a_time(tiny.model, tiny.tokenizer, tiny.prompt, privacy_sets, "fictitious", metric_models,
+                                  max_length=MAX_LENGTH, score_max_length=SCORE_MAX_LENGTH, progress=False)
+    for column in M.PRIVACY_METRICS:
+        np.testing.assert_allclose(slow.items[column], privacy_result.items[column], atol=TOL, rtol=0, err_msg=column)

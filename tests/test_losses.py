@@ -33,10 +33,12 @@ from study.losses import (
     mean_nll,
     me_loss,
     npo_loss,
+    LossInputs,
     ref_cache_key,
     reference_logprobs,
     sequence_logprob,
     sequence_nll,
+    simnpo_loss,
     softmax_entropy,
 )
 
@@ -270,7 +272,7 @@ def test_bare_names():
 def test_unknown_names_list_the_valid_ones():
     with pytest.raises(ValueError) as err:
         Method.parse("XX+GD")
-    assert str(err.value) == "unknown forget loss 'XX' in method 'XX+GD'; valid: DPO, GA, IDK, LLMU, ME, NPO"
+    assert str(err.value) == "unknown forget loss 'XX' in method 'XX+GD'; valid: DPO, GA, IDK, LLMU, ME, NPO, SimNPO"
     valid_regularizers = r"valid: AP, GD, KL, LLMU, NONE$"
     with pytest.raises(StudyInputError, match=r"unknown regularizer 'YY' in method 'GA\+YY'; " + valid_regularizers):
         Method.parse("GA+YY")
@@ -303,12 +305,13 @@ def test_zero_coefficients_allowed():
 
 
 def test_needs_and_search_space():
-    uses_beta = {"NPO", "DPO", "AP"}
+    uses_beta = {"NPO", "DPO", "AP", "SimNPO"}
     for forget, reg in itertools.product(FORGET_LOSSES, REGULARIZERS):
         method = Method(forget, reg)
         names = [p.name for p in method.search_space()]
         assert names[:2] == ["lr", "forget_coeff"]
         assert ("beta" in names) == bool({forget, reg} & uses_beta)
+        assert ("gamma" in names) == (forget == "SimNPO")
         assert len(names) == len(set(names))
     lr = Method.parse("GA+GD").search_space()[0]
     assert (lr.low, lr.high, lr.log, lr.default) == (1e-6, 1e-4, True, 1e-5)
@@ -530,7 +533,7 @@ def target_llama():
     return model
 
 
-@pytest.mark.parametrize("name", PAPER_METHODS)
+@pytest.mark.parametrize("name", PAPER_METHODS + ("SimNPO+GD",))
 def test_tiny_llama_moves_the_intended_way(name, target_llama):
     method = Method.parse(name)
     model = copy.deepcopy(target_llama)
@@ -548,7 +551,7 @@ def test_tiny_llama_moves_the_intended_way(name, target_llama):
     after = _probe(model, batch, method)
     assert any(not torch.equal(a, b) for a, b in zip(before_params, model.parameters()))
     forget = method.forget_loss
-    if forget in ("GA", "NPO", "DPO"):
+    if forget in ("GA", "NPO", "DPO", "SimNPO"):
         assert after["forget_logp"] < before["forget_logp"] - 1.0, (before, after)
     if forget in ("IDK", "DPO"):
         # GA-style losses also raise it a little (about 3 nats here) as the model flattens out.
@@ -617,3 +620,48 @@ def test_composite_methods_feed_each_part_to_its_term(name):
             ap_swapped = ap_loss(sequence_logprob(_logits(model, batch["retain_idk"]), batch["retain_idk"]["labels"]),
                                  sequence_logprob(_logits(model, batch["retain"]), batch["retain"]["labels"]), beta)
         assert float(ap_swapped) != pytest.approx(float(out.parts["regularization"]), rel=1e-3)
+
+
+# --------------------------------------------------------------------------------------------------
+# Beyond the paper: SimNPO (docs/science-beyond-paper.md §1)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_simnpo_by_hand():
+    # L = -(2/β) mean_i log σ(-(β/|y_i|) logp_i - γ)
+    logp, n, beta, gamma = [-6.0, -1.5], [3, 1], 2.5, 0.5
+    terms = [logsig(-(beta / ni) * lp - gamma) for lp, ni in zip(logp, n)]  # args 4.5 and 3.25
+    expected = -(2 / beta) * sum(terms) / 2
+    got = simnpo_loss(torch.tensor(logp, dtype=torch.float64), torch.tensor(n), beta, gamma)
+    assert got.item() == pytest.approx(expected, rel=1e-12)
+    # Length normalisation matters: the unnormalised form (NPO without reference) differs.
+    unnormalised = -(2 / beta) * sum(logsig(-beta * lp - gamma) for lp in logp) / 2
+    assert got.item() != pytest.approx(unnormalised, rel=1e-3)
+    # γ = 0 at logp = 0 gives -(2/β) log(1/2) = (2/β) log 2.
+    zero = simnpo_loss(torch.zeros(2, dtype=torch.float64), torch.tensor([4, 2]), beta, 0.0)
+    assert zero.item() == pytest.approx(2 / beta * math.log(2), rel=1e-12)
+
+
+def test_simnpo_registry_entry_counts_scored_tokens():
+    # Through the registry on the hand logits: seq 0 scores 2 tokens, seq 1 scores 1.
+    beta, gamma = 1.5, 0.25
+    logp = [-sum(row) for row in HAND_TOKEN_NLL]
+    expected = -(2 / beta) * sum(logsig(-(beta / len(row)) * lp - gamma) for row, lp in zip(HAND_TOKEN_NLL, logp)) / 2
+    inputs = LossInputs(logits={"forget": HAND_LOGITS}, labels={"forget": HAND_LABELS})
+    method = Method.parse("SimNPO+GD", beta=beta, gamma=gamma)
+    assert FORGET_LOSSES["SimNPO"].fn(inputs, method).item() == pytest.approx(expected, rel=1e-10)
+    assert not method.needs_ref_model and method.batch_parts == ("forget", "retain")
+
+
+def test_simnpo_search_space_and_validation():
+    space = {p.name: p for p in Method.parse("SimNPO+GD").search_space()}
+    assert list(space) == ["lr", "forget_coeff", "beta", "gamma"]
+    assert (space["beta"].low, space["beta"].high, space["beta"].log) == (0.5, 10.0, True)
+    assert (space["gamma"].low, space["gamma"].high, space["gamma"].default) == (0.0, 2.0, 0.0)
+    # NPO keeps the shared β range.
+    npo_beta = {p.name: p for p in Method.parse("NPO+GD").search_space()}["beta"]
+    assert (npo_beta.low, npo_beta.high) == (0.01, 1.0)
+    assert Method.parse("SimNPO+KL", gamma=1.0).gamma == 1.0
+    with pytest.raises(StudyInputError, match="gamma"):
+        Method.parse("SimNPO+GD", gamma=float("nan"))
+    assert "SimNPO+GD" not in PAPER_METHODS

@@ -252,3 +252,77 @@ def test_forget_quality_statistic_choice():
                             M.forget_quality_statistic(b, "min_ratio")) == pytest.approx(1.0)
     # KS is invariant under a monotone map of both samples: R and 1/R give the same p-value
     assert M.forget_quality(1 / a, 1 / b) == pytest.approx(M.forget_quality(a, b))
+
+
+# ------------------------------------------- beyond the paper: privacy (docs/science-beyond-paper.md)
+
+
+def test_min_k_score_by_hand():
+    lp = [-1.0, -4.0, -2.0, -3.0, -0.5]
+    # k = 0.4 of 5 tokens = 2 lowest log-probs: -4 and -3 -> statistic -mean = 3.5
+    assert M.min_k_score([lp])[0] == pytest.approx(3.5)
+    assert M.MIN_K_FRACTION == 0.4
+    # k = 0.1 of 5 = 0.5 tokens -> at least one: the lowest, -4
+    assert M.min_k_score([lp], k=0.1)[0] == pytest.approx(4.0)
+    # k = 1: the plain mean; 7 tokens at k = 0.4: floor(2.8) = 2
+    assert M.min_k_score([lp], k=1.0)[0] == pytest.approx(10.5 / 5)
+    assert M.min_k_score([[-7.0, -1, -1, -1, -1, -6.0, -1]])[0] == pytest.approx(6.5)
+    assert math.isnan(M.min_k_score([[]])[0])
+    with pytest.raises(ValueError):
+        M.min_k_score([lp], k=0.0)
+
+
+def test_zlib_ratio_by_hand():
+    import zlib
+
+    texts = ["aaaaaaaaaaaaaaaaaaaa", "The quick brown fox."]
+    lengths = [len(zlib.compress(t.encode("utf-8"))) for t in texts]
+    # a repetitive text compresses better: same loss, higher statistic
+    assert lengths[0] < lengths[1]
+    got = M.zlib_ratio([2.0, 2.0], texts)
+    assert got.tolist() == pytest.approx([2.0 / lengths[0], 2.0 / lengths[1]])
+    assert got[0] > got[1]
+    # the length is of the UTF-8 bytes ("é" is two bytes)
+    assert M.zlib_length("ab") == len(zlib.compress(b"ab")) and M.zlib_length("é") == len(zlib.compress("é".encode()))
+
+
+@pytest.mark.parametrize("matches, expected", [
+    ([True, True, True, True], 1.0),     # k* = 0: the whole answer from the question alone
+    ([False, True, True, True], 0.75),   # k* = 1
+    ([True, False, True, True], 0.5),    # k* = 2: the wrong token at 1 breaks every longer suffix
+    ([True, True, True, False], 0.0),    # k* = 4 = n: even the last token is not reproduced
+    ([True], 1.0),
+    ([False], 0.0),
+])
+def test_extraction_strength_by_hand(matches, expected):
+    assert M.extraction_strength([matches])[0] == pytest.approx(expected)
+
+
+def test_exact_memorization_by_hand():
+    got = M.exact_memorization([[True, False, True, True], [False, False], []])
+    assert got[:2].tolist() == pytest.approx([0.75, 0.0]) and math.isnan(got[2])
+
+
+def test_mia_auc_by_hand_and_against_sklearn():
+    from sklearn.metrics import roc_auc_score
+
+    members, nonmembers = [1.0, 2.0, 3.0], [2.0, 4.0]
+    # pairs (non-member > member): 2>1, 2=2 (half), 2<3 ; 4 > all three -> (1 + 0.5 + 3) / 6
+    assert M.mia_auc(members, nonmembers) == pytest.approx(4.5 / 6)
+    labels = [0] * 3 + [1] * 2  # OpenUnlearning: forget (members) 0, holdout 1, score = statistic
+    assert M.mia_auc(members, nonmembers) == pytest.approx(roc_auc_score(labels, members + nonmembers))
+    assert M.mia_auc([1.0, 1.0], [5.0]) == 1.0 and M.mia_auc([5.0], [1.0, 2.0]) == 0.0
+    assert math.isnan(M.mia_auc([], [1.0])) and math.isnan(M.mia_auc([1.0, math.nan], [2.0]))
+
+
+def test_privleak_by_hand():
+    assert M.privleak(0.8, 0.5) == pytest.approx(0.6)     # under-unlearned: forget still looks seen
+    assert M.privleak(0.4, 0.5) == pytest.approx(-0.2)    # over-unlearned
+    assert M.privleak(0.5, 0.5) == 0.0
+    assert math.isnan(M.privleak(math.nan, 0.5)) and math.isnan(M.privleak(0.7, None))
+
+
+def test_privacy_metrics_stay_out_of_mu_and_fe():
+    assert not set(M.PRIVACY_METRICS) & (set(M.METRICS) | set(M.MU_METRICS) | set(M.FE_METRICS))
+    assert not any(spec.in_forget_efficacy for spec in M.PRIVACY_METRICS.values())
+    assert M.HOLDOUT not in {s for sets in M.UTILITY_SETS.values() for s in sets}

@@ -272,3 +272,37 @@ def test_unknown_split_and_scenario():
         data.load_scenario(source, "fictitious", "forget02", 1)
     with pytest.raises(StudyInputError, match="unknown scenario 'imaginary'"):
         data.load_scenario(source, "imaginary", "forget01", 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Holdout sets (membership inference, docs/science-beyond-paper.md §3)
+
+
+def test_builtin_holdout_authors_are_unseen_and_sized_like_one_task():
+    source = data.BuiltinSource(n_authors=20)
+    scenario = data.load_scenario(source, "fictitious", "forget10", 1, holdout=True)
+    holdout = scenario.eval_sets[-1]
+    assert (holdout.name, holdout.kind) == ("holdout", "holdout")
+    assert len(holdout.rows) == len(scenario.forget) == 20  # forget10 of 20 authors: 2 per task, 10 facts each
+    seen = {row["question"] for row in scenario.full} | {row["question"] for s in scenario.eval_sets[:-1] for row in s.rows}
+    assert not seen & {row["question"] for row in holdout.rows}
+    # off by default: the paper's evaluation sets are unchanged
+    plain = data.load_scenario(source, "fictitious", "forget10", 1)
+    assert [s.name for s in plain.eval_sets] == ["forget", "retain", "real_authors", "world_facts"]
+    # real-world has no holdout: nothing added
+    rw = data.load_scenario(source, "real-world", task=1, holdout=True)
+    assert [s.name for s in rw.eval_sets] == ["forget", "neighbor"]
+
+
+def test_directory_holdout_is_optional(tmp_path):
+    files = data.BuiltinSource(n_authors=8)._files
+    for name in ("forget01", "forget01_perturbed", "retain90", "retain_perturbed", "real_authors_perturbed",
+                 "world_facts_perturbed"):
+        (tmp_path / f"{name}.json").write_text("".join(json.dumps(r) + "\n" for r in files[name]))
+    source = data.DirectorySource(tmp_path)
+    assert [s.name for s in data.load_scenario(source, "fictitious", "forget01", 1, holdout=True).eval_sets][-1] == "world_facts"
+    # TOFU's holdout files carry question and answer only
+    (tmp_path / "holdout01.json").write_text("".join(json.dumps({"question": r["question"], "answer": r["answer"]}) + "\n"
+                                                     for r in files["holdout01"]))
+    sets = data.load_scenario(source, "fictitious", "forget01", 1, holdout=True).eval_sets
+    assert sets[-1].name == "holdout" and len(sets[-1].rows) == len(files["holdout01"]) == 10
