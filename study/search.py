@@ -224,22 +224,34 @@ def apply_params(cfg: RunConfig, method: str, params: dict) -> RunConfig:
     return cfg.replace(**changes)
 
 
+ADDED_SETTINGS = {"train.kl_full_padding": False, "method.gamma": 0.0, "eval.holdout": False}
+"""Settings added after studies were first recorded, with the behaviour a study recorded without them
+ran with. Resuming such a study with that value changes nothing; with another value it is refused.
+(Before ``kl_full_padding`` existed, the KL regularizer averaged over trimmed batches.)"""
+
+
 def fixed_config(cfg: RunConfig, method: str, space: dict) -> dict:
     """The settings every trial of a study shares: the trial configuration without the searched
     hyper-parameters (and the evaluation batch size, which changes speed, not results), JSON-normalised.
-    A study resumed with other fixed settings would mix incomparable trials."""
-    flat = apply_params(cfg, method, {}).flat()
+    A study resumed with other fixed settings would mix incomparable trials. ``train.kl_full_padding``
+    is left out for methods without a KL term, on which it has no effect."""
+    trial_cfg = apply_params(cfg, method, {})
+    flat = trial_cfg.flat()
     searched = {f"{section}.{name}" for name in space for section in ("train", "method")}
+    if not trial_cfg.method.method().ref_logit_parts:
+        searched.add("train.kl_full_padding")
     fixed = {k: v for k, v in flat.items() if k not in searched and k != "eval.batch_size"}
     return json.loads(json.dumps(fixed, default=str))
 
 
 def check_fixed_config(study, fixed: dict, storage_url: str) -> None:
-    """Record ``fixed`` on a new study; on an existing one, refuse settings that differ from it."""
+    """Record ``fixed`` on a new study; on an existing one, refuse settings that differ from it. A
+    setting the record lacks counts as its :data:`ADDED_SETTINGS` value (the behaviour before it existed)."""
     recorded = study.user_attrs.get("fixed_config")
     if recorded is None:
         study.set_user_attr("fixed_config", fixed)
         return
+    recorded = {**{k: v for k, v in ADDED_SETTINGS.items() if k in fixed}, **recorded}
     changed = [k for k in sorted(set(recorded) | set(fixed)) if recorded.get(k) != fixed.get(k)]
     if changed:
         shown = ", ".join(f"{k} {recorded.get(k)!r} -> {fixed.get(k)!r}" for k in changed[:4])
