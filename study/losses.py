@@ -4,8 +4,8 @@ Three layers, each small:
 
 1. **Shared numerics** (written once): the causal-LM label shift, per-sequence summed NLL, the batch
    token-mean NLL that Hugging Face's ``outputs.loss`` returns, and the chunked softmax entropy.
-2. **Pure losses**: GA, NPO, DPO, IDK, ME, GD, KL, AP (the paper's) and SimNPO (beyond the paper,
-   ``docs/science-beyond-paper.md`` §1) as functions of logits / labels or of per-sequence
+2. **Pure losses**: GA, NPO, DPO, IDK, ME, GD, KL, AP (the paper's), SimNPO and RMU (beyond the
+   paper, ``docs/science-beyond-paper.md`` §1, §2) as functions of logits / labels or of per-sequence
    log-probs. Each docstring gives the formula the reference code (``sail-sg/closer-look-LLM-unlearning``)
    computes; where the paper's text differs, the paper's version is a named option.
 3. **Registry and adapter**: a :class:`LossSpec` per loss in ``FORGET_LOSSES`` / ``REGULARIZERS``
@@ -25,6 +25,9 @@ Needs vocabulary (what a loss can ask for):
                            the batch as ``ref_logprobs_<part>`` (see :func:`ref_cache_key`)
 ``ref_logits``             reference logits ``[B, T, V]`` on some parts; needs the frozen reference
                            model in memory during training
+``hidden_states``          the current model's hidden state ``[B, T, d]`` after one decoder layer
+                           (:class:`Steering`) on some parts (RMU)
+``ref_hidden_states``      the same from the frozen reference model (live, like ``ref_logits``)
 =========================  ===================================================================
 
 Every batch part is a mapping with ``input_ids``, ``attention_mask`` and ``labels``, each ``[B, T]``;
@@ -34,7 +37,9 @@ the whole padded sequence for ME+GD's ``mask=false``) is decided by the data pip
 
 from __future__ import annotations
 
+import inspect
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -57,7 +62,10 @@ BATCH_PARTS: tuple[str, ...] = ("forget", "forget_idk", "retain", "retain_idk", 
 MODEL_NEEDS: tuple[str, ...] = ("ref_logprobs", "ref_logits")
 """Reference-model quantities a loss can need."""
 
-NEEDS: frozenset[str] = frozenset(BATCH_PARTS + MODEL_NEEDS)
+HIDDEN_NEEDS: tuple[str, ...] = ("hidden_states", "ref_hidden_states")
+"""Hidden states of one decoder layer, of the current and of the reference model (RMU)."""
+
+NEEDS: frozenset[str] = frozenset(BATCH_PARTS + MODEL_NEEDS + HIDDEN_NEEDS)
 
 ENTROPY_CHUNK_ROWS = 1024
 """Positions per chunk in :func:`softmax_entropy` (bounds its full-vocabulary temporaries)."""
@@ -358,6 +366,87 @@ def kl_loss(logits: Tensor, ref_logits: Tensor) -> Tensor:
     return F.kl_div(logp, ref_logp, reduction="batchmean", log_target=True)
 
 
+def masked_hidden_mse(hidden: Tensor, target: Tensor, attention_mask: Tensor) -> Tensor:
+    """``sum_{b,t} m_bt * mean_d (h_btd - target_btd)^2 / sum_{b,t} m_bt``, in float32.
+
+    ``F.mse_loss`` (a mean of squared differences over the hidden dimension) restricted to the positions
+    the attention mask keeps: padding does not count.
+
+    Args:
+        hidden: ``[B, T, d]``.
+        target: ``[B, T, d]`` or anything broadcastable to it (a ``[d]`` control vector).
+        attention_mask: ``[B, T]``, 1 on real tokens.
+    """
+    dtype = _compute_dtype(hidden)
+    per_position = (hidden.to(dtype) - target.to(device=hidden.device, dtype=dtype)).pow(2).mean(dim=-1)  # [B, T]
+    mask = attention_mask.to(device=hidden.device, dtype=dtype)
+    return (per_position * mask).sum() / mask.sum()
+
+
+def rmu_forget_loss(hidden: Tensor, control: Tensor, attention_mask: Tensor) -> Tensor:
+    """RMU's forget term: ``mean over forget tokens of mean_d (h_θ^(ℓ) - c·u)^2``.
+
+    Li et al. (2024), "The WMDP Benchmark", arXiv 2403.03218, §5 / ``rmu/unlearn.py``
+    (``F.mse_loss(updated_forget_activations, control_vec)``); docs/science-beyond-paper.md §2. The
+    reference averages over padding positions too; here only attended tokens count.
+
+    Args:
+        hidden: ``[B, T, d]`` output of decoder layer ℓ on the forget inputs (with grad).
+        control: ``[d]``, ``c · u`` (:func:`rmu_control_vector`).
+        attention_mask: ``[B, T]``.
+    """
+    return masked_hidden_mse(hidden, control, attention_mask)
+
+
+def rmu_retain_loss(hidden: Tensor, ref_hidden: Tensor, attention_mask: Tensor) -> Tensor:
+    """RMU's retain term (before the weight α): ``mean over retain tokens of mean_d (h_θ^(ℓ) - h_ref^(ℓ))^2``.
+
+    Args:
+        hidden: ``[B, T, d]`` output of decoder layer ℓ on the retain inputs (with grad).
+        ref_hidden: ``[B, T, d]`` the frozen model's, same inputs (no grad).
+        attention_mask: ``[B, T]``.
+    """
+    return masked_hidden_mse(hidden, ref_hidden, attention_mask)
+
+
+def rmu_control_vector(hidden_size: int, steering_coeff: float, seed: int) -> Tensor:
+    """``c · u`` with ``u = r / ||r||``, ``r ~ U[0, 1)^d`` from a local generator seeded with ``seed``.
+
+    As the WMDP reference (``torch.rand(1, 1, d)`` normalised, times ``steering_coeff``): fixed for a
+    run, so every step steers towards the same direction. float32, on the CPU. ``[d]``.
+    """
+    r = torch.rand(hidden_size, generator=torch.Generator().manual_seed(seed), dtype=torch.float32)
+    return steering_coeff * r / r.norm()
+
+
+def rmu_layer_for(requested: int, n_layers: int) -> int:
+    """The decoder layer RMU steers on a model with ``n_layers`` layers: ``min(requested, n_layers - 2)``.
+
+    The published layer (7 of Zephyr-7B's 32) does not exist on a 2-layer model. The last layer is
+    never used: Hugging Face returns its output after the final norm (``hidden_states[-1]``), which is
+    not the residual stream the method steers; so at least one layer follows the steered one.
+    """
+    if n_layers < 2:
+        raise StudyInputError(f"RMU steers a hidden layer before the last; the model has {n_layers} layer(s)")
+    return min(requested, n_layers - 2)
+
+
+def rmu_trained_layers(layer: int) -> tuple[int, ...]:
+    """Layers whose MLP down-projection RMU trains: ``ℓ-2, ℓ-1, ℓ`` (those that exist).
+
+    The reference's ``layer_ids = [5, 6, 7]``, ``param_ids = [6]`` for layer 7: index 6 of a Mistral /
+    Llama decoder layer's parameters is ``mlp.down_proj.weight`` (OpenUnlearning's RMU config uses
+    the same regex ``model.layers.(5|6|7).mlp.down_proj.weight``).
+    """
+    return tuple(range(max(0, layer - 2), layer + 1))
+
+
+def rmu_trainable(name: str, layer: int) -> bool:
+    """Whether parameter ``name`` (``model.named_parameters()``) is one RMU trains at ``layer``."""
+    layers = "|".join(str(i) for i in rmu_trained_layers(layer))
+    return re.search(rf"(^|\.)layers\.({layers})\.mlp\.down_proj\.weight$", name) is not None
+
+
 # --------------------------------------------------------------------------------------------------
 # Search space
 # --------------------------------------------------------------------------------------------------
@@ -377,6 +466,8 @@ class Param:
     """Sample uniformly in log space."""
     default: float | None = None
     """The value used when not searching (docs/science.md §4)."""
+    integer: bool = False
+    """Sample integers in ``[low, high]`` (RMU's layer)."""
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.low) and math.isfinite(self.high) and self.low < self.high):
@@ -394,6 +485,11 @@ HYPERPARAMS: dict[str, Param] = {
         Param("forget_coeff", 0.01, 10.0, log=True, default=1.0),
         Param("beta", 0.01, 1.0, log=True, default=0.1),
         Param("gamma", 0.0, 2.0, default=0.0),
+        # RMU (docs/science-beyond-paper.md §2): the published Zephyr-7B settings as defaults; the
+        # ranges are this project's choice around them (c = 300 was published for Mixtral-8x7B).
+        Param("rmu_layer", 1, 15, default=7, integer=True),
+        Param("rmu_steering_coeff", 1.0, 300.0, log=True, default=6.5),
+        Param("rmu_alpha", 10.0, 10_000.0, log=True, default=1200.0),
     )
 }
 """Every searchable hyper-parameter by name (a loss may narrow or move one: ``LossSpec.ranges``)."""
@@ -422,6 +518,14 @@ class LossInputs:
     """Batch part -> reference per-sequence log-probs ``[B]`` (no grad; cached or computed)."""
     ref_logits: Mapping[str, Tensor] = field(default_factory=dict)
     """Batch part -> reference logits ``[B, T, V]`` (no grad)."""
+    hidden: Mapping[str, Tensor] = field(default_factory=dict)
+    """Batch part -> current-model output of the steered layer ``[B, T, d]`` (with grad; RMU)."""
+    ref_hidden: Mapping[str, Tensor] = field(default_factory=dict)
+    """Batch part -> the reference model's output of the same layer ``[B, T, d]`` (no grad)."""
+    attention_mask: Mapping[str, Tensor] = field(default_factory=dict)
+    """Batch part -> attention mask ``[B, T]`` (parts with hidden states only)."""
+    control: Tensor | None = None
+    """RMU's ``c · u`` ``[d]`` (:class:`Steering`), when a loss steers hidden states."""
 
     def logprob(self, part: str) -> Tensor:
         """``logp(y|x) [B]`` of the current model on ``part``."""
@@ -433,8 +537,8 @@ class LossInputs:
 
     def zero(self) -> Tensor:
         """A scalar 0 on the logits' device (the value of the ``NONE`` regularizer)."""
-        device = next(iter(self.logits.values())).device if self.logits else None
-        return torch.zeros((), device=device)
+        values = [*self.logits.values(), *self.hidden.values()]
+        return torch.zeros((), device=values[0].device if values else None)
 
 
 LossTerms = Tensor | Mapping[str, Tensor]
@@ -457,6 +561,11 @@ class LossSpec:
     """Parts on which reference per-sequence log-probs are needed (iff ``"ref_logprobs"`` in needs)."""
     ref_logit_parts: tuple[str, ...] = ()
     """Parts on which reference logits are needed (iff ``"ref_logits"`` in needs)."""
+    hidden_state_parts: tuple[str, ...] = ()
+    """Parts on which the current model's hidden states are needed (iff ``"hidden_states"`` in needs).
+    The loss reads only hidden states on them, so their logits are not kept."""
+    ref_hidden_state_parts: tuple[str, ...] = ()
+    """Parts on which the reference model's hidden states are needed (iff ``"ref_hidden_states"``)."""
     hyperparams: tuple[str, ...] = ()
     """Loss-specific searchable hyper-parameters, keys of :data:`HYPERPARAMS`."""
     formula: str = ""
@@ -475,7 +584,9 @@ class LossSpec:
             raise ValueError(f"loss {self.name}: ranges for hyper-parameters it does not use {sorted(unknown_range)}")
         if unknown := self.needs - NEEDS:
             raise ValueError(f"loss {self.name}: unknown needs {sorted(unknown)}; valid: {sorted(NEEDS)}")
-        for need, parts in (("ref_logprobs", self.ref_logprob_parts), ("ref_logits", self.ref_logit_parts)):
+        for need, parts in (("ref_logprobs", self.ref_logprob_parts), ("ref_logits", self.ref_logit_parts),
+                            ("hidden_states", self.hidden_state_parts),
+                            ("ref_hidden_states", self.ref_hidden_state_parts)):
             if (need in self.needs) != bool(parts) or not set(parts) <= self.needs:
                 raise ValueError(f"loss {self.name}: {need} parts {parts} disagree with needs {sorted(self.needs)}")
         if unknown_hp := set(self.hyperparams) - HYPERPARAMS.keys():
@@ -485,6 +596,11 @@ class LossSpec:
     def batch_parts(self) -> frozenset[str]:
         """The batch parts among the needs (each costs one model forward)."""
         return self.needs & frozenset(BATCH_PARTS)
+
+    @property
+    def logit_parts(self) -> frozenset[str]:
+        """The batch parts whose logits this loss reads (all but the hidden-state-only ones)."""
+        return self.batch_parts - frozenset(self.hidden_state_parts)
 
 
 def _llmu_regularizer(x: LossInputs, m: Method) -> LossTerms:
@@ -542,6 +658,14 @@ FORGET_LOSSES: dict[str, LossSpec] = {
             needs=frozenset({"forget"}), default_regularizer="LLMU",
             formula="-NLL_mean(forget) (LLMU's forget part; its regularizer is REGULARIZERS['LLMU'])",
         ),
+        # RMU, like LLMU, comes with its own regularizer: the bare name "RMU" means RMU+RMU.
+        LossSpec(
+            "RMU", "forget",
+            lambda x, m: rmu_forget_loss(x.hidden["forget"], x.control, x.attention_mask["forget"]),
+            needs=frozenset({"forget", "hidden_states"}), hidden_state_parts=("forget",),
+            hyperparams=("rmu_layer", "rmu_steering_coeff"), default_regularizer="RMU",
+            formula="mean over forget tokens of mean_d (h_θ^(ℓ) - c·u)^2 (u a fixed random unit vector)",
+        ),
     )
 }
 """Forget losses by name."""
@@ -567,6 +691,14 @@ REGULARIZERS: dict[str, LossSpec] = {
             "LLMU", "regularizer", _llmu_regularizer,
             needs=frozenset({"forget_retain_answer", "retain", "ref_logits"}), ref_logit_parts=("retain",),
             formula="NLL_mean(forget q, random retain a) + KL(p_ref || p_θ) on retain",
+        ),
+        LossSpec(
+            "RMU", "regularizer",
+            lambda x, m: m.rmu_alpha * rmu_retain_loss(x.hidden["retain"], x.ref_hidden["retain"],
+                                                       x.attention_mask["retain"]),
+            needs=frozenset({"retain", "hidden_states", "ref_hidden_states"}), hidden_state_parts=("retain",),
+            ref_hidden_state_parts=("retain",), hyperparams=("rmu_layer", "rmu_alpha"),
+            formula="α · mean over retain tokens of mean_d (h_θ^(ℓ) - h_ref^(ℓ))^2",
         ),
         LossSpec("NONE", "regularizer", lambda x, m: x.zero(), needs=frozenset(), formula="0"),
     )
@@ -610,6 +742,12 @@ class Method:
     """SimNPO's reward margin γ (docs/science-beyond-paper.md §1); no other loss reads it."""
     me_variant: MEVariant = "reference"
     """ME's divergence: ``"reference"`` = KL(U || p) (the code), ``"paper"`` = KL(p || U) (the text)."""
+    rmu_layer: int = 7
+    """RMU's steered decoder layer ℓ (0-based; published: 7), clamped by :func:`rmu_layer_for`."""
+    rmu_steering_coeff: float = 6.5
+    """RMU's c, the norm of the control vector (published: 6.5)."""
+    rmu_alpha: float = 1200.0
+    """RMU's α, the weight of its retain term inside the RMU regularizer (published: 1200)."""
 
     def __post_init__(self) -> None:
         name = f"{self.forget_loss}+{self.regularizer}"
@@ -627,6 +765,11 @@ class Method:
             raise StudyInputError(f"gamma must be a finite number, got {self.gamma!r} (method {name})")
         if self.me_variant not in ME_VARIANTS:
             raise StudyInputError(f"unknown ME variant {self.me_variant!r}; valid: {', '.join(ME_VARIANTS)}")
+        if not (isinstance(self.rmu_layer, int) and not isinstance(self.rmu_layer, bool) and self.rmu_layer >= 0):
+            raise StudyInputError(f"rmu_layer must be an integer >= 0, got {self.rmu_layer!r} (method {name})")
+        for value, what in ((self.rmu_steering_coeff, "rmu_steering_coeff"), (self.rmu_alpha, "rmu_alpha")):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise StudyInputError(f"{what} must be a finite number >= 0, got {value!r} (method {name})")
 
     @classmethod
     def parse(cls, name: str, **overrides: Any) -> Method:
@@ -687,14 +830,38 @@ class Method:
         return tuple(ref_cache_key(p) for p in self.ref_logprob_parts)
 
     @property
+    def hidden_state_parts(self) -> tuple[str, ...]:
+        """Parts whose hidden states (of the steered layer) are needed (RMU)."""
+        parts = {p for s in self.specs for p in s.hidden_state_parts}
+        return tuple(p for p in BATCH_PARTS if p in parts)
+
+    @property
+    def ref_hidden_state_parts(self) -> tuple[str, ...]:
+        """Parts whose reference hidden states are needed (the reference model stays in memory)."""
+        parts = {p for s in self.specs for p in s.ref_hidden_state_parts}
+        return tuple(p for p in BATCH_PARTS if p in parts)
+
+    @property
+    def logit_parts(self) -> tuple[str, ...]:
+        """Parts whose logits some loss reads; the others (RMU's) keep only the last position's."""
+        parts = {p for s in self.specs for p in s.logit_parts}
+        return tuple(p for p in BATCH_PARTS if p in parts)
+
+    @property
+    def steers_hidden_states(self) -> bool:
+        """A loss reads hidden states: training needs a :class:`Steering` and trains only RMU's weights."""
+        return bool(self.hidden_state_parts or self.ref_hidden_state_parts)
+
+    @property
     def needs_ref_model(self) -> bool:
         """A reference model is needed at all (at least to fill the log-prob cache)."""
-        return bool(self.ref_logprob_parts or self.ref_logit_parts)
+        return bool(self.ref_logprob_parts or self.ref_logit_parts or self.ref_hidden_state_parts)
 
     @property
     def needs_live_ref_model(self) -> bool:
-        """The reference model must stay in memory during training (reference logits: KL, LLMU)."""
-        return bool(self.ref_logit_parts)
+        """The reference model must stay in memory during training (reference logits: KL, LLMU; reference
+        hidden states: RMU)."""
+        return bool(self.ref_logit_parts or self.ref_hidden_state_parts)
 
     @property
     def forget_mask_default(self) -> bool:
@@ -736,6 +903,33 @@ class LossOutput:
     made of several terms (LLMU: ``regularization/mismatch``, ``regularization/kl``)."""
 
 
+@dataclass(frozen=True)
+class Steering:
+    """Where RMU reads hidden states and what it steers them to, fixed for a run (:func:`steering_for`)."""
+
+    layer: int
+    """Decoder layer ℓ (0-based) whose output is read: ``hidden_states[ℓ + 1]`` of a Hugging Face
+    model called with ``output_hidden_states=True`` (entry 0 is the embeddings)."""
+    control: Tensor
+    """``c · u`` ``[d]`` (:func:`rmu_control_vector`)."""
+
+
+def _config_of(model: Any) -> Any:
+    """The Hugging Face config of a model, a peft wrapper or a DeepSpeed engine (``.module``)."""
+    config = getattr(model, "config", None)
+    return config if config is not None else model.module.config
+
+
+def steering_for(method: Method, model: Any, seed: int) -> Steering | None:
+    """The run's :class:`Steering` for ``method`` on ``model`` (None when no loss reads hidden states):
+    layer ``rmu_layer_for(method.rmu_layer, n_layers)``, control vector seeded with ``seed``."""
+    if not method.steers_hidden_states:
+        return None
+    config = _config_of(model)
+    layer = rmu_layer_for(method.rmu_layer, config.num_hidden_layers)
+    return Steering(layer, rmu_control_vector(config.hidden_size, method.rmu_steering_coeff, seed))
+
+
 def forward_logits(model: Any, part: Mapping[str, Tensor]) -> Tensor:
     """One forward pass on a batch part: ``model(input_ids=, attention_mask=).logits``, ``[B, T, V]``.
 
@@ -754,12 +948,29 @@ def reference_logprobs(model: Any, part: Mapping[str, Tensor]) -> Tensor:
     return sequence_logprob(forward_logits(model, part), part["labels"])
 
 
+def _forward(model: Any, part: Mapping[str, Tensor], hidden_layer: int | None, keep_logits: bool) -> tuple[Tensor, Tensor | None]:
+    """One forward pass: ``(logits, output of decoder layer hidden_layer or None)``.
+
+    Hidden states are asked for only when ``hidden_layer`` is given, so other losses call the model
+    exactly as :func:`forward_logits` does. Without ``keep_logits`` (a part only RMU reads) the LM
+    head runs on the last position alone where the model takes ``logits_to_keep``.
+    """
+    if hidden_layer is None:
+        return forward_logits(model, part), None
+    kwargs: dict[str, Any] = {"output_hidden_states": True}
+    if not keep_logits and "logits_to_keep" in inspect.signature(model.forward).parameters:
+        kwargs["logits_to_keep"] = 1
+    out = model(input_ids=part["input_ids"], attention_mask=part["attention_mask"], **kwargs)
+    return out.logits, out.hidden_states[hidden_layer + 1]
+
+
 def _as_terms(value: LossTerms) -> dict[str, Tensor]:
     return dict(value) if isinstance(value, Mapping) else {"": value}
 
 
 def compute_loss(
-    method: Method, model: Any, batch: Mapping[str, Any], ref_model: Any | None = None
+    method: Method, model: Any, batch: Mapping[str, Any], ref_model: Any | None = None,
+    steering: Steering | None = None,
 ) -> LossOutput:
     """The method's loss on one batch, each needed forward pass run once.
 
@@ -772,6 +983,7 @@ def compute_loss(
         ref_model: the frozen reference model (eval mode). Needed when ``method.needs_live_ref_model``,
             or when reference log-probs are needed and not in the batch (then computed here, under
             ``no_grad``, exactly as :func:`reference_logprobs` fills the cache).
+        steering: the layer and control vector (:func:`steering_for`), when a loss reads hidden states (RMU).
 
     Returns:
         :class:`LossOutput`.
@@ -781,23 +993,41 @@ def compute_loss(
             f"method {method} needs batch parts {list(method.batch_parts)}; missing {missing} "
             f"(batch has {sorted(batch)})"
         )
-    logits = {p: forward_logits(model, batch[p]) for p in method.batch_parts}
+    if method.steers_hidden_states and steering is None:
+        raise ValueError(f"method {method} reads hidden states: pass steering=steering_for(method, model, seed)")
+    layer = steering.layer if steering is not None else None
+    hidden_parts, logit_parts = method.hidden_state_parts, method.logit_parts
+    logits, hidden = {}, {}
+    for p in method.batch_parts:
+        z, h = _forward(model, batch[p], layer if p in hidden_parts else None, keep_logits=p in logit_parts)
+        if p in logit_parts:
+            logits[p] = z
+        if p in hidden_parts:
+            hidden[p] = h
     labels = {p: batch[p]["labels"] for p in method.batch_parts}
 
     ref_logprobs: dict[str, Tensor] = {}
     for p in method.ref_logprob_parts:
         if (key := ref_cache_key(p)) in batch:
-            ref_logprobs[p] = batch[key].to(logits[p].device)
+            ref_logprobs[p] = batch[key].to(batch[p]["labels"].device)
         elif ref_model is not None:
             ref_logprobs[p] = reference_logprobs(ref_model, batch[p])
         else:
             raise ValueError(f"method {method} needs reference log-probs on {p!r}: pass {key!r} or a ref_model")
     if method.ref_logit_parts and ref_model is None:
         raise ValueError(f"method {method} needs reference logits on {list(method.ref_logit_parts)}; pass a ref_model")
+    if method.ref_hidden_state_parts and ref_model is None:
+        raise ValueError(f"method {method} needs reference hidden states on {list(method.ref_hidden_state_parts)}; "
+                         "pass a ref_model")
     with torch.no_grad():
         ref_logits = {p: forward_logits(ref_model, batch[p]) for p in method.ref_logit_parts}
+        ref_hidden = {p: _forward(ref_model, batch[p], layer, keep_logits=False)[1] for p in method.ref_hidden_state_parts}
 
-    inputs = LossInputs(logits=logits, labels=labels, ref_logprobs=ref_logprobs, ref_logits=ref_logits)
+    inputs = LossInputs(
+        logits=logits, labels=labels, ref_logprobs=ref_logprobs, ref_logits=ref_logits, hidden=hidden,
+        ref_hidden=ref_hidden, attention_mask={p: batch[p]["attention_mask"] for p in hidden_parts},
+        control=steering.control if steering is not None else None,
+    )
     forget_spec, reg_spec = method.specs
     forget_terms = _as_terms(forget_spec.fn(inputs, method))
     reg_terms = _as_terms(reg_spec.fn(inputs, method))

@@ -62,6 +62,8 @@ def paper_settings(scenario: str, method: str) -> list[dict]:
 
 def grid_values(param: Param, points: int = 3) -> list[float]:
     """``points`` values spread over the range (log-spaced for log parameters), rounded to 3 digits."""
+    if param.integer:
+        return sorted({int(round(v)) for v in np.linspace(param.low, param.high, points)})
     if param.log:
         values = np.geomspace(param.low, param.high, points)
     else:
@@ -206,7 +208,9 @@ def checkpoint_estimate(cfg: RunConfig, settings: StudySettings) -> str:
 def suggest(trial, space: dict) -> dict:
     out = {}
     for name, spec in space.items():
-        if isinstance(spec, Param):
+        if isinstance(spec, Param) and spec.integer:
+            out[name] = trial.suggest_int(name, math.ceil(spec.low), math.floor(spec.high), log=spec.log)
+        elif isinstance(spec, Param):
             out[name] = trial.suggest_float(name, spec.low, spec.high, log=spec.log)
         else:
             out[name] = trial.suggest_categorical(name, list(spec))
@@ -224,7 +228,8 @@ def apply_params(cfg: RunConfig, method: str, params: dict) -> RunConfig:
     return cfg.replace(**changes)
 
 
-ADDED_SETTINGS = {"train.kl_full_padding": False, "method.gamma": 0.0, "eval.holdout": False}
+ADDED_SETTINGS = {"train.kl_full_padding": False, "method.gamma": 0.0, "eval.holdout": False,
+                  "method.rmu_layer": 7, "method.rmu_steering_coeff": 6.5, "method.rmu_alpha": 1200.0}
 """Settings added after studies were first recorded, with the behaviour a study recorded without them
 ran with. Resuming such a study with that value changes nothing; with another value it is refused.
 (Before ``kl_full_padding`` existed, the KL regularizer averaged over trimmed batches.)"""

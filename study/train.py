@@ -411,8 +411,11 @@ def unlearn(model, tokenizer, prompt, method, data, train_cfg, label_mode: str, 
     which case ``study.distributed.train_with_deepspeed`` builds the engines (ZeRO-3: also one for a
     live reference model), trains, and writes the trained weights back into ``model``.
     """
-    from .losses import compute_loss
+    from .losses import compute_loss, steering_for
 
+    steering = steering_for(method, model, train_cfg.seed)
+    if steering is not None:
+        train_only_rmu_weights(model, steering.layer)
     dataset = unlearning_dataset(method, data.forget, data.retain, data.refusals, tokenizer, prompt,
                                  train_cfg.max_length, label_mode, kl_full_padding=train_cfg.kl_full_padding)
     if cache_reference and ref_model is not None:
@@ -421,7 +424,7 @@ def unlearn(model, tokenizer, prompt, method, data, train_cfg, label_mode: str, 
 
     def make_loss_fn(ref):
         def loss_fn(m, batch):
-            out = compute_loss(method, m, batch, ref)
+            out = compute_loss(method, m, batch, ref, steering)
             return out.total, out.parts
 
         return loss_fn
@@ -436,6 +439,29 @@ def unlearn(model, tokenizer, prompt, method, data, train_cfg, label_mode: str, 
                       batch_size=train_cfg.batch_size, grad_accum=train_cfg.grad_accum,
                       weight_decay=train_cfg.weight_decay, seed=train_cfg.seed, callbacks=callbacks, progress=progress,
                       engine=engine, world_size=world_size, rank=rank, description=description)
+
+
+def train_only_rmu_weights(model, layer: int) -> list[str]:
+    """RMU trains only the MLP down-projections of layers ``layer-2 .. layer`` (docs/science-beyond-paper.md
+    §2): every other parameter gets ``requires_grad=False``, so the optimizer never sees it (AdamW's
+    weight decay would otherwise move it too). Returns the trained parameters' names.
+
+    Raises:
+        StudyInputError: no such parameter (a LoRA-wrapped model, or not a Llama-style layout).
+    """
+    from .errors import StudyInputError
+    from .losses import rmu_trainable, rmu_trained_layers
+
+    trained = []
+    for name, param in model.named_parameters():
+        keep = rmu_trainable(name, layer)
+        param.requires_grad_(keep)
+        if keep:
+            trained.append(name)
+    if not trained:
+        raise StudyInputError(f"RMU trains layers.{{{','.join(map(str, rmu_trained_layers(layer)))}}}.mlp.down_proj.weight; "
+                              "the model has no such parameter (RMU does not combine with LoRA)")
+    return trained
 
 
 def answer_nll(model, part: Mapping[str, torch.Tensor]) -> torch.Tensor:

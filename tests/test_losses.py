@@ -36,10 +36,17 @@ from study.losses import (
     LossInputs,
     ref_cache_key,
     reference_logprobs,
+    rmu_control_vector,
+    rmu_forget_loss,
+    rmu_layer_for,
+    rmu_retain_loss,
+    rmu_trainable,
+    rmu_trained_layers,
     sequence_logprob,
     sequence_nll,
     simnpo_loss,
     softmax_entropy,
+    steering_for,
 )
 
 # Three distributions over V = 3 tokens.
@@ -272,8 +279,8 @@ def test_bare_names():
 def test_unknown_names_list_the_valid_ones():
     with pytest.raises(ValueError) as err:
         Method.parse("XX+GD")
-    assert str(err.value) == "unknown forget loss 'XX' in method 'XX+GD'; valid: DPO, GA, IDK, LLMU, ME, NPO, SimNPO"
-    valid_regularizers = r"valid: AP, GD, KL, LLMU, NONE$"
+    assert str(err.value) == "unknown forget loss 'XX' in method 'XX+GD'; valid: DPO, GA, IDK, LLMU, ME, NPO, RMU, SimNPO"
+    valid_regularizers = r"valid: AP, GD, KL, LLMU, NONE, RMU$"
     with pytest.raises(StudyInputError, match=r"unknown regularizer 'YY' in method 'GA\+YY'; " + valid_regularizers):
         Method.parse("GA+YY")
     with pytest.raises(StudyInputError, match=r"unknown forget loss 'XX' in method 'XX'; valid: DPO, GA,"):
@@ -665,3 +672,136 @@ def test_simnpo_search_space_and_validation():
     with pytest.raises(StudyInputError, match="gamma"):
         Method.parse("SimNPO+GD", gamma=float("nan"))
     assert "SimNPO+GD" not in PAPER_METHODS
+
+
+# --------------------------------------------------------------------------------------------------
+# Beyond the paper: RMU (docs/science-beyond-paper.md §2)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_rmu_terms_by_hand():
+    # B = 1, T = 3, d = 2; the third position is padding and must not count.
+    h = torch.tensor([[[1.0, 2.0], [3.0, -1.0], [100.0, 100.0]]], dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 0]])
+    control = 5.0 * torch.tensor([0.6, 0.8], dtype=torch.float64)  # c = 5, u = (0.6, 0.8): c·u = (3, 4)
+    # pos 0: ((1-3)^2 + (2-4)^2) / 2 = 4; pos 1: (0 + (-1-4)^2) / 2 = 12.5; mean over 2 tokens.
+    assert rmu_forget_loss(h, control, mask).item() == pytest.approx(8.25, rel=1e-12)
+    ref = torch.tensor([[[1.0, 1.0], [1.0, 1.0], [0.0, 0.0]]], dtype=torch.float64)
+    # pos 0: (0 + 1) / 2 = 0.5; pos 1: (4 + 4) / 2 = 4; mean 2.25.
+    assert rmu_retain_loss(h, ref, mask).item() == pytest.approx(2.25, rel=1e-12)
+    assert rmu_retain_loss(h, h, mask).item() == 0.0
+    # Through the registry: total = forget_coeff * forget + regularization_coeff * α * retain.
+    method = Method.parse("RMU", forget_coeff=2.0, rmu_alpha=10.0)
+    inputs = LossInputs(logits={}, labels={}, hidden={"forget": h, "retain": h}, ref_hidden={"retain": ref},
+                        attention_mask={"forget": mask, "retain": mask}, control=control)
+    assert FORGET_LOSSES["RMU"].fn(inputs, method).item() == pytest.approx(8.25, rel=1e-12)
+    assert REGULARIZERS["RMU"].fn(inputs, method).item() == pytest.approx(22.5, rel=1e-12)
+
+
+def test_rmu_control_vector_layer_rule_and_trained_names():
+    u = rmu_control_vector(8, 6.5, seed=1001)
+    assert u.shape == (8,) and u.dtype == torch.float32 and (u >= 0).all()
+    assert u.norm().item() == pytest.approx(6.5, rel=1e-6)
+    r = torch.rand(8, generator=torch.Generator().manual_seed(1001))
+    torch.testing.assert_close(u, 6.5 * r / r.norm())
+    assert torch.equal(u, rmu_control_vector(8, 6.5, seed=1001))
+    assert not torch.equal(u, rmu_control_vector(8, 6.5, seed=1002))
+    # Published layer 7 is kept on deep models, clamped to layers - 2 on shallow ones.
+    assert [rmu_layer_for(7, n) for n in (32, 30, 9, 8, 4, 2)] == [7, 7, 7, 6, 2, 0]
+    with pytest.raises(StudyInputError, match="1 layer"):
+        rmu_layer_for(7, 1)
+    assert rmu_trained_layers(7) == (5, 6, 7) and rmu_trained_layers(1) == (0, 1)
+    assert rmu_trainable("model.layers.5.mlp.down_proj.weight", 7)
+    assert not rmu_trainable("model.layers.15.mlp.down_proj.weight", 7)  # "5" must be the whole index
+    assert not rmu_trainable("model.layers.4.mlp.down_proj.weight", 7)
+    assert not rmu_trainable("model.layers.7.mlp.up_proj.weight", 7)
+    assert not rmu_trainable("model.layers.7.self_attn.o_proj.weight", 7)
+
+
+def test_rmu_registry_and_search_space():
+    method = Method.parse("RMU")
+    assert (method.forget_loss, method.regularizer, str(method)) == ("RMU", "RMU", "RMU")
+    assert "RMU" not in PAPER_METHODS and "RMU+RMU" not in PAPER_METHODS
+    assert method.batch_parts == ("forget", "retain") and method.logit_parts == ()
+    assert method.hidden_state_parts == ("forget", "retain") and method.ref_hidden_state_parts == ("retain",)
+    assert method.needs_live_ref_model and method.steers_hidden_states and method.ref_cache_keys == ()
+    space = {p.name: p for p in method.search_space()}
+    assert list(space) == ["lr", "forget_coeff", "rmu_layer", "rmu_steering_coeff", "rmu_alpha"]
+    assert (space["rmu_layer"].default, space["rmu_layer"].integer) == (7, True)
+    assert (space["rmu_steering_coeff"].default, space["rmu_alpha"].default) == (6.5, 1200.0)
+    assert (method.rmu_layer, method.rmu_steering_coeff, method.rmu_alpha) == (7, 6.5, 1200.0)
+    # RMU+GD reads the retain logits (GD) and the forget hidden states; no reference model.
+    rmu_gd = Method.parse("RMU+GD")
+    assert rmu_gd.logit_parts == ("retain",) and not rmu_gd.needs_ref_model
+    assert not Method.parse("NPO+KL").steers_hidden_states
+    for bad in ({"rmu_layer": -1}, {"rmu_layer": 2.5}, {"rmu_alpha": float("inf")}, {"rmu_steering_coeff": -1.0}):
+        with pytest.raises(StudyInputError):
+            Method.parse("RMU", **bad)
+
+
+def _layer_outputs(model, part) -> list[torch.Tensor]:
+    """Each decoder layer's output, captured by forward hooks (independent of ``output_hidden_states``)."""
+    captured = []
+    hooks = [layer.register_forward_hook(lambda mod, args, out: captured.append(out[0] if isinstance(out, tuple) else out))
+             for layer in model.model.layers]
+    try:
+        with torch.no_grad():
+            model(input_ids=part["input_ids"], attention_mask=part["attention_mask"])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return captured
+
+
+def test_rmu_compute_loss_reads_the_steered_layer_output():
+    model, ref = tiny_llama(0), tiny_llama(1).eval()
+    batch, method = tiny_batch(), Method.parse("RMU", forget_coeff=0.5, rmu_alpha=3.0)
+    steering = steering_for(method, model, seed=7)
+    assert steering.layer == 0  # 2 layers: min(7, 2 - 2)
+    out = compute_loss(method, model, batch, ref_model=ref, steering=steering)
+    h_forget = _layer_outputs(model, batch["forget"])[0]
+    h_retain, h_ref = _layer_outputs(model, batch["retain"])[0], _layer_outputs(ref, batch["retain"])[0]
+    forget = rmu_forget_loss(h_forget, steering.control, batch["forget"]["attention_mask"])
+    retain = rmu_retain_loss(h_retain, h_ref, batch["retain"]["attention_mask"])
+    torch.testing.assert_close(out.parts["forget"], forget)
+    torch.testing.assert_close(out.parts["regularization"], 3.0 * retain)
+    torch.testing.assert_close(out.total.detach(), 0.5 * forget + 3.0 * retain)
+    # At θ = ref the retain term vanishes.
+    same = compute_loss(method, model, batch, ref_model=copy.deepcopy(model).eval(), steering=steering)
+    assert same.parts["regularization"].item() == 0.0
+    with pytest.raises(ValueError, match="steering"):
+        compute_loss(method, model, batch, ref_model=ref)
+
+
+def test_rmu_trains_only_the_chosen_mlp_weights():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from study.train import adamw, adamw_param_groups, train_only_rmu_weights
+
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=5,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32, pad_token_id=PAD)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config).float()
+    ref = copy.deepcopy(model).eval().requires_grad_(False)
+    method, batch = Method.parse("RMU", rmu_layer=7), tiny_batch()
+    steering = steering_for(method, model, seed=1001)
+    assert steering.layer == 3  # min(7, 5 - 2)
+    trained = train_only_rmu_weights(model, steering.layer)
+    assert trained == [f"model.layers.{i}.mlp.down_proj.weight" for i in (1, 2, 3)]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = adamw(adamw_param_groups(model, weight_decay=0.01), lr=1e-2)
+    losses = []
+    for _ in range(5):
+        out = compute_loss(method, model, batch, ref_model=ref, steering=steering)
+        assert torch.isfinite(out.total) and all(torch.isfinite(v) for v in out.parts.values())
+        losses.append(out.parts["forget"].item())
+        optimizer.zero_grad()
+        out.total.backward()
+        optimizer.step()
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert moved == set(trained)
+    assert losses[-1] < losses[0]  # hidden states of layer 3 move towards c·u on forget inputs
+    # A model without such parameters (LoRA-wrapped names) is refused rather than trained on nothing.
+    with pytest.raises(StudyInputError, match="down_proj"):
+        train_only_rmu_weights(torch.nn.Linear(2, 2), 3)
