@@ -57,3 +57,23 @@ def test_grid_sampler_keeps_one_order_whatever_the_offset():
         orders.append([tuple(sorted(t.params.items())) for t in study.trials])
     assert orders[0] == orders[1] == orders[2]
     assert len(set(orders[0])) == 6  # every grid point once
+
+
+def test_rmu_space_samples_an_integer_layer_and_reaches_the_trial_config():
+    from study.search import apply_params, suggest
+
+    space = search_space("RMU", "fictitious", "tpe")
+    assert list(space) == ["lr", "forget_coeff", "rmu_layer", "rmu_steering_coeff", "rmu_alpha"]
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    params = suggest(study.ask(), space)
+    assert isinstance(params["rmu_layer"], int) and 1 <= params["rmu_layer"] <= 15
+    method = apply_params(RunConfig(), "RMU", params).method.method()
+    assert (method.rmu_layer, method.rmu_alpha) == (params["rmu_layer"], params["rmu_alpha"])
+    assert search_space("RMU", "fictitious", "grid")["rmu_layer"] == [1, 8, 15]
+    # Other methods' studies recorded before RMU existed resume: its settings join as their defaults.
+    cfg = RunConfig()
+    fixed = fixed_config(cfg, "ME+GD", {})
+    assert fixed["method.rmu_layer"] == ADDED_SETTINGS["method.rmu_layer"] == 7
+    study = _study()
+    study.set_user_attr("fixed_config", {k: v for k, v in fixed.items() if k not in ADDED_SETTINGS})
+    check_fixed_config(study, fixed, "sqlite:///x.db")
