@@ -47,7 +47,16 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
-from .metrics import METRICS, SET_NAMES, UTILITY_SETS
+from .metrics import (
+    EXACT_MEMORIZATION,
+    EXTRACTION_STRENGTH,
+    METRICS,
+    MIA_ATTACKS,
+    SET_NAMES,
+    UTILITY_SETS,
+    mia_auc_key,
+    privleak_key,
+)
 from .tracking import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI, TAG, redact
 
 if TYPE_CHECKING:  # plotting and notebook libraries are imported where they are used
@@ -62,6 +71,7 @@ __all__ = [
     "resolve_tracking_uri", "runs_frame", "fetch_runs", "fetch_task_curves", "scenario_runs", "finished", "run_counts",
     "no_runs_message", "order_methods", "method_palette", "paper_settings", "representative_trials",
     "method_table", "published_table", "compare_to_published", "metric_table", "forget_quality_table",
+    "PRIVACY_COLUMNS", "PRIVACY_NOT_LOGGED", "privacy_table",
     "pareto_front", "plot_mu_fe", "plot_mu_fe_grid", "continual_table", "plot_continual", "real_world_table",
     "sensitivity", "plot_sensitivity", "choose_trial", "generations_side_by_side", "save_figure",
     "save_table", "inject_parameters", "run_notebook",
@@ -485,6 +495,33 @@ def forget_quality_table(runs: pd.DataFrame, splits: Sequence[str] = SPLITS, pic
     wide = reps.pivot(index="method", columns="split", values=list(measures)).swaplevel(axis=1)
     return wide.reindex(index=order_methods(reps["method"]), columns=columns).astype(float).rename_axis(
         index="method", columns=["split", "measure"])
+
+
+PRIVACY_COLUMNS: tuple[str, ...] = (
+    *(mia_auc_key(a) for a in MIA_ATTACKS), *(privleak_key(a) for a in MIA_ATTACKS),
+    f"forget/{EXTRACTION_STRENGTH}", f"forget/{EXACT_MEMORIZATION}",
+)
+"""Columns of :func:`privacy_table` (docs/science-beyond-paper.md §3, §4): forget-vs-holdout AUC and
+PrivLeak per attack, then the forget set's mean extraction strength and exact memorisation."""
+
+PRIVACY_NOT_LOGGED = "not logged (run with --set eval.holdout=true)"
+"""What a notebook shows in place of a membership-inference number the trial did not log."""
+
+
+def privacy_table(runs: pd.DataFrame, splits: Sequence[str] | None = SPLITS, pick: Pick = "best") -> pd.DataFrame:
+    """Membership inference and memorisation of each method's representative trial (the trial of
+    :func:`method_table`): rows (method, split), columns :data:`PRIVACY_COLUMNS`.
+
+    NaN, never 0, where a trial did not log a value: AUCs need a holdout set (``eval.holdout``),
+    PrivLeak also a retain model; runs recorded before these metrics existed have none of them."""
+    reps = representative_trials(runs, splits, pick)
+    index_names = ["method", "split"]
+    if reps.empty:
+        return pd.DataFrame(index=pd.MultiIndex.from_tuples([], names=index_names), columns=list(PRIVACY_COLUMNS),
+                            dtype=float)
+    found = runs.set_index("run_id").reindex(columns=list(PRIVACY_COLUMNS)).loc[reps["run_id"]]
+    return pd.DataFrame(found.to_numpy(dtype=float), index=pd.MultiIndex.from_frame(reps[index_names]),
+                        columns=list(PRIVACY_COLUMNS))
 
 
 def pareto_front(frame: pd.DataFrame, x: str = "model_utility", y: str = "forget_efficacy") -> pd.DataFrame:

@@ -125,6 +125,28 @@ def test_metric_and_forget_quality_tables_use_the_representative_trial(fictitiou
     assert fq.loc["GA+GD", ("forget01", "FQ")] == pytest.approx(1e-3)
 
 
+def test_privacy_table_reads_the_representative_trial_and_leaves_missing_values_missing(fictitious):
+    frame = fictitious.copy()
+    for run_id, auc, leak in (("ga1", 0.8, 0.25), ("ga0", 0.1, -0.5)):
+        frame.loc[frame["run_id"] == run_id, "mia_auc/mia_min_k"] = auc
+        frame.loc[frame["run_id"] == run_id, "privleak/mia_min_k"] = leak
+    frame.loc[frame["run_id"] == "ga1", "forget/extraction_strength"] = 0.0  # a real zero stays zero
+    frame.loc[frame["run_id"] == "me0", "forget/extraction_strength"] = 0.3
+    table = A.privacy_table(frame)
+    assert list(table.columns) == list(A.PRIVACY_COLUMNS) and table.index.names == ["method", "split"]
+    assert list(table.index) == list(A.metric_table(frame).index)  # the same trials as the metric table
+    assert table.loc[("GA+GD", "forget01"), "mia_auc/mia_min_k"] == pytest.approx(0.8)  # ga1, not ga0
+    assert table.loc[("GA+GD", "forget01"), "privleak/mia_min_k"] == pytest.approx(0.25)
+    assert table.loc[("GA+GD", "forget01"), "forget/extraction_strength"] == 0.0
+    assert table.loc[("ME+GD", "forget01"), "forget/extraction_strength"] == pytest.approx(0.3)
+    # Not logged (no holdout set, or a run from before these metrics): NaN, never 0.
+    assert math.isnan(table.loc[("ME+GD", "forget01"), "mia_auc/mia_min_k"])
+    assert math.isnan(table.loc[("GA+GD", "forget01"), "mia_auc/mia_loss"])
+    assert table.loc[("NPO+KL", "forget01")].isna().all()
+    assert A.privacy_table(A.runs_frame([])).shape == (0, len(A.PRIVACY_COLUMNS))
+    assert "eval.holdout=true" in A.PRIVACY_NOT_LOGGED
+
+
 def test_pareto_front_is_exactly_the_non_dominated_points():
     points = pd.DataFrame({
         "name": ["p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8", "p9", "p10"],
