@@ -355,6 +355,9 @@ def write_example_store(tracking_uri: str, experiment: str = EXPERIMENT) -> dict
                           "model_utility_retain": mu, "tofu_model_utility": mu, **_set_metrics(mu, fe, sets)}
                 if scenario == "real-world":
                     values["bench/mmlu"] = 0.6 * mu / 0.5
+                if scenario == "fictitious" and method == "ME+GD":  # run with eval.holdout: privacy metrics
+                    values.update({A.PRIVACY_COLUMNS[0]: 1 - fe / 2, A.PRIVACY_COLUMNS[3]: fe - 1,
+                                   "forget/extraction_strength": 1 - fe})
                 tracker.metrics(run, values, step=task)
                 items = _items(sets, f"{method} t{number} task{task}")
                 tracker.table_artifact(run, f"eval/items_task{task}.csv", items)
