@@ -134,6 +134,10 @@ def plan(args) -> tuple[object, object, dict]:
         if SEARCHED.get(key) is not None:
             fixed[SEARCHED[key]] = key
     methods = args.method or study.get("methods", ["ME+GD"])
+    if methods == "paper":  # a preset's shorthand for the paper's nine methods
+        from study.paper import PAPER_METHODS
+
+        methods = list(PAPER_METHODS)
     config.setdefault("method", {}).setdefault("name", methods[0])
     if "name" in config["method"] and args.method:
         config["method"]["name"] = methods[0]
