@@ -87,6 +87,7 @@ MAX_LENGTH = 200
 including the prompt, and scored sequences are truncated to 200 tokens (its ``TextDatasetQA``
 uses the same ``max_length``)."""
 
+
 def metrics_scenario(scenario: str) -> str:
     """The :mod:`study.metrics` spelling of a scenario name (``"real-world"`` -> ``"real_world"``)."""
     return find_scenario(scenario).key
