@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as `python experiments/services.py`: import `study` from the checkout
     sys.path.insert(0, str(ROOT))
 
-from study.tracking import redact  # noqa: E402
+from study.tracking import DEFAULT_EXPERIMENT, redact  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
 
@@ -284,7 +284,7 @@ def _stop_group(process: subprocess.Popen, timeout: float = 20) -> None:
 # Stores
 
 
-def init_stores(storage: str, tracking_uri: str, experiment: str = "unlearning-study") -> None:
+def init_stores(storage: str, tracking_uri: str, experiment: str = DEFAULT_EXPERIMENT) -> None:
     """Create the Optuna tables and the MLflow experiment once, before several workers start (two
     workers creating them at the same moment can collide)."""
     from study.search import open_storage
@@ -301,13 +301,13 @@ def _main(argv=None) -> int:
     up = sub.add_parser("up", help="start PostgreSQL and an MLflow server on 127.0.0.1 until Ctrl-C")
     up.add_argument("--dir", default=None, help="where the MLflow artifacts and urls.env go (default: a new temp dir)")
     up.add_argument("--port", type=int, default=5000, help="MLflow server port (default %(default)s)")
-    up.add_argument("--experiment", default="unlearning-study")
+    up.add_argument("--experiment", default=DEFAULT_EXPERIMENT)
     init = sub.add_parser("init", help="create the Optuna tables and the MLflow experiment")
     init.add_argument("--storage", default=os.environ.get("OPTUNA_STORAGE"),
                       help="Optuna storage (default: $OPTUNA_STORAGE; pass passwords there, not here)")
     init.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
                       help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI)")
-    init.add_argument("--experiment", default="unlearning-study")
+    init.add_argument("--experiment", default=DEFAULT_EXPERIMENT)
     args = parser.parse_args(argv)
     from study.errors import StudyInputError
 

@@ -21,6 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PRESETS = ROOT / "experiments" / "presets"
 sys.path.insert(0, str(ROOT))
 
+from study.scenarios import SCENARIOS, scenario  # noqa: E402  (after the path; imports no torch)
+from study.tracking import DEFAULT_EXPERIMENT, DEFAULT_STORAGE, DEFAULT_TRACKING_URI  # noqa: E402
+
 
 def presets() -> dict[str, Path]:
     return {p.stem: p for p in sorted(PRESETS.glob("*.toml"))}
@@ -34,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"presets:\n{lines}\n\nResults: the MLflow UI command is printed at the end.")
     a = parser.add_argument
     a("--preset", default="default", choices=list(names), help="settings to start from (default: %(default)s)")
-    a("--scenario", choices=["fictitious", "continual", "real-world"], help="what is unlearned (docs/science.md §1)")
+    a("--scenario", choices=list(SCENARIOS), help="what is unlearned (docs/science.md §1)")
     a("--method", nargs="+", metavar="M", help="one or several methods, e.g. ME+GD IDK+AP NPO+GD (forget loss + regularizer)")
     a("--split", choices=["forget01", "forget05", "forget10"], help="TOFU forget split")
     a("--tasks", nargs="+", type=int, metavar="K", help="tasks to unlearn in order (continual), e.g. 1 2 3")
@@ -48,12 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
       help="pareto: maximise Model Utility and Forget Efficacy together (default); or one scalar")
     a("--prune", action="store_true", help="evaluate after every epoch and prune poor trials (needs a single --objective)")
     a("--storage", help="Optuna storage: sqlite:///..., postgresql+psycopg2://user@host/db, or journal:<file> "
-                        "(default: $OPTUNA_STORAGE, else sqlite:///mlruns/optuna.db). Pass a URL with a password in "
+                        f"(default: $OPTUNA_STORAGE, else {DEFAULT_STORAGE}). Pass a URL with a password in "
                         "$OPTUNA_STORAGE, not here: a command line is readable by every local user")
-    a("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db; "
+    a("--tracking-uri", help=f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else {DEFAULT_TRACKING_URI}; "
                              "or http://host:5000). Credentials: in $MLFLOW_TRACKING_URI (or MLflow's "
                              "$MLFLOW_TRACKING_USERNAME / $MLFLOW_TRACKING_PASSWORD), not here")
-    a("--experiment", help="MLflow experiment name (default: unlearning-study)")
+    a("--experiment", help=f"MLflow experiment name (default: {DEFAULT_EXPERIMENT})")
     a("--study-name", help="Optuna study name (default: derived from preset, scenario, split and model)")
     a("--seed", type=int, help="training seed (default 1001, docs/science.md §4); the sampler's seed too")
     a("--keep-checkpoints", choices=["best", "all", "none"], help="which trials keep their checkpoint in MLflow (default: best = Pareto-best)")
@@ -92,10 +95,11 @@ def plan(args) -> tuple[object, object, dict]:
     put = lambda section, key, value: config.setdefault(section, {}).__setitem__(key, value)  # noqa: E731
     if args.scenario:
         put("data", "scenario", args.scenario)
-        if args.scenario == "real-world" and not args.tasks:
-            put("data", "tasks", [])
-        if args.scenario == "continual" and not args.tasks and config["data"].get("tasks", [1]) == [1]:
-            put("data", "tasks", [1, 2, 3])
+        chosen = scenario(args.scenario)
+        # Without --tasks the scenario's own tasks replace a preset's single task (and, for real-world,
+        # whose people are not TOFU's tasks, any preset tasks).
+        if not args.tasks and (not chosen.has_splits or config["data"].get("tasks", [1]) == [1]):
+            put("data", "tasks", list(chosen.default_tasks))
     if args.split:
         put("data", "split", args.split)
     if args.tasks:
@@ -130,6 +134,10 @@ def plan(args) -> tuple[object, object, dict]:
         if SEARCHED.get(key) is not None:
             fixed[SEARCHED[key]] = key
     methods = args.method or study.get("methods", ["ME+GD"])
+    if methods == "paper":  # a preset's shorthand for the paper's nine methods
+        from study.paper import PAPER_METHODS
+
+        methods = list(PAPER_METHODS)
     config.setdefault("method", {}).setdefault("name", methods[0])
     if "name" in config["method"] and args.method:
         config["method"]["name"] = methods[0]
@@ -161,11 +169,11 @@ def plan(args) -> tuple[object, object, dict]:
             data = scenario_data(cfg, task, source)
             check_eval_sets(data)
             _check_lengths(cfg, data)
-    scenario = cfg.data.scenario
-    split = "real-world" if scenario == "real-world" else cfg.data.split
-    parts = [args.preset] + [p for p in (scenario, split) if p not in args.preset] + [Path(cfg.model.name).name]
+    sc = scenario(cfg.data.scenario)
+    split = sc.split_label(cfg.data.split)
+    parts = [args.preset] + [p for p in (sc.name, split) if p not in args.preset] + [Path(cfg.model.name).name]
     default_name = "-".join(dict.fromkeys(parts))
-    if scenario == "continual" and cfg.method.fix_ref_model:
+    if sc.sequential and cfg.method.fix_ref_model:
         default_name += "-fixref"
     settings = StudySettings(
         study_name=args.study_name if args.study_name is not None else default_name,
@@ -173,10 +181,10 @@ def plan(args) -> tuple[object, object, dict]:
         n_trials=args.n_trials if args.n_trials is not None else study.get("n_trials", 4),
         sampler=args.sampler or study.get("sampler", "tpe"),
         objective=args.objective or study.get("objective", "pareto"),
-        storage=_first(args.storage, os.environ.get("OPTUNA_STORAGE"), study.get("storage"), "sqlite:///mlruns/optuna.db"),
+        storage=_first(args.storage, os.environ.get("OPTUNA_STORAGE"), study.get("storage"), DEFAULT_STORAGE),
         tracking_uri=_first(args.tracking_uri, os.environ.get("MLFLOW_TRACKING_URI"), study.get("tracking_uri"),
-                            "sqlite:///mlruns/mlflow.db"),
-        experiment=args.experiment if args.experiment is not None else study.get("experiment", "unlearning-study"),
+                            DEFAULT_TRACKING_URI),
+        experiment=args.experiment if args.experiment is not None else study.get("experiment", DEFAULT_EXPERIMENT),
         seed=cfg.train.seed if args.seed is not None else study.get("seed", 0),
         keep_checkpoints=args.keep_checkpoints or study.get("keep_checkpoints", "best"),
         prune=args.prune,
@@ -186,7 +194,7 @@ def plan(args) -> tuple[object, object, dict]:
         max_failures=args.max_failures if args.max_failures is not None else study.get("max_failures", 5),
         fixed=sorted(fixed),
     )
-    spaces = {m: search_space(m, scenario, settings.sampler, settings.space, settings.fixed) for m in settings.methods}
+    spaces = {m: search_space(m, sc.name, settings.sampler, settings.space, settings.fixed) for m in settings.methods}
     return cfg, settings, spaces
 
 

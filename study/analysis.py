@@ -47,16 +47,11 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
-from .metrics import (
-    EXACT_MEMORIZATION,
-    EXTRACTION_STRENGTH,
-    METRICS,
-    MIA_ATTACKS,
-    SET_NAMES,
-    UTILITY_SETS,
-    mia_auc_key,
-    privleak_key,
-)
+from .metrics import EXACT_MEMORIZATION, EXTRACTION_STRENGTH, METRICS, MIA_ATTACKS, SET_NAMES, mia_auc_key, privleak_key
+from .paper import (PAPER_BETA, PAPER_EPOCHS, PAPER_METHODS, PAPER_REGULARIZATION_COEFF, PUBLISHED_SOURCE, REAL_WORLD_QUOTED,
+                    released)
+from .paper import PUBLISHED as _PUBLISHED
+from .scenarios import FICTITIOUS, REAL_WORLD, SCENARIOS, tag_spelling
 from .tracking import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI, TAG, redact
 
 if TYPE_CHECKING:  # plotting and notebook libraries are imported where they are used
@@ -85,10 +80,6 @@ Pick = Literal["best", "paper"]
 # --------------------------------------------------------------------------------------------
 # Names and published figures
 # --------------------------------------------------------------------------------------------
-
-PAPER_METHODS: tuple[str, ...] = ("GA+GD", "GA+KL", "NPO+GD", "NPO+KL", "DPO+GD", "DPO+KL", "IDK+GD", "IDK+AP",
-                                  "ME+GD")
-"""The paper's nine methods in the order of its tables (docs/science.md §3)."""
 
 SPLITS: tuple[str, ...] = ("forget01", "forget05", "forget10")
 """TOFU forget splits (fictitious and continual scenarios)."""
@@ -121,29 +112,6 @@ CONTINUAL_COLUMNS: tuple[str, ...] = ("method", "fix_ref_model", "split", "run_i
                                       "forget_efficacy", "Avg")
 SENSITIVITY_COLUMNS: tuple[str, ...] = ("run_id", "method", "split", "param", "value", "outcome", "score")
 GENERATION_COLUMNS: tuple[str, ...] = ("item", "question", "reference", "trial_generation", "target_generation")
-
-PUBLISHED_SOURCE = ("DualOptim (arXiv 2504.15827), Table 4: a re-run of the reference code "
-                    "(sail-sg/closer-look-LLM-unlearning) on Llama-2-7b, as quoted in docs/science.md §5. "
-                    "The paper's own tables were not available in text form.")
-"""Where :func:`published_table`'s numbers come from."""
-
-_PUBLISHED: dict[str, dict[str, tuple[float, float]]] = {
-    # method: {split: (MU, FE)}, typed in from docs/science.md §5 (DualOptim Table 4).
-    "GA+GD": {"forget01": (0.670, 0.591), "forget05": (0.000, 0.877), "forget10": (0.559, 0.935)},
-    "NPO+GD": {"forget01": (0.641, 0.611), "forget05": (0.547, 0.692), "forget10": (0.565, 0.767)},
-    "ME+GD": {"forget01": (0.727, 0.920), "forget05": (0.747, 0.931), "forget10": (0.736, 0.949)},
-    "DPO+GD": {"forget01": (0.756, 0.534), "forget05": (0.000, 0.824), "forget10": (0.000, 0.804)},
-    "IDK+AP": {"forget01": (0.758, 0.763), "forget05": (0.753, 0.748), "forget10": (0.747, 0.743)},
-}
-
-REAL_WORLD_QUOTED: dict[str, dict[str, float]] = {
-    # Llama-3-8B-Instruct, quoted from a review of the paper (docs/science.md §5). IDK+AP's FE was
-    # not quoted.
-    "before unlearning": {"MU": 0.6145},
-    "ME+GD": {"MU": 0.4901, "FE": 0.9312},
-    "IDK+AP": {"MU": 0.5311},
-}
-"""Real-world figures quoted in docs/science.md §5 (MU, FE where given)."""
 
 BEFORE_UNLEARNING = "before unlearning"
 
@@ -199,7 +167,7 @@ def _bool(value: str | None) -> bool | None:
 
 def _normalise_scenario(value: str | None) -> str | None:
     # study.data spells it "real-world", study.metrics "real_world": read either.
-    return "real-world" if value == "real_world" else value
+    return tag_spelling(value)
 
 
 def _run_record(run) -> dict[str, Any]:
@@ -360,20 +328,15 @@ def paper_settings(scenario: str, method: str) -> dict[str, tuple[float, ...]]:
     """The released scripts' hyper-parameters for ``method`` in ``scenario`` (docs/science.md §4):
     each runs-frame column mapped to the values it may take. β = 0.1 and reg coeff 1.0 everywhere;
     5 epochs except the real-world baselines' grid (5 or 3 epochs)."""
-    scenario = _normalise_scenario(scenario) or scenario
-    settings = {"lr": (1e-5,), "epochs": (5.0,), "forget_coeff": (1.0,), "regularization_coeff": (1.0,),
-                "beta": (0.1,)}
-    if scenario == "fictitious" and method == "ME+GD":
-        settings["forget_coeff"] = (0.1,)
-    elif scenario == "real-world":
-        if method == "ME+GD":
-            settings.update(lr=(5e-6,), forget_coeff=(0.5,))
-        elif method != "IDK+AP":
-            settings.update(lr=(1e-5, 2e-6, 5e-6), epochs=(5.0, 3.0))
-    return settings
+    rows = [{"epochs": PAPER_EPOCHS, **row} for row in released(scenario, method)]
+    values = lambda key: tuple(dict.fromkeys(float(row[key]) for row in rows))  # noqa: E731  (first-seen order)
+    return {"lr": values("lr"), "epochs": values("epochs"), "forget_coeff": values("forget_coeff"),
+            "regularization_coeff": (PAPER_REGULARIZATION_COEFF,), "beta": (PAPER_BETA,)}
 
 
 def _matches_paper(row: pd.Series) -> bool:
+    if row["scenario"] not in SCENARIOS:  # no (or an unknown) scenario tag: no released settings to match
+        return False
     for column, allowed in paper_settings(row["scenario"], row["method"]).items():
         value = row.get(column, math.nan)
         if pd.isna(value) or not any(math.isclose(float(value), a, rel_tol=1e-6) for a in allowed):
@@ -461,9 +424,8 @@ def compare_to_published(table: pd.DataFrame, published: pd.DataFrame | None = N
 
 def _sets_for(runs: pd.DataFrame) -> tuple[str, ...]:
     scenarios = set(runs["scenario"].dropna()) if not runs.empty else set()
-    if scenarios == {"real-world"}:
-        return ("forget", *UTILITY_SETS["real_world"])
-    return ("forget", *UTILITY_SETS["fictitious"])
+    only = SCENARIOS.get(scenarios.pop()) if len(scenarios) == 1 else None
+    return (only or FICTITIOUS).eval_sets
 
 
 def metric_table(runs: pd.DataFrame, splits: Sequence[str] | None = SPLITS, pick: Pick = "best",
@@ -646,7 +608,7 @@ def real_world_table(runs: pd.DataFrame, pick: Pick = "best", targets: pd.DataFr
     rows: dict[str, dict[str, Any]] = {}
     before: dict[str, Any] = {}
     if targets is not None and not targets.empty:
-        target = scenario_runs(targets, "real-world")
+        target = scenario_runs(targets, REAL_WORLD.name)
         if not target.empty:
             t = target.iloc[-1]
             before = {"MU": t.get("model_utility"), "FE": t.get("forget_efficacy"),

@@ -95,17 +95,17 @@ class DataConfig:
     """Evaluation rows per set (docs/science.md §1); real-world evaluates every row."""
 
     def __post_init__(self):
-        from .data import SCENARIOS, SPLITS
+        from .data import SPLITS
+        from .scenarios import scenario
 
-        if self.scenario not in SCENARIOS:
-            raise one_of("scenario", self.scenario, SCENARIOS)
+        self.scenario = scenario(self.scenario).name  # either spelling; runs are tagged with this one
         if self.split not in SPLITS:
             raise one_of("split", self.split, SPLITS)
         if any(not isinstance(t, int) or isinstance(t, bool) or t < 1 for t in self.tasks):
             raise StudyInputError(f"tasks must be positive integers, got {self.tasks!r}")
         if len(set(self.tasks)) != len(self.tasks):
             raise StudyInputError(f"tasks must not repeat (a task is unlearned once), got {self.tasks!r}")
-        if self.scenario == "fictitious" and len(self.tasks) != 1:
+        if scenario(self.scenario).one_task and len(self.tasks) != 1:
             raise StudyInputError(f"the fictitious scenario unlearns one task, got tasks={self.tasks}; use --scenario continual")
         _integer("ds_size", self.ds_size, 1, 10**9)
         _integer("n_authors", self.n_authors, 1, 10_000)

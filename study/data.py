@@ -24,10 +24,12 @@ from pathlib import Path
 import torch
 
 from .errors import DataError, StudyInputError, one_of
+from .scenarios import SCENARIOS as _SCENARIOS
+from .scenarios import scenario as find_scenario
 
 log = logging.getLogger(__name__)
 
-SCENARIOS = ("fictitious", "continual", "real-world")
+SCENARIOS = tuple(_SCENARIOS)  # ("fictitious", "continual", "real-world"): study.scenarios defines them
 SPLITS = ("forget01", "forget05", "forget10")
 DS_SIZE = 300  # docs/science.md §1: evaluation uses the first 300 rows of each file (real-world: all rows)
 
@@ -341,12 +343,11 @@ def load_scenario(
     metrics (docs/science-beyond-paper.md §3). Without the file, or for real-world, nothing is added
     and those metrics are missing.
     """
-    if scenario not in SCENARIOS:
-        raise one_of("scenario", scenario, SCENARIOS)
+    sc = find_scenario(scenario)
     if ds_size is not None and ds_size < 1:
         raise StudyInputError(f"ds_size must be >= 1, got {ds_size}")
     refusals = source.refusals()
-    if scenario == "real-world":
+    if not sc.has_splits:  # real-world: one forget file, its people are the tasks
         forget_all = source.read("forget")
         forget = select_task(forget_all, task, f"{source.description}/forget.json")
         retain = source.read("neighbor")
@@ -355,7 +356,7 @@ def load_scenario(
             EvalSet("forget", "forget", forget_eval, truth="golden_answer", cosine_truth="answer"),
             EvalSet("neighbor", "neighbor", source.read("neighbor_perturbed"), truth="golden_answer", cosine_truth="answer"),
         ]
-        return ScenarioData(scenario, "real-world", task, forget, retain, forget_all + retain, eval_sets, refusals,
+        return ScenarioData(sc.name, sc.split_label(split), task, forget, retain, forget_all + retain, eval_sets, refusals,
                             source.description, task_ids(forget_all))
 
     if split not in SPLITS:
@@ -381,7 +382,7 @@ def load_scenario(
     # The membership-inference non-members (docs/science-beyond-paper.md §3), when the source has them.
     if holdout and (holdout_rows := read_optional(source, holdout_file(split))) is not None:
         eval_sets.append(EvalSet("holdout", "holdout", cap(holdout_rows)))
-    return ScenarioData(scenario, split, task, forget, static_retain + later, forget_all + static_retain,
+    return ScenarioData(sc.name, split, task, forget, static_retain + later, forget_all + static_retain,
                         eval_sets, refusals, source.description, tasks)
 
 

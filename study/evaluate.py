@@ -65,6 +65,7 @@ from .data import EvalSet
 from .errors import StudyInputError, one_of
 from .losses import IGNORE_INDEX, shift_labels, token_nll
 from .models import PromptFormat, default_device, encode_qa, left_padded
+from .scenarios import scenario as find_scenario
 
 __all__ = [
     "BUILTIN_EMBEDDER", "PAPER_EMBEDDER", "PAPER_NLI", "MAX_LENGTH", "NLIModel", "MetricModels",
@@ -86,22 +87,10 @@ MAX_LENGTH = 200
 including the prompt, and scored sequences are truncated to 200 tokens (its ``TextDatasetQA``
 uses the same ``max_length``)."""
 
-# The rest of the project spells scenarios as the data module does ("real-world"); metrics.py uses
-# identifiers ("real_world"). This is the one place that translates.
-_SCENARIO_TO_METRICS: dict[str, str] = {
-    "fictitious": "fictitious",
-    "continual": "continual",
-    "real-world": "real_world",
-    "real_world": "real_world",
-}
-
 
 def metrics_scenario(scenario: str) -> str:
     """The :mod:`study.metrics` spelling of a scenario name (``"real-world"`` -> ``"real_world"``)."""
-    try:
-        return _SCENARIO_TO_METRICS[scenario]
-    except KeyError:
-        raise one_of("scenario", scenario, ("fictitious", "continual", "real-world")) from None
+    return find_scenario(scenario).key
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1008,14 +997,14 @@ def _summarise(items: pd.DataFrame, eval_sets: Sequence[EvalSet], scenario: str
         summary[f"n_items/{eval_set.name}"] = float(len(part))
     summary.update(_mia_aucs(items, eval_sets))
 
-    sc = metrics_scenario(scenario)
+    sc = find_scenario(scenario)
     aggregates: dict[str, M.Aggregate] = {}
-    utility_sets = M.UTILITY_SETS[sc]
+    utility_sets = sc.utility_sets
     if all(s in set_metrics for s in utility_sets):
         aggregates["model_utility"] = M.model_utility(set_metrics, sets=utility_sets)
-        if sc != "real_world":
+        if sc.tofu_utility:
             aggregates["tofu_model_utility"] = M.tofu_model_utility(set_metrics, sets=utility_sets)
-    retain_set = M.NEIGHBOR if sc == "real_world" else M.RETAIN
+    retain_set = sc.retain_set
     if retain_set in set_metrics:
         aggregates["model_utility_retain"] = M.model_utility_retain(set_metrics, retain_set=retain_set)
     if M.FORGET in set_metrics:

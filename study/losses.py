@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import StudyInputError
+from .paper import PAPER_METHODS  # noqa: F401  (re-exported: the default method set)
 
 IGNORE_INDEX = -100
 """Label value of positions that are not scored (Hugging Face convention)."""
@@ -705,10 +706,6 @@ REGULARIZERS: dict[str, LossSpec] = {
 }
 """Regularizers by name; ``NONE`` makes a forget-only method."""
 
-PAPER_METHODS: tuple[str, ...] = (
-    "GA+GD", "GA+KL", "NPO+GD", "NPO+KL", "DPO+GD", "DPO+KL", "IDK+GD", "ME+GD", "IDK+AP",
-)
-"""The nine methods of the paper."""
 
 
 def _unknown(kind: str, value: str, method: str, valid: Mapping[str, Any]) -> StudyInputError:

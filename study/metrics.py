@@ -37,6 +37,10 @@ import numpy as np
 from scipy.special import logsumexp
 from scipy.stats import ks_2samp
 
+from .scenarios import FORGET, HOLDOUT, NEIGHBOR, REAL_AUTHORS, RETAIN, WORLD_FACTS
+from .scenarios import SCENARIOS as _SCENARIOS
+from .scenarios import scenario as _scenario
+
 __all__ = [
     "FORGET", "RETAIN", "REAL_AUTHORS", "WORLD_FACTS", "NEIGHBOR", "SET_NAMES", "SCENARIOS",
     "UTILITY_SETS", "ROUGE", "PROBABILITY", "TRUTH_RATIO", "TOKEN_ENTROPY", "COSINE", "ENTAILMENT",
@@ -58,12 +62,6 @@ __all__ = [
 # Names
 # --------------------------------------------------------------------------------------------
 
-FORGET = "forget"
-RETAIN = "retain"
-REAL_AUTHORS = "real_authors"
-WORLD_FACTS = "world_facts"
-NEIGHBOR = "neighbor"
-HOLDOUT = "holdout"
 SET_NAMES: tuple[str, ...] = (FORGET, RETAIN, REAL_AUTHORS, WORLD_FACTS, NEIGHBOR, HOLDOUT)
 """Evaluation set names. TOFU (fictitious, continual): forget, retain, real_authors, world_facts.
 Real-world: forget and neighbor (the disjoint neighbor *evaluation* set). Optional everywhere:
@@ -74,14 +72,11 @@ SCORE_ONLY_SETS: tuple[str, ...] = (HOLDOUT,)
 """Sets that are only scored (likelihoods of the truth answer), never generated from: they need only
 ``question`` and ``answer`` and carry only the privacy metrics."""
 
-SCENARIOS: tuple[str, ...] = ("fictitious", "continual", "real_world")
+SCENARIOS: tuple[str, ...] = tuple(s.key for s in _SCENARIOS.values())
+"""Scenario names in this module's spelling (``real_world``); :mod:`study.scenarios` defines them."""
 
-UTILITY_SETS: dict[str, tuple[str, ...]] = {
-    "fictitious": (RETAIN, REAL_AUTHORS, WORLD_FACTS),
-    "continual": (RETAIN, REAL_AUTHORS, WORLD_FACTS),
-    "real_world": (NEIGHBOR,),
-}
-"""The sets whose metrics enter Model Utility, per scenario (docs/science.md §5)."""
+UTILITY_SETS: dict[str, tuple[str, ...]] = {s.key: s.utility_sets for s in _SCENARIOS.values()}
+"""The sets whose metrics enter Model Utility, per scenario (docs/science.md §5; :mod:`study.scenarios`)."""
 
 ROUGE = "rouge"
 PROBABILITY = "probability"
@@ -342,11 +337,7 @@ def nli_direction(set_name: str, scenario: str) -> Literal["generation->truth", 
     * ``real_world``: generation -> truth on both sets.
     """
     _check_set(set_name)
-    if scenario not in SCENARIOS:
-        raise ValueError(f"unknown scenario {scenario!r}; valid: {', '.join(SCENARIOS)}")
-    if scenario == "real_world" or set_name == FORGET:
-        return "generation->truth"
-    return "truth->generation"
+    return _scenario(scenario).nli_direction(set_name)
 
 
 def nli_pairs(set_name: str, scenario: str, generations: Sequence[str],

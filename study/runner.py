@@ -17,6 +17,7 @@ import torch
 from . import data as data_mod
 from . import models
 from .config import RunConfig
+from .scenarios import scenario
 
 
 def _hash(payload) -> str:
@@ -33,13 +34,13 @@ def source_for(cfg: RunConfig) -> data_mod.Source:
 
 def scenario_data(cfg: RunConfig, task: int | None, source: data_mod.Source | None = None) -> data_mod.ScenarioData:
     source = source or source_for(cfg)
-    ds_size = None if cfg.data.scenario == "real-world" else cfg.data.ds_size
+    ds_size = cfg.data.ds_size if scenario(cfg.data.scenario).capped_eval else None
     return data_mod.load_scenario(source, cfg.data.scenario, cfg.data.split, task, ds_size, holdout=cfg.eval.holdout)
 
 
 def tasks_of(cfg: RunConfig) -> list[int | None]:
     """The tasks a run unlearns in order ([None] = every real-world person at once)."""
-    if cfg.data.scenario == "real-world" and not cfg.data.tasks:
+    if not cfg.data.tasks and not scenario(cfg.data.scenario).default_tasks:
         return [None]
     return list(cfg.data.tasks)
 

@@ -22,17 +22,18 @@ from pathlib import Path
 
 import numpy as np
 
-from . import models
+from . import models, paper
 from .config import SEED_MAX, RunConfig
 from .errors import StudyFault, StudyInputError, one_of
 from .losses import HYPERPARAMS, Method, Param
 from .train import NonFiniteLoss
-from .tracking import TAG, StepLogger, Tracker, package_versions, redact, schema_lock, scrub
+from .scenarios import scenario as find_scenario
+from .tracking import (DEFAULT_EXPERIMENT, DEFAULT_STORAGE, DEFAULT_TRACKING_URI, TAG, StepLogger, Tracker, package_versions,
+                       redact, schema_lock, scrub)
 
 SAMPLERS = ("tpe", "grid", "paper")
 OBJECTIVES = ("pareto", "average", "model_utility", "forget_efficacy")
 KEEP = ("best", "all", "none")
-DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
 HEARTBEAT_S = 30  # default Optuna heartbeat (s); a trial silent for 2x this long is failed by the next worker
 MAX_FAILURES = 5  # a worker stops a study after this many failed trials in a row
 MAX_TRIALS = 100_000
@@ -40,24 +41,11 @@ STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql", "journal"
 TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks", "file")
 CLAIM_TIMEOUT_S = 120  # a claim on creating a study's MLflow run that produced none in this long is taken over
 
-# docs/science.md §4: the released scripts' settings, per scenario and method (lr, forget_coeff, epochs).
-_PAPER = {
-    "fictitious": {"ME+GD": [{"lr": 1e-5, "forget_coeff": 0.1}], "*": [{"lr": 1e-5, "forget_coeff": 1.0}]},
-    "continual": {"*": [{"lr": 1e-5, "forget_coeff": 1.0}]},
-    "real-world": {
-        "ME+GD": [{"lr": 5e-6, "forget_coeff": 0.5}],
-        "IDK+AP": [{"lr": 1e-5, "forget_coeff": 1.0}],
-        "*": [{"lr": lr, "forget_coeff": 1.0, "epochs": epochs} for lr in (1e-5, 2e-6, 5e-6) for epochs in (5, 3)],
-    },
-}
-
-
 def paper_settings(scenario: str, method: str) -> list[dict]:
     """The paper's exact settings for a method (β = 0.1 everywhere; regularization_coeff 1.0)."""
-    table = _PAPER[scenario]
-    rows = table.get(method, table["*"])
+    rows = paper.released(scenario, method)
     uses_beta = "beta" in Method.parse(method).hyperparams
-    return [{**row, **({"beta": 0.1} if uses_beta else {})} for row in rows]
+    return [{**row, **({"beta": paper.PAPER_BETA} if uses_beta else {})} for row in rows]
 
 
 def grid_values(param: Param, points: int = 3) -> list[float]:
@@ -81,8 +69,8 @@ class StudySettings:
     sampler: str = "tpe"
     objective: str = "pareto"
     storage: str = DEFAULT_STORAGE
-    tracking_uri: str = "sqlite:///mlruns/mlflow.db"
-    experiment: str = "unlearning-study"
+    tracking_uri: str = DEFAULT_TRACKING_URI
+    experiment: str = DEFAULT_EXPERIMENT
     seed: int = 0
     keep_checkpoints: str = "best"
     prune: bool = False
@@ -482,7 +470,7 @@ class Sweep:
 
     def _trial_tags(self, cfg: RunConfig, study_name: str, number: int, method: str, task) -> dict:
         return {
-            "scenario": cfg.data.scenario, "method": method, "split": cfg.data.split if cfg.data.scenario != "real-world" else "real-world",
+            "scenario": cfg.data.scenario, "method": method, "split": find_scenario(cfg.data.scenario).split_label(cfg.data.split),
             "task": task, "model": cfg.model.name, "data_source": cfg.data.source if not cfg.data.source.startswith("/") else cfg.data.source,
             "study_name": study_name, "trial_number": number, "fix_ref_model": cfg.method.fix_ref_model,
         }

@@ -33,8 +33,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 from .errors import StudyInputError
 
+# The stores a sweep uses unless told otherwise (sweep.py, study.search, study.analysis read these).
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+"""MLflow tracking store, relative to the working directory (the checkout)."""
 DEFAULT_EXPERIMENT = "unlearning-study"
+"""MLflow experiment name."""
+DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
+"""Optuna storage, beside the MLflow store."""
 TAG = "study."
 
 

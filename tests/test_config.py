@@ -1,0 +1,79 @@
+"""Presets (experiments/presets/*.toml) are diffs from study/config.py's defaults: each key differs from
+its default, and each preset resolves (``sweep.py --preset P --dry-run``) to the stated configuration."""
+
+from __future__ import annotations
+
+import importlib.util
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from study.config import RunConfig
+from study.paper import PAPER_METHODS
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESETS = ROOT / "experiments" / "presets"
+
+_PAPER_GPU = {"train.deepspeed": "experiments/deepspeed/zero3.json", "finetune.retain_model": False,
+              "eval.batch_size": 30, "eval.embedder": "sentence-transformers/paraphrase-MiniLM-L6-v2",
+              "eval.nli": "sileod/deberta-v3-base-tasksource-nli", "method.name": "GA+GD"}
+# preset -> (the resolved settings that differ from RunConfig(), methods, sampler, trials per method, space)
+EXPECTED: dict[str, tuple[dict, list[str], str, int, dict]] = {
+    "default": ({"data.n_authors": 12, "data.ds_size": 12, "train.lr": 1e-4, "train.grad_accum": 1,
+                 "train.max_length": 64, "finetune.lr": 2e-4, "finetune.epochs": 4, "finetune.grad_accum": 1,
+                 "finetune.max_length": 64, "eval.batch_size": 16},
+                ["ME+GD"], "tpe", 3, {"lr": [5e-5, 2e-4]}),
+    "smoke": ({"model.name": "tiny-llama", "data.n_authors": 6, "data.ds_size": 4, "train.lr": 3e-4, "train.epochs": 2,
+               "train.grad_accum": 1, "train.max_length": 64, "finetune.lr": 3e-3, "finetune.epochs": 2,
+               "finetune.batch_size": 8, "finetune.grad_accum": 1, "finetune.max_length": 64, "eval.batch_size": 8,
+               "eval.max_length": 80},
+              ["ME+GD"], "tpe", 2, {"lr": [1e-4, 1e-3]}),
+    "paper-fictitious": ({"model.name": "llama2-7b", "data.source": "hub", **_PAPER_GPU},
+                         list(PAPER_METHODS), "paper", 1, {}),
+    "paper-continual": ({"model.name": "llama2-7b", "data.source": "hub", "data.scenario": "continual",
+                         "data.tasks": list(range(1, 11)), **_PAPER_GPU},
+                        list(PAPER_METHODS), "paper", 1, {}),
+    "paper-real-world": ({"model.name": "llama3-8b", "data.source": "<data-dir>", "data.scenario": "real-world",
+                          "data.tasks": [], "train.max_length": 300, **_PAPER_GPU},
+                         list(PAPER_METHODS), "paper", 6, {}),
+}
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    spec = importlib.util.spec_from_file_location("sweep_for_config", ROOT / "experiments" / "sweep.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_preset_is_stated():
+    assert sorted(p.stem for p in PRESETS.glob("*.toml")) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_preset_states_only_what_differs_from_the_defaults(name):
+    defaults = RunConfig()
+    preset = tomllib.loads((PRESETS / f"{name}.toml").read_text())
+    same = [f"{section}.{key}" for section, values in preset.get("config", {}).items()
+            for key, value in values.items() if getattr(getattr(defaults, section), key) == value]
+    assert not same, f"{name}.toml repeats defaults: {same}"
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_preset_resolves_to_the_stated_configuration(name, sweep, request, monkeypatch):
+    monkeypatch.delenv("OPTUNA_STORAGE", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    argv = ["--preset", name, "--dry-run"]
+    differs, methods, sampler, n_trials, space = EXPECTED[name]
+    if name == "paper-real-world":
+        data_dir = request.getfixturevalue("shared_data") / "real_world"
+        argv += ["--data-dir", str(data_dir)]
+        differs = {**differs, "data.source": str(data_dir.resolve())}
+    cfg, settings, _ = sweep.plan(sweep.build_parser().parse_args(argv))
+    defaults = RunConfig().flat()
+    assert {k: v for k, v in cfg.flat().items() if v != defaults[k]} == differs
+    assert (settings.methods, settings.sampler, settings.n_trials, settings.space) == (methods, sampler, n_trials, space)
+    assert (settings.storage, settings.tracking_uri, settings.experiment) == \
+        ("sqlite:///mlruns/optuna.db", "sqlite:///mlruns/mlflow.db", "unlearning-study")

@@ -1,0 +1,89 @@
+"""study.scenarios: one Scenario per scenario, looked up in either spelling, agreeing with what the data
+module builds and what the metrics and MLflow tags use."""
+
+from __future__ import annotations
+
+import pytest
+
+from study import metrics as M
+from study.config import DataConfig, RunConfig
+from study.data import BuiltinSource, load_scenario
+from study.errors import StudyInputError
+from study.runner import tasks_of
+from study.scenarios import CONTINUAL, FICTITIOUS, REAL_WORLD, SCENARIOS, scenario, tag_spelling
+
+
+def test_registry_names_the_three_scenarios_in_tag_spelling():
+    assert list(SCENARIOS) == ["fictitious", "continual", "real-world"]
+    assert [s.key for s in SCENARIOS.values()] == ["fictitious", "continual", "real_world"]
+
+
+@pytest.mark.parametrize("name, expected", [("real-world", REAL_WORLD), ("real_world", REAL_WORLD),
+                                            ("fictitious", FICTITIOUS), ("continual", CONTINUAL)])
+def test_both_spellings_resolve(name, expected):
+    assert scenario(name) is expected
+    assert scenario(expected) is expected
+
+
+@pytest.mark.parametrize("name", ["realworld", "Real-World", "tofu", "", None])
+def test_unknown_scenario_lists_the_valid_ones(name):
+    with pytest.raises(StudyInputError, match=r"unknown scenario .*; valid: continual, fictitious, real-world$"):
+        scenario(name)
+
+
+def test_stored_tags_read_in_todays_spelling():
+    assert tag_spelling("real_world") == "real-world"
+    assert tag_spelling("real-world") == "real-world"
+    assert tag_spelling("continual") == "continual"
+    assert tag_spelling(None) is None and tag_spelling("other") == "other"
+
+
+@pytest.mark.parametrize("sc", SCENARIOS.values(), ids=list(SCENARIOS))
+def test_sets_match_what_load_scenario_builds_on_the_builtin_source(sc):
+    source = BuiltinSource(n_authors=6)
+    data = load_scenario(source, sc.key, "forget01", task=1, ds_size=2)  # the metrics spelling is accepted too
+    assert data.scenario == sc.name
+    assert data.split == sc.split_label("forget01")
+    assert tuple(e.kind for e in data.eval_sets) == sc.eval_sets
+    assert tuple(e.name for e in data.eval_sets) == sc.eval_sets
+    # capped_eval: TOFU sets keep the first ds_size rows, the real-world sets every row.
+    sizes = {e.name: len(e.rows) for e in data.eval_sets}
+    assert all(n <= 2 for n in sizes.values()) == sc.capped_eval, sizes
+    assert set(sc.utility_sets) <= set(sc.eval_sets) and sc.retain_set in sc.utility_sets
+    assert M.FORGET in sc.eval_sets and M.FORGET not in sc.utility_sets
+    with_holdout = load_scenario(source, sc.name, "forget01", task=1, ds_size=2, holdout=True)
+    assert tuple(e.kind for e in with_holdout.eval_sets) in (sc.eval_sets, (*sc.eval_sets, M.HOLDOUT))
+
+
+def test_metrics_tables_are_the_scenarios():
+    assert M.SCENARIOS == ("fictitious", "continual", "real_world")
+    assert M.UTILITY_SETS == {"fictitious": (M.RETAIN, M.REAL_AUTHORS, M.WORLD_FACTS),
+                              "continual": (M.RETAIN, M.REAL_AUTHORS, M.WORLD_FACTS),
+                              "real_world": (M.NEIGHBOR,)}
+    # NLI direction (reference get_entailment_results): TOFU forget and every real-world set take the
+    # generation as premise; TOFU's utility sets the truth.
+    assert [FICTITIOUS.nli_direction(s) for s in FICTITIOUS.eval_sets] == \
+        ["generation->truth", "truth->generation", "truth->generation", "truth->generation"]
+    assert {REAL_WORLD.nli_direction(s) for s in REAL_WORLD.eval_sets} == {"generation->truth"}
+
+
+def test_split_label_is_the_mlflow_split_tag():
+    assert FICTITIOUS.split_label("forget05") == "forget05" and CONTINUAL.split_label("forget10") == "forget10"
+    assert REAL_WORLD.split_label("forget01") == "real-world"
+
+
+def test_config_takes_either_spelling_and_keeps_the_tag_spelling():
+    assert DataConfig(scenario="real_world", tasks=[]).scenario == "real-world"
+    with pytest.raises(StudyInputError, match="valid: continual, fictitious, real-world"):
+        DataConfig(scenario="real world")
+    with pytest.raises(StudyInputError, match="unlearns one task"):
+        DataConfig(scenario="fictitious", tasks=[1, 2])
+    assert DataConfig(scenario="continual", tasks=[1, 2]).tasks == [1, 2]
+
+
+def test_tasks_of_unlearns_every_real_world_person_at_once_only_without_tasks():
+    run = lambda sc, tasks: tasks_of(RunConfig.from_dict({"data": {"scenario": sc, "tasks": tasks}}))  # noqa: E731
+    assert run("real-world", []) == [None]
+    assert run("real-world", [2, 3]) == [2, 3]
+    assert run("continual", [1, 2, 3]) == [1, 2, 3]
+    assert run("fictitious", [4]) == [4]
