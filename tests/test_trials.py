@@ -242,3 +242,33 @@ def test_a_trial_with_a_nan_objective_fails_in_optuna_and_in_mlflow(tmp_path, mo
     (run,) = runs_of(tmp_path, "trial")
     assert run.info.status == "FAILED"
     assert "not finite" in run.data.tags["study.failure_reason"]
+
+
+# --------------------------------------------------------------------------------------------------
+# The opt-in methods and privacy metrics (docs/science-beyond-paper.md) end to end
+
+
+def test_simnpo_and_rmu_with_holdout_log_privacy_metrics(tmp_path):
+    from study.metrics import EXACT_MEMORIZATION, EXTRACTION_STRENGTH, MIA_ATTACKS, mia_auc_key, privleak_key
+
+    code, out, err = run_sweep(tmp_path, "--method", "SimNPO+GD", "RMU", "--n-trials", "1", "--study-name", "beyond",
+                               "--keep-checkpoints", "none", "--set", "eval.holdout=true")
+    assert code == 0, out[-2000:] + err[-3000:]
+    trials = runs_of(tmp_path, "trial")
+    assert sorted(r.data.tags["study.method"] for r in trials) == ["RMU", "SimNPO+GD"]
+    retain = runs_of(tmp_path, "retain_model")[0]
+    for run in trials:
+        assert run.info.status == "FINISHED"
+        items = items_csv(tmp_path, run.info.run_id, "eval/items_task1.csv")
+        assert "holdout" in set(items["set"])
+        forget = items[items["set"] == "forget"]
+        for column in (EXTRACTION_STRENGTH, EXACT_MEMORIZATION, *MIA_ATTACKS):
+            assert forget[column].between(-1e9, 1e9).all(), column
+        assert forget[EXTRACTION_STRENGTH].between(0, 1).all() and forget[EXACT_MEMORIZATION].between(0, 1).all()
+        for attack in MIA_ATTACKS:
+            auc, retain_auc = run.data.metrics[mia_auc_key(attack)], retain.data.metrics[mia_auc_key(attack)]
+            assert 0 <= auc <= 1
+            # PrivLeak (MUSE): the relative gap of the attack's AUC to the retain model's.
+            assert run.data.metrics[privleak_key(attack)] == pytest.approx((auc - retain_auc) / retain_auc, rel=1e-9)
+        # The paper's aggregates do not take the new metrics in.
+        assert 0 <= run.data.metrics["model_utility"] <= 1
