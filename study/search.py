@@ -837,6 +837,10 @@ class Sweep:
             {study.best_trial.number} if any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)) else set())
         for trial in study.get_trials(deepcopy=False):
             run_id = trial.user_attrs.get("mlflow_run_id")
+            if not trial.state.is_finished():
+                # Another worker's trial that has kept its checkpoint but not yet returned its values:
+                # not in ``best`` only because Optuna does not count it yet. Its worker decides.
+                continue
             if trial.user_attrs.get("checkpoint") != "kept" or trial.number in best or not run_id:
                 continue
             # The trial is finished (its Optuna attributes are frozen): MLflow's tag records the deletion.

@@ -793,3 +793,20 @@ def test_a_hyper_parameter_fixed_with_set_is_not_sampled(tmp_path, monkeypatch):
     (study,) = sweep.run().values()
     assert "lr" not in study.trials[0].params and "forget_coeff" in study.trials[0].params
     assert seen == [sweep.cfg.train.lr]
+
+
+def test_keep_best_leaves_another_workers_running_trial_alone(tmp_path):
+    """A trial that kept its checkpoint but has not returned its values yet (another worker's, still
+    RUNNING in Optuna) is not Pareto-best only because Optuna does not count it yet: keep it."""
+    from optuna.trial import TrialState, create_trial
+
+    sweep, study, kept = _fake_sweep(tmp_path, "best", [[0.5, 0.5], [0.4, 0.4]], ["maximize", "maximize"])
+    assert kept == {0}
+    run_id = sweep.tracker.start("trial 2", "trial", {"checkpoint": "kept"})
+    folder = tmp_path / "ckpt-running"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"x" * 10)
+    sweep.tracker.directory_artifact(run_id, folder, "checkpoint")
+    study.add_trial(create_trial(state=TrialState.RUNNING, user_attrs={"mlflow_run_id": run_id, "checkpoint": "kept"}))
+    sweep._apply_keep_policy(study)
+    assert [a.path for a in sweep.tracker.client.list_artifacts(run_id)] == ["checkpoint"]
