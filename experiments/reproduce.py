@@ -13,8 +13,9 @@ it, so every method trains alike). Both are passed to sweep.py as ``--set train.
 train.epochs=...``, which the paper sampler respects: a value given with ``--set`` is fixed, not
 searched. One Optuna study per (scenario, setting, seed), the seed in its name
 (``repro-<preset>-<scenario>-<setting>-s<seed>``): fictitious over forget01/05/10, continual over tasks
-1-4 without and with ``--fix-ref-model``, real-world. Each (study, method) is one in-process call of
-``sweep.main(argv)``, the command users run; a re-run resumes (finished trials are reused).
+1-4 without and with ``--fix-ref-model``, real-world. Each study is one in-process call of
+``sweep.main(argv)`` with every method (sweep.py runs them one after another, an Optuna study
+``<name>/<method>`` each), the command users run; a re-run resumes (finished trials are reused).
 
 Then the runs are read back (``study.analysis.fetch_runs``) and ``study.results.write_results`` writes
 ``summary.csv``, ``claims.csv``, ``README.md`` and a figure into ``--out``.
@@ -51,12 +52,12 @@ OTHER_SECONDS = 600.0
 
 @dataclass(frozen=True)
 class Unit:
-    """One sweep.py call: a (scenario, setting, seed) study's trial of one method."""
+    """One sweep.py call: a (scenario, setting, seed) study, one trial per method."""
 
     scenario: str
     setting: str
     seed: int
-    method: str
+    methods: tuple[str, ...]
     study: str
     argv: tuple[str, ...]
     tasks: int
@@ -110,16 +111,15 @@ def plan_units(args) -> list[Unit]:
         for setting, options, n_tasks in settings_of(sc, tuple(args.splits), tuple(args.tasks)):
             for seed in args.seeds:
                 name = study_name(args.preset, sc, setting, seed)
-                for method in args.methods:
-                    argv = ["--preset", args.preset, "--scenario", sc, *options, "--method", method,
-                            "--sampler", "paper", "--n-trials", "1", "--seed", str(seed), "--study-name", name,
-                            "--set", f"train.lr={lr!r}", "--set", f"train.epochs={epochs!r}",
-                            "--experiment", args.experiment, "--no-progress"]
-                    for option, value in (("--tracking-uri", args.tracking_uri), ("--storage", args.storage),
-                                          ("--device", args.device)):
-                        if value:
-                            argv += [option, value]
-                    units.append(Unit(sc, setting, seed, method, name, tuple(argv), n_tasks))
+                argv = ["--preset", args.preset, "--scenario", sc, *options, "--method", *args.methods,
+                        "--sampler", "paper", "--n-trials", "1", "--seed", str(seed), "--study-name", name,
+                        "--set", f"train.lr={lr!r}", "--set", f"train.epochs={epochs!r}",
+                        "--experiment", args.experiment, "--no-progress"]
+                for option, value in (("--tracking-uri", args.tracking_uri), ("--storage", args.storage),
+                                      ("--device", args.device)):
+                    if value:
+                        argv += [option, value]
+                units.append(Unit(sc, setting, seed, tuple(args.methods), name, tuple(argv), n_tasks))
     return units
 
 
@@ -148,15 +148,16 @@ def print_plan(args, units: list[Unit]) -> None:
     lr, epochs = preset_training(args.preset)
     studies = sorted({u.study for u in units})
     per_trial = args.seconds_per_trial or SECONDS_PER_TRIAL.get(args.preset, OTHER_SECONDS)
-    seconds = sum(u.tasks for u in units) * per_trial
+    trials = sum(len(u.methods) for u in units)
+    seconds = sum(u.tasks * len(u.methods) for u in units) * per_trial
     print(f"preset {args.preset}: lr {lr:g} for every method (the preset's train.lr, in place of the released "
           f"1e-5), epochs {epochs}, released α/β (sampler paper), one trial per method per study")
-    print(f"{len(studies)} studies (scenario × setting × seed), {len(units)} trials "
+    print(f"{len(studies)} studies (scenario × setting × seed), {trials} trials "
           f"({len(args.methods)} methods, seeds {' '.join(map(str, args.seeds))})")
     print(f"estimate: {seconds / 3600:.1f} h at an assumed {per_trial:g} s per trial and task "
           "(continual trials unlearn each task in turn)")
     for k, u in enumerate(units, 1):
-        print(f"  [{k}/{len(units)}] {u.scenario} {u.setting} {u.method} seed {u.seed}  study {u.study}")
+        print(f"  [{k}/{len(units)}] {u.scenario} {u.setting} {' '.join(u.methods)} seed {u.seed}  study {u.study}")
     print(f"then: tables, README.md and a figure in {args.out}")
 
 
@@ -184,11 +185,11 @@ def main(argv=None) -> int:
             t0 = time.monotonic()
             code, out, err = _call(sweep, list(unit.argv))
             if code != 0:
-                print(f"[{k}/{len(units)}] {unit.scenario} {unit.setting} {unit.method} seed {unit.seed} failed "
+                print(f"[{k}/{len(units)}] {unit.scenario} {unit.setting} {' '.join(unit.methods)} seed {unit.seed} failed "
                       f"(exit {code}):\n{out[-2000:]}\n{err[-3000:]}", file=sys.stderr)
                 return code
-            resumed = "1/1 trials finished, resuming" in out
-            print(f"[{k}/{len(units)}] {unit.scenario} {unit.setting} {unit.method} seed {unit.seed} "
+            resumed = out.count("1/1 trials finished, resuming") == len(unit.methods)
+            print(f"[{k}/{len(units)}] {unit.scenario} {unit.setting} {' '.join(unit.methods)} seed {unit.seed} "
                   f"{'reused' if resumed else 'done'} in {time.monotonic() - t0:.0f} s "
                   f"(total {time.monotonic() - started:.0f} s)", flush=True)
     from study.analysis import fetch_runs, resolve_tracking_uri

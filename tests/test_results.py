@@ -212,7 +212,7 @@ def test_reproduce_end_to_end_on_smoke(tmp_path, capsys):
     store.mkdir()
     assert _reproduce().main(argv) == 0
     printed = capsys.readouterr().out
-    assert "[16/16] real-world real-world ME+GD seed 2" in printed
+    assert "[8/8] real-world real-world GA+GD ME+GD seed 2" in printed
     summary = pd.read_csv(out_dir / "summary.csv")
     methods = summary[summary["method"] != results.TARGET_ROW]
     # fictitious forget01, continual tasks1-2 and tasks1-2-fixref, real-world: 4 settings × 2 methods
@@ -228,4 +228,4 @@ def test_reproduce_end_to_end_on_smoke(tmp_path, capsys):
     # A re-run reuses every finished trial (checked on one scenario: each call still plans its study).
     with contextlib.redirect_stdout(io.StringIO()) as again:
         assert _reproduce().main([*argv, "--scenario", "fictitious"]) == 0
-    assert again.getvalue().count("reused") == 4 and "done in" not in again.getvalue()
+    assert again.getvalue().count("reused") == 2 and "done in" not in again.getvalue()
