@@ -155,6 +155,13 @@ def test_continual_claims_e_f():
     assert _verdict(holding, "e") == FAILS  # a baseline did not collapse
 
 
+def test_continual_borrows_the_fictitious_targets_utility():
+    runs = _frame({"ME+GD": (0.58, 0.9)}, scenario="continual", setting="tasks1-2")
+    table = results.summary_table(runs, runs_frame([_target("fictitious", 0.6)])).set_index("method")
+    target = table.loc[results.TARGET_ROW]
+    assert target["MU"] == pytest.approx(0.6) and math.isnan(target["FE"])  # FE was on another forget set
+
+
 def test_claims_table_shape_and_missing_data():
     claims = results.claims_table(results.summary_table(runs_frame([]), None))
     assert list(claims.columns) == list(results.CLAIM_COLUMNS)
