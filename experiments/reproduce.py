@@ -78,12 +78,17 @@ def _call(sweep, argv: list[str]) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-def preset_training(preset: str) -> tuple[float, float]:
-    """(train.lr, train.epochs) of a preset: its own values, else the configuration's defaults."""
+def preset_training(preset: str, sets: list[str] = ()) -> tuple[float, float]:
+    """(train.lr, train.epochs) for every method: ``--set train.lr=...`` / ``train.epochs=...`` where
+    given, else the preset's own values, else the configuration's defaults."""
     from study.config import RunConfig
 
     path = ROOT / "experiments" / "presets" / f"{preset}.toml"
-    train = tomllib.loads(path.read_text()).get("config", {}).get("train", {})
+    train = dict(tomllib.loads(path.read_text()).get("config", {}).get("train", {}))
+    for item in sets:
+        key, _, value = item.partition("=")
+        if key in ("train.lr", "train.epochs"):
+            train[key.split(".")[1]] = tomllib.loads(f"v = {value}")["v"]
     defaults = RunConfig().train
     return float(train.get("lr", defaults.lr)), train.get("epochs", defaults.epochs)
 
@@ -104,7 +109,7 @@ def settings_of(scenario_name: str, splits: tuple[str, ...], tasks: tuple[int, .
 def plan_units(args) -> list[Unit]:
     from study.results import study_name
 
-    lr, epochs = preset_training(args.preset)
+    lr, epochs = preset_training(args.preset, args.set)
     scenarios = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
     units = []
     for sc in scenarios:
@@ -114,6 +119,8 @@ def plan_units(args) -> list[Unit]:
                 argv = ["--preset", args.preset, "--scenario", sc, *options, "--method", *args.methods,
                         "--sampler", "paper", "--n-trials", "1", "--seed", str(seed), "--study-name", name,
                         "--set", f"train.lr={lr!r}", "--set", f"train.epochs={epochs!r}",
+                        *[w for item in args.set if not item.startswith(("train.lr=", "train.epochs="))
+                          for w in ("--set", item)],
                         "--experiment", args.experiment, "--no-progress"]
                 for option, value in (("--tracking-uri", args.tracking_uri), ("--storage", args.storage),
                                       ("--device", args.device)):
@@ -133,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--methods", nargs="+", default=list(PAPER_METHODS), metavar="M", help="methods (default: the paper's nine)")
     a("--splits", nargs="+", default=list(SPLITS), choices=SPLITS, help="fictitious splits (continual uses the first)")
     a("--tasks", nargs="+", type=int, default=list(CONTINUAL_TASKS), metavar="K", help="continual tasks (default: 1 2 3 4)")
+    a("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+      help="passed to sweep.py for every study; train.lr / train.epochs replace the preset's for every method")
     a("--out", default="docs/results", help="where the tables, README.md and figure go (default: %(default)s)")
     a("--tracking-uri", help="MLflow tracking URI (sweep.py's default when omitted)")
     a("--storage", help="Optuna storage (sweep.py's default when omitted)")
@@ -145,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def print_plan(args, units: list[Unit]) -> None:
-    lr, epochs = preset_training(args.preset)
+    lr, epochs = preset_training(args.preset, args.set)
     studies = sorted({u.study for u in units})
     per_trial = args.seconds_per_trial or SECONDS_PER_TRIAL.get(args.preset, OTHER_SECONDS)
     trials = sum(len(u.methods) for u in units)
@@ -154,7 +163,8 @@ def print_plan(args, units: list[Unit]) -> None:
           f"1e-5), epochs {epochs}, released α/β (sampler paper), one trial per method per study")
     print(f"{len(studies)} studies (scenario × setting × seed), {trials} trials "
           f"({len(args.methods)} methods, seeds {' '.join(map(str, args.seeds))})")
-    print(f"estimate: {seconds / 3600:.1f} h at an assumed {per_trial:g} s per trial and task "
+    cost = f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+    print(f"estimate: {cost} at an assumed {per_trial:g} s per trial and task "
           "(continual trials unlearn each task in turn)")
     for k, u in enumerate(units, 1):
         print(f"  [{k}/{len(units)}] {u.scenario} {u.setting} {' '.join(u.methods)} seed {u.seed}  study {u.study}")
@@ -199,7 +209,7 @@ def main(argv=None) -> int:
     uri = resolve_tracking_uri(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
     runs = fetch_runs(uri, args.experiment, kind="trial")
     targets = fetch_runs(uri, args.experiment, kind="target")
-    lr, epochs = preset_training(args.preset)
+    lr, epochs = preset_training(args.preset, args.set)
     note = (f"Preset `{args.preset}`, seeds {', '.join(map(str, args.seeds))}; every method one trial per seed at "
             f"lr {lr:g} (the preset's, in place of the released 1e-5) and {epochs} epochs, the released α/β "
             "(`python experiments/reproduce.py`).")

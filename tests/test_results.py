@@ -214,7 +214,7 @@ def test_reproduce_end_to_end_on_smoke(tmp_path, capsys):
 
     store, out_dir = tmp_path / "store", tmp_path / "out"
     argv = ["--preset", "smoke", "--methods", "GA+GD", "ME+GD", "--seeds", "1", "2", "--splits", "forget01",
-            "--tasks", "1", "2", "--tracking-uri", f"sqlite:///{store}/mlflow.db", "--storage",
+            "--tasks", "1", "2", "--set", "train.epochs=1", "--tracking-uri", f"sqlite:///{store}/mlflow.db", "--storage",
             f"sqlite:///{store}/optuna.db", "--out", str(out_dir)]
     store.mkdir()
     assert _reproduce().main(argv) == 0
