@@ -274,8 +274,8 @@ def _below(a: _Est, b: _Est) -> str:
 def _stable(mu: _Est, target_mu: float) -> str:
     """Stable MU: mean ≥ :data:`STABLE_MEAN` × target MU and lower bound ≥ :data:`STABLE_LOWER` × target
     MU → holds; upper bound < :data:`STABLE_MEAN` × target MU (clearly below) → does not hold; else
-    (or no interval, no target) inconclusive."""
-    if not mu.ok or not np.isfinite(target_mu):
+    (or no interval, no target, a target MU ≤ 0: nothing to be stable relative to) inconclusive."""
+    if not mu.ok or not np.isfinite(target_mu) or target_mu <= 0:
         return UNSURE
     if mu.mean >= STABLE_MEAN * target_mu and mu.lo >= STABLE_LOWER * target_mu:
         return HOLDS
@@ -286,8 +286,8 @@ def _stable(mu: _Est, target_mu: float) -> str:
 
 def _collapsed(mu: _Est, target_mu: float) -> str:
     """Collapsed MU: upper bound ≤ :data:`COLLAPSE` × target MU → holds; lower bound > that → does not
-    hold; else (or no interval, no target) inconclusive."""
-    if not mu.ok or not np.isfinite(target_mu):
+    hold; else (or no interval, no target, a target MU ≤ 0: nothing to collapse from) inconclusive."""
+    if not mu.ok or not np.isfinite(target_mu) or target_mu <= 0:
         return UNSURE
     if mu.hi <= COLLAPSE * target_mu:
         return HOLDS

@@ -162,6 +162,14 @@ def test_continual_borrows_the_fictitious_targets_utility():
     assert target["MU"] == pytest.approx(0.6) and math.isnan(target["FE"])  # FE was on another forget set
 
 
+def test_a_target_without_utility_decides_nothing():
+    # The smoke preset's random model: target MU 0, so "stable" and "collapsed" are both meaningless.
+    runs = _frame({"GA+GD": (0.0, 0.9)})
+    targets = runs_frame([_target("fictitious", 0.0)])
+    claims = results.claims_table(results.summary_table(runs, targets)).set_index("claim")
+    assert claims.loc["b", "verdict"] == UNSURE
+
+
 def test_claims_table_shape_and_missing_data():
     claims = results.claims_table(results.summary_table(runs_frame([]), None))
     assert list(claims.columns) == list(results.CLAIM_COLUMNS)
