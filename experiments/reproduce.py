@@ -93,7 +93,8 @@ def preset_training(preset: str, sets: list[str] = ()) -> tuple[float, float]:
     return float(train.get("lr", defaults.lr)), train.get("epochs", defaults.epochs)
 
 
-def settings_of(scenario_name: str, splits: tuple[str, ...], tasks: tuple[int, ...]) -> list[tuple[str, list[str], int]]:
+def settings_of(scenario_name: str, splits: tuple[str, ...], tasks: tuple[int, ...],
+                fix_ref: str = "both") -> list[tuple[str, list[str], int]]:
     """(setting, sweep options, tasks unlearned) per setting of a scenario."""
     from study.results import setting_name
 
@@ -102,7 +103,7 @@ def settings_of(scenario_name: str, splits: tuple[str, ...], tasks: tuple[int, .
     if scenario_name == CONTINUAL.name:
         options = ["--split", splits[0], "--tasks", *map(str, tasks)]
         return [(setting_name(scenario_name, splits[0], tasks, fix), options + (["--fix-ref-model"] if fix else []),
-                 len(tasks)) for fix in (False, True)]
+                 len(tasks)) for fix in {"both": (False, True), "no": (False,), "yes": (True,)}[fix_ref]]
     return [(setting_name(scenario_name), [], 1)]
 
 
@@ -113,7 +114,7 @@ def plan_units(args) -> list[Unit]:
     scenarios = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
     units = []
     for sc in scenarios:
-        for setting, options, n_tasks in settings_of(sc, tuple(args.splits), tuple(args.tasks)):
+        for setting, options, n_tasks in settings_of(sc, tuple(args.splits), tuple(args.tasks), args.fix_ref_model):
             for seed in args.seeds:
                 name = study_name(args.preset, sc, setting, seed)
                 argv = ["--preset", args.preset, "--scenario", sc, *options, "--method", *args.methods,
@@ -140,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--methods", nargs="+", default=list(PAPER_METHODS), metavar="M", help="methods (default: the paper's nine)")
     a("--splits", nargs="+", default=list(SPLITS), choices=SPLITS, help="fictitious splits (continual uses the first)")
     a("--tasks", nargs="+", type=int, default=list(CONTINUAL_TASKS), metavar="K", help="continual tasks (default: 1 2 3 4)")
+    a("--fix-ref-model", choices=["both", "no", "yes"], default="both",
+      help="continual: run without and with sweep.py's --fix-ref-model (default: %(default)s)")
     a("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
       help="passed to sweep.py for every study; train.lr / train.epochs replace the preset's for every method")
     a("--out", default="docs/results", help="where the tables, README.md and figure go (default: %(default)s)")
