@@ -214,12 +214,13 @@ def main(argv=None) -> int:
     targets = fetch_runs(uri, args.experiment, kind="target")
     lr, epochs = preset_training(args.preset, args.set)
     note = (f"Preset `{args.preset}`, seeds {', '.join(map(str, args.seeds))}; every method one trial per seed at "
-            f"lr {lr:g} (the preset's, in place of the released 1e-5) and {epochs} epochs, the released α/β "
+            f"lr {lr:g} (in place of the released 1e-5) and {epochs} epochs, the released α/β "
             "(`python experiments/reproduce.py`).")
     import matplotlib
 
     matplotlib.use("Agg")
-    paths = write_results(runs, targets, ROOT / args.out if not Path(args.out).is_absolute() else args.out, note)
+    out = Path(args.out) if Path(args.out).is_absolute() else ROOT / args.out
+    paths = write_results(runs, targets, out, note, preset=args.preset, seeds=args.seeds)
     for path in paths.values():
         print(f"wrote {path}")
     return 0

@@ -98,9 +98,10 @@ def parse_study_name(name: str | None) -> dict | None:
             "seed": int(found["seed"])}
 
 
-def label_runs(runs: pd.DataFrame) -> pd.DataFrame:
+def label_runs(runs: pd.DataFrame, preset: str | None = None, seeds: Iterable[int] | None = None) -> pd.DataFrame:
     """The FINISHED trials of reproduction studies with a finite MU and FE, with ``preset``,
-    ``setting`` and ``seed`` columns parsed from ``study_name`` (other runs are dropped)."""
+    ``setting`` and ``seed`` columns parsed from ``study_name`` (other runs are dropped); only those of
+    ``preset`` and ``seeds`` where given (one experiment may hold several presets' studies)."""
     if runs.empty:
         return runs.assign(preset=pd.Series(dtype=object), setting=pd.Series(dtype=object),
                            seed=pd.Series(dtype=float))
@@ -111,6 +112,10 @@ def label_runs(runs: pd.DataFrame) -> pd.DataFrame:
     info = pd.DataFrame(list(parsed[keep]), index=out.index, columns=["preset", "scenario", "setting", "seed"])
     out["preset"], out["setting"], out["seed"] = info["preset"], info["setting"], info["seed"]
     out["scenario"] = info["scenario"]
+    if preset is not None:
+        out = out[out["preset"] == preset]
+    if seeds is not None:
+        out = out[out["seed"].isin(list(seeds))]
     return out.reset_index(drop=True)
 
 
@@ -175,7 +180,8 @@ def _target_row(targets: pd.DataFrame | None, scenario_name: str, setting: str) 
             "retain_rouge": rr, "retain_rouge_half": rr_half}
 
 
-def summary_table(runs: pd.DataFrame, targets: pd.DataFrame | None = None) -> pd.DataFrame:
+def summary_table(runs: pd.DataFrame, targets: pd.DataFrame | None = None, preset: str | None = None,
+                  seeds: Iterable[int] | None = None) -> pd.DataFrame:
     """One row per (scenario, setting, method) of the reproduction runs in ``runs`` (a runs frame of
     trials; :func:`label_runs` is applied), and first per (scenario, setting) the target's row
     (``method`` :data:`TARGET_ROW`) when ``targets`` (a runs frame of ``kind="target"``) has one.
@@ -183,8 +189,9 @@ def summary_table(runs: pd.DataFrame, targets: pd.DataFrame | None = None) -> pd
     Values are averaged within a seed first, then :func:`interval` over seeds gives each mean and
     95% half-width (``n_seeds`` = number of seeds). ``published_MU`` / ``published_FE``: the Llama-2-7B
     figures of :data:`study.paper.PUBLISHED` (fictitious) or the quoted real-world ones, labelled by
-    ``published_scale``; NaN where none was published. Columns :data:`SUMMARY_COLUMNS`."""
-    labelled = label_runs(runs)
+    ``published_scale``; NaN where none was published. ``preset`` / ``seeds``: as :func:`label_runs`.
+    Columns :data:`SUMMARY_COLUMNS`."""
+    labelled = label_runs(runs, preset, seeds)
     rows: list[dict] = []
     if labelled.empty:
         return pd.DataFrame(columns=list(SUMMARY_COLUMNS))
@@ -521,15 +528,16 @@ def plot_mu_fe_intervals(table: pd.DataFrame, scenario_name: str = FICTITIOUS.na
     return figure
 
 
-def write_results(runs: pd.DataFrame, targets: pd.DataFrame | None, out: str | Path,
-                  note: str = "") -> dict[str, Path]:
+def write_results(runs: pd.DataFrame, targets: pd.DataFrame | None, out: str | Path, note: str = "",
+                  preset: str | None = None, seeds: Iterable[int] | None = None) -> dict[str, Path]:
     """Write ``summary.csv`` (:func:`summary_table`), ``claims.csv`` (:func:`claims_table`), ``README.md``
     (markdown: one table per scenario and setting, then the claims) and ``mu_fe_fictitious_forget01.png``
     into ``out``; returns the paths written (the figure only when there are fictitious forget01 rows).
-    ``note``: a paragraph put under the README's title (how the runs were made)."""
+    ``note``: a paragraph put under the README's title (how the runs were made); ``preset`` / ``seeds``:
+    which reproduction runs (:func:`label_runs`)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    table = summary_table(runs, targets)
+    table = summary_table(runs, targets, preset, seeds)
     claims = claims_table(table)
     paths = {"summary": out / "summary.csv", "claims": out / "claims.csv", "readme": out / "README.md"}
     table.to_csv(paths["summary"], index=False)

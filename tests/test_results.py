@@ -87,6 +87,8 @@ def test_summary_averages_within_a_seed_first_and_adds_target_and_published_rows
     assert (me["published_MU"], me["published_FE"]) == (0.727, 0.920)  # study.paper.PUBLISHED, forget01
     assert "Llama-2-7B" in me["published_scale"]
     assert table.set_index("method").loc[results.TARGET_ROW, "MU"] == pytest.approx(0.6)
+    assert results.summary_table(runs_frame(rows), TARGETS, preset="default").empty  # another preset's runs
+    assert results.summary_table(runs_frame(rows), TARGETS, seeds=[2, 3]).set_index("method").loc["ME+GD", "n_seeds"] == 2
 
 
 def test_study_names_round_trip():
