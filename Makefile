@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.setup-done
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast lint bench smoke clean-cache
+.PHONY: setup demo test test-fast lint bench smoke reproduce clean-cache
 
 setup: $(STAMP)
 
@@ -36,6 +36,10 @@ demo: setup
 
 smoke: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python experiments/sweep.py --preset smoke $(ARGS)
+
+# The paper's tables over seeds (hours on the default preset: `python experiments/reproduce.py --dry-run`).
+reproduce: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python experiments/reproduce.py $(ARGS)
 
 # The linter first (seconds), then every test; the 15 slowest are listed at the end.
 test: setup lint

@@ -158,6 +158,20 @@ def check_services(command: Command, request, monkeypatch, capsys) -> None:
         assert code == 2 and "not started by the README test" in err, err
 
 
+def check_reproduce(command: Command, request, monkeypatch, capsys) -> None:
+    """``experiments/reproduce.py``: runs with ``--dry-run`` appended (its plan, its estimate, and each
+    setting's sweep.py command through sweep.py's own ``--dry-run``; nothing trained), in this process."""
+    from experiment_scripts import load
+
+    args = _program(command.argv)[1:]
+    if "--dry-run" not in args:
+        args.append("--dry-run")
+    monkeypatch.chdir(ROOT)
+    assert load("reproduce").main(args) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "studies" in out and "estimate:" in out and "checked:" in out, out[-2000:]
+
+
 def check_gpu_check(command: Command, request, monkeypatch, capsys) -> None:
     """``experiments/gpu_check.py`` (a minute on a GPU): its options parse."""
     from experiment_scripts import load
@@ -263,7 +277,7 @@ def checker_for(command: Command):
         return check_pip_install
     if head in ("python", "python3"):
         scripts = {"experiments/sweep.py": check_sweep, "experiments/services.py": check_services,
-                   "experiments/gpu_check.py": check_gpu_check}
+                   "experiments/gpu_check.py": check_gpu_check, "experiments/reproduce.py": check_reproduce}
         if argv and argv[0] in scripts:
             assert (ROOT / argv[0]).is_file(), argv[0]
             return scripts[argv[0]]

@@ -1,0 +1,249 @@
+"""study/results.py: intervals against hand-derived values, the claims' verdicts on hand-made run
+frames with known outcomes, table shapes; and experiments/reproduce.py end to end on the smoke preset."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from study import results
+from study.analysis import runs_frame
+from study.results import FAILS, HOLDS, UNSURE
+
+from conftest import ROOT
+
+# --------------------------------------------------------------------------------------------------
+# Hand-made run frames
+
+
+def _trial(scenario: str, setting: str, method: str, seed: int, mu: float, fe: float, rouge: float = 0.5,
+           fix: bool = False) -> dict:
+    retain = "neighbor" if scenario == "real-world" else "retain"
+    return {"run_id": f"{scenario}-{setting}-{method}-{seed}", "status": "FINISHED", "kind": "trial",
+            "study_name": results.study_name("smoke", scenario, setting, seed) + f"/{method}",
+            "scenario": scenario, "method": method, "split": setting, "fix_ref_model": fix,
+            "model_utility": mu, "forget_efficacy": fe, f"{retain}/rouge": rouge}
+
+
+def _target(scenario: str, mu: float, rouge: float = 0.9) -> dict:
+    return {"run_id": f"target-{scenario}", "status": "FINISHED", "kind": "target", "scenario": scenario,
+            "model_utility": mu, "forget_efficacy": 0.1, "retain/rouge": rouge}
+
+
+SEEDS = (1, 2, 3)
+JITTER = (-0.01, 0.0, 0.01)
+
+
+def _frame(values: dict[str, tuple[float, float]], scenario: str = "fictitious", setting: str = "forget01",
+           jitter=JITTER, rouge: dict[str, float] | None = None) -> pd.DataFrame:
+    """Trials of each method at (MU, FE) ± jitter over three seeds."""
+    rows = [_trial(scenario, setting, m, s, mu + j, fe + j, (rouge or {}).get(m, 0.5))
+            for m, (mu, fe) in values.items() for s, j in zip(SEEDS, jitter)]
+    return runs_frame(rows)
+
+
+TARGETS = runs_frame([_target("fictitious", 0.6), _target("continual", 0.6)])
+
+
+def _verdict(runs: pd.DataFrame, claim: str) -> str:
+    claims = results.claims_table(results.summary_table(runs, TARGETS))
+    return claims.set_index("claim").loc[claim, "verdict"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Intervals
+
+
+def test_interval_is_the_t_interval_derived_by_hand():
+    # 0.5, 0.6, 0.7: mean 0.6, s = 0.1, t_{0.975, 2} = 4.302653 → half = 4.302653 · 0.1 / √3 = 0.248414
+    mean, half = results.interval([0.5, 0.6, 0.7])
+    assert mean == pytest.approx(0.6)
+    assert half == pytest.approx(4.302653 * 0.1 / math.sqrt(3), rel=1e-6)
+    assert half == pytest.approx(0.248414, abs=1e-6)
+    # two values 0.2, 0.4: s = 0.141421, t_{0.975,1} = 12.7062 → half = 12.7062 · 0.141421 / √2 = 1.27062
+    assert results.interval([0.2, 0.4])[1] == pytest.approx(1.270620, abs=1e-5)
+    one = results.interval([0.3])
+    assert one[0] == 0.3 and math.isnan(one[1])
+    assert all(math.isnan(v) for v in results.interval([]))
+    assert results.interval([0.5, float("nan"), 0.7])[0] == pytest.approx(0.6)  # non-finite values skipped
+
+
+def test_summary_averages_within_a_seed_first_and_adds_target_and_published_rows():
+    rows = [_trial("fictitious", "forget01", "ME+GD", 1, 0.50, 0.9), _trial("fictitious", "forget01", "ME+GD", 1, 0.70, 0.9),
+            _trial("fictitious", "forget01", "ME+GD", 2, 0.70, 0.9), _trial("fictitious", "forget01", "ME+GD", 3, 0.80, 0.9),
+            {**_trial("fictitious", "forget01", "ME+GD", 4, 0.0, 0.0), "status": "FAILED"},
+            {**_trial("fictitious", "forget01", "GA+GD", 1, 0.1, 0.1), "study_name": "some-other-study/GA+GD"}]
+    table = results.summary_table(runs_frame(rows), TARGETS)
+    assert list(table.columns) == list(results.SUMMARY_COLUMNS)
+    assert list(table["method"]) == [results.TARGET_ROW, "ME+GD"]  # the failed and foreign runs are left out
+    me = table.set_index("method").loc["ME+GD"]
+    assert me["n_seeds"] == 3
+    assert me["MU"] == pytest.approx(np.mean([0.6, 0.7, 0.8]))  # seed 1's two trials average to 0.6 first
+    assert me["MU_half"] == pytest.approx(results.interval([0.6, 0.7, 0.8])[1])
+    assert (me["published_MU"], me["published_FE"]) == (0.727, 0.920)  # study.paper.PUBLISHED, forget01
+    assert "Llama-2-7B" in me["published_scale"]
+    assert table.set_index("method").loc[results.TARGET_ROW, "MU"] == pytest.approx(0.6)
+    assert results.summary_table(runs_frame(rows), TARGETS, preset="default").empty  # another preset's runs
+    assert results.summary_table(runs_frame(rows), TARGETS, seeds=[2, 3]).set_index("method").loc["ME+GD", "n_seeds"] == 2
+
+
+def test_study_names_round_trip():
+    name = results.study_name("default", "real-world", "real-world", 1002)
+    assert results.parse_study_name(name + "/ME+GD") == {"preset": "default", "scenario": "real-world",
+                                                         "setting": "real-world", "seed": 1002}
+    assert results.parse_study_name("smoke-fictitious-forget01-tiny-llama/ME+GD") is None
+
+
+# --------------------------------------------------------------------------------------------------
+# Claims on frames with known outcomes
+
+UNTARGETED_BASE = {"GA+GD": (0.58, 0.50), "NPO+GD": (0.57, 0.40)}
+
+
+def test_claim_a_holds_when_me_gd_clearly_wins():
+    runs = _frame({**UNTARGETED_BASE, "ME+GD": (0.58, 0.90)})  # FE far above, MU 0.58 ≥ 0.9 × 0.6
+    assert _verdict(runs, "a") == HOLDS
+
+
+def test_claim_a_inconclusive_when_intervals_overlap():
+    runs = _frame({**UNTARGETED_BASE, "ME+GD": (0.58, 0.52)}, jitter=(-0.05, 0.0, 0.05))
+    assert _verdict(runs, "a") == UNSURE
+
+
+def test_claim_a_does_not_hold_when_me_gd_loses():
+    runs = _frame({**UNTARGETED_BASE, "ME+GD": (0.58, 0.20)})
+    assert _verdict(runs, "a") == FAILS
+
+
+def test_claim_a_does_not_hold_when_me_gd_wins_but_mu_collapses():
+    runs = _frame({**UNTARGETED_BASE, "ME+GD": (0.20, 0.90)})
+    assert _verdict(runs, "a") == FAILS
+
+
+def test_claims_b_c_d_g_on_known_frames():
+    collapsed = _frame({"GA+GD": (0.05, 0.9), "NPO+GD": (0.5, 0.3), "ME+GD": (0.58, 0.9)})
+    assert _verdict(collapsed, "b") == HOLDS
+    assert _verdict(collapsed, "c") == HOLDS  # NPO+GD's FE 0.3 well below ME+GD's 0.9
+    assert _verdict(_frame({"GA+GD": (0.55, 0.9)}), "b") == FAILS
+    assert _verdict(_frame({"GA+GD": (0.30, 0.9)}, jitter=(-0.1, 0.0, 0.1)), "b") == UNSURE  # straddles 0.3
+    targeted = {"IDK+AP": (0.58, 0.7), "DPO+GD": (0.1, 0.8), "IDK+GD": (0.2, 0.7)}
+    assert _verdict(_frame(targeted), "d") == HOLDS
+    assert _verdict(_frame({**targeted, "DPO+GD": (0.59, 0.8)}), "d") == FAILS  # another stable targeted method
+    assert _verdict(_frame({"IDK+AP": (0.58, 0.7)}), "d") == UNSURE  # nothing to compare with
+    rouge = {"IDK+AP": 0.5, "DPO+GD": 0.4, "IDK+GD": 0.3}  # target's retain ROUGE 0.9
+    assert _verdict(_frame(targeted, rouge=rouge), "g") == HOLDS
+    assert _verdict(_frame(targeted, rouge={**rouge, "IDK+AP": 0.95}), "g") == FAILS
+
+
+def test_continual_claims_e_f():
+    def continual(values, setting):
+        return _frame(values, scenario="continual", setting=setting)
+
+    plain = continual({"NPO+GD": (0.05, 0.9), "GA+GD": (0.02, 0.9), "ME+GD": (0.58, 0.9), "IDK+AP": (0.57, 0.7)},
+                      "tasks1-4")
+    fixed = continual({"NPO+GD": (0.50, 0.8)}, "tasks1-4-fixref")
+    both = pd.concat([plain, fixed], ignore_index=True)
+    assert _verdict(both, "e") == HOLDS
+    assert _verdict(both, "f") == HOLDS
+    worse = pd.concat([continual({"NPO+GD": (0.40, 0.9)}, "tasks1-4"), continual({"NPO+GD": (0.10, 0.9)}, "tasks1-4-fixref")],
+                      ignore_index=True)
+    assert _verdict(worse, "f") == FAILS
+    assert _verdict(plain, "f") == UNSURE  # no fixed-reference runs
+    holding = continual({"GA+GD": (0.58, 0.9), "ME+GD": (0.58, 0.9), "IDK+AP": (0.57, 0.7)}, "tasks1-4")
+    assert _verdict(holding, "e") == FAILS  # a baseline did not collapse
+
+
+def test_continual_borrows_the_fictitious_targets_utility():
+    runs = _frame({"ME+GD": (0.58, 0.9)}, scenario="continual", setting="tasks1-2")
+    table = results.summary_table(runs, runs_frame([_target("fictitious", 0.6)])).set_index("method")
+    target = table.loc[results.TARGET_ROW]
+    assert target["MU"] == pytest.approx(0.6) and math.isnan(target["FE"])  # FE was on another forget set
+
+
+def test_a_target_without_utility_decides_nothing():
+    # The smoke preset's random model: target MU 0, so "stable" and "collapsed" are both meaningless.
+    runs = _frame({"GA+GD": (0.0, 0.9)})
+    targets = runs_frame([_target("fictitious", 0.0)])
+    claims = results.claims_table(results.summary_table(runs, targets)).set_index("claim")
+    assert claims.loc["b", "verdict"] == UNSURE
+
+
+def test_claims_table_shape_and_missing_data():
+    claims = results.claims_table(results.summary_table(runs_frame([]), None))
+    assert list(claims.columns) == list(results.CLAIM_COLUMNS)
+    assert list(claims["claim"]) == list("abcdefg")
+    assert set(claims["verdict"]) == {UNSURE}
+    one_seed = runs_frame([_trial("fictitious", "forget01", m, 1, 0.6, fe) for m, fe in (("GA+GD", 0.1), ("ME+GD", 0.9))])
+    assert _verdict(one_seed, "a") == UNSURE  # one seed: no interval, nothing decided
+    for rule in claims["rule"]:
+        assert rule  # every verdict states its rule
+
+
+def test_write_results_writes_tables_readme_and_figure(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    runs = _frame({**UNTARGETED_BASE, "ME+GD": (0.58, 0.90)})
+    paths = results.write_results(runs, TARGETS, tmp_path, note="hand-made")
+    summary = pd.read_csv(paths["summary"])
+    assert len(summary) == 4 and list(summary.columns) == list(results.SUMMARY_COLUMNS)
+    assert len(pd.read_csv(paths["claims"])) == 7
+    text = paths["readme"].read_text()
+    assert "## fictitious, forget01" in text and "0.580 ± " in text and "| a |" in text
+    assert paths["figure"].stat().st_size > 1000
+
+
+# --------------------------------------------------------------------------------------------------
+# experiments/reproduce.py end to end
+
+
+def _reproduce():
+    spec = importlib.util.spec_from_file_location("reproduce_entry", ROOT / "experiments" / "reproduce.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_reproduce_dry_run_plans_every_study(capsys):
+    code = _reproduce().main(["--preset", "smoke", "--dry-run", "--seeds", "1", "2"])
+    out = capsys.readouterr().out
+    assert code == 0
+    # fictitious 3 splits + continual 2 (with / without a fixed reference) + real-world 1, per seed
+    assert "12 studies" in out and "108 trials" in out and "estimate:" in out
+    assert "--dry-run" in out or "checked" in out
+
+
+@pytest.mark.slow
+def test_reproduce_end_to_end_on_smoke(tmp_path, capsys):
+    import contextlib
+    import io
+
+    store, out_dir = tmp_path / "store", tmp_path / "out"
+    argv = ["--preset", "smoke", "--methods", "GA+GD", "ME+GD", "--seeds", "1", "2", "--splits", "forget01",
+            "--tasks", "1", "2", "--fix-ref-model", "no", "--set", "train.epochs=1", "--tracking-uri", f"sqlite:///{store}/mlflow.db", "--storage",
+            f"sqlite:///{store}/optuna.db", "--out", str(out_dir)]
+    store.mkdir()
+    assert _reproduce().main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "[6/6] real-world real-world GA+GD ME+GD seed 2" in printed
+    summary = pd.read_csv(out_dir / "summary.csv")
+    methods = summary[summary["method"] != results.TARGET_ROW]
+    # fictitious forget01, continual tasks1-2 (without a fixed reference: the dry-run test plans both),
+    # real-world: 3 settings × 2 methods. ~8 min with both continual settings on the shared 2 cores.
+    assert len(methods) == 6
+    assert set(methods["setting"]) == {"forget01", "tasks1-2", "real-world"}
+    assert (methods["n_seeds"] == 2).all()
+    assert np.isfinite(methods[["MU", "MU_half", "FE", "FE_half"]].to_numpy()).all()
+    claims = pd.read_csv(out_dir / "claims.csv")
+    assert list(claims["claim"]) == list("abcdefg")
+    assert set(claims["verdict"]) <= set(results.VERDICTS)
+    assert (out_dir / "README.md").read_text().startswith("# The paper's comparison tables")
+    assert (out_dir / "mu_fe_fictitious_forget01.png").stat().st_size > 1000
+    # A re-run reuses every finished trial (checked on one scenario: each call still plans its study).
+    with contextlib.redirect_stdout(io.StringIO()) as again:
+        assert _reproduce().main([*argv, "--scenario", "fictitious"]) == 0
+    assert again.getvalue().count("reused") == 2 and "done in" not in again.getvalue()
