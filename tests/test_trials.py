@@ -51,12 +51,16 @@ def smoke_config(*overrides: str):
 # The session's smoke store (conftest.smoke_store): GA+GD and ME+GD, 2 trials each, every scenario
 
 
-@pytest.fixture(scope="module")
-def fictitious(smoke_store):
+def _smoke_trials(smoke_store, scenario: str):
     store, experiment = smoke_store
-    trials = runs_of(store, "trial", experiment, "fictitious")
+    trials = runs_of(store, "trial", experiment, scenario)
     assert len(trials) == 2 * len(SMOKE_METHODS)
     return store, experiment, trials
+
+
+@pytest.fixture(scope="module")
+def fictitious(smoke_store):
+    return _smoke_trials(smoke_store, "fictitious")
 
 
 def test_items_csv_has_one_row_per_evaluated_item_and_its_means_are_the_logged_metrics(fictitious):
@@ -136,10 +140,7 @@ def test_kept_checkpoint_loads_with_transformers_and_gives_the_logged_rouge(fict
 
 @pytest.fixture(scope="module")
 def continual(smoke_store):
-    store, experiment = smoke_store
-    trials = runs_of(store, "trial", experiment, "continual")
-    assert len(trials) == 2 * len(SMOKE_METHODS)
-    return store, experiment, trials
+    return _smoke_trials(smoke_store, "continual")
 
 
 def test_continual_training_curves_continue_over_tasks(continual):
