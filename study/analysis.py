@@ -193,8 +193,8 @@ def _run_record(run) -> dict[str, Any]:
         "entailment_status": tags.get(f"{TAG}entailment"),
     }
     record.update({name: _float(params.get(key)) for name, key in _NUMERIC_PARAMS.items()})
-    # Final values of every evaluation metric; per-step training curves are not results.
-    record.update({k: v for k, v in metrics.items() if not k.startswith("train/")})
+    # Final values of every evaluation metric; per-step training curves and system metrics are not results.
+    record.update({k: v for k, v in metrics.items() if not k.startswith(("train/", "system/"))})
     return record
 
 
