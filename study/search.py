@@ -29,7 +29,7 @@ from .losses import HYPERPARAMS, Method, Param
 from .train import NonFiniteLoss
 from .scenarios import scenario as find_scenario
 from .tracking import (DEFAULT_EXPERIMENT, DEFAULT_STORAGE, DEFAULT_TRACKING_URI, TAG, StepLogger, Tracker, package_versions,
-                       redact, registered_model_name, schema_lock, scrub)
+                       SYSTEM_METRICS_S, redact, registered_model_name, schema_lock, scrub)
 
 SAMPLERS = ("tpe", "grid", "paper")
 OBJECTIVES = ("pareto", "average", "model_utility", "forget_efficacy")
@@ -85,9 +85,9 @@ class StudySettings:
     fixed: list[str] = dataclasses.field(default_factory=list)
     """Searchable hyper-parameters the user fixed (``--set train.lr=...``): not searched, the trial
     configuration's value is used."""
-    system_metrics: float = 0.0
+    system_metrics: float = SYSTEM_METRICS_S
     """Seconds between samples of MLflow's system metrics (``system/*``: CPU, memory, disk, network,
-    GPU) logged to each trial's run while it trains and evaluates; 0 = off (the default)."""
+    GPU) logged to each trial's run while it trains and evaluates; 0 = off."""
 
     def __post_init__(self):
         check_study_name(self.study_name)

@@ -61,6 +61,9 @@ MODEL_NAME = "model"
 MODEL_REQUIREMENTS = ("torch", "transformers", "accelerate", "safetensors")
 """What loading a logged model needs (given, not inferred: inference would load the model once more
 in a subprocess); the installed versions are pinned at logging time."""
+SYSTEM_METRICS_S = 10.0
+"""Seconds between samples of a trial's system metrics by default (MLflow's own default interval).
+Measured here: 20-25 ms of CPU per sample, 0.22% of one core at this interval (README)."""
 DATASET_CONTEXTS = {"forget": "forget", "retain": "retain", "eval": "eval"}
 """MLflow input contexts (``mlflow.data.context``) of a trial's sets."""
 
