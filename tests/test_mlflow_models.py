@@ -219,3 +219,59 @@ def test_system_metrics_only_where_asked(smoke_store):
             assert len(history) >= 2 and [p.step for p in history] == list(range(len(history)))
         else:
             assert not system
+
+
+def test_keep_policy_moves_models_and_registry_versions_with_the_pareto_front(tmp_path):
+    """Trials with real logged models (tiny random model), the keep policy applied as the front moves:
+    a dominated trial loses its checkpoint, logged model and registry version; the front's trials are
+    registered under the study's name, once each."""
+    import optuna
+    import torch
+    from optuna.trial import create_trial
+
+    from study import models
+    from study.config import RunConfig
+    from study.search import StudySettings, Sweep
+    from study.tracking import Tracker
+
+    lm = models.load("tiny-llama", device="cpu", dtype=torch.float32)
+    sweep = Sweep(RunConfig(), StudySettings("fake", ["ME+GD"], n_trials=4, keep_checkpoints="best"), log=lambda *a: None)
+    sweep.tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "keep")
+    study = optuna.create_study(study_name="fake/ME+GD", directions=["maximize", "maximize"])
+
+    def add(number: int, mu: float, fe: float) -> str:
+        run_id = sweep.tracker.start(f"trial {number}", "trial")
+        folder = tmp_path / f"ckpt{number}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"x" * 10)
+        sweep.tracker.directory_artifact(run_id, folder, "checkpoint")
+        model_id = sweep.tracker.log_model(run_id, lm.model, lm.tokenizer, lm.prompt)
+        sweep.tracker.metrics(run_id, {"model_utility": mu, "forget_efficacy": fe, "forget_quality": 0.25})
+        sweep.tracker.tags(run_id, {"checkpoint": "kept", "model_id": model_id})
+        sweep.tracker.end(run_id)
+        study.add_trial(create_trial(values=[mu, fe], user_attrs={"mlflow_run_id": run_id, "checkpoint": "kept"}))
+        return run_id
+
+    def state():
+        versions = sweep.tracker.client.search_model_versions("name = 'fake-ME-GD'")
+        on_disk = {p.name for p in (tmp_path / "artifacts" / "models").iterdir()}
+        return sorted(v.run_id for v in versions), on_disk
+
+    runs = [add(0, 0.5, 0.5), add(1, 0.4, 0.4), add(2, 0.6, 0.3)]  # trial 1 is dominated by trial 0
+    sweep._apply_keep_policy(study)
+    sweep._apply_keep_policy(study)  # applied again: nothing registered twice
+    model_of = {r: sweep.tracker.client.get_run(r).data.tags["study.model_id"] for r in runs}
+    versions, on_disk = state()
+    assert versions == sorted([runs[0], runs[2]]) and on_disk == {model_of[runs[0]], model_of[runs[2]]}
+    tags = sweep.tracker.client.search_model_versions(f"name = 'fake-ME-GD' and run_id = '{runs[0]}'")[0].tags
+    assert (tags["model_utility"], tags["forget_efficacy"], tags["forget_quality"]) == ("0.5", "0.5", "0.25")
+
+    runs.append(add(3, 0.7, 0.6))  # dominates trials 0 and 2
+    sweep._apply_keep_policy(study)
+    versions, on_disk = state()
+    assert versions == [runs[3]] and on_disk == {sweep.tracker.client.get_run(runs[3]).data.tags["study.model_id"]}
+    for run_id in runs[:3]:
+        run = sweep.tracker.client.get_run(run_id)
+        assert run.data.tags["study.checkpoint"] == "deleted (not Pareto-best)"
+        assert sweep.tracker.logged_models(run_id) == []
+        assert not [a for a in sweep.tracker.client.list_artifacts(run_id) if a.path == "checkpoint"]
