@@ -807,6 +807,8 @@ def run_notebook(path: str | os.PathLike, parameters: Mapping[str, Any] | None =
     outputs up to the failure when a cell fails: papermill then raises ``PapermillExecutionError``)."""
     import papermill
 
+    if output_path is not None:
+        Path(output_path).parent.mkdir(parents=True, exist_ok=True)
     return papermill.execute_notebook(
         os.fspath(path), os.fspath(output_path) if output_path is not None else None,
         parameters={k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in (parameters or {}).items()},

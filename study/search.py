@@ -879,7 +879,7 @@ class Sweep:
                     self.tracker.register(run_id, model_id, name, {**values, "study.study_name": study.study_name,
                                                                    "study.trial_number": trial.number})
                 continue
-            if model_id:
+            if model_id and kept:  # (a deleted model's versions went with it)
                 self.tracker.unregister(run_id, name)
             if self.settings.keep_checkpoints == "best" and kept:
                 removed = self.tracker.delete_artifacts(run_id, "checkpoint")

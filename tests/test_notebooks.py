@@ -66,6 +66,12 @@ def test_notebooks_are_committed_clean():
         assert len(params) == 1, f"{name}: one cell tagged 'parameters'"
         for variable in ("tracking_uri", "experiment", "figures_dir", "tables_dir", "pick"):
             assert f"{variable} = " in params[0].source, f"{name}: parameter {variable} missing"
+        # papermill reads every assignment as a parameter (a second "=" on a line hides it from --help-notebook).
+        from papermill.translators import PythonTranslator
+
+        inferred = {p.name for p in PythonTranslator.inspect(params[0])}
+        assigned = {line.split("=")[0].strip() for line in params[0].source.splitlines() if "=" in line}
+        assert inferred == assigned, f"{name}: papermill sees {sorted(inferred)}"
         assert nb.metadata.kernelspec.name == "python3"
 
 
