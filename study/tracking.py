@@ -28,7 +28,8 @@ Since issue 15 a trial also has:
   ``mlflow.transformers.load_model("runs:/<run id>/model")``), its id in the tag ``study.model_id``;
   a study's Pareto-best trials are versions of the registered model :func:`registered_model_name`
   (tags ``model_utility``, ``forget_efficacy``, ``forget_quality``);
-- with ``--system-metrics``, MLflow's ``system/*`` metrics (CPU, memory, disk, network, GPU).
+- MLflow's ``system/*`` metrics (CPU, memory, disk, network, GPU), every :data:`SYSTEM_METRICS_S` s by
+  default (``--system-metrics SECONDS``; 0 = off).
 
 Runs written before keep ``checkpoint/`` alone; everything here reads both.
 """
