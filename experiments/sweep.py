@@ -22,7 +22,7 @@ PRESETS = ROOT / "experiments" / "presets"
 sys.path.insert(0, str(ROOT))
 
 from study.scenarios import SCENARIOS, scenario  # noqa: E402  (after the path; imports no torch)
-from study.tracking import DEFAULT_EXPERIMENT, DEFAULT_STORAGE, DEFAULT_TRACKING_URI  # noqa: E402
+from study.tracking import DEFAULT_EXPERIMENT, DEFAULT_STORAGE, DEFAULT_TRACKING_URI, SYSTEM_METRICS_S  # noqa: E402
 
 
 def presets() -> dict[str, Path]:
@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--study-name", help="Optuna study name (default: derived from preset, scenario, split and model)")
     a("--seed", type=int, help="training seed (default 1001, docs/science.md §4); the sampler's seed too")
     a("--keep-checkpoints", choices=["best", "all", "none"], help="which trials keep their checkpoint in MLflow (default: best = Pareto-best)")
+    a("--system-metrics", type=float, metavar="SECONDS", help="MLflow's system metrics (system/*: CPU, memory, disk, "
+      f"network, GPU) on each trial's run, one sample every SECONDS (default {SYSTEM_METRICS_S:g}; 0 = off)")
     a("--fix-ref-model", action="store_true", help="continual: keep the original model as NPO/DPO/KL reference")
     a("--nli", help="NLI model for Entailment (the paper's: sileod/deberta-v3-base-tasksource-nli); none = reported missing")
     a("--embedder", help="sentence embedder for Cosine Similarity (default: all-MiniLM-L6-v2 shipped on PyPI)")
@@ -193,6 +195,7 @@ def plan(args) -> tuple[object, object, dict]:
         heartbeat=args.heartbeat if args.heartbeat is not None else study.get("heartbeat", 30),
         max_failures=args.max_failures if args.max_failures is not None else study.get("max_failures", 5),
         fixed=sorted(fixed),
+        system_metrics=args.system_metrics if args.system_metrics is not None else study.get("system_metrics", SYSTEM_METRICS_S),
     )
     spaces = {m: search_space(m, sc.name, settings.sampler, settings.space, settings.fixed) for m in settings.methods}
     return cfg, settings, spaces
@@ -282,6 +285,7 @@ def print_plan(cfg, settings, spaces) -> None:
     print(f"storage      {redact(settings.storage)}")
     print(f"tracking     {redact(settings.tracking_uri)}  experiment {settings.experiment}")
     print(f"checkpoints  keep {settings.keep_checkpoints}")
+    print("system       MLflow system metrics " + (f"every {settings.system_metrics:g} s" if settings.system_metrics else "off"))
     for name in settings.fixed:
         key = next(k for k, v in SEARCHED.items() if v == name)
         print(f"fixed        {key} = {cfg.flat()[key]} (given with --set: not searched)")

@@ -69,7 +69,7 @@ __all__ = [
     "PRIVACY_COLUMNS", "PRIVACY_NOT_LOGGED", "privacy_table",
     "pareto_front", "plot_mu_fe", "plot_mu_fe_grid", "continual_table", "plot_continual", "real_world_table",
     "sensitivity", "plot_sensitivity", "choose_trial", "generations_side_by_side", "save_figure",
-    "save_table", "inject_parameters", "run_notebook",
+    "save_table", "run_notebook",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -193,8 +193,8 @@ def _run_record(run) -> dict[str, Any]:
         "entailment_status": tags.get(f"{TAG}entailment"),
     }
     record.update({name: _float(params.get(key)) for name, key in _NUMERIC_PARAMS.items()})
-    # Final values of every evaluation metric; per-step training curves are not results.
-    record.update({k: v for k, v in metrics.items() if not k.startswith("train/")})
+    # Final values of every evaluation metric; per-step training curves and system metrics are not results.
+    record.update({k: v for k, v in metrics.items() if not k.startswith(("train/", "system/"))})
     return record
 
 
@@ -780,78 +780,46 @@ def save_table(table: pd.DataFrame, directory: str | os.PathLike | None, name: s
     return path
 
 
-INJECTED_TAG = "injected-parameters"
-
-
-def _parameter_source(parameters: Mapping[str, Any]) -> str:
-    lines = ["# Parameters (injected by study.analysis.run_notebook)"]
-    for name, value in parameters.items():
-        if not name.isidentifier():
-            raise ValueError(f"notebook parameter {name!r} is not a Python identifier")
-        value = os.fspath(value) if isinstance(value, os.PathLike) else value
-        text = repr(value)
-        if not isinstance(value, (str, int, float, bool, type(None), list, tuple, dict)):
-            raise ValueError(f"notebook parameter {name}={text} is not a plain Python literal")
-        lines.append(f"{name} = {text}")
-    return "\n".join(lines) + "\n"
-
-
-def inject_parameters(notebook: nbformat.NotebookNode, parameters: Mapping[str, Any]) -> nbformat.NotebookNode:
-    """Papermill's convention without papermill: a code cell tagged ``injected-parameters`` that
-    assigns ``parameters`` goes right after the cell tagged ``parameters`` (or first, when there is
-    none), replacing any injected cell of an earlier run. Modifies and returns ``notebook``."""
-    import nbformat
-
-    cells = [c for c in notebook.cells if INJECTED_TAG not in c.get("metadata", {}).get("tags", [])]
-    at = next((i + 1 for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", [])), 0)
-    if parameters:
-        cell = nbformat.v4.new_code_cell(_parameter_source(parameters), metadata={"tags": [INJECTED_TAG]})
-        cell["id"] = INJECTED_TAG
-        cells.insert(at, cell)
-    notebook.cells = cells
-    return notebook
-
-
-def _kernel_manager(kernel_name: str):
-    """A kernel manager for ``kernel_name``; for ``python3``, one that searches no kernel directory,
-    so jupyter_client falls back to ipykernel's built-in spec: ``sys.executable -m ipykernel_launcher``."""
+def _project_kernel_manager():
+    """A jupyter_client kernel manager class whose ``python3`` kernel is the interpreter running this
+    process (``sys.executable``, so the project's virtual environment): it searches no kernel
+    directory, so jupyter_client falls back to ipykernel's built-in spec, and a user-level ``python3``
+    spec pointing elsewhere is not used. Other kernel names are looked up as Jupyter does."""
+    from jupyter_client import AsyncKernelManager
     from jupyter_client.kernelspec import KernelSpecManager
-    from jupyter_client.manager import KernelManager
+    from traitlets import default
 
-    if kernel_name != "python3":
-        return KernelManager(kernel_name=kernel_name)
-    return KernelManager(kernel_name=kernel_name, kernel_spec_manager=KernelSpecManager(kernel_dirs=[]))
+    class ProjectKernelManager(AsyncKernelManager):
+        @default("kernel_spec_manager")
+        def _kernel_spec_manager_default(self):
+            return KernelSpecManager(kernel_dirs=[]) if self.kernel_name == "python3" else KernelSpecManager()
+
+    return ProjectKernelManager
 
 
 def run_notebook(path: str | os.PathLike, parameters: Mapping[str, Any] | None = None,
                  output_path: str | os.PathLike | None = None, timeout: int = 900,
                  kernel_name: str = "python3", cwd: str | os.PathLike = REPO_ROOT) -> nbformat.NotebookNode:
-    """Execute the notebook at ``path`` with ``parameters`` injected (:func:`inject_parameters`),
-    working directory ``cwd`` (the repository root), and return it with its outputs; also written to
-    ``output_path`` when given. A failing cell raises ``nbclient.exceptions.CellExecutionError``.
+    """``papermill.execute_notebook`` with this project's defaults: ``parameters`` injected after the
+    cell tagged ``parameters`` (papermill's ``injected-parameters`` cell), working directory ``cwd``
+    (the repository root), the ``python3`` kernel run by this interpreter (:func:`_project_kernel_manager`),
+    no progress bar. Returns the executed notebook, also written to ``output_path`` when given (with the
+    outputs up to the failure when a cell fails: papermill then raises ``PapermillExecutionError``)."""
+    import papermill
 
-    The kernel ``python3`` is the interpreter running this function (``sys.executable``, so the
-    project's virtual environment), whatever kernel specs are installed: no ``ipykernel install``
-    step is needed, and a user-level ``python3`` spec pointing elsewhere is not used. Any other
-    ``kernel_name`` is looked up as Jupyter does."""
-    import nbformat
-    from nbclient import NotebookClient
-
-    notebook = inject_parameters(nbformat.read(str(path), as_version=4), dict(parameters or {}))
-    client = NotebookClient(notebook, timeout=timeout, kernel_name=kernel_name, km=_kernel_manager(kernel_name),
-                            resources={"metadata": {"path": str(cwd)}})
-    try:
-        client.execute(cleanup_kc=True)  # the kernel manager is ours: shut the kernel down when done
-    finally:
-        if output_path is not None:
-            Path(output_path).parent.mkdir(parents=True, exist_ok=True)
-            nbformat.write(notebook, str(output_path))
-    return notebook
+    if output_path is not None:
+        Path(output_path).parent.mkdir(parents=True, exist_ok=True)
+    return papermill.execute_notebook(
+        os.fspath(path), os.fspath(output_path) if output_path is not None else None,
+        parameters={k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in (parameters or {}).items()},
+        kernel_name=kernel_name, cwd=os.fspath(cwd), progress_bar=False, execution_timeout=timeout,
+        kernel_manager_class=_project_kernel_manager())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m study.analysis NOTEBOOK [--tracking-uri URI] [--experiment NAME] [--figures-dir DIR]
-    [--tables-dir DIR] [--output OUT.ipynb]``: execute a notebook with those parameters."""
+    [--tables-dir DIR] [--output OUT.ipynb]``: execute a notebook with those parameters (papermill,
+    :func:`run_notebook`); ``papermill NOTEBOOK OUT -p tracking_uri URI ...`` does the same."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m study.analysis", description=main.__doc__)

@@ -119,6 +119,8 @@ class TrialHooks:
     """Training callbacks (on_step / on_epoch), e.g. the MLflow step logger."""
     on_task: object = None
     """``on_task(TaskResult)`` after each task is evaluated (logging, continual curves)."""
+    on_data: object = None
+    """``on_data(task, ScenarioData)`` before each task is unlearned (logging the run's inputs)."""
     make_epoch_callback: object = None
     """``make_epoch_callback(evaluate_fn, task) -> callback`` for per-epoch evaluation (pruning)."""
     retain_forget_truth_ratios: object = None
@@ -185,6 +187,8 @@ def run_trial(cfg: RunConfig, hooks: TrialHooks | None = None, *, device=None, m
     results = []
     for task in tasks:
         data = first if task == tasks[0] else scenario_data(cfg, task, source)
+        if hooks.on_data is not None:
+            hooks.on_data(task, data)
         ref_model = None
         if method.needs_ref_model:
             ref_model = original_ref if original_ref is not None else frozen_copy(lm.model)

@@ -29,7 +29,7 @@ from .losses import HYPERPARAMS, Method, Param
 from .train import NonFiniteLoss
 from .scenarios import scenario as find_scenario
 from .tracking import (DEFAULT_EXPERIMENT, DEFAULT_STORAGE, DEFAULT_TRACKING_URI, TAG, StepLogger, Tracker, package_versions,
-                       redact, schema_lock, scrub)
+                       SYSTEM_METRICS_S, redact, registered_model_name, schema_lock, scrub)
 
 SAMPLERS = ("tpe", "grid", "paper")
 OBJECTIVES = ("pareto", "average", "model_utility", "forget_efficacy")
@@ -85,6 +85,9 @@ class StudySettings:
     fixed: list[str] = dataclasses.field(default_factory=list)
     """Searchable hyper-parameters the user fixed (``--set train.lr=...``): not searched, the trial
     configuration's value is used."""
+    system_metrics: float = SYSTEM_METRICS_S
+    """Seconds between samples of MLflow's system metrics (``system/*``: CPU, memory, disk, network,
+    GPU) logged to each trial's run while it trains and evaluates; 0 = off."""
 
     def __post_init__(self):
         check_study_name(self.study_name)
@@ -108,6 +111,9 @@ class StudySettings:
                 raise StudyInputError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
             if getattr(self, name) > 10**6:
                 raise StudyInputError(f"{name} must be at most 1000000, got {getattr(self, name)!r}")
+        if isinstance(self.system_metrics, bool) or not isinstance(self.system_metrics, (int, float)) \
+                or not (self.system_metrics == 0 or 0.1 <= self.system_metrics <= 3600):
+            raise StudyInputError(f"system_metrics must be 0 (off) or seconds from 0.1 to 3600, got {self.system_metrics!r}")
         if self.prune and self.objective == "pareto":
             raise StudyInputError("pruning needs a single objective: add --objective average (or model_utility, forget_efficacy)")
         if not self.methods:
@@ -779,11 +785,20 @@ class Sweep:
         def make_epoch_callback(evaluate_fn, task):
             return _PruneOnEpoch(trial, evaluate_fn, self.settings.objective, self.tracker, run_id)
 
-        hooks = TrialHooks(callbacks=[logger], on_task=on_task, make_epoch_callback=make_epoch_callback,
+        def on_data(task, data):  # the run's inputs: forget, retain and evaluation sets of each task
+            split = find_scenario(cfg.data.scenario).split_label(cfg.data.split)
+            self.tracker.log_datasets(run_id, data, f"{cfg.data.scenario}/{split}/task{task if task is not None else '-all'}")
+
+        hooks = TrialHooks(callbacks=[logger], on_task=on_task, on_data=on_data, make_epoch_callback=make_epoch_callback,
                            retain_forget_truth_ratios=self.retain_truth_ratios, retain_mia_aucs=self.retain_mia_aucs)
+        monitor = self.tracker.system_metrics(run_id, self.settings.system_metrics) if self.settings.system_metrics else None
         try:
-            result = run_trial(cfg, hooks, device=self._device(), metric_models=self._metric_models(self._device()),
-                               progress=self.progress, target=prepared)
+            try:
+                result = run_trial(cfg, hooks, device=self._device(), metric_models=self._metric_models(self._device()),
+                                   progress=self.progress, target=prepared)
+            finally:
+                if monitor is not None:
+                    monitor.finish()
         except optuna.TrialPruned as pruned:
             logger.flush()
             self.tracker.end(run_id, "KILLED", f"pruned: {pruned}")
@@ -816,7 +831,11 @@ class Sweep:
                 path = models.save_checkpoint(result.model, result.tokenizer, result.prompt, Path(tmp) / "checkpoint",
                                               {"config": cfg.to_dict(), "study": study.study_name, "trial": trial.number})
                 self.tracker.directory_artifact(run_id, path, "checkpoint")
-            self.tracker.tags(run_id, {"checkpoint": "kept"})
+            kept = {"checkpoint": "kept"}
+            if getattr(result.model, "peft_config", None) is None:  # a LoRA adapter alone is not a servable model
+                kept["model_id"] = self.tracker.log_model(run_id, result.model, result.tokenizer, result.prompt,
+                                                          {"study": study.study_name, "trial": trial.number})
+            self.tracker.tags(run_id, kept)
             trial.set_user_attr("checkpoint", "kept")
         self.tracker.end(run_id)
         trial.set_user_attr("model_utility", summary.get("model_utility"))
@@ -828,24 +847,44 @@ class Sweep:
         return values
 
     def _apply_keep_policy(self, study) -> None:
-        """``best``: only the Pareto-best (or best) trials keep their checkpoint artifacts."""
-        if self.settings.keep_checkpoints != "best":
+        """``best``: only the Pareto-best (or best) trials keep their checkpoint artifacts and logged
+        models; the others lose theirs (files, logged-model records, registry versions). ``best`` and
+        ``all``: the Pareto-best trials with a logged model are versions of the registered model named
+        after the study (:func:`study.tracking.registered_model_name`), tagged with their
+        ``model_utility``, ``forget_efficacy`` and ``forget_quality``; a trial that leaves the front
+        leaves the registry."""
+        if self.settings.keep_checkpoints == "none":
             return
         from optuna.trial import TrialState
 
         best = {t.number for t in study.best_trials} if len(study.directions) > 1 else (
             {study.best_trial.number} if any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)) else set())
+        name = registered_model_name(study.study_name)
         for trial in study.get_trials(deepcopy=False):
             run_id = trial.user_attrs.get("mlflow_run_id")
             if not trial.state.is_finished():
                 # Another worker's trial that has kept its checkpoint but not yet returned its values:
                 # not in ``best`` only because Optuna does not count it yet. Its worker decides.
                 continue
-            if trial.user_attrs.get("checkpoint") != "kept" or trial.number in best or not run_id:
+            if trial.user_attrs.get("checkpoint") != "kept" or not run_id:
                 continue
-            # The trial is finished (its Optuna attributes are frozen): MLflow's tag records the deletion.
-            if self.tracker.client.get_run(run_id).data.tags.get(f"{TAG}checkpoint") == "kept":
-                if self.tracker.delete_artifacts(run_id, "checkpoint"):
+            # The trial is finished (its Optuna attributes are frozen): MLflow's tags record the rest.
+            run = self.tracker.client.get_run(run_id)
+            kept = run.data.tags.get(f"{TAG}checkpoint") == "kept"
+            model_id = run.data.tags.get(f"{TAG}model_id")
+            if trial.number in best:
+                if kept and model_id:
+                    values = {k: run.data.metrics[k] for k in ("model_utility", "forget_efficacy", "forget_quality")
+                              if k in run.data.metrics}
+                    self.tracker.register(run_id, model_id, name, {**values, "study.study_name": study.study_name,
+                                                                   "study.trial_number": trial.number})
+                continue
+            if model_id and kept:  # (a deleted model's versions went with it)
+                self.tracker.unregister(run_id, name)
+            if self.settings.keep_checkpoints == "best" and kept:
+                removed = self.tracker.delete_artifacts(run_id, "checkpoint")
+                removed = self.tracker.delete_logged_models(run_id) and removed
+                if removed:
                     self.tracker.tags(run_id, {"checkpoint": "deleted (not Pareto-best)"})
 
 

@@ -80,12 +80,14 @@ SMOKE_EXPERIMENT = "smoke-notebooks"
 @pytest.fixture(scope="session")
 def smoke_store(tmp_path_factory) -> tuple[Path, str]:
     """Smoke studies of every scenario in one store, as the README tells users to run them: GA+GD and
-    ME+GD, 2 trials each (continual: tasks 1-3), the default keep policy; each sweep's output in
-    ``<store>/<scenario>.stdout``. Read by the notebook, trial and sweep tests; the one that writes to it
+    ME+GD, 2 trials each (continual: tasks 1-3), the default keep policy; the fictitious sweep with
+    MLflow system metrics every second (``--system-metrics 1``, so even short trials have a history),
+    the others without (``--system-metrics 0``); each sweep's output in ``<store>/<scenario>.stdout``. Read by the notebook, trial and sweep tests; the one that writes to it
     re-runs the same command, which must add nothing."""
     store = tmp_path_factory.mktemp("smoke")
     for scenario in ("fictitious", "continual", "real-world"):
-        code, out, err = run_sweep(store, "--scenario", scenario, "--method", *SMOKE_METHODS, "--n-trials", "2",
+        extra = ("--system-metrics", "1" if scenario == "fictitious" else "0")
+        code, out, err = run_sweep(store, "--scenario", scenario, "--method", *SMOKE_METHODS, "--n-trials", "2", *extra,
                                    experiment=SMOKE_EXPERIMENT)
         if code != 0:
             pytest.fail(f"smoke sweep of {scenario} exited {code}:\n{out[-2000:]}\n{err[-3000:]}")

@@ -7,7 +7,6 @@ then a small MLflow store written with study.tracking.Tracker and read back.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import matplotlib
 
@@ -246,20 +245,6 @@ def test_plot_mu_fe_draws_points_and_one_front_per_method(fictitious):
 
 def test_method_palette_is_stable_across_frames():
     assert A.method_palette(["ME+GD"])["ME+GD"] == A.method_palette(["GA+GD", "ME+GD", "ZZ+GD"])["ME+GD"]
-
-
-def test_parameters_are_injected_after_the_parameters_cell():
-    import nbformat
-
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# t"),
-                                         nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
-                                         nbformat.v4.new_code_cell("print(x)")])
-    A.inject_parameters(nb, {"x": 2, "path": Path("/tmp/a")})
-    assert nb.cells[2].source.splitlines()[1:] == ["x = 2", "path = '/tmp/a'"]
-    A.inject_parameters(nb, {"x": 3})  # a second injection replaces the first
-    assert len(nb.cells) == 4 and nb.cells[2].source.splitlines()[1:] == ["x = 3"]
-    with pytest.raises(ValueError):
-        A.inject_parameters(nb, {"not an identifier": 1})
 
 
 def test_resolve_tracking_uri_anchors_relative_sqlite_paths(tmp_path):

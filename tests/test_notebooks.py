@@ -1,4 +1,5 @@
-"""The three notebooks, executed end to end with ``study.analysis.run_notebook``.
+"""The three notebooks, executed end to end through papermill (``study.analysis.run_notebook``, a thin
+wrapper over ``papermill.execute_notebook``; one test runs the ``papermill`` command itself).
 
 * ``test_notebooks_are_committed_clean`` (fast): outputs stripped, a ``parameters`` cell with the
   parameters every notebook takes.
@@ -14,6 +15,8 @@ Each executed notebook writes its tables (CSV) to ``tables_dir`` and its figures
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -63,6 +66,12 @@ def test_notebooks_are_committed_clean():
         assert len(params) == 1, f"{name}: one cell tagged 'parameters'"
         for variable in ("tracking_uri", "experiment", "figures_dir", "tables_dir", "pick"):
             assert f"{variable} = " in params[0].source, f"{name}: parameter {variable} missing"
+        # papermill reads every assignment as a parameter (a second "=" on a line hides it from --help-notebook).
+        from papermill.translators import PythonTranslator
+
+        inferred = {p.name for p in PythonTranslator.inspect(params[0])}
+        assigned = {line.split("=")[0].strip() for line in params[0].source.splitlines() if "=" in line}
+        assert inferred == assigned, f"{name}: papermill sees {sorted(inferred)}"
         assert nb.metadata.kernelspec.name == "python3"
 
 
@@ -104,6 +113,47 @@ def test_notebooks_on_example_store(tmp_path):
     assert list(real.index) == ["before unlearning", "GA+GD", "IDK+AP", "ME+GD"]
     assert list(real.columns) == ["MU", "FE", "Avg", "MU (quoted)", "FE (quoted)", "bench/mmlu"]
     assert real.loc["before unlearning", "MU"] == pytest.approx(0.61)
+
+
+def venv_tool(name: str) -> Path:
+    """A console script installed beside this interpreter (the project's ``.venv/bin``); skipped when
+    absent (a failure under ``CI=true``)."""
+    path = Path(sys.executable).parent / name
+    if not path.exists():
+        pytest.skip(f"{name} is not installed in {path.parent} (make setup installs it: the notebooks extra)")
+    return path
+
+
+def test_jupyter_lab_runs_from_the_venv():
+    # `make setup` installs the notebooks extra: `.venv/bin/jupyter lab notebooks/` must start.
+    result = subprocess.run([str(venv_tool("jupyter")), "lab", "--version"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    major = int(result.stdout.strip().split(".")[0])
+    assert major >= 4, result.stdout
+
+
+@pytest.mark.slow
+def test_papermill_command_of_the_readme(tmp_path):
+    """``papermill NOTEBOOK OUT -p tracking_uri ... -p experiment ...``, the README's command, as a
+    subprocess from the repository root: the parameters land in papermill's injected cell and the
+    notebook reads the store they name (the example store's known continual runs)."""
+    from test_analysis import write_example_store
+
+    uri, experiment = f"sqlite:///{tmp_path}/mlflow.db", "papermill-example"
+    write_example_store(uri, experiment)
+    out = tmp_path / "continual.ipynb"
+    result = subprocess.run([str(venv_tool("papermill")), str(NOTEBOOKS["continual"]), str(out), "-p", "tracking_uri", uri,
+                             "-p", "experiment", experiment, "-p", "tables_dir", str(tmp_path / "tables"), "--no-progress-bar"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    nb = nbformat.read(str(out), as_version=4)
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and f"experiment = \"{experiment}\"" in injected[0].source
+    tags = [c.metadata.get("tags", []) for c in nb.cells]
+    assert tags.index(["injected-parameters"]) == tags.index(["parameters"]) + 1
+    last = read_table(tmp_path, "continual_table.csv", index=None)
+    assert last[["method", "fix_ref_model"]].values.tolist() == [["NPO+GD", False], ["NPO+GD", True],
+                                                                 ["ME+GD", False], ["ME+GD", True]]
 
 
 @pytest.mark.slow

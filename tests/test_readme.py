@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 SHELL_LANGUAGES = {"bash", "sh", "shell", "console"}
 # Words that start a command: an untagged block holding one of them must be tagged (and so checked).
-COMMAND_WORDS = {"python", "python3", "make", "torchrun", "export", "mlflow", "jupyter", "pip", "conda"}
+COMMAND_WORDS = {"python", "python3", "make", "torchrun", "export", "mlflow", "jupyter", "pip", "conda", "papermill"}
 VENV = ".venv/bin/"
 
 
@@ -257,7 +257,32 @@ def check_jupyter_lab(command: Command, request, monkeypatch, capsys) -> None:
     for path in argv[2:]:
         assert (ROOT / path).is_dir(), path
     assert any(r.startswith("jupyterlab") for r in _extras()["notebooks"])
-    assert any(c.argv[-1] == ".[notebooks]" and "install" in c.argv for c in COMMANDS), "no install line for it"
+    # make setup installs the notebooks extra (tests/test_notebooks.py runs `jupyter lab --version`).
+    setup = subprocess.run(["make", "-n", "-B", "setup"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert setup.returncode == 0, setup.stderr
+    installs = [line for line in setup.stdout.splitlines() if "pip install" in line and " -e " in line]
+    assert any(re.search(r"\.\[[\w,-]*\bnotebooks\b[\w,-]*\]", line) for line in installs), installs
+
+
+def check_papermill(command: Command, request, monkeypatch, capsys) -> None:
+    """``.venv/bin/papermill NOTEBOOK OUT -p NAME VALUE ...`` (executed for real by
+    tests/test_notebooks.py): papermill's own CLI parses it, papermill is a dependency, the notebook
+    exists and has a ``parameters`` cell assigning every ``-p`` name."""
+    import nbformat
+    from papermill.cli import papermill
+
+    _check_venv(command)
+    argv = _program(command.argv)
+    assert any(d.startswith("papermill") for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
+    context = papermill.make_context("papermill", argv[1:])
+    notebook = ROOT / context.params["notebook_path"]
+    assert notebook.is_file(), notebook
+    names = [name for name, _ in context.params["parameters"]]
+    assert {"tracking_uri", "experiment"} <= set(names), names
+    cells = [c for c in nbformat.read(str(notebook), as_version=4).cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(cells) == 1
+    for name in names:
+        assert re.search(rf"^{name} = ", cells[0].source, re.M), f"{notebook.name} takes no parameter {name}"
 
 
 def checker_for(command: Command):
@@ -273,6 +298,8 @@ def checker_for(command: Command):
         return check_mlflow_ui
     if argv[:2] == ["jupyter", "lab"]:
         return check_jupyter_lab
+    if head == "papermill":
+        return check_papermill
     if argv[:2] == ["pip", "install"] or argv[:3] == ["-m", "pip", "install"]:
         return check_pip_install
     if head in ("python", "python3"):

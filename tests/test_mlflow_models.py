@@ -1,0 +1,277 @@
+"""Kept checkpoints as MLflow logged models, the registry of Pareto-best trials, the trials' dataset inputs
+and system metrics (issue 15), read back the way a user would: ``mlflow.transformers.load_model``, the
+client's registry and logged-model searches, the files under the store.
+
+Expected values come from outside the code under test: Optuna's own Pareto front (``study.best_trials``),
+the checkpoint's weights loaded with plain ``transformers``, the scenario's rows (``study.data``), the
+files on disk, and registered-model names written out here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import SMOKE_METHODS, _sweep_module
+
+FICTITIOUS = "smoke-fictitious-forget01-tiny-llama"
+# The registry names of the fictitious studies, written out: "/" and "+" are not allowed there.
+REGISTERED = {"GA+GD": "smoke-fictitious-forget01-tiny-llama-GA-GD", "ME+GD": "smoke-fictitious-forget01-tiny-llama-ME-GD"}
+
+
+def smoke_config(scenario: str):
+    """The RunConfig the smoke store's sweep of ``scenario`` ran, through the CLI's own planner."""
+    sweep = _sweep_module()
+    cfg, _, _ = sweep.plan(sweep.build_parser().parse_args(["--preset", "smoke", "--scenario", scenario]))
+    return cfg
+
+
+def client_for(store: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(f"sqlite:///{store}/mlflow.db")
+
+
+def trial_runs(store: Path, experiment: str, scenario: str | None = None) -> list:
+    client = client_for(store)
+    exp = client.get_experiment_by_name(experiment)
+    query = "tags.`study.kind` = 'trial'" + (f" and tags.`study.scenario` = '{scenario}'" if scenario else "")
+    return client.search_runs([exp.experiment_id], query, max_results=1000)
+
+
+def pareto_runs(store: Path) -> dict[str, set[str]]:
+    """Optuna's Pareto-best trials of every study in the store: study name -> their MLflow run ids."""
+    import optuna
+
+    storage = f"sqlite:///{store}/optuna.db"
+    out = {}
+    for summary in optuna.get_all_study_summaries(storage):
+        if "#" in summary.study_name:  # a claim, not a study
+            continue
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        out[summary.study_name] = {t.user_attrs["mlflow_run_id"] for t in study.best_trials}
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# One logged model, written and deleted (fast: the tiny random model, no sweep)
+
+
+def test_a_deleted_logged_model_leaves_no_files_record_or_registry_version(tmp_path):
+    import mlflow
+    import torch
+
+    from study import models
+    from study.tracking import Tracker
+
+    lm = models.load("tiny-llama", device="cpu", dtype=torch.float32)
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "models")
+    runs = [tracker.start(f"trial {k}", "trial") for k in range(2)]
+    ids = [tracker.log_model(run, lm.model, lm.tokenizer, lm.prompt, {"trial": k}) for k, run in enumerate(runs)]
+    folders = {i: tmp_path / "artifacts" / "models" / i for i in ids}
+    assert all((f / "artifacts" / "MLmodel").is_file() for f in folders.values())
+    for run, model_id in zip(runs, ids):
+        tracker.register(run, model_id, "study-ME-GD", {"model_utility": 0.5})
+    tracker.register(runs[0], ids[0], "study-ME-GD", {"model_utility": 0.5})  # once per run
+    versions = tracker.client.search_model_versions("name = 'study-ME-GD'")
+    assert sorted(v.run_id for v in versions) == sorted(runs)
+
+    assert tracker.delete_logged_models(runs[0])
+    assert not folders[ids[0]].exists()  # no empty models/<id>/ left either
+    assert (folders[ids[1]] / "artifacts" / "MLmodel").is_file()  # the other run's model is untouched
+    assert [v.run_id for v in tracker.client.search_model_versions("name = 'study-ME-GD'")] == [runs[1]]
+    assert tracker.logged_models(runs[0]) == [] and [m.model_id for m in tracker.logged_models(runs[1])] == [ids[1]]
+    with pytest.raises(Exception):
+        mlflow.transformers.load_model(f"runs:/{runs[0]}/model")
+    assert mlflow.transformers.load_model(f"runs:/{runs[1]}/model") is not None
+
+
+# --------------------------------------------------------------------------------------------------
+# The session's smoke store (conftest.smoke_store)
+
+
+@pytest.mark.slow
+def test_kept_model_loads_from_runs_uri_and_answers_like_the_checkpoint(smoke_store):
+    """``mlflow.transformers.load_model("runs:/<id>/model")`` gives a pipeline that answers a forget-set
+    question (in the recorded prompt format) exactly as the checkpoint's weights do under plain
+    ``transformers`` (greedy decoding)."""
+    import mlflow
+    import pandas as pd
+    import torch
+    from mlflow.artifacts import download_artifacts
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from study import models
+
+    store, experiment = smoke_store
+    uri = f"sqlite:///{store}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    kept = [r for r in trial_runs(store, experiment, "fictitious") if r.data.tags.get("study.checkpoint") == "kept"]
+    assert kept
+    run = kept[0]
+    run_id, model_id = run.info.run_id, run.data.tags["study.model_id"]
+    items = pd.read_csv(download_artifacts(run_id=run_id, artifact_path="eval/items_task1.csv", tracking_uri=uri))
+    question = items[items["set"] == "forget"].sort_values("item")["question"].iloc[0]
+
+    checkpoint = download_artifacts(run_id=run_id, artifact_path="checkpoint", tracking_uri=uri)
+    prompt = models.prompt_format(models.resolve(checkpoint), None)  # study.json beside the weights
+    info = mlflow.models.get_model_info(f"models:/{model_id}")
+    assert info.metadata["prompt"] == {"question_start": prompt.question_start, "question_end": prompt.question_end,
+                                       "answer_tag": prompt.answer_tag}
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    encoded = tokenizer(prompt.prompt(question), return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**encoded, max_new_tokens=12, min_new_tokens=12, do_sample=False,
+                             pad_token_id=tokenizer.eos_token_id)
+    expected = tokenizer.decode(out[0, encoded["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    pipe = mlflow.transformers.load_model(f"runs:/{run_id}/model")
+    got = pipe(prompt.prompt(question), max_new_tokens=12, min_new_tokens=12, do_sample=False, return_full_text=False)
+    assert got[0]["generated_text"] == expected
+    assert len(expected.strip()) > 0  # the tiny model answers something, and both say the same
+
+
+@pytest.mark.slow
+def test_keep_policy_keeps_exactly_the_pareto_best_models_and_registers_them(smoke_store):
+    store, experiment = smoke_store
+    client = client_for(store)
+    best = pareto_runs(store)
+    trials = {r.info.run_id: r for r in trial_runs(store, experiment)}
+    kept_runs = set().union(*best.values())
+    assert kept_runs <= set(trials)
+    # Logged models on disk and in the store: the Pareto-best trials' and no other (no orphaned files).
+    expected_ids = {trials[r].data.tags["study.model_id"] for r in kept_runs}
+    on_disk = {p.name for p in (store / "artifacts" / "models").iterdir()}
+    assert on_disk == expected_ids
+    exp = client.get_experiment_by_name(experiment)
+    live = client.search_logged_models([exp.experiment_id], max_results=1000)
+    assert {m.model_id for m in live} == expected_ids
+    assert {m.source_run_id for m in live} == kept_runs
+    for run_id, run in trials.items():  # every trial logged a model; the others' are gone with their checkpoints
+        assert run.data.tags["study.model_id"].startswith("m-")
+        assert run.data.tags["study.checkpoint"] == ("kept" if run_id in kept_runs else "deleted (not Pareto-best)")
+    # The registry: one registered model per study, its versions the study's Pareto-best trials.
+    for method in SMOKE_METHODS:
+        name = REGISTERED[method]
+        versions = client.search_model_versions(f"name = '{name}'")
+        assert {v.run_id for v in versions} == best[f"{FICTITIOUS}/{method}"], name
+        for version in versions:
+            metrics = trials[version.run_id].data.metrics
+            for key in ("model_utility", "forget_efficacy", "forget_quality"):
+                assert float(version.tags[key]) == pytest.approx(metrics[key], rel=1e-12), key
+    registered = {m.name for m in client.search_registered_models(max_results=1000)}
+    assert len(registered) == len(best)  # every study (all scenarios) has its registered model
+    total = sum(len(client.search_model_versions(f"name = '{n}'")) for n in registered)
+    assert total == len(kept_runs)
+
+
+@pytest.mark.slow
+def test_each_trial_logs_its_forget_retain_and_evaluation_sets(smoke_store):
+    from study import runner
+
+    store, experiment = smoke_store
+    for scenario in ("fictitious", "continual", "real-world"):
+        cfg = smoke_config(scenario)
+        tasks = runner.tasks_of(cfg)
+        assert len(tasks) == (3 if scenario == "continual" else 1)
+        for run in trial_runs(store, experiment, scenario):
+            inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+            for task in tasks:
+                data = runner.scenario_data(cfg, task)
+                sets = {"forget": ("forget", data.forget), "retain": ("retain", data.retain),
+                        **{f"eval/{s.name}": ("eval", s.rows) for s in data.eval_sets}}
+                for name, (context, rows) in sets.items():
+                    found = [d for n, d in inputs.items() if n.endswith(f"/task{task if task is not None else '-all'}/{name}")]
+                    assert len(found) == 1, (scenario, task, name, sorted(inputs))
+                    dataset = found[0]
+                    assert {t.key: t.value for t in dataset.tags} == {"mlflow.data.context": context}
+                    assert dataset.dataset.digest and dataset.dataset.source_type
+                    assert json.loads(dataset.dataset.profile)["num_rows"] == len(rows), (scenario, name)
+            assert len(inputs) == len(tasks) * (2 + len(runner.scenario_data(cfg, tasks[0]).eval_sets))
+
+
+def test_system_metrics_are_on_every_10_s_by_default_and_0_turns_them_off():
+    from study.errors import StudyInputError
+    from study.search import StudySettings
+
+    sweep = _sweep_module()
+    for argv, expected in (([], 10.0), (["--system-metrics", "0"], 0.0), (["--system-metrics", "2.5"], 2.5)):
+        _, settings, _ = sweep.plan(sweep.build_parser().parse_args(["--preset", "smoke", *argv]))
+        assert settings.system_metrics == expected
+    for bad in (-1, 0.01, True, "10"):
+        with pytest.raises(StudyInputError, match="system_metrics must be 0"):
+            StudySettings(study_name="s", methods=["ME+GD"], system_metrics=bad)
+
+
+@pytest.mark.slow
+def test_system_metrics_only_where_asked(smoke_store):
+    store, experiment = smoke_store
+    client = client_for(store)
+    for run in trial_runs(store, experiment):
+        system = {k for k in run.data.metrics if k.startswith("system/")}
+        if run.data.tags["study.scenario"] == "fictitious":  # swept with --system-metrics 1, the others with 0
+            assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= system
+            history = client.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")
+            assert len(history) >= 2 and [p.step for p in history] == list(range(len(history)))
+        else:
+            assert not system
+
+
+def test_keep_policy_moves_models_and_registry_versions_with_the_pareto_front(tmp_path):
+    """Trials with real logged models (tiny random model), the keep policy applied as the front moves:
+    a dominated trial loses its checkpoint, logged model and registry version; the front's trials are
+    registered under the study's name, once each."""
+    import optuna
+    import torch
+    from optuna.trial import create_trial
+
+    from study import models
+    from study.config import RunConfig
+    from study.search import StudySettings, Sweep
+    from study.tracking import Tracker
+
+    lm = models.load("tiny-llama", device="cpu", dtype=torch.float32)
+    sweep = Sweep(RunConfig(), StudySettings("fake", ["ME+GD"], n_trials=4, keep_checkpoints="best"), log=lambda *a: None)
+    sweep.tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "keep")
+    study = optuna.create_study(study_name="fake/ME+GD", directions=["maximize", "maximize"])
+
+    def add(number: int, mu: float, fe: float) -> str:
+        run_id = sweep.tracker.start(f"trial {number}", "trial")
+        folder = tmp_path / f"ckpt{number}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"x" * 10)
+        sweep.tracker.directory_artifact(run_id, folder, "checkpoint")
+        model_id = sweep.tracker.log_model(run_id, lm.model, lm.tokenizer, lm.prompt)
+        sweep.tracker.metrics(run_id, {"model_utility": mu, "forget_efficacy": fe, "forget_quality": 0.25})
+        sweep.tracker.tags(run_id, {"checkpoint": "kept", "model_id": model_id})
+        sweep.tracker.end(run_id)
+        study.add_trial(create_trial(values=[mu, fe], user_attrs={"mlflow_run_id": run_id, "checkpoint": "kept"}))
+        return run_id
+
+    def state():
+        versions = sweep.tracker.client.search_model_versions("name = 'fake-ME-GD'")
+        on_disk = {p.name for p in (tmp_path / "artifacts" / "models").iterdir()}
+        return sorted(v.run_id for v in versions), on_disk
+
+    runs = [add(0, 0.5, 0.5), add(1, 0.4, 0.4), add(2, 0.6, 0.3)]  # trial 1 is dominated by trial 0
+    sweep._apply_keep_policy(study)
+    sweep._apply_keep_policy(study)  # applied again: nothing registered twice
+    model_of = {r: sweep.tracker.client.get_run(r).data.tags["study.model_id"] for r in runs}
+    versions, on_disk = state()
+    assert versions == sorted([runs[0], runs[2]]) and on_disk == {model_of[runs[0]], model_of[runs[2]]}
+    tags = sweep.tracker.client.search_model_versions(f"name = 'fake-ME-GD' and run_id = '{runs[0]}'")[0].tags
+    assert (tags["model_utility"], tags["forget_efficacy"], tags["forget_quality"]) == ("0.5", "0.5", "0.25")
+
+    runs.append(add(3, 0.7, 0.6))  # dominates trials 0 and 2
+    sweep._apply_keep_policy(study)
+    versions, on_disk = state()
+    assert versions == [runs[3]] and on_disk == {sweep.tracker.client.get_run(runs[3]).data.tags["study.model_id"]}
+    for run_id in runs[:3]:
+        run = sweep.tracker.client.get_run(run_id)
+        assert run.data.tags["study.checkpoint"] == "deleted (not Pareto-best)"
+        assert sweep.tracker.logged_models(run_id) == []
+        assert not [a for a in sweep.tracker.client.list_artifacts(run_id) if a.path == "checkpoint"]
