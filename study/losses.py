@@ -40,7 +40,7 @@ from __future__ import annotations
 import inspect
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -965,11 +965,95 @@ def _as_terms(value: LossTerms) -> dict[str, Tensor]:
     return dict(value) if isinstance(value, Mapping) else {"": value}
 
 
+def fuse_parts(parts: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
+    """Batch parts stacked into one batch: each right-padded to the widest, then concatenated on dim 0.
+
+    Right padding keeps every real token at its position (0, 1, ... as in its own part) and adds only
+    columns *after* a part's last one, which a causal model's earlier positions never attend to; the
+    added columns have attention 0 and label ``IGNORE_INDEX``. So the logits (and hidden states) of a
+    part's rows, cut back to its width, are those of the part run alone, up to float rounding of the
+    larger matrix products (:func:`split_fused`). ``[B_i, T_i] -> [sum B_i, max T_i]``.
+    """
+    width = max(p["input_ids"].shape[1] for p in parts)
+
+    def stacked(key: str, value: int) -> Tensor:
+        return torch.cat([F.pad(p[key], (0, width - p[key].shape[1]), value=value) for p in parts])
+
+    return {"input_ids": stacked("input_ids", 0), "attention_mask": stacked("attention_mask", 0),
+            "labels": stacked("labels", IGNORE_INDEX)}
+
+
+def split_fused(value: Tensor, parts: Sequence[Mapping[str, Tensor]]) -> list[Tensor]:
+    """The rows and columns of each part in an output ``[sum B_i, max T_i, ...]`` of a fused batch.
+
+    ``torch.split`` on the batch (its backward is one concatenation, not a zero-filled copy per part),
+    then each part's first ``T_i`` columns. A part at the full width keeps every position: a KL over
+    all ``B * max_length`` positions of the retain part (``UnlearningDataset.full_width_parts``) averages
+    over exactly the positions it would alone. A part whose output kept fewer columns than its width
+    (``logits_to_keep=1``: a part only RMU reads) gets what there is.
+    """
+    chunks = value.split([p["input_ids"].shape[0] for p in parts])
+    return [c[:, : p["input_ids"].shape[1]] for c, p in zip(chunks, parts)]
+
+
+def dropout_active(model: Any) -> bool:
+    """Whether a forward of ``model`` in its current mode draws dropout masks.
+
+    In training mode: a ``Dropout`` module with ``p > 0``, or a config dropout rate above 0 (Llama's
+    attention dropout is a functional call on ``config.attention_dropout``, not a module). Masks drawn
+    for one fused batch differ from those drawn for separate forwards, so :func:`compute_loss` keeps
+    separate forwards then (same seed, same losses as before). Llama-family configs default to 0.
+    """
+    if not getattr(model, "training", False):
+        return False
+    if any(isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules()):
+        return True
+    config = getattr(model, "config", None) or getattr(getattr(model, "module", None), "config", None)
+    rates = vars(config).items() if config is not None else ()
+    return any((k.endswith("dropout") or k.endswith("pdrop")) and isinstance(v, (int, float)) and v > 0
+               for k, v in rates)
+
+
+def _forward_parts(
+    model: Any, batch: Mapping[str, Any], logit_parts: Sequence[str], hidden_parts: Sequence[str],
+    hidden_layer: int | None, fused: bool,
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Logits of ``logit_parts`` and hidden states of ``hidden_parts``: ``(logits, hidden)`` by part.
+
+    ``fused``: one forward over every part (:func:`fuse_parts`, :func:`split_fused`); else one forward
+    per part, each asking only for what its part needs (:func:`_forward`).
+    """
+    names = [p for p in BATCH_PARTS if p in set(logit_parts) | set(hidden_parts)]
+    logits: dict[str, Tensor] = {}
+    hidden: dict[str, Tensor] = {}
+    if not names:
+        return logits, hidden
+    if fused and len(names) > 1:
+        parts = [batch[p] for p in names]
+        layer = hidden_layer if hidden_parts else None
+        z, h = _forward(model, fuse_parts(parts), layer, keep_logits=bool(logit_parts))
+        z_parts = split_fused(z, parts)
+        h_parts = split_fused(h, parts) if h is not None else [None] * len(names)
+        for p, zp, hp in zip(names, z_parts, h_parts):
+            if p in logit_parts:
+                logits[p] = zp
+            if p in hidden_parts:
+                hidden[p] = hp
+        return logits, hidden
+    for p in names:
+        z, h = _forward(model, batch[p], hidden_layer if p in hidden_parts else None, keep_logits=p in logit_parts)
+        if p in logit_parts:
+            logits[p] = z
+        if p in hidden_parts:
+            hidden[p] = h
+    return logits, hidden
+
+
 def compute_loss(
     method: Method, model: Any, batch: Mapping[str, Any], ref_model: Any | None = None,
-    steering: Steering | None = None,
+    steering: Steering | None = None, fused: bool = True,
 ) -> LossOutput:
-    """The method's loss on one batch, each needed forward pass run once.
+    """The method's loss on one batch: one forward of ``model`` (and at most one of ``ref_model``).
 
     Args:
         method: what to compute.
@@ -979,8 +1063,13 @@ def compute_loss(
             under ``ref_cache_key(part)`` for each part in ``method.ref_logprob_parts``.
         ref_model: the frozen reference model (eval mode). Needed when ``method.needs_live_ref_model``,
             or when reference log-probs are needed and not in the batch (then computed here, under
-            ``no_grad``, exactly as :func:`reference_logprobs` fills the cache).
+            ``no_grad``, from the same numerics as :func:`reference_logprobs`).
         steering: the layer and control vector (:func:`steering_for`), when a loss reads hidden states (RMU).
+        fused: run the method's batch parts as one batch through ``model`` and the parts the reference
+            model reads as one batch through it (:func:`fuse_parts`); the losses read each part's slice
+            of the outputs. Equal to separate forwards up to float rounding (within 1e-5 in
+            ``tests/test_fused_forward.py``). ``False``, or a model whose dropout is active in training
+            mode (:func:`dropout_active`), runs one forward per part.
 
     Returns:
         :class:`LossOutput`.
@@ -994,21 +1083,17 @@ def compute_loss(
         raise ValueError(f"method {method} reads hidden states: pass steering=steering_for(method, model, seed)")
     layer = steering.layer if steering is not None else None
     hidden_parts, logit_parts = method.hidden_state_parts, method.logit_parts
-    logits, hidden = {}, {}
-    for p in method.batch_parts:
-        z, h = _forward(model, batch[p], layer if p in hidden_parts else None, keep_logits=p in logit_parts)
-        if p in logit_parts:
-            logits[p] = z
-        if p in hidden_parts:
-            hidden[p] = h
+    logits, hidden = _forward_parts(model, batch, logit_parts, hidden_parts, layer,
+                                    fused=fused and not dropout_active(model))
     labels = {p: batch[p]["labels"] for p in method.batch_parts}
 
     ref_logprobs: dict[str, Tensor] = {}
+    live_logprob_parts = []
     for p in method.ref_logprob_parts:
         if (key := ref_cache_key(p)) in batch:
             ref_logprobs[p] = batch[key].to(batch[p]["labels"].device)
         elif ref_model is not None:
-            ref_logprobs[p] = reference_logprobs(ref_model, batch[p])
+            live_logprob_parts.append(p)
         else:
             raise ValueError(f"method {method} needs reference log-probs on {p!r}: pass {key!r} or a ref_model")
     if method.ref_logit_parts and ref_model is None:
@@ -1016,9 +1101,16 @@ def compute_loss(
     if method.ref_hidden_state_parts and ref_model is None:
         raise ValueError(f"method {method} needs reference hidden states on {list(method.ref_hidden_state_parts)}; "
                          "pass a ref_model")
-    with torch.no_grad():
-        ref_logits = {p: forward_logits(ref_model, batch[p]) for p in method.ref_logit_parts}
-        ref_hidden = {p: _forward(ref_model, batch[p], layer, keep_logits=False)[1] for p in method.ref_hidden_state_parts}
+    ref_logits: dict[str, Tensor] = {}
+    ref_hidden: dict[str, Tensor] = {}
+    if ref_model is not None:
+        with torch.no_grad():
+            ref_z, ref_hidden = _forward_parts(
+                ref_model, batch, [*method.ref_logit_parts, *live_logprob_parts], method.ref_hidden_state_parts,
+                layer, fused=fused and not dropout_active(ref_model),
+            )
+        ref_logits = {p: ref_z[p] for p in method.ref_logit_parts}
+        ref_logprobs.update({p: sequence_logprob(ref_z[p], batch[p]["labels"]) for p in live_logprob_parts})
 
     inputs = LossInputs(
         logits=logits, labels=labels, ref_logprobs=ref_logprobs, ref_logits=ref_logits, hidden=hidden,
