@@ -1,19 +1,27 @@
 #!/usr/bin/env python
 """One forward per step: an unlearning step with the method's batch parts fused into one batch
-(``compute_loss(fused=True)``, the default) against one forward per part (``fused=False``).
+(``compute_loss(fused=True)``, the default) against one forward per part.
 
     python benchmarks/bench_fused_forward.py                         # SmolLM2-135M, ME+GD, NPO+KL, IDK+AP
     python benchmarks/bench_fused_forward.py --methods DPO+GD --pairs 4
     python benchmarks/bench_fused_forward.py --model tiny-llama --pairs 2
 
-One optimizer step, as ``unlearn`` runs it with the default preset's settings (built-in authors,
-fictitious forget01 task 1, micro-batch 4, ``max_length`` 64, ``grad_accum`` 1, the label mode each
-method implies, KL's retain part padded to ``max_length``, NPO's reference log-probs cached before
-training): ``compute_loss`` + backward (``fwd+bwd``) then the AdamW step (``step`` = both). The
-reference model is a frozen copy of the model. Each pair runs the two variants back to back on the same
-micro-batch (A B, B A, ...; micro-batches cycle over the first ``--pairs`` of the epoch); the figure per
-method is the median of the per-pair ratios fused / separate (CPU seconds on a CPU device, wall on
-CUDA; see ``benchmarks/__init__.py``). Target: the whole step at most 0.75x for every method.
+Three variants of one optimizer step, as ``unlearn`` runs it with the default preset's settings
+(built-in authors, fictitious forget01 task 1, micro-batch 4, ``max_length`` 64, ``grad_accum`` 1, the
+label mode each method implies, KL's retain part padded to ``max_length``, NPO's reference log-probs
+cached before training): ``compute_loss`` + backward (``fwd+bwd``), then the AdamW step (``step`` = both).
+
+- ``fused``: the default: one forward of the model over all parts, one of the reference over its parts,
+  the LM head skipping the columns before the first label where no loss reads every position;
+- ``separate``: ``fused=False``: one forward per part, each part's LM head skipping its own unlabelled
+  columns (isolates the fusion);
+- ``before``: one forward per part with full logits, i.e. the code before issue 14 (the model wrapped
+  so that it does not take ``logits_to_keep``).
+
+The reference model is a frozen copy of the model; lr 0, so every variant sees the same weights. Each
+round runs the three back to back on the same micro-batch (orders alternate); the figure per method is
+the median of the per-round ratios (CPU seconds on a CPU device, wall on CUDA; see
+``benchmarks/__init__.py``). Target (issue 14): ``fused / before`` at most 0.75x for every method.
 """
 
 from __future__ import annotations
@@ -77,14 +85,18 @@ def main(argv=None) -> int:
         print(f"\n{name}: parts {widths} (first micro-batch's widths), label mode {label_mode}, "
               f"live reference: {live_ref is not None}", flush=True)
         lm.model.train()
-        fb = {"fused": Timings(), "separate": Timings()}
-        step = {"fused": Timings(), "separate": Timings()}
-        losses: dict[str, list[float]] = {"fused": [], "separate": []}
+        variants = ("fused", "separate", "before")
+        fb = {v: Timings() for v in variants}
+        step = {v: Timings() for v in variants}
+        losses: dict[str, list[float]] = {v: [] for v in variants}
+        before_model = FullLogits(lm.model)
+        before_ref = FullLogits(live_ref) if live_ref is not None else None
 
         def run(variant: str, batch, record: bool = True) -> None:
+            model, reference = (before_model, before_ref) if variant == "before" else (lm.model, live_ref)
             sync(device)
             wall, cpu = time.perf_counter(), time.process_time()
-            out = compute_loss(method, lm.model, batch, live_ref, fused=variant == "fused")
+            out = compute_loss(method, model, batch, reference, fused=variant == "fused")
             out.total.backward()
             sync(device)
             fb_wall, fb_cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -96,28 +108,46 @@ def main(argv=None) -> int:
                 step[variant].add(time.perf_counter() - wall, time.process_time() - cpu)
                 losses[variant].append(float(out.total.detach()))
 
-        for variant in ("fused", "separate"):  # warm-up: first-call allocations, AdamW state
+        for variant in variants:  # warm-up: first-call allocations, AdamW state
             run(variant, batches[0], record=False)
-        for i, variant, _ in alternate({"fused": 0, "separate": 0}, args.pairs):
+        for i, variant, _ in alternate(dict.fromkeys(variants), args.pairs):
             run(variant, batches[i])
-        for variant in ("fused", "separate"):
-            print(f"  {variant:<9} step {step[variant].describe()}", flush=True)
+        for variant in variants:
+            print(f"  {variant:<9} step    {step[variant].describe()}", flush=True)
             print(f"  {variant:<9} fwd+bwd {fb[variant].describe()}", flush=True)
-        ratio = pair_ratio(step["fused"], step["separate"], clock)
-        fb_ratio = pair_ratio(fb["fused"], fb["separate"], clock)
-        other = pair_ratio(step["fused"], step["separate"], other_clock(clock))
-        # Same micro-batch and weights (lr 0) in a pair: the gap is the fused forward's rounding.
-        gap = max(abs(a - b) for a, b in zip(losses["fused"], losses["separate"]))
-        print(f"  {name}: fused/separate step {ratio:.3f}x, fwd+bwd {fb_ratio:.3f}x ({clock} clock, median of "
-              f"{args.pairs} pairs; step {other:.3f}x on the {other_clock(clock)} clock); largest loss gap "
-              f"within a pair {gap:.1e}", flush=True)
-        results[name] = (ratio, fb_ratio)
-    worst = max(r for r, _ in results.values())
-    details = "; ".join(f"{n} step {r:.3f}x, fwd+bwd {f:.3f}x" for n, (r, f) in results.items())
-    details += (f"; fused/separate, {clock} clock, median of {args.pairs} pairs, {args.model} B={args.batch_size} "
+        ratio = pair_ratio(step["fused"], step["before"], clock)
+        fb_ratio = pair_ratio(fb["fused"], fb["before"], clock)
+        fusion = pair_ratio(step["fused"], step["separate"], clock)
+        other = pair_ratio(step["fused"], step["before"], other_clock(clock))
+        # Same micro-batch and weights (lr 0) in a round: the gap is float rounding.
+        gap = max(abs(a - b) for v in ("separate", "before") for a, b in zip(losses["fused"], losses[v]))
+        print(f"  {name}: fused/before step {ratio:.3f}x, fwd+bwd {fb_ratio:.3f}x; fused/separate step {fusion:.3f}x "
+              f"({clock} clock, median of {args.pairs} rounds; fused/before step {other:.3f}x on the "
+              f"{other_clock(clock)} clock); largest loss gap within a round {gap:.1e}", flush=True)
+        results[name] = (ratio, fb_ratio, fusion)
+    worst = max(r for r, _, _ in results.values())
+    details = "; ".join(f"{n} step {r:.3f}x (fwd+bwd {f:.3f}x, fused/separate {u:.3f}x)"
+                        for n, (r, f, u) in results.items())
+    details += (f"; fused/before, {clock} clock, median of {args.pairs} rounds, {args.model} B={args.batch_size} "
                 f"T<={args.max_length} on {device.type}, load average {machine_load():.1f}")
     result_line("fused_forward", worst, details, f"<= {TARGET:.2f} (worst method's step)", worst <= TARGET)
     return 0
+
+
+class FullLogits:
+    """A model that does not take ``logits_to_keep``: every column's logits, as before issue 14."""
+
+    def __init__(self, model):
+        self.module = model
+        self.training = model.training
+
+    def modules(self):
+        return self.module.modules()
+
+    def forward(self, input_ids, attention_mask, output_hidden_states=False):
+        return self.module(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=output_hidden_states)
+
+    __call__ = forward
 
 
 def machine_load() -> float:

@@ -945,20 +945,44 @@ def reference_logprobs(model: Any, part: Mapping[str, Tensor]) -> Tensor:
     return sequence_logprob(forward_logits(model, part), part["labels"])
 
 
-def _forward(model: Any, part: Mapping[str, Tensor], hidden_layer: int | None, keep_logits: bool) -> tuple[Tensor, Tensor | None]:
-    """One forward pass: ``(logits, output of decoder layer hidden_layer or None)``.
+def first_logit_column(labels: Tensor) -> int:
+    """The first column whose logits score a label: one before the first labelled column (0 if none).
 
-    Hidden states are asked for only when ``hidden_layer`` is given, so other losses call the model
-    exactly as :func:`forward_logits` does. Without ``keep_logits`` (a part only RMU reads) the LM
-    head runs on the last position alone where the model takes ``logits_to_keep``.
+    The logit at position ``t`` scores ``labels[:, t + 1]``, so the columns before it feed no
+    label-based loss: the LM head (``[B, T, d] x [d, V]``), the softmax and their backward can skip
+    them (transformers' ``logits_to_keep``), as ``study.train.answer_nll`` does when fine-tuning. On
+    answer-only labels that is the question and prompt: ~50 of 64 tokens for SmolLM2's chat template.
     """
-    if hidden_layer is None:
-        return forward_logits(model, part), None
-    kwargs: dict[str, Any] = {"output_hidden_states": True}
-    if not keep_logits and "logits_to_keep" in inspect.signature(model.forward).parameters:
-        kwargs["logits_to_keep"] = 1
+    labelled = (labels != IGNORE_INDEX).any(dim=0).nonzero()
+    return max(0, int(labelled.min()) - 1) if len(labelled) else 0
+
+
+def _takes_logits_to_keep(model: Any) -> bool:
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _forward(model: Any, part: Mapping[str, Tensor], hidden_layer: int | None, keep_logits: bool,
+             logits_from: int = 0) -> tuple[Tensor, Tensor | None, int]:
+    """One forward pass: ``(logits, output of decoder layer hidden_layer or None, first logit column)``.
+
+    Hidden states are asked for only when ``hidden_layer`` is given. Without ``keep_logits`` (a part
+    only RMU reads) the LM head runs on the last position alone; with ``logits_from > 0`` on columns
+    ``logits_from ..`` only (logits ``[B, T - logits_from, V]``), where the model takes
+    ``logits_to_keep``; the third value says which column the logits start at (0 when it does not).
+    """
+    kwargs: dict[str, Any] = {"output_hidden_states": True} if hidden_layer is not None else {}
+    start = 0
+    if _takes_logits_to_keep(model):
+        if not keep_logits:
+            kwargs["logits_to_keep"] = 1
+        elif logits_from > 0:
+            start = logits_from
+            kwargs["logits_to_keep"] = part["input_ids"].shape[1] - logits_from
     out = model(input_ids=part["input_ids"], attention_mask=part["attention_mask"], **kwargs)
-    return out.logits, out.hidden_states[hidden_layer + 1]
+    return out.logits, (out.hidden_states[hidden_layer + 1] if hidden_layer is not None else None), start
 
 
 def _as_terms(value: LossTerms) -> dict[str, Tensor]:
@@ -1016,37 +1040,51 @@ def dropout_active(model: Any) -> bool:
 
 def _forward_parts(
     model: Any, batch: Mapping[str, Any], logit_parts: Sequence[str], hidden_parts: Sequence[str],
-    hidden_layer: int | None, fused: bool,
-) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """Logits of ``logit_parts`` and hidden states of ``hidden_parts``: ``(logits, hidden)`` by part.
+    hidden_layer: int | None, fused: bool, positional: Sequence[str] = (),
+) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, int]]:
+    """Logits of ``logit_parts`` and hidden states of ``hidden_parts``: ``(logits, hidden, starts)``.
 
-    ``fused``: one forward over every part (:func:`fuse_parts`, :func:`split_fused`); else one forward
-    per part, each asking only for what its part needs (:func:`_forward`).
+    ``logits[p]`` covers the columns from ``starts[p]`` on: the LM head skips the leading columns
+    that score no label (:func:`first_logit_column`), except on the ``positional`` parts, whose loss
+    reads every position (KL). Hidden states cover every column.
+
+    ``fused``: one forward over every part (:func:`fuse_parts`, :func:`split_fused`), its logits from
+    the smallest first column of its logit parts; else one forward per part, each asking only for
+    what its part needs.
     """
     names = [p for p in BATCH_PARTS if p in set(logit_parts) | set(hidden_parts)]
     logits: dict[str, Tensor] = {}
     hidden: dict[str, Tensor] = {}
+    starts: dict[str, int] = {}
     if not names:
-        return logits, hidden
+        return logits, hidden, starts
+
+    def first(p: str) -> int:
+        return 0 if p in positional else first_logit_column(batch[p]["labels"])
+
     if fused and len(names) > 1:
         parts = [batch[p] for p in names]
         layer = hidden_layer if hidden_parts else None
-        z, h = _forward(model, fuse_parts(parts), layer, keep_logits=bool(logit_parts))
-        z_parts = split_fused(z, parts)
+        logits_from = min((first(p) for p in logit_parts), default=0)
+        z, h, start = _forward(model, fuse_parts(parts), layer, keep_logits=bool(logit_parts), logits_from=logits_from)
+        widths = [{"input_ids": q["input_ids"][:, start:]} for q in parts]  # each part's columns from `start`
+        z_parts = split_fused(z, widths)
         h_parts = split_fused(h, parts) if h is not None else [None] * len(names)
         for p, zp, hp in zip(names, z_parts, h_parts):
             if p in logit_parts:
-                logits[p] = zp
+                logits[p], starts[p] = zp, start
             if p in hidden_parts:
                 hidden[p] = hp
-        return logits, hidden
+        return logits, hidden, starts
     for p in names:
-        z, h = _forward(model, batch[p], hidden_layer if p in hidden_parts else None, keep_logits=p in logit_parts)
-        if p in logit_parts:
-            logits[p] = z
+        keep = p in logit_parts
+        z, h, start = _forward(model, batch[p], hidden_layer if p in hidden_parts else None, keep_logits=keep,
+                               logits_from=first(p) if keep else 0)
+        if keep:
+            logits[p], starts[p] = z, start
         if p in hidden_parts:
             hidden[p] = h
-    return logits, hidden
+    return logits, hidden, starts
 
 
 def compute_loss(
@@ -1083,9 +1121,11 @@ def compute_loss(
         raise ValueError(f"method {method} reads hidden states: pass steering=steering_for(method, model, seed)")
     layer = steering.layer if steering is not None else None
     hidden_parts, logit_parts = method.hidden_state_parts, method.logit_parts
-    logits, hidden = _forward_parts(model, batch, logit_parts, hidden_parts, layer,
-                                    fused=fused and not dropout_active(model))
-    labels = {p: batch[p]["labels"] for p in method.batch_parts}
+    positional = method.ref_logit_parts  # KL compares every position of these with the reference's
+    logits, hidden, starts = _forward_parts(model, batch, logit_parts, hidden_parts, layer,
+                                            fused=fused and not dropout_active(model), positional=positional)
+    # Each part's labels from the column its logits start at: the same scored positions, the same sums.
+    labels = {p: batch[p]["labels"][:, starts.get(p, 0):] for p in method.batch_parts}
 
     ref_logprobs: dict[str, Tensor] = {}
     live_logprob_parts = []
@@ -1105,12 +1145,13 @@ def compute_loss(
     ref_hidden: dict[str, Tensor] = {}
     if ref_model is not None:
         with torch.no_grad():
-            ref_z, ref_hidden = _forward_parts(
+            ref_z, ref_hidden, ref_starts = _forward_parts(
                 ref_model, batch, [*method.ref_logit_parts, *live_logprob_parts], method.ref_hidden_state_parts,
-                layer, fused=fused and not dropout_active(ref_model),
+                layer, fused=fused and not dropout_active(ref_model), positional=positional,
             )
         ref_logits = {p: ref_z[p] for p in method.ref_logit_parts}
-        ref_logprobs.update({p: sequence_logprob(ref_z[p], batch[p]["labels"]) for p in live_logprob_parts})
+        ref_logprobs.update({p: sequence_logprob(ref_z[p], batch[p]["labels"][:, ref_starts[p]:])
+                             for p in live_logprob_parts})
 
     inputs = LossInputs(
         logits=logits, labels=labels, ref_logprobs=ref_logprobs, ref_logits=ref_logits, hidden=hidden,

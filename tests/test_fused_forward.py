@@ -89,9 +89,27 @@ def loss_and_grads(method: Method, model, ref, batch, fused: bool, steering=None
 
 
 def count_calls(model) -> dict:
-    calls = {"n": 0}
-    model.register_forward_pre_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+    """Counts forward calls (``n``) and records the ``logits_to_keep`` of each (``keep``)."""
+    calls = {"n": 0, "keep": []}
+
+    def hook(module, args, kwargs):
+        calls["n"] += 1
+        calls["keep"].append(kwargs.get("logits_to_keep"))
+
+    model.register_forward_pre_hook(hook, with_kwargs=True)
     return calls
+
+
+class FullLogits(torch.nn.Module):
+    """The same model without ``logits_to_keep`` in its signature: every column's logits, as before
+    the LM head skipped the unlabelled ones."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.module = inner
+
+    def forward(self, input_ids, attention_mask, output_hidden_states=False):
+        return self.module(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=output_hidden_states)
 
 
 METHODS = ["ME+GD", "NPO+KL", "IDK+AP", "GA+KL", "DPO+GD", "DPO+KL", "NPO+GD", "LLMU", "SimNPO+GD", "RMU", "RMU+GD",
@@ -117,21 +135,32 @@ def test_fused_forward_gives_the_separate_losses_and_gradients(name):
     separate, g_separate = loss_and_grads(method, model, ref, batch, fused=False, steering=steering)
     calls_separate = (model_calls["n"], ref_calls["n"])
     model_calls["n"] = ref_calls["n"] = 0
+    model_calls["keep"].clear()
     fused, g_fused = loss_and_grads(method, model, ref, batch, fused=True, steering=steering)
+    keep, calls_fused = model_calls["keep"][0], (model_calls["n"], ref_calls["n"])
+    # Full logits from a model that cannot skip columns: the baseline before this change.
+    full, g_full = loss_and_grads(method, FullLogits(model), FullLogits(ref), batch, fused=False, steering=steering)
+    g_full = {n.removeprefix("module."): g for n, g in g_full.items()}
 
     # One forward of each model per step, where there were one per part.
     n_ref_parts = len(set(method.ref_logit_parts) | set(method.ref_logprob_parts) | set(method.ref_hidden_state_parts))
     assert calls_separate == (len(method.batch_parts), n_ref_parts)
-    assert (model_calls["n"], ref_calls["n"]) == (1, min(1, n_ref_parts))
+    assert calls_fused == (1, min(1, n_ref_parts))
 
-    assert separate.parts.keys() == fused.parts.keys()
-    for key in separate.parts:
-        torch.testing.assert_close(fused.parts[key], separate.parts[key], rtol=TOL, atol=TOL, msg=key)
+    # The LM head skips the columns before the first label, unless a loss reads every position (KL,
+    # ME's full labels) or no loss reads logits (RMU).
+    answer_only = method.logit_parts and not method.ref_logit_parts and method.forget_mask_default
+    assert (keep is not None and keep != 1) == bool(answer_only), keep
+
+    for other, g_other in ((separate, g_separate), (full, g_full)):
+        assert other.parts.keys() == fused.parts.keys()
+        for key in other.parts:
+            torch.testing.assert_close(fused.parts[key], other.parts[key], rtol=TOL, atol=TOL, msg=key)
+        assert g_other.keys() == g_fused.keys() and g_other
+        for n in g_other:
+            scale = max(1.0, float(g_other[n].abs().max()))
+            torch.testing.assert_close(g_fused[n], g_other[n], rtol=0, atol=TOL * scale, msg=n)
     assert float(separate.total.detach()) != 0.0
-    assert g_separate.keys() == g_fused.keys() and g_separate
-    for n in g_separate:
-        scale = max(1.0, float(g_separate[n].abs().max()))
-        torch.testing.assert_close(g_fused[n], g_separate[n], rtol=0, atol=TOL * scale, msg=n)
 
 
 @pytest.mark.parametrize("name", ["NPO+GD", "DPO+KL"])
