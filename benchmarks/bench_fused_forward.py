@@ -49,11 +49,17 @@ def main(argv=None) -> int:
     parser.add_argument("--max-length", type=int, default=64, help="padded length (default: the default preset's 64)")
     parser.add_argument("--batch-size", type=int, default=4, help="micro-batch (default: the preset's 4)")
     parser.add_argument("--pairs", type=int, default=6, help="pairs of optimizer steps per method (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: on a shared CPU, OpenMP threads spinning against other "
+                             "processes made step times vary 4x; 0 = torch's choice)")
     add_device_arg(parser)
     add_clock_arg(parser)
     args = parser.parse_args(argv)
 
     import torch
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     from study import models
     from study import train as T

@@ -957,6 +957,28 @@ def first_logit_column(labels: Tensor) -> int:
     return max(0, int(labelled.min()) - 1) if len(labelled) else 0
 
 
+LINEAR_HEAD_MODEL_TYPES: tuple[str, ...] = ("llama", "mistral", "qwen2", "qwen3")
+"""Hugging Face model types whose logits are exactly ``lm_head(hidden_states[-1])`` (a plain linear head
+after the final norm: no logit scaling or soft-capping), checked for Llama by ``tests/test_fused_forward.py``."""
+
+
+def linear_lm_head(model: Any) -> torch.nn.Linear | None:
+    """The LM head of ``model`` when its logits are ``head(last hidden state)``, else None.
+
+    Lets a fused forward run the decoder once over all parts and the head on each part's own scored
+    columns (:func:`first_logit_column`), where one ``logits_to_keep`` for the whole fused batch would
+    keep the columns of the part whose labels start earliest for every row. None for other model
+    types and for wrappers without a Hugging Face config (a DeepSpeed engine): they take the shared
+    ``logits_to_keep`` path.
+    """
+    config = getattr(model, "config", None)
+    if getattr(config, "model_type", None) not in LINEAR_HEAD_MODEL_TYPES:
+        return None
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    return head if isinstance(head, torch.nn.Linear) and _takes_logits_to_keep(model) else None
+
+
 def _takes_logits_to_keep(model: Any) -> bool:
     try:
         return "logits_to_keep" in inspect.signature(model.forward).parameters
@@ -1065,6 +1087,19 @@ def _forward_parts(
     if fused and len(names) > 1:
         parts = [batch[p] for p in names]
         layer = hidden_layer if hidden_parts else None
+        head = linear_lm_head(model) if logit_parts else None
+        if head is not None:  # the body once over the fused batch, the LM head per part on its own columns
+            out = model(**{k: v for k, v in fuse_parts(parts).items() if k != "labels"}, output_hidden_states=True,
+                        logits_to_keep=1)
+            finals = split_fused(out.hidden_states[-1], parts)  # [B_i, T_i, d], after the final norm
+            h_parts = split_fused(out.hidden_states[layer + 1], parts) if layer is not None else [None] * len(names)
+            for p, final, hp in zip(names, finals, h_parts):
+                if p in logit_parts:
+                    starts[p] = first(p)
+                    logits[p] = head(final[:, starts[p]:])
+                if p in hidden_parts:
+                    hidden[p] = hp
+            return logits, hidden, starts
         logits_from = min((first(p) for p in logit_parts), default=0)
         z, h, start = _forward(model, fuse_parts(parts), layer, keep_logits=bool(logit_parts), logits_from=logits_from)
         widths = [{"input_ids": q["input_ids"][:, start:]} for q in parts]  # each part's columns from `start`

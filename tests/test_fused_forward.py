@@ -18,7 +18,9 @@ from study.losses import (  # noqa: E402
     Method,
     compute_loss,
     dropout_active,
+    first_logit_column,
     fuse_parts,
+    linear_lm_head,
     ref_cache_key,
     reference_logprobs,
     split_fused,
@@ -135,9 +137,11 @@ def test_fused_forward_gives_the_separate_losses_and_gradients(name):
     separate, g_separate = loss_and_grads(method, model, ref, batch, fused=False, steering=steering)
     calls_separate = (model_calls["n"], ref_calls["n"])
     model_calls["n"] = ref_calls["n"] = 0
-    model_calls["keep"].clear()
+    head_inputs = []
+    handle = model.lm_head.register_forward_hook(lambda m, args, out: head_inputs.append(tuple(args[0].shape[:2])))
     fused, g_fused = loss_and_grads(method, model, ref, batch, fused=True, steering=steering)
-    keep, calls_fused = model_calls["keep"][0], (model_calls["n"], ref_calls["n"])
+    handle.remove()
+    calls_fused = (model_calls["n"], ref_calls["n"])
     # Full logits from a model that cannot skip columns: the baseline before this change.
     full, g_full = loss_and_grads(method, FullLogits(model), FullLogits(ref), batch, fused=False, steering=steering)
     g_full = {n.removeprefix("module."): g for n, g in g_full.items()}
@@ -147,10 +151,15 @@ def test_fused_forward_gives_the_separate_losses_and_gradients(name):
     assert calls_separate == (len(method.batch_parts), n_ref_parts)
     assert calls_fused == (1, min(1, n_ref_parts))
 
-    # The LM head skips the columns before the first label, unless a loss reads every position (KL,
-    # ME's full labels) or no loss reads logits (RMU).
-    answer_only = method.logit_parts and not method.ref_logit_parts and method.forget_mask_default
-    assert (keep is not None and keep != 1) == bool(answer_only), keep
+    # The LM head runs on each part's rows from the column before its first label (every column where a
+    # loss reads every position: KL), or on one position when no loss reads logits (RMU).
+    # The model's own head call sees the fused batch's last position only (``logits_to_keep=1``).
+    one_position = [(sum(batch[p]["labels"].shape[0] for p in method.batch_parts), 1)]
+    per_part = [(batch[p]["labels"].shape[0], batch[p]["labels"].shape[1] - (
+        0 if p in method.ref_logit_parts else first_logit_column(batch[p]["labels"]))) for p in method.logit_parts]
+    assert head_inputs == one_position + per_part
+    if method.forget_mask_default and not method.ref_logit_parts and method.logit_parts:  # answer-only labels
+        assert all(w < batch[p]["labels"].shape[1] for (_, w), p in zip(per_part, method.logit_parts))
 
     for other, g_other in ((separate, g_separate), (full, g_full)):
         assert other.parts.keys() == fused.parts.keys()
@@ -189,6 +198,19 @@ def test_fuse_parts_right_pads_and_split_fused_cuts_each_part_back():
     out = torch.arange(3 * 3 * 2).view(3, 3, 2)  # an output [sum B, max T, V]
     first, second = split_fused(out, [a, b])
     assert torch.equal(first, out[:1]) and torch.equal(second, out[1:, :2])
+
+
+def test_linear_lm_head_only_where_logits_are_the_head_of_the_last_hidden_state():
+    model = tiny_llama(0).eval()
+    assert linear_lm_head(model) is model.lm_head
+    ids = torch.randint(3, VOCAB, (2, 6), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = model(input_ids=ids, output_hidden_states=True)
+        torch.testing.assert_close(model.lm_head(out.hidden_states[-1]), out.logits, rtol=0, atol=0)
+    assert linear_lm_head(FullLogits(model)) is None  # no config, no logits_to_keep: the shared path
+    other = tiny_llama(0)
+    other.config.model_type = "gemma2"  # soft-capped logits: not a plain head
+    assert linear_lm_head(other) is None
 
 
 def test_active_dropout_keeps_separate_forwards():
