@@ -1,26 +1,35 @@
-"""Batched evaluation vs the reference code's one-at-a-time way: same items, same numbers, how much faster.
+"""Batched evaluation vs the reference code's batching and vs one item at a time: same items, same
+numbers, how much faster, and where the time goes.
 
-Evaluates the same builtin items twice with ``study.evaluate``:
+Evaluates the same builtin items three ways with ``study.evaluate``:
 
 * ``evaluate`` -- items pooled across sets and sorted by length, generation in batches that drop
   finished rows, all scored sequences of all sets flattened into large trimmed batches with each
-  question's shared prompt tokens run once, one embedder call, metric models loaded once per process (their load is reported, not timed);
-* ``evaluate_one_at_a_time`` -- one item per ``generate`` call, one sequence per forward pass
-  padded to ``max_length`` with full logits, one embedder call per text, and the metric models
-  reloaded for every set (what the reference code does),
+  question's shared prompt tokens run once, one embedder call, metric models loaded once per process
+  (their load is reported, not timed);
+* ``evaluate_reference_batched`` -- the reference code's real batching (``metrics.get_all_evals``):
+  per set, in item order, ``generate`` on left-padded batches of 30 prompts, the truth answers scored
+  in those batches, paraphrased and perturbed answers of 30 // 4 = 7 items per forward pass, every row
+  padded to ``max_length`` with full logits, each text embedded alone, the NLI pipeline (one pair at a
+  time) and the metric models rebuilt per set;
+* ``evaluate_one_at_a_time`` -- one item per ``generate`` call, one sequence per forward pass padded
+  to ``max_length`` with full logits, one embedder call per text, metric models reloaded per set.
+  ``--slow-items N`` runs it on the first N items per set only (``run_all.py``: 2): an item's results
+  and cost do not depend on the others here, so it is compared with the same items of the batched run.
 
-checks the results agree (generations equal, metrics within ``--tolerance``), and prints wall and CPU
-seconds per item and the speed-up. The machine this runs on may be shared: CPU seconds of this
-process are printed next to wall seconds because they are less disturbed by other processes.
+Checks the results agree (generations equal, metrics within ``--tolerance``), prints wall and CPU
+seconds per item, the time per stage (generation, scoring, embedding, NLI, the rest), and the
+speed-ups. The result line's ratio is one-at-a-time / batched (issue 8's target); the ratio over the
+reference's own batching is in its details. CPU seconds of this process are printed next to wall
+seconds because other processes disturb them less.
 
     python benchmarks/bench_eval.py                     # SmolLM2-135M, 8 items per set, 1 thread
     python benchmarks/bench_eval.py --items 4           # quicker; smaller batches, smaller speed-up
     python benchmarks/bench_eval.py --model tiny-llama --items 4 --max-length 64   # seconds
 
-Most of the run is the one-at-a-time path (~9 CPU s per item on SmolLM2). The speed-up grows with
-the number of items: generation batches are all the pooled items, and a batch costs at least
-(longest generation) x (one decoding step), so a few items cannot fill it. Measured on the 2-core
-CPU machine, SmolLM2 fp32, 1 thread, while other jobs loaded it (load average ~8):
+The speed-up over one-at-a-time grows with the number of items: generation batches are all the
+pooled items, and a batch costs at least (longest generation) x (one decoding step), so a few items
+cannot fill it. Before the reference-batched line (2-core CPU, SmolLM2 fp32, 1 thread, load ~8):
 8 items per set 5.7x wall / 5.8x CPU (1.55 vs 8.94 CPU s per item); 4 items per set 3.7x / 4.2x.
 """
 
@@ -63,7 +72,7 @@ RELATIVE = [M.TRUTH_RATIO_RAW, "nll_answer", "avg_nll_answer", "avg_nll_paraphra
 float32 rounding over many tokens."""
 
 
-def compare(fast: EvalResult, slow: EvalResult, tolerance: float) -> tuple[bool, list[str]]:
+def compare(fast: EvalResult, slow: EvalResult, tolerance: float, name: str = "one-at-a-time") -> tuple[bool, list[str]]:
     """Whether the two evaluations agree: identical generations, every compared column within
     ``tolerance`` (absolute on the metrics, relative on R and NLLs; NaN == NaN), and the same summary
     keys. Returns (ok, report lines)."""
@@ -74,7 +83,7 @@ def compare(fast: EvalResult, slow: EvalResult, tolerance: float) -> tuple[bool,
     lines.append(f"  generations identical: {int(same_gen.sum())}/{len(same_gen)}")
     for i in np.flatnonzero(~same_gen)[:3]:
         lines.append(f"    differs at {a['set'][i]}[{a['item'][i]}]:\n      batched: {a['generation'][i]!r}\n"
-                     f"      one-at-a-time: {b['generation'][i]!r}")
+                     f"      {name}: {b['generation'][i]!r}")
     for column in COMPARED:
         x, y = a[column].to_numpy(np.float64), b[column].to_numpy(np.float64)
         both_nan = np.isnan(x) & np.isnan(y)
@@ -98,7 +107,7 @@ def compare(fast: EvalResult, slow: EvalResult, tolerance: float) -> tuple[bool,
         lines.append(f"  summary keys differ: {sorted(set(fast.summary) ^ set(slow.summary))}")
     for key in ("model_utility", "forget_efficacy"):
         if key in fast.summary:
-            lines.append(f"  {key}: batched {fast.summary[key]:.6f}  one-at-a-time {slow.summary[key]:.6f}")
+            lines.append(f"  {key}: batched {fast.summary[key]:.6f}  {name} {slow.summary[key]:.6f}")
     return ok, lines
 
 
@@ -187,7 +196,7 @@ def main() -> None:
                                        ("one-at-a-time", slow, slow_wall, slow_cpu, n_slow)):
         print(f"{name:>17}: {n} items, wall {wall:7.1f} s ({wall / n:.2f} s/item), cpu {cpu:7.1f} s "
               f"({cpu / n:.2f} s/item)\n{'':>19}where the wall time went: {stages(result, n)}")
-    ok_ref, lines = compare(fast, ref, args.tolerance)
+    ok_ref, lines = compare(fast, ref, args.tolerance, "reference-batched")
     print(f"agreement, batched vs reference-batched ({n_items} items):")
     print("\n".join(lines))
     per_set = {s.name: len(s.rows) for s in slow_sets}

@@ -1054,8 +1054,10 @@ def dropout_active(model: Any) -> bool:
         return False
     if any(isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules()):
         return True
-    config = getattr(model, "config", None) or getattr(getattr(model, "module", None), "config", None)
-    rates = vars(config).items() if config is not None else ()
+    config = getattr(model, "config", None)
+    if not hasattr(config, "model_type"):  # a wrapper (DeepSpeed engine: ``.module``) or no config
+        config = getattr(getattr(model, "module", None), "config", None)
+    rates = vars(config).items() if hasattr(config, "__dict__") else ()
     return any((k.endswith("dropout") or k.endswith("pdrop")) and isinstance(v, (int, float)) and v > 0
                for k, v in rates)
 
