@@ -10,8 +10,9 @@ Three layers, each small:
    computes; where the paper's text differs, the paper's version is a named option.
 3. **Registry and adapter**: a :class:`LossSpec` per loss in ``FORGET_LOSSES`` / ``REGULARIZERS``
    declares what it needs (batch parts, reference quantities, hyper-parameters); a :class:`Method` is a
-   forget-loss name, a regularizer name and coefficients; :func:`compute_loss` runs each needed
-   forward pass once and returns ``forget_coeff * L_forget + regularization_coeff * L_reg``.
+   forget-loss name, a regularizer name and coefficients; :func:`compute_loss` runs the model once over
+   all the batch parts it needs (right-padded into one batch, :func:`fuse_parts`; the reference model
+   likewise), reads each part's slice, and returns ``forget_coeff * L_forget + regularization_coeff * L_reg``.
 
 Needs vocabulary (what a loss can ask for):
 
@@ -506,15 +507,18 @@ SHARED_HYPERPARAMS: tuple[str, ...] = ("lr", "forget_coeff")
 
 @dataclass(frozen=True)
 class LossInputs:
-    """What :func:`compute_loss` hands a loss: one forward per batch part, reference quantities.
+    """What :func:`compute_loss` hands a loss: each batch part's outputs, reference quantities.
 
-    Only the parts and reference quantities some loss of the method declared are present.
+    Only the parts and reference quantities some loss of the method declared are present. A part's
+    logits may start after column 0 (the LM head skips columns that score no label,
+    :func:`first_logit_column`); its labels then start at the same column, so label-based losses see
+    the same scored positions. Parts whose every position is compared (KL) keep all columns.
     """
 
     logits: Mapping[str, Tensor]
-    """Batch part -> current-model logits ``[B, T, V]`` (with grad)."""
+    """Batch part -> current-model logits ``[B, T', V]`` (with grad), ``T' <= T``."""
     labels: Mapping[str, Tensor]
-    """Batch part -> labels ``[B, T]``."""
+    """Batch part -> labels ``[B, T']``, aligned with the logits."""
     ref_logprobs: Mapping[str, Tensor] = field(default_factory=dict)
     """Batch part -> reference per-sequence log-probs ``[B]`` (no grad; cached or computed)."""
     ref_logits: Mapping[str, Tensor] = field(default_factory=dict)
