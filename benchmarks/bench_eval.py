@@ -14,7 +14,8 @@ Evaluates the same builtin items three ways with ``study.evaluate``:
   time) and the metric models rebuilt per set;
 * ``evaluate_one_at_a_time`` -- one item per ``generate`` call, one sequence per forward pass padded
   to ``max_length`` with full logits, one embedder call per text, metric models reloaded per set.
-  ``--slow-items N`` runs it on the first N items per set only (``run_all.py``: 2): an item's results
+  ``--slow-items N`` (``--reference-items N``) runs it (the reference-batched path) on the first N items
+  per set only (``run_all.py``: 1 each): an item's results
   and cost do not depend on the others here, so it is compared with the same items of the batched run.
 
 Checks the results agree (generations equal, metrics within ``--tolerance``), prints wall and CPU
