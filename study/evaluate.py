@@ -349,6 +349,10 @@ class _Plan:
     reload_metric_models: bool
     """Reload the metric models for every set (the reference code builds them inside its per-set
     functions)."""
+    reference_score_items: int = 0
+    """Slow path only. 0: ``score_batch`` sequences per forward pass. ``n > 0``: the reference code's
+    batching (:func:`_reference_score_batches`): truth answers in the generation batches, paraphrased
+    answers of ``n`` items per pass, the perturbed answers of ``n`` items together."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -562,13 +566,16 @@ def _record(logits: torch.Tensor, labels: torch.Tensor, seqs: Sequence[int], sco
 
 
 def _score(model: Any, tokenizer: Any, prompt: PromptFormat, pairs: Sequence[tuple[str, str]],
-           max_length: int, plan: _Plan, device: torch.device, bar: tqdm) -> _Scores:
+           max_length: int, plan: _Plan, device: torch.device, bar: tqdm,
+           batches: Sequence[Sequence[int]] | None = None) -> _Scores:
     """``NLL_sum`` and answer-token counts of each (question, answer) sequence, float64 / int64 [S].
 
     Labels follow :func:`study.models.encode_qa` (``"answer"``): question -100, answer tokens, one
     EOS label; the NLL is :func:`study.losses.sequence_nll` (fused cross-entropy in float32).
 
-    * Reference path: one ``encode_qa`` row at a time, padded to ``max_length``, full logits.
+    * Slow paths: ``encode_qa`` rows padded to ``max_length``, full logits; ``batches`` (indices of
+      ``pairs`` per forward pass, :func:`_reference_score_batches`) or ``plan.score_batch`` rows at a
+      time in order (one at a time: 1).
     * Fast path: all rows tokenised in two calls, sorted by length, and, when the model takes a KV
       cache, the tokens that the sequences of one question share (prompt and question: the truth,
       paraphrased and perturbed answers of an item differ only after them) are run once per
@@ -582,14 +589,14 @@ def _score(model: Any, tokenizer: Any, prompt: PromptFormat, pairs: Sequence[tup
                      list(empty), [e.astype(bool) for e in empty])
     n_tokens = scores.n_tokens
     if not plan.fast:
-        for i, (question, answer) in enumerate(pairs):
-            enc = encode_qa(tokenizer, prompt, question, answer, max_length)
-            batch = {k: v[None].to(device) for k, v in enc.items()}
+        for rows in batches if batches is not None else _batches(range(len(pairs)), plan.score_batch):
+            encoded = [encode_qa(tokenizer, prompt, *pairs[i], max_length) for i in rows]
+            batch = {k: torch.stack([e[k] for e in encoded]).to(device) for k in encoded[0]}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                           use_cache=False).logits  # [1, max_length, V]
-            _record(logits, batch["labels"], [i], scores)
-            n_tokens[i] = int((batch["labels"] != IGNORE_INDEX).sum())
-            bar.update(1)
+                           use_cache=False).logits  # [B, max_length, V]
+            _record(logits, batch["labels"], rows, scores)
+            n_tokens[list(rows)] = (batch["labels"] != IGNORE_INDEX).sum(dim=-1).cpu().numpy()
+            bar.update(len(rows))
         return scores
 
     ids, labels = encode_qa_batch(tokenizer, prompt, [q for q, _ in pairs], [a for _, a in pairs], max_length)
@@ -827,6 +834,26 @@ def _plan_work(eval_sets: Sequence[EvalSet], plan: _Plan) -> tuple[list[_SetWork
     return works, pairs
 
 
+def _reference_score_batches(works: Sequence[_SetWork], plan: _Plan) -> list[list[int]] | None:
+    """The scored sequences that share a forward pass in the reference code (None: not that plan).
+
+    ``metrics.get_all_evals`` scores the truth answers in the forward pass of each evaluation batch (the
+    ``plan.generation_batch`` items it generates from); ``eval_perturbation_ratio`` then walks two
+    loaders of ``batch_size // 4`` items (``plan.reference_score_items``): one forward over their
+    paraphrased answers, one over all their perturbed answers (items x K rows). Per set, in item order.
+    """
+    n = plan.reference_score_items
+    if plan.fast or n < 1:
+        return None
+    out: list[list[int]] = []
+    for work in works:
+        out += _batches(work.truth_slot, plan.generation_batch)
+        if work.first >= 0:  # a score-only set has no paraphrased or perturbed answers
+            out += _batches(work.para_slot, n)
+            out += [[j for js in work.pert_slot[i:i + n] for j in js] for i in range(0, len(work.pert_slot), n)]
+    return [b for b in out if b]
+
+
 def _evaluate_sets(model: Any, tokenizer: Any, prompt: PromptFormat, eval_sets: Sequence[EvalSet], scenario: str,
                    metric_models: MetricModels, max_length: int, score_max_length: int, plan: _Plan,
                    progress: bool, device: torch.device, timings: dict[str, float]) -> list[pd.DataFrame]:
@@ -847,7 +874,8 @@ def _evaluate_sets(model: Any, tokenizer: Any, prompt: PromptFormat, eval_sets: 
         generations: list[str] = tokenizer.batch_decode(gen_ids, skip_special_tokens=True)
         t1 = time.perf_counter()
         with torch.inference_mode():
-            scores = _score(model, tokenizer, prompt, pairs, score_max_length, plan, device, bar)
+            scores = _score(model, tokenizer, prompt, pairs, score_max_length, plan, device, bar,
+                            _reference_score_batches(all_works, plan))
         t2 = time.perf_counter()
         cosine_refs = [r[w.eval_set.cosine_truth] for w in works for r in w.rows]
         cosine = _cosine(metric_models.embedder, generations, cosine_refs, plan) if n else []
@@ -1112,5 +1140,31 @@ def evaluate_one_at_a_time(
     """
     plan = _Plan(generation_batch=1, score_batch=1, embed_batch=0, nli_batch=1, fast=False,
                  reload_metric_models=True)
+    return _run(model, tokenizer, prompt, eval_sets, scenario, metric_models, max_length, score_max_length,
+                plan, progress)
+
+
+def evaluate_reference_batched(
+    model: Any, tokenizer: Any, prompt: PromptFormat, eval_sets: Sequence[EvalSet], scenario: str,
+    metric_models: MetricModels, *, batch_size: int = 30, max_length: int = MAX_LENGTH,
+    score_max_length: int | None = None, progress: bool = True,
+) -> EvalResult:
+    """The same evaluation batched as the reference code batches it: a timing baseline.
+
+    Per set (metric models reloaded for each, as the reference builds them per set), in item order:
+    ``generate`` on left-padded batches of ``batch_size`` prompts (the reference's evaluation
+    ``batch_size``: 30 in its configs); the truth answers scored in those batches, the paraphrased and
+    the perturbed answers of ``batch_size // 4`` items per forward pass (:func:`_reference_score_batches`),
+    every row padded to ``score_max_length`` with full logits; each text embedded alone; the NLI
+    pipeline called with a list of pairs, which Hugging Face's pipeline runs one pair at a time.
+
+    Each item keeps its own generation budget (``max_length`` minus its prompt), as in
+    :func:`evaluate`, so the generations are the same (the reference's ``generate(max_length=...)``
+    would count the batch's padding against shorter prompts).
+    """
+    if batch_size < 4:
+        raise StudyInputError(f"batch_size must be >= 4 (the reference scores batch_size // 4 items), got {batch_size}")
+    plan = _Plan(generation_batch=batch_size, score_batch=batch_size // 4, embed_batch=0, nli_batch=1, fast=False,
+                 reload_metric_models=True, reference_score_items=batch_size // 4)
     return _run(model, tokenizer, prompt, eval_sets, scenario, metric_models, max_length, score_max_length,
                 plan, progress)

@@ -399,12 +399,18 @@ def cache_reference_logprobs(method, ref_model, dataset, batch_size: int = 16) -
 
 def unlearn(model, tokenizer, prompt, method, data, train_cfg, label_mode: str, ref_model=None, callbacks=(),
             cache_reference: bool = True, progress: bool = False, engine=None, world_size: int = 1,
-            rank: int = 0) -> TrainResult:
+            rank: int = 0, fused_forward: bool = True) -> TrainResult:
     """Unlearn ``data.forget`` from ``model`` with ``method`` (a ``study.losses.Method``).
 
     ``ref_model``: the frozen reference (NPO, DPO, KL, LLMU). With ``cache_reference`` its per-sequence
     log-probs are computed once before training (NPO, DPO); it is kept for every step only when a
     loss needs its logits (KL, LLMU) or ``cache_reference`` is False.
+
+    ``fused_forward``: each micro-batch's parts (forget, retain, refusals ...) go through the model as
+    one batch, and the parts the live reference reads through it as one batch (``compute_loss(fused=)``;
+    same losses and gradients up to float rounding). False runs one forward per part. It changes speed,
+    not results, so it is an argument here rather than a ``TrainConfig`` field (which every tracked
+    study records and compares on resume).
 
     Three ways to run: one process (default); a DeepSpeed ``engine`` wrapping ``model`` built by the
     caller (``world_size``/``rank`` of this process); or ``train_cfg.deepspeed`` set and no engine, in
@@ -424,7 +430,7 @@ def unlearn(model, tokenizer, prompt, method, data, train_cfg, label_mode: str, 
 
     def make_loss_fn(ref):
         def loss_fn(m, batch):
-            out = compute_loss(method, m, batch, ref, steering)
+            out = compute_loss(method, m, batch, ref, steering, fused=fused_forward)
             return out.total, out.parts
 
         return loss_fn

@@ -252,6 +252,42 @@ def test_batched_equals_one_at_a_time(tiny, data, metric_models, result, monkeyp
         assert small.summary[key] == pytest.approx(slow.summary[key], abs=TOL)
 
 
+def test_reference_batched_equals_batched(tiny, data, metric_models, result, monkeypatch):
+    """The reference code's own batching (left-padded ``generate`` batches, truth answers scored in
+    them, paraphrased / perturbed answers of batch_size // 4 items per pass, rows padded to max_length)
+    gives the default path's generations and metrics."""
+    widths = []
+    real_forward = type(tiny.model).forward
+
+    def recording_forward(self, *args, **kwargs):
+        ids = kwargs.get("input_ids")
+        if ids is not None and not kwargs.get("use_cache", True):  # scoring passes (generation uses the cache)
+            widths.append(tuple(ids.shape))
+        return real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(tiny.model), "forward", recording_forward)
+    ref = evaluate_module.evaluate_reference_batched(tiny.model, tiny.tokenizer, tiny.prompt, data.eval_sets,
+                                                     "fictitious", metric_models, batch_size=8, max_length=MAX_LENGTH,
+                                                     score_max_length=SCORE_MAX_LENGTH, progress=False)
+    monkeypatch.undo()
+    # Per set of 3 items (K perturbed answers): truth [3, 64], paraphrased [2, 64] + [1, 64], perturbed
+    # [2K, 64] + [K, 64]: the reference's loaders of batch_size // 4 = 2 items.
+    expected = []
+    for s in data.eval_sets:
+        k = len(s.rows[0]["perturbed_answer"])
+        expected += [(3, SCORE_MAX_LENGTH), (2, SCORE_MAX_LENGTH), (1, SCORE_MAX_LENGTH),
+                     (2 * k, SCORE_MAX_LENGTH), (k, SCORE_MAX_LENGTH)]
+    assert widths == expected
+    assert list(ref.items["generation"]) == list(result.items["generation"])
+    for column in (*M.METRICS, M.TRUTH_RATIO_RAW, "avg_nll_answer", "avg_nll_paraphrased"):
+        np.testing.assert_allclose(ref.items[column], result.items[column], atol=TOL, rtol=0, err_msg=column)
+    for key in ("model_utility", "forget_efficacy", "tofu_model_utility"):
+        assert ref.summary[key] == pytest.approx(result.summary[key], abs=TOL)
+    with pytest.raises(StudyInputError, match="batch_size"):
+        evaluate_module.evaluate_reference_batched(tiny.model, tiny.tokenizer, tiny.prompt, data.eval_sets,
+                                                   "fictitious", metric_models, batch_size=3)
+
+
 def test_generation_stops_at_eos(eos_result):
     items = eos_result.items
     assert (items["generation"] == "").all()

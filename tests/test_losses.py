@@ -389,7 +389,10 @@ def test_llmu_by_hand():
     assert out.parts["regularization/mismatch"].item() == pytest.approx(mismatch, rel=1e-12)
     assert out.parts["regularization/kl"].item() == pytest.approx(kl, rel=1e-12)
     assert out.total.requires_grad and not out.parts["total"].requires_grad
-    assert (model.calls, ref.calls) == (3, 1)
+    assert (model.calls, ref.calls) == (1, 1)  # the three parts fused into one forward
+    separate = compute_loss(method, model, batch, ref_model=ref, fused=False)
+    assert separate.total.item() == pytest.approx(out.total.item(), rel=1e-12)
+    assert (model.calls, ref.calls) == (1 + 3, 1 + 1)
 
 
 def _table_batch() -> dict[str, dict[str, torch.Tensor]]:
@@ -402,14 +405,18 @@ def test_each_forward_runs_once_and_cache_skips_reference():
     cases = [("ME+GD", 2, 0), ("DPO+KL", 3, 3), ("NPO+GD", 2, 1), ("LLMU", 3, 1), ("LLMU+GD", 2, 0)]
     for name, model_calls, ref_calls in cases:
         model, ref = TableLM([PA, PB, PC]), TableLM([PC, PA, PB])
-        compute_loss(Method.parse(name), model, batch, ref_model=ref)
+        compute_loss(Method.parse(name), model, batch, ref_model=ref, fused=False)
         assert (model.calls, ref.calls) == (model_calls, ref_calls), name
+        # Fused (the default): one forward of each model, whatever the number of parts.
+        model.calls = ref.calls = 0
+        compute_loss(Method.parse(name), model, batch, ref_model=ref)
+        assert (model.calls, ref.calls) == (1, min(1, ref_calls)), name
     # With the cache, DPO+KL runs the reference model only for KL's logits on retain.
     model, ref = TableLM([PA, PB, PC]), TableLM([PC, PA, PB])
     method = Method.parse("DPO+KL")
     cached = dict(batch, **{ref_cache_key(p): reference_logprobs(ref, batch[p]) for p in method.ref_logprob_parts})
     ref.calls = 0
-    compute_loss(method, model, cached, ref_model=ref)
+    compute_loss(method, model, cached, ref_model=ref, fused=False)
     assert (model.calls, ref.calls) == (3, 1)
 
 
