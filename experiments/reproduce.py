@@ -174,6 +174,27 @@ def print_plan(args, units: list[Unit]) -> None:
     print(f"then: tables, README.md and a figure in {args.out}")
 
 
+def trial_items(uri: str, run_ids) -> dict:
+    """Each trial's per-item table of its last task (``eval/items_task<k>.csv``, k largest), by run id:
+    what the item bootstrap of :func:`study.results.item_bootstrap` resamples. Trials without one are
+    left out."""
+    import re
+
+    import mlflow
+    import pandas as pd
+
+    client = mlflow.MlflowClient(uri)
+    items = {}
+    for run_id in run_ids:
+        names = [a.path for a in client.list_artifacts(run_id, "eval") if re.search(r"items(_task\d+)?\.csv$", a.path)]
+        if not names:
+            continue
+        last = max(names, key=lambda n: int(m.group(1)) if (m := re.search(r"_task(\d+)", n)) else 0)
+        items[run_id] = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=last,
+                                                                        tracking_uri=uri))
+    return items
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     unknown = [m for m in args.methods if m not in PAPER_METHODS]
@@ -220,7 +241,8 @@ def main(argv=None) -> int:
 
     matplotlib.use("Agg")
     out = Path(args.out) if Path(args.out).is_absolute() else ROOT / args.out
-    paths = write_results(runs, targets, out, note, preset=args.preset, seeds=args.seeds)
+    paths = write_results(runs, targets, out, note, preset=args.preset, seeds=args.seeds,
+                          items=trial_items(uri, runs["run_id"]) if "run_id" in runs else None)
     for path in paths.values():
         print(f"wrote {path}")
     return 0

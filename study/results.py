@@ -27,13 +27,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import metrics as M
 from .paper import PAPER_METHODS, PUBLISHED, PUBLISHED_SOURCE, REAL_WORLD_QUOTED
 from .scenarios import CONTINUAL, FICTITIOUS, REAL_WORLD, scenario
 
 __all__ = [
     "PREFIX", "UNTARGETED", "TARGETED", "TARGET_ROW", "SUMMARY_COLUMNS", "CLAIM_COLUMNS", "VERDICTS",
     "STABLE_MEAN", "STABLE_LOWER", "COLLAPSE", "study_name", "parse_study_name", "label_runs", "interval",
-    "summary_table", "claims_table", "markdown_table", "plot_mu_fe_intervals", "write_results",
+    "item_bootstrap", "summary_table", "claims_table", "markdown_table", "plot_mu_fe_intervals", "write_results",
 ]
 
 PREFIX = "repro"
@@ -59,8 +60,9 @@ VERDICTS: tuple[str, ...] = (HOLDS, FAILS, UNSURE)
 
 SUMMARY_COLUMNS: tuple[str, ...] = (
     "scenario", "setting", "method", "n_seeds", "MU", "MU_half", "FE", "FE_half", "retain_rouge",
-    "retain_rouge_half", "published_MU", "published_FE", "published_scale")
-"""Columns of :func:`summary_table`: means over seeds and 95% half-widths; the published figures."""
+    "retain_rouge_half", "MU_items_half", "FE_items_half", "published_MU", "published_FE", "published_scale")
+"""Columns of :func:`summary_table`: means over seeds and 95% half-widths (``*_half`` over seeds,
+``*_items_half`` over evaluation items, :func:`item_bootstrap`); the published figures."""
 CLAIM_COLUMNS: tuple[str, ...] = ("claim", "statement", "scenario", "rule", "verdict", "evidence")
 
 PUBLISHED_SCALE = "Llama-2-7B (published, another scale)"
@@ -138,6 +140,45 @@ def interval(values: Iterable[float], level: float = 0.95) -> tuple[float, float
     return float(x.mean()), float(half)
 
 
+def item_bootstrap(items_per_seed: Sequence[pd.DataFrame], scenario_name: str, n_boot: int = 1000,
+                   seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Half-widths of the ``level`` percentile intervals of MU and FE (averaged over seeds) when the
+    evaluation items are resampled: the uncertainty a finite evaluation set adds, which the seeds'
+    Student-t interval (:func:`interval`) does not see.
+
+    ``items_per_seed``: one per-item frame per seed (the trial's ``eval/items_task<k>.csv``: a ``set``
+    column and one column per metric of :data:`study.metrics.METRICS`). Each replicate draws, within
+    every seed and every set, as many items as the set has, with replacement; takes the set means;
+    computes MU (:func:`study.metrics.model_utility` over the scenario's utility sets) and FE
+    (:func:`study.metrics.forget_efficacy`) as the evaluation does; and averages over seeds. The
+    half-width is half the distance between the ``(1-level)/2`` and ``(1+level)/2`` quantiles.
+    NaN when no frame is given."""
+    if not items_per_seed:
+        return math.nan, math.nan
+    sc = scenario(scenario_name)
+    rng = np.random.default_rng(seed)
+    metrics = list(M.METRICS)
+    mu = np.zeros(n_boot)
+    fe = np.zeros(n_boot)
+    for items in items_per_seed:
+        draws = {}
+        for name, part in items.groupby("set"):
+            values = part[metrics].to_numpy(dtype=float)
+            idx = rng.integers(0, len(values), size=(n_boot, len(values)))
+            draws[name] = np.nanmean(values[idx], axis=1)  # [n_boot, n_metrics]
+        for b in range(n_boot):
+            set_metrics = {name: dict(zip(metrics, d[b])) for name, d in draws.items()}
+            mu[b] += M.model_utility(set_metrics, sets=sc.utility_sets).value
+            fe[b] += M.forget_efficacy(set_metrics[M.FORGET]).value
+    mu, fe = mu / len(items_per_seed), fe / len(items_per_seed)
+    lo, hi = (1 - level) / 2, (1 + level) / 2
+
+    def half(x):
+        return float((np.nanquantile(x, hi) - np.nanquantile(x, lo)) / 2)
+
+    return half(mu), half(fe)
+
+
 def _retain_rouge(frame: pd.DataFrame, scenario_name: str) -> pd.Series:
     column = f"{scenario(scenario_name).retain_set}/rouge"
     return frame[column].astype(float) if column in frame.columns else pd.Series(math.nan, index=frame.index)
@@ -181,7 +222,7 @@ def _target_row(targets: pd.DataFrame | None, scenario_name: str, setting: str) 
 
 
 def summary_table(runs: pd.DataFrame, targets: pd.DataFrame | None = None, preset: str | None = None,
-                  seeds: Iterable[int] | None = None) -> pd.DataFrame:
+                  seeds: Iterable[int] | None = None, items: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
     """One row per (scenario, setting, method) of the reproduction runs in ``runs`` (a runs frame of
     trials; :func:`label_runs` is applied), and first per (scenario, setting) the target's row
     (``method`` :data:`TARGET_ROW`) when ``targets`` (a runs frame of ``kind="target"``) has one.
@@ -190,6 +231,8 @@ def summary_table(runs: pd.DataFrame, targets: pd.DataFrame | None = None, prese
     95% half-width (``n_seeds`` = number of seeds). ``published_MU`` / ``published_FE``: the Llama-2-7B
     figures of :data:`study.paper.PUBLISHED` (fictitious) or the quoted real-world ones, labelled by
     ``published_scale``; NaN where none was published. ``preset`` / ``seeds``: as :func:`label_runs`.
+    ``items``: per-item frames by trial ``run_id`` (the last task's); where every seed's trial has one,
+    ``MU_items_half`` / ``FE_items_half`` come from :func:`item_bootstrap`, else NaN.
     Columns :data:`SUMMARY_COLUMNS`."""
     labelled = label_runs(runs, preset, seeds)
     rows: list[dict] = []
@@ -217,9 +260,14 @@ def summary_table(runs: pd.DataFrame, targets: pd.DataFrame | None = None, prese
                 fe, fe_half = interval(per_seed["forget_efficacy"])
                 rr, rr_half = interval(per_seed["retain_rouge"])
                 pmu, pfe, scale = _published(sc, setting, method)
+                run_ids = list(here.loc[here["method"] == method, "run_id"]) if "run_id" in here else []
+                frames = [items[r] for r in run_ids if items and r in items]
+                mu_items, fe_items = (item_bootstrap(frames, sc) if frames and len(frames) == len(run_ids)
+                                      else (math.nan, math.nan))
                 rows.append({"scenario": sc, "setting": setting, "method": method, "n_seeds": len(per_seed),
                              "MU": mu, "MU_half": mu_half, "FE": fe, "FE_half": fe_half, "retain_rouge": rr,
-                             "retain_rouge_half": rr_half, "published_MU": pmu, "published_FE": pfe,
+                             "retain_rouge_half": rr_half, "MU_items_half": mu_items, "FE_items_half": fe_items,
+                             "published_MU": pmu, "published_FE": pfe,
                              "published_scale": scale})
     table = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
     table["n_seeds"] = table["n_seeds"].astype(int)
@@ -502,6 +550,8 @@ def _readable(rows: pd.DataFrame) -> pd.DataFrame:
         "MU": [_pm(m, h) for m, h in zip(rows["MU"], rows["MU_half"])],
         "FE": [_pm(m, h) for m, h in zip(rows["FE"], rows["FE_half"])],
         "retain ROUGE": [_pm(m, h) for m, h in zip(rows["retain_rouge"], rows["retain_rouge_half"])],
+        "MU ± (items)": [_cell(h) for h in rows["MU_items_half"]],
+        "FE ± (items)": [_cell(h) for h in rows["FE_items_half"]],
         "published MU": rows["published_MU"], "published FE": rows["published_FE"],
     })
 
@@ -529,15 +579,16 @@ def plot_mu_fe_intervals(table: pd.DataFrame, scenario_name: str = FICTITIOUS.na
 
 
 def write_results(runs: pd.DataFrame, targets: pd.DataFrame | None, out: str | Path, note: str = "",
-                  preset: str | None = None, seeds: Iterable[int] | None = None) -> dict[str, Path]:
+                  preset: str | None = None, seeds: Iterable[int] | None = None,
+                  items: dict[str, pd.DataFrame] | None = None) -> dict[str, Path]:
     """Write ``summary.csv`` (:func:`summary_table`), ``claims.csv`` (:func:`claims_table`), ``README.md``
     (markdown: one table per scenario and setting, then the claims) and ``mu_fe_fictitious_forget01.png``
     into ``out``; returns the paths written (the figure only when there are fictitious forget01 rows).
     ``note``: a paragraph put under the README's title (how the runs were made); ``preset`` / ``seeds``:
-    which reproduction runs (:func:`label_runs`)."""
+    which reproduction runs (:func:`label_runs`); ``items``: as :func:`summary_table`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    table = summary_table(runs, targets, preset, seeds)
+    table = summary_table(runs, targets, preset, seeds, items)
     claims = claims_table(table)
     paths = {"summary": out / "summary.csv", "claims": out / "claims.csv", "readme": out / "README.md"}
     table.to_csv(paths["summary"], index=False)
@@ -546,7 +597,8 @@ def write_results(runs: pd.DataFrame, targets: pd.DataFrame | None, out: str | P
     if note:
         lines += [note, ""]
     lines += ["MU = Model Utility, FE = Forget Efficacy (docs/science.md §5): mean ± half-width of the 95% "
-              "Student-t interval over seeds (`study/results.py`). The published columns are "
+              "Student-t interval over seeds (`study/results.py`); `± (items)`: the half-width of the 95% "
+              "bootstrap interval over evaluation items (1000 resamples within each set and seed). The published columns are "
               f"{PUBLISHED_SCALE} ({PUBLISHED_SOURCE}) or, for real-world, {REAL_WORLD_SCALE}: another model "
               "scale, shown for the shape of the comparison, not as a target for these numbers.", ""]
     for (sc, setting), rows in table.groupby(["scenario", "setting"], sort=False):

@@ -247,3 +247,34 @@ def test_reproduce_end_to_end_on_smoke(tmp_path, capsys):
     with contextlib.redirect_stdout(io.StringIO()) as again:
         assert _reproduce().main([*argv, "--scenario", "fictitious"]) == 0
     assert again.getvalue().count("reused") == 2 and "done in" not in again.getvalue()
+
+
+def _items_frame(rouge_forget):
+    """Per-item frames: every metric constant except the forget set's ROUGE."""
+    from study import metrics as M
+
+    rows = []
+    for name in ("forget", "retain", "real_authors", "world_facts"):
+        n = len(rouge_forget) if name == "forget" else 30
+        for i in range(n):
+            row = {"set": name, **{m: 0.5 for m in M.METRICS}}
+            if name == "forget":
+                row[M.ROUGE] = rouge_forget[i]
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_item_bootstrap_is_zero_for_constant_items_and_the_binomial_width_otherwise():
+    from study.results import item_bootstrap
+
+    mu_half, fe_half = item_bootstrap([_items_frame([0.5] * 40)], "fictitious", n_boot=300)
+    assert mu_half == pytest.approx(0.0, abs=1e-12) and fe_half == pytest.approx(0.0, abs=1e-12)
+    # Forget ROUGE half 0s, half 1s over n items: FE = 1 - mean of its 5 metrics, so its 95% half-width is
+    # 1.96 * sqrt(p(1-p)/n) / 5 (normal approximation); MU does not read the forget set.
+    n = 200
+    mu_half, fe_half = item_bootstrap([_items_frame([0.0, 1.0] * (n // 2))], "fictitious", n_boot=2000, seed=1)
+    assert mu_half == pytest.approx(0.0, abs=1e-12)
+    assert fe_half == pytest.approx(1.96 * (0.25 / n) ** 0.5 / 5, rel=0.15)
+    # Two seeds averaged: the width shrinks by about sqrt(2).
+    _, fe_two = item_bootstrap([_items_frame([0.0, 1.0] * (n // 2))] * 2, "fictitious", n_boot=2000, seed=1)
+    assert fe_two == pytest.approx(fe_half / 2 ** 0.5, rel=0.15)
