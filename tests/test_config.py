@@ -20,7 +20,7 @@ _PAPER_GPU = {"train.deepspeed": "experiments/deepspeed/zero3.json", "finetune.r
               "eval.nli": "sileod/deberta-v3-base-tasksource-nli", "method.name": "GA+GD"}
 # preset -> (the resolved settings that differ from RunConfig(), methods, sampler, trials per method, space)
 EXPECTED: dict[str, tuple[dict, list[str], str, int, dict]] = {
-    "default": ({"data.n_authors": 12, "data.ds_size": 12, "train.lr": 1e-4, "train.grad_accum": 1,
+    "default": ({"data.n_authors": 12, "data.ds_size": 20, "train.lr": 1e-4, "train.grad_accum": 1,
                  "train.max_length": 64, "finetune.lr": 2e-4, "finetune.epochs": 4, "finetune.grad_accum": 1,
                  "finetune.max_length": 64, "eval.batch_size": 16},
                 ["ME+GD"], "tpe", 3, {"lr": [5e-5, 2e-4]}),
