@@ -43,10 +43,11 @@ DEFAULT_EXPERIMENT = "reproduce"
 SPLITS = ("forget01", "forget05", "forget10")
 CONTINUAL_TASKS = (1, 2, 3, 4)
 
-SECONDS_PER_TRIAL = {"smoke": 10.0, "default": 80.0}
+SECONDS_PER_TRIAL = {"smoke": 10.0, "default": 112.0}
 """Assumed seconds per trial and task unlearned on 2 CPU cores (continual trials cost one per task):
-smoke measured at ~10 s; default (SmolLM2-135M) from its preset's ~3.5 min for 3 warm trials plus
-evaluation. Other presets: :data:`OTHER_SECONDS`. An assumption for the estimate only."""
+smoke measured at ~10 s; default (SmolLM2-135M, 20 items per evaluation set) measured on 2026-12-03:
+the nine methods of one fictitious forget01 seed took 1007 s, 2 cores shared with a test run.
+Other presets: :data:`OTHER_SECONDS`. An assumption for the estimate only."""
 OTHER_SECONDS = 600.0
 
 
@@ -174,6 +175,21 @@ def print_plan(args, units: list[Unit]) -> None:
     print(f"then: tables, README.md and a figure in {args.out}")
 
 
+def rebuild_command(argv) -> str:
+    """The command that rebuilds these results on the default stores: ``argv`` without the store and
+    output options (where a user's stores are is theirs) and without ``--skip-runs``."""
+    drop_with_value = {"--tracking-uri", "--storage", "--out", "--experiment", "--device"}
+    words, skip = [], False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word in drop_with_value:
+            skip = True
+        elif word != "--skip-runs" and not word.startswith(tuple(f"{o}=" for o in drop_with_value)):
+            words.append(word)
+    return " ".join(["python experiments/reproduce.py", *words])
+
+
 def trial_items(uri: str, run_ids) -> dict:
     """Each trial's per-item table of its last task (``eval/items_task<k>.csv``, k largest), by run id:
     what the item bootstrap of :func:`study.results.item_bootstrap` resamples. Trials without one are
@@ -235,8 +251,8 @@ def main(argv=None) -> int:
     targets = fetch_runs(uri, args.experiment, kind="target")
     lr, epochs = preset_training(args.preset, args.set)
     note = (f"Preset `{args.preset}`, seeds {', '.join(map(str, args.seeds))}; every method one trial per seed at "
-            f"lr {lr:g} (in place of the released 1e-5) and {epochs} epochs, the released α/β "
-            "(`python experiments/reproduce.py`).")
+            f"lr {lr:g} (in place of the released 1e-5) and {epochs} epochs, the released α/β. Rebuilt by "
+            f"`{rebuild_command(argv if argv is not None else sys.argv[1:])}`.")
     import matplotlib
 
     matplotlib.use("Agg")

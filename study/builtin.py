@@ -210,7 +210,7 @@ def _fact(question, answer, wrong, sentence):
 
 # Well-known facts written for this project (docs/science.md §1's Real Authors / World Facts roles),
 # kept only where the base model (SmolLM2-135M-Instruct, greedy) answers them: a general-knowledge set
-# the model never knew measures nothing (docs/results/README.md, 'The setting'). 120 candidates were
+# the model never knew measures nothing (README.md, 'Results'). 120 candidates were
 # written; these 26 and 44 are the ones whose ROUGE-L recall was 1.0 before any fine-tuning (less one
 # world fact dropped as ambiguous: the largest desert is Antarctica, the largest hot one the Sahara).
 REAL_AUTHORS = [

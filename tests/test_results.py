@@ -278,3 +278,10 @@ def test_item_bootstrap_is_zero_for_constant_items_and_the_binomial_width_otherw
     # Two seeds averaged: the width shrinks by about sqrt(2).
     _, fe_two = item_bootstrap([_items_frame([0.0, 1.0] * (n // 2))] * 2, "fictitious", n_boot=2000, seed=1)
     assert fe_two == pytest.approx(fe_half / 2 ** 0.5, rel=0.15)
+
+
+def test_the_rebuild_command_drops_where_the_stores_are():
+    command = _reproduce().rebuild_command(
+        ["--scenario", "fictitious", "--tracking-uri", "sqlite:////tmp/m.db", "--storage=sqlite:////tmp/o.db",
+         "--seeds", "1", "2", "--out", "/tmp/out", "--skip-runs"])
+    assert command == "python experiments/reproduce.py --scenario fictitious --seeds 1 2"
