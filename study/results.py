@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -165,7 +166,9 @@ def item_bootstrap(items_per_seed: Sequence[pd.DataFrame], scenario_name: str, n
         for name, part in items.groupby("set"):
             values = part[metrics].to_numpy(dtype=float)
             idx = rng.integers(0, len(values), size=(n_boot, len(values)))
-            draws[name] = np.nanmean(values[idx], axis=1)  # [n_boot, n_metrics]
+            with warnings.catch_warnings():  # a metric absent for the whole set (no NLI model) stays NaN
+                warnings.simplefilter("ignore", RuntimeWarning)
+                draws[name] = np.nanmean(values[idx], axis=1)  # [n_boot, n_metrics]
         for b in range(n_boot):
             set_metrics = {name: dict(zip(metrics, d[b])) for name, d in draws.items()}
             mu[b] += M.model_utility(set_metrics, sets=sc.utility_sets).value
