@@ -59,6 +59,8 @@ DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
 TAG = "study."
 MODEL_NAME = "model"
 """Name of a trial's logged model: ``runs:/<run id>/model``."""
+GENERATION_DEFAULTS = {"max_new_tokens": 64, "do_sample": False}
+"""How a logged model generates where a caller names nothing else (its pipeline, ``pyfunc``)."""
 MODEL_REQUIREMENTS = ("torch", "transformers", "accelerate", "safetensors")
 """What loading a logged model needs (given, not inferred: inference would load the model once more
 in a subprocess); the installed versions are pinned at logging time."""
@@ -330,6 +332,7 @@ class Tracker:
         (``pyfunc`` predictions wrap a bare question in it) and in its metadata. Returns the model id.
         Written into the experiment's artifact location (``models/<model id>``); a failure while
         writing removes what was written."""
+        import copy
         import dataclasses as dc
         import logging
 
@@ -342,16 +345,24 @@ class Tracker:
         quiet = logging.getLogger("mlflow.transformers")
         level = quiet.level
         quiet.setLevel(logging.ERROR)  # no hub: "model card could not be retrieved", "no license information"
+        inner = getattr(model, "module", model)
+        own = inner.generation_config
+        # Greedy, 64 new tokens: saved as the model's generation config, not as the flavour's
+        # ``model_config``, which MLflow would also log as params of the run (a kept trial would then
+        # carry three params its unkept twin lacks).
+        inner.generation_config = copy.deepcopy(own)
+        inner.generation_config.update(max_new_tokens=GENERATION_DEFAULTS["max_new_tokens"],
+                                       do_sample=GENERATION_DEFAULTS["do_sample"])
         try:
             mlflow.transformers.log_model(
-                {"model": getattr(model, "module", model), "tokenizer": tokenizer}, name=MODEL_NAME, task="text-generation",
+                {"model": inner, "tokenizer": tokenizer}, name=MODEL_NAME, task="text-generation",
                 model_id=logged.model_id, run_id=run_id, pip_requirements=model_requirements(), prompt_template=escaped,
-                model_config={"max_new_tokens": 64, "do_sample": False},
                 metadata={"prompt": dc.asdict(prompt), **json.loads(json.dumps(metadata or {}, default=str))})
         except BaseException:
             self.delete_logged_models(run_id)
             raise
         finally:
+            inner.generation_config = own
             quiet.setLevel(level)
         return logged.model_id
 

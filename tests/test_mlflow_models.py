@@ -133,6 +133,26 @@ def test_kept_model_loads_from_runs_uri_and_answers_like_the_checkpoint(smoke_st
     got = pipe(prompt.prompt(question), max_new_tokens=12, min_new_tokens=12, do_sample=False, return_full_text=False)
     assert got[0]["generated_text"] == expected
     assert len(expected.strip()) > 0  # the tiny model answers something, and both say the same
+    # Called with nothing else, the logged model decodes greedily, 64 new tokens at most.
+    assert pipe.model.generation_config.max_new_tokens == 64 and pipe.model.generation_config.do_sample is False
+
+
+@pytest.mark.slow
+def test_logging_a_model_adds_no_params_to_the_trial_run(smoke_store):
+    """Every trial logged a model; its params are still only the trial's settings (``<section>.<field>``
+    and ``sampled.<name>``), so a kept trial and an unkept twin show the same columns."""
+    import dataclasses as dc
+
+    from study.config import RunConfig
+
+    store, experiment = smoke_store
+    sections = {f.name for f in dc.fields(RunConfig)} | {"sampled"}
+    runs = trial_runs(store, experiment)
+    assert runs
+    for run in runs:
+        assert run.data.tags["study.model_id"].startswith("m-")
+        stray = sorted(k for k in run.data.params if k.split(".")[0] not in sections)
+        assert not stray, (run.info.run_id, stray)
 
 
 @pytest.mark.slow
