@@ -35,12 +35,11 @@ import argparse
 import copy
 import dataclasses
 import sys
-import tomllib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import (  # noqa: E402
-    ROOT, Timings, add_clock_arg, add_device_arg, clock_for, machine, other_clock, pair_ratio,
+    Timings, add_clock_arg, add_device_arg, clock_for, machine, other_clock, pair_ratio,
     resolve_device, result_line, timed,
 )
 
@@ -62,14 +61,11 @@ def main(argv=None) -> int:
     device = resolve_device(args.device)
     clock = clock_for(args.clock, device)
 
-    from study import models, runner, train
+    from study import models, presets, runner, train
     from study.data import collate
     from study.losses import Method, compute_loss, ref_cache_key
 
-    preset = tomllib.loads((ROOT / "experiments" / "presets" / f"{args.preset}.toml").read_text())
-    from study.config import RunConfig
-
-    cfg = RunConfig.from_dict(preset["config"])
+    cfg = presets.run_config(args.preset)
     method = Method.parse(args.method, beta=cfg.method.beta)
     if not method.ref_logprob_parts:
         parser.error(f"{method} needs no reference log-probs: nothing to cache (try NPO+GD, DPO+GD)")

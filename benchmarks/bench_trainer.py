@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tomllib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import (  # noqa: E402
-    ROOT, Timings, add_clock_arg, add_device_arg, alternate, clock_for, machine, other_clock, pair_ratio,
+    Timings, add_clock_arg, add_device_arg, alternate, clock_for, machine, other_clock, pair_ratio,
     resolve_device, result_line, timed,
 )
 
@@ -104,13 +103,11 @@ def main(argv=None) -> int:
     device = resolve_device(args.device)
     clock = clock_for(args.clock, device)
 
-    from study import models, runner
-    from study.config import RunConfig
+    from study import models, presets, runner
     from study.data import QADataset
     from study.train import train_loop
 
-    preset = tomllib.loads((ROOT / "experiments" / "presets" / f"{args.preset}.toml").read_text())
-    cfg = RunConfig.from_dict(preset["config"])
+    cfg = presets.run_config(args.preset)
     batch_size = args.batch_size or cfg.train.batch_size
     grad_accum = args.grad_accum or cfg.train.grad_accum
     max_length = args.max_length or cfg.train.max_length

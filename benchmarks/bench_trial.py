@@ -35,16 +35,16 @@ fine-tune cache hit plus the MLflow writes (checkpoint excluded), at most 5% of 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
-import tomllib
 from collections import defaultdict
 from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks import ROOT, add_device_arg, machine, resolve_device, result_line, sync  # noqa: E402
+from benchmarks import add_device_arg, machine, resolve_device, result_line, sync  # noqa: E402
 
 TARGET = 0.05
 BOOKKEEPING = ("fine-tune (cache hit)", "logging (MLflow)")
@@ -116,16 +116,10 @@ def main(argv=None) -> int:
     device = resolve_device(args.device)
 
     from study import evaluate as ev
-    from study import models, runner, train
+    from study import models, presets, runner, train
     from study.tracking import StepLogger, Tracker, package_versions
 
-    preset = tomllib.loads((ROOT / "experiments" / "presets" / f"{args.preset}.toml").read_text())
-    config = {k: dict(v) for k, v in preset["config"].items()}
-    if args.model:
-        config.setdefault("model", {})["name"] = args.model
-    from study.config import RunConfig
-
-    cfg = RunConfig.from_dict(config)
+    cfg = presets.run_config(args.preset, settings=[f"model.name={json.dumps(args.model)}"] if args.model else ())
     method = cfg.method.method()
     print(f"bench_trial: {machine()}; device {device}; preset {args.preset}: {cfg.model.name}, {method}, "
           f"{cfg.data.n_authors} built-in authors, {cfg.train.epochs:g} epochs of batch "

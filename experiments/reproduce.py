@@ -28,7 +28,6 @@ import io
 import os
 import sys
 import time
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,16 +81,10 @@ def _call(sweep, argv: list[str]) -> tuple[int, str, str]:
 def preset_training(preset: str, sets: list[str] = ()) -> tuple[float, float]:
     """(train.lr, train.epochs) for every method: ``--set train.lr=...`` / ``train.epochs=...`` where
     given, else the preset's own values, else the configuration's defaults."""
-    from study.config import RunConfig
+    from study import presets
 
-    path = ROOT / "experiments" / "presets" / f"{preset}.toml"
-    train = dict(tomllib.loads(path.read_text()).get("config", {}).get("train", {}))
-    for item in sets:
-        key, _, value = item.partition("=")
-        if key in ("train.lr", "train.epochs"):
-            train[key.split(".")[1]] = tomllib.loads(f"v = {value}")["v"]
-    defaults = RunConfig().train
-    return float(train.get("lr", defaults.lr)), train.get("epochs", defaults.epochs)
+    train = presets.run_config(preset, settings=sets).train
+    return float(train.lr), train.epochs
 
 
 def settings_of(scenario_name: str, splits: tuple[str, ...], tasks: tuple[int, ...],

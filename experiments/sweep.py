@@ -14,24 +14,19 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PRESETS = ROOT / "experiments" / "presets"
 sys.path.insert(0, str(ROOT))
 
-from study.scenarios import SCENARIOS, scenario  # noqa: E402  (after the path; imports no torch)
+from study import presets  # noqa: E402  (after the path; imports no torch)
+from study.scenarios import SCENARIOS, scenario  # noqa: E402
 from study.tracking import DEFAULT_EXPERIMENT, DEFAULT_STORAGE, DEFAULT_TRACKING_URI, SYSTEM_METRICS_S  # noqa: E402
 
 
-def presets() -> dict[str, Path]:
-    return {p.stem: p for p in sorted(PRESETS.glob("*.toml"))}
-
-
 def build_parser() -> argparse.ArgumentParser:
-    names = presets()
-    lines = "\n".join(f"  {n:<18} {tomllib.loads(p.read_text()).get('description', '')}" for n, p in names.items())
+    names = presets.available()
+    lines = "\n".join(f"  {n:<18} {presets.read(p)['description']}" for n, p in names.items())
     parser = argparse.ArgumentParser(
         prog="sweep.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"presets:\n{lines}\n\nResults: the MLflow UI command is printed at the end.")
@@ -78,22 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _toml_value(text: str):
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
 def plan(args) -> tuple[object, object, dict]:
     """The run configuration and study settings from preset + options (all validated, nothing written)."""
-    from study.config import RunConfig
     from study.errors import StudyInputError
     from study.search import StudySettings, search_space
 
-    preset = tomllib.loads(presets()[args.preset].read_text())
-    config = {k: dict(v) for k, v in preset.get("config", {}).items()}
-    study = dict(preset.get("study", {}))
+    preset = presets.read(args.preset)
+    config, study = preset["config"], preset["study"]
     put = lambda section, key, value: config.setdefault(section, {}).__setitem__(key, value)  # noqa: E731
     if args.scenario:
         put("data", "scenario", args.scenario)
@@ -126,15 +112,8 @@ def plan(args) -> tuple[object, object, dict]:
         put("eval", "embedder", args.embedder)
     if args.prune:
         put("eval", "per_epoch", True)
-    fixed = {}  # searchable hyper-parameters given with --set: fixed for the study, not searched
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        section, dot, field = key.partition(".")
-        if not sep or not dot:
-            raise StudyInputError(f"--set {item!r}: expected SECTION.FIELD=VALUE, e.g. train.max_length=256")
-        put(section, field, _toml_value(value))
-        if SEARCHED.get(key) is not None:
-            fixed[SEARCHED[key]] = key
+    # searchable hyper-parameters given with --set: fixed for the study, not searched
+    fixed = {SEARCHED[key]: key for key in presets.apply_settings(config, args.set) if key in SEARCHED}
     methods = args.method or study.get("methods", ["ME+GD"])
     if methods == "paper":  # a preset's shorthand for the paper's nine methods
         from study.paper import PAPER_METHODS
@@ -143,11 +122,7 @@ def plan(args) -> tuple[object, object, dict]:
     config.setdefault("method", {}).setdefault("name", methods[0])
     if "name" in config["method"] and args.method:
         config["method"]["name"] = methods[0]
-    _check_types(config)
-    try:
-        cfg = RunConfig.from_dict(config)
-    except TypeError as error:
-        raise StudyInputError(f"bad setting: {error}") from None
+    cfg = presets.build(config)
     from study import models
 
     if args.device is not None:
@@ -241,37 +216,6 @@ def _check_lengths(cfg, data) -> None:
         if value < needed:
             raise StudyInputError(f"{name} must be at least {needed} tokens to hold the longest prompt of "
                                   f"{data.source} with {cfg.model.name}, got {value}")
-
-
-def _check_types(config: dict) -> None:
-    """Each preset or ``--set`` value against its field's type, before any dataclass uses it (a name
-    must be text, a batch size an integer ...)."""
-    import dataclasses
-    import types
-    import typing
-
-    from study.config import RunConfig
-    from study.errors import StudyInputError
-
-    def fits(value, hint) -> bool:
-        if typing.get_origin(hint) in (typing.Union, types.UnionType):
-            return any(fits(value, arg) for arg in typing.get_args(hint))
-        if typing.get_origin(hint) is list:
-            return isinstance(value, list) and all(fits(v, typing.get_args(hint)[0]) for v in value)
-        if hint is type(None):
-            return value is None
-        if hint is float:
-            return isinstance(value, (int, float)) and not isinstance(value, bool)
-        if hint is int:
-            return isinstance(value, int) and not isinstance(value, bool)
-        return isinstance(value, hint)
-
-    for section in dataclasses.fields(RunConfig):
-        hints = typing.get_type_hints(section.default_factory)
-        for key, value in config.get(section.name, {}).items():
-            if key in hints and not fits(value, hints[key]):
-                expected = str(hints[key]).replace("<class '", "").replace("'>", "").replace("typing.", "")
-                raise StudyInputError(f"setting {section.name}.{key} must be of type {expected}, got {value!r}")
 
 
 def print_plan(cfg, settings, spaces) -> None:

@@ -39,7 +39,6 @@ import json
 import os
 import socket
 import sys
-import tomllib
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -53,7 +52,6 @@ from .errors import StudyInputError
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "experiments" / "deepspeed" / "zero3.json"
 """The shipped ZeRO-3 config (the reference's ``config/ds_config/llama2.json`` without CPU offload)."""
-PRESETS = ROOT / "experiments" / "presets"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -353,36 +351,6 @@ def train_with_deepspeed(model, dataset, make_loss_fn: Callable[[Any], Callable]
 # The entry point
 
 
-def config_from(preset: str, method: str | None = None, settings: Sequence[str] = ()):
-    """A ``RunConfig`` from a preset (a name in ``experiments/presets`` or a TOML path; its
-    ``[config.*]`` tables), a method name, and ``section.field=value`` overrides (TOML values)."""
-    from .config import RunConfig
-
-    path = Path(preset)
-    if not path.suffix:
-        path = PRESETS / f"{preset}.toml"
-    if not path.is_file():
-        names = ", ".join(p.stem for p in sorted(PRESETS.glob("*.toml")))
-        raise StudyInputError(f"preset {preset!r} not found; presets: {names}, or a .toml path")
-    data = {k: dict(v) for k, v in tomllib.loads(path.read_text()).get("config", {}).items()}
-    for item in settings:
-        key, sep, text = item.partition("=")
-        section, dot, name = key.partition(".")
-        if not sep or not dot:
-            raise StudyInputError(f"--set {item!r}: expected SECTION.FIELD=VALUE, e.g. train.lr=1e-5")
-        try:
-            value = tomllib.loads(f"v = {text}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = text
-        data.setdefault(section, {})[name] = value
-    if method:
-        data.setdefault("method", {})["name"] = method
-    try:
-        return RunConfig.from_dict(data)
-    except TypeError as error:
-        raise StudyInputError(f"bad setting: {error}") from None
-
-
 class StepRecorder:
     """A callback keeping every step of every task as plain dicts (what ``history.json`` holds). The
     step counter restarts at 1 with each task, which is how steps are matched to ``tasks``."""
@@ -455,11 +423,11 @@ def _quiet_deepspeed() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from . import models, runner
+    from . import models, presets, runner
 
     args = build_parser().parse_args(argv)
     try:
-        cfg = config_from(args.preset, args.method, args.set)
+        cfg = presets.run_config(args.preset, args.method, args.set)
         deepspeed_path = args.deepspeed or cfg.train.deepspeed or str(DEFAULT_CONFIG)
         cfg = cfg.replace(train={"deepspeed": None if deepspeed_path == "none" else deepspeed_path})
         if cfg.train.deepspeed:

@@ -77,3 +77,45 @@ def test_preset_resolves_to_the_stated_configuration(name, sweep, request, monke
     assert (settings.methods, settings.sampler, settings.n_trials, settings.space) == (methods, sampler, n_trials, space)
     assert (settings.storage, settings.tracking_uri, settings.experiment) == \
         ("sqlite:///mlruns/optuna.db", "sqlite:///mlruns/mlflow.db", "unlearning-study")
+
+
+# --------------------------------------------------------------------------------------------------
+# study.presets: the one loader (sweep.py, study.distributed, reproduce.py and the benchmarks use it)
+
+
+def test_run_config_from_preset_method_and_overrides():
+    from study import presets
+
+    cfg = presets.run_config("smoke", "NPO+KL", ['train.lr=2e-3', 'data.tasks=[1, 2]', 'data.scenario="continual"',
+                                                 "model.target=tiny-llama"])  # bare text is a string
+    assert cfg.method.name == "NPO+KL"
+    assert cfg.train.lr == 2e-3 and cfg.data.tasks == [1, 2] and cfg.model.target == "tiny-llama"
+    assert cfg.model.name == "tiny-llama" and cfg.train.epochs == 2  # from the preset
+    assert presets.run_config(PRESETS / "smoke.toml") == presets.run_config("smoke")  # a path works too
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda p: p.run_config("no-such-preset"), "presets: default, paper-continual, .*smoke, or a .toml path"),
+    (lambda p: p.run_config("smoke", settings=["lr=1"]), "--set 'lr=1': expected SECTION.FIELD=VALUE"),
+    (lambda p: p.run_config("smoke", settings=["train.lr"]), "expected SECTION.FIELD=VALUE"),
+    (lambda p: p.run_config("smoke", settings=["train.batch_size=2.5"]), "train.batch_size must be of type int, got 2.5"),
+    (lambda p: p.run_config("smoke", settings=["train.no_such=1"]), "unknown setting train.no_such; valid: batch_size, deepspeed, epochs"),
+])
+def test_bad_presets_and_settings_are_one_clear_error(call, message):
+    from study import presets
+    from study.errors import StudyInputError
+
+    with pytest.raises(StudyInputError, match=message):
+        call(presets)
+
+
+def test_sweep_and_the_loader_resolve_a_preset_alike(sweep):
+    """sweep.py's plan (its options on top) and ``presets.run_config`` give the same configuration for
+    the same preset, method and overrides."""
+    from study import presets
+
+    sets = ["train.lr=2e-4", "eval.batch_size=4"]
+    argv = ["--preset", "smoke", "--method", "GA+KL", *[w for s in sets for w in ("--set", s)]]
+    cfg, settings, _ = sweep.plan(sweep.build_parser().parse_args(argv))
+    assert cfg == presets.run_config("smoke", "GA+KL", sets)
+    assert settings.fixed == ["lr"]  # a searched hyper-parameter given with --set is not searched

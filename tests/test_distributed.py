@@ -15,6 +15,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from study import distributed as D  # noqa: E402
+from study import presets  # noqa: E402
 from study.config import TrainConfig  # noqa: E402
 from study.errors import StudyInputError  # noqa: E402
 
@@ -81,18 +82,6 @@ def test_load_config_errors_name_the_file(tmp_path):
     assert D.load_config("experiments/deepspeed/zero3.json") == D.load_config(None)  # relative to the repository
 
 
-def test_config_from_preset_method_and_overrides():
-    cfg = D.config_from("smoke", "NPO+KL", ['train.lr=2e-3', 'data.tasks=[1, 2]', 'data.scenario="continual"',
-                                            'model.target="tiny-llama"'])
-    assert cfg.method.name == "NPO+KL"
-    assert cfg.train.lr == 2e-3 and cfg.data.tasks == [1, 2] and cfg.model.target == "tiny-llama"
-    assert cfg.model.name == "tiny-llama"  # from the preset
-    with pytest.raises(StudyInputError, match="presets:"):
-        D.config_from("no-such-preset")
-    with pytest.raises(StudyInputError, match="SECTION.FIELD=VALUE"):
-        D.config_from("smoke", settings=["lr=1"])
-
-
 def test_step_recorder_tags_tasks_by_the_restarting_step_counter():
     from study.train import StepEvent
 
@@ -129,7 +118,7 @@ def test_zero3_on_two_processes_takes_the_steps_of_one_process(tmp_path):
 
     # The same global batches in one plain PyTorch process: 2 micro-batches accumulated per step.
     settings = COMMON[4:] + ["--set", "train.batch_size=2", "--set", "train.grad_accum=2"]
-    cfg = D.config_from("smoke", "NPO+KL", settings[1::2])
+    cfg = presets.run_config("smoke", "NPO+KL", settings[1::2])
     recorder = D.StepRecorder([1, 2])
     D.train_tasks(cfg, torch.device("cpu"), callbacks=[recorder])
     one = recorder.steps

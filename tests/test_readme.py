@@ -199,12 +199,12 @@ def check_torchrun(command: Command, request, monkeypatch, capsys) -> None:
     preset and method resolve to a configuration (no process is started)."""
     from torch.distributed.run import get_args_parser
 
-    from study import distributed
+    from study import distributed, presets
 
     launch = get_args_parser().parse_args(command.argv[1:])
     assert launch.module and launch.training_script == "study.distributed", launch
     args = distributed.build_parser().parse_args(launch.training_script_args)
-    cfg = distributed.config_from(args.preset, args.method, args.set)
+    cfg = presets.run_config(args.preset, args.method, args.set)
     assert cfg.method.name == (args.method or cfg.method.name)
 
 
