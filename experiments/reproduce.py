@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--seconds-per-trial", type=float, help="for the --dry-run estimate (default: an assumption per preset)")
     a("--dry-run", action="store_true", help="print the plan and the estimated cost, run nothing")
     a("--skip-runs", action="store_true", help="only rebuild the tables from the runs already in the store")
+    a("--no-notebooks", action="store_true",
+      help="do not execute the scenarios' notebooks into --out (by default each scenario with runs gets "
+           "notebooks/<scenario>.ipynb executed on this store, outputs kept)")
     return parser
 
 
@@ -252,9 +255,28 @@ def main(argv=None) -> int:
     out = Path(args.out) if Path(args.out).is_absolute() else ROOT / args.out
     paths = write_results(runs, targets, out, note, preset=args.preset, seeds=args.seeds,
                           items=trial_items(uri, runs["run_id"]) if "run_id" in runs else None)
+    if not args.no_notebooks:
+        paths.update(execute_notebooks(uri, args.experiment, out, sorted(set(runs["scenario"].dropna()))
+                                       if "scenario" in runs else []))
     for path in paths.values():
         print(f"wrote {path}")
     return 0
+
+
+def execute_notebooks(uri: str, experiment: str, out: Path, scenarios) -> dict[str, Path]:
+    """Each scenario's notebook (``notebooks/<key>.ipynb``) executed with papermill on this store and
+    experiment, the paper's released setting picked per method, written with its outputs into
+    ``out/<key>.ipynb``; returns the paths by scenario key."""
+    from study.analysis import run_notebook
+    from study.scenarios import scenario
+
+    written = {}
+    for name in scenarios:
+        key = scenario(name).key
+        written[key] = out / f"{key}.ipynb"
+        run_notebook(ROOT / "notebooks" / f"{key}.ipynb", {"tracking_uri": uri, "experiment": experiment, "pick": "paper"},
+                     written[key])
+    return written
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ frames with known outcomes, table shapes; and experiments/reproduce.py end to en
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 
 import numpy as np
@@ -243,9 +244,17 @@ def test_reproduce_end_to_end_on_smoke(tmp_path, capsys):
     assert set(claims["verdict"]) <= set(results.VERDICTS)
     assert (out_dir / "README.md").read_text().startswith("# The paper's comparison tables")
     assert (out_dir / "mu_fe_fictitious_forget01.png").stat().st_size > 1000
+    # Each scenario's notebook executed on this store, outputs kept, every code cell run without error.
+    for key in ("fictitious", "continual", "real_world"):
+        notebook = json.loads((out_dir / f"{key}.ipynb").read_text())
+        code = [c for c in notebook["cells"] if c["cell_type"] == "code"]
+        assert code and all(c["execution_count"] for c in code), key
+        assert not [o for c in code for o in c["outputs"] if o["output_type"] == "error"], key
+        assert any(o["output_type"] == "display_data" for c in code for o in c["outputs"]), key  # a figure or table
+        assert "sqlite:///" + str(store) in json.dumps(notebook["cells"]), key  # the injected parameters
     # A re-run reuses every finished trial (checked on one scenario: each call still plans its study).
     with contextlib.redirect_stdout(io.StringIO()) as again:
-        assert _reproduce().main([*argv, "--scenario", "fictitious"]) == 0
+        assert _reproduce().main([*argv, "--scenario", "fictitious", "--no-notebooks"]) == 0
     assert again.getvalue().count("reused") == 2 and "done in" not in again.getvalue()
 
 
