@@ -202,6 +202,24 @@ def test_probability_matches_a_direct_forward_pass(tiny, data, result):
     assert got[M.PROBABILITY] == pytest.approx(probs[0] / sum(probs), rel=1e-5)
 
 
+def test_a_registered_metric_reaches_the_table_and_the_summary(tiny, data, metric_models, result, monkeypatch):
+    """Adding a metric is a function and a registry entry: its column, set means and long-form rows
+    follow, computed from the same outputs as the others (here: the generation's length in
+    characters, and a copy of ROUGE read from the columns computed before it)."""
+    spec = M.MetricSpec("generation_chars", True, "generation_chars", "Generation Length", M.GENERATED_SETS,
+                        compute=lambda x, columns: [len(g) + columns[M.ROUGE][i] for i, g in enumerate(x.generations)])
+    monkeypatch.setitem(M.METRICS, spec.name, spec)
+    sets = subset(data.eval_sets, 2)
+    out = evaluate(tiny.model, tiny.tokenizer, tiny.prompt, sets, "fictitious", metric_models,
+                   max_length=MAX_LENGTH, score_max_length=SCORE_MAX_LENGTH, progress=False)
+    items = out.items
+    assert list(items.columns).index(spec.name) == list(items.columns).index(M.ENTAILMENT) + 1
+    assert items[spec.name].tolist() == [len(g) + r for g, r in zip(items["generation"], items[M.ROUGE])]
+    for s in sets:
+        assert out.summary[f"{s.name}/{spec.name}"] == pytest.approx(items.loc[items["set"] == s.name, spec.name].mean())
+    assert spec.name in set(out.long_items()["metric"])
+
+
 def test_encode_qa_batch_equals_encode_qa(tiny, data):
     tokenizer, prompt = tiny.tokenizer, tiny.prompt
     pairs = [(r["question"], a) for s in data.eval_sets for r in s.rows for a in (r["answer"], *r["perturbed_answer"])]
