@@ -8,7 +8,8 @@ does not, and the ``generate`` call passes only ``do_sample=False``. Neither of 
 models sets any. The tokenizer is copied for left padding (:func:`study.models.left_padded`),
 never mutated.
 
-Also here, because scoring uses them too: :func:`batches` and :func:`selectable_kv_cache`.
+Also here, because scoring (and the NLI batches) use them too: :func:`batches` and
+:func:`selectable_kv_cache`.
 """
 
 from __future__ import annotations
