@@ -1,7 +1,8 @@
 """Batched evaluation vs the reference code's batching and vs one item at a time: same items, same
 numbers, how much faster, and where the time goes.
 
-Evaluates the same builtin items three ways with ``study.evaluate``:
+Evaluates the same builtin items three ways: ``study.evaluate`` and the two reference engines of
+``study.evaluation.reference``:
 
 * ``evaluate`` -- items pooled across sets and sorted by length, generation in batches that drop
   finished rows, all scored sequences of all sets flattened into large trimmed batches with each
@@ -52,13 +53,8 @@ import torch  # noqa: E402
 
 from study import metrics as M  # noqa: E402
 from study.data import BuiltinSource, EvalSet, load_scenario  # noqa: E402
-from study.evaluate import (  # noqa: E402
-    EvalResult,
-    evaluate,
-    evaluate_one_at_a_time,
-    evaluate_reference_batched,
-    load_metric_models,
-)
+from study.evaluate import EvalResult, evaluate, load_metric_models  # noqa: E402
+from study.evaluation.reference import evaluate_one_at_a_time, evaluate_reference_batched  # noqa: E402
 from study.models import load  # noqa: E402
 
 from benchmarks import result_line  # noqa: E402

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections import Counter
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
@@ -45,7 +45,8 @@ __all__ = [
     "FORGET", "RETAIN", "REAL_AUTHORS", "WORLD_FACTS", "NEIGHBOR", "SET_NAMES", "SCENARIOS",
     "UTILITY_SETS", "ROUGE", "PROBABILITY", "TRUTH_RATIO", "TOKEN_ENTROPY", "COSINE", "ENTAILMENT",
     "TRUTH_RATIO_RAW", "TRUTH_RATIO_MIN", "MU_METRICS", "FE_METRICS", "TOFU_MU_METRICS",
-    "ENTAILMENT_MIN_ROUGE", "MetricSpec", "METRICS", "Aggregate", "summary_key",
+    "ENTAILMENT_MIN_ROUGE", "GENERATED_SETS", "ItemInputs", "MetricFn", "MetricSpec", "METRICS",
+    "item_columns", "Aggregate", "summary_key",
     "rouge_l_recall", "probability", "normalised_probability", "truth_ratio_raw",
     "truth_ratio_min", "truth_ratio_item", "truth_ratio_columns", "token_entropy",
     "cosine_similarity", "entailment_scores", "nli_direction", "nli_pairs", "harmonic_mean",
@@ -72,6 +73,9 @@ SCORE_ONLY_SETS: tuple[str, ...] = (HOLDOUT,)
 """Sets that are only scored (likelihoods of the truth answer), never generated from: they need only
 ``question`` and ``answer`` and carry only the privacy metrics."""
 
+GENERATED_SETS: tuple[str, ...] = tuple(s for s in SET_NAMES if s not in SCORE_ONLY_SETS)
+"""Sets the model generates from: the sets of the paper's six metrics."""
+
 SCENARIOS: tuple[str, ...] = tuple(s.key for s in _SCENARIOS.values())
 """Scenario names in this module's spelling (``real_world``); :mod:`study.scenarios` defines them."""
 
@@ -89,20 +93,65 @@ TRUTH_RATIO_RAW = "truth_ratio_raw"
 TRUTH_RATIO_MIN = "truth_ratio_min"
 """Auxiliary per-item column: min(R, 1/R), the folded forget-set statistic (docs/science.md §5)."""
 
-MU_METRICS: tuple[str, ...] = (ROUGE, PROBABILITY, TRUTH_RATIO, TOKEN_ENTROPY, COSINE, ENTAILMENT)
-"""All six metrics enter Model Utility (the reference code's ``'Forget' not in k`` loop)."""
-FE_METRICS: tuple[str, ...] = (ROUGE, PROBABILITY, TRUTH_RATIO, COSINE, ENTAILMENT)
-"""Forget Efficacy uses five metrics: Token Entropy is excluded."""
-TOFU_MU_METRICS: tuple[str, ...] = (PROBABILITY, ROUGE, TRUTH_RATIO)
-"""TOFU's original Model Utility uses three metrics on retain, real authors and world facts."""
-
 ENTAILMENT_MIN_ROUGE = 0.1
 """An item whose ROUGE-L recall is below this counts as not entailed (reference code)."""
 
 
 @dataclass(frozen=True)
+class ItemInputs:
+    """What the per-item metrics of one evaluation set are computed from: the evaluated model's
+    outputs on the set's N items and the items' truths (``study.evaluation.items`` builds it; every
+    field is numbers or strings). A score-only set (:data:`SCORE_ONLY_SETS`) has only the truth
+    answer's fields; the generation fields are empty and the others None."""
+
+    kind: str
+    """The set (:data:`SET_NAMES`): some metrics are defined per set (Probability, Truth Ratio)."""
+    truths: Sequence[str]
+    """[N] truth answers (the set's truth field; ROUGE's reference, the zlib attack's text)."""
+    answer_nll: np.ndarray
+    """float64 [N]: NLL sum of the truth answer."""
+    answer_tokens: np.ndarray
+    """int64 [N]: scored tokens of the truth answer (answer tokens and the EOS label)."""
+    answer_avg_nll: np.ndarray
+    """float64 [N]: ``answer_nll / answer_tokens`` (NaN without a scored token)."""
+    answer_token_logprobs: Sequence[np.ndarray]
+    """Per item, float64 [n]: log-prob of each scored truth-answer token (Min-K%)."""
+    answer_token_matches: Sequence[np.ndarray]
+    """Per item, bool [n]: the argmax given the true prefix is the truth-answer token."""
+    generations: Sequence[str] = ()
+    """[N] greedy generations, decoded without special tokens."""
+    generation_tokens: Sequence[Sequence[int]] = ()
+    """[N] token ids of each decoded generation re-tokenised (the reference's ``tokenizer.tokenize``)."""
+    paraphrased_avg_nll: np.ndarray | None = None
+    """float64 [N]: average token NLL of the paraphrased answer (the answer on Real Authors / World Facts)."""
+    perturbed_avg_nll: np.ndarray | None = None
+    """float64 [N, K]: average token NLLs of the K perturbed answers."""
+    truth_ratio_raw: np.ndarray | None = None
+    """float64 [N]: R (:func:`truth_ratio_raw`), also the auxiliary column ``"truth_ratio_raw"``."""
+    generation_embeddings: np.ndarray | None = None
+    """[N, D] sentence embeddings of the generations."""
+    reference_embeddings: np.ndarray | None = None
+    """[N, D] sentence embeddings of the cosine references (``answer``; ``original_answer`` on Real
+    Authors / World Facts)."""
+    nli_labels: Sequence[str | None] = ()
+    """[N] the NLI model's lower-cased label per item, None without an NLI model."""
+
+
+MetricFn = Callable[[ItemInputs, Mapping[str, np.ndarray]], Any]
+"""``(inputs, columns) -> [N] values``; ``columns`` holds the columns of the metrics registered
+before it in the same registry (Entailment Score reads ROUGE), so nothing is computed twice."""
+
+
+@dataclass(frozen=True)
 class MetricSpec:
-    """Metadata of one per-item metric (lm-evaluation-harness style registration)."""
+    """Metadata of one per-item metric (lm-evaluation-harness style registration).
+
+    Adding a metric is a per-item function of this module and one entry in :data:`METRICS` (or
+    :data:`PRIVACY_METRICS`) whose ``compute`` maps :class:`ItemInputs` to it: the per-item table,
+    the set means of the summary, the tidy long table and, per ``in_model_utility`` /
+    ``in_forget_efficacy``, the aggregates follow from the registry. A metric that needs a model
+    output :class:`ItemInputs` does not carry yet also needs that output added there and in
+    ``study/evaluation/items.py`` (and computed by the evaluation)."""
 
     name: str
     """Canonical short name; the column name in tables and the metric part of summary keys."""
@@ -114,24 +163,54 @@ class MetricSpec:
     label: str = ""
     """The reference code's label in its summaries (``"<Set> <label>"``)."""
     sets: tuple[str, ...] = SET_NAMES
-    """Evaluation sets the metric is computed on."""
+    """Evaluation sets the metric is computed on; on the others its column is NaN and its set mean
+    absent from the summary."""
     in_forget_efficacy: bool = True
-    """Whether the forget-set value enters Forget Efficacy."""
+    """Whether the forget-set value enters Forget Efficacy (:data:`FE_METRICS`)."""
+    in_model_utility: bool = True
+    """Whether the values on the utility sets enter Model Utility (:data:`MU_METRICS`)."""
+    compute: MetricFn | None = None
+    """The per-item values of a set; see :data:`MetricFn`."""
 
 
 METRICS: dict[str, MetricSpec] = {
     spec.name: spec
     for spec in (
-        MetricSpec(ROUGE, True, "rougeL_recall", "ROUGE"),
-        MetricSpec(PROBABILITY, True, "avg_gt_loss", "Probability"),
-        MetricSpec(TRUTH_RATIO, True, "truth_ratio", "Truth Ratio"),
-        MetricSpec(TOKEN_ENTROPY, True, "token_entropy", "Token Entropy",
-                   in_forget_efficacy=False),
-        MetricSpec(COSINE, True, "cosine_similarity", "Cosine Similarity"),
-        MetricSpec(ENTAILMENT, True, "entailment_labels", "Entailment Score"),
+        MetricSpec(ROUGE, True, "rougeL_recall", "ROUGE", GENERATED_SETS,
+                   compute=lambda x, _: rouge_l_recall(x.generations, x.truths)),
+        MetricSpec(PROBABILITY, True, "avg_gt_loss", "Probability", GENERATED_SETS,
+                   compute=lambda x, _: _set_probability(x)),
+        MetricSpec(TRUTH_RATIO, True, "truth_ratio", "Truth Ratio", GENERATED_SETS,
+                   compute=lambda x, _: truth_ratio_item(x.truth_ratio_raw, x.kind)),
+        MetricSpec(TOKEN_ENTROPY, True, "token_entropy", "Token Entropy", GENERATED_SETS,
+                   in_forget_efficacy=False, compute=lambda x, _: token_entropy(x.generation_tokens)),
+        MetricSpec(COSINE, True, "cosine_similarity", "Cosine Similarity", GENERATED_SETS,
+                   compute=lambda x, _: cosine_similarity(x.generation_embeddings, x.reference_embeddings)),
+        MetricSpec(ENTAILMENT, True, "entailment_labels", "Entailment Score", GENERATED_SETS,
+                   compute=lambda x, columns: _set_entailment(x, columns[ROUGE])),
     )
 }
-"""The six metrics of the paper, keyed by canonical short name."""
+"""The six metrics of the paper, keyed by canonical short name, in table order."""
+
+MU_METRICS: tuple[str, ...] = tuple(name for name, spec in METRICS.items() if spec.in_model_utility)
+"""All six metrics enter Model Utility (the reference code's ``'Forget' not in k`` loop)."""
+FE_METRICS: tuple[str, ...] = tuple(name for name, spec in METRICS.items() if spec.in_forget_efficacy)
+"""Forget Efficacy uses five metrics: Token Entropy is excluded."""
+TOFU_MU_METRICS: tuple[str, ...] = (PROBABILITY, ROUGE, TRUTH_RATIO)
+"""TOFU's original Model Utility uses three metrics on retain, real authors and world facts."""
+
+
+def item_columns(registry: Mapping[str, MetricSpec], inputs: ItemInputs) -> dict[str, np.ndarray]:
+    """float64 [N] per metric of ``registry``, in its order: ``spec.compute`` on a set the metric
+    applies to (``spec.sets``), NaN on the others."""
+    columns: dict[str, np.ndarray] = {}
+    n = len(inputs.truths)
+    for name, spec in registry.items():
+        if inputs.kind in spec.sets and spec.compute is not None:
+            columns[name] = np.asarray(spec.compute(inputs, columns), dtype=np.float64)
+        else:
+            columns[name] = np.full(n, np.nan)
+    return columns
 
 
 def summary_key(set_name: str, metric: str) -> str:
@@ -326,6 +405,21 @@ def entailment_scores(labels: Sequence[str], rouge: Sequence[float],
             for label, r in zip(labels, rouge)]
 
 
+def _set_probability(x: ItemInputs) -> np.ndarray:
+    """The Probability column of one set: normalised on Real Authors / World Facts, else
+    ``exp(-NLL_sum / len)`` (docs/science.md §5)."""
+    if x.kind in (REAL_AUTHORS, WORLD_FACTS):
+        return normalised_probability(x.answer_avg_nll, x.perturbed_avg_nll)
+    return probability(x.answer_nll, x.answer_tokens)
+
+
+def _set_entailment(x: ItemInputs, rouge: Sequence[float]) -> list[float]:
+    """The Entailment column of one set: :func:`entailment_scores`, NaN throughout without NLI labels."""
+    if all(label is not None for label in x.nli_labels) and len(x.nli_labels):
+        return entailment_scores(x.nli_labels, rouge)  # type: ignore[arg-type]  (no None left)
+    return [math.nan] * len(x.truths)
+
+
 def nli_direction(set_name: str, scenario: str) -> Literal["generation->truth", "truth->generation"]:
     """Premise -> hypothesis direction of the NLI check for one set (reference code
     ``get_entailment_results``).
@@ -377,17 +471,23 @@ MIN_K_FRACTION = 0.4
 PRIVACY_METRICS: dict[str, MetricSpec] = {
     spec.name: spec
     for spec in (
-        MetricSpec(MIA_LOSS, False, "loss", "MIA LOSS", in_forget_efficacy=False),
-        MetricSpec(MIA_ZLIB, False, "zlib", "MIA zlib", in_forget_efficacy=False),
-        MetricSpec(MIA_MIN_K, False, "min_k", "MIA Min-K%", in_forget_efficacy=False),
+        MetricSpec(MIA_LOSS, False, "loss", "MIA LOSS", in_forget_efficacy=False, in_model_utility=False,
+                   compute=lambda x, _: np.asarray(x.answer_avg_nll, dtype=np.float64)),
+        MetricSpec(MIA_ZLIB, False, "zlib", "MIA zlib", in_forget_efficacy=False, in_model_utility=False,
+                   compute=lambda x, _: zlib_ratio(x.answer_avg_nll, x.truths)),
+        MetricSpec(MIA_MIN_K, False, "min_k", "MIA Min-K%", in_forget_efficacy=False, in_model_utility=False,
+                   compute=lambda x, _: min_k_score(x.answer_token_logprobs)),
         MetricSpec(EXTRACTION_STRENGTH, True, "extraction_strength", "Extraction Strength",
-                   in_forget_efficacy=False),
+                   in_forget_efficacy=False, in_model_utility=False,
+                   compute=lambda x, _: extraction_strength(x.answer_token_matches)),
         MetricSpec(EXACT_MEMORIZATION, True, "exact_memorization", "Exact Memorization",
-                   in_forget_efficacy=False),
+                   in_forget_efficacy=False, in_model_utility=False,
+                   compute=lambda x, _: exact_memorization(x.answer_token_matches)),
     )
 }
-"""Per-item metrics beyond the paper's six. They are columns of the per-item table and set means
-in the summary, and never enter Model Utility or Forget Efficacy. ``higher_is_better`` is the
+"""Per-item metrics beyond the paper's six, all from the truth answer's scoring pass (no extra
+forward pass or generation), on every set. They are columns of the per-item table and set means in
+the summary, and never enter Model Utility or Forget Efficacy (they are not in :data:`METRICS`). ``higher_is_better`` is the
 direction as a measure of knowledge (a higher attack statistic means the item looks *less* known)."""
 
 
@@ -724,9 +824,8 @@ def tofu_summary_from_logs(model_log: Mapping[str, Mapping[str, Any]],
 
 def _check_set(set_name: str) -> None:
     """A set the paper's metrics apply to (score-only sets such as holdout have no truth ratio or NLI)."""
-    valid = tuple(s for s in SET_NAMES if s not in SCORE_ONLY_SETS)
-    if set_name not in valid:
-        raise ValueError(f"unknown set {set_name!r}; valid: {', '.join(valid)}")
+    if set_name not in GENERATED_SETS:
+        raise ValueError(f"unknown set {set_name!r}; valid: {', '.join(GENERATED_SETS)}")
 
 
 def _as_2d(values: Any, what: str) -> np.ndarray:

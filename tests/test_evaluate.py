@@ -22,7 +22,6 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from scipy.stats import ks_2samp  # noqa: E402
 
-from study import evaluate as evaluate_module  # noqa: E402
 from study import metrics as M  # noqa: E402
 from study.data import BuiltinSource, EvalSet, load_scenario  # noqa: E402
 from study.errors import StudyInputError  # noqa: E402
@@ -30,11 +29,12 @@ from study.evaluate import (  # noqa: E402
     EvalResult,
     encode_qa_batch,
     evaluate,
-    evaluate_one_at_a_time,
     forget_quality_from,
     load_metric_models,
     metrics_scenario,
 )
+from study.evaluation import metric_models as metric_models_module  # noqa: E402
+from study.evaluation.reference import evaluate_one_at_a_time, evaluate_reference_batched  # noqa: E402
 from study.models import encode_qa, load  # noqa: E402
 
 MAX_LENGTH = 40
@@ -202,6 +202,24 @@ def test_probability_matches_a_direct_forward_pass(tiny, data, result):
     assert got[M.PROBABILITY] == pytest.approx(probs[0] / sum(probs), rel=1e-5)
 
 
+def test_a_registered_metric_reaches_the_table_and_the_summary(tiny, data, metric_models, result, monkeypatch):
+    """Adding a metric is a function and a registry entry: its column, set means and long-form rows
+    follow, computed from the same outputs as the others (here: the generation's length in
+    characters, and a copy of ROUGE read from the columns computed before it)."""
+    spec = M.MetricSpec("generation_chars", True, "generation_chars", "Generation Length", M.GENERATED_SETS,
+                        compute=lambda x, columns: [len(g) + columns[M.ROUGE][i] for i, g in enumerate(x.generations)])
+    monkeypatch.setitem(M.METRICS, spec.name, spec)
+    sets = subset(data.eval_sets, 2)
+    out = evaluate(tiny.model, tiny.tokenizer, tiny.prompt, sets, "fictitious", metric_models,
+                   max_length=MAX_LENGTH, score_max_length=SCORE_MAX_LENGTH, progress=False)
+    items = out.items
+    assert list(items.columns).index(spec.name) == list(items.columns).index(M.ENTAILMENT) + 1
+    assert items[spec.name].tolist() == [len(g) + r for g, r in zip(items["generation"], items[M.ROUGE])]
+    for s in sets:
+        assert out.summary[f"{s.name}/{spec.name}"] == pytest.approx(items.loc[items["set"] == s.name, spec.name].mean())
+    assert spec.name in set(out.long_items()["metric"])
+
+
 def test_encode_qa_batch_equals_encode_qa(tiny, data):
     tokenizer, prompt = tiny.tokenizer, tiny.prompt
     pairs = [(r["question"], a) for s in data.eval_sets for r in s.rows for a in (r["answer"], *r["perturbed_answer"])]
@@ -235,8 +253,8 @@ def test_batched_equals_one_at_a_time(tiny, data, metric_models, result, monkeyp
     small = evaluate(tiny.model, tiny.tokenizer, tiny.prompt, sets, "fictitious", metric_models, batch_size=3,
                      score_batch_size=7, max_length=MAX_LENGTH, score_max_length=SCORE_MAX_LENGTH, progress=False)
     loads = []
-    real_loader = evaluate_module._load_embedder
-    monkeypatch.setattr(evaluate_module, "_load_embedder", lambda *a: loads.append(a) or real_loader(*a))
+    real_loader = metric_models_module._load_embedder
+    monkeypatch.setattr(metric_models_module, "_load_embedder", lambda *a: loads.append(a) or real_loader(*a))
     slow = evaluate_one_at_a_time(tiny.model, tiny.tokenizer, tiny.prompt, sets, "fictitious", metric_models,
                                   max_length=MAX_LENGTH, score_max_length=SCORE_MAX_LENGTH, progress=False)
     assert len(loads) == len(sets)  # the embedder was rebuilt for every set
@@ -266,9 +284,9 @@ def test_reference_batched_equals_batched(tiny, data, metric_models, result, mon
         return real_forward(self, *args, **kwargs)
 
     monkeypatch.setattr(type(tiny.model), "forward", recording_forward)
-    ref = evaluate_module.evaluate_reference_batched(tiny.model, tiny.tokenizer, tiny.prompt, data.eval_sets,
-                                                     "fictitious", metric_models, batch_size=8, max_length=MAX_LENGTH,
-                                                     score_max_length=SCORE_MAX_LENGTH, progress=False)
+    ref = evaluate_reference_batched(tiny.model, tiny.tokenizer, tiny.prompt, data.eval_sets, "fictitious",
+                                     metric_models, batch_size=8, max_length=MAX_LENGTH,
+                                     score_max_length=SCORE_MAX_LENGTH, progress=False)
     monkeypatch.undo()
     # Per set of 3 items (K perturbed answers): truth [3, 64], paraphrased [2, 64] + [1, 64], perturbed
     # [2K, 64] + [K, 64]: the reference's loaders of batch_size // 4 = 2 items.
@@ -284,8 +302,8 @@ def test_reference_batched_equals_batched(tiny, data, metric_models, result, mon
     for key in ("model_utility", "forget_efficacy", "tofu_model_utility"):
         assert ref.summary[key] == pytest.approx(result.summary[key], abs=TOL)
     with pytest.raises(StudyInputError, match="batch_size"):
-        evaluate_module.evaluate_reference_batched(tiny.model, tiny.tokenizer, tiny.prompt, data.eval_sets,
-                                                   "fictitious", metric_models, batch_size=3)
+        evaluate_reference_batched(tiny.model, tiny.tokenizer, tiny.prompt, data.eval_sets, "fictitious",
+                                   metric_models, batch_size=3)
 
 
 def test_generation_stops_at_eos(eos_result):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -19,6 +20,40 @@ def test_registry_has_the_six_metrics_with_fe_membership():
     fe = tuple(n for n, s in M.METRICS.items() if s.in_forget_efficacy)
     assert fe == M.FE_METRICS == ("rouge", "probability", "truth_ratio", "cosine", "entailment")
     assert M.summary_key("retain", "rouge") == "retain/rouge"
+
+
+def test_item_columns_apply_each_registered_metric_to_its_sets():
+    """The registry computes the table's metric columns from a set's outputs: two items, values by hand."""
+    x = M.ItemInputs(
+        kind="retain", truths=["the cat sat", "a dog"],
+        answer_nll=np.array([2.0, 3.0]), answer_tokens=np.array([2, 3]), answer_avg_nll=np.array([1.0, 1.0]),
+        answer_token_logprobs=[np.array([-0.5, -1.5]), np.array([-1.0, -1.0, -1.0])],
+        answer_token_matches=[np.array([False, True]), np.array([True, True, True])],
+        generations=["the cat sat", "no"], generation_tokens=[[1, 2, 3], [4]],
+        paraphrased_avg_nll=np.array([1.0, 1.0]), perturbed_avg_nll=np.array([[2.0], [1.0]]),
+        truth_ratio_raw=np.array([math.e, 1.0]),
+        generation_embeddings=np.array([[1.0, 0.0], [0.0, 1.0]]), reference_embeddings=np.array([[1.0, 0.0], [1.0, 0.0]]),
+        nli_labels=["entailment", "entailment"],
+    )
+    got = M.item_columns(M.METRICS, x)
+    assert list(got) == list(M.METRICS)
+    assert got[M.ROUGE].tolist() == [1.0, 0.0]
+    assert got[M.PROBABILITY] == pytest.approx([math.exp(-1.0), math.exp(-1.0)])
+    assert got[M.TRUTH_RATIO] == pytest.approx([1 - 1 / math.e, 0.0])  # max(0, 1 - 1/R) off the forget set
+    assert got[M.TOKEN_ENTROPY].tolist() == [1.0, 0.0]
+    assert got[M.COSINE].tolist() == [1.0, 0.0]
+    assert got[M.ENTAILMENT].tolist() == [1.0, 0.0]  # the second item's ROUGE is below 0.1
+    privacy = M.item_columns(M.PRIVACY_METRICS, x)
+    assert privacy[M.MIA_LOSS].tolist() == [1.0, 1.0]
+    assert privacy[M.EXACT_MEMORIZATION].tolist() == [0.5, 1.0]
+    assert privacy[M.EXTRACTION_STRENGTH].tolist() == [0.5, 1.0]
+    # No NLI labels: entailment NaN. A score-only set: the paper's metrics NaN, the privacy ones computed.
+    assert np.isnan(M.item_columns(M.METRICS, dataclasses.replace(x, nli_labels=[None, None]))[M.ENTAILMENT]).all()
+    holdout = M.ItemInputs("holdout", x.truths, x.answer_nll, x.answer_tokens, x.answer_avg_nll,
+                           x.answer_token_logprobs, x.answer_token_matches)
+    assert all(np.isnan(v).all() for v in M.item_columns(M.METRICS, holdout).values())
+    assert M.item_columns(M.PRIVACY_METRICS, holdout)[M.MIA_LOSS].tolist() == [1.0, 1.0]
+    assert M.MU_METRICS == tuple(M.METRICS)  # MU and FE membership are read off the registry
 
 
 # ---------------------------------------------------------------------------- ROUGE
