@@ -140,7 +140,8 @@ def main(argv=None) -> int:
 
             def work(cached=cached):
                 out["steps"] = train.unlearn(model, lm.tokenizer, lm.prompt, method, data, train_cfg, label_mode,
-                                             ref_model=ref_model, cache_reference=cached).steps
+                                             ref_model=ref_model, cache_reference=cached,
+                                             fit=runner.fit_for(train_cfg)).steps
 
             timed(work, device, whole[name])
         n_whole = out["steps"]

@@ -1,7 +1,8 @@
 """One trial, end to end: data -> target model (cached) -> unlearning task by task -> evaluation.
 
 Tracking and search stay outside: ``run_trial`` reports through ``TrialHooks`` (the study module wires
-them to MLflow and Optuna), so this file knows neither.
+them to MLflow and Optuna), so this file knows neither. The task loop itself is :func:`unlearn_tasks`,
+which ``study.distributed`` drives too; :func:`fit_for` is where ``TrainConfig.deepspeed`` selects ZeRO-3.
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ import copy
 import hashlib
 import json
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import torch
 
 from . import data as data_mod
-from . import models
-from .config import RunConfig
+from . import models, train, zero
+from .config import RunConfig, TrainConfig
 from .scenarios import scenario
 
 
@@ -71,8 +73,6 @@ def is_ready_target(cfg: RunConfig) -> bool:
 
 def finetuned_model(cfg: RunConfig, rows: list[dict], kind: str, device, progress: bool = True) -> PreparedModel:
     """Fine-tune ``cfg.model.name`` on ``rows`` once; cached under a hash of model, data and settings."""
-    from .train import finetune
-
     key = _hash({"kind": kind, "model": cfg.model.name, "rows": rows_hash(rows), "finetune": asdict(cfg.finetune),
                  "dtype": cfg.model.dtype})
     path = models.cache_dir() / "finetuned" / f"{kind}-{key}"
@@ -81,7 +81,7 @@ def finetuned_model(cfg: RunConfig, rows: list[dict], kind: str, device, progres
     started = time.perf_counter()
     lm = models.load(cfg.model.name, device=device, dtype=torch_dtype(cfg.model.dtype, device),
                      trust_remote_code=cfg.model.trust_remote_code)
-    finetune(lm.model, lm.tokenizer, lm.prompt, rows, cfg.finetune, progress=progress)
+    train.finetune(lm.model, lm.tokenizer, lm.prompt, rows, cfg.finetune, progress=progress)
     models.save_checkpoint(lm.model, lm.tokenizer, lm.prompt, path,
                            {"kind": kind, "base_model": cfg.model.name, "finetune": asdict(cfg.finetune), "rows": len(rows)})
     return PreparedModel(str(path), key, kind, cached=False, seconds=time.perf_counter() - started)
@@ -150,9 +150,7 @@ def load_for_training(path: str, cfg: RunConfig, device):
         lm.model.gradient_checkpointing_enable()
         lm.model.config.use_cache = False
     if cfg.train.lora_rank:
-        from .train import apply_lora
-
-        lm.model = apply_lora(lm.model, cfg.train.lora_rank)
+        lm.model = train.apply_lora(lm.model, cfg.train.lora_rank)
     return lm
 
 
@@ -164,45 +162,87 @@ def frozen_copy(model):
     return ref
 
 
-def run_trial(cfg: RunConfig, hooks: TrialHooks | None = None, *, device=None, metric_models=None,
-              progress: bool = True, target: PreparedModel | None = None) -> TrialResult:
-    """Unlearn every task of ``cfg`` in order and evaluate after each (docs/science.md §1, §4).
+def fit_for(train_cfg: TrainConfig) -> train.Fit:
+    """How ``train.unlearn`` runs the loop for ``train_cfg``: through DeepSpeed engines
+    (``zero.train_with_deepspeed``) when ``train.deepspeed`` names a config, else in this process."""
+    return zero.train_with_deepspeed if train_cfg.deepspeed else train.fit_in_process
+
+
+@dataclass
+class Unlearned:
+    """One task unlearned, as :func:`unlearn_tasks` yields it (the model is the caller's ``lm.model``)."""
+
+    task: int | None
+    data: data_mod.ScenarioData
+    trained: train.TrainResult
+
+
+def unlearn_tasks(cfg: RunConfig, lm: models.LoadedModel, hooks: TrialHooks | None = None, *,
+                  source: data_mod.Source | None = None, first: data_mod.ScenarioData | None = None,
+                  extra_callback: Callable[[int | None, data_mod.ScenarioData], object] | None = None,
+                  progress: bool = True) -> Iterator[Unlearned]:
+    """Unlearn every task of ``cfg`` in order, in ``lm.model``, yielding after each (docs/science.md §1, §4):
+    a caller evaluates between tasks, or just iterates to train.
 
     Continual: task k starts from the model left by task k-1; the reference model (NPO, DPO, KL) is
-    the model at the start of the task, or the original one with ``method.fix_ref_model``.
-    """
-    from . import evaluate as ev
-    from .train import unlearn
+    the model at the start of the task, or the original one with ``method.fix_ref_model``. With
+    ``cfg.train.deepspeed`` each task trains through ZeRO-3 (:func:`fit_for`).
 
+    ``hooks``: ``on_data(task, data)`` before each task, ``callbacks`` during each. ``source`` /
+    ``first``: the data source and the first task's data, when the caller has already read them.
+    ``extra_callback(task, data)``: one more training callback for the task (None: none).
+    """
     hooks = hooks or TrialHooks()
-    device = torch.device(device) if device is not None else models.default_device()
     method = cfg.method.method()
-    source = source_for(cfg)
+    source = source or source_for(cfg)
     tasks = tasks_of(cfg)
-    first = scenario_data(cfg, tasks[0], source)
-    target = target or target_model(cfg, first, device, progress)
-    lm = load_for_training(target.path, cfg, device)
     original_ref = frozen_copy(lm.model) if (method.needs_ref_model and cfg.method.fix_ref_model) else None
-    metric_models = metric_models or ev.load_metric_models(cfg.eval.embedder, cfg.eval.nli, device)
-    results = []
     for task in tasks:
-        data = first if task == tasks[0] else scenario_data(cfg, task, source)
+        data = first if (task == tasks[0] and first is not None) else scenario_data(cfg, task, source)
         if hooks.on_data is not None:
             hooks.on_data(task, data)
         ref_model = None
         if method.needs_ref_model:
             ref_model = original_ref if original_ref is not None else frozen_copy(lm.model)
+        callbacks = list(hooks.callbacks)
+        extra = extra_callback(task, data) if extra_callback is not None else None
+        if extra is not None:
+            callbacks.append(extra)
+        trained = train.unlearn(lm.model, lm.tokenizer, lm.prompt, method, data, cfg.train, cfg.method.label_mode(),
+                                ref_model=ref_model, callbacks=callbacks, progress=progress, fit=fit_for(cfg.train))
+        del ref_model
+        yield Unlearned(task, data, trained)
 
-        def evaluate_fn(model, data=data):
+
+def run_trial(cfg: RunConfig, hooks: TrialHooks | None = None, *, device=None, metric_models=None,
+              progress: bool = True, target: PreparedModel | None = None) -> TrialResult:
+    """Unlearn every task of ``cfg`` in order (:func:`unlearn_tasks`) and evaluate after each
+    (docs/science.md §1, §4)."""
+    from . import evaluate as ev
+
+    hooks = hooks or TrialHooks()
+    device = torch.device(device) if device is not None else models.default_device()
+    source = source_for(cfg)
+    first = scenario_data(cfg, tasks_of(cfg)[0], source)
+    target = target or target_model(cfg, first, device, progress)
+    lm = load_for_training(target.path, cfg, device)
+    metric_models = metric_models or ev.load_metric_models(cfg.eval.embedder, cfg.eval.nli, device)
+
+    def epoch_callback(task, data):
+        """Per-epoch evaluation (pruning), when the caller asks for it."""
+        if hooks.make_epoch_callback is None or not cfg.eval.per_epoch:
+            return None
+
+        def evaluate_fn(model):
             return ev.evaluate(model, lm.tokenizer, lm.prompt, data.eval_sets, cfg.data.scenario, metric_models,
                                batch_size=cfg.eval.batch_size, max_length=cfg.eval.max_length, progress=False)
 
-        callbacks = list(hooks.callbacks)
-        if hooks.make_epoch_callback is not None and cfg.eval.per_epoch:
-            callbacks.append(hooks.make_epoch_callback(evaluate_fn, task))
-        trained = unlearn(lm.model, lm.tokenizer, lm.prompt, method, data, cfg.train, cfg.method.label_mode(),
-                          ref_model=ref_model, callbacks=callbacks, progress=progress)
-        del ref_model
+        return hooks.make_epoch_callback(evaluate_fn, task)
+
+    results = []
+    for done in unlearn_tasks(cfg, lm, hooks, source=source, first=first, extra_callback=epoch_callback,
+                              progress=progress):
+        task, data = done.task, done.data
         started = time.perf_counter()
         result = ev.evaluate(lm.model, lm.tokenizer, lm.prompt, data.eval_sets, cfg.data.scenario, metric_models,
                              batch_size=cfg.eval.batch_size, max_length=cfg.eval.max_length, progress=progress)
@@ -214,7 +254,7 @@ def run_trial(cfg: RunConfig, hooks: TrialHooks | None = None, *, device=None, m
         if retain_aucs:
             summary.update({k: v for k, v in result.with_privleak(retain_aucs).summary.items() if k.startswith("privleak/")})
         task_result = TaskResult(task, summary, result.items, result.aggregate_parts, result.entailment_available,
-                                 trained.seconds, time.perf_counter() - started, trained.steps)
+                                 done.trained.seconds, time.perf_counter() - started, done.trained.steps)
         results.append(task_result)
         if hooks.on_task is not None:
             hooks.on_task(task_result)

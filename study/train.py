@@ -14,12 +14,14 @@ exactly the global batches that ``W`` processes see, and both average the same m
 (each micro-batch loss is divided by the accumulation steps; DeepSpeed also averages over ranks).
 Reported step losses are means over the global batch's micro-batches on every rank.
 
-Multi-process training goes through a DeepSpeed engine (``engine=``; see ``study.distributed``), or
-through ``unlearn`` with ``TrainConfig.deepspeed`` set, which builds the engine itself.
+Multi-process training goes through a DeepSpeed engine (``engine=``, built by ``study.zero``), or
+through ``unlearn(fit=study.zero.train_with_deepspeed)``, which builds the engines itself (``study.runner``
+passes it when ``TrainConfig.deepspeed`` is set). ``study.zero`` imports this module, never the reverse.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import time
@@ -30,6 +32,7 @@ from typing import Any, Protocol
 import torch
 
 from .data import collate
+from .errors import StudyInputError
 
 
 class NonFiniteLoss(RuntimeError):
@@ -225,7 +228,7 @@ def _check_engine(engine, batch_size: int, grad_accum: int, world_size: int) -> 
         actual = getattr(engine, name)()
         if actual != value:
             raise ValueError(f"DeepSpeed engine has {name}={actual}, the training loop {value}: build the engine "
-                             "with study.distributed.deepspeed_engine (it fills these from the TrainConfig)")
+                             "with study.zero.deepspeed_engine (it fills these from the TrainConfig)")
     dp_world = getattr(engine, "dp_world_size", world_size)
     if dp_world != world_size:
         raise ValueError(f"DeepSpeed engine spans {dp_world} data-parallel ranks, the loop was given world_size={world_size}")
@@ -256,7 +259,7 @@ def train_loop(
     ``loss_fn(model, batch) -> (loss, parts)``. Without ``engine`` (one process), a torch AdamW is
     built here and ``(loss / grad_accum).backward()`` accumulates; a bf16 / fp16 model is stepped
     through fp32 master weights (:class:`Fp32MasterWeights`). With ``engine`` (a DeepSpeed engine
-    wrapping ``model``, e.g. from ``study.distributed.deepspeed_engine``), ``loss_fn`` gets the engine,
+    wrapping ``model``, e.g. from ``study.zero.deepspeed_engine``), ``loss_fn`` gets the engine,
     backward/step go through it, and ``world_size``/``rank`` select this process's micro-batches; the
     engine's micro-batch and accumulation steps must be ``batch_size`` and ``grad_accum``.
 
@@ -266,7 +269,7 @@ def train_loop(
     from tqdm.auto import tqdm
 
     if world_size > 1 and engine is None:
-        raise ValueError(f"world_size={world_size} needs a DeepSpeed engine (study.distributed.deepspeed_engine): "
+        raise ValueError(f"world_size={world_size} needs a DeepSpeed engine (study.zero.deepspeed_engine): "
                          "without one nothing averages gradients across ranks")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside world_size {world_size}")
@@ -397,9 +400,31 @@ def cache_reference_logprobs(method, ref_model, dataset, batch_size: int = 16) -
                 item[ref_cache_key(part)] = value
 
 
+class Fit(Protocol):
+    """How :func:`unlearn` runs the training loop over its dataset: :func:`fit_in_process` by default,
+    ``study.zero.train_with_deepspeed`` for ZeRO-3 (``study.runner.fit_for`` picks one from a
+    ``TrainConfig``). ``make_loss_fn(ref)`` is the loss function given the reference model to use
+    (``ref_model``, or what the fitter made of it, e.g. a DeepSpeed engine)."""
+
+    def __call__(self, model, dataset, make_loss_fn: Callable[[Any], LossFn], train_cfg, *, ref_model=None,
+                 callbacks: Sequence = (), progress: bool = False, description: str = "train") -> TrainResult: ...
+
+
+def fit_in_process(model, dataset, make_loss_fn: Callable[[Any], LossFn], train_cfg, *, ref_model=None,
+                   callbacks: Sequence = (), progress: bool = False, description: str = "train", engine=None,
+                   world_size: int = 1, rank: int = 0) -> TrainResult:
+    """The default :class:`Fit`: :func:`train_loop` with ``train_cfg``'s schedule on ``model`` itself, in
+    this process or through a DeepSpeed ``engine`` the caller built around ``model`` (``world_size`` /
+    ``rank`` of this process). It builds no engine: ``train_cfg.deepspeed`` is not read here."""
+    return train_loop(model, dataset, make_loss_fn(ref_model), lr=train_cfg.lr, epochs=train_cfg.epochs,
+                      batch_size=train_cfg.batch_size, grad_accum=train_cfg.grad_accum,
+                      weight_decay=train_cfg.weight_decay, seed=train_cfg.seed, callbacks=callbacks, progress=progress,
+                      engine=engine, world_size=world_size, rank=rank, description=description)
+
+
 def unlearn(model, tokenizer, prompt, method, data, train_cfg, label_mode: str, ref_model=None, callbacks=(),
             cache_reference: bool = True, progress: bool = False, engine=None, world_size: int = 1,
-            rank: int = 0, fused_forward: bool = True) -> TrainResult:
+            rank: int = 0, fused_forward: bool = True, fit: Fit | None = None) -> TrainResult:
     """Unlearn ``data.forget`` from ``model`` with ``method`` (a ``study.losses.Method``).
 
     ``ref_model``: the frozen reference (NPO, DPO, KL, LLMU). With ``cache_reference`` its per-sequence
@@ -413,11 +438,25 @@ def unlearn(model, tokenizer, prompt, method, data, train_cfg, label_mode: str, 
     study records and compares on resume).
 
     Three ways to run: one process (default); a DeepSpeed ``engine`` wrapping ``model`` built by the
-    caller (``world_size``/``rank`` of this process); or ``train_cfg.deepspeed`` set and no engine, in
-    which case ``study.distributed.train_with_deepspeed`` builds the engines (ZeRO-3: also one for a
-    live reference model), trains, and writes the trained weights back into ``model``.
+    caller (``world_size``/``rank`` of this process); or ``fit=study.zero.train_with_deepspeed``, which
+    builds the engines from ``train_cfg.deepspeed`` (ZeRO-3: also one for a live reference model),
+    trains, and writes the trained weights back into ``model``. ``fit`` (a :class:`Fit`) is how the
+    loop runs; without one it is :func:`fit_in_process` (given ``engine``, ``world_size``, ``rank``).
+
+    Raises:
+        StudyInputError: ``train_cfg.deepspeed`` is set but neither ``fit`` nor ``engine`` is given:
+            training in this process would silently drop ZeRO-3 (checked before anything is done).
     """
     from .losses import compute_loss, steering_for
+
+    if fit is None:
+        if train_cfg.deepspeed and engine is None:
+            raise StudyInputError(f"train.deepspeed={train_cfg.deepspeed!r} asks for DeepSpeed, but unlearn was given "
+                                  "no fit: pass fit=study.zero.train_with_deepspeed (study.runner.fit_for chooses "
+                                  "it from the TrainConfig), or set train.deepspeed to none")
+        fit = functools.partial(fit_in_process, engine=engine, world_size=world_size, rank=rank)
+    elif engine is not None:
+        raise ValueError("unlearn takes a caller-built engine= or a fit=, not both")
 
     steering = steering_for(method, model, train_cfg.seed)
     if steering is not None:
@@ -435,16 +474,8 @@ def unlearn(model, tokenizer, prompt, method, data, train_cfg, label_mode: str, 
 
         return loss_fn
 
-    description = f"unlearn {method}"
-    if engine is None and train_cfg.deepspeed:
-        from .distributed import train_with_deepspeed
-
-        return train_with_deepspeed(model, dataset, make_loss_fn, train_cfg, ref_model=keep_ref, callbacks=callbacks,
-                                    progress=progress, description=description)
-    return train_loop(model, dataset, make_loss_fn(keep_ref), lr=train_cfg.lr, epochs=train_cfg.epochs,
-                      batch_size=train_cfg.batch_size, grad_accum=train_cfg.grad_accum,
-                      weight_decay=train_cfg.weight_decay, seed=train_cfg.seed, callbacks=callbacks, progress=progress,
-                      engine=engine, world_size=world_size, rank=rank, description=description)
+    return fit(model, dataset, make_loss_fn, train_cfg, ref_model=keep_ref, callbacks=callbacks, progress=progress,
+               description=f"unlearn {method}")
 
 
 def train_only_rmu_weights(model, layer: int) -> list[str]:
@@ -455,7 +486,6 @@ def train_only_rmu_weights(model, layer: int) -> list[str]:
     Raises:
         StudyInputError: no such parameter (a LoRA-wrapped model, or not a Llama-style layout).
     """
-    from .errors import StudyInputError
     from .losses import rmu_trainable, rmu_trained_layers
 
     trained = []

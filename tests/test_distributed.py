@@ -1,5 +1,6 @@
-"""Tests of study.distributed: DeepSpeed config filling, the entry point's configuration, and (slow) a
-two-process ZeRO-3 run over gloo that takes the same steps as one plain PyTorch process."""
+"""Tests of study.zero and study.distributed: DeepSpeed config filling, the entry point's configuration,
+the fit that ``unlearn`` is given for ``train.deepspeed``, and (slow) a two-process ZeRO-3 run over gloo
+that takes the same steps as one plain PyTorch process."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from study import distributed as D  # noqa: E402
-from study import presets  # noqa: E402
+from study import models, presets, runner  # noqa: E402
+from study import train as T  # noqa: E402
+from study import zero as Z  # noqa: E402
 from study.config import TrainConfig  # noqa: E402
 from study.errors import StudyInputError  # noqa: E402
 
@@ -31,10 +34,10 @@ def train_cfg(**changes) -> TrainConfig:
 
 
 def test_shipped_zero3_config_fills_completely():
-    raw = D.load_config(None)
+    raw = Z.load_config(None)
     assert raw == json.loads((ROOT / "experiments/deepspeed/zero3.json").read_text())
-    filled = D.fill_config(raw, train_cfg(), world_size=2, dtype=torch.bfloat16, hidden_size=64)
-    assert D.zero_stage(filled) == 3
+    filled = Z.fill_config(raw, train_cfg(), world_size=2, dtype=torch.bfloat16, hidden_size=64)
+    assert Z.zero_stage(filled) == 3
     assert filled["train_micro_batch_size_per_gpu"] == 4
     assert filled["gradient_accumulation_steps"] == 3
     assert filled["train_batch_size"] == 4 * 3 * 2
@@ -43,7 +46,7 @@ def test_shipped_zero3_config_fills_completely():
     assert filled["zero_allow_untested_optimizer"] is True  # a torch AdamW is passed in
     assert "auto" not in json.dumps(filled)
     assert raw["bf16"]["enabled"] == "auto"  # the input is not modified
-    assert D.fill_config(raw, train_cfg(), world_size=1, dtype=torch.float32)["bf16"]["enabled"] is False
+    assert Z.fill_config(raw, train_cfg(), world_size=1, dtype=torch.float32)["bf16"]["enabled"] is False
 
 
 def test_fill_config_sizes_buckets_and_optimizer_from_the_model_and_train_config():
@@ -52,7 +55,7 @@ def test_fill_config_sizes_buckets_and_optimizer_from_the_model_and_train_config
                               "stage3_param_persistence_threshold": "auto"},
         "optimizer": {"type": "AdamW", "params": {"lr": "auto", "weight_decay": "auto"}},
     }
-    filled = D.fill_config(raw, train_cfg(), world_size=2, dtype=torch.float32, hidden_size=64)
+    filled = Z.fill_config(raw, train_cfg(), world_size=2, dtype=torch.float32, hidden_size=64)
     zero = filled["zero_optimization"]
     assert (zero["reduce_bucket_size"], zero["stage3_prefetch_bucket_size"], zero["stage3_param_persistence_threshold"]) \
         == (64 * 64, int(0.9 * 64 * 64), 640)
@@ -62,24 +65,24 @@ def test_fill_config_sizes_buckets_and_optimizer_from_the_model_and_train_config
 
 def test_fill_config_refuses_what_it_cannot_honour():
     with pytest.raises(StudyInputError, match="train_batch_size=64.*use \"auto\""):
-        D.fill_config({"train_batch_size": 64}, train_cfg(), world_size=2, dtype=torch.float32)
+        Z.fill_config({"train_batch_size": 64}, train_cfg(), world_size=2, dtype=torch.float32)
     with pytest.raises(StudyInputError, match="scheduler"):
-        D.fill_config({"scheduler": {"type": "WarmupLR"}}, train_cfg(), world_size=1, dtype=torch.float32)
+        Z.fill_config({"scheduler": {"type": "WarmupLR"}}, train_cfg(), world_size=1, dtype=torch.float32)
     with pytest.raises(StudyInputError, match="zero_optimization.sub_group_size"):
-        D.fill_config({"zero_optimization": {"sub_group_size": "auto"}}, train_cfg(), world_size=1, dtype=torch.float32)
+        Z.fill_config({"zero_optimization": {"sub_group_size": "auto"}}, train_cfg(), world_size=1, dtype=torch.float32)
     # Explicit values that agree are kept.
-    same = D.fill_config({"train_micro_batch_size_per_gpu": 4}, train_cfg(), world_size=1, dtype=torch.float32)
+    same = Z.fill_config({"train_micro_batch_size_per_gpu": 4}, train_cfg(), world_size=1, dtype=torch.float32)
     assert same["train_micro_batch_size_per_gpu"] == 4
 
 
 def test_load_config_errors_name_the_file(tmp_path):
     with pytest.raises(StudyInputError, match="not found"):
-        D.load_config(tmp_path / "missing.json")
+        Z.load_config(tmp_path / "missing.json")
     bad = tmp_path / "bad.json"
     bad.write_text("{")
     with pytest.raises(StudyInputError, match="bad.json: not valid JSON"):
-        D.load_config(bad)
-    assert D.load_config("experiments/deepspeed/zero3.json") == D.load_config(None)  # relative to the repository
+        Z.load_config(bad)
+    assert Z.load_config("experiments/deepspeed/zero3.json") == Z.load_config(None)  # relative to the repository
 
 
 def test_step_recorder_tags_tasks_by_the_restarting_step_counter():
@@ -89,6 +92,28 @@ def test_step_recorder_tags_tasks_by_the_restarting_step_counter():
     for step in (1, 2, 1, 2, 3):
         recorder.on_step(StepEvent(step, 3, 0.0, 1.0, {}, 0.1, 1.0, 0.0))
     assert [s["task"] for s in recorder.steps] == [3, 3, 5, 5, 5]
+
+
+# --------------------------------------------------------------------------------------------------
+# Which fit trains: train.deepspeed never falls back to plain PyTorch silently
+
+
+def test_runner_fits_through_zero_when_train_deepspeed_is_set():
+    assert runner.fit_for(train_cfg(deepspeed="experiments/deepspeed/zero3.json")) is Z.train_with_deepspeed
+    assert runner.fit_for(train_cfg()) is T.fit_in_process
+
+
+def test_unlearn_refuses_train_deepspeed_without_a_zero_fit():
+    """``unlearn`` cannot import study.zero (that would close an import circle), so without
+    ``fit=`` it trains in this process, and a ``train.deepspeed`` config is an error, not ignored."""
+    from study.data import BuiltinSource, load_scenario
+    from study.losses import Method
+
+    lm = models.load("tiny-llama", device="cpu")
+    scenario = load_scenario(BuiltinSource(n_authors=4), "continual", "forget01", 1, ds_size=2)
+    with pytest.raises(StudyInputError, match="train.deepspeed=.*fit=study.zero.train_with_deepspeed"):
+        T.unlearn(lm.model, lm.tokenizer, lm.prompt, Method.parse("GA"), scenario,
+                  train_cfg(deepspeed="experiments/deepspeed/zero3.json", max_length=64), "answer")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -120,7 +145,10 @@ def test_zero3_on_two_processes_takes_the_steps_of_one_process(tmp_path):
     settings = COMMON[4:] + ["--set", "train.batch_size=2", "--set", "train.grad_accum=2"]
     cfg = presets.run_config("smoke", "NPO+KL", settings[1::2])
     recorder = D.StepRecorder([1, 2])
-    D.train_tasks(cfg, torch.device("cpu"), callbacks=[recorder])
+    cpu = torch.device("cpu")
+    lm = runner.load_for_training(runner.target_model(cfg, runner.scenario_data(cfg, 1), cpu).path, cfg, cpu)
+    for _ in runner.unlearn_tasks(cfg, lm, runner.TrialHooks(callbacks=[recorder]), progress=False):
+        pass
     one = recorder.steps
 
     assert [(s["task"], s["step"]) for s in two] == [(s["task"], s["step"]) for s in one]

@@ -1,0 +1,57 @@
+"""The package's modules import one another one way: no circle, not even through an import inside a
+function (``study.train`` once imported ``study.distributed`` lazily, which imported ``study.train``)."""
+
+from __future__ import annotations
+
+import ast
+import graphlib
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "study"
+
+
+def imported_modules(path: Path, modules: set[str]) -> set[str]:
+    """The package modules that ``path`` imports anywhere in its code: top-level or inside a function,
+    relative (``from .train import x``, ``from . import train``) or absolute (``study.train``)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 1 or (node.level == 0 and (node.module or "").split(".")[0] == "study"):
+                parts = (node.module or "").split(".")[1 if node.level == 0 else 0:]
+                found |= {parts[0]} if parts and parts[0] else {alias.name for alias in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[1] for alias in node.names if alias.name.startswith("study.")}
+    return (found & modules) - {path.stem}
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = {path.stem for path in PACKAGE.glob("*.py")}
+    return {path.stem: imported_modules(path, modules) for path in sorted(PACKAGE.glob("*.py"))}
+
+
+def test_the_parser_sees_every_kind_of_import(tmp_path):
+    source = tmp_path / "probe.py"
+    source.write_text("from . import a, b as bee\nfrom .c import x\nimport study.d\nfrom study.e import y\n"
+                      "from study import f\nimport torch.distributed\nfrom .probe import z\n"
+                      "def later():\n    from .g import w\n")
+    assert imported_modules(source, set("abcdefg") | {"probe", "distributed"}) == set("abcdefg")
+
+
+def test_the_package_import_graph_has_no_cycle():
+    graph = import_graph()
+    assert graph["train"] and "zero" in graph and "runner" in graph  # the parse found the package
+    try:
+        order = list(graphlib.TopologicalSorter(graph).static_order())
+    except graphlib.CycleError as error:
+        raise AssertionError(f"study modules import each other in a circle: {' -> '.join(error.args[1])}") from None
+    assert set(order) == set(graph)
+
+
+def test_training_sits_below_deepspeed_and_the_task_loop():
+    """study.train is the loop; study.zero (DeepSpeed) builds on it, study.runner chooses between them,
+    study.distributed (the torchrun entry point) drives study.runner."""
+    graph = import_graph()
+    assert not graph["train"] & {"zero", "runner", "distributed"}
+    assert graph["zero"] & {"runner", "distributed"} == set()
+    assert {"train", "zero"} <= graph["runner"] and "distributed" not in graph["runner"]
+    assert {"runner", "zero"} <= graph["distributed"]
