@@ -110,6 +110,8 @@ def init_distributed() -> DistEnv:
             dist.init_process_group(backend)
         else:
             dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    # DeepSpeed's engine asserts that a launcher set LOCAL_RANK; a one-process run had none.
+    os.environ.setdefault("LOCAL_RANK", str(local_rank))
     deepspeed.init_distributed(dist_backend=backend, verbose=False)
     return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, device)
 

@@ -5,6 +5,7 @@ that takes the same steps as one plain PyTorch process."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -164,6 +165,24 @@ def test_zero3_on_two_processes_takes_the_steps_of_one_process(tmp_path):
     print(f"ZeRO-3 x2 vs one process: {len(one)} steps, largest relative loss difference {worst:.2e}")
     # The losses moved: the comparison is not between two constant sequences.
     assert min(s["loss"] for s in one) < 0.9 * one[0]["loss"]
+
+
+@pytest.mark.slow
+def test_zero3_in_one_process_without_torchrun(tmp_path):
+    """``python -m study.distributed`` with no launcher: a one-process group, ZeRO-3 still on (DeepSpeed's
+    engine asserts a LOCAL_RANK that only launchers set; the one-process group sets it)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env.update({"HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(ROOT),
+                "TORCH_EXTENSIONS_DIR": str(tmp_path / "torch_extensions")})
+    command = [sys.executable, "-m", "study.distributed", *COMMON[:4], "--set", 'model.target="tiny-llama"',
+               "--set", "data.n_authors=4", "--set", "train.epochs=1", "--train-only", "--no-progress",
+               "--out", str(tmp_path / "out")]
+    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    written = json.loads((tmp_path / "out" / "history.json").read_text())
+    assert written["world_size"] == 1 and written["deepspeed"]["zero_optimization"]["stage"] == 3
+    assert len(written["steps"]) == 2  # floor(1 epoch * 10 items / batch 4)
+    assert all(math.isfinite(s["loss"]) for s in written["steps"])
 
 
 # --------------------------------------------------------------------------------------------------
