@@ -266,7 +266,7 @@ def main(argv=None) -> int:
 def execute_notebooks(uri: str, experiment: str, out: Path, scenarios) -> dict[str, Path]:
     """Each scenario's notebook (``notebooks/<key>.ipynb``) executed with papermill on this store and
     experiment, the paper's released setting picked per method, written with its outputs into
-    ``out/<key>.ipynb``; returns the paths by scenario key."""
+    ``out/<key>.ipynb`` (its figures as PNG files beside it); returns the notebooks' paths by scenario key."""
     from study.analysis import run_notebook
     from study.scenarios import scenario
 
@@ -274,8 +274,8 @@ def execute_notebooks(uri: str, experiment: str, out: Path, scenarios) -> dict[s
     for name in scenarios:
         key = scenario(name).key
         written[key] = out / f"{key}.ipynb"
-        run_notebook(ROOT / "notebooks" / f"{key}.ipynb", {"tracking_uri": uri, "experiment": experiment, "pick": "paper"},
-                     written[key])
+        run_notebook(ROOT / "notebooks" / f"{key}.ipynb",
+                     {"tracking_uri": uri, "experiment": experiment, "pick": "paper", "figures_dir": str(out)}, written[key])
     return written
 
 
