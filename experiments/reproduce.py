@@ -256,8 +256,7 @@ def main(argv=None) -> int:
     paths = write_results(runs, targets, out, note, preset=args.preset, seeds=args.seeds,
                           items=trial_items(uri, runs["run_id"]) if "run_id" in runs else None)
     if not args.no_notebooks:
-        paths.update(execute_notebooks(uri, args.experiment, out, sorted(set(runs["scenario"].dropna()))
-                                       if "scenario" in runs else []))
+        paths.update(execute_notebooks(uri, args.experiment, out, sorted(set(runs["scenario"].dropna()))))
     for path in paths.values():
         print(f"wrote {path}")
     return 0
