@@ -238,13 +238,16 @@ def main(argv=None) -> int:
             print(f"[{k}/{len(units)}] {unit.scenario} {unit.setting} {' '.join(unit.methods)} seed {unit.seed} "
                   f"{'reused' if resumed else 'done'} in {time.monotonic() - t0:.0f} s "
                   f"(total {time.monotonic() - started:.0f} s)", flush=True)
-    from study.analysis import fetch_runs, resolve_tracking_uri
+    from study.analysis import fetch_runs, resolve_tracking_uri, scenario_runs
     from study.results import write_results
     from study.tracking import DEFAULT_TRACKING_URI
 
     uri = resolve_tracking_uri(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
     runs = fetch_runs(uri, args.experiment, kind="trial")
     targets = fetch_runs(uri, args.experiment, kind="target")
+    if args.scenario != "all":  # one scenario's tables and notebook, though the store may hold the others
+        runs = scenario_runs(runs, args.scenario)
+        targets = scenario_runs(targets, args.scenario) if "scenario" in targets else targets
     lr, epochs = preset_training(args.preset, args.set)
     note = (f"Preset `{args.preset}`, seeds {', '.join(map(str, args.seeds))}; every method one trial per seed at "
             f"lr {lr:g} (in place of the released 1e-5) and {epochs} epochs, the released α/β. Rebuilt by "
