@@ -18,7 +18,16 @@ searched. One Optuna study per (scenario, setting, seed), the seed in its name
 ``<name>/<method>`` each), the command users run; a re-run resumes (finished trials are reused).
 
 Then the runs are read back (``study.analysis.fetch_runs``) and ``study.results.write_results`` writes
-``summary.csv``, ``claims.csv``, ``README.md`` and a figure into ``--out``.
+``summary.csv``, ``claims.csv``, ``README.md`` and a figure into ``--out`` (default: ``docs/results/<scenario>``,
+``docs/results/all`` for every scenario), and each scenario's notebook is executed there.
+
+Sensitivity, beyond the paper (``--sensitivity N``): instead of the released settings, every method gets
+an Optuna study of N trials (the same budget for all) over its own hyper-parameter space (the preset's
+ranges: ``lr`` in the preset's ``[study] space``, the method's α / β in the ranges its loss declares), on
+fictitious ``--splits``' first split with the first of ``--seeds``, in experiment ``sensitivity``; then
+``study.sensitivity.write_sensitivity`` compares the methods' Pareto fronts in ``docs/results/sensitivity``.
+
+    python experiments/reproduce.py --sensitivity 6 --methods GA+GD NPO+GD IDK+AP ME+GD
 """
 
 import argparse
@@ -39,6 +48,9 @@ from study.scenarios import CONTINUAL, FICTITIOUS, SCENARIOS  # noqa: E402
 
 DEFAULT_SEEDS = (1001, 1002, 1003)
 DEFAULT_EXPERIMENT = "reproduce"
+SENSITIVITY_EXPERIMENT = "sensitivity"
+SENSITIVITY_PREFIX = "sens"
+RESULTS = "docs/results"
 SPLITS = ("forget01", "forget05", "forget10")
 CONTINUAL_TASKS = (1, 2, 3, 4)
 
@@ -101,9 +113,51 @@ def settings_of(scenario_name: str, splits: tuple[str, ...], tasks: tuple[int, .
     return [(setting_name(scenario_name), [], 1)]
 
 
+def _store_options(args) -> list[str]:
+    argv = []
+    for option, value in (("--tracking-uri", args.tracking_uri), ("--storage", args.storage), ("--device", args.device)):
+        if value:
+            argv += [option, value]
+    return argv
+
+
+def sensitivity_unit(args) -> Unit:
+    """One sweep.py call: an Optuna study of ``args.sensitivity`` trials per method over its own space
+    (``--sampler tpe``; epochs fixed to the preset's, the learning rate searched), fictitious, first split."""
+    from study.results import setting_name
+
+    _, epochs = preset_training(args.preset, args.set)
+    split, seed = args.splits[0], args.seeds[0]
+    name = f"{SENSITIVITY_PREFIX}-{args.preset}-{FICTITIOUS.name}-{split}-s{seed}"
+    argv = ["--preset", args.preset, "--scenario", FICTITIOUS.name, "--split", split, "--method", *args.methods,
+            "--sampler", "tpe", "--n-trials", str(args.sensitivity), "--seed", str(seed), "--study-name", name,
+            "--set", f"train.epochs={epochs!r}",
+            *[w for item in args.set if not item.startswith("train.epochs=") for w in ("--set", item)],
+            "--experiment", experiment_of(args), "--keep-checkpoints", "none", "--no-progress", *_store_options(args)]
+    return Unit(FICTITIOUS.name, setting_name(FICTITIOUS.name, split), seed, tuple(args.methods), name, tuple(argv), 1)
+
+
+def experiment_of(args) -> str:
+    return args.experiment or (SENSITIVITY_EXPERIMENT if args.sensitivity else DEFAULT_EXPERIMENT)
+
+
+def out_of(args) -> Path:
+    """``--out``, else ``docs/results/<scenario key>`` (``all``, ``sensitivity``), relative to the repository."""
+    from study.scenarios import scenario
+
+    if args.out:
+        out = Path(args.out)
+    else:
+        name = "sensitivity" if args.sensitivity else ("all" if args.scenario == "all" else scenario(args.scenario).key)
+        out = Path(RESULTS) / name
+    return out if out.is_absolute() else ROOT / out
+
+
 def plan_units(args) -> list[Unit]:
     from study.results import study_name
 
+    if args.sensitivity:
+        return [sensitivity_unit(args)]
     lr, epochs = preset_training(args.preset, args.set)
     scenarios = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
     units = []
@@ -116,11 +170,7 @@ def plan_units(args) -> list[Unit]:
                         "--set", f"train.lr={lr!r}", "--set", f"train.epochs={epochs!r}",
                         *[w for item in args.set if not item.startswith(("train.lr=", "train.epochs="))
                           for w in ("--set", item)],
-                        "--experiment", args.experiment, "--no-progress"]
-                for option, value in (("--tracking-uri", args.tracking_uri), ("--storage", args.storage),
-                                      ("--device", args.device)):
-                    if value:
-                        argv += [option, value]
+                        "--experiment", experiment_of(args), "--no-progress", *_store_options(args)]
                 units.append(Unit(sc, setting, seed, tuple(args.methods), name, tuple(argv), n_tasks))
     return units
 
@@ -139,12 +189,16 @@ def build_parser() -> argparse.ArgumentParser:
       help="continual: run without and with sweep.py's --fix-ref-model (default: %(default)s)")
     a("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
       help="passed to sweep.py for every study; train.lr / train.epochs replace the preset's for every method")
-    a("--out", default="docs/results", help="where the tables, README.md and figure go (default: %(default)s)")
+    a("--out", help="where the tables, README.md, figures and notebooks go (default: docs/results/<scenario>, "
+                    "docs/results/all for every scenario, docs/results/sensitivity)")
     a("--tracking-uri", help="MLflow tracking URI (sweep.py's default when omitted)")
     a("--storage", help="Optuna storage (sweep.py's default when omitted)")
-    a("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment (default: %(default)s)")
+    a("--experiment", help=f"MLflow experiment (default: {DEFAULT_EXPERIMENT}; with --sensitivity {SENSITIVITY_EXPERIMENT})")
     a("--device", help="cpu, cuda ... (sweep.py's default when omitted)")
     a("--seconds-per-trial", type=float, help="for the --dry-run estimate (default: an assumption per preset)")
+    a("--sensitivity", type=int, metavar="N", default=0,
+      help="instead of the paper's settings: N trials per method over its own space (Optuna), then the "
+           "methods' Pareto fronts compared (see above)")
     a("--dry-run", action="store_true", help="print the plan and the estimated cost, run nothing")
     a("--skip-runs", action="store_true", help="only rebuild the tables from the runs already in the store")
     a("--no-notebooks", action="store_true",
@@ -157,30 +211,38 @@ def print_plan(args, units: list[Unit]) -> None:
     lr, epochs = preset_training(args.preset, args.set)
     studies = sorted({u.study for u in units})
     per_trial = args.seconds_per_trial or SECONDS_PER_TRIAL.get(args.preset, OTHER_SECONDS)
-    trials = sum(len(u.methods) for u in units)
-    seconds = sum(u.tasks * len(u.methods) for u in units) * per_trial
-    print(f"preset {args.preset}: lr {lr:g} for every method (the preset's train.lr, in place of the released "
-          f"1e-5), epochs {epochs}, released α/β (sampler paper), one trial per method per study")
+    per_study = args.sensitivity or 1
+    trials = sum(len(u.methods) for u in units) * per_study
+    seconds = sum(u.tasks * len(u.methods) for u in units) * per_study * per_trial
+    if args.sensitivity:
+        print(f"preset {args.preset}: sensitivity, {args.sensitivity} trials per method (sampler tpe) over each "
+              f"method's space, epochs {epochs}")
+    else:
+        print(f"preset {args.preset}: lr {lr:g} for every method (the preset's train.lr, in place of the released "
+              f"1e-5), epochs {epochs}, released α/β (sampler paper), one trial per method per study")
     print(f"{len(studies)} studies (scenario × setting × seed), {trials} trials "
-          f"({len(args.methods)} methods, seeds {' '.join(map(str, args.seeds))})")
+          f"({len(args.methods)} methods, seeds {' '.join(map(str, sorted({u.seed for u in units})))})")
     cost = f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
     print(f"estimate: {cost} at an assumed {per_trial:g} s per trial and task "
           "(continual trials unlearn each task in turn)")
     for k, u in enumerate(units, 1):
         print(f"  [{k}/{len(units)}] {u.scenario} {u.setting} {' '.join(u.methods)} seed {u.seed}  study {u.study}")
-    print(f"then: tables, README.md and a figure in {args.out}")
+    print(f"then: tables, README.md and figures in {out_of(args)}")
 
 
 def rebuild_command(argv) -> str:
     """The command that rebuilds these results on the default stores: ``argv`` without the store and
-    output options (where a user's stores are is theirs) and without ``--skip-runs``."""
+    output options (where a user's stores are is theirs; a relative ``--out`` is the repository's and
+    stays) and without ``--skip-runs``."""
     drop_with_value = {"--tracking-uri", "--storage", "--out", "--experiment", "--device"}
-    words, skip = [], False
+    words, skip = [], None
     for word in argv:
         if skip:
-            skip = False
+            if skip == "--out" and not Path(word).is_absolute():
+                words += [skip, word]
+            skip = None
         elif word in drop_with_value:
-            skip = True
+            skip = word
         elif word != "--skip-runs" and not word.startswith(tuple(f"{o}=" for o in drop_with_value)):
             words.append(word)
     return " ".join(["python experiments/reproduce.py", *words])
@@ -234,35 +296,64 @@ def main(argv=None) -> int:
                 print(f"[{k}/{len(units)}] {unit.scenario} {unit.setting} {' '.join(unit.methods)} seed {unit.seed} failed "
                       f"(exit {code}):\n{out[-2000:]}\n{err[-3000:]}", file=sys.stderr)
                 return code
-            resumed = out.count("1/1 trials finished, resuming") == len(unit.methods)
+            n = args.sensitivity or 1
+            resumed = out.count(f"{n}/{n} trials finished, resuming") == len(unit.methods)
             print(f"[{k}/{len(units)}] {unit.scenario} {unit.setting} {' '.join(unit.methods)} seed {unit.seed} "
                   f"{'reused' if resumed else 'done'} in {time.monotonic() - t0:.0f} s "
                   f"(total {time.monotonic() - started:.0f} s)", flush=True)
-    from study.analysis import fetch_runs, resolve_tracking_uri, scenario_runs
-    from study.results import write_results
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from study.analysis import resolve_tracking_uri
     from study.tracking import DEFAULT_TRACKING_URI
 
     uri = resolve_tracking_uri(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
-    runs = fetch_runs(uri, args.experiment, kind="trial")
-    targets = fetch_runs(uri, args.experiment, kind="target")
+    command = rebuild_command(argv if argv is not None else sys.argv[1:])
+    paths = (build_sensitivity if args.sensitivity else build_tables)(args, uri, command)
+    for path in paths.values():
+        print(f"wrote {path}")
+    return 0
+
+
+def build_tables(args, uri: str, command: str) -> dict[str, Path]:
+    """The paper's tables (``study.results.write_results``) and the scenarios' executed notebooks."""
+    from study.analysis import fetch_runs, scenario_runs
+    from study.results import write_results
+
+    runs = fetch_runs(uri, experiment_of(args), kind="trial")
+    targets = fetch_runs(uri, experiment_of(args), kind="target")
     if args.scenario != "all":  # one scenario's tables and notebook, though the store may hold the others
         runs = scenario_runs(runs, args.scenario)
         targets = scenario_runs(targets, args.scenario) if "scenario" in targets else targets
     lr, epochs = preset_training(args.preset, args.set)
     note = (f"Preset `{args.preset}`, seeds {', '.join(map(str, args.seeds))}; every method one trial per seed at "
             f"lr {lr:g} (in place of the released 1e-5) and {epochs} epochs, the released α/β. Rebuilt by "
-            f"`{rebuild_command(argv if argv is not None else sys.argv[1:])}`.")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    out = Path(args.out) if Path(args.out).is_absolute() else ROOT / args.out
+            f"`{command}`.")
+    out = out_of(args)
     paths = write_results(runs, targets, out, note, preset=args.preset, seeds=args.seeds,
                           items=trial_items(uri, runs["run_id"]) if "run_id" in runs else None)
     if not args.no_notebooks:
-        paths.update(execute_notebooks(uri, args.experiment, out, sorted(set(runs["scenario"].dropna()))))
-    for path in paths.values():
-        print(f"wrote {path}")
-    return 0
+        paths.update(execute_notebooks(uri, experiment_of(args), out, sorted(set(runs["scenario"].dropna()))))
+    return paths
+
+
+def build_sensitivity(args, uri: str, command: str) -> dict[str, Path]:
+    """The sensitivity study's fronts compared (``study.sensitivity.write_sensitivity``)."""
+    from study.analysis import fetch_runs
+    from study.sensitivity import write_sensitivity
+
+    unit = sensitivity_unit(args)
+    runs = fetch_runs(uri, experiment_of(args), kind="trial")
+    runs = runs[runs["study_name"].astype(str).str.startswith(unit.study + "/")].reset_index(drop=True)
+    targets = fetch_runs(uri, experiment_of(args), kind="target")
+    target_mu = float(targets["model_utility"].iloc[0]) if len(targets) and "model_utility" in targets else float("nan")
+    _, epochs = preset_training(args.preset, args.set)
+    note = (f"Preset `{args.preset}`, fictitious {unit.setting}, seed {unit.seed}: every method {args.sensitivity} "
+            f"trials of its own Optuna study (sampler tpe; Optuna's TPE samples its first 10 trials at random, so "
+            f"with 10 or fewer this is a seeded random search), {epochs} epochs, lr and the method's α / β searched "
+            f"over the preset's ranges (`python experiments/sweep.py --preset {args.preset} --dry-run` prints "
+            f"them). Rebuilt by `{command}`.")
+    return write_sensitivity(runs, out_of(args), target_mu, note)
 
 
 def execute_notebooks(uri: str, experiment: str, out: Path, scenarios) -> dict[str, Path]:

@@ -296,14 +296,17 @@ def test_the_rebuild_command_drops_where_the_stores_are():
         ["--scenario", "fictitious", "--tracking-uri", "sqlite:////tmp/m.db", "--storage=sqlite:////tmp/o.db",
          "--seeds", "1", "2", "--out", "/tmp/out", "--skip-runs"])
     assert command == "python experiments/reproduce.py --scenario fictitious --seeds 1 2"
+    # A folder inside the repository is the repository's: it stays, so the command rebuilds that folder.
+    command = _reproduce().rebuild_command(["--scenario", "continual", "--out", "docs/results/continual", "--skip-runs"])
+    assert command == "python experiments/reproduce.py --scenario continual --out docs/results/continual"
 
 
 def test_the_readme_shows_the_committed_results_table():
-    """README.md's results table is the one experiments/reproduce.py wrote into docs/results/README.md."""
-    committed = (ROOT / "docs" / "results" / "README.md").read_text()
+    """README.md's results table is the one experiments/reproduce.py wrote into docs/results/fictitious/README.md."""
+    committed = (ROOT / "docs" / "results" / "fictitious" / "README.md").read_text()
     table = committed[committed.index("| method |"):]
     table = table[:table.index("\n\n")]
     readme = (ROOT / "README.md").read_text()
-    shown = readme.split("<!-- results table: copied from docs/results/README.md -->\n", 1)[1]
+    shown = readme.split("<!-- results table: copied from docs/results/fictitious/README.md -->\n", 1)[1]
     assert shown.split("\n<!-- end of results table -->", 1)[0] == table
-    assert (ROOT / "docs" / "results" / "mu_fe_fictitious_forget01.png").stat().st_size > 10_000
+    assert (ROOT / "docs" / "results" / "fictitious" / "mu_fe_fictitious_forget01.png").stat().st_size > 10_000
