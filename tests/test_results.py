@@ -3,7 +3,6 @@ frames with known outcomes, table shapes; and experiments/reproduce.py end to en
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 
@@ -16,6 +15,7 @@ from study.analysis import runs_frame
 from study.results import FAILS, HOLDS, UNSURE
 
 from conftest import ROOT
+from experiment_scripts import load
 
 # --------------------------------------------------------------------------------------------------
 # Hand-made run frames
@@ -203,10 +203,7 @@ def test_write_results_writes_tables_readme_and_figure(tmp_path):
 
 
 def _reproduce():
-    spec = importlib.util.spec_from_file_location("reproduce_entry", ROOT / "experiments" / "reproduce.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("reproduce")  # tests/experiment_scripts.py: experiments/reproduce.py by its path
 
 
 def test_reproduce_dry_run_plans_every_study(capsys):

@@ -4,7 +4,6 @@ end to end on the smoke preset."""
 
 from __future__ import annotations
 
-import importlib.util
 
 import pandas as pd
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from study import sensitivity as S
 from study.analysis import runs_frame
 
-from conftest import ROOT
+from experiment_scripts import load
 
 
 def _points(*xy) -> pd.DataFrame:
@@ -86,10 +85,7 @@ def test_method_and_coverage_tables_on_known_fronts(tmp_path):
 
 
 def _reproduce():
-    spec = importlib.util.spec_from_file_location("reproduce_entry", ROOT / "experiments" / "reproduce.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("reproduce")  # tests/experiment_scripts.py: experiments/reproduce.py by its path
 
 
 def test_reproduce_sensitivity_dry_run_gives_every_method_the_same_budget(capsys):
