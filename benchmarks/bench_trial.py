@@ -6,10 +6,9 @@
     python benchmarks/bench_trial.py --no-checkpoint
 
 Runs ``study.runner.run_trial`` on the preset's configuration in a fresh process, as one trial of
-``experiments/sweep.py`` does, and writes what the sweep writes for a trial (``study.search.Sweep._objective``:
-run, parameters, version tags, ``config.json``, per-step metrics through ``StepLogger``, per-task metrics
-and the per-item table, the checkpoint artifact) through a ``study.tracking.Tracker`` on a temporary sqlite
-store. The phases are timed by wrapping the library functions that ``run_trial`` calls (the library code
+``experiments/sweep.py`` does, and writes what the sweep writes for a trial through the same
+``study.runs.TrialRun`` (run, tags, parameters, version tags, ``config.json``, the task's sets as inputs,
+per-step metrics, per-task metrics and the per-item table, the checkpoint) on a temporary sqlite store. The phases are timed by wrapping the library functions that ``run_trial`` calls (the library code
 is unchanged); each phase's time is exclusive of the phases nested in it:
 
 - fine-tune: ``runner.target_model``, a cache hit (a cold fine-tune, if the cache is empty, is run and
@@ -20,9 +19,10 @@ is unchanged); each phase's time is exclusive of the phases nested in it:
 - unlearning: tokenising the training items (``train.unlearning_dataset``) and ``train.train_loop``;
 - evaluation: generation, scoring, embedding (cosine), NLI, and the rest (ROUGE, token entropy,
   tables), from ``EvalResult.timings``;
-- logging: MLflow writes (run start, parameters, tags, ``config.json``, step and task metrics, the
-  per-item table, run end); the checkpoint artifact (``models.save_checkpoint`` + ``log_artifacts``,
-  what ``--keep-checkpoints best|all`` does for every trial) is its own phase;
+- logging: MLflow writes (run start, parameters, tags, ``config.json``, dataset inputs, step and task
+  metrics, the per-item table, run end); the checkpoint (``TrialRun.keep_checkpoint``:
+  ``models.save_checkpoint`` + ``log_artifacts`` + the logged model, what ``--keep-checkpoints best|all``
+  does for every trial) is its own phase;
 - other: the rest of ``run_trial`` (reading the scenario data, ...).
 
 Not in the trial, printed apart: the imports of transformers and sentence-transformers and the tracker
@@ -106,7 +106,7 @@ class TimedCallback:
             self.inner.on_step(event)
 
 
-def main(argv=None) -> int:
+def main(argv=None) -> int:  # long: one linear script (set-up, one timed trial, the report), read top to bottom
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="default", help="preset to run one trial of (default: %(default)s)")
     parser.add_argument("--model", default=None, help="override the preset's model (e.g. tiny-llama)")
@@ -116,8 +116,9 @@ def main(argv=None) -> int:
     device = resolve_device(args.device)
 
     from study import evaluate as ev
-    from study import models, presets, runner, train
-    from study.tracking import StepLogger, Tracker, package_versions
+    from study import presets, runner, train
+    from study.runs import TrialRun, trial_tags
+    from study.tracking import Tracker
 
     cfg = presets.run_config(args.preset, settings=[f"model.name={json.dumps(args.model)}"] if args.model else ())
     method = cfg.method.method()
@@ -163,32 +164,28 @@ def main(argv=None) -> int:
 
         trial_started = time.perf_counter()
         log = "logging (MLflow)"
-        with timer.phase(log):  # what Sweep._objective writes before run_trial
-            run_id = tracker.start("bench trial", "trial", {"method": str(method), "model": cfg.model.name})
-            tracker.params(run_id, cfg.flat())
-            tracker.tags(run_id, {f"version.{k}": v for k, v in package_versions().items()})
-            tracker.json_artifact(run_id, "config.json", {"config": cfg.to_dict()})
+        with timer.phase(log):  # the trial's run as the sweep starts it (study.runs.TrialRun)
+            run = TrialRun.start(tracker, cfg, "bench trial", trial_tags(cfg, str(method), "bench", 0))
+            run.log_config()
 
-        def on_task(result) -> None:  # Sweep._objective's on_task
-            with timer.phase(log):
-                step = result.task if result.task is not None else 1
-                tracker.metrics(run_id, result.summary, step=step)
-                tracker.metrics(run_id, {"time/train_s": result.train_seconds, "time/eval_s": result.eval_seconds}, step=step)
-                tracker.table_artifact(run_id, f"eval/items_task{step}.csv", result.items)
-                tracker.tags(run_id, {"entailment": "available" if result.entailment_available else "missing"})
+        def logged(write):
+            """A TrialRun hook whose calls count as MLflow logging."""
+            def timed(*args) -> None:
+                with timer.phase(log):
+                    write(*args)
+            return timed
 
-        hooks = runner.TrialHooks(callbacks=[TimedCallback(StepLogger(tracker, run_id), timer, log)], on_task=on_task)
+        hooks = runner.TrialHooks(callbacks=[TimedCallback(run.steps, timer, log)], on_task=logged(run.on_task),
+                                  on_data=logged(run.on_data))
         with timer.phase("other (run_trial)"):
             result = runner.run_trial(cfg, hooks, device=device, progress=False)
 
         if not args.no_checkpoint:
-            with timer.phase("checkpoint artifact"), tempfile.TemporaryDirectory() as ckpt:
-                path = models.save_checkpoint(result.model, result.tokenizer, result.prompt, Path(ckpt) / "checkpoint",
-                                              {"config": cfg.to_dict()})
-                tracker.directory_artifact(run_id, path, "checkpoint")
+            with timer.phase("checkpoint artifact"):
+                run.keep_checkpoint(result)
         with timer.phase(log):
-            tracker.metrics(run_id, {"time/trial_s": time.perf_counter() - trial_started})
-            tracker.end(run_id)
+            run.log_time()
+            run.end()
         total = time.perf_counter() - trial_started
 
     order = ["fine-tune (cache hit)", "load model", "metric models (embedder)", "unlearning: tokenise",

@@ -1,5 +1,5 @@
 """Everything Optuna: search spaces (declared with the losses), studies, the objective, and the wiring of
-trials to MLflow runs.
+trials to MLflow runs (``study.runs``) and to the models they are compared with (``study.references``).
 
 One Optuna study per method (``<study name>/<method>``), so each method gets its own search space and
 sampler; each study has one MLflow parent run and one nested run per trial. Workers that share the
@@ -12,8 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import tempfile
 import time
 import traceback
 import warnings
@@ -23,13 +21,15 @@ from pathlib import Path
 import numpy as np
 
 from . import models, paper
+from .claims import once
 from .config import SEED_MAX, RunConfig
 from .errors import StudyFault, StudyInputError, one_of
 from .losses import HYPERPARAMS, Method, Param
+from .references import ReferenceModels
+from .runs import TrialRun, end_if_running, start_study_run, trial_tags
 from .train import NonFiniteLoss
-from .scenarios import scenario as find_scenario
-from .tracking import (DEFAULT_EXPERIMENT, DEFAULT_STORAGE, DEFAULT_TRACKING_URI, TAG, StepLogger, Tracker, package_versions,
-                       SYSTEM_METRICS_S, redact, registered_model_name, schema_lock, scrub)
+from .tracking import (DEFAULT_EXPERIMENT, DEFAULT_STORAGE, DEFAULT_TRACKING_URI, SYSTEM_METRICS_S, TAG, Tracker, redact,
+                       registered_model_name, schema_lock, scrub)
 
 SAMPLERS = ("tpe", "grid", "paper")
 OBJECTIVES = ("pareto", "average", "model_utility", "forget_efficacy")
@@ -39,7 +39,6 @@ MAX_FAILURES = 5  # a worker stops a study after this many failed trials in a ro
 MAX_TRIALS = 100_000
 STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql", "journal")
 TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks", "file")
-CLAIM_TIMEOUT_S = 120  # a claim on creating a study's MLflow run that produced none in this long is taken over
 
 def paper_settings(scenario: str, method: str) -> list[dict]:
     """The paper's exact settings for a method (β = 0.1 everywhere; regularization_coeff 1.0)."""
@@ -323,64 +322,6 @@ def _counted(study) -> int:
     return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials(deepcopy=False))
 
 
-def once(storage, key: str, find, create, poll_s: float = 0.5) -> str:
-    """``find()`` if it finds something, else ``create()`` in exactly one of the workers that get here
-    together; the others wait for ``find()`` to answer. Returns what was found or created.
-
-    The claim is atomic: the worker that creates the Optuna study ``<key>#claim-<k>`` (study names are
-    unique in every Optuna storage) creates; it beats on the claim while it works. A claim whose beat
-    has not moved for ``CLAIM_TIMEOUT_S`` (its worker died) is taken over by claiming ``k + 1``.
-    Claims are deleted once ``create()`` returned."""
-    import threading
-
-    import optuna
-
-    generation, last_beat, seen_at = 1, None, None
-    while True:
-        found = find()
-        if found:
-            return found
-        claim = f"{key}#claim-{generation}"
-        try:
-            claimed = optuna.create_study(study_name=claim, storage=storage)
-        except optuna.exceptions.DuplicatedStudyError:
-            try:
-                beat = optuna.load_study(study_name=claim, storage=storage).user_attrs.get("beat")
-            except KeyError:  # the claim was just released: look again
-                beat = "released"
-            if beat != last_beat or seen_at is None:
-                last_beat, seen_at = beat, time.monotonic()
-            elif time.monotonic() - seen_at > CLAIM_TIMEOUT_S:
-                generation, last_beat, seen_at = generation + 1, None, None
-                continue
-            time.sleep(poll_s)
-            continue
-        stop = threading.Event()
-
-        def beat_on(claimed=claimed):
-            count = 0
-            while not stop.wait(min(10.0, CLAIM_TIMEOUT_S / 4)):
-                count += 1
-                try:
-                    claimed.set_user_attr("beat", count)
-                except Exception:  # the storage hiccuped: the next beat will do
-                    pass
-
-        beating = threading.Thread(target=beat_on, daemon=True)
-        beating.start()
-        try:
-            # Unless it appeared between the look above and the claim (claims are deleted after it).
-            return find() or create()
-        finally:
-            stop.set()
-            beating.join()
-            for k in range(1, generation + 1):
-                try:
-                    optuna.delete_study(study_name=f"{key}#claim-{k}", storage=storage)
-                except Exception:  # already gone (KeyError) or the storage is unreachable: stale claims expire
-                    pass
-
-
 def _running(study) -> int:
     from optuna.trial import TrialState
 
@@ -429,19 +370,17 @@ class TooManyFailures(StudyInputError):
 
 
 class Sweep:
-    """Runs the studies of one sweep command in this process (one worker)."""
+    """Runs the studies of one sweep command in this process (one worker): the Optuna loop. Each trial
+    is a :class:`TrialObjective` call; the models trials are compared with are a
+    ``study.references.ReferenceModels``, shared by every study of the sweep."""
 
     def __init__(self, cfg: RunConfig, settings: StudySettings, progress: bool = True, device=None, log=print):
         self.cfg, self.settings, self.progress, self.log = cfg, settings, progress, log
         self.device = device
         self.tracker: Tracker | None = None
-        self.metric_models = None
-        self._targets: dict[str, tuple] = {}
-        self._retain_r: dict = {}
-        self._current_run: str | None = None  # the MLflow run of the trial in progress (ended KILLED on Ctrl-C)
-        self._storage = None  # the Optuna storage (claims on creating the target and retain runs)
+        self.references: ReferenceModels | None = None  # the target and retain models (set by run())
+        self._objective: TrialObjective | None = None  # the study in progress (its trial's run ends KILLED on Ctrl-C)
 
-    # MLflow ------------------------------------------------------------------------------------
     def _end_stale_run(self, study, trial) -> None:
         """Optuna's failed-trial callback: a trial whose worker stopped beating is failed in MLflow too."""
         run_id = trial.user_attrs.get("mlflow_run_id")
@@ -449,148 +388,18 @@ class Sweep:
         if run_id and self.tracker is not None:
             self.tracker.end(run_id, "FAILED", "worker stopped (no heartbeat): killed or crashed; the study resumed without it")
 
-    def _end_current_run(self, status: str, reason: str) -> None:
-        run_id, self._current_run = self._current_run, None
-        if run_id and self.tracker is not None:
-            try:
-                if self.tracker.client.get_run(run_id).info.status == "RUNNING":
-                    self.tracker.end(run_id, status, reason)
-            except Exception:  # the store is unreachable: the heartbeat recovery will end it
-                pass
-
     def _parent_run(self, study, method: str) -> str:
         """The study's MLflow run, created once even when workers start together (``once``)."""
-        return once(study._storage, study.study_name, lambda: study.user_attrs.get("mlflow_parent_run_id"),
-                    lambda: self._create_parent_run(study, method))
-
-    def _create_parent_run(self, study, method: str) -> str:
-        run_id = self.tracker.start(study.study_name, "study", {
-            "study_name": study.study_name, "method": method, "scenario": self.cfg.data.scenario,
-            "split": self.cfg.data.split, "model": self.cfg.model.name, "preset": self.settings.preset,
-        })
-        self.tracker.params(run_id, {**{f"study.{k}": v for k, v in dataclasses.asdict(self.settings).items()
-                                        if k not in ("storage", "tracking_uri")},
-                                     "study.storage": redact(self.settings.storage)})
-        study.set_user_attr("mlflow_parent_run_id", run_id)
-        return run_id
-
-    def _trial_tags(self, cfg: RunConfig, study_name: str, number: int, method: str, task) -> dict:
-        return {
-            "scenario": cfg.data.scenario, "method": method, "split": find_scenario(cfg.data.scenario).split_label(cfg.data.split),
-            "task": task, "model": cfg.model.name, "data_source": cfg.data.source if not cfg.data.source.startswith("/") else cfg.data.source,
-            "study_name": study_name, "trial_number": number, "fix_ref_model": cfg.method.fix_ref_model,
-        }
-
-    # models -----------------------------------------------------------------------------------
-    def _metric_models(self, device):
-        from . import evaluate as ev
-
-        if self.metric_models is None:
-            self.metric_models = ev.load_metric_models(self.cfg.eval.embedder, self.cfg.eval.nli, device)
-            if self.metric_models.nli is None:
-                self.log(f"warning: Entailment is missing ({self.metric_models.nli_error}); "
-                         "Model Utility and Forget Efficacy are computed without it (pass --nli MODEL)")
-        return self.metric_models
-
-    def _device(self):
-        import torch
-
-        return torch.device(self.device) if self.device else models.default_device()
-
-    def _evaluate_path(self, path: str, data, device):
-        from . import evaluate as ev
-        from .runner import torch_dtype
-
-        lm = models.load(path, device=device, dtype=torch_dtype(self.cfg.model.dtype, device))
-        return ev.evaluate(lm.model, lm.tokenizer, lm.prompt, data.eval_sets, self.cfg.data.scenario, self._metric_models(device),
-                           batch_size=self.cfg.eval.batch_size, max_length=self.cfg.eval.max_length, progress=self.progress)
-
-    def _eval_key(self) -> str:
-        from .runner import _hash
-
-        return _hash(dataclasses.asdict(self.cfg.eval) | {"ds_size": self.cfg.data.ds_size})
-
-    def prepare_target(self):
-        """The target model (fine-tuned once, cached) and its MLflow run with its evaluation."""
-        from .runner import scenario_data, target_model, tasks_of
-
-        if "target" in self._targets:
-            return self._targets["target"]
-        device = self._device()
-        data = scenario_data(self.cfg, tasks_of(self.cfg)[0])
-        self.log(f"target model: from {self.cfg.model.target or self.cfg.model.name} ...")
-        prepared = target_model(self.cfg, data, device, self.progress)
-        self.log(f"target model: {prepared.path} ({'cached' if prepared.cached else f'fine-tuned in {prepared.seconds:.0f} s'})")
-        def find():
-            runs = self.tracker.find("target", key=prepared.key, eval_key=self._eval_key(), task=tasks_of(self.cfg)[0])
-            return next((r.info.run_id for r in runs if r.info.status == "FINISHED"), None)
-
         def create():
-            run_id = self.tracker.start(f"target-{prepared.key}", "target", {
-                "key": prepared.key, "eval_key": self._eval_key(), "model": self.cfg.model.name, "path": prepared.path,
-                "scenario": self.cfg.data.scenario, "split": self.cfg.data.split, "task": tasks_of(self.cfg)[0],
-                "data_source": self.cfg.data.source})
-            self.tracker.params(run_id, {f"finetune.{k}": v for k, v in dataclasses.asdict(self.cfg.finetune).items()})
-            self.tracker.params(run_id, {"model.name": self.cfg.model.name, "finetune.seconds": round(prepared.seconds, 1)})
-            self.log("target model: evaluating (once per target) ...")
-            result = self._evaluate_path(prepared.path, data, device)
-            self.tracker.metrics(run_id, result.summary)
-            self.tracker.table_artifact(run_id, "eval/items.csv", result.items)
-            self.tracker.end(run_id)
+            run_id = start_study_run(self.tracker, study.study_name, method, self.cfg, self.settings)
+            study.set_user_attr("mlflow_parent_run_id", run_id)
             return run_id
 
-        # One target run per tracking store, even when workers reach this together.
-        run_id = once(self._storage, f"#target-{prepared.key}-{self._eval_key()}-task{tasks_of(self.cfg)[0]}", find, create)
-        self._targets["target"] = (prepared, run_id)
-        return prepared, run_id
+        return once(study._storage, study.study_name, lambda: study.user_attrs.get("mlflow_parent_run_id"), create)
 
-    def retain_truth_ratios(self, task):
-        """The retain model's forget-set truth ratios R for ``task`` (fine-tuned and evaluated once)."""
-        from .runner import finetuned_model, scenario_data
+    def _apply_keep_policy(self, study) -> None:
+        apply_keep_policy(study, self.tracker, self.settings.keep_checkpoints)
 
-        if not self.cfg.finetune.retain_model:
-            return None
-        if task in self._retain_r:
-            return self._retain_r[task][0]
-        device = self._device()
-        data = scenario_data(self.cfg, task)
-        prepared = finetuned_model(self.cfg, data.retain, "retain_model", device, self.progress)
-        cache = Path(prepared.path) / f"forget_truth_ratio-{self._eval_key()}-task{task}.json"
-        def find():
-            runs = [r for r in self.tracker.find("retain_model", key=prepared.key, task=task) if r.info.status == "FINISHED"]
-            return runs[0].info.run_id if runs and cache.exists() else None
-
-        def create():
-            self.log(f"retain model (for Forget Quality, task {task}): evaluating ...")
-            result = self._evaluate_path(prepared.path, data, device)
-            forget = result.items[result.items["set"] == "forget"]
-            values = forget["truth_ratio_raw"].to_numpy(dtype=float)
-            partial = cache.with_name(f"{cache.name}.{os.getpid()}.partial")  # atomic: workers share the cache
-            partial.write_text(json.dumps(values.tolist()))
-            partial.replace(cache)
-            run_id = self.tracker.start(f"retain-model-{prepared.key}", "retain_model", {
-                "key": prepared.key, "model": self.cfg.model.name, "path": prepared.path, "task": task,
-                "scenario": self.cfg.data.scenario, "split": self.cfg.data.split})
-            self.tracker.metrics(run_id, result.summary)
-            self.tracker.table_artifact(run_id, "eval/items.csv", result.items)
-            self.tracker.end(run_id)
-            return run_id
-
-        # One retain run per tracking store, even when workers reach this together.
-        run_id = once(self._storage, f"#retain-{prepared.key}-{self._eval_key()}-task{task}", find, create)
-        values = np.array(json.loads(cache.read_text()))
-        self._retain_r[task] = (values, run_id)
-        return values
-
-    def retain_mia_aucs(self, task):
-        """The retain model's ``mia_auc/<attack>`` for ``task`` (PrivLeak), read back from its run; None
-        without a holdout evaluation or a retain model."""
-        if not self.cfg.eval.holdout or self.retain_truth_ratios(task) is None:
-            return None
-        logged = self.tracker.client.get_run(self._retain_r[task][1]).data.metrics
-        return {k: v for k, v in logged.items() if k.startswith("mia_auc/")} or None
-
-    # the loop ---------------------------------------------------------------------------------
     def run(self) -> dict[str, object]:
         """Run every method's study to ``n_trials`` finished trials; returns ``method -> study``."""
         import optuna
@@ -603,54 +412,42 @@ class Sweep:
             storage = open_storage(self.settings.storage, failed_trial_callback=self._end_stale_run,
                                    heartbeat=self.settings.heartbeat)
             self.tracker = Tracker(self.settings.tracking_uri, self.settings.experiment)
-        self._storage = storage
+        self.references = ReferenceModels(self.cfg, self.tracker, storage, self.device, self.progress, self.log)
         studies = {}
         try:
             for method in self.settings.methods:
                 studies[method] = self._run_method(storage, method)
         except KeyboardInterrupt:  # wherever it hit: the trial's run ends KILLED (Optuna fails the trial)
-            self._end_current_run("KILLED", "interrupted (Ctrl-C)")
+            if self._objective is not None:
+                self._objective.end_run("KILLED", "interrupted (Ctrl-C)")
             raise
         except Exception as error:
-            self._end_current_run("FAILED", one_line(error))
+            if self._objective is not None:
+                self._objective.end_run("FAILED", one_line(error))
             if isinstance(error, (StudyInputError, StudyFault)) or not is_environment_error(error):
                 raise
             raise StudyFault(scrub(one_line(error), self.settings.storage, self.settings.tracking_uri)) from None
         return studies
 
     def _run_method(self, storage, method: str):
-        import optuna
-
         name = f"{self.settings.study_name}/{method}"
         space = search_space(method, self.cfg.data.scenario, self.settings.sampler, self.settings.space, self.settings.fixed)
-        n_trials = self.settings.n_trials
-        if self.settings.sampler in ("grid", "paper"):
-            n_trials = min(n_trials, math.prod(len(v) for v in space.values())) if self.settings.sampler == "grid" else \
-                math.prod(len(v) for v in space.values())
-        study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
-                                    directions=directions(self.settings.objective),
-                                    sampler=make_sampler(self.settings, space),
-                                    pruner=optuna.pruners.MedianPruner(n_startup_trials=2) if self.settings.prune else optuna.pruners.NopPruner())
-        # A sampler seeded alike in every process would repeat the same first suggestions when a
-        # study resumes or a second worker joins: offset the seed by the trials already there.
-        study.sampler = make_sampler(self.settings, space, offset=len(study.trials))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(["model_utility", "forget_efficacy"] if self.settings.objective == "pareto"
-                                   else [self.settings.objective])
+        n_trials = trials_needed(self.settings, space)
+        study = open_study(name, storage, self.settings, space)
         check_fixed_config(study, fixed_config(self.cfg, method, space), self.settings.storage)
         parent = self._parent_run(study, method)
         if _counted(study) < n_trials and self.tracker.client.get_run(parent).info.status != "RUNNING":
             self.tracker.client.update_run(parent, status="RUNNING")  # resumed with trials to run
         done = _counted(study)
         self.log(f"study {name}: {done}/{n_trials} trials finished" + (", resuming" if done else ""))
+        self._objective = TrialObjective(self, study, method, space, parent, n_trials)
         try:
-            self._trials(study, storage, method, space, parent, n_trials)
+            self._trials(study, storage, space, n_trials)
         except KeyboardInterrupt:
-            self._end_run(parent, "KILLED", "interrupted (Ctrl-C); run the same command again to resume")
+            end_if_running(self.tracker, parent, "KILLED", "interrupted (Ctrl-C); run the same command again to resume")
             raise
         except Exception as error:  # every exit path ends the study's run with a status and a reason
-            self._end_run(parent, "FAILED", one_line(error))
+            end_if_running(self.tracker, parent, "FAILED", one_line(error))
             raise
         finished = _counted(study)
         self.tracker.metrics(parent, {"n_trials_finished": finished})
@@ -658,15 +455,7 @@ class Sweep:
             self.tracker.end(parent, "FINISHED")
         return study
 
-    def _end_run(self, run_id: str, status: str, reason: str) -> None:
-        """End a run that may still be RUNNING, quietly where the store itself is what failed."""
-        try:
-            if self.tracker.client.get_run(run_id).info.status == "RUNNING":
-                self.tracker.end(run_id, status, reason)
-        except Exception:
-            pass
-
-    def _trials(self, study, storage, method: str, space: dict, parent: str, n_trials: int) -> None:
+    def _trials(self, study, storage, space: dict, n_trials: int) -> None:
         """Run trials until the study holds ``n_trials`` finished ones. A diverging trial (non-finite
         loss) counts towards ``max_failures``; any other failure stops the study at once."""
         import optuna
@@ -677,40 +466,25 @@ class Sweep:
         while _counted(study) < n_trials:
             if isinstance(storage, optuna.storages.RDBStorage) and _counted(study) + _running(study) >= n_trials:
                 # Other workers' trials fill the study: wait for them rather than start a surplus trial.
-                if not self._wait_for_others(study, storage, n_trials):
+                if not wait_for_others(study, storage, n_trials, self.settings.heartbeat):
                     break
                 continue
-            mine, errors = [], []
+            mine = []
+            self._objective.error = None
             # Re-seeded before every trial (TPE keeps no state but its RNG): workers that share the study
             # draw different suggestions instead of repeating each other's sequence; one worker stays
             # deterministic (trial k uses seed + k).
             study.sampler = make_sampler(self.settings, space, offset=len(study.get_trials(deepcopy=False)))
-
-            def objective(trial):
-                try:
-                    return self._objective(trial, study, method, space, parent, n_trials)
-                except Exception as error:
-                    errors.append(error)
-                    if not isinstance(error, (optuna.TrialPruned, SurplusTrial)) and "failure_reason" not in trial.user_attrs:
-                        try:
-                            trial.set_user_attr("failure_reason", one_line(error)[:1000])
-                        except Exception:  # the storage failed too: the error itself is reported
-                            pass
-                    # A failure after the trial's run began that did not end it (e.g. the disk filled up
-                    # while the checkpoint was written): FAILED with the reason, not left RUNNING.
-                    self._end_current_run("FAILED", one_line(error) + "\n" + traceback.format_exc()[-3000:])
-                    raise
-
-            study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True,
+            study.optimize(self._objective, n_trials=1, catch=(Exception,), gc_after_trial=True,
                            callbacks=[lambda _study, frozen: mine.append(frozen)])
             last = mine[-1] if mine else study.get_trials(deepcopy=False)[-1]  # this worker's trial
             if last.user_attrs.get("surplus"):
                 # The study is full of other workers' trials: wait for them; go on if one of them fails.
-                if not self._wait_for_others(study, storage, n_trials):
+                if not wait_for_others(study, storage, n_trials, self.settings.heartbeat):
                     break
                 continue
             failures = failures + 1 if last.state == TrialState.FAIL else 0
-            error = errors[-1] if errors and last.state == TrialState.FAIL else None
+            error = self._objective.error if last.state == TrialState.FAIL else None
             if isinstance(error, StudyInputError):
                 raise StudyInputError(f"study {name}, trial {last.number}: {error}")
             if error is not None and not isinstance(error, INSTABILITIES):
@@ -724,182 +498,220 @@ class Sweep:
                     f" -- change the settings (e.g. lower learning rates or coefficients) or raise --max-failures, "
                     "then run the same command again to resume")
 
-    def _wait_for_others(self, study, storage, n_trials: int) -> bool:
-        """After a surplus trial: wait while other trials run. True when the study still needs trials and
-        none runs any more (one failed, or its worker died and its heartbeat went stale): go on."""
-        import optuna
-        from optuna.trial import TrialState
 
-        if not isinstance(storage, optuna.storages.RDBStorage):  # no heartbeat: a dead worker's trial stays RUNNING
-            return False
-        while _counted(study) < n_trials:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(study)
-            if not any(t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False)):
-                return True
-            time.sleep(min(5, self.settings.heartbeat))
+def trials_needed(settings: StudySettings, space: dict) -> int:
+    """How many finished trials the study needs: ``n_trials``, at most the grid's size (grid), exactly
+    the paper's settings (paper)."""
+    if settings.sampler == "grid":
+        return min(settings.n_trials, math.prod(len(v) for v in space.values()))
+    if settings.sampler == "paper":
+        return math.prod(len(v) for v in space.values())
+    return settings.n_trials
+
+
+def open_study(name: str, storage, settings: StudySettings, space: dict):
+    """The Optuna study ``name`` (``<study name>/<method>``), created or loaded, with its sampler, pruner
+    and metric names."""
+    import optuna
+
+    study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
+                                directions=directions(settings.objective),
+                                sampler=make_sampler(settings, space),
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=2) if settings.prune else optuna.pruners.NopPruner())
+    # A sampler seeded alike in every process would repeat the same first suggestions when a
+    # study resumes or a second worker joins: offset the seed by the trials already there.
+    study.sampler = make_sampler(settings, space, offset=len(study.trials))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(["model_utility", "forget_efficacy"] if settings.objective == "pareto"
+                               else [settings.objective])
+    return study
+
+
+def wait_for_others(study, storage, n_trials: int, heartbeat: int) -> bool:
+    """After a surplus trial: wait while other trials run. True when the study still needs trials and
+    none runs any more (one failed, or its worker died and its heartbeat went stale): go on."""
+    import optuna
+    from optuna.trial import TrialState
+
+    if not isinstance(storage, optuna.storages.RDBStorage):  # no heartbeat: a dead worker's trial stays RUNNING
         return False
+    while _counted(study) < n_trials:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        if not any(t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False)):
+            return True
+        time.sleep(min(5, heartbeat))
+    return False
 
-    def _objective(self, trial, study, method: str, space: dict, parent: str, n_trials: int):
+
+class TrialObjective:
+    """Optuna's objective for one study of a :class:`Sweep`: each call is one trial, from the sampled
+    values to its configuration, its MLflow run (``study.runs.TrialRun``, nested under the study's run
+    ``parent``), ``runner.run_trial`` and the objective values."""
+
+    def __init__(self, sweep: Sweep, study, method: str, space: dict, parent: str, n_trials: int):
+        self.sweep, self.study, self.method, self.space, self.parent, self.n_trials = sweep, study, method, space, parent, n_trials
+        self.settings, self.log = sweep.settings, sweep.log
+        self.run: TrialRun | None = None
+        """The MLflow run of the trial in progress."""
+        self.error: Exception | None = None
+        """What the last trial raised (None: nothing)."""
+
+    def end_run(self, status: str, reason: str) -> None:
+        """End the run of the trial in progress, if it has not ended yet."""
+        run, self.run = self.run, None
+        if run is not None:
+            end_if_running(run.tracker, run.run_id, status, reason)
+
+    def __call__(self, trial):
         import optuna
+
+        try:
+            return self._trial(trial)
+        except Exception as error:
+            self.error = error
+            if not isinstance(error, (optuna.TrialPruned, SurplusTrial)) and "failure_reason" not in trial.user_attrs:
+                try:
+                    trial.set_user_attr("failure_reason", one_line(error)[:1000])
+                except Exception:  # the storage failed too: the error itself is reported
+                    pass
+            # A failure after the trial's run began that did not end it (e.g. the disk filled up
+            # while the checkpoint was written): FAILED with the reason, not left RUNNING.
+            self.end_run("FAILED", one_line(error) + "\n" + traceback.format_exc()[-3000:])
+            raise
+
+    def _drop_if_surplus(self, trial) -> None:
         from optuna.trial import TrialState
 
-        earlier = [t for t in study.get_trials(deepcopy=False)
+        earlier = [t for t in self.study.get_trials(deepcopy=False)
                    if t.number < trial.number and t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)]
-        if len(earlier) >= n_trials:
+        if len(earlier) >= self.n_trials:
             trial.set_user_attr("surplus", True)
-            raise SurplusTrial(f"trial {trial.number} is beyond the {n_trials} the study needs (another worker took the last one)")
-        params = suggest(trial, space)
-        cfg = apply_params(self.cfg, method, params)
-        cfg = cfg.replace(train={"seed": self.cfg.train.seed})
-        from .runner import TrialHooks, run_trial, tasks_of
+            raise SurplusTrial(f"trial {trial.number} is beyond the {self.n_trials} the study needs (another worker took the last one)")
 
-        prepared, target_run = self.prepare_target()
-        tags = self._trial_tags(cfg, study.study_name, trial.number, method, tasks_of(cfg)[-1])
-        tags["target_run_id"] = target_run
-        run_id = self.tracker.start(f"{method} trial {trial.number}", "trial", tags, parent=parent)
-        self._current_run = run_id
-        trial.set_user_attr("mlflow_run_id", run_id)
-        self.tracker.params(run_id, {**cfg.flat(), **{f"sampled.{k}": v for k, v in params.items()}})
-        self.tracker.tags(run_id, {f"version.{k}": v for k, v in package_versions().items()})
-        self.tracker.json_artifact(run_id, "config.json", {"config": cfg.to_dict(), "sampled": params, "study": study.study_name,
-                                                           "trial": trial.number})
-        started = time.perf_counter()
-        logger = StepLogger(self.tracker, run_id)
+    def _trial(self, trial):
+        import optuna
 
-        def on_task(result):
-            step = result.task if result.task is not None else 1
-            self.tracker.metrics(run_id, result.summary, step=step)
-            self.tracker.metrics(run_id, {"time/train_s": result.train_seconds, "time/eval_s": result.eval_seconds}, step=step)
-            self.tracker.table_artifact(run_id, f"eval/items_task{step}.csv", result.items)
-            tags = {"entailment": "available" if result.entailment_available else "missing",
-                    "aggregate_parts": json.dumps(result.aggregate_parts, default=str)[:4900]}
-            if result.task in self._retain_r:  # the retain model whose forget-set R gave this task's Forget Quality
-                tags["retain_run_id"] = self._retain_r[result.task][1]
-            self.tracker.tags(run_id, tags)
-            # Continual: the next task's optimizer steps continue this task's step axis of train/*.
-            logger.flush()
-            logger.offset += result.steps
+        from .runner import TrialHooks, run_trial
 
-        def make_epoch_callback(evaluate_fn, task):
-            return _PruneOnEpoch(trial, evaluate_fn, self.settings.objective, self.tracker, run_id)
-
-        def on_data(task, data):  # the run's inputs: forget, retain and evaluation sets of each task
-            split = find_scenario(cfg.data.scenario).split_label(cfg.data.split)
-            self.tracker.log_datasets(run_id, data, f"{cfg.data.scenario}/{split}/task{task if task is not None else '-all'}")
-
-        hooks = TrialHooks(callbacks=[logger], on_task=on_task, on_data=on_data, make_epoch_callback=make_epoch_callback,
-                           retain_forget_truth_ratios=self.retain_truth_ratios, retain_mia_aucs=self.retain_mia_aucs)
-        monitor = self.tracker.system_metrics(run_id, self.settings.system_metrics) if self.settings.system_metrics else None
+        self._drop_if_surplus(trial)
+        params = suggest(trial, self.space)
+        cfg = apply_params(self.sweep.cfg, self.method, params).replace(train={"seed": self.sweep.cfg.train.seed})
+        references, name = self.sweep.references, self.study.study_name
+        prepared, target_run = references.prepare_target()
+        tags = {**trial_tags(cfg, self.method, name, trial.number), "target_run_id": target_run}
+        run = self.run = TrialRun.start(self.sweep.tracker, cfg, f"{self.method} trial {trial.number}", tags, parent=self.parent,
+                                        about={"study": name, "trial": trial.number})
+        trial.set_user_attr("mlflow_run_id", run.run_id)
+        run.log_config(sampled=params)
+        hooks = TrialHooks(
+            callbacks=[run.steps], on_data=run.on_data,
+            on_task=lambda result: run.on_task(result, retain_run_id=references.retain_run_id(result.task)),
+            make_epoch_callback=lambda evaluate_fn, task: _PruneOnEpoch(trial, evaluate_fn, self.settings.objective, run),
+            retain_forget_truth_ratios=references.retain_truth_ratios, retain_mia_aucs=references.retain_mia_aucs)
         try:
-            try:
-                result = run_trial(cfg, hooks, device=self._device(), metric_models=self._metric_models(self._device()),
-                                   progress=self.progress, target=prepared)
-            finally:
-                if monitor is not None:
-                    monitor.finish()
+            with run.system_metrics(self.settings.system_metrics):
+                device = references.device()
+                result = run_trial(cfg, hooks, device=device, metric_models=references.metric_models_on(device),
+                                   progress=self.sweep.progress, target=prepared)
         except optuna.TrialPruned as pruned:
-            logger.flush()
-            self.tracker.end(run_id, "KILLED", f"pruned: {pruned}")
+            run.end("KILLED", f"pruned: {pruned}")
             raise
         except KeyboardInterrupt:
-            logger.flush()
-            self.tracker.end(run_id, "KILLED", "interrupted (Ctrl-C)")
+            run.end("KILLED", "interrupted (Ctrl-C)")
             trial.set_user_attr("failure_reason", "interrupted (Ctrl-C)")
             raise
         except Exception as error:
-            logger.flush()
             reason = f"{type(error).__name__}: {error}"
             trial.set_user_attr("failure_reason", reason[:1000])
-            self.tracker.end(run_id, "FAILED", reason + "\n" + traceback.format_exc()[-3000:])
+            run.end("FAILED", reason + "\n" + traceback.format_exc()[-3000:])
             self.log(f"trial {trial.number} failed: {reason}")
             raise
+        return self._finish(trial, run, result)
+
+    def _finish(self, trial, run: TrialRun, result):
+        """A trial that ran: its objective values (a non-finite one fails it), its checkpoint under the
+        keep policy, its run ended FINISHED."""
         summary = result.final.summary
-        self.tracker.metrics(run_id, {"time/trial_s": time.perf_counter() - started})
+        run.log_time()
         values = objective_values(summary, self.settings.objective)
         if not all(math.isfinite(v) for v in np.atleast_1d(np.asarray(values, dtype=float))):
             # Optuna fails a trial whose objective is not finite: MLflow must say the same, with the reason.
             reason = (f"objective {self.settings.objective} is not finite: "
                       + ", ".join(f"{k}={summary.get(k, float('nan'))}" for k in ("model_utility", "forget_efficacy")))
             trial.set_user_attr("failure_reason", reason)
-            self.tracker.end(run_id, "FAILED", reason)
+            run.end("FAILED", reason)
             self.log(f"trial {trial.number} failed: {reason}")
             raise NonFiniteObjective(reason)
         if self.settings.keep_checkpoints != "none":
-            with tempfile.TemporaryDirectory() as tmp:
-                path = models.save_checkpoint(result.model, result.tokenizer, result.prompt, Path(tmp) / "checkpoint",
-                                              {"config": cfg.to_dict(), "study": study.study_name, "trial": trial.number})
-                self.tracker.directory_artifact(run_id, path, "checkpoint")
-            kept = {"checkpoint": "kept"}
-            if getattr(result.model, "peft_config", None) is None:  # a LoRA adapter alone is not a servable model
-                kept["model_id"] = self.tracker.log_model(run_id, result.model, result.tokenizer, result.prompt,
-                                                          {"study": study.study_name, "trial": trial.number})
-            self.tracker.tags(run_id, kept)
+            run.keep_checkpoint(result)
             trial.set_user_attr("checkpoint", "kept")
-        self.tracker.end(run_id)
+        run.end()
         trial.set_user_attr("model_utility", summary.get("model_utility"))
         trial.set_user_attr("forget_efficacy", summary.get("forget_efficacy"))
         trial.set_user_attr("forget_rouge", summary.get("forget/rouge"))
         self.log(f"trial {trial.number}: MU {summary.get('model_utility', float('nan')):.4f}  "
                  f"FE {summary.get('forget_efficacy', float('nan')):.4f}  forget ROUGE {summary.get('forget/rouge', float('nan')):.3f}"
-                 f"  ({time.perf_counter() - started:.0f} s)")
+                 f"  ({run.seconds():.0f} s)")
         return values
 
-    def _apply_keep_policy(self, study) -> None:
-        """``best``: only the Pareto-best (or best) trials keep their checkpoint artifacts and logged
-        models; the others lose theirs (files, logged-model records, registry versions). ``best`` and
-        ``all``: the Pareto-best trials with a logged model are versions of the registered model named
-        after the study (:func:`study.tracking.registered_model_name`), tagged with their
-        ``model_utility``, ``forget_efficacy`` and ``forget_quality``; a trial that leaves the front
-        leaves the registry."""
-        if self.settings.keep_checkpoints == "none":
-            return
-        from optuna.trial import TrialState
 
-        best = {t.number for t in study.best_trials} if len(study.directions) > 1 else (
-            {study.best_trial.number} if any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)) else set())
-        name = registered_model_name(study.study_name)
-        for trial in study.get_trials(deepcopy=False):
-            run_id = trial.user_attrs.get("mlflow_run_id")
-            if not trial.state.is_finished():
-                # Another worker's trial that has kept its checkpoint but not yet returned its values:
-                # not in ``best`` only because Optuna does not count it yet. Its worker decides.
-                continue
-            if trial.user_attrs.get("checkpoint") != "kept" or not run_id:
-                continue
-            # The trial is finished (its Optuna attributes are frozen): MLflow's tags record the rest.
-            run = self.tracker.client.get_run(run_id)
-            kept = run.data.tags.get(f"{TAG}checkpoint") == "kept"
-            model_id = run.data.tags.get(f"{TAG}model_id")
-            if trial.number in best:
-                if kept and model_id:
-                    values = {k: run.data.metrics[k] for k in ("model_utility", "forget_efficacy", "forget_quality")
-                              if k in run.data.metrics}
-                    self.tracker.register(run_id, model_id, name, {**values, "study.study_name": study.study_name,
-                                                                   "study.trial_number": trial.number})
-                continue
-            if model_id and kept:  # (a deleted model's versions went with it)
-                self.tracker.unregister(run_id, name)
-            if self.settings.keep_checkpoints == "best" and kept:
-                removed = self.tracker.delete_artifacts(run_id, "checkpoint")
-                removed = self.tracker.delete_logged_models(run_id) and removed
-                if removed:
-                    self.tracker.tags(run_id, {"checkpoint": "deleted (not Pareto-best)"})
+def apply_keep_policy(study, tracker: Tracker, policy: str) -> None:
+    """``best``: only the Pareto-best (or best) trials keep their checkpoint artifacts and logged
+    models; the others lose theirs (files, logged-model records, registry versions). ``best`` and
+    ``all``: the Pareto-best trials with a logged model are versions of the registered model named
+    after the study (:func:`study.tracking.registered_model_name`), tagged with their
+    ``model_utility``, ``forget_efficacy`` and ``forget_quality``; a trial that leaves the front
+    leaves the registry."""
+    if policy == "none":
+        return
+    from optuna.trial import TrialState
+
+    best = {t.number for t in study.best_trials} if len(study.directions) > 1 else (
+        {study.best_trial.number} if any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)) else set())
+    name = registered_model_name(study.study_name)
+    for trial in study.get_trials(deepcopy=False):
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if not trial.state.is_finished():
+            # Another worker's trial that has kept its checkpoint but not yet returned its values:
+            # not in ``best`` only because Optuna does not count it yet. Its worker decides.
+            continue
+        if trial.user_attrs.get("checkpoint") != "kept" or not run_id:
+            continue
+        # The trial is finished (its Optuna attributes are frozen): MLflow's tags record the rest.
+        run = tracker.client.get_run(run_id)
+        kept = run.data.tags.get(f"{TAG}checkpoint") == "kept"
+        model_id = run.data.tags.get(f"{TAG}model_id")
+        if trial.number in best:
+            if kept and model_id:
+                values = {k: run.data.metrics[k] for k in ("model_utility", "forget_efficacy", "forget_quality")
+                          if k in run.data.metrics}
+                tracker.register(run_id, model_id, name, {**values, "study.study_name": study.study_name,
+                                                          "study.trial_number": trial.number})
+            continue
+        if model_id and kept:  # (a deleted model's versions went with it)
+            tracker.unregister(run_id, name)
+        if policy == "best" and kept:
+            removed = tracker.delete_artifacts(run_id, "checkpoint")
+            removed = tracker.delete_logged_models(run_id) and removed
+            if removed:
+                tracker.tags(run_id, {"checkpoint": "deleted (not Pareto-best)"})
 
 
 class _PruneOnEpoch:
     """Per-epoch evaluation reported to Optuna; raises ``TrialPruned`` when the pruner says so."""
 
-    def __init__(self, trial, evaluate_fn, objective, tracker, run_id):
-        self.trial, self.evaluate_fn, self.objective, self.tracker, self.run_id = trial, evaluate_fn, objective, tracker, run_id
+    def __init__(self, trial, evaluate_fn, objective: str, run: TrialRun):
+        self.trial, self.evaluate_fn, self.objective, self.run = trial, evaluate_fn, objective, run
 
     def on_epoch(self, event) -> None:
         import optuna
 
         summary = self.evaluate_fn(event.model).summary
         value = objective_values(summary, self.objective)
-        self.tracker.metrics(self.run_id, {f"epoch/{k}": v for k, v in summary.items() if "/" not in k}, step=event.epoch)
+        self.run.tracker.metrics(self.run.run_id, {f"epoch/{k}": v for k, v in summary.items() if "/" not in k}, step=event.epoch)
         self.trial.report(value, event.epoch)
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"epoch {event.epoch}: {self.objective} {value:.4f} below the median of earlier trials")

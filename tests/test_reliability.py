@@ -265,6 +265,7 @@ def _fast_sweep(tmp_path, monkeypatch, outcome, **changes):
 
     from study import runner, search
     from study.config import RunConfig
+    from study.references import ReferenceModels
 
     cfg = RunConfig.from_dict({"model": {"name": "tiny-llama"}, "data": {"n_authors": 6, "ds_size": 4}})
     settings = search.StudySettings("fast", ["ME+GD"], storage=f"sqlite:///{tmp_path}/optuna.db",
@@ -272,8 +273,8 @@ def _fast_sweep(tmp_path, monkeypatch, outcome, **changes):
                                     keep_checkpoints="none", **changes)
     logs = []
     sweep = search.Sweep(cfg, settings, log=logs.append)
-    monkeypatch.setattr(sweep, "prepare_target", lambda: (runner.PreparedModel("none", "k", "target", True), "target-run"))
-    monkeypatch.setattr(sweep, "_metric_models", lambda device: None)
+    monkeypatch.setattr(ReferenceModels, "prepare_target", lambda self: (runner.PreparedModel("none", "k", "target", True), "target-run"))
+    monkeypatch.setattr(ReferenceModels, "metric_models_on", lambda self, device: None)
 
     def run_trial(cfg, hooks=None, **kwargs):
         summary = outcome()
@@ -749,7 +750,7 @@ def test_a_dead_workers_claim_on_the_study_run_is_taken_over(tmp_path, monkeypat
     out the claim, creates the run itself, and leaves no claim behind."""
     import optuna
 
-    from study import search
+    from study import claims
     from study.search import open_storage
     from study.tracking import Tracker
 
@@ -758,7 +759,7 @@ def test_a_dead_workers_claim_on_the_study_run_is_taken_over(tmp_path, monkeypat
     storage = open_storage(sweep.settings.storage)
     study = optuna.create_study(study_name="fast/ME+GD", storage=storage, directions=["maximize", "maximize"])
     optuna.create_study(study_name="fast/ME+GD#claim-1", storage=storage)  # the dead worker's claim
-    monkeypatch.setattr(search, "CLAIM_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(claims, "CLAIM_TIMEOUT_S", 1.0)
     run_id = sweep._parent_run(study, "ME+GD")
     assert [r.info.run_id for r in sweep.tracker.find("study")] == [run_id]
     assert study.user_attrs["mlflow_parent_run_id"] == run_id

@@ -1,7 +1,10 @@
 """Tests of study.search's pieces that need no trial: the settings a study records and refuses to
-change, samplers, and search spaces."""
+change, samplers, and search spaces; and of the pieces a trial is made of (study.runs, study.references)
+on temporary stores, with fixed evaluations instead of models."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import optuna
 import pytest
@@ -77,3 +80,162 @@ def test_rmu_space_samples_an_integer_layer_and_reaches_the_trial_config():
     study = _study()
     study.set_user_attr("fixed_config", {k: v for k, v in fixed.items() if k not in ADDED_SETTINGS})
     check_fixed_config(study, fixed, "sqlite:///x.db")
+
+
+# --------------------------------------------------------------------------------------------------
+# The pieces a trial is made of: its MLflow run (study.runs) and the models it is compared with
+# (study.references), on temporary sqlite stores
+
+
+def _tiny_config(**changes) -> RunConfig:
+    return RunConfig.from_dict({"model": {"name": "tiny-llama"}, "data": {"n_authors": 6, "ds_size": 4}, **changes})
+
+
+def _step(step: int, max_steps: int, loss: float):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(step=step, max_steps=max_steps, loss=loss, lr=1e-5, grad_norm=1.0, epoch=1.0, parts={"forget": loss})
+
+
+def _task_result(task: int, steps: int, mu: float):
+    import pandas as pd
+
+    from study.runner import TaskResult
+
+    items = pd.DataFrame({"set": ["forget", "retain"], "item": [0, 0], "rouge": [0.25, 0.75]})
+    return TaskResult(task, {"model_utility": mu, "forget_efficacy": 0.5}, items, {"model_utility": {"retain": mu}}, True,
+                      train_seconds=2.0, eval_seconds=1.0, steps=steps)
+
+
+def test_a_trial_run_records_its_configuration_tasks_and_continued_step_axis(tmp_path):
+    import json
+
+    from study.runs import TrialRun
+    from study.tracking import Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "runs")
+    cfg = _tiny_config()
+    parent = tracker.start("study", "study")
+    run = TrialRun.start(tracker, cfg, "ME+GD trial 3", {"method": "ME+GD", "trial_number": 3}, parent=parent,
+                         about={"study": "s/ME+GD", "trial": 3})
+    run.log_config(sampled={"lr": 2e-5})
+    # Task 1: three optimizer steps; task 2: two more, which continue the train/* axis at 4 and 5.
+    for step in (1, 2, 3):
+        run.steps.on_step(_step(step, 3, loss=float(step)))
+    run.on_task(_task_result(1, steps=3, mu=0.4), retain_run_id="retain-1")
+    for step in (1, 2):
+        run.steps.on_step(_step(step, 2, loss=10.0 + step))
+    run.on_task(_task_result(2, steps=2, mu=0.3))
+    run.end()
+
+    got = tracker.client.get_run(run.run_id)
+    assert got.info.status == "FINISHED"
+    tags = got.data.tags
+    assert tags["mlflow.parentRunId"] == parent and tags["study.kind"] == "trial" and tags["study.method"] == "ME+GD"
+    assert tags["study.trial_number"] == "3" and tags["study.retain_run_id"] == "retain-1"
+    assert tags["study.entailment"] == "available" and "study.version.torch" in tags
+    assert json.loads(tags["study.aggregate_parts"]) == {"model_utility": {"retain": 0.3}}
+    params = got.data.params
+    assert params["sampled.lr"] == "2e-05" and params["train.lr"] == str(cfg.train.lr) and params["model.name"] == "tiny-llama"
+    history = {m: [(h.step, h.value) for h in tracker.client.get_metric_history(run.run_id, m)]
+               for m in ("train/loss", "model_utility", "time/train_s")}
+    assert history["train/loss"] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 11.0), (5, 12.0)]
+    assert history["model_utility"] == [(1, 0.4), (2, 0.3)]
+    assert history["time/train_s"] == [(1, 2.0), (2, 2.0)]
+    files = {a.path for a in tracker.client.list_artifacts(run.run_id)}
+    assert files == {"config.json", "eval"}
+    assert {a.path for a in tracker.client.list_artifacts(run.run_id, "eval")} == {"eval/items_task1.csv", "eval/items_task2.csv"}
+    config = json.loads(Path(tracker.client.download_artifacts(run.run_id, "config.json", str(tmp_path))).read_text())
+    assert config["sampled"] == {"lr": 2e-5} and (config["study"], config["trial"]) == ("s/ME+GD", 3)
+    assert config["config"]["model"]["name"] == "tiny-llama"
+
+
+def test_a_trial_run_ends_failed_with_its_reason_and_flushes_its_steps(tmp_path):
+    from study.runs import TrialRun
+    from study.tracking import Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "runs")
+    run = TrialRun.start(tracker, _tiny_config(), "trial 0", {})
+    run.log_config()
+    run.steps.on_step(_step(1, 50, loss=0.5))  # buffered: the loop died long before step 50
+    run.end("FAILED", "NonFiniteLoss: loss became nan")
+    got = tracker.client.get_run(run.run_id)
+    assert got.info.status == "FAILED"
+    assert got.data.tags["study.failure_reason"] == "NonFiniteLoss: loss became nan"
+    assert [(h.step, h.value) for h in tracker.client.get_metric_history(run.run_id, "train/loss")] == [(1, 0.5)]
+
+
+class _FakeEval:
+    """What ReferenceModels reads of an evaluation: a summary and the per-item table."""
+
+    def __init__(self, summary: dict, truth_ratios: list[float]):
+        import pandas as pd
+
+        self.summary = summary
+        self.items = pd.DataFrame({"set": ["forget"] * len(truth_ratios) + ["retain"],
+                                   "truth_ratio_raw": [*truth_ratios, 9.0]})
+
+
+def _references(tmp_path, monkeypatch, cfg, evaluations: list):
+    """ReferenceModels on sqlite stores under ``tmp_path``, whose models need no training and whose
+    evaluations return fixed results (each appended to ``evaluations``)."""
+    from study import runner
+    from study.references import ReferenceModels
+    from study.search import open_storage
+    from study.tracking import Tracker
+
+    def prepared(kind):
+        def fake(*args, **kwargs):
+            path = tmp_path / kind
+            path.mkdir(exist_ok=True)
+            return runner.PreparedModel(str(path), f"{kind}-key", kind, cached=True)
+        return fake
+
+    monkeypatch.setattr(runner, "target_model", prepared("target"))
+    monkeypatch.setattr(runner, "finetuned_model", prepared("retain_model"))
+
+    def evaluate(self, path, data, device):
+        evaluations.append(path)
+        return _FakeEval({"model_utility": 0.61, "mia_auc/loss": 0.55}, [0.2, 0.4, 0.8])
+
+    monkeypatch.setattr(ReferenceModels, "_evaluate_path", evaluate)
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "references")
+    return ReferenceModels(cfg, tracker, open_storage(f"sqlite:///{tmp_path}/optuna.db"), device="cpu", progress=False,
+                           log=lambda *a: None)
+
+
+def test_the_target_is_evaluated_once_per_store_and_its_run_reused(tmp_path, monkeypatch):
+    evaluations = []
+    cfg = _tiny_config()
+    first = _references(tmp_path, monkeypatch, cfg, evaluations)
+    prepared, run_id = first.prepare_target()
+    assert prepared.path == str(tmp_path / "target") and first.prepare_target() == (prepared, run_id)
+    (run,) = first.tracker.find("target")
+    assert run.info.run_id == run_id and run.info.status == "FINISHED" and run.data.metrics["model_utility"] == 0.61
+    assert run.data.tags["study.key"] == "target-key" and run.data.params["model.name"] == "tiny-llama"
+    assert [a.path for a in first.tracker.client.list_artifacts(run_id, "eval")] == ["eval/items.csv"]
+    # Another worker (a new instance on the same stores) finds the run: no second evaluation.
+    assert _references(tmp_path, monkeypatch, cfg, evaluations).prepare_target()[1] == run_id
+    assert evaluations == [str(tmp_path / "target")]
+    # Other evaluation settings are another evaluation of the same target: a second run.
+    other = _references(tmp_path, monkeypatch, _tiny_config(eval={"max_length": 100}), evaluations)
+    assert other.prepare_target()[1] != run_id and len(evaluations) == 2 and len(other.tracker.find("target")) == 2
+
+
+def test_the_retain_models_truth_ratios_are_cached_and_its_run_named(tmp_path, monkeypatch):
+    import numpy as np
+
+    evaluations = []
+    cfg = _tiny_config(eval={"holdout": True})
+    first = _references(tmp_path, monkeypatch, cfg, evaluations)
+    assert first.retain_run_id(1) is None
+    np.testing.assert_array_equal(first.retain_truth_ratios(1), [0.2, 0.4, 0.8])  # the forget rows only
+    (run,) = first.tracker.find("retain_model")
+    assert first.retain_run_id(1) == run.info.run_id and run.data.tags["study.task"] == "1"
+    assert first.retain_mia_aucs(1) == {"mia_auc/loss": 0.55}
+    second = _references(tmp_path, monkeypatch, cfg, evaluations)
+    np.testing.assert_array_equal(second.retain_truth_ratios(1), [0.2, 0.4, 0.8])
+    assert second.retain_run_id(1) == run.info.run_id and len(evaluations) == 1
+    # Without a retain model there is no Forget Quality reference.
+    off = _references(tmp_path, monkeypatch, _tiny_config(finetune={"retain_model": False}), evaluations)
+    assert off.retain_truth_ratios(1) is None and off.retain_mia_aucs(1) is None and len(evaluations) == 1

@@ -1,0 +1,145 @@
+"""The MLflow runs of a study, from start to end, in the layout ``study.tracking`` describes: the
+study's parent run (:func:`start_study_run`) and each trial's run (:class:`TrialRun`). The sweep
+(``study.search``) and the trial benchmark (``benchmarks/bench_trial.py``) write trials through the
+same :class:`TrialRun`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from . import models
+from .config import RunConfig
+from .scenarios import scenario as find_scenario
+from .tracking import StepLogger, Tracker, package_versions, redact
+
+
+def start_study_run(tracker: Tracker, study_name: str, method: str, cfg: RunConfig, settings) -> str:
+    """The parent run of the Optuna study ``study_name`` (``study.kind=study``), holding its settings
+    (``settings``: a ``study.search.StudySettings``) as ``study.*`` parameters: the Optuna storage
+    redacted, the tracking URI left out. Returns its id."""
+    run_id = tracker.start(study_name, "study", {
+        "study_name": study_name, "method": method, "scenario": cfg.data.scenario,
+        "split": cfg.data.split, "model": cfg.model.name, "preset": settings.preset,
+    })
+    tracker.params(run_id, {**{f"study.{k}": v for k, v in dataclasses.asdict(settings).items()
+                               if k not in ("storage", "tracking_uri")},
+                            "study.storage": redact(settings.storage)})
+    return run_id
+
+
+def end_if_running(tracker: Tracker, run_id: str, status: str, reason: str) -> None:
+    """End a run that may still be RUNNING; quietly where the store itself is what failed (the next
+    worker's heartbeat recovery ends a trial's run then)."""
+    try:
+        if tracker.client.get_run(run_id).info.status == "RUNNING":
+            tracker.end(run_id, status, reason)
+    except Exception:
+        pass
+
+
+def trial_tags(cfg: RunConfig, method: str, study_name: str, number: int) -> dict:
+    """The ``study.*`` tags of a trial's run that say what it ran (the notebooks select runs by them)."""
+    from .runner import tasks_of
+
+    return {
+        "scenario": cfg.data.scenario, "method": method, "split": find_scenario(cfg.data.scenario).split_label(cfg.data.split),
+        "task": tasks_of(cfg)[-1], "model": cfg.model.name, "data_source": cfg.data.source,
+        "study_name": study_name, "trial_number": number, "fix_ref_model": cfg.method.fix_ref_model,
+    }
+
+
+class TrialRun:
+    """The MLflow run of one trial (``study.kind=trial``) from :meth:`start` to :meth:`end`.
+
+    :meth:`start`, then :meth:`log_config`; plug :attr:`steps` (per-step ``train/*``), :meth:`on_task`
+    and :meth:`on_data` into ``runner.TrialHooks``; keep the model with :meth:`keep_checkpoint`.
+    ``about`` (e.g. the study name and trial number) goes into ``config.json`` and the checkpoint's
+    metadata."""
+
+    def __init__(self, tracker: Tracker, run_id: str, cfg: RunConfig, about: dict | None = None):
+        self.tracker, self.run_id, self.cfg, self.about = tracker, run_id, cfg, dict(about or {})
+        self.steps = StepLogger(tracker, run_id)
+        """Training callback: the ``train/*`` step axis, continued over the tasks of a continual trial."""
+        self.started = time.perf_counter()
+
+    @classmethod
+    def start(cls, tracker: Tracker, cfg: RunConfig, name: str, tags: dict, *, parent: str | None = None,
+              about: dict | None = None) -> TrialRun:
+        """A new trial run with ``tags``, nested under ``parent`` (the study's run) if given. Then
+        :meth:`log_config`: a caller that records the run's id elsewhere does so in between, so a
+        failure while logging the configuration leaves a run it can end."""
+        return cls(tracker, tracker.start(name, "trial", tags, parent=parent), cfg, about)
+
+    def log_config(self, sampled: dict | None = None) -> None:
+        """Every parameter of the configuration plus ``sampled.<name>`` for the sampled hyper-parameters,
+        ``version.<package>`` tags, and ``config.json`` (configuration, sampled values, ``about``).
+        The trial's clock (``time/trial_s``) starts when they are written."""
+        sampled = dict(sampled or {})
+        self.tracker.params(self.run_id, {**self.cfg.flat(), **{f"sampled.{k}": v for k, v in sampled.items()}})
+        self.tracker.tags(self.run_id, {f"version.{k}": v for k, v in package_versions().items()})
+        self.tracker.json_artifact(self.run_id, "config.json", {"config": self.cfg.to_dict(), "sampled": sampled, **self.about})
+        self.started = time.perf_counter()
+
+    def seconds(self) -> float:
+        """Wall seconds of the trial so far."""
+        return time.perf_counter() - self.started
+
+    def log_time(self) -> None:
+        """``time/trial_s``: the wall seconds of the whole trial (all its tasks)."""
+        self.tracker.metrics(self.run_id, {"time/trial_s": self.seconds()})
+
+    def on_task(self, result, retain_run_id: str | None = None) -> None:
+        """A task's evaluation (``runner.TaskResult``): summary metrics and ``time/*`` at ``step = task``,
+        the per-item table ``eval/items_task<k>.csv``, the tags ``entailment``, ``aggregate_parts`` and
+        ``retain_run_id`` (the retain model whose R gave the task's Forget Quality, if any)."""
+        step = result.task if result.task is not None else 1
+        self.tracker.metrics(self.run_id, result.summary, step=step)
+        self.tracker.metrics(self.run_id, {"time/train_s": result.train_seconds, "time/eval_s": result.eval_seconds}, step=step)
+        self.tracker.table_artifact(self.run_id, f"eval/items_task{step}.csv", result.items)
+        tags = {"entailment": "available" if result.entailment_available else "missing",
+                "aggregate_parts": json.dumps(result.aggregate_parts, default=str)[:4900]}
+        if retain_run_id:
+            tags["retain_run_id"] = retain_run_id
+        self.tracker.tags(self.run_id, tags)
+        # Continual: the next task's optimizer steps continue this task's step axis of train/*.
+        self.steps.flush()
+        self.steps.offset += result.steps
+
+    def on_data(self, task, data) -> None:
+        """The run's inputs: the forget, retain and evaluation sets of each task."""
+        split = find_scenario(self.cfg.data.scenario).split_label(self.cfg.data.split)
+        self.tracker.log_datasets(self.run_id, data, f"{self.cfg.data.scenario}/{split}/task{task if task is not None else '-all'}")
+
+    @contextlib.contextmanager
+    def system_metrics(self, interval_s: float):
+        """MLflow's ``system/*`` metrics of the run every ``interval_s`` s while the block runs (0: none)."""
+        monitor = self.tracker.system_metrics(self.run_id, interval_s) if interval_s else None
+        try:
+            yield
+        finally:
+            if monitor is not None:
+                monitor.finish()
+
+    def keep_checkpoint(self, result) -> None:
+        """The trained model (``runner.TrialResult``) as the ``checkpoint/`` artifact and, unless it is a
+        LoRA adapter alone (not a servable model), as the run's logged model; tagged ``checkpoint=kept``
+        and ``model_id``."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = models.save_checkpoint(result.model, result.tokenizer, result.prompt, Path(tmp) / "checkpoint",
+                                          {"config": self.cfg.to_dict(), **self.about})
+            self.tracker.directory_artifact(self.run_id, path, "checkpoint")
+        kept = {"checkpoint": "kept"}
+        if getattr(result.model, "peft_config", None) is None:
+            kept["model_id"] = self.tracker.log_model(self.run_id, result.model, result.tokenizer, result.prompt, self.about)
+        self.tracker.tags(self.run_id, kept)
+
+    def end(self, status: str = "FINISHED", reason: str | None = None) -> None:
+        """End the run (the step metrics still buffered first); ``reason`` becomes ``study.failure_reason``."""
+        self.steps.flush()
+        self.tracker.end(self.run_id, status, reason)
