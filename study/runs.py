@@ -136,7 +136,7 @@ class TrialRun:
             self.tracker.directory_artifact(self.run_id, path, "checkpoint")
         kept = {"checkpoint": "kept"}
         if getattr(result.model, "peft_config", None) is None:
-            kept["model_id"] = self.tracker.log_model(self.run_id, result.model, result.tokenizer, result.prompt, self.about)
+            kept["model_id"] = self.tracker.models.log_model(self.run_id, result.model, result.tokenizer, result.prompt, self.about)
         self.tracker.tags(self.run_id, kept)
 
     def end(self, status: str = "FINISHED", reason: str | None = None) -> None:

@@ -688,14 +688,14 @@ def apply_keep_policy(study, tracker: Tracker, policy: str) -> None:
             if kept and model_id:
                 values = {k: run.data.metrics[k] for k in ("model_utility", "forget_efficacy", "forget_quality")
                           if k in run.data.metrics}
-                tracker.register(run_id, model_id, name, {**values, "study.study_name": study.study_name,
+                tracker.models.register(run_id, model_id, name, {**values, "study.study_name": study.study_name,
                                                           "study.trial_number": trial.number})
             continue
         if model_id and kept:  # (a deleted model's versions went with it)
-            tracker.unregister(run_id, name)
+            tracker.models.unregister(run_id, name)
         if policy == "best" and kept:
             removed = tracker.delete_artifacts(run_id, "checkpoint")
-            removed = tracker.delete_logged_models(run_id) and removed
+            removed = tracker.models.delete_logged_models(run_id) and removed
             if removed:
                 tracker.tags(run_id, {"checkpoint": "deleted (not Pareto-best)"})
 

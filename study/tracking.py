@@ -256,6 +256,8 @@ class Tracker:
             raise StudyInputError(f"tracking store {redact(tracking_uri)} is unreachable: "
                                   f"{type(error).__name__}: {scrub(first, tracking_uri)}") from None
         self.experiment = experiment
+        self.models = LoggedModels(self.client, self.experiment_id)
+        """The experiment's logged models and their registry versions."""
 
     # runs ----------------------------------------------------------------------------------------
     def start(self, name: str, kind: str, tags: dict | None = None, parent: str | None = None) -> str:
@@ -326,6 +328,27 @@ class Tracker:
             return False
 
     # models --------------------------------------------------------------------------------------
+    # inputs and system metrics -------------------------------------------------------------------
+    def log_datasets(self, run_id: str, data, prefix: str) -> None:
+        """The task's sets as the run's inputs (:func:`dataset_inputs`)."""
+        self.client.log_inputs(run_id, datasets=dataset_inputs(data, prefix))
+
+    def system_metrics(self, run_id: str, interval_s: float = 10.0):
+        """MLflow's system-metrics monitor for the run, started (``finish()`` stops it and flushes)."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s, tracking_uri=self.uri)
+        monitor.start()
+        return monitor
+
+
+class LoggedModels:
+    """The logged models of an experiment's runs (a kept trial's model, transformers flavour) and their
+    versions in the model registry (the Pareto-best trials of a study)."""
+
+    def __init__(self, client, experiment_id: str):
+        self.client, self.experiment_id = client, experiment_id
+
     def log_model(self, run_id: str, model, tokenizer, prompt, metadata: dict | None = None) -> str:
         """The model as an MLflow logged model of the run, named :data:`MODEL_NAME` (transformers flavour,
         task text-generation, model + tokenizer), its prompt format as the flavour's prompt template
@@ -415,19 +438,6 @@ class Tracker:
         """Delete the versions of ``name`` made from the run (a trial no longer Pareto-best)."""
         for version in self.client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
             self.client.delete_model_version(version.name, version.version)
-
-    # inputs and system metrics -------------------------------------------------------------------
-    def log_datasets(self, run_id: str, data, prefix: str) -> None:
-        """The task's sets as the run's inputs (:func:`dataset_inputs`)."""
-        self.client.log_inputs(run_id, datasets=dataset_inputs(data, prefix))
-
-    def system_metrics(self, run_id: str, interval_s: float = 10.0):
-        """MLflow's system-metrics monitor for the run, started (``finish()`` stops it and flushes)."""
-        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-        monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s, tracking_uri=self.uri)
-        monitor.start()
-        return monitor
 
 
 def registered_model_name(study_name: str) -> str:

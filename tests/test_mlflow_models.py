@@ -69,20 +69,20 @@ def test_a_deleted_logged_model_leaves_no_files_record_or_registry_version(tmp_p
     lm = models.load("tiny-llama", device="cpu", dtype=torch.float32)
     tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "models")
     runs = [tracker.start(f"trial {k}", "trial") for k in range(2)]
-    ids = [tracker.log_model(run, lm.model, lm.tokenizer, lm.prompt, {"trial": k}) for k, run in enumerate(runs)]
+    ids = [tracker.models.log_model(run, lm.model, lm.tokenizer, lm.prompt, {"trial": k}) for k, run in enumerate(runs)]
     folders = {i: tmp_path / "artifacts" / "models" / i for i in ids}
     assert all((f / "artifacts" / "MLmodel").is_file() for f in folders.values())
     for run, model_id in zip(runs, ids):
-        tracker.register(run, model_id, "study-ME-GD", {"model_utility": 0.5})
-    tracker.register(runs[0], ids[0], "study-ME-GD", {"model_utility": 0.5})  # once per run
+        tracker.models.register(run, model_id, "study-ME-GD", {"model_utility": 0.5})
+    tracker.models.register(runs[0], ids[0], "study-ME-GD", {"model_utility": 0.5})  # once per run
     versions = tracker.client.search_model_versions("name = 'study-ME-GD'")
     assert sorted(v.run_id for v in versions) == sorted(runs)
 
-    assert tracker.delete_logged_models(runs[0])
+    assert tracker.models.delete_logged_models(runs[0])
     assert not folders[ids[0]].exists()  # no empty models/<id>/ left either
     assert (folders[ids[1]] / "artifacts" / "MLmodel").is_file()  # the other run's model is untouched
     assert [v.run_id for v in tracker.client.search_model_versions("name = 'study-ME-GD'")] == [runs[1]]
-    assert tracker.logged_models(runs[0]) == [] and [m.model_id for m in tracker.logged_models(runs[1])] == [ids[1]]
+    assert tracker.models.logged_models(runs[0]) == [] and [m.model_id for m in tracker.models.logged_models(runs[1])] == [ids[1]]
     with pytest.raises(Exception):
         mlflow.transformers.load_model(f"runs:/{runs[0]}/model")
     assert mlflow.transformers.load_model(f"runs:/{runs[1]}/model") is not None
@@ -265,7 +265,7 @@ def test_keep_policy_moves_models_and_registry_versions_with_the_pareto_front(tm
         folder.mkdir()
         (folder / "model.safetensors").write_bytes(b"x" * 10)
         sweep.tracker.directory_artifact(run_id, folder, "checkpoint")
-        model_id = sweep.tracker.log_model(run_id, lm.model, lm.tokenizer, lm.prompt)
+        model_id = sweep.tracker.models.log_model(run_id, lm.model, lm.tokenizer, lm.prompt)
         sweep.tracker.metrics(run_id, {"model_utility": mu, "forget_efficacy": fe, "forget_quality": 0.25})
         sweep.tracker.tags(run_id, {"checkpoint": "kept", "model_id": model_id})
         sweep.tracker.end(run_id)
@@ -293,5 +293,5 @@ def test_keep_policy_moves_models_and_registry_versions_with_the_pareto_front(tm
     for run_id in runs[:3]:
         run = sweep.tracker.client.get_run(run_id)
         assert run.data.tags["study.checkpoint"] == "deleted (not Pareto-best)"
-        assert sweep.tracker.logged_models(run_id) == []
+        assert sweep.tracker.models.logged_models(run_id) == []
         assert not [a for a in sweep.tracker.client.list_artifacts(run_id) if a.path == "checkpoint"]
