@@ -1128,6 +1128,8 @@ def _forward_parts(
     return logits, hidden, starts
 
 
+# Longer than ~60 lines on purpose: one place that routes a batch's parts to the registered losses, fused
+# or per part; the forwards (_forward_parts) and each loss are functions of their own.
 def compute_loss(
     method: Method, model: Any, batch: Mapping[str, Any], ref_model: Any | None = None,
     steering: Steering | None = None, fused: bool = True,

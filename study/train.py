@@ -236,6 +236,8 @@ def _check_engine(engine, batch_size: int, grad_accum: int, world_size: int) -> 
         raise ValueError("the DeepSpeed config has a 'scheduler': remove it; the training loop sets the learning rate (docs/science.md §4)")
 
 
+# Longer than ~60 lines on purpose: the loop reads top to bottom as the reference's schedule (docs/science.md
+# §4), one step at a time; its parts (lr_at, index_stream, adamw, Fp32MasterWeights, collate) are functions.
 def train_loop(
     model,
     dataset,
