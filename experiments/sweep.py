@@ -75,11 +75,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 def plan(args) -> tuple[object, object, dict]:
     """The run configuration and study settings from preset + options (all validated, nothing written)."""
-    from study.errors import StudyInputError
-    from study.search import StudySettings, search_space
+    from study.search import search_space
 
     preset = presets.read(args.preset)
     config, study = preset["config"], preset["study"]
+    fixed = apply_options(config, args)
+    methods = args.method or study.get("methods", ["ME+GD"])
+    if methods == "paper":  # a preset's shorthand for the paper's nine methods
+        from study.paper import PAPER_METHODS
+
+        methods = list(PAPER_METHODS)
+    config.setdefault("method", {}).setdefault("name", methods[0])
+    if "name" in config["method"] and args.method:
+        config["method"]["name"] = methods[0]
+    cfg = presets.build(config)
+    check_inputs(cfg, args.device)
+    settings = study_settings(args, cfg, study, list(methods), fixed)
+    spaces = {m: search_space(m, scenario(cfg.data.scenario).name, settings.sampler, settings.space, settings.fixed) for m in settings.methods}
+    return cfg, settings, spaces
+
+
+def apply_options(config: dict, args) -> list[str]:
+    """sweep.py's options (and ``--set``) written into a preset's ``config`` tables, in place; returns
+    the searched hyper-parameters that ``--set`` fixed for the study."""
+    from study.errors import StudyInputError
+
     put = lambda section, key, value: config.setdefault(section, {}).__setitem__(key, value)  # noqa: E731
     if args.scenario:
         put("data", "scenario", args.scenario)
@@ -113,20 +133,18 @@ def plan(args) -> tuple[object, object, dict]:
     if args.prune:
         put("eval", "per_epoch", True)
     # searchable hyper-parameters given with --set: fixed for the study, not searched
-    fixed = {SEARCHED[key]: key for key in presets.apply_settings(config, args.set) if key in SEARCHED}
-    methods = args.method or study.get("methods", ["ME+GD"])
-    if methods == "paper":  # a preset's shorthand for the paper's nine methods
-        from study.paper import PAPER_METHODS
+    return sorted(SEARCHED[key] for key in presets.apply_settings(config, args.set) if key in SEARCHED)
 
-        methods = list(PAPER_METHODS)
-    config.setdefault("method", {}).setdefault("name", methods[0])
-    if "name" in config["method"] and args.method:
-        config["method"]["name"] = methods[0]
-    cfg = presets.build(config)
+
+def check_inputs(cfg, device: str | None) -> None:
+    """What would fail every trial, reported before anything is written: the device, the model names,
+    the embedder, the DeepSpeed file, the data (files, tasks, refusals, perturbed answers) and the
+    sequence lengths against the data's longest prompts."""
     from study import models
+    from study.errors import StudyInputError
 
-    if args.device is not None:
-        models.check_device(args.device)  # an unknown device, or CUDA on a machine without it
+    if device is not None:
+        models.check_device(device)  # an unknown device, or CUDA on a machine without it
     for name in (cfg.model.name, cfg.model.target):
         if name is not None:
             models.resolve(name)  # an unknown model name or a folder that holds none is reported now
@@ -134,10 +152,7 @@ def plan(args) -> tuple[object, object, dict]:
         models.check_loadable(cfg.eval.embedder, "embedder")
     if cfg.train.deepspeed is not None and not (ROOT / cfg.train.deepspeed).is_file() and not Path(cfg.train.deepspeed).is_file():
         raise StudyInputError(f"train.deepspeed {cfg.train.deepspeed!r}: no such file")
-    if not cfg.data.source.startswith("hub"):
-        # Read the data now: a missing file, a bad line, a task that does not exist, an empty refusal
-        # file or ragged perturbed answers are reported before anything is written (the hub is read
-        # only when the study runs).
+    if not cfg.data.source.startswith("hub"):  # the hub is read only when the study runs
         from study.data import check_eval_sets
         from study.runner import scenario_data, source_for, tasks_of
 
@@ -146,15 +161,22 @@ def plan(args) -> tuple[object, object, dict]:
             data = scenario_data(cfg, task, source)
             check_eval_sets(data)
             _check_lengths(cfg, data)
+
+
+def study_settings(args, cfg, study: dict, methods: list[str], fixed: list[str]):
+    """The study's settings: each from its option, else the environment (stores), else the preset's
+    ``[study]`` table, else the default."""
+    from study.search import StudySettings
+
     sc = scenario(cfg.data.scenario)
     split = sc.split_label(cfg.data.split)
     parts = [args.preset] + [p for p in (sc.name, split) if p not in args.preset] + [Path(cfg.model.name).name]
     default_name = "-".join(dict.fromkeys(parts))
     if sc.sequential and cfg.method.fix_ref_model:
         default_name += "-fixref"
-    settings = StudySettings(
+    return StudySettings(
         study_name=args.study_name if args.study_name is not None else default_name,
-        methods=list(methods),
+        methods=methods,
         n_trials=args.n_trials if args.n_trials is not None else study.get("n_trials", 4),
         sampler=args.sampler or study.get("sampler", "tpe"),
         objective=args.objective or study.get("objective", "pareto"),
@@ -169,11 +191,9 @@ def plan(args) -> tuple[object, object, dict]:
         space={k: list(v) for k, v in study.get("space", {}).items()},
         heartbeat=args.heartbeat if args.heartbeat is not None else study.get("heartbeat", 30),
         max_failures=args.max_failures if args.max_failures is not None else study.get("max_failures", 5),
-        fixed=sorted(fixed),
+        fixed=fixed,
         system_metrics=args.system_metrics if args.system_metrics is not None else study.get("system_metrics", SYSTEM_METRICS_S),
     )
-    spaces = {m: search_space(m, sc.name, settings.sampler, settings.space, settings.fixed) for m in settings.methods}
-    return cfg, settings, spaces
 
 
 # ``--set`` keys that name a searched hyper-parameter: given on the command line, it is fixed for the study.
