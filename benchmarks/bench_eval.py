@@ -129,7 +129,7 @@ def timed(fn, *args, **kwargs) -> tuple[EvalResult, float, float]:
     return result, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def main() -> None:
+def main() -> None:  # long: one linear script (set-up, the timed runs, the report), read top to bottom
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m", help="model name or path (default: smollm2-135m)")
     parser.add_argument("--items", type=int, default=8, help="items per evaluation set (default: %(default)s)")

@@ -42,7 +42,7 @@ TARGET = 0.75
 METHODS = ("ME+GD", "NPO+KL", "IDK+AP")
 
 
-def main(argv=None) -> int:
+def main(argv=None) -> int:  # long: one linear script (set-up, the timed runs, the report), read top to bottom
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m", help="model family or path (default: %(default)s)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), help="methods (default: %(default)s)")

@@ -136,7 +136,7 @@ def measure_peak(variant: str, args, vocab: int, device) -> dict:
 # ----------------------------------------------------------------------------------------------------
 
 
-def main(argv=None) -> int:
+def main(argv=None) -> int:  # long: one linear script (set-up, the timed runs, the report), read top to bottom
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=500, help="sequence length T (TOFU's max_length is 500)")

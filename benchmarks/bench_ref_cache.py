@@ -46,7 +46,7 @@ from benchmarks import (  # noqa: E402
 TARGET = 0.75
 
 
-def main(argv=None) -> int:
+def main(argv=None) -> int:  # long: one linear script (set-up, the timed runs, the report), read top to bottom
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m", help="model family or path (default: %(default)s)")
     parser.add_argument("--method", default="NPO+GD", help="a method whose forget loss needs reference log-probs")

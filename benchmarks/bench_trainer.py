@@ -88,7 +88,7 @@ def bare_loop(model, batches, lr: float, weight_decay: float, n_items: int, effe
     model.eval()
 
 
-def main(argv=None) -> int:
+def main(argv=None) -> int:  # long: one linear script (set-up, the timed runs, the report), read top to bottom
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m", help="model family or path (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=1, help="optimizer steps per timed run")

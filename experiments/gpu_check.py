@@ -57,7 +57,7 @@ def gib(n_bytes: int) -> float:
     return n_bytes / 2**30
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:  # long: the checks run in order, each printing its line
     args = build_parser().parse_args(argv)
     if not torch.cuda.is_available():
         print("gpu_check: no CUDA device (torch.cuda.is_available() is False): run it on a GPU machine",
