@@ -307,3 +307,22 @@ def test_the_readme_shows_the_committed_results_table():
     shown = readme.split("<!-- results table: copied from docs/results/fictitious/README.md -->\n", 1)[1]
     assert shown.split("\n<!-- end of results table -->", 1)[0] == table
     assert (ROOT / "docs" / "results" / "fictitious" / "mu_fe_fictitious_forget01.png").stat().st_size > 10_000
+
+
+def test_every_committed_results_folder_names_the_command_that_writes_it():
+    """Each folder of docs/results says in its README which reproduce.py command rebuilt it; that command
+    parses, and its --out (given or default) is that very folder; the index links every folder."""
+    import re
+    import shlex
+
+    reproduce = _reproduce()
+    folders = sorted(p for p in (ROOT / "docs" / "results").iterdir() if p.is_dir())
+    assert {"fictitious", "continual", "real_world"} <= {p.name for p in folders}
+    index = (ROOT / "docs" / "results" / "README.md").read_text()
+    for folder in folders:
+        assert f"]({folder.name}/README.md)" in index, f"docs/results/README.md does not link {folder.name}/"
+        text = (folder / "README.md").read_text()
+        found = re.search(r"Rebuilt by `python experiments/reproduce\.py([^`]*)`", text)
+        assert found, f"{folder.name}/README.md names no reproduce.py command"
+        args = reproduce.build_parser().parse_args(shlex.split(found.group(1)))
+        assert reproduce.out_of(args) == folder, f"{found.group(0)} writes to {reproduce.out_of(args)}, not {folder}"
