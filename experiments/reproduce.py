@@ -349,7 +349,9 @@ def build_sensitivity(args, uri: str, command: str) -> dict[str, Path]:
 
     unit = sensitivity_unit(args)
     runs = fetch_runs(uri, experiment_of(args), kind="trial")
-    runs = runs[runs["study_name"].astype(str).str.startswith(unit.study + "/")].reset_index(drop=True)
+    # This command's methods only: the study's store may hold other methods' studies of the same name.
+    runs = runs[runs["study_name"].astype(str).str.startswith(unit.study + "/")
+                & runs["method"].isin(args.methods)].reset_index(drop=True)
     targets = fetch_runs(uri, experiment_of(args), kind="target")
     target_mu = float(targets["model_utility"].iloc[0]) if len(targets) and "model_utility" in targets else float("nan")
     _, epochs = preset_training(args.preset, args.set)
