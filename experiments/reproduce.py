@@ -118,8 +118,11 @@ def settings_of(scenario_name: str, splits: tuple[str, ...], tasks: tuple[int, .
     return [(setting_name(scenario_name), [], REAL_WORLD_FACTOR)]
 
 
-def _store_options(args) -> list[str]:
-    argv = []
+def _common_options(args, replaced: tuple[str, ...]) -> list[str]:
+    """What every sweep.py call of this command ends with: the user's ``--set`` items other than the
+    ``replaced`` keys (which the caller sets itself), the experiment, no progress bars, the stores."""
+    argv = [w for item in args.set if not item.startswith(tuple(f"{key}=" for key in replaced)) for w in ("--set", item)]
+    argv += ["--experiment", experiment_of(args), "--no-progress"]
     for option, value in (("--tracking-uri", args.tracking_uri), ("--storage", args.storage), ("--device", args.device)):
         if value:
             argv += [option, value]
@@ -136,9 +139,7 @@ def sensitivity_unit(args) -> Unit:
     name = f"{SENSITIVITY_PREFIX}-{args.preset}-{FICTITIOUS.name}-{split}-s{seed}"
     argv = ["--preset", args.preset, "--scenario", FICTITIOUS.name, "--split", split, "--method", *args.methods,
             "--sampler", "tpe", "--n-trials", str(args.sensitivity), "--seed", str(seed), "--study-name", name,
-            "--set", f"train.epochs={epochs!r}",
-            *[w for item in args.set if not item.startswith("train.epochs=") for w in ("--set", item)],
-            "--experiment", experiment_of(args), "--keep-checkpoints", "none", "--no-progress", *_store_options(args)]
+            "--set", f"train.epochs={epochs!r}", "--keep-checkpoints", "none", *_common_options(args, ("train.epochs",))]
     return Unit(FICTITIOUS.name, setting_name(FICTITIOUS.name, split), seed, tuple(args.methods), name, tuple(argv), 1)
 
 
@@ -173,9 +174,7 @@ def plan_units(args) -> list[Unit]:
                 argv = ["--preset", args.preset, "--scenario", sc, *options, "--method", *args.methods,
                         "--sampler", "paper", "--n-trials", "1", "--seed", str(seed), "--study-name", name,
                         "--set", f"train.lr={lr!r}", "--set", f"train.epochs={epochs!r}",
-                        *[w for item in args.set if not item.startswith(("train.lr=", "train.epochs="))
-                          for w in ("--set", item)],
-                        "--experiment", experiment_of(args), "--no-progress", *_store_options(args)]
+                        *_common_options(args, ("train.lr", "train.epochs"))]
                 units.append(Unit(sc, setting, seed, tuple(args.methods), name, tuple(argv), cost))
     return units
 
@@ -349,9 +348,8 @@ def build_sensitivity(args, uri: str, command: str) -> dict[str, Path]:
 
     unit = sensitivity_unit(args)
     runs = fetch_runs(uri, experiment_of(args), kind="trial")
-    # This command's methods only: the study's store may hold other methods' studies of the same name.
-    runs = runs[runs["study_name"].astype(str).str.startswith(unit.study + "/")
-                & runs["method"].isin(args.methods)].reset_index(drop=True)
+    # This command's methods only (``<study>/<method>``): the store may hold other methods' studies.
+    runs = runs[runs["study_name"].isin([f"{unit.study}/{m}" for m in args.methods])].reset_index(drop=True)
     targets = fetch_runs(uri, experiment_of(args), kind="target")
     target_mu = float(targets["model_utility"].iloc[0]) if len(targets) and "model_utility" in targets else float("nan")
     _, epochs = preset_training(args.preset, args.set)
