@@ -75,19 +75,21 @@ def run_sweep(store: Path, *args: str, experiment: str = "trials") -> tuple[int,
 
 SMOKE_METHODS = ("GA+GD", "ME+GD")
 SMOKE_EXPERIMENT = "smoke-notebooks"
+SMOKE_SYSTEM_METRICS_S = "0.25"
+"""The fictitious smoke sweep's system-metrics interval: a smoke trial on a quiet, warm machine takes 1-2 s,
+and a 1 s interval once left it a single sample, not a history."""
 
 
 @pytest.fixture(scope="session")
 def smoke_store(tmp_path_factory) -> tuple[Path, str]:
     """Smoke studies of every scenario in one store, as the README tells users to run them: GA+GD and
     ME+GD, 2 trials each (continual: tasks 1-3), the default keep policy; the fictitious sweep with
-    MLflow system metrics every quarter second (``--system-metrics 0.25``: a smoke trial on a quiet, warm
-    machine takes 1-2 s, and a 1 s interval once left it a single sample, not a history),
+    MLflow system metrics every :data:`SMOKE_SYSTEM_METRICS_S` s (so even short trials have a history),
     the others without (``--system-metrics 0``); each sweep's output in ``<store>/<scenario>.stdout``. Read by the notebook, trial and sweep tests; the one that writes to it
     re-runs the same command, which must add nothing."""
     store = tmp_path_factory.mktemp("smoke")
     for scenario in ("fictitious", "continual", "real-world"):
-        extra = ("--system-metrics", "0.25" if scenario == "fictitious" else "0")
+        extra = ("--system-metrics", SMOKE_SYSTEM_METRICS_S if scenario == "fictitious" else "0")
         code, out, err = run_sweep(store, "--scenario", scenario, "--method", *SMOKE_METHODS, "--n-trials", "2", *extra,
                                    experiment=SMOKE_EXPERIMENT)
         if code != 0:

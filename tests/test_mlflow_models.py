@@ -233,7 +233,7 @@ def test_system_metrics_only_where_asked(smoke_store):
     client = client_for(store)
     for run in trial_runs(store, experiment):
         system = {k for k in run.data.metrics if k.startswith("system/")}
-        if run.data.tags["study.scenario"] == "fictitious":  # swept with --system-metrics 0.25, the others with 0
+        if run.data.tags["study.scenario"] == "fictitious":  # swept with system metrics on (conftest.SMOKE_SYSTEM_METRICS_S), the others with 0
             assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= system
             history = client.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")
             assert len(history) >= 2 and [p.step for p in history] == list(range(len(history)))

@@ -140,6 +140,6 @@ def test_the_server_shows_studies_trials_models_datasets_and_histories(server):
         if tags(trial)["study.scenario"] == "continual":  # one point per task
             mu = api(base, "metrics/get-history", run_id=run_id, metric_key="model_utility")["metrics"]
             assert sorted(m["step"] for m in mu) == [1, 2, 3]
-        if tags(trial)["study.scenario"] == "fictitious":  # swept with --system-metrics 0.25
+        if tags(trial)["study.scenario"] == "fictitious":  # swept with system metrics on (conftest.SMOKE_SYSTEM_METRICS_S)
             cpu = api(base, "metrics/get-history", run_id=run_id, metric_key="system/cpu_utilization_percentage")["metrics"]
             assert len(cpu) >= 2
