@@ -9,7 +9,9 @@ or pruned) trials; a trial numbered beyond that by a race is dropped before it d
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import json
 import math
 import time
@@ -369,6 +371,23 @@ class TooManyFailures(StudyInputError):
 # A study
 
 
+@contextlib.contextmanager
+def startup_heap_frozen():
+    """The objects alive when the studies start (the imported torch, transformers, MLflow, Optuna: about
+    570,000) kept out of the garbage collector's scans while the block runs, then handed back.
+
+    Trials run with Optuna's ``gc_after_trial`` (a trial's model and batches go before the next one
+    starts); a full collection over that startup heap took 0.3-0.44 s on this 2-core CPU, after every
+    trial. Frozen, it scans only what the trials created. A trial's own cycles are collected as before;
+    what was garbage at the start is collected first."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 class Sweep:
     """Runs the studies of one sweep command in this process (one worker): the Optuna loop. Each trial
     is a :class:`TrialObjective` call; the models trials are compared with are a
@@ -415,8 +434,9 @@ class Sweep:
         self.references = ReferenceModels(self.cfg, self.tracker, storage, self.device, self.progress, self.log)
         studies = {}
         try:
-            for method in self.settings.methods:
-                studies[method] = self._run_method(storage, method)
+            with startup_heap_frozen():
+                for method in self.settings.methods:
+                    studies[method] = self._run_method(storage, method)
         except KeyboardInterrupt:  # wherever it hit: the trial's run ends KILLED (Optuna fails the trial)
             if self._objective is not None:
                 self._objective.end_run("KILLED", "interrupted (Ctrl-C)")

@@ -239,3 +239,37 @@ def test_the_retain_models_truth_ratios_are_cached_and_its_run_named(tmp_path, m
     # Without a retain model there is no Forget Quality reference.
     off = _references(tmp_path, monkeypatch, _tiny_config(finetune={"retain_model": False}), evaluations)
     assert off.retain_truth_ratios(1) is None and off.retain_mia_aucs(1) is None and len(evaluations) == 1
+
+
+class _Cycle:
+    """An object in a reference cycle: only the garbage collector frees it."""
+
+    def __init__(self):
+        self.me = self
+
+
+def test_the_startup_heap_is_frozen_while_studies_run_and_trial_cycles_are_still_collected():
+    import gc
+    import weakref
+
+    from study.search import startup_heap_frozen
+
+    before = _Cycle()
+    dead_before = weakref.ref(before)
+    del before
+    alive = _Cycle()
+    frozen_before = gc.get_freeze_count()
+    with startup_heap_frozen():
+        # Garbage from before the studies is collected on the way in, not frozen for good.
+        assert dead_before() is None
+        # What was alive (this test's object, the imported libraries) is out of the collector's scans ...
+        assert gc.get_freeze_count() > frozen_before + 1000
+        # ... and a trial's own cycle is still freed by the collection Optuna runs after the trial.
+        trial = _Cycle()
+        dead_trial = weakref.ref(trial)
+        del trial
+        gc.collect()
+        assert dead_trial() is None
+    # Handed back afterwards: later collections see the old objects again.
+    assert gc.get_freeze_count() == 0
+    del alive
