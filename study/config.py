@@ -188,6 +188,14 @@ class TrainConfig:
     """KL regularizer (KL, LLMU): average over every position of the retain batch padded to
     ``max_length``, as the reference code (default). False trims padding columns no row uses:
     faster, but the KL's average then runs over fewer positions (a different, larger value)."""
+    fused_forward: bool = True
+    """Each micro-batch's parts (forget, retain, refusals ...) through the model as one batch, and the
+    parts a live reference reads through it as one (``compute_loss(fused=True)``); false: one forward
+    per part. Losses and gradients agree to float rounding (``tests/test_fused_forward.py``), so it
+    changes speed, not results, and a study may resume with the other value. On the 2-core CPU a fused
+    NPO+KL step took 1.13x the separate ones (its 39-token forget part padded to the retain part's 64),
+    ME+GD 0.98x (``benchmarks/bench_fused_forward.py``); fusing is for accelerators, where small
+    batches leave the device idle."""
 
     def __post_init__(self):
         _positive("lr", self.lr)

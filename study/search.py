@@ -230,9 +230,14 @@ ran with. Resuming such a study with that value changes nothing; with another va
 (Before ``kl_full_padding`` existed, the KL regularizer averaged over trimmed batches.)"""
 
 
+SPEED_ONLY_SETTINGS = ("eval.batch_size", "train.fused_forward")
+"""Settings that change how fast a trial runs, not its results (up to float rounding): a study resumes
+with other values of them."""
+
+
 def fixed_config(cfg: RunConfig, method: str, space: dict) -> dict:
     """The settings every trial of a study shares: the trial configuration without the searched
-    hyper-parameters (and the evaluation batch size, which changes speed, not results), JSON-normalised.
+    hyper-parameters (and the :data:`SPEED_ONLY_SETTINGS`), JSON-normalised.
     A study resumed with other fixed settings would mix incomparable trials. ``train.kl_full_padding``
     is left out for methods without a KL term, on which it has no effect."""
     trial_cfg = apply_params(cfg, method, {})
@@ -240,7 +245,7 @@ def fixed_config(cfg: RunConfig, method: str, space: dict) -> dict:
     searched = {f"{section}.{name}" for name in space for section in ("train", "method")}
     if not trial_cfg.method.method().ref_logit_parts:
         searched.add("train.kl_full_padding")
-    fixed = {k: v for k, v in flat.items() if k not in searched and k != "eval.batch_size"}
+    fixed = {k: v for k, v in flat.items() if k not in searched and k not in SPEED_ONLY_SETTINGS}
     return json.loads(json.dumps(fixed, default=str))
 
 

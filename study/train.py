@@ -426,7 +426,7 @@ def fit_in_process(model, dataset, make_loss_fn: Callable[[Any], LossFn], train_
 
 def unlearn(model, tokenizer, prompt, method, data, train_cfg, label_mode: str, ref_model=None, callbacks=(),
             cache_reference: bool = True, progress: bool = False, engine=None, world_size: int = 1,
-            rank: int = 0, fused_forward: bool = True, fit: Fit | None = None) -> TrainResult:
+            rank: int = 0, fused_forward: bool | None = None, fit: Fit | None = None) -> TrainResult:
     """Unlearn ``data.forget`` from ``model`` with ``method`` (a ``study.losses.Method``).
 
     ``ref_model``: the frozen reference (NPO, DPO, KL, LLMU). With ``cache_reference`` its per-sequence
@@ -435,9 +435,8 @@ def unlearn(model, tokenizer, prompt, method, data, train_cfg, label_mode: str, 
 
     ``fused_forward``: each micro-batch's parts (forget, retain, refusals ...) go through the model as
     one batch, and the parts the live reference reads through it as one batch (``compute_loss(fused=)``;
-    same losses and gradients up to float rounding). False runs one forward per part. It changes speed,
-    not results, so it is an argument here rather than a ``TrainConfig`` field (which every tracked
-    study records and compares on resume).
+    same losses and gradients up to float rounding). False runs one forward per part; None (default)
+    takes ``train_cfg.fused_forward``.
 
     Three ways to run: one process (default); a DeepSpeed ``engine`` wrapping ``model`` built by the
     caller (``world_size``/``rank`` of this process); or ``fit=study.zero.train_with_deepspeed``, which
@@ -468,10 +467,11 @@ def unlearn(model, tokenizer, prompt, method, data, train_cfg, label_mode: str, 
     if cache_reference and ref_model is not None:
         cache_reference_logprobs(method, ref_model, dataset)
     keep_ref = ref_model if (method.needs_live_ref_model or not cache_reference) else None
+    fused = train_cfg.fused_forward if fused_forward is None else fused_forward
 
     def make_loss_fn(ref):
         def loss_fn(m, batch):
-            out = compute_loss(method, m, batch, ref, steering, fused=fused_forward)
+            out = compute_loss(method, m, batch, ref, steering, fused=fused)
             return out.total, out.parts
 
         return loss_fn

@@ -265,3 +265,31 @@ def test_unlearn_fused_and_separate_follow_the_same_trajectory(tiny, name):
     assert moved > 1e-4
     for n in fused_params:
         torch.testing.assert_close(fused_params[n], separate_params[n], rtol=1e-4, atol=1e-6)
+
+
+def test_unlearn_takes_the_forward_mode_from_the_train_config_unless_told(tiny, monkeypatch):
+    """``train.fused_forward`` (``--set train.fused_forward=false``) reaches every step's compute_loss;
+    an explicit ``unlearn(fused_forward=...)`` overrides it."""
+    from study import losses
+    from study import train as T
+    from study.config import TrainConfig
+    from study.data import BuiltinSource, load_scenario
+
+    scenario = load_scenario(BuiltinSource(n_authors=4), "fictitious", "forget01", 1, ds_size=2)
+    method = Method.parse("GA+GD")
+    seen = []
+    real = losses.compute_loss
+
+    def spy(*args, fused=True, **kwargs):
+        seen.append(fused)
+        return real(*args, fused=fused, **kwargs)
+
+    monkeypatch.setattr(losses, "compute_loss", spy)
+    cases = [(TrainConfig(lr=1e-3, epochs=1, batch_size=2, grad_accum=1, max_length=64), None, True),
+             (TrainConfig(lr=1e-3, epochs=1, batch_size=2, grad_accum=1, max_length=64, fused_forward=False), None, False),
+             (TrainConfig(lr=1e-3, epochs=1, batch_size=2, grad_accum=1, max_length=64, fused_forward=False), True, True)]
+    for cfg, explicit, expected in cases:
+        seen.clear()
+        T.unlearn(copy.deepcopy(tiny.model), tiny.tokenizer, tiny.prompt, method, scenario, cfg, "answer",
+                  fused_forward=explicit)
+        assert seen and set(seen) == {expected}, (cfg.fused_forward, explicit, seen)

@@ -273,3 +273,17 @@ def test_the_startup_heap_is_frozen_while_studies_run_and_trial_cycles_are_still
     # Handed back afterwards: later collections see the old objects again.
     assert gc.get_freeze_count() == 0
     del alive
+
+
+def test_a_study_resumes_with_the_other_forward_mode_but_not_with_another_setting():
+    """train.fused_forward changes speed, not results: it is not among a study's fixed settings."""
+    cfg = RunConfig()
+    fused = fixed_config(cfg, "NPO+KL", {})
+    separate = fixed_config(cfg.replace(train={"fused_forward": False}), "NPO+KL", {})
+    assert "train.fused_forward" not in fused and fused == separate
+    study = _study()
+    check_fixed_config(study, fused, "sqlite:///x.db")
+    check_fixed_config(study, separate, "sqlite:///x.db")  # resumes
+    with pytest.raises(StudyInputError, match=r"train.max_length 500 -> 256"):
+        check_fixed_config(study, fixed_config(cfg.replace(train={"max_length": 256, "fused_forward": False}), "NPO+KL", {}),
+                           "sqlite:///x.db")
