@@ -192,11 +192,10 @@ class TrainConfig:
     """Each micro-batch's parts (forget, retain, refusals ...) through the model as one batch, and the
     parts a live reference reads through it as one (``compute_loss(fused=True)``); false: one forward
     per part. Losses and gradients agree to float rounding (``tests/test_fused_forward.py``), so it
-    changes speed, not results, and a study may resume with the other value. On the 2-core CPU
-    (``benchmarks/bench_fused_forward.py``, 2 threads) a fused step took 0.88-0.99x the per-part ones
-    for the methods without a KL term and 1.03-1.19x for GA+KL, NPO+KL and DPO+KL, whose retain part
-    is padded to ``max_length`` and pads every other part with it; fusing is for accelerators, where
-    small batches leave the device idle."""
+    changes speed, not results, and a study may resume with the other value. Fusing is for
+    accelerators, where small batches leave the device idle; on a CPU it is slower for the methods
+    with a KL term, whose retain part is padded to ``max_length`` and pads every other part with it
+    (figures per method: ``benchmarks/README.md``, "Latest figures")."""
 
     def __post_init__(self):
         _positive("lr", self.lr)

@@ -6,6 +6,7 @@ part's slice. Its losses and gradients must be those of one forward per part (wi
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 
 import pytest
@@ -285,9 +286,9 @@ def test_unlearn_takes_the_forward_mode_from_the_train_config_unless_told(tiny, 
         return real(*args, fused=fused, **kwargs)
 
     monkeypatch.setattr(losses, "compute_loss", spy)
-    cases = [(TrainConfig(lr=1e-3, epochs=1, batch_size=2, grad_accum=1, max_length=64), None, True),
-             (TrainConfig(lr=1e-3, epochs=1, batch_size=2, grad_accum=1, max_length=64, fused_forward=False), None, False),
-             (TrainConfig(lr=1e-3, epochs=1, batch_size=2, grad_accum=1, max_length=64, fused_forward=False), True, True)]
+    fused = TrainConfig(lr=1e-3, epochs=1, batch_size=2, grad_accum=1, max_length=64)
+    separate = dataclasses.replace(fused, fused_forward=False)
+    cases = [(fused, None, True), (separate, None, False), (separate, True, True)]
     for cfg, explicit, expected in cases:
         seen.clear()
         T.unlearn(copy.deepcopy(tiny.model), tiny.tokenizer, tiny.prompt, method, scenario, cfg, "answer",
