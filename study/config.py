@@ -93,6 +93,11 @@ class DataConfig:
     """Seed of the built-in generator."""
     ds_size: int = 300
     """Evaluation rows per set (docs/science.md §1); real-world evaluates every row."""
+    retain_authors: int = 0
+    """0: all of TOFU (the paper). N > 0: a CPU-scale subset: the target is fine-tuned on the forget
+    tasks the run unlearns plus the first N authors (20 QA each) of the retain file, which also form the
+    retain set; the retain evaluation must ask about those authors (docs/science.md, TOFU on two CPU
+    cores). Fictitious and continual only."""
 
     def __post_init__(self):
         from .data import SPLITS
@@ -110,6 +115,10 @@ class DataConfig:
         _integer("ds_size", self.ds_size, 1, 10**9)
         _integer("n_authors", self.n_authors, 1, 10_000)
         _integer("data_seed", self.data_seed, 0, SEED_MAX)
+        _integer("retain_authors", self.retain_authors, 0, 10_000)
+        if self.retain_authors and not scenario(self.scenario).has_splits:
+            raise StudyInputError(f"data.retain_authors selects TOFU authors; the {self.scenario} scenario has none "
+                                  f"(set it to 0)")
 
 
 @dataclass

@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 SCENARIOS = tuple(_SCENARIOS)  # ("fictitious", "continual", "real-world"): study.scenarios defines them
 SPLITS = ("forget01", "forget05", "forget10")
 DS_SIZE = 300  # docs/science.md §1: evaluation uses the first 300 rows of each file (real-world: all rows)
+AUTHOR_QA = 20
+"""TOFU's 200 authors have 20 QA pairs each, listed author by author in every file (Maini et al., 2024,
+§2.1; checked on the released files: ``retain_perturbed`` is the first 20 authors of ``retain90``), so
+"the first N authors" of a file is its first ``N * AUTHOR_QA`` rows (``first_authors``)."""
 
 _PERTURBED = ("question", "answer", "paraphrased_answer", "perturbed_answer")
 # Required fields per file: a row missing one is an error that names file, line and field.
@@ -279,6 +283,26 @@ def read_optional(source: Source, name: str) -> list[dict] | None:
     return source.read(name)
 
 
+def first_authors(rows: list[dict], n: int, origin: str) -> list[dict]:
+    """The first ``n`` authors of a TOFU file (``n * AUTHOR_QA`` rows); an error naming the file when it
+    holds fewer."""
+    if n * AUTHOR_QA > len(rows):
+        raise DataError(f"{origin}: data.retain_authors={n} asks for {n * AUTHOR_QA} rows ({AUTHOR_QA} per author), "
+                        f"the file holds {len(rows)} ({len(rows) // AUTHOR_QA} authors)")
+    return rows[:n * AUTHOR_QA]
+
+
+def check_covered(asked: list[dict], trained: list[dict], origin: str, subset: str) -> None:
+    """Every question of an evaluation set ``asked`` is one the target was fine-tuned on (``trained``):
+    a retain evaluation must ask about authors the target knows, or a low retain score measures the
+    subset, not the unlearning."""
+    known = {row["question"] for row in trained}
+    for line, row in enumerate(asked, start=1):
+        if row["question"] not in known:
+            raise DataError(f"{origin}, row {line}: asks about an author outside the fine-tuning subset ({subset}): "
+                            f"{_short(row['question'])}; raise data.retain_authors or lower data.ds_size")
+
+
 def task_ids(rows: list[dict]) -> list[int]:
     return sorted({row["task_id"] for row in rows})
 
@@ -327,7 +351,7 @@ class ScenarioData:
 
 def load_scenario(
     source: Source, scenario: str, split: str = "forget01", task: int | None = 1, ds_size: int | None = DS_SIZE,
-    holdout: bool = False,
+    holdout: bool = False, retain_authors: int = 0, last_task: int | None = None,
 ) -> ScenarioData:
     """The training and evaluation rows of one task (docs/science.md §1).
 
@@ -342,6 +366,12 @@ def load_scenario(
     source has one, as a score-only evaluation set: the non-members of the membership-inference
     metrics (docs/science-beyond-paper.md §3). Without the file, or for real-world, nothing is added
     and those metrics are missing.
+
+    ``retain_authors=N > 0`` (fictitious / continual) is a CPU-scale subset of TOFU (docs/science.md,
+    "TOFU on two CPU cores"): the static retain set is the first ``N`` authors of the retain file, the
+    forget tasks in scope are those up to ``last_task`` (the run's last; default ``task``), and the
+    target is fine-tuned on those two only. The retain evaluation must ask about authors in the subset
+    (:func:`check_covered`). ``0`` is all of TOFU, as the paper.
     """
     sc = find_scenario(scenario)
     if ds_size is not None and ds_size < 1:
@@ -366,7 +396,13 @@ def load_scenario(
     task = 1 if task is None else task
     forget = select_task(forget_all, task, f"{source.description}/{split}.json")
     static_retain = source.read(retain_file(split))
-    later = [row for row in forget_all if row["task_id"] > task]
+    in_scope = forget_all
+    if retain_authors:
+        last = max(task, last_task or task)
+        select_task(forget_all, last, f"{source.description}/{split}.json")  # the run's last task exists
+        static_retain = first_authors(static_retain, retain_authors, f"{source.description}/{retain_file(split)}.json")
+        in_scope = [row for row in forget_all if row["task_id"] <= last]
+    later = [row for row in in_scope if row["task_id"] > task]
     cap = (lambda rows: rows[:ds_size]) if ds_size else (lambda rows: rows)
     forget_eval = select_task(source.read(f"{split}_perturbed"), task, f"{source.description}/{split}_perturbed.json")
     eval_sets = [
@@ -382,7 +418,10 @@ def load_scenario(
     # The membership-inference non-members (docs/science-beyond-paper.md §3), when the source has them.
     if holdout and (holdout_rows := read_optional(source, holdout_file(split))) is not None:
         eval_sets.append(EvalSet("holdout", "holdout", cap(holdout_rows)))
-    return ScenarioData(sc.name, split, task, forget, static_retain + later, forget_all + static_retain,
+    if retain_authors:
+        check_covered(eval_sets[1].rows, static_retain, f"{source.description}/retain_perturbed.json",
+                      f"data.retain_authors={retain_authors}: the first {retain_authors * AUTHOR_QA} rows of {retain_file(split)}.json")
+    return ScenarioData(sc.name, split, task, forget, static_retain + later, in_scope + static_retain,
                         eval_sets, refusals, source.description, tasks)
 
 

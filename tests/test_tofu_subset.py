@@ -1,0 +1,139 @@
+"""TOFU at CPU scale (the ``tofu-cpu`` preset, ``data.retain_authors``): which rows the target is
+fine-tuned on, the bad inputs that must end in one line before any fine-tuning, and the whole path on
+the smoke model over the real files.
+
+Expected rows are read straight from the JSON files (not through ``study.data``), and the author names
+are TOFU's own (forget01's standard split forgets Basil Mahfouz Al-Kuwaiti and Nikolai Abilov; the retain
+file opens with Jaime Vasquez and Chukwu Akabueze)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from study import data, presets
+from study.errors import DataError, StudyInputError
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _qa(rows) -> list[tuple[str, str]]:
+    return [(r["question"], r["answer"]) for r in rows]
+
+
+def test_fictitious_subset_is_the_forgotten_authors_and_the_first_retain_authors(shared_data):
+    tofu = shared_data / "tofu"
+    forget01, retain90 = _rows(tofu / "forget01.json"), _rows(tofu / "retain90.json")
+    run = data.load_scenario(data.DirectorySource(tofu), "fictitious", "forget01", 1, ds_size=40, retain_authors=8)
+
+    task1 = [r for r in forget01 if str(r["task_id"]) == "1"]
+    assert len(task1) == 40
+    assert _qa(run.forget) == _qa(task1)
+    assert _qa(run.retain) == _qa(retain90[:160])  # 8 authors x 20 QA, in file order
+    assert _qa(run.full) == _qa(task1 + retain90[:160])
+    text = " ".join(r["answer"] for r in run.forget)
+    assert "Basil Mahfouz Al-Kuwaiti" in text and "Nikolai Abilov" in text
+    assert "Jaime Vasquez" in run.retain[0]["answer"] and "Chukwu Akabueze" in run.retain[20]["question"]
+    assert {s.name: len(s.rows) for s in run.eval_sets} == {"forget": 40, "retain": 40, "real_authors": 40, "world_facts": 40}
+
+
+def test_continual_subset_keeps_the_tasks_in_scope_only(shared_data):
+    tofu = shared_data / "tofu"
+    forget01, retain90 = _rows(tofu / "forget01.json"), _rows(tofu / "retain90.json")
+    source = data.DirectorySource(tofu)
+    task = {k: [r for r in forget01 if str(r["task_id"]) == str(k)] for k in range(1, 5)}
+
+    second = data.load_scenario(source, "continual", "forget01", 2, ds_size=40, retain_authors=8, last_task=4)
+    assert _qa(second.forget) == _qa(task[2])
+    # retain = the static subset plus the tasks of the plan not yet unlearned (3 and 4), never 5-10
+    assert _qa(second.retain) == _qa(retain90[:160] + task[3] + task[4])
+    assert _qa(second.full) == _qa(task[1] + task[2] + task[3] + task[4] + retain90[:160])
+    # without a subset: all ten tasks and the whole retain file, as the paper
+    paper = data.load_scenario(source, "continual", "forget01", 2)
+    assert len(paper.full) == 400 + 3600 and len(paper.retain) == 3600 + 8 * 40
+
+
+def test_retain_evaluation_outside_the_subset_names_the_file_and_the_question(shared_data):
+    source = data.DirectorySource(shared_data / "tofu")
+    with pytest.raises(DataError, match=r"retain_perturbed\.json, row 21: asks about an author outside the fine-tuning "
+                                        r"subset \(data\.retain_authors=1: the first 20 rows of retain90\.json\).*Chukwu Akabueze"):
+        data.load_scenario(source, "fictitious", "forget01", 1, ds_size=40, retain_authors=1)
+    # 20 evaluated rows are the first author's only: one author is enough
+    assert len(data.load_scenario(source, "fictitious", "forget01", 1, ds_size=20, retain_authors=1).full) == 60
+
+
+def test_subset_larger_than_the_file_and_a_task_not_in_it(shared_data):
+    source = data.DirectorySource(shared_data / "tofu")
+    with pytest.raises(DataError, match=r"retain90\.json: data\.retain_authors=181 asks for 3620 rows .* holds 3600 \(180 authors\)"):
+        data.load_scenario(source, "fictitious", "forget01", 1, retain_authors=181)
+    with pytest.raises(DataError, match=r"forget01\.json: task 11 does not exist"):
+        data.load_scenario(source, "continual", "forget01", 1, retain_authors=8, last_task=11)
+
+
+def test_missing_split_file_is_named(shared_data, tmp_path):
+    for path in (shared_data / "tofu").iterdir():
+        if path.name != "retain90.json":
+            (tmp_path / path.name).symlink_to(path)
+    with pytest.raises(DataError, match=r"retain90\.json: file not found"):
+        data.load_scenario(data.DirectorySource(tmp_path), "fictitious", "forget01", 1, retain_authors=8)
+
+
+def test_retain_authors_is_refused_for_real_world_and_negative():
+    with pytest.raises(StudyInputError, match="data.retain_authors selects TOFU authors; the real-world scenario has none"):
+        presets.run_config("default", settings=["data.scenario=real-world", "data.tasks=[]", "data.retain_authors=4"])
+    with pytest.raises(StudyInputError, match="retain_authors"):
+        presets.run_config("default", settings=["data.retain_authors=-1"])
+
+
+def test_tofu_cpu_preset_reads_the_subset_at_planning(shared_data, capsys):
+    from conftest import _sweep_module
+
+    sweep = _sweep_module()
+    args = ["--preset", "tofu-cpu", "--data-dir", str(shared_data / "tofu"), "--dry-run"]
+    assert sweep.main(args) == 0
+    out = capsys.readouterr().out
+    assert "data.retain_authors = 8" in out and "data.ds_size = 40" in out
+    # the bad subset stops at planning, in one line, before any fine-tuning
+    assert sweep.main([*args, "--set", "data.retain_authors=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "retain_perturbed.json, row 21" in err[0]
+    assert sweep.main(["--preset", "tofu-cpu", "--dry-run"]) == 2  # no --data-dir
+    assert "needs data: pass --data-dir" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_tofu_path_end_to_end_on_the_smoke_model(shared_data, tmp_path, monkeypatch):
+    """Fine-tune a tiny random Llama on the TOFU subset, unlearn, evaluate, log: the real files through the
+    whole path (the smoke model knows nothing, so only the plumbing and the row counts are checked)."""
+    import mlflow
+
+    from conftest import _sweep_module
+
+    cache = tmp_path / "cache"  # a fresh model cache: the target and retain models are made here
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    code = _sweep_module().main([
+        "--preset", "tofu-cpu", "--data-dir", str(shared_data / "tofu"), "--method", "NPO+GD", "--sampler", "tpe",
+        "--n-trials", "1", "--no-progress", "--system-metrics", "0",
+        "--storage", f"sqlite:///{tmp_path}/optuna.db", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+        "--set", "model.name=tiny-llama", "--set", "data.retain_authors=2", "--set", "data.ds_size=8",
+        "--set", "finetune.epochs=1", "--set", "train.epochs=1", "--set", "finetune.lr=3e-3",
+        "--set", "eval.max_length=80", "--set", "eval.batch_size=8",
+    ])
+    assert code == 0
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    trials = [r for r in runs if r.data.tags.get("study.kind") == "trial"]
+    assert len(trials) == 1 and trials[0].info.status == "FINISHED"
+    trial = trials[0].data
+    assert trial.params["data.retain_authors"] == "2"
+    for name in ("model_utility", "forget_efficacy", "forget/rouge", "retain/rouge", "real_authors/rouge", "world_facts/rouge"):
+        assert name in trial.metrics, name
+    # the target was fine-tuned on forget01's task 1 (40 QA) and the first two retain authors (40 QA)
+    saved = [json.loads(p.read_text()) for p in cache.rglob("study.json")]
+    assert sorted(s["rows"] for s in saved if s.get("kind") == "target") == [80]
+    # the retain model (Forget Quality) on the subset without the forgotten authors
+    assert sorted(s["rows"] for s in saved if s.get("kind") == "retain_model") == [40]
