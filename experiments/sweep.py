@@ -263,7 +263,14 @@ def print_plan(cfg, settings, spaces) -> None:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from study.errors import StudyFault, StudyInputError
+    from study.errors import sigterm_as_interrupt
+
+    with sigterm_as_interrupt():  # Slurm, Kubernetes and `timeout` send SIGTERM: handled like Ctrl-C
+        return _main(args)
+
+
+def _main(args) -> int:
+    from study.errors import StudyFault, StudyInputError, interrupt_exit_code, interrupt_reason
 
     try:
         cfg, settings, spaces = plan(args)
@@ -291,10 +298,20 @@ def main(argv=None) -> int:
     except StudyFault as error:  # the study's and trial's MLflow runs were ended FAILED with the reason
         print(f"error: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted: the running trial was ended as KILLED in MLflow and FAIL in Optuna. "
+    except Exception as error:  # the machine or a store failed outside a trial (disk full, read-only, network)
+        from study.search import environment_cause, one_line
+        from study.tracking import scrub
+
+        cause = environment_cause(error)
+        if cause is None:
+            raise  # a bug: its traceback
+        stores = (args.storage, args.tracking_uri, os.environ.get("OPTUNA_STORAGE"), os.environ.get("MLFLOW_TRACKING_URI"))
+        print(f"error: {scrub(one_line(cause), *stores)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as stop:
+        print(f"\n{interrupt_reason(stop)}: the running trial was ended as KILLED in MLflow and FAIL in Optuna. "
               "Run the same command again to resume; finished trials are kept.", file=sys.stderr)
-        return 130
+        return interrupt_exit_code(stop)
     rows = pareto_table(studies)
     print("\nPareto-best trials (Model Utility vs Forget Efficacy):")
     if rows:

@@ -25,7 +25,7 @@ import numpy as np
 from . import models, paper
 from .claims import once
 from .config import SEED_MAX, RunConfig
-from .errors import StudyFault, StudyInputError, one_of
+from .errors import StudyFault, StudyInputError, interrupt_reason, one_of
 from .losses import HYPERPARAMS, Method, Param
 from .references import ReferenceModels
 from .runs import TrialRun, end_if_running, start_study_run, trial_tags
@@ -350,6 +350,19 @@ def is_environment_error(error: BaseException) -> bool:
     return module in ("sqlite3", "sqlalchemy", "mlflow", "psycopg2", "requests", "urllib3")
 
 
+def environment_cause(error: BaseException) -> BaseException | None:
+    """The environment failure (:func:`is_environment_error`) that ``error`` is or was raised while
+    handling: a disk that filled up while Optuna wrote a trial's FAIL state surfaces as Optuna's
+    ``AssertionError: Should not reach.``, the cause two links down its chain. None: no such failure."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if is_environment_error(error):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 class SurplusTrial(Exception):
     """A trial numbered beyond ``n_trials`` by a race between workers: dropped before any work."""
 
@@ -403,7 +416,7 @@ class Sweep:
         self.device = device
         self.tracker: Tracker | None = None
         self.references: ReferenceModels | None = None  # the target and retain models (set by run())
-        self._objective: TrialObjective | None = None  # the study in progress (its trial's run ends KILLED on Ctrl-C)
+        self._objective: TrialObjective | None = None  # the study in progress (its trial's run ends KILLED on Ctrl-C or SIGTERM)
 
     def _end_stale_run(self, study, trial) -> None:
         """Optuna's failed-trial callback: a trial whose worker stopped beating is failed in MLflow too."""
@@ -442,16 +455,17 @@ class Sweep:
             with startup_heap_frozen():
                 for method in self.settings.methods:
                     studies[method] = self._run_method(storage, method)
-        except KeyboardInterrupt:  # wherever it hit: the trial's run ends KILLED (Optuna fails the trial)
-            if self._objective is not None:
-                self._objective.end_run("KILLED", "interrupted (Ctrl-C)")
+        except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM, wherever it hit: the trial's run ends KILLED
+            if self._objective is not None:  # (Optuna fails the trial)
+                self._objective.end_run("KILLED", interrupt_reason(stop))
             raise
         except Exception as error:
+            cause = environment_cause(error)
             if self._objective is not None:
-                self._objective.end_run("FAILED", one_line(error))
-            if isinstance(error, (StudyInputError, StudyFault)) or not is_environment_error(error):
+                self._objective.end_run("FAILED", one_line(cause or error))
+            if isinstance(error, (StudyInputError, StudyFault)) or cause is None:
                 raise
-            raise StudyFault(scrub(one_line(error), self.settings.storage, self.settings.tracking_uri)) from None
+            raise StudyFault(scrub(one_line(cause), self.settings.storage, self.settings.tracking_uri)) from None
         return studies
 
     def _run_method(self, storage, method: str):
@@ -468,11 +482,11 @@ class Sweep:
         self._objective = TrialObjective(self, study, method, space, parent, n_trials)
         try:
             self._trials(study, storage, space, n_trials)
-        except KeyboardInterrupt:
-            end_if_running(self.tracker, parent, "KILLED", "interrupted (Ctrl-C); run the same command again to resume")
+        except KeyboardInterrupt as stop:
+            end_if_running(self.tracker, parent, "KILLED", f"{interrupt_reason(stop)}; run the same command again to resume")
             raise
         except Exception as error:  # every exit path ends the study's run with a status and a reason
-            end_if_running(self.tracker, parent, "FAILED", one_line(error))
+            end_if_running(self.tracker, parent, "FAILED", one_line(environment_cause(error) or error))
             raise
         finished = _counted(study)
         self.tracker.metrics(parent, {"n_trials_finished": finished})
@@ -644,9 +658,9 @@ class TrialObjective:
         except optuna.TrialPruned as pruned:
             run.end("KILLED", f"pruned: {pruned}")
             raise
-        except KeyboardInterrupt:
-            run.end("KILLED", "interrupted (Ctrl-C)")
-            trial.set_user_attr("failure_reason", "interrupted (Ctrl-C)")
+        except KeyboardInterrupt as stop:
+            run.end("KILLED", interrupt_reason(stop))
+            trial.set_user_attr("failure_reason", interrupt_reason(stop))
             raise
         except Exception as error:
             reason = f"{type(error).__name__}: {error}"

@@ -212,8 +212,15 @@ def schema_lock(*uris: str):
             if path is None:
                 continue
             path = path.resolve()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            handle = stack.enter_context(open(path.with_name(path.name + ".lock"), "a"))
+            lock = path.with_name(path.name + ".lock")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                handle = stack.enter_context(open(lock, "a"))
+            except OSError as error:  # a read-only file system, no permission, a full disk
+                from .errors import StudyInputError
+
+                raise StudyInputError(f"store {path}: cannot create {lock.name} beside it: "
+                                      f"{error.strerror or error}") from None
             fcntl.flock(handle, fcntl.LOCK_EX)
             stack.callback(fcntl.flock, handle, fcntl.LOCK_UN)
         yield
