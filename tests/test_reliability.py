@@ -938,3 +938,36 @@ def test_a_read_only_store_folder_is_one_error_line(tmp_path, capsys, monkeypatc
     assert code == 2 and "Traceback" not in err, err
     (line,) = [x for x in err.splitlines() if x.startswith("error:")]
     assert f"{tmp_path}/" in line and ".db" in line and "Read-only file system" in line, line
+
+
+@pytest.mark.slow
+def test_sigterm_to_services_up_stops_both_servers_and_deletes_the_data(tmp_path):
+    """Issue 32 (1): ``services.py up`` sent SIGTERM (as ``kill``, systemd or Kubernetes stop it) stops
+    PostgreSQL and the MLflow server and deletes the PostgreSQL data folder, as Ctrl-C does."""
+    import socket
+
+    from experiment_scripts import load
+
+    services = load("services")
+    if services.postgres_bindir() is None and services.install_postgres() is None:
+        pytest.skip("PostgreSQL is not installed and could not be installed (Debian/Ubuntu: apt-get install postgresql)")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "up.out"
+    with out.open("w") as stdout:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "experiments" / "services.py"), "up", "--dir", str(tmp_path / "up"),
+                                 "--port", str(port)], stdout=stdout, stderr=subprocess.STDOUT, env=_env())
+        deadline = time.monotonic() + 300
+        while "stops both servers" not in out.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, out.read_text()
+            time.sleep(0.5)
+        data = Path(re.search(r"data in (\S+), deleted on exit", out.read_text()).group(1))
+        assert data.is_dir()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=120)
+    assert code == 0, out.read_text()
+    assert "terminated (SIGTERM): stopping both servers" in out.read_text() and "Traceback" not in out.read_text()
+    assert not data.exists()
+    with socket.socket() as client:  # nothing answers on the MLflow port any more
+        assert client.connect_ex(("127.0.0.1", port)) != 0
