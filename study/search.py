@@ -152,6 +152,12 @@ def check_store_url(what: str, url, schemes: tuple[str, ...]) -> None:
         shown = redact(url) if isinstance(url, str) else url
         raise StudyInputError(f"{what} {shown!r}: unknown scheme; valid: "
                               + ", ".join(f"{s}:<file>" if s == "journal" else f"{s}://..." for s in schemes))
+    if scheme not in ("sqlite", "journal", "file"):  # a server: user:password@host:port/database
+        rest = url.split("://", 1)[1]
+        authority, _, path = rest.partition("?")[0].partition("/")
+        if authority.count("@") > 1 or "@" in path or "#" in rest:
+            raise StudyInputError(f"{what} {redact(url)!r} is malformed: an unencoded '@', '/' or '#' in the user "
+                                  "name or password; percent-encode them (urllib.parse.quote(password, safe=''))")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -74,18 +74,21 @@ DATASET_CONTEXTS = {"forget": "forget", "retain": "retain", "eval": "eval"}
 _SECRET_KEY = re.compile(r"pass|pwd|secret|token|key|auth|credential|signature", re.IGNORECASE)
 _SECRET_QUERY = re.compile(r"([?&;][^=&;#?]*?(?:pass|pwd|secret|token|key|auth|credential|signature)[^=&;#?]*=)([^&;#]*)",
                            re.IGNORECASE)
+_SECRET_DSN = re.compile(r"((?:^|\s)[\w.-]*(?:pass|pwd|secret|token|key|auth|credential|signature)[\w.-]*\s*=\s*)"
+                         r"('(?:[^'\\]|\\.)*'?|[^\s']*)", re.IGNORECASE)
+"""A secret in a libpq-style ``key=value`` connection string (``host=db password='x y' dbname=optuna``)."""
 _SCHEME = re.compile(r"^[^:/@]*://")
 
 
 def redact(url: str | None) -> str | None:
     """A URL with every credential replaced by ``***`` (never log or print credentials): the password
     of its user information, and the value of every query parameter named like a secret (``password``,
-    ``pwd``, ``secret``, ``token``, ``key`` ...). A malformed URL (no scheme, an unencoded ``/``, ``#``
+    ``pwd``, ``secret``, ``token``, ``key`` ...), also in a libpq ``key=value`` string (``host=db password=x``). A malformed URL (no scheme, an unencoded ``/``, ``#``
     or ``@`` in the password) loses everything between the user name's ``:`` and the last ``@``, or
     all that precedes the last ``@`` when there is no ``:``: better too much hidden than a password shown."""
     if not url:
         return url
-    return _SECRET_QUERY.sub(lambda m: m.group(1) + "***", _redact_userinfo(url))
+    return _SECRET_DSN.sub(lambda m: m.group(1) + "***", _SECRET_QUERY.sub(lambda m: m.group(1) + "***", _redact_userinfo(url)))
 
 
 def _redact_userinfo(url: str) -> str:
@@ -125,6 +128,7 @@ def secrets_of(url: str | None) -> list[str]:
     except ValueError:
         pass
     found.update(m.group(2) for m in _SECRET_QUERY.finditer(url))
+    found.update(m.group(2).strip("'") for m in _SECRET_DSN.finditer(url))
     return sorted((s for s in found if s), key=len, reverse=True)
 
 

@@ -363,7 +363,6 @@ UNREACHABLE = [
     ("--storage", f"postgresql+psycopg2://user:{PASSWORD}@127.0.0.1:1/optuna", "Optuna storage"),
     ("--storage", f"postgresql+psycopg2://user:{PASSWORD}@127.0.0.1:notaport/optuna", "Optuna storage"),
     ("--storage", f"mysql://user:{PASSWORD}@127.0.0.1:1/optuna", "Optuna storage"),
-    ("--storage", f"postgresql://user:{PASSWORD}/x@127.0.0.1:1/optuna", "Optuna storage"),
     ("--tracking-uri", f"postgresql+psycopg2://user:{PASSWORD}@127.0.0.1:1/mlflow", "tracking store"),
     ("--tracking-uri", f"http://user:{PASSWORD}@127.0.0.1:1", "tracking store"),
 ]
@@ -545,3 +544,118 @@ def test_generated_command_lines_run_or_are_refused_in_one_line(sweep, capsys, t
     assert code == 2, (code, err)
     assert any(name.replace("_", " ") in line.replace("_", " ") or name in line for name in names), (argv, line)
     assert list(folder.iterdir()) == [], (argv, line)  # nothing written to the stores
+
+
+# --------------------------------------------------------------------------------------------------
+# issue 32: every URL and DSN form redacted; reproduce.py's errors in one line; SIGTERM
+
+
+DSN_FORMS = [f"host=db.internal port=5432 password={PASSWORD} dbname=optuna",
+             f"host=db.internal password = '{PASSWORD} x' user=u",
+             f"dbname=optuna PASSWORD={PASSWORD}",
+             f"postgresql+psycopg2://u:{PASSWORD}@db.internal/optuna",
+             f"postgresql+psycopg2://db.internal/optuna?user=u&password={PASSWORD}&sslmode=require"]
+
+
+@pytest.mark.parametrize("dsn", DSN_FORMS)
+def test_redact_hides_the_password_of_every_url_and_dsn_form(dsn):
+    """Issue 32 (3): userinfo, query string and libpq ``key=value`` strings: one function hides them all,
+    and ``scrub`` hides them in a message that quotes them."""
+    from study.tracking import redact, scrub
+
+    assert PASSWORD not in redact(dsn) and "***" in redact(dsn)
+    assert "db.internal" in redact(dsn) or "dbname=optuna" in redact(dsn)  # only the secret goes
+    assert PASSWORD not in scrub(f"could not connect with {dsn!r}: password {PASSWORD} rejected", dsn)
+
+
+@pytest.mark.parametrize("url,problem", [
+    (f"host=db.internal password={PASSWORD} dbname=optuna", "unknown scheme"),
+    (f"postgresql+psycopg2://u:SE@CR/ET{PASSWORD}@db.internal/optuna", "malformed"),
+    (f"postgresql://user:{PASSWORD}/x@127.0.0.1:1/optuna", "malformed"),
+    (f"mysql://u:{PASSWORD[:5]}@{PASSWORD[5:]}@db.internal/optuna", "malformed"),
+    (f"postgresql://u:{PASSWORD[:5]}#{PASSWORD[5:]}@db.internal/optuna", "malformed")])
+def test_a_libpq_string_or_malformed_url_is_refused_at_planning_without_the_password(sweep, capsys, tmp_path, url, problem):
+    """Issue 32 (3): ``--dry-run`` refuses a store URL whose password holds an unencoded '@', '/' or '#'
+    (before: exit 0, the password split between user, host and path), in one line without the password."""
+    code, out, err = _run_main(sweep, capsys, ["--preset", "smoke", "--dry-run", "--storage", url,
+                                               "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
+    line = _one_error_line(err)
+    assert code == 2 and problem in line and "Optuna storage" in line, line
+    assert not [PASSWORD[i:i + 4] for i in range(len(PASSWORD) - 3) if PASSWORD[i:i + 4] in out + err], out + err
+
+
+@pytest.fixture(scope="module")
+def reproduce():
+    from experiment_scripts import load
+
+    return load("reproduce")
+
+
+def _reproduce(reproduce, capsys, argv):
+    try:
+        code = reproduce.main(["--scenario", "fictitious", "--splits", "forget01", "--seeds", "1", "--methods", "ME+GD",
+                               "--no-notebooks", *argv])
+    except SystemExit as exit_info:
+        code = exit_info.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _bad_presets(tmp_path) -> dict[str, Path]:
+    files = {"syntax": 'description = "x"\n[config.train\nlr = 1\n', "types": 'description = "x"\nstudy = 3\n',
+             "section": 'description = "x"\n[config]\ntrain = "fast"\n'}
+    for name, text in files.items():
+        (tmp_path / f"{name}.toml").write_text(text)
+    return {name: tmp_path / f"{name}.toml" for name in files}
+
+
+@pytest.mark.parametrize("case", ["preset nope", "syntax", "types", "section", "out under a file", "seconds nan",
+                                  "seconds negative"])
+def test_reproduce_errors_are_one_line_and_write_nothing(reproduce, capsys, tmp_path, monkeypatch, case):
+    """Issue 32 (4, 5): reproduce.py's own errors (a preset, an ``--out``, ``--seconds-per-trial``) are one
+    ``error:`` line naming what is wrong, exit 2, and create no store."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-file").write_text("x")
+    presets = _bad_presets(tmp_path)
+    extra = {"preset nope": ["--preset", "nope"], "out under a file": ["--out", str(tmp_path / "a-file" / "out")],
+             "seconds nan": ["--seconds-per-trial", "nan"], "seconds negative": ["--seconds-per-trial", "-3"]}.get(
+        case, ["--preset", str(presets.get(case, ""))])
+    db = tmp_path / "mlflow.db"
+    code, out, err = _reproduce(reproduce, capsys, ["--preset", "smoke", "--dry-run", "--tracking-uri", f"sqlite:///{db}",
+                                                    "--storage", f"sqlite:///{tmp_path}/optuna.db", *extra])
+    line = _one_error_line(err)
+    assert code == 2, err
+    expected = {"preset nope": "preset 'nope' not found", "syntax": "syntax.toml: not valid TOML",
+                "types": "types.toml: [study] must be a table", "section": "section.toml: [config.train] must be a table",
+                "out under a file": "a-file", "seconds nan": "--seconds-per-trial", "seconds negative": "--seconds-per-trial"}
+    assert expected[case] in line, line
+    assert "nan min" not in out and not db.exists()
+
+
+def test_reproduce_hides_the_store_password_of_a_failing_command(reproduce, capsys, tmp_path):
+    """Issue 32 (3): the sweep.py command a dry run reports as failing shows its --storage redacted."""
+    code, out, err = _reproduce(reproduce, capsys, ["--preset", "smoke", "--dry-run", "--device", "nope",
+                                                    "--storage", f"postgresql+psycopg2://u:{PASSWORD}@db.internal/optuna",
+                                                    "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
+    assert code == 2 and "--storage postgresql+psycopg2://u:***@db.internal/optuna" in err, err
+    assert PASSWORD not in out + err
+
+
+def test_sigterm_stops_reproduce_like_ctrl_c(reproduce, capsys, tmp_path, monkeypatch):
+    """Issue 32 (1): SIGTERM during reproduce.py (here inside a study) is handled like Ctrl-C: one
+    message saying how to resume, exit 143."""
+    import os
+    import signal
+    import time
+    import types
+
+    def main(argv):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+        raise AssertionError("SIGTERM did not stop reproduce.py")
+
+    monkeypatch.setattr(reproduce, "_sweep", lambda: types.SimpleNamespace(main=main))
+    code, out, err = _reproduce(reproduce, capsys, ["--preset", "smoke", "--tracking-uri", f"sqlite:///{tmp_path}/m.db",
+                                                    "--storage", f"sqlite:///{tmp_path}/o.db", "--out", str(tmp_path / "out")])
+    assert code == 143 and "terminated (SIGTERM)" in err and "Run the same command again" in err, err
+    assert "Traceback" not in err
