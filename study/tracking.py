@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import re
 import subprocess
 import tempfile
@@ -130,6 +131,39 @@ def secrets_of(url: str | None) -> list[str]:
     found.update(m.group(2) for m in _SECRET_QUERY.finditer(url))
     found.update(m.group(2).strip("'") for m in _SECRET_DSN.finditer(url))
     return sorted((s for s in found if s), key=len, reverse=True)
+
+
+CREDENTIALS_VARIABLE = "MLFLOW_TRACKING_URI"
+"""Where a tracking URI with a password travels to a notebook's kernel: the notebook's parameters (written
+into the executed file by papermill) hold it redacted; :func:`with_credentials` finds it here."""
+
+
+def with_credentials(uri: str | None) -> str | None:
+    """``uri`` as given, or, when it is a redacted URI (``***``), the URI in ``$MLFLOW_TRACKING_URI`` it
+    was redacted from (a notebook executed by ``study.analysis.run_notebook``)."""
+    full = os.environ.get(CREDENTIALS_VARIABLE)
+    return full if uri and "***" in uri and full and redact(full) == uri else uri
+
+
+@contextlib.contextmanager
+def credentials_hidden(parameters: dict):
+    """``parameters`` with ``tracking_uri`` redacted, for a file that is written (a notebook's injected
+    parameters and papermill metadata); while the block runs, the full URI is in the environment the
+    kernel inherits (:func:`with_credentials`). Other parameters with a credential are redacted."""
+    shown = {k: redact(v) if isinstance(v, str) else v for k, v in parameters.items()}
+    full = parameters.get("tracking_uri")
+    if not isinstance(full, str) or shown["tracking_uri"] == full:
+        yield shown
+        return
+    previous = os.environ.get(CREDENTIALS_VARIABLE)
+    os.environ[CREDENTIALS_VARIABLE] = full
+    try:
+        yield shown
+    finally:
+        if previous is None:
+            os.environ.pop(CREDENTIALS_VARIABLE, None)
+        else:
+            os.environ[CREDENTIALS_VARIABLE] = previous
 
 
 def scrub(text: str, *urls: str | None, shortest: int = 4) -> str:

@@ -659,3 +659,30 @@ def test_sigterm_stops_reproduce_like_ctrl_c(reproduce, capsys, tmp_path, monkey
                                                     "--storage", f"sqlite:///{tmp_path}/o.db", "--out", str(tmp_path / "out")])
     assert code == 143 and "terminated (SIGTERM)" in err and "Run the same command again" in err, err
     assert "Traceback" not in err
+
+
+def test_an_executed_notebook_holds_no_password_and_its_kernel_connects_with_it(tmp_path):
+    """Issue 32 (3): ``run_notebook`` (reproduce.py, ``python -m study.analysis --output``) writes the
+    tracking URI redacted into the injected-parameters cell and papermill's metadata; the kernel still
+    gets the full URI (``study.tracking.with_credentials``, what ``study.analysis`` connects with)."""
+    import hashlib
+    import os
+
+    import nbformat
+
+    from study.analysis import run_notebook
+
+    uri = f"postgresql+psycopg2://u:{PASSWORD}@db.internal/mlflow"
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [nbformat.v4.new_code_cell('tracking_uri = ""', metadata={"tags": ["parameters"]}),
+                      nbformat.v4.new_code_cell("import hashlib\nfrom study.tracking import with_credentials\n"
+                                                "print(hashlib.sha256(with_credentials(tracking_uri).encode()).hexdigest())")]
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    source, written = tmp_path / "in.ipynb", tmp_path / "out.ipynb"
+    nbformat.write(notebook, source)
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    run_notebook(source, {"tracking_uri": uri}, written)
+    text = written.read_text()
+    assert PASSWORD not in text and "u:***@db.internal" in text
+    assert hashlib.sha256(uri.encode()).hexdigest() in text  # the kernel had the full URI
+    assert os.environ.get("MLFLOW_TRACKING_URI") == before  # handed back after the run
