@@ -119,7 +119,11 @@ def apply_options(config: dict, args) -> list[str]:
     if args.data_dir is not None:
         if not args.data_dir.strip():
             raise StudyInputError("--data-dir must name a directory (or hub), got an empty string")
-        put("data", "source", args.data_dir if args.data_dir == "hub" else str(Path(args.data_dir).expanduser().resolve()))
+        try:
+            source = args.data_dir if args.data_dir == "hub" else str(Path(args.data_dir).expanduser().resolve())
+        except (OSError, RuntimeError) as error:  # missing, a symlink loop, no permission
+            raise StudyInputError(f"--data-dir {args.data_dir}: not a readable folder ({type(error).__name__}: {error})") from None
+        put("data", "source", source)
     if config.get("data", {}).get("source", "builtin") == "":
         raise StudyInputError(f"preset {args.preset} needs data: pass --data-dir DIR (a folder with forget.json, neighbor.json, ...)")
     if args.seed is not None:

@@ -152,6 +152,14 @@ def check_store_url(what: str, url, schemes: tuple[str, ...]) -> None:
         shown = redact(url) if isinstance(url, str) else url
         raise StudyInputError(f"{what} {shown!r}: unknown scheme; valid: "
                               + ", ".join(f"{s}:<file>" if s == "journal" else f"{s}://..." for s in schemes))
+    if scheme == "sqlite" and (not url.startswith("sqlite:///") or url[len("sqlite:///"):].split("?")[0] in ("", ":memory:")):
+        raise StudyInputError(f"{what} {redact(url)!r} is in memory: nothing would be kept; name a file, "
+                              "e.g. sqlite:///mlruns/optuna.db")
+    if scheme in ("sqlite", "journal"):
+        file = url[len("journal:"):] if scheme == "journal" else url[len("sqlite:///"):].split("?")[0]
+        if not file.strip() or Path(file).expanduser().is_dir():
+            raise StudyInputError(f"{what} {redact(url)!r}: {'is a folder' if file.strip() else 'names no file'}; "
+                                  f"name a file, e.g. {'journal:mlruns/optuna.log' if scheme == 'journal' else 'sqlite:///mlruns/optuna.db'}")
     if scheme not in ("sqlite", "journal", "file"):  # a server: user:password@host:port/database
         rest = url.split("://", 1)[1]
         authority, _, path = rest.partition("?")[0].partition("/")
@@ -270,6 +278,22 @@ def check_fixed_config(study, fixed: dict, storage_url: str) -> None:
         raise StudyInputError(
             f"study {study.study_name} in {redact(storage_url)} was run with other settings ({shown}{more}): "
             "run with its settings to resume it, or pass a new --study-name")
+
+
+def check_study_settings(study, settings: StudySettings) -> None:
+    """Record the sampler and objective on a new study; on an existing one, refuse others (a grid sampler
+    cannot continue a TPE study's trials; another objective has other directions)."""
+    mine = {"sampler": settings.sampler, "objective": settings.objective}
+    recorded = study.user_attrs.get("study_settings")
+    if recorded is None and len(study.directions) != len(directions(settings.objective)):
+        recorded = {"objective": "pareto" if len(study.directions) == 2 else "a single objective"}
+    if recorded is None:
+        study.set_user_attr("study_settings", mine)
+        return
+    changed = [f"{k} {recorded[k]!r} -> {mine[k]!r}" for k in mine if k in recorded and recorded[k] != mine[k]]
+    if changed:
+        raise StudyInputError(f"study {study.study_name} in {redact(settings.storage)} was run with another "
+                              f"{', '.join(changed)}: pass its --sampler / --objective to resume it, or a new --study-name")
 
 
 def make_sampler(settings: StudySettings, space: dict, offset: int = 0):
@@ -566,6 +590,7 @@ def open_study(name: str, storage, settings: StudySettings, space: dict):
     # A sampler seeded alike in every process would repeat the same first suggestions when a
     # study resumes or a second worker joins: offset the seed by the trials already there.
     study.sampler = make_sampler(settings, space, offset=len(study.trials))
+    check_study_settings(study, settings)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(["model_utility", "forget_efficacy"] if settings.objective == "pareto"

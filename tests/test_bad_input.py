@@ -686,3 +686,67 @@ def test_an_executed_notebook_holds_no_password_and_its_kernel_connects_with_it(
     assert PASSWORD not in text and "u:***@db.internal" in text
     assert hashlib.sha256(uri.encode()).hexdigest() in text  # the kernel had the full URI
     assert os.environ.get("MLFLOW_TRACKING_URI") == before  # handed back after the run
+
+
+def _model_folders(tmp_path) -> dict[str, tuple[Path, str]]:
+    """Broken copies of a valid model folder (config, tokenizer, weights header, study.json), each with
+    the file its error must name."""
+    import struct
+
+    def folder(name):
+        path = tmp_path / name
+        path.mkdir()
+        (path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+        (path / "tokenizer.json").write_text("{}")
+        header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}).encode()
+        (path / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 16)
+        return path
+
+    broken = {}
+    path = folder("bad-config")
+    (path / "config.json").write_text('{"model_type": "llama",')
+    broken["config"] = (path, "config.json: the model configuration is not readable JSON")
+    path = folder("no-tokenizer")
+    (path / "tokenizer.json").unlink()
+    broken["tokenizer"] = (path, "no-tokenizer: no tokenizer")
+    path = folder("truncated")
+    weights = (path / "model.safetensors").read_bytes()
+    (path / "model.safetensors").write_bytes(weights[:-5])
+    broken["truncated"] = (path, "model.safetensors: truncated")
+    path = folder("bad-header")
+    (path / "model.safetensors").write_bytes(b"\xff" * 8 + b"{}")
+    broken["header"] = (path, "model.safetensors: not a readable safetensors file")
+    path = folder("bad-meta")
+    (path / "study.json").write_text("not json")
+    broken["study.json"] = (path, "study.json: the checkpoint's prompt record is not readable JSON")
+    return broken
+
+
+@pytest.mark.parametrize("case", ["config", "tokenizer", "truncated", "header", "study.json"])
+def test_a_broken_model_folder_is_refused_at_planning_naming_the_file(sweep, capsys, tmp_path, case):
+    """Issue 32 (4, 6): a model folder with a broken ``config.json``, no tokenizer, a truncated or
+    unreadable safetensors file, or a ``study.json`` that is not JSON: one line at planning naming the file."""
+    path, message = _model_folders(tmp_path)[case]
+    code, out, err = _run_main(sweep, capsys, ["--preset", "smoke", "--dry-run", "--model", str(path)])
+    assert code == 2 and message in _one_error_line(err), err
+
+
+def test_bad_store_paths_and_data_folders_are_refused_at_planning(sweep, capsys, tmp_path, valid_tofu):
+    """Issue 32 (5, 6): an in-memory SQLite store (nothing kept), a store path that is a folder, an empty
+    ``journal:`` path, a ``--data-dir`` that is a symlink loop, an ``idontknow.jsonl`` that is a folder."""
+    (tmp_path / "a-folder").mkdir()
+    (tmp_path / "loop-a").symlink_to(tmp_path / "loop-b")
+    (tmp_path / "loop-b").symlink_to(tmp_path / "loop-a")
+    refusals_folder = _data_copy(valid_tofu, tmp_path / "refusals-folder")
+    (refusals_folder / "idontknow.jsonl").mkdir()
+    cases = [(["--storage", "sqlite://"], "is in memory"),
+             (["--storage", "sqlite:///:memory:"], "is in memory"),
+             (["--tracking-uri", "sqlite://"], "is in memory"),
+             (["--storage", f"sqlite:///{tmp_path}/a-folder"], "is a folder"),
+             (["--storage", f"journal:{tmp_path}/a-folder"], "is a folder"),
+             (["--storage", "journal:"], "names no file"),
+             (["--data-dir", str(tmp_path / "loop-a")], "--data-dir"),
+             (["--data-dir", str(refusals_folder), "--method", "IDK+AP"], "idontknow.jsonl: not a file")]
+    for argv, message in cases:
+        code, out, err = _run_main(sweep, capsys, ["--preset", "smoke", "--dry-run", *argv])
+        assert code == 2 and message in _one_error_line(err), (argv, err)

@@ -971,3 +971,20 @@ def test_sigterm_to_services_up_stops_both_servers_and_deletes_the_data(tmp_path
     assert not data.exists()
     with socket.socket() as client:  # nothing answers on the MLflow port any more
         assert client.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.mark.parametrize("change", [{"sampler": "grid"}, {"objective": "average"}])
+def test_resuming_with_another_sampler_or_objective_is_refused(tmp_path, monkeypatch, change):
+    """Issue 32 (4, 5): a finished TPE / Pareto study resumed with ``--sampler grid`` (before: a FAIL
+    trial, the finished study run turned FAILED) or ``--objective average`` (before: a traceback) stops
+    with one line before any trial; the study and its run are left as they were."""
+    from study.errors import StudyInputError
+
+    sweep, _ = _fast_sweep(tmp_path, monkeypatch, _good, n_trials=1)
+    sweep.run()
+    again, _ = _fast_sweep(tmp_path, monkeypatch, _good, n_trials=2, **change)
+    (key, value), = change.items()
+    with pytest.raises(StudyInputError, match=f"another {key} '{'tpe' if key == 'sampler' else 'pareto'}' -> '{value}'"):
+        again.run()
+    assert len(again.tracker.find("trial")) == 1
+    assert _run_of(again, "study").info.status == "FINISHED"
