@@ -152,6 +152,12 @@ def check_inputs(cfg, device: str | None) -> None:
     for name in (cfg.model.name, cfg.model.target):
         if name is not None:
             models.resolve(name)  # an unknown model name or a folder that holds none is reported now
+    window = models.context_window(cfg.model.name)
+    for name, value in (("train.max_length", cfg.train.max_length), ("finetune.max_length", cfg.finetune.max_length),
+                        ("eval.max_length", cfg.eval.max_length)):
+        if window is not None and value > window[0]:
+            raise StudyInputError(f"{name} {value} is beyond the model's context window, {window[0]} tokens "
+                                  f"({window[1]}): at most {window[0]}")
     if cfg.eval.embedder != "builtin":
         models.check_loadable(cfg.eval.embedder, "embedder")
     if cfg.train.deepspeed is not None and not (ROOT / cfg.train.deepspeed).is_file() and not Path(cfg.train.deepspeed).is_file():

@@ -207,6 +207,30 @@ def smollm2_dir() -> Path:
     return target
 
 
+TINY_CONTEXT = 1024
+"""tiny-llama's context window (``max_position_embeddings``), tokens."""
+PUBLISHED_CONTEXT = {"llama2": 4096, "llama3": 8192}
+"""Context windows (tokens) of the families whose configuration is not at hand before their download:
+Llama 2's ``max_position_embeddings`` 4096, Llama 3's 8192 (their published ``config.json``)."""
+
+
+def context_window(name: str) -> tuple[int, str] | None:
+    """The model's context window in tokens and where it was read (a ``config.json``, or the family);
+    None where it is not known without downloading (a Hugging Face id)."""
+    spec = resolve(name)
+    if spec.family == "tiny":
+        return TINY_CONTEXT, "tiny-llama"
+    if spec.family in PUBLISHED_CONTEXT:
+        return PUBLISHED_CONTEXT[spec.family], spec.name
+    config = Path(spec.weights) / "config.json" if Path(spec.weights).is_dir() else (
+        cache_dir() / "models" / "smollm2-135m-instruct" / "config.json" if spec.family == "smollm2" else None)
+    if config is None or not config.is_file():
+        return None
+    values = json.loads(config.read_text(encoding="utf-8"))
+    window = values.get("max_position_embeddings", values.get("n_positions"))
+    return (window, str(config)) if isinstance(window, int) and window > 0 else None
+
+
 def tiny_llama(seed: int = 0):
     """A randomly initialised ~3.3M-parameter Llama on SmolLM2's vocabulary (tests, smoke runs)."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -219,7 +243,7 @@ def tiny_llama(seed: int = 0):
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=1024,
+        max_position_embeddings=TINY_CONTEXT,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

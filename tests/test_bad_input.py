@@ -206,6 +206,11 @@ BAD_ARGV = [
     (["--experiment", ""], "experiment name must be"),
     (["--storage", "redis://127.0.0.1/0"], "Optuna storage 'redis://127.0.0.1/0': unknown scheme"),
     (["--tracking-uri", "gopher://127.0.0.1/"], "tracking store 'gopher://127.0.0.1/': unknown scheme"),
+    # issue 32 (6): lengths beyond the model's context window (before: a hang in the target's evaluation,
+    # a 1 TB allocation at trial 0)
+    (["--set", "eval.max_length=1048576"], "eval.max_length 1048576 is beyond the model's context window, 1024 tokens"),
+    (["--set", "train.max_length=1048576"], "train.max_length 1048576 is beyond the model's context window"),
+    (["--set", "finetune.max_length=5000"], "finetune.max_length 5000 is beyond the model's context window"),
 ]
 
 

@@ -988,3 +988,44 @@ def test_resuming_with_another_sampler_or_objective_is_refused(tmp_path, monkeyp
         again.run()
     assert len(again.tracker.find("trial")) == 1
     assert _run_of(again, "study").info.status == "FINISHED"
+
+
+def test_a_stale_claim_is_announced_and_the_orphaned_target_run_ended(tmp_path, monkeypatch):
+    """Issue 32 (7): a worker killed while evaluating the target left its claim and its target run
+    RUNNING: the next worker says what it waits for and when it takes over, then ends the orphaned run
+    FAILED; a stop during the evaluation itself (Ctrl-C, SIGTERM) ends the run KILLED."""
+    import optuna
+
+    from study import claims
+    from study.errors import Terminated
+    from study.references import ReferenceModels
+    from study.search import open_storage
+    from study.tracking import Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "fast")
+    storage = open_storage(f"sqlite:///{tmp_path}/optuna.db")
+    tags = {"key": "k1", "eval_key": "e1", "task": 1}
+    orphan = tracker.start("target-k1", "target", tags)  # the dead worker's run
+    optuna.create_study(study_name="#target-k1#claim-1", storage=storage)  # and its claim, never beating
+    monkeypatch.setattr(claims, "CLAIM_TIMEOUT_S", 2.0)
+    references = ReferenceModels.__new__(ReferenceModels)
+    references.tracker, logs = tracker, []
+    result = type("Result", (), {"summary": {"model_utility": 0.5}, "items": __import__("pandas").DataFrame({"a": [1]})})
+
+    def create():
+        return references._evaluated_run("target", tracker.start("target-k1", "target", tags), lambda: result)
+
+    run_id = claims.once(storage, "#target-k1", lambda: None, create, log=logs.append, what="the target model's evaluation")
+    assert any(re.fullmatch(r"waiting for the target model's evaluation, started by a worker that stopped "
+                            r"\(no beat for \d+ s\); taking over in \d+ s", line) for line in logs), logs
+    assert tracker.client.get_run(run_id).info.status == "FINISHED"
+    assert tracker.client.get_run(orphan).info.status == "FAILED"
+
+    def stopped():
+        raise Terminated("terminated (SIGTERM)")
+
+    other = tracker.start("target-k2", "target", {**tags, "key": "k2"})
+    with pytest.raises(Terminated):
+        references._evaluated_run("target", other, stopped)
+    run = tracker.client.get_run(other)
+    assert run.info.status == "KILLED" and run.data.tags["study.failure_reason"] == "terminated (SIGTERM)"
