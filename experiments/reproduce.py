@@ -275,6 +275,45 @@ def trial_items(uri: str, run_ids) -> dict:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from study.errors import StudyInputError, interrupt_exit_code, interrupt_reason, sigterm_as_interrupt
+
+    with sigterm_as_interrupt():  # Slurm, Kubernetes and `timeout` send SIGTERM: handled like Ctrl-C
+        try:
+            return _main(args, argv)
+        except StudyInputError as error:  # a preset, an --out, a setting: one line (sweep.py reports its own)
+            print(f"error: {_shown(str(error), args)}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as stop:  # between studies or while the tables are built
+            print(f"\n{interrupt_reason(stop)}: stopped. Run the same command again to resume; finished studies "
+                  "are reused.", file=sys.stderr)
+            return interrupt_exit_code(stop)
+
+
+def _shown(text: str, args) -> str:
+    """``text`` (a command line, a sweep's output) with no credential of the stores in it."""
+    from study.tracking import scrub
+
+    return scrub(text, args.storage, args.tracking_uri, os.environ.get("OPTUNA_STORAGE"), os.environ.get("MLFLOW_TRACKING_URI"))
+
+
+def check_args(args) -> None:
+    """What sweep.py does not check: the estimate's ``--seconds-per-trial`` and an ``--out`` that can be
+    created (checked before any store is written)."""
+    import math
+
+    from study.errors import StudyInputError
+
+    if args.seconds_per_trial is not None and not (math.isfinite(args.seconds_per_trial) and args.seconds_per_trial > 0):
+        raise StudyInputError(f"--seconds-per-trial must be a positive number of seconds, got {args.seconds_per_trial!r}")
+    out = out_of(args)
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        why = "is not a folder" if existing is not None and not existing.is_dir() else "is not writable"
+        raise StudyInputError(f"--out {out}: cannot be created ({existing} {why})")
+
+
+def _main(args, argv) -> int:
+    check_args(args)
     unknown = [m for m in args.methods if m not in PAPER_METHODS]
     if unknown:
         print(f"note: {', '.join(unknown)} are not among the paper's methods (sweep.py checks the names)", file=sys.stderr)
@@ -287,7 +326,8 @@ def main(argv=None) -> int:
         for unit in {(u.scenario, u.setting): u for u in reversed(units)}.values():
             code, out, err = _call(sweep, [*unit.argv, "--dry-run"])
             if code != 0:
-                print(f"error: sweep.py {' '.join(unit.argv)} --dry-run exited {code}:\n{err[-2000:]}", file=sys.stderr)
+                print(_shown(f"error: sweep.py {' '.join(unit.argv)} --dry-run exited {code}:\n{err[-2000:]}", args),
+                      file=sys.stderr)
                 return code
         print("checked: each setting's sweep.py command passes its --dry-run")
         return 0
@@ -296,9 +336,12 @@ def main(argv=None) -> int:
         for k, unit in enumerate(units, 1):
             t0 = time.monotonic()
             code, out, err = _call(sweep, list(unit.argv))
+            if code in (130, 143):  # sweep.py was interrupted: its message says what happened
+                print(_shown(err.strip(), args), file=sys.stderr)
+                return code
             if code != 0:
-                print(f"[{k}/{len(units)}] {unit.scenario} {unit.setting} {' '.join(unit.methods)} seed {unit.seed} failed "
-                      f"(exit {code}):\n{out[-2000:]}\n{err[-3000:]}", file=sys.stderr)
+                print(_shown(f"[{k}/{len(units)}] {unit.scenario} {unit.setting} {' '.join(unit.methods)} seed {unit.seed} "
+                             f"failed (exit {code}):\n{out[-2000:]}\n{err[-3000:]}", args), file=sys.stderr)
                 return code
             n = args.sensitivity or 1
             resumed = out.count(f"{n}/{n} trials finished, resuming") == len(unit.methods)

@@ -309,7 +309,18 @@ def _main(argv=None) -> int:
                       help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI)")
     init.add_argument("--experiment", default=DEFAULT_EXPERIMENT)
     args = parser.parse_args(argv)
-    from study.errors import StudyInputError
+    from study.errors import interrupt_exit_code, interrupt_reason, sigterm_as_interrupt
+
+    with sigterm_as_interrupt():  # SIGTERM (kill, systemd, Kubernetes) stops the servers as Ctrl-C does
+        try:
+            return _run(args)
+        except KeyboardInterrupt as stop:  # before the servers were up: what had started was stopped
+            print(f"{interrupt_reason(stop)}: stopped", file=sys.stderr)
+            return interrupt_exit_code(stop)
+
+
+def _run(args) -> int:
+    from study.errors import StudyInputError, interrupt_reason
 
     try:
         if args.command == "init":
@@ -332,12 +343,12 @@ def _main(argv=None) -> int:
             print(f"MLflow       {server.url} (artifacts in {directory / 'artifacts'})")
             print(f"full URLs    {urls} (mode 0600)")
             print(f"workers:     . {urls} && python experiments/sweep.py --study-name NAME --experiment {args.experiment}")
-            print("Ctrl-C stops both servers (the PostgreSQL data is deleted; the artifacts stay).")
+            print("Ctrl-C (or SIGTERM) stops both servers (the PostgreSQL data is deleted; the artifacts stay).", flush=True)
             try:
                 while server.process.poll() is None and pg.process.poll() is None:
                     time.sleep(1)
-            except KeyboardInterrupt:
-                pass
+            except KeyboardInterrupt as stop:
+                print(f"{interrupt_reason(stop)}: stopping both servers", flush=True)
         return 0
     except (ServiceError, StudyInputError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -119,7 +119,11 @@ def apply_options(config: dict, args) -> list[str]:
     if args.data_dir is not None:
         if not args.data_dir.strip():
             raise StudyInputError("--data-dir must name a directory (or hub), got an empty string")
-        put("data", "source", args.data_dir if args.data_dir == "hub" else str(Path(args.data_dir).expanduser().resolve()))
+        try:
+            source = args.data_dir if args.data_dir == "hub" else str(Path(args.data_dir).expanduser().resolve())
+        except (OSError, RuntimeError) as error:  # missing, a symlink loop, no permission
+            raise StudyInputError(f"--data-dir {args.data_dir}: not a readable folder ({type(error).__name__}: {error})") from None
+        put("data", "source", source)
     if config.get("data", {}).get("source", "builtin") == "":
         raise StudyInputError(f"preset {args.preset} needs data: pass --data-dir DIR (a folder with forget.json, neighbor.json, ...)")
     if args.seed is not None:
@@ -148,6 +152,12 @@ def check_inputs(cfg, device: str | None) -> None:
     for name in (cfg.model.name, cfg.model.target):
         if name is not None:
             models.resolve(name)  # an unknown model name or a folder that holds none is reported now
+    window = models.context_window(cfg.model.name)
+    for name, value in (("train.max_length", cfg.train.max_length), ("finetune.max_length", cfg.finetune.max_length),
+                        ("eval.max_length", cfg.eval.max_length)):
+        if window is not None and value > window[0]:
+            raise StudyInputError(f"{name} {value} is beyond the model's context window, {window[0]} tokens "
+                                  f"({window[1]}): at most {window[0]}")
     if cfg.eval.embedder != "builtin":
         models.check_loadable(cfg.eval.embedder, "embedder")
     if cfg.train.deepspeed is not None and not (ROOT / cfg.train.deepspeed).is_file() and not Path(cfg.train.deepspeed).is_file():
@@ -263,7 +273,14 @@ def print_plan(cfg, settings, spaces) -> None:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from study.errors import StudyFault, StudyInputError
+    from study.errors import sigterm_as_interrupt
+
+    with sigterm_as_interrupt():  # Slurm, Kubernetes and `timeout` send SIGTERM: handled like Ctrl-C
+        return _main(args)
+
+
+def _main(args) -> int:
+    from study.errors import StudyFault, StudyInputError, interrupt_exit_code, interrupt_reason
 
     try:
         cfg, settings, spaces = plan(args)
@@ -291,10 +308,20 @@ def main(argv=None) -> int:
     except StudyFault as error:  # the study's and trial's MLflow runs were ended FAILED with the reason
         print(f"error: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted: the running trial was ended as KILLED in MLflow and FAIL in Optuna. "
+    except Exception as error:  # the machine or a store failed outside a trial (disk full, read-only, network)
+        from study.search import environment_cause, one_line
+        from study.tracking import scrub
+
+        cause = environment_cause(error)
+        if cause is None:
+            raise  # a bug: its traceback
+        stores = (args.storage, args.tracking_uri, os.environ.get("OPTUNA_STORAGE"), os.environ.get("MLFLOW_TRACKING_URI"))
+        print(f"error: {scrub(one_line(cause), *stores)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as stop:
+        print(f"\n{interrupt_reason(stop)}: the running trial was ended as KILLED in MLflow and FAIL in Optuna. "
               "Run the same command again to resume; finished trials are kept.", file=sys.stderr)
-        return 130
+        return interrupt_exit_code(stop)
     rows = pareto_table(studies)
     print("\nPareto-best trials (Model Utility vs Forget Efficacy):")
     if rows:

@@ -52,7 +52,7 @@ from .paper import (PAPER_BETA, PAPER_EPOCHS, PAPER_METHODS, PAPER_REGULARIZATIO
                     released)
 from .paper import PUBLISHED as _PUBLISHED
 from .scenarios import FICTITIOUS, REAL_WORLD, SCENARIOS, tag_spelling
-from .tracking import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI, TAG, redact
+from .tracking import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI, TAG, credentials_hidden, redact, with_credentials
 
 if TYPE_CHECKING:  # plotting and notebook libraries are imported where they are used
     import nbformat
@@ -149,7 +149,7 @@ def _sqlite_missing(uri: str) -> bool:
 def _client(tracking_uri: str):
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri)
+    return MlflowClient(with_credentials(tracking_uri))
 
 
 def _float(value: str | None) -> float:
@@ -713,7 +713,7 @@ def _items_csv(client, tracking_uri: str, run_id: str, names: Sequence[str], tas
         return None
     with tempfile.TemporaryDirectory() as tmp, _no_progress_bar():
         path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"eval/{name}", dst_path=tmp,
-                                                   tracking_uri=tracking_uri)
+                                                   tracking_uri=with_credentials(tracking_uri))
         return pd.read_csv(path, keep_default_na=False, na_values=[""])
 
 
@@ -809,11 +809,12 @@ def run_notebook(path: str | os.PathLike, parameters: Mapping[str, Any] | None =
 
     if output_path is not None:
         Path(output_path).parent.mkdir(parents=True, exist_ok=True)
-    return papermill.execute_notebook(
-        os.fspath(path), os.fspath(output_path) if output_path is not None else None,
-        parameters={k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in (parameters or {}).items()},
-        kernel_name=kernel_name, cwd=os.fspath(cwd), progress_bar=False, execution_timeout=timeout,
-        kernel_manager_class=_project_kernel_manager())
+    given = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in (parameters or {}).items()}
+    with credentials_hidden(given) as shown:  # no password in the written notebook
+        return papermill.execute_notebook(
+            os.fspath(path), os.fspath(output_path) if output_path is not None else None, parameters=shown,
+            kernel_name=kernel_name, cwd=os.fspath(cwd), progress_bar=False, execution_timeout=timeout,
+            kernel_manager_class=_project_kernel_manager())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -186,6 +186,8 @@ class DirectorySource(Source):
     def refusals(self) -> list[str]:
         for folder in (self.root, self.root.parent):
             path = folder / REFUSALS_FILE
+            if path.exists() and not path.is_file():
+                raise DataError(f"{path}: not a file (a folder?): expected one refusal answer per line")
             if path.is_file():
                 try:
                     lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]

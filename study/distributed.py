@@ -22,7 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from . import models, presets, runner
-from .errors import StudyInputError
+from .errors import StudyInputError, interrupt_exit_code, interrupt_reason, sigterm_as_interrupt
 from .zero import DEFAULT_CONFIG, DistEnv, barrier, init_distributed, load_config
 
 
@@ -70,6 +70,15 @@ def _quiet_deepspeed() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with sigterm_as_interrupt():  # torchrun, Slurm and `timeout` send SIGTERM: handled like Ctrl-C
+        try:
+            return _main(args)
+        except KeyboardInterrupt as stop:
+            print(f"\n{interrupt_reason(stop)}: stopped before the end (the run is incomplete)", file=sys.stderr)
+            return interrupt_exit_code(stop)
+
+
+def _main(args) -> int:
     try:
         cfg = presets.run_config(args.preset, args.method, args.set)
         deepspeed_path = args.deepspeed or cfg.train.deepspeed or str(DEFAULT_CONFIG)

@@ -7,6 +7,10 @@ alone (no traceback) and exits non-zero; anything else is a bug and keeps its tr
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+
 
 class StudyInputError(ValueError):
     """Bad input from the user: a one-line message that says what was expected."""
@@ -25,3 +29,38 @@ class StudyFault(RuntimeError):
     """The environment failed under a running study (disk full, a store that became read-only or
     unreachable, a trial that failed for a reason other than a diverging loss): one line for the user,
     after the study's and the trial's MLflow runs were ended FAILED with the reason."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (sent by Slurm, Kubernetes, ``timeout`` and ``kill``): handled exactly like Ctrl-C (a
+    ``KeyboardInterrupt``), so a run has one way to end when it is stopped from outside."""
+
+
+def interrupt_reason(error: BaseException) -> str:
+    """What stopped a run, for its MLflow status reason and the user's message."""
+    return "terminated (SIGTERM)" if isinstance(error, Terminated) else "interrupted (Ctrl-C)"
+
+
+def interrupt_exit_code(error: BaseException) -> int:
+    """The shell's convention: 128 + the signal's number (130 for SIGINT, 143 for SIGTERM)."""
+    return 143 if isinstance(error, Terminated) else 130
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """While the block runs, SIGTERM raises :class:`Terminated` in the main thread (wherever it is, as
+    Ctrl-C raises ``KeyboardInterrupt``); a second SIGTERM during the clean-up that follows is ignored, so
+    the runs can be ended (SIGKILL still stops the process). Outside the main thread: no change."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated("terminated (SIGTERM)")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -29,6 +29,55 @@ CHECKPOINT_META = "study.json"
 _SENTINEL = "\x00QUESTION\x00"
 
 
+def _json_file(path: Path, what: str):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise StudyInputError(f"{path}: {what} is not readable JSON ({type(error).__name__}: {error})"[:300]) from None
+
+
+def check_model_folder(path: Path) -> PromptFormat | None:
+    """A local model folder checked before any trial (each problem named by its file): ``config.json``
+    a JSON object with ``model_type``, a tokenizer, every ``*.safetensors`` file's header readable and its
+    tensors within the file, and ``study.json`` (a checkpoint of this project) valid. Returns the prompt
+    format ``study.json`` records (None: none recorded)."""
+    config = _json_file(path / "config.json", "the model configuration")
+    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
+        raise StudyInputError(f"{path / 'config.json'}: no model_type; expected the configuration save_pretrained writes")
+    if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        raise StudyInputError(f"{path}: no tokenizer (tokenizer.json, tokenizer_config.json or tokenizer.model)")
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        raise StudyInputError(f"{path}: no *.safetensors weights (this project reads safetensors only)")
+    for file in weights:
+        _check_safetensors(file)
+    meta = path / CHECKPOINT_META
+    if not meta.exists():
+        return None
+    recorded = _json_file(meta, "the checkpoint's prompt record")
+    try:
+        return PromptFormat(**recorded["prompt"])
+    except (TypeError, KeyError) as error:
+        raise StudyInputError(f"{meta}: no valid prompt record ({type(error).__name__}: {error})") from None
+
+
+def _check_safetensors(file: Path) -> None:
+    """The safetensors header (8-byte little-endian length, then JSON) readable and every tensor's
+    ``data_offsets`` inside the file: a truncated download is reported now, not at trial 0."""
+    size = file.stat().st_size
+    try:
+        with file.open("rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            if size < 8 or length > size - 8:
+                raise ValueError(f"header length {length} beyond the file's {size} bytes")
+            header = json.loads(handle.read(length))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as error:
+        raise StudyInputError(f"{file}: not a readable safetensors file ({error}); download or save it again"[:300]) from None
+    if 8 + length + end > size:
+        raise StudyInputError(f"{file}: truncated ({size} bytes, its header needs {8 + length + end}); download or save it again")
+
+
 @dataclass(frozen=True)
 class PromptFormat:
     """``question_start + question + question_end + answer_tag + answer`` (docs/science.md §2)."""
@@ -100,11 +149,7 @@ def resolve(name_or_path: str) -> ModelSpec:
         if not (path / "config.json").is_file():
             raise StudyInputError(f"{path}: not a model directory (no config.json); valid: {', '.join(FAMILIES)}, "
                                   "a Hugging Face id (owner/name) or a folder written by save_pretrained")
-        meta = path / CHECKPOINT_META
-        prompt = None
-        if meta.exists():
-            prompt = PromptFormat(**json.loads(meta.read_text())["prompt"])
-        return ModelSpec(str(path), str(path), str(path), prompt, "hf")
+        return ModelSpec(str(path), str(path), str(path), check_model_folder(path), "hf")
     if name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/")):
         return ModelSpec(name_or_path, name_or_path, name_or_path, None, "hf")
     raise StudyInputError(
@@ -162,6 +207,30 @@ def smollm2_dir() -> Path:
     return target
 
 
+TINY_CONTEXT = 1024
+"""tiny-llama's context window (``max_position_embeddings``), tokens."""
+PUBLISHED_CONTEXT = {"llama2": 4096, "llama3": 8192}
+"""Context windows (tokens) of the families whose configuration is not at hand before their download:
+Llama 2's ``max_position_embeddings`` 4096, Llama 3's 8192 (their published ``config.json``)."""
+
+
+def context_window(name: str) -> tuple[int, str] | None:
+    """The model's context window in tokens and where it was read (a ``config.json``, or the family);
+    None where it is not known without downloading (a Hugging Face id)."""
+    spec = resolve(name)
+    if spec.family == "tiny":
+        return TINY_CONTEXT, "tiny-llama"
+    if spec.family in PUBLISHED_CONTEXT:
+        return PUBLISHED_CONTEXT[spec.family], spec.name
+    config = Path(spec.weights) / "config.json" if Path(spec.weights).is_dir() else (
+        cache_dir() / "models" / "smollm2-135m-instruct" / "config.json" if spec.family == "smollm2" else None)
+    if config is None or not config.is_file():
+        return None
+    values = json.loads(config.read_text(encoding="utf-8"))
+    window = values.get("max_position_embeddings", values.get("n_positions"))
+    return (window, str(config)) if isinstance(window, int) and window > 0 else None
+
+
 def tiny_llama(seed: int = 0):
     """A randomly initialised ~3.3M-parameter Llama on SmolLM2's vocabulary (tests, smoke runs)."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -174,7 +243,7 @@ def tiny_llama(seed: int = 0):
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=1024,
+        max_position_embeddings=TINY_CONTEXT,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

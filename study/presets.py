@@ -40,7 +40,18 @@ def path_of(preset: str | Path) -> Path:
 def read(preset: str | Path) -> dict:
     """The whole preset: ``{"description": ..., "study": {...}, "config": {section: {...}}}`` (the two
     tables always present, as fresh dicts the caller may change)."""
-    data = tomllib.loads(path_of(preset).read_text())
+    path = path_of(preset)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise StudyInputError(f"preset {path}: not valid TOML: {error}") from None
+    tables = {"study": data.get("study", {}), **{f"config.{k}": v for k, v in data.get("config", {}).items()}
+              } if isinstance(data.get("config", {}), dict) else {"config": data["config"]}
+    for name, table in tables.items():
+        if not isinstance(table, dict):
+            raise StudyInputError(f"preset {path}: [{name}] must be a table, got {type(table).__name__} {table!r}"[:300])
+    if not isinstance(data.get("description", ""), str):
+        raise StudyInputError(f"preset {path}: description must be a string")
     return {"description": data.get("description", ""), "study": dict(data.get("study", {})),
             "config": {k: dict(v) for k, v in data.get("config", {}).items()}}
 

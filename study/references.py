@@ -73,6 +73,29 @@ class ReferenceModels:
         self.tracker.end(run_id)
         return run_id
 
+    def _evaluated_run(self, kind: str, run_id: str, evaluate) -> str:
+        """``_finish(run_id, evaluate())``; a run stopped on the way (Ctrl-C, SIGTERM, an error) is ended
+        KILLED or FAILED with the reason instead of left RUNNING. Runs of the same ``kind`` and key still
+        RUNNING were left by a worker that died holding the claim (only the claim's holder gets here):
+        ended FAILED."""
+        from .errors import interrupt_reason
+        from .runs import end_if_running
+
+        key = self.tracker.client.get_run(run_id).data.tags
+        for run in self.tracker.find(kind, **{k[len("study."):]: v for k, v in key.items()
+                                              if k in ("study.key", "study.eval_key", "study.task")}):
+            if run.info.run_id != run_id and run.info.status == "RUNNING":
+                end_if_running(self.tracker, run.info.run_id, "FAILED", "its worker stopped (killed or crashed) "
+                               "while evaluating; another worker took over")
+        try:
+            return self._finish(run_id, evaluate())
+        except KeyboardInterrupt as stop:
+            end_if_running(self.tracker, run_id, "KILLED", interrupt_reason(stop))
+            raise
+        except Exception as error:
+            end_if_running(self.tracker, run_id, "FAILED", f"{type(error).__name__}: {error}"[:1000])
+            raise
+
     def prepare_target(self):
         """The target model (fine-tuned once, cached) and its MLflow run with its evaluation."""
         from .runner import scenario_data, target_model, tasks_of
@@ -96,10 +119,11 @@ class ReferenceModels:
             self.tracker.params(run_id, {f"finetune.{k}": v for k, v in dataclasses.asdict(cfg.finetune).items()})
             self.tracker.params(run_id, {"model.name": cfg.model.name, "finetune.seconds": round(prepared.seconds, 1)})
             self.log("target model: evaluating (once per target) ...")
-            return self._finish(run_id, self._evaluate_path(prepared.path, data, device))
+            return self._evaluated_run("target", run_id, lambda: self._evaluate_path(prepared.path, data, device))
 
         # One target run per tracking store, even when workers reach this together.
-        run_id = once(self.storage, f"#target-{prepared.key}-{self.eval_key()}-task{task}", find, create)
+        run_id = once(self.storage, f"#target-{prepared.key}-{self.eval_key()}-task{task}", find, create,
+                      log=self.log, what="the target model's evaluation")
         self._targets["target"] = (prepared, run_id)
         return prepared, run_id
 
@@ -135,7 +159,8 @@ class ReferenceModels:
             return self._finish(run_id, result)
 
         # One retain run per tracking store, even when workers reach this together.
-        run_id = once(self.storage, f"#retain-{prepared.key}-{self.eval_key()}-task{task}", find, create)
+        run_id = once(self.storage, f"#retain-{prepared.key}-{self.eval_key()}-task{task}", find, create,
+                      log=self.log, what=f"the retain model's evaluation (task {task})")
         values = np.array(json.loads(cache.read_text()))
         self._retain_r[task] = (values, run_id)
         return values

@@ -25,7 +25,7 @@ import numpy as np
 from . import models, paper
 from .claims import once
 from .config import SEED_MAX, RunConfig
-from .errors import StudyFault, StudyInputError, one_of
+from .errors import StudyFault, StudyInputError, interrupt_reason, one_of
 from .losses import HYPERPARAMS, Method, Param
 from .references import ReferenceModels
 from .runs import TrialRun, end_if_running, start_study_run, trial_tags
@@ -152,6 +152,20 @@ def check_store_url(what: str, url, schemes: tuple[str, ...]) -> None:
         shown = redact(url) if isinstance(url, str) else url
         raise StudyInputError(f"{what} {shown!r}: unknown scheme; valid: "
                               + ", ".join(f"{s}:<file>" if s == "journal" else f"{s}://..." for s in schemes))
+    if scheme == "sqlite" and (not url.startswith("sqlite:///") or url[len("sqlite:///"):].split("?")[0] in ("", ":memory:")):
+        raise StudyInputError(f"{what} {redact(url)!r} is in memory: nothing would be kept; name a file, "
+                              "e.g. sqlite:///mlruns/optuna.db")
+    if scheme in ("sqlite", "journal"):
+        file = url[len("journal:"):] if scheme == "journal" else url[len("sqlite:///"):].split("?")[0]
+        if not file.strip() or Path(file).expanduser().is_dir():
+            raise StudyInputError(f"{what} {redact(url)!r}: {'is a folder' if file.strip() else 'names no file'}; "
+                                  f"name a file, e.g. {'journal:mlruns/optuna.log' if scheme == 'journal' else 'sqlite:///mlruns/optuna.db'}")
+    if scheme not in ("sqlite", "journal", "file"):  # a server: user:password@host:port/database
+        rest = url.split("://", 1)[1]
+        authority, _, path = rest.partition("?")[0].partition("/")
+        if authority.count("@") > 1 or "@" in path or "#" in rest:
+            raise StudyInputError(f"{what} {redact(url)!r} is malformed: an unencoded '@', '/' or '#' in the user "
+                                  "name or password; percent-encode them (urllib.parse.quote(password, safe=''))")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -266,6 +280,22 @@ def check_fixed_config(study, fixed: dict, storage_url: str) -> None:
             "run with its settings to resume it, or pass a new --study-name")
 
 
+def check_study_settings(study, settings: StudySettings) -> None:
+    """Record the sampler and objective on a new study; on an existing one, refuse others (a grid sampler
+    cannot continue a TPE study's trials; another objective has other directions)."""
+    mine = {"sampler": settings.sampler, "objective": settings.objective}
+    recorded = study.user_attrs.get("study_settings")
+    if recorded is None and len(study.directions) != len(directions(settings.objective)):
+        recorded = {"objective": "pareto" if len(study.directions) == 2 else "a single objective"}
+    if recorded is None:
+        study.set_user_attr("study_settings", mine)
+        return
+    changed = [f"{k} {recorded[k]!r} -> {mine[k]!r}" for k in mine if k in recorded and recorded[k] != mine[k]]
+    if changed:
+        raise StudyInputError(f"study {study.study_name} in {redact(settings.storage)} was run with another "
+                              f"{', '.join(changed)}: pass its --sampler / --objective to resume it, or a new --study-name")
+
+
 def make_sampler(settings: StudySettings, space: dict, offset: int = 0):
     """The study's sampler. ``offset`` (the number of trials already in the study) moves TPE's seed, so
     a resumed study or a second worker does not repeat the first suggestions. Grid and paper samplers
@@ -350,6 +380,19 @@ def is_environment_error(error: BaseException) -> bool:
     return module in ("sqlite3", "sqlalchemy", "mlflow", "psycopg2", "requests", "urllib3")
 
 
+def environment_cause(error: BaseException) -> BaseException | None:
+    """The environment failure (:func:`is_environment_error`) that ``error`` is or was raised while
+    handling: a disk that filled up while Optuna wrote a trial's FAIL state surfaces as Optuna's
+    ``AssertionError: Should not reach.``, the cause two links down its chain. None: no such failure."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if is_environment_error(error):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 class SurplusTrial(Exception):
     """A trial numbered beyond ``n_trials`` by a race between workers: dropped before any work."""
 
@@ -403,7 +446,7 @@ class Sweep:
         self.device = device
         self.tracker: Tracker | None = None
         self.references: ReferenceModels | None = None  # the target and retain models (set by run())
-        self._objective: TrialObjective | None = None  # the study in progress (its trial's run ends KILLED on Ctrl-C)
+        self._objective: TrialObjective | None = None  # the study in progress (its trial's run ends KILLED on Ctrl-C or SIGTERM)
 
     def _end_stale_run(self, study, trial) -> None:
         """Optuna's failed-trial callback: a trial whose worker stopped beating is failed in MLflow too."""
@@ -442,16 +485,17 @@ class Sweep:
             with startup_heap_frozen():
                 for method in self.settings.methods:
                     studies[method] = self._run_method(storage, method)
-        except KeyboardInterrupt:  # wherever it hit: the trial's run ends KILLED (Optuna fails the trial)
-            if self._objective is not None:
-                self._objective.end_run("KILLED", "interrupted (Ctrl-C)")
+        except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM, wherever it hit: the trial's run ends KILLED
+            if self._objective is not None:  # (Optuna fails the trial)
+                self._objective.end_run("KILLED", interrupt_reason(stop))
             raise
         except Exception as error:
+            cause = environment_cause(error)
             if self._objective is not None:
-                self._objective.end_run("FAILED", one_line(error))
-            if isinstance(error, (StudyInputError, StudyFault)) or not is_environment_error(error):
+                self._objective.end_run("FAILED", one_line(cause or error))
+            if isinstance(error, (StudyInputError, StudyFault)) or cause is None:
                 raise
-            raise StudyFault(scrub(one_line(error), self.settings.storage, self.settings.tracking_uri)) from None
+            raise StudyFault(scrub(one_line(cause), self.settings.storage, self.settings.tracking_uri)) from None
         return studies
 
     def _run_method(self, storage, method: str):
@@ -468,11 +512,11 @@ class Sweep:
         self._objective = TrialObjective(self, study, method, space, parent, n_trials)
         try:
             self._trials(study, storage, space, n_trials)
-        except KeyboardInterrupt:
-            end_if_running(self.tracker, parent, "KILLED", "interrupted (Ctrl-C); run the same command again to resume")
+        except KeyboardInterrupt as stop:
+            end_if_running(self.tracker, parent, "KILLED", f"{interrupt_reason(stop)}; run the same command again to resume")
             raise
         except Exception as error:  # every exit path ends the study's run with a status and a reason
-            end_if_running(self.tracker, parent, "FAILED", one_line(error))
+            end_if_running(self.tracker, parent, "FAILED", one_line(environment_cause(error) or error))
             raise
         finished = _counted(study)
         self.tracker.metrics(parent, {"n_trials_finished": finished})
@@ -546,6 +590,7 @@ def open_study(name: str, storage, settings: StudySettings, space: dict):
     # A sampler seeded alike in every process would repeat the same first suggestions when a
     # study resumes or a second worker joins: offset the seed by the trials already there.
     study.sampler = make_sampler(settings, space, offset=len(study.trials))
+    check_study_settings(study, settings)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(["model_utility", "forget_efficacy"] if settings.objective == "pareto"
@@ -644,9 +689,9 @@ class TrialObjective:
         except optuna.TrialPruned as pruned:
             run.end("KILLED", f"pruned: {pruned}")
             raise
-        except KeyboardInterrupt:
-            run.end("KILLED", "interrupted (Ctrl-C)")
-            trial.set_user_attr("failure_reason", "interrupted (Ctrl-C)")
+        except KeyboardInterrupt as stop:
+            run.end("KILLED", interrupt_reason(stop))
+            trial.set_user_attr("failure_reason", interrupt_reason(stop))
             raise
         except Exception as error:
             reason = f"{type(error).__name__}: {error}"

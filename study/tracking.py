@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import re
 import subprocess
 import tempfile
@@ -74,18 +75,21 @@ DATASET_CONTEXTS = {"forget": "forget", "retain": "retain", "eval": "eval"}
 _SECRET_KEY = re.compile(r"pass|pwd|secret|token|key|auth|credential|signature", re.IGNORECASE)
 _SECRET_QUERY = re.compile(r"([?&;][^=&;#?]*?(?:pass|pwd|secret|token|key|auth|credential|signature)[^=&;#?]*=)([^&;#]*)",
                            re.IGNORECASE)
+_SECRET_DSN = re.compile(r"((?:^|\s)[\w.-]*(?:pass|pwd|secret|token|key|auth|credential|signature)[\w.-]*\s*=\s*)"
+                         r"('(?:[^'\\]|\\.)*'?|[^\s']*)", re.IGNORECASE)
+"""A secret in a libpq-style ``key=value`` connection string (``host=db password='x y' dbname=optuna``)."""
 _SCHEME = re.compile(r"^[^:/@]*://")
 
 
 def redact(url: str | None) -> str | None:
     """A URL with every credential replaced by ``***`` (never log or print credentials): the password
     of its user information, and the value of every query parameter named like a secret (``password``,
-    ``pwd``, ``secret``, ``token``, ``key`` ...). A malformed URL (no scheme, an unencoded ``/``, ``#``
+    ``pwd``, ``secret``, ``token``, ``key`` ...), also in a libpq ``key=value`` string (``host=db password=x``). A malformed URL (no scheme, an unencoded ``/``, ``#``
     or ``@`` in the password) loses everything between the user name's ``:`` and the last ``@``, or
     all that precedes the last ``@`` when there is no ``:``: better too much hidden than a password shown."""
     if not url:
         return url
-    return _SECRET_QUERY.sub(lambda m: m.group(1) + "***", _redact_userinfo(url))
+    return _SECRET_DSN.sub(lambda m: m.group(1) + "***", _SECRET_QUERY.sub(lambda m: m.group(1) + "***", _redact_userinfo(url)))
 
 
 def _redact_userinfo(url: str) -> str:
@@ -125,7 +129,41 @@ def secrets_of(url: str | None) -> list[str]:
     except ValueError:
         pass
     found.update(m.group(2) for m in _SECRET_QUERY.finditer(url))
+    found.update(m.group(2).strip("'") for m in _SECRET_DSN.finditer(url))
     return sorted((s for s in found if s), key=len, reverse=True)
+
+
+CREDENTIALS_VARIABLE = "MLFLOW_TRACKING_URI"
+"""Where a tracking URI with a password travels to a notebook's kernel: the notebook's parameters (written
+into the executed file by papermill) hold it redacted; :func:`with_credentials` finds it here."""
+
+
+def with_credentials(uri: str | None) -> str | None:
+    """``uri`` as given, or, when it is a redacted URI (``***``), the URI in ``$MLFLOW_TRACKING_URI`` it
+    was redacted from (a notebook executed by ``study.analysis.run_notebook``)."""
+    full = os.environ.get(CREDENTIALS_VARIABLE)
+    return full if uri and "***" in uri and full and redact(full) == uri else uri
+
+
+@contextlib.contextmanager
+def credentials_hidden(parameters: dict):
+    """``parameters`` with ``tracking_uri`` redacted, for a file that is written (a notebook's injected
+    parameters and papermill metadata); while the block runs, the full URI is in the environment the
+    kernel inherits (:func:`with_credentials`). Other parameters with a credential are redacted."""
+    shown = {k: redact(v) if isinstance(v, str) else v for k, v in parameters.items()}
+    full = parameters.get("tracking_uri")
+    if not isinstance(full, str) or shown["tracking_uri"] == full:
+        yield shown
+        return
+    previous = os.environ.get(CREDENTIALS_VARIABLE)
+    os.environ[CREDENTIALS_VARIABLE] = full
+    try:
+        yield shown
+    finally:
+        if previous is None:
+            os.environ.pop(CREDENTIALS_VARIABLE, None)
+        else:
+            os.environ[CREDENTIALS_VARIABLE] = previous
 
 
 def scrub(text: str, *urls: str | None, shortest: int = 4) -> str:
@@ -212,8 +250,15 @@ def schema_lock(*uris: str):
             if path is None:
                 continue
             path = path.resolve()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            handle = stack.enter_context(open(path.with_name(path.name + ".lock"), "a"))
+            lock = path.with_name(path.name + ".lock")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                handle = stack.enter_context(open(lock, "a"))
+            except OSError as error:  # a read-only file system, no permission, a full disk
+                from .errors import StudyInputError
+
+                raise StudyInputError(f"store {path}: cannot create {lock.name} beside it: "
+                                      f"{error.strerror or error}") from None
             fcntl.flock(handle, fcntl.LOCK_EX)
             stack.callback(fcntl.flock, handle, fcntl.LOCK_UN)
         yield

@@ -206,6 +206,11 @@ BAD_ARGV = [
     (["--experiment", ""], "experiment name must be"),
     (["--storage", "redis://127.0.0.1/0"], "Optuna storage 'redis://127.0.0.1/0': unknown scheme"),
     (["--tracking-uri", "gopher://127.0.0.1/"], "tracking store 'gopher://127.0.0.1/': unknown scheme"),
+    # issue 32 (6): lengths beyond the model's context window (before: a hang in the target's evaluation,
+    # a 1 TB allocation at trial 0)
+    (["--set", "eval.max_length=1048576"], "eval.max_length 1048576 is beyond the model's context window, 1024 tokens"),
+    (["--set", "train.max_length=1048576"], "train.max_length 1048576 is beyond the model's context window"),
+    (["--set", "finetune.max_length=5000"], "finetune.max_length 5000 is beyond the model's context window"),
 ]
 
 
@@ -363,7 +368,6 @@ UNREACHABLE = [
     ("--storage", f"postgresql+psycopg2://user:{PASSWORD}@127.0.0.1:1/optuna", "Optuna storage"),
     ("--storage", f"postgresql+psycopg2://user:{PASSWORD}@127.0.0.1:notaport/optuna", "Optuna storage"),
     ("--storage", f"mysql://user:{PASSWORD}@127.0.0.1:1/optuna", "Optuna storage"),
-    ("--storage", f"postgresql://user:{PASSWORD}/x@127.0.0.1:1/optuna", "Optuna storage"),
     ("--tracking-uri", f"postgresql+psycopg2://user:{PASSWORD}@127.0.0.1:1/mlflow", "tracking store"),
     ("--tracking-uri", f"http://user:{PASSWORD}@127.0.0.1:1", "tracking store"),
 ]
@@ -545,3 +549,209 @@ def test_generated_command_lines_run_or_are_refused_in_one_line(sweep, capsys, t
     assert code == 2, (code, err)
     assert any(name.replace("_", " ") in line.replace("_", " ") or name in line for name in names), (argv, line)
     assert list(folder.iterdir()) == [], (argv, line)  # nothing written to the stores
+
+
+# --------------------------------------------------------------------------------------------------
+# issue 32: every URL and DSN form redacted; reproduce.py's errors in one line; SIGTERM
+
+
+DSN_FORMS = [f"host=db.internal port=5432 password={PASSWORD} dbname=optuna",
+             f"host=db.internal password = '{PASSWORD} x' user=u",
+             f"dbname=optuna PASSWORD={PASSWORD}",
+             f"postgresql+psycopg2://u:{PASSWORD}@db.internal/optuna",
+             f"postgresql+psycopg2://db.internal/optuna?user=u&password={PASSWORD}&sslmode=require"]
+
+
+@pytest.mark.parametrize("dsn", DSN_FORMS)
+def test_redact_hides_the_password_of_every_url_and_dsn_form(dsn):
+    """Issue 32 (3): userinfo, query string and libpq ``key=value`` strings: one function hides them all,
+    and ``scrub`` hides them in a message that quotes them."""
+    from study.tracking import redact, scrub
+
+    assert PASSWORD not in redact(dsn) and "***" in redact(dsn)
+    assert "db.internal" in redact(dsn) or "dbname=optuna" in redact(dsn)  # only the secret goes
+    assert PASSWORD not in scrub(f"could not connect with {dsn!r}: password {PASSWORD} rejected", dsn)
+
+
+@pytest.mark.parametrize("url,problem", [
+    (f"host=db.internal password={PASSWORD} dbname=optuna", "unknown scheme"),
+    (f"postgresql+psycopg2://u:SE@CR/ET{PASSWORD}@db.internal/optuna", "malformed"),
+    (f"postgresql://user:{PASSWORD}/x@127.0.0.1:1/optuna", "malformed"),
+    (f"mysql://u:{PASSWORD[:5]}@{PASSWORD[5:]}@db.internal/optuna", "malformed"),
+    (f"postgresql://u:{PASSWORD[:5]}#{PASSWORD[5:]}@db.internal/optuna", "malformed")])
+def test_a_libpq_string_or_malformed_url_is_refused_at_planning_without_the_password(sweep, capsys, tmp_path, url, problem):
+    """Issue 32 (3): ``--dry-run`` refuses a store URL whose password holds an unencoded '@', '/' or '#'
+    (before: exit 0, the password split between user, host and path), in one line without the password."""
+    code, out, err = _run_main(sweep, capsys, ["--preset", "smoke", "--dry-run", "--storage", url,
+                                               "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
+    line = _one_error_line(err)
+    assert code == 2 and problem in line and "Optuna storage" in line, line
+    assert not [PASSWORD[i:i + 4] for i in range(len(PASSWORD) - 3) if PASSWORD[i:i + 4] in out + err], out + err
+
+
+@pytest.fixture(scope="module")
+def reproduce():
+    from experiment_scripts import load
+
+    return load("reproduce")
+
+
+def _reproduce(reproduce, capsys, argv):
+    try:
+        code = reproduce.main(["--scenario", "fictitious", "--splits", "forget01", "--seeds", "1", "--methods", "ME+GD",
+                               "--no-notebooks", *argv])
+    except SystemExit as exit_info:
+        code = exit_info.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _bad_presets(tmp_path) -> dict[str, Path]:
+    files = {"syntax": 'description = "x"\n[config.train\nlr = 1\n', "types": 'description = "x"\nstudy = 3\n',
+             "section": 'description = "x"\n[config]\ntrain = "fast"\n'}
+    for name, text in files.items():
+        (tmp_path / f"{name}.toml").write_text(text)
+    return {name: tmp_path / f"{name}.toml" for name in files}
+
+
+@pytest.mark.parametrize("case", ["preset nope", "syntax", "types", "section", "out under a file", "seconds nan",
+                                  "seconds negative"])
+def test_reproduce_errors_are_one_line_and_write_nothing(reproduce, capsys, tmp_path, monkeypatch, case):
+    """Issue 32 (4, 5): reproduce.py's own errors (a preset, an ``--out``, ``--seconds-per-trial``) are one
+    ``error:`` line naming what is wrong, exit 2, and create no store."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-file").write_text("x")
+    presets = _bad_presets(tmp_path)
+    extra = {"preset nope": ["--preset", "nope"], "out under a file": ["--out", str(tmp_path / "a-file" / "out")],
+             "seconds nan": ["--seconds-per-trial", "nan"], "seconds negative": ["--seconds-per-trial", "-3"]}.get(
+        case, ["--preset", str(presets.get(case, ""))])
+    db = tmp_path / "mlflow.db"
+    code, out, err = _reproduce(reproduce, capsys, ["--preset", "smoke", "--dry-run", "--tracking-uri", f"sqlite:///{db}",
+                                                    "--storage", f"sqlite:///{tmp_path}/optuna.db", *extra])
+    line = _one_error_line(err)
+    assert code == 2, err
+    expected = {"preset nope": "preset 'nope' not found", "syntax": "syntax.toml: not valid TOML",
+                "types": "types.toml: [study] must be a table", "section": "section.toml: [config.train] must be a table",
+                "out under a file": "a-file", "seconds nan": "--seconds-per-trial", "seconds negative": "--seconds-per-trial"}
+    assert expected[case] in line, line
+    assert "nan min" not in out and not db.exists()
+
+
+def test_reproduce_hides_the_store_password_of_a_failing_command(reproduce, capsys, tmp_path):
+    """Issue 32 (3): the sweep.py command a dry run reports as failing shows its --storage redacted."""
+    code, out, err = _reproduce(reproduce, capsys, ["--preset", "smoke", "--dry-run", "--device", "nope",
+                                                    "--storage", f"postgresql+psycopg2://u:{PASSWORD}@db.internal/optuna",
+                                                    "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
+    assert code == 2 and "--storage postgresql+psycopg2://u:***@db.internal/optuna" in err, err
+    assert PASSWORD not in out + err
+
+
+def test_sigterm_stops_reproduce_like_ctrl_c(reproduce, capsys, tmp_path, monkeypatch):
+    """Issue 32 (1): SIGTERM during reproduce.py (here inside a study) is handled like Ctrl-C: one
+    message saying how to resume, exit 143."""
+    import os
+    import signal
+    import time
+    import types
+
+    def main(argv):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+        raise AssertionError("SIGTERM did not stop reproduce.py")
+
+    monkeypatch.setattr(reproduce, "_sweep", lambda: types.SimpleNamespace(main=main))
+    code, out, err = _reproduce(reproduce, capsys, ["--preset", "smoke", "--tracking-uri", f"sqlite:///{tmp_path}/m.db",
+                                                    "--storage", f"sqlite:///{tmp_path}/o.db", "--out", str(tmp_path / "out")])
+    assert code == 143 and "terminated (SIGTERM)" in err and "Run the same command again" in err, err
+    assert "Traceback" not in err
+
+
+def test_an_executed_notebook_holds_no_password_and_its_kernel_connects_with_it(tmp_path):
+    """Issue 32 (3): ``run_notebook`` (reproduce.py, ``python -m study.analysis --output``) writes the
+    tracking URI redacted into the injected-parameters cell and papermill's metadata; the kernel still
+    gets the full URI (``study.tracking.with_credentials``, what ``study.analysis`` connects with)."""
+    import hashlib
+    import os
+
+    import nbformat
+
+    from study.analysis import run_notebook
+
+    uri = f"postgresql+psycopg2://u:{PASSWORD}@db.internal/mlflow"
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [nbformat.v4.new_code_cell('tracking_uri = ""', metadata={"tags": ["parameters"]}),
+                      nbformat.v4.new_code_cell("import hashlib\nfrom study.tracking import with_credentials\n"
+                                                "print(hashlib.sha256(with_credentials(tracking_uri).encode()).hexdigest())")]
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    source, written = tmp_path / "in.ipynb", tmp_path / "out.ipynb"
+    nbformat.write(notebook, source)
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    run_notebook(source, {"tracking_uri": uri}, written)
+    text = written.read_text()
+    assert PASSWORD not in text and "u:***@db.internal" in text
+    assert hashlib.sha256(uri.encode()).hexdigest() in text  # the kernel had the full URI
+    assert os.environ.get("MLFLOW_TRACKING_URI") == before  # handed back after the run
+
+
+def _model_folders(tmp_path) -> dict[str, tuple[Path, str]]:
+    """Broken copies of a valid model folder (config, tokenizer, weights header, study.json), each with
+    the file its error must name."""
+    import struct
+
+    def folder(name):
+        path = tmp_path / name
+        path.mkdir()
+        (path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+        (path / "tokenizer.json").write_text("{}")
+        header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}).encode()
+        (path / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 16)
+        return path
+
+    broken = {}
+    path = folder("bad-config")
+    (path / "config.json").write_text('{"model_type": "llama",')
+    broken["config"] = (path, "config.json: the model configuration is not readable JSON")
+    path = folder("no-tokenizer")
+    (path / "tokenizer.json").unlink()
+    broken["tokenizer"] = (path, "no-tokenizer: no tokenizer")
+    path = folder("truncated")
+    weights = (path / "model.safetensors").read_bytes()
+    (path / "model.safetensors").write_bytes(weights[:-5])
+    broken["truncated"] = (path, "model.safetensors: truncated")
+    path = folder("bad-header")
+    (path / "model.safetensors").write_bytes(b"\xff" * 8 + b"{}")
+    broken["header"] = (path, "model.safetensors: not a readable safetensors file")
+    path = folder("bad-meta")
+    (path / "study.json").write_text("not json")
+    broken["study.json"] = (path, "study.json: the checkpoint's prompt record is not readable JSON")
+    return broken
+
+
+@pytest.mark.parametrize("case", ["config", "tokenizer", "truncated", "header", "study.json"])
+def test_a_broken_model_folder_is_refused_at_planning_naming_the_file(sweep, capsys, tmp_path, case):
+    """Issue 32 (4, 6): a model folder with a broken ``config.json``, no tokenizer, a truncated or
+    unreadable safetensors file, or a ``study.json`` that is not JSON: one line at planning naming the file."""
+    path, message = _model_folders(tmp_path)[case]
+    code, out, err = _run_main(sweep, capsys, ["--preset", "smoke", "--dry-run", "--model", str(path)])
+    assert code == 2 and message in _one_error_line(err), err
+
+
+def test_bad_store_paths_and_data_folders_are_refused_at_planning(sweep, capsys, tmp_path, valid_tofu):
+    """Issue 32 (5, 6): an in-memory SQLite store (nothing kept), a store path that is a folder, an empty
+    ``journal:`` path, a ``--data-dir`` that is a symlink loop, an ``idontknow.jsonl`` that is a folder."""
+    (tmp_path / "a-folder").mkdir()
+    (tmp_path / "loop-a").symlink_to(tmp_path / "loop-b")
+    (tmp_path / "loop-b").symlink_to(tmp_path / "loop-a")
+    refusals_folder = _data_copy(valid_tofu, tmp_path / "refusals-folder")
+    (refusals_folder / "idontknow.jsonl").mkdir()
+    cases = [(["--storage", "sqlite://"], "is in memory"),
+             (["--storage", "sqlite:///:memory:"], "is in memory"),
+             (["--tracking-uri", "sqlite://"], "is in memory"),
+             (["--storage", f"sqlite:///{tmp_path}/a-folder"], "is a folder"),
+             (["--storage", f"journal:{tmp_path}/a-folder"], "is a folder"),
+             (["--storage", "journal:"], "names no file"),
+             (["--data-dir", str(tmp_path / "loop-a")], "--data-dir"),
+             (["--data-dir", str(refusals_folder), "--method", "IDK+AP"], "idontknow.jsonl: not a file")]
+    for argv, message in cases:
+        code, out, err = _run_main(sweep, capsys, ["--preset", "smoke", "--dry-run", *argv])
+        assert code == 2 and message in _one_error_line(err), (argv, err)

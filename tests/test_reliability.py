@@ -813,3 +813,219 @@ def test_keep_best_leaves_another_workers_running_trial_alone(tmp_path):
     study.add_trial(create_trial(state=TrialState.RUNNING, user_attrs={"mlflow_run_id": run_id, "checkpoint": "kept"}))
     sweep._apply_keep_policy(study)
     assert [a.path for a in sweep.tracker.client.list_artifacts(run_id)] == ["checkpoint"]
+
+
+# --------------------------------------------------------------------------------------------------
+# issue 32: SIGTERM like Ctrl-C; disk full, read-only stores and failed writes in one line
+
+
+def test_sigterm_ends_the_runs_killed_like_ctrl_c(tmp_path, monkeypatch):
+    """Issue 32 (1): SIGTERM (Slurm, Kubernetes, ``timeout``) mid-trial raises in the main thread like
+    Ctrl-C: the trial's run and the study's run end KILLED with the reason, the Optuna trial FAIL."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from study.errors import Terminated, sigterm_as_interrupt
+
+    def terminated():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)  # the handler raises here, at once
+        raise AssertionError("SIGTERM did not stop the trial")
+
+    sweep, _ = _fast_sweep(tmp_path, monkeypatch, terminated, n_trials=1)
+    before = signal.getsignal(signal.SIGTERM)
+    with sigterm_as_interrupt(), pytest.raises(Terminated):
+        sweep.run()
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is removed after the block
+    trial, study = _run_of(sweep, "trial"), _run_of(sweep, "study")
+    assert trial.info.status == "KILLED" and trial.data.tags["study.failure_reason"] == "terminated (SIGTERM)"
+    assert study.info.status == "KILLED" and study.data.tags["study.failure_reason"].startswith("terminated (SIGTERM); run the same")
+    (frozen,) = optuna.load_study(study_name="fast/ME+GD", storage=sweep.settings.storage).trials
+    assert frozen.state == TrialState.FAIL and frozen.user_attrs["failure_reason"] == "terminated (SIGTERM)"
+
+
+_STALLED_SWEEP = """
+import sys, time, types
+sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
+from study import runner
+from study.references import ReferenceModels
+from experiment_scripts import load
+ReferenceModels.prepare_target = lambda self: (runner.PreparedModel("none", "k", "target", True), "target-run")
+ReferenceModels.metric_models_on = lambda self, device: None
+def run_trial(cfg, hooks=None, **kwargs):
+    print("trial started", flush=True)
+    time.sleep(600)
+runner.run_trial = run_trial
+sys.exit(load("sweep").main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_to_sweep_py_is_one_message_and_exit_143(tmp_path):
+    """Issue 32 (1): ``sweep.py`` (its trials stalled, so the signal lands mid-trial) sent SIGTERM prints
+    how to resume, no traceback, exits 143, and leaves no run RUNNING."""
+    script = tmp_path / "stalled.py"
+    script.write_text(_STALLED_SWEEP.format(root=str(ROOT), tests=str(ROOT / "tests")))
+    storage, tracking = _urls(tmp_path)
+    out, err = tmp_path / "out", tmp_path / "err"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        proc = subprocess.Popen([sys.executable, str(script), "--preset", "smoke", "--no-progress", "--n-trials", "1",
+                                 "--study-name", "term", "--storage", storage, "--tracking-uri", tracking,
+                                 "--experiment", EXPERIMENT], stdout=stdout, stderr=stderr, env=_env())
+        deadline = time.monotonic() + 300
+        while "trial started" not in out.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, out.read_text() + err.read_text()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=120)
+    assert code == 143, err.read_text()
+    assert "Traceback" not in err.read_text() and "terminated (SIGTERM)" in err.read_text()
+    assert "Run the same command again to resume" in err.read_text()
+    client = _client(tmp_path)
+    runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+    assert sorted((r.data.tags["study.kind"], r.info.status) for r in runs) == [("study", "KILLED"), ("trial", "KILLED")]
+
+
+def test_a_failed_write_of_the_fail_state_is_one_line_and_ends_the_runs(tmp_path, monkeypatch):
+    """Issue 32 (2): the disk fills during a trial and Optuna cannot record the trial FAIL either (its
+    ``AssertionError: Should not reach.`` hides the cause): one line naming the cause; the MLflow runs,
+    whose store is still writable, end FAILED."""
+    import sqlite3
+
+    import optuna
+    from optuna.trial import TrialState
+
+    from study.errors import StudyFault
+
+    original = optuna.storages.RDBStorage.set_trial_state_values
+
+    def set_state(self, trial_id, state, values=None):
+        if state == TrialState.FAIL:
+            raise sqlite3.OperationalError("database or disk is full")
+        return original(self, trial_id, state, values)
+
+    def disk_full():
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, "set_trial_state_values", set_state)
+    sweep, _ = _fast_sweep(tmp_path, monkeypatch, disk_full, n_trials=2)
+    with pytest.raises(StudyFault) as error:
+        sweep.run()
+    assert "disk is full" in str(error.value) and "\n" not in str(error.value), str(error.value)
+    assert _run_of(sweep, "trial").info.status == "FAILED"
+    assert _run_of(sweep, "study").info.status == "FAILED"
+
+
+def test_a_read_only_store_folder_is_one_error_line(tmp_path, capsys, monkeypatch):
+    """Issue 32 (2): a store on a read-only file system, where the schema lock cannot be created, is one
+    ``error:`` line naming the file, not an ``OSError`` traceback (simulated: this suite may run as root)."""
+    import builtins
+    import errno
+
+    from experiment_scripts import load
+
+    from study import tracking
+
+    def read_only(path, *args, **kwargs):
+        if str(path).endswith(".lock"):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return builtins.open(path, *args, **kwargs)
+
+    monkeypatch.setattr(tracking, "open", read_only, raising=False)
+    code = load("sweep").main(["--preset", "smoke", "--no-progress", "--storage", f"sqlite:///{tmp_path}/optuna.db",
+                               "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    (line,) = [x for x in err.splitlines() if x.startswith("error:")]
+    assert f"{tmp_path}/" in line and ".db" in line and "Read-only file system" in line, line
+
+
+@pytest.mark.slow
+def test_sigterm_to_services_up_stops_both_servers_and_deletes_the_data(tmp_path):
+    """Issue 32 (1): ``services.py up`` sent SIGTERM (as ``kill``, systemd or Kubernetes stop it) stops
+    PostgreSQL and the MLflow server and deletes the PostgreSQL data folder, as Ctrl-C does."""
+    import socket
+
+    from experiment_scripts import load
+
+    services = load("services")
+    if services.postgres_bindir() is None and services.install_postgres() is None:
+        pytest.skip("PostgreSQL is not installed and could not be installed (Debian/Ubuntu: apt-get install postgresql)")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "up.out"
+    with out.open("w") as stdout:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "experiments" / "services.py"), "up", "--dir", str(tmp_path / "up"),
+                                 "--port", str(port)], stdout=stdout, stderr=subprocess.STDOUT, env=_env())
+        deadline = time.monotonic() + 300
+        while "stops both servers" not in out.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, out.read_text()
+            time.sleep(0.5)
+        data = Path(re.search(r"data in (\S+), deleted on exit", out.read_text()).group(1))
+        assert data.is_dir()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=120)
+    assert code == 0, out.read_text()
+    assert "terminated (SIGTERM): stopping both servers" in out.read_text() and "Traceback" not in out.read_text()
+    assert not data.exists()
+    with socket.socket() as client:  # nothing answers on the MLflow port any more
+        assert client.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.mark.parametrize("change", [{"sampler": "grid"}, {"objective": "average"}])
+def test_resuming_with_another_sampler_or_objective_is_refused(tmp_path, monkeypatch, change):
+    """Issue 32 (4, 5): a finished TPE / Pareto study resumed with ``--sampler grid`` (before: a FAIL
+    trial, the finished study run turned FAILED) or ``--objective average`` (before: a traceback) stops
+    with one line before any trial; the study and its run are left as they were."""
+    from study.errors import StudyInputError
+
+    sweep, _ = _fast_sweep(tmp_path, monkeypatch, _good, n_trials=1)
+    sweep.run()
+    again, _ = _fast_sweep(tmp_path, monkeypatch, _good, n_trials=2, **change)
+    (key, value), = change.items()
+    with pytest.raises(StudyInputError, match=f"another {key} '{'tpe' if key == 'sampler' else 'pareto'}' -> '{value}'"):
+        again.run()
+    assert len(again.tracker.find("trial")) == 1
+    assert _run_of(again, "study").info.status == "FINISHED"
+
+
+def test_a_stale_claim_is_announced_and_the_orphaned_target_run_ended(tmp_path, monkeypatch):
+    """Issue 32 (7): a worker killed while evaluating the target left its claim and its target run
+    RUNNING: the next worker says what it waits for and when it takes over, then ends the orphaned run
+    FAILED; a stop during the evaluation itself (Ctrl-C, SIGTERM) ends the run KILLED."""
+    import optuna
+
+    from study import claims
+    from study.errors import Terminated
+    from study.references import ReferenceModels
+    from study.search import open_storage
+    from study.tracking import Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "fast")
+    storage = open_storage(f"sqlite:///{tmp_path}/optuna.db")
+    tags = {"key": "k1", "eval_key": "e1", "task": 1}
+    orphan = tracker.start("target-k1", "target", tags)  # the dead worker's run
+    optuna.create_study(study_name="#target-k1#claim-1", storage=storage)  # and its claim, never beating
+    monkeypatch.setattr(claims, "CLAIM_TIMEOUT_S", 2.0)
+    references = ReferenceModels.__new__(ReferenceModels)
+    references.tracker, logs = tracker, []
+    result = type("Result", (), {"summary": {"model_utility": 0.5}, "items": __import__("pandas").DataFrame({"a": [1]})})
+
+    def create():
+        return references._evaluated_run("target", tracker.start("target-k1", "target", tags), lambda: result)
+
+    run_id = claims.once(storage, "#target-k1", lambda: None, create, log=logs.append, what="the target model's evaluation")
+    assert any(re.fullmatch(r"waiting for the target model's evaluation, started by a worker that stopped "
+                            r"\(no beat for \d+ s\); taking over in \d+ s", line) for line in logs), logs
+    assert tracker.client.get_run(run_id).info.status == "FINISHED"
+    assert tracker.client.get_run(orphan).info.status == "FAILED"
+
+    def stopped():
+        raise Terminated("terminated (SIGTERM)")
+
+    other = tracker.start("target-k2", "target", {**tags, "key": "k2"})
+    with pytest.raises(Terminated):
+        references._evaluated_run("target", other, stopped)
+    run = tracker.client.get_run(other)
+    assert run.info.status == "KILLED" and run.data.tags["study.failure_reason"] == "terminated (SIGTERM)"
