@@ -103,10 +103,25 @@ def validate_rows(rows: list, name: str, origin: str, line_numbers: list[int] | 
                     raise DataError(f"{where}: field '{key}' must be a non-empty list of strings, got {_short(value)}")
             elif not isinstance(value, str) or not value.strip():
                 raise DataError(f"{where}: field '{key}' must be a non-empty string, got {_short(value)}")
+        for key, value in row.items():
+            for text in value if isinstance(value, list) else [value]:
+                if isinstance(text, str) and not _encodable(text):
+                    raise DataError(f"{where}: field '{key}' holds a lone surrogate (an unpaired \\ud800-\\udfff escape), "
+                                    f"which no tokenizer can encode: {_short(text)}")
         out.append(row)
     if not out:
         raise DataError(f"{origin}: empty file: expected JSON-lines rows with fields {', '.join(required)}")
     return out
+
+
+def _encodable(text: str) -> bool:
+    """False for a string JSON decoded from an unpaired surrogate escape (``"\\ud800"``): valid JSON, but
+    not Unicode text, so tokenising it fails inside the first trial."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _task_id(value) -> int:

@@ -255,6 +255,21 @@ def test_empty_split(tmp_path):
         data.DirectorySource(tmp_path).read("forget01")
 
 
+def test_lone_surrogate_is_refused_naming_file_line_and_field(tmp_path):
+    # valid JSON (an escape), but not text: the tokenizer fails on it inside the first trial
+    _write(tmp_path / "forget01.json", ['{"task_id": 1, "question": "q", "answer": "a"}',
+                                        '{"task_id": 1, "question": "q", "answer": "bad \\ud800 here"}'])
+    with pytest.raises(DataError, match=r"forget01\.json, line 2: field 'answer' holds a lone surrogate"):
+        data.DirectorySource(tmp_path).read("forget01")
+    _write(tmp_path / "retain_perturbed.json", ['{"question": "q", "answer": "a", "paraphrased_answer": "p", '
+                                                '"perturbed_answer": ["x", "\\udc00"]}'])
+    with pytest.raises(DataError, match=r"retain_perturbed\.json, line 1: field 'perturbed_answer' holds a lone surrogate"):
+        data.DirectorySource(tmp_path).read("retain_perturbed")
+    # a paired escape is an ordinary character
+    _write(tmp_path / "forget05.json", ['{"task_id": 1, "question": "q", "answer": "\\ud83d\\ude00"}'])
+    assert data.DirectorySource(tmp_path).read("forget05")[0]["answer"] == "\U0001F600"
+
+
 def test_task_id_as_string_or_integer(tmp_path):
     _write(tmp_path / "forget01.json", [json.dumps({"task_id": "2", "question": "q", "answer": "a"}),
                                         json.dumps({"task_id": 3, "question": "q", "answer": "a"})])
