@@ -278,9 +278,6 @@ def main(argv=None) -> int:
         print("checked: each setting's sweep.py command passes its --dry-run")
         return 0
     command = rebuild_command(argv if argv is not None else sys.argv[1:])
-    if args.sensitivity and args.from_exports:
-        print("error: --from-exports rebuilds the paper's tables; the sensitivity study has no export", file=sys.stderr)
-        return 2
     uri = None
     if not args.from_exports:
         from study.analysis import resolve_tracking_uri
@@ -298,8 +295,7 @@ def main(argv=None) -> int:
                 return code
             n = args.sensitivity or 1
             resumed = out.count(f"{n}/{n} trials finished, resuming") == len(unit.methods)
-            if not args.sensitivity:  # the study's runs join the export as soon as it has finished
-                export_units(args, [unit], uri, command)
+            export_units(args, [unit], uri, command)  # the study's runs join the export as soon as it finishes
             print(f"[{k}/{len(units)}] {unit.scenario} {unit.setting} {' '.join(unit.methods)} seed {unit.seed} "
                   f"{'reused' if resumed else 'done'} in {time.monotonic() - t0:.0f} s "
                   f"(total {time.monotonic() - started:.0f} s)", flush=True)
@@ -309,11 +305,9 @@ def main(argv=None) -> int:
     from study.exports import ExportError
 
     try:
-        if args.sensitivity:
-            paths = build_sensitivity(args, uri, command)
-        else:
-            export = read_export_of(args) if args.from_exports else export_units(args, units, uri, command)
-            paths = build_tables(args, units, export, command)
+        export = read_export_of(args) if args.from_exports else export_units(args, units, uri, command)
+        paths = (build_sensitivity(args, export, command) if args.sensitivity
+                 else build_tables(args, units, export, command))
     except ExportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -370,23 +364,23 @@ def build_tables(args, units, export, command: str) -> dict[str, Path]:
     return paths
 
 
-def build_sensitivity(args, uri: str, command: str) -> dict[str, Path]:
-    """The sensitivity study's fronts compared (``study.sensitivity.write_sensitivity``)."""
-    from study.analysis import fetch_runs
+def build_sensitivity(args, export, command: str) -> dict[str, Path]:
+    """The sensitivity study's fronts compared (``study.sensitivity.write_sensitivity``), from its export."""
+    from study.exports import last_step
     from study.sensitivity import write_sensitivity
 
     unit = sensitivity_unit(args)
-    runs = fetch_runs(uri, experiment_of(args), kind="trial")
-    # This command's methods only (``<study>/<method>``): the store may hold other methods' studies.
-    runs = runs[runs["study_name"].isin([f"{unit.study}/{m}" for m in args.methods])].reset_index(drop=True)
-    targets = fetch_runs(uri, experiment_of(args), kind="target")
-    target_mu = float(targets["model_utility"].iloc[0]) if len(targets) and "model_utility" in targets else float("nan")
+    every = last_step(export.runs)
+    # This command's methods only (``<study>/<method>``): the export may hold other methods' studies.
+    runs = every[(every["kind"] == "trial") & every["study_name"].isin(unit_studies([unit]))].reset_index(drop=True)
+    targets = every[every["kind"] == "target"]
+    target_mu = float(targets["model_utility"].iloc[0]) if len(targets) else float("nan")
     _, epochs = preset_training(args.preset, args.set)
     note = (f"Preset `{args.preset}`, fictitious {unit.setting}, seed {unit.seed}: every method {args.sensitivity} "
             f"trials of its own Optuna study (sampler tpe; Optuna's TPE samples its first 10 trials at random, so "
             f"with 10 or fewer this is a seeded random search), {epochs} epochs, lr and the method's α / β searched "
             f"over the preset's ranges (`python experiments/sweep.py --preset {args.preset} --dry-run` prints "
-            f"them). Rebuilt by `{command}`.")
+            f"them). Rebuilt by `{command}`; every run is in `export/`.")
     return write_sensitivity(runs, out_of(args), target_mu, note)
 
 

@@ -267,20 +267,63 @@ def test_reproduce_end_to_end_on_smoke(tmp_path, capsys):
     assert set(claims["verdict"]) <= set(results.VERDICTS)
     assert (out_dir / "README.md").read_text().startswith("# The paper's comparison tables")
     assert (out_dir / "mu_fe_fictitious_forget01.png").stat().st_size > 1000
-    # Each scenario's notebook executed on this store, outputs kept, every code cell run without error.
+    # Each scenario's notebook executed on the export of this command's studies, outputs kept, every code
+    # cell run without error, the summary cell showing summary.csv's numbers.
     for key in ("fictitious", "continual", "real_world"):
         notebook = json.loads((out_dir / f"{key}.ipynb").read_text())
         code = [c for c in notebook["cells"] if c["cell_type"] == "code"]
         assert code and all(c["execution_count"] for c in code), key
         assert not [o for c in code for o in c["outputs"] if o["output_type"] == "error"], key
-        assert any(o["output_type"] == "display_data" for c in code for o in c["outputs"]), key  # a figure or table
-        assert "sqlite:///" + str(store) in json.dumps(notebook["cells"]), key  # the injected parameters
+        assert_shows_values(notebook, summary[summary["scenario"] == {"real_world": "real-world"}.get(key, key)], key)
+        assert str(out_dir / "export") in json.dumps(notebook["cells"]), key  # the injected export
+        assert str(store) not in json.dumps(notebook), key  # never the store's URI
+    # The export: every run of the command, per task, with its per-item tables and provenance.
+    from study import exports
+
+    export = exports.read_export(out_dir)
+    trials = export.runs[export.runs["kind"] == "trial"]
+    assert trials["run_id"].nunique() == 12  # 3 settings x 2 methods x 2 seeds
+    continual = trials[trials["scenario"] == "continual"]
+    scored = continual[continual["model_utility"].notna()]  # one row per task (step 0: what is logged before task 1)
+    assert sorted(set(scored["step"])) == [1, 2] and (scored.groupby("run_id").size() == 2).all()
+    assert {"retain/rouge", "forget/truth_ratio", "param/train.lr"} <= set(trials.columns)
+    assert set(export.items["run_id"]) >= set(trials["run_id"])
+    assert export.provenance["command"].startswith("python experiments/reproduce.py --preset smoke")
+    # --from-exports: the same tables from the export alone (a copy, no store), byte for byte.
+    import shutil
+
+    again_dir = tmp_path / "again"
+    shutil.copytree(out_dir / "export", again_dir / "export")
+    no_store = [w for w in argv if not w.startswith("sqlite")]
+    no_store = [w for i, w in enumerate(no_store) if w not in ("--tracking-uri", "--storage")]
+    no_store[no_store.index("--out") + 1] = str(again_dir)
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert _reproduce().main([*no_store, "--from-exports"]) == 0
+    for name in ("summary.csv", "seeds.csv", "claims.csv"):
+        assert (again_dir / name).read_bytes() == (out_dir / name).read_bytes(), name
+    for key in ("fictitious", "continual", "real_world"):
+        assert (again_dir / f"{key}.ipynb").exists()
     # A re-run reuses every finished trial (checked on one scenario: each call still plans its study).
     with contextlib.redirect_stdout(io.StringIO()) as again:
         assert _reproduce().main([*argv, "--scenario", "fictitious", "--no-notebooks"]) == 0
     assert again.getvalue().count("reused") == 2 and "done in" not in again.getvalue()
     # --scenario builds that scenario's tables only, though the store holds all three.
     assert set(pd.read_csv(out_dir / "summary.csv")["setting"]) == {"forget01"}
+
+
+def assert_shows_values(notebook: dict, summary: pd.DataFrame, name: str) -> None:
+    """An executed notebook shows its study: no empty frame anywhere, and the summary cell's table holds
+    ``summary``'s MU and FE (3 decimals), none of them NaN."""
+    texts = ["".join(o.get("data", {}).get("text/plain", "")) + "".join(o.get("text", ""))
+             for c in notebook["cells"] if c["cell_type"] == "code" for o in c["outputs"]]
+    assert not [t for t in texts if "Empty DataFrame" in t], f"{name}: an empty table"
+    cell = next(c for c in notebook["cells"] if c.get("id") == "summary")
+    shown = "".join("".join(o.get("data", {}).get("text/plain", "")) for o in cell["outputs"])
+    assert shown and "No reproduction study" not in shown, f"{name}: the summary cell shows nothing"
+    methods = summary[summary["method"] != results.TARGET_ROW]
+    assert not methods.empty and methods[["MU", "FE"]].notna().all(axis=None), name
+    for value in methods[["MU", "FE"]].to_numpy().ravel():
+        assert f"{value:.3f}".rstrip("0").rstrip(".") in shown, f"{name}: {value:.3f} not shown"
 
 
 def _items_frame(rouge_forget):
