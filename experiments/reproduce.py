@@ -237,7 +237,8 @@ def print_plan(args, units: list[Unit]) -> None:
           f"task in turn; a real-world trial counts {REAL_WORLD_FACTOR:g}: more data)")
     for k, u in enumerate(units, 1):
         print(f"  [{k}/{len(units)}] {u.scenario} {u.setting} {' '.join(u.methods)} seed {u.seed}  study {u.study}")
-    print(f"then: tables, README.md and figures in {out_of(args)}")
+    print(f"each study into {out_of(args) / 'export'} as it finishes; then: tables, README.md, figures and notebooks in "
+          f"{out_of(args)}")
 
 
 def rebuild_command(argv) -> str:
@@ -278,6 +279,8 @@ def main(argv=None) -> int:
         print("checked: each setting's sweep.py command passes its --dry-run")
         return 0
     command = rebuild_command(argv if argv is not None else sys.argv[1:])
+    from study.exports import ExportError
+
     uri = None
     if not args.from_exports:
         from study.analysis import resolve_tracking_uri
@@ -286,8 +289,17 @@ def main(argv=None) -> int:
         uri = resolve_tracking_uri(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
     if not args.skip_runs and not args.from_exports:
         started = time.monotonic()
+        try:
+            held = exported_trials(args)
+        except ExportError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         for k, unit in enumerate(units, 1):
             t0 = time.monotonic()
+            if all(held.get(name, 0) >= (args.sensitivity or 1) for name in unit_studies([unit])):
+                print(f"[{k}/{len(units)}] {unit.scenario} {unit.setting} {' '.join(unit.methods)} seed {unit.seed} "
+                      f"kept from {_portable(out_of(args) / 'export')}", flush=True)
+                continue
             code, out, err = _call(sweep, list(unit.argv))
             if code != 0:
                 print(f"[{k}/{len(units)}] {unit.scenario} {unit.setting} {' '.join(unit.methods)} seed {unit.seed} failed "
@@ -302,7 +314,6 @@ def main(argv=None) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
-    from study.exports import ExportError
 
     try:
         export = read_export_of(args) if args.from_exports else export_units(args, units, uri, command)
@@ -331,6 +342,15 @@ def export_units(args, units, uri: str, command: str):
     scenarios = {u.scenario for u in units} | ({FICTITIOUS.name} if any(u.scenario == CONTINUAL.name for u in units) else set())
     runs, items = export_frames(uri, experiment_of(args), unit_studies(units), scenarios)
     return write_export(out_of(args), runs, items, command, {u.study for u in units})
+
+
+def exported_trials(args):
+    """FINISHED trials per ``<study>/<method>`` in ``<out>/export/`` (none when there is no export): a
+    study the export already holds in full is not run again (a reproduction that lost its machine and
+    store resumes from its export)."""
+    from study.exports import finished_trials, has_export
+
+    return finished_trials(read_export_of(args) if has_export(out_of(args)) else None).to_dict()
 
 
 def read_export_of(args):

@@ -471,8 +471,9 @@ def method_table(runs: pd.DataFrame, splits: Sequence[str] = SPLITS, pick: Pick 
 
 
 def published_table() -> pd.DataFrame:
-    """Published MU / FE (and their Avg) for five methods on Llama-2-7b, in the shape of
-    :func:`method_table`. Source: :data:`PUBLISHED_SOURCE`."""
+    """The DualOptim re-run's MU / FE (and their Avg) for five methods on Llama-2-7b (a re-run of the
+    reference code, not the paper's own tables), in the shape of :func:`method_table`. Source:
+    :data:`PUBLISHED_SOURCE`."""
     columns = _split_columns(SPLITS, MEASURES)
     methods = order_methods(_PUBLISHED)
     table = pd.DataFrame(index=pd.Index(methods, name="method"), columns=columns, dtype=float)

@@ -41,7 +41,8 @@ import pandas as pd
 from .errors import StudyInputError
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "EXPORT_DIR", "MARKER", "RUNS_FILE", "ITEMS_FILE", "ExportError", "Export",
-           "has_export", "provenance", "write_export", "read_export", "merge_runs", "last_step", "items_of"]
+           "has_export", "provenance", "write_export", "read_export", "merge_runs", "last_step", "items_of",
+           "finished_trials"]
 
 FORMAT = "unlearning-study export"
 FORMAT_VERSION = 1
@@ -130,6 +131,15 @@ def provenance(command: str, studies: Iterable[str] = ()) -> dict:
             "studies": sorted(set(studies))}
 
 
+def finished_trials(export: Export | None) -> pd.Series:
+    """Per trial study name (``<study>/<method>``) of ``export``, its number of FINISHED trials."""
+    if export is None or export.runs.empty:
+        return pd.Series(dtype=int)
+    runs = last_step(export.runs)
+    done = runs[(runs["kind"] == "trial") & (runs["status"] == "FINISHED")]
+    return done.groupby("study_name")["run_id"].nunique()
+
+
 def last_step(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per run of an export's ``runs`` (its last step: the values MLflow reports as the run's),
     without ``step`` and the ``param/*`` columns: the runs frame :func:`study.analysis.fetch_runs` gives."""
@@ -148,8 +158,9 @@ def _differs(a, b) -> bool:
 
 def merge_runs(old: pd.DataFrame, new: pd.DataFrame, where: str) -> pd.DataFrame:
     """``old``'s rows for the runs ``new`` lacks, then ``new``'s (both export ``runs`` tables). A run in
-    both must agree on :data:`COMPARED` at its last step, else :class:`ExportError` naming ``where``
-    (the export's runs file) and the run: nothing is overwritten silently."""
+    both must agree on :data:`COMPARED` at its last step, and a trial study in both must not hold other
+    runs in each, else :class:`ExportError` naming ``where`` (the export's runs file) and the run or
+    study: nothing is overwritten silently."""
     if old.empty:
         return new.reset_index(drop=True)
     if new.empty:
@@ -162,6 +173,14 @@ def merge_runs(old: pd.DataFrame, new: pd.DataFrame, where: str) -> pd.DataFrame
                 if column in a.columns and column in b.columns and _differs(a.at[run_id, column], b.at[run_id, column]):
                     raise ExportError(f"{where}: run {run_id} has {column} {a.at[run_id, column]!r} there but "
                                       f"{b.at[run_id, column]!r} in the store; move the export away to rebuild it")
+    if "study_name" in old.columns and "study_name" in new.columns:
+        trials = lambda f: f[f["kind"] == "trial"].groupby("study_name")["run_id"].agg(set)  # noqa: E731
+        before, now = trials(old), trials(new)
+        for study in sorted(set(before.index) & set(now.index)):
+            if before[study] - now[study] and now[study] - before[study]:
+                raise ExportError(f"{where}: study {study} holds runs {', '.join(sorted(before[study]))} there but "
+                                  f"{', '.join(sorted(now[study]))} in the store; move the export away (or restore "
+                                  "the store that made it)")
     kept = old[~old["run_id"].isin(both)]
     frames = [f for f in (kept, new) if not f.empty]
     merged = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
