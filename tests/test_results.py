@@ -438,10 +438,14 @@ def test_an_export_reads_back_what_was_written(tmp_path):
     one = exports.items_of(back.items, runs["run_id"][0])
     assert len(one) == len(_items_frame([0.5] * 4)) and "run_id" not in one
     # Growing: another study's runs join; the first study's stay.
-    more = runs.assign(run_id=runs["run_id"] + "-b")
+    more = runs.assign(run_id=runs["run_id"] + "-b", study_name=runs["study_name"].str.replace("forget01", "forget05"))
     exports.write_export(tmp_path, more, items.iloc[:0], "again", ["s2"])
     grown = exports.read_export(tmp_path)
     assert len(grown.runs) == 2 * len(runs) and grown.provenance["studies"] == ["s1", "s2"]
+    # The same study from other runs (a store that is not the one the export came from): refused.
+    with pytest.raises(exports.ExportError, match="runs.parquet: study repro-smoke-fictitious-forget01-s1/GA\\+GD holds runs"):
+        exports.write_export(tmp_path, runs.assign(run_id=runs["run_id"] + "-c"), items.iloc[:0], "other store")
+    assert len(exports.read_export(tmp_path).runs) == 2 * len(runs)  # nothing written
 
 
 def test_bad_exports_end_in_one_line_naming_the_file(tmp_path):
