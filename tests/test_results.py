@@ -515,3 +515,10 @@ def test_every_committed_results_folder_names_the_command_that_writes_it():
         assert found, f"{folder.name}/README.md names no reproduce.py command"
         args = reproduce.build_parser().parse_args(shlex.split(found.group(1)))
         assert reproduce.out_of(args) == folder, f"{found.group(0)} writes to {reproduce.out_of(args)}, not {folder}"
+
+
+def test_from_exports_without_an_export_ends_in_one_line(tmp_path, capsys):
+    code = _reproduce().main(["--preset", "smoke", "--scenario", "fictitious", "--out", str(tmp_path), "--from-exports"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: {tmp_path / 'export' / 'provenance.json'}: missing")
