@@ -17,9 +17,13 @@ searched. One Optuna study per (scenario, setting, seed), the seed in its name
 ``sweep.main(argv)`` with every method (sweep.py runs them one after another, an Optuna study
 ``<name>/<method>`` each), the command users run; a re-run resumes (finished trials are reused).
 
-Then the runs are read back (``study.analysis.fetch_runs``) and ``study.results.write_results`` writes
-``summary.csv``, ``claims.csv``, ``README.md`` and a figure into ``--out`` (default: ``docs/results/<scenario>``,
-``docs/results/all`` for every scenario), and each scenario's notebook is executed there.
+As each study finishes, its runs (every setting, every metric per task, every per-item table) are
+written into the export ``<out>/export/`` (``study.exports``; a lost machine loses at most the study
+that was running). Then ``study.results.write_results`` writes ``summary.csv``, ``seeds.csv``,
+``claims.csv``, ``README.md`` and a figure into ``--out`` (default: ``docs/results/<scenario>``,
+``docs/results/all`` for every scenario), and each scenario's notebook is executed there on the export,
+given this command's studies. ``--from-exports`` rebuilds all of it from ``<out>/export/`` alone, with no
+MLflow store (the same CSVs, byte for byte).
 
 Sensitivity, beyond the paper (``--sensitivity N``): instead of the released settings, every method gets
 an Optuna study of N trials (the same budget for all) over its own hyper-parameter space (the preset's
@@ -204,10 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
       help="instead of the paper's settings: N trials per method over its own space (Optuna), then the "
            "methods' Pareto fronts compared (see above)")
     a("--dry-run", action="store_true", help="print the plan and the estimated cost, run nothing")
-    a("--skip-runs", action="store_true", help="only rebuild the tables from the runs already in the store")
+    a("--skip-runs", action="store_true", help="only rebuild the export and the tables from the runs already in the store")
+    a("--from-exports", action="store_true",
+      help="rebuild the tables, figures, claims and notebooks from <out>/export/ alone (no store, no runs)")
     a("--no-notebooks", action="store_true",
       help="do not execute the scenarios' notebooks into --out (by default each scenario with runs gets "
-           "notebooks/<scenario>.ipynb executed on this store, outputs kept)")
+           "notebooks/<scenario>.ipynb executed on the export of this command's studies, outputs kept)")
     return parser
 
 
@@ -231,14 +237,16 @@ def print_plan(args, units: list[Unit]) -> None:
           f"task in turn; a real-world trial counts {REAL_WORLD_FACTOR:g}: more data)")
     for k, u in enumerate(units, 1):
         print(f"  [{k}/{len(units)}] {u.scenario} {u.setting} {' '.join(u.methods)} seed {u.seed}  study {u.study}")
-    print(f"then: tables, README.md and figures in {out_of(args)}")
+    print(f"each study into {out_of(args) / 'export'} as it finishes; then: tables, README.md, figures and notebooks in "
+          f"{out_of(args)}")
 
 
 def rebuild_command(argv) -> str:
     """The command that rebuilds these results on the default stores: ``argv`` without the store and
     output options (where a user's stores are is theirs; a relative ``--out`` is the repository's and
-    stays) and without ``--skip-runs``."""
+    stays) and without ``--skip-runs`` / ``--from-exports``."""
     drop_with_value = {"--tracking-uri", "--storage", "--out", "--experiment", "--device"}
+    dropped = {"--skip-runs", "--from-exports"}
     words, skip = [], None
     for word in argv:
         if skip:
@@ -247,30 +255,9 @@ def rebuild_command(argv) -> str:
             skip = None
         elif word in drop_with_value:
             skip = word
-        elif word != "--skip-runs" and not word.startswith(tuple(f"{o}=" for o in drop_with_value)):
+        elif word not in dropped and not word.startswith(tuple(f"{o}=" for o in drop_with_value)):
             words.append(word)
     return " ".join(["python experiments/reproduce.py", *words])
-
-
-def trial_items(uri: str, run_ids) -> dict:
-    """Each trial's per-item table of its last task (``eval/items_task<k>.csv``, k largest), by run id:
-    what the item bootstrap of :func:`study.results.item_bootstrap` resamples. Trials without one are
-    left out."""
-    import re
-
-    import mlflow
-    import pandas as pd
-
-    client = mlflow.MlflowClient(uri)
-    items = {}
-    for run_id in run_ids:
-        names = [a.path for a in client.list_artifacts(run_id, "eval") if re.search(r"items(_task\d+)?\.csv$", a.path)]
-        if not names:
-            continue
-        last = max(names, key=lambda n: int(m.group(1)) if (m := re.search(r"_task(\d+)", n)) else 0)
-        items[run_id] = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=last,
-                                                                        tracking_uri=uri))
-    return items
 
 
 def main(argv=None) -> int:
@@ -331,10 +318,28 @@ def _main(args, argv) -> int:
                 return code
         print("checked: each setting's sweep.py command passes its --dry-run")
         return 0
-    if not args.skip_runs:
+    command = rebuild_command(argv if argv is not None else sys.argv[1:])
+    from study.exports import ExportError
+
+    uri = None
+    if not args.from_exports:
+        from study.analysis import resolve_tracking_uri
+        from study.tracking import DEFAULT_TRACKING_URI
+
+        uri = resolve_tracking_uri(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
+    if not args.skip_runs and not args.from_exports:
         started = time.monotonic()
+        try:
+            held = exported_trials(args)
+        except ExportError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         for k, unit in enumerate(units, 1):
             t0 = time.monotonic()
+            if all(held.get(name, 0) >= (args.sensitivity or 1) for name in unit_studies([unit])):
+                print(f"[{k}/{len(units)}] {unit.scenario} {unit.setting} {' '.join(unit.methods)} seed {unit.seed} "
+                      f"kept from {_portable(out_of(args) / 'export')}", flush=True)
+                continue
             code, out, err = _call(sweep, list(unit.argv))
             if code in (130, 143):  # sweep.py was interrupted: its message says what happened
                 print(_shown(err.strip(), args), file=sys.stderr)
@@ -345,69 +350,125 @@ def _main(args, argv) -> int:
                 return code
             n = args.sensitivity or 1
             resumed = out.count(f"{n}/{n} trials finished, resuming") == len(unit.methods)
+            export_units(args, [unit], uri, command)  # the study's runs join the export as soon as it finishes
             print(f"[{k}/{len(units)}] {unit.scenario} {unit.setting} {' '.join(unit.methods)} seed {unit.seed} "
                   f"{'reused' if resumed else 'done'} in {time.monotonic() - t0:.0f} s "
                   f"(total {time.monotonic() - started:.0f} s)", flush=True)
     import matplotlib
 
     matplotlib.use("Agg")
-    from study.analysis import resolve_tracking_uri
-    from study.tracking import DEFAULT_TRACKING_URI
 
-    uri = resolve_tracking_uri(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
-    command = rebuild_command(argv if argv is not None else sys.argv[1:])
-    paths = (build_sensitivity if args.sensitivity else build_tables)(args, uri, command)
+    try:
+        export = read_export_of(args) if args.from_exports else export_units(args, units, uri, command)
+        paths = (build_sensitivity(args, export, command) if args.sensitivity
+                 else build_tables(args, units, export, command))
+    except ExportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     for path in paths.values():
         print(f"wrote {path}")
     return 0
 
 
-def build_tables(args, uri: str, command: str) -> dict[str, Path]:
-    """The paper's tables (``study.results.write_results``) and the scenarios' executed notebooks."""
-    from study.analysis import fetch_runs, scenario_runs
+def unit_studies(units) -> set[str]:
+    """The Optuna studies of ``units``: ``<study>/<method>``, the trials' ``study_name``."""
+    return {f"{u.study}/{m}" for u in units for m in u.methods}
+
+
+def export_units(args, units, uri: str, command: str):
+    """The runs of ``units`` read from the store into ``<out>/export/`` (``study.exports.write_export``,
+    merged with what is there), with the target runs of their scenarios (continual: the fictitious one
+    it reuses); returns the export written."""
+    from study.analysis import export_frames
+    from study.exports import write_export
+
+    scenarios = {u.scenario for u in units} | ({FICTITIOUS.name} if any(u.scenario == CONTINUAL.name for u in units) else set())
+    runs, items = export_frames(uri, experiment_of(args), unit_studies(units), scenarios)
+    return write_export(out_of(args), runs, items, command, {u.study for u in units})
+
+
+def exported_trials(args):
+    """FINISHED trials per ``<study>/<method>`` in ``<out>/export/`` (none when there is no export): a
+    study the export already holds in full is not run again (a reproduction that lost its machine and
+    store resumes from its export)."""
+    from study.exports import finished_trials, has_export
+
+    return finished_trials(read_export_of(args) if has_export(out_of(args)) else None).to_dict()
+
+
+def read_export_of(args):
+    from study.exports import read_export
+
+    return read_export(out_of(args))
+
+
+def build_tables(args, units, export, command: str) -> dict[str, Path]:
+    """The paper's tables (``study.results.write_results``) and the scenarios' executed notebooks, from
+    the export's runs of ``units`` (store and ``--from-exports`` alike)."""
+    from study.analysis import scenario_runs
+    from study.exports import items_of, last_step
     from study.results import write_results
 
-    runs = fetch_runs(uri, experiment_of(args), kind="trial")
-    targets = fetch_runs(uri, experiment_of(args), kind="target")
-    if args.scenario != "all":  # one scenario's tables and notebook, though the store may hold the others
+    every = last_step(export.runs)
+    studies = unit_studies(units)
+    runs = every[(every["kind"] == "trial") & every["study_name"].isin(studies)].reset_index(drop=True)
+    targets = every[every["kind"] == "target"].reset_index(drop=True)
+    if args.scenario != "all":  # one scenario's tables and notebook, though the export may hold others
         runs = scenario_runs(runs, args.scenario)
-        targets = scenario_runs(targets, args.scenario) if "scenario" in targets else targets
     lr, epochs = preset_training(args.preset, args.set)
     note = (f"Preset `{args.preset}`, seeds {', '.join(map(str, args.seeds))}; every method one trial per seed at "
             f"lr {lr:g} (in place of the released 1e-5) and {epochs} epochs, the released α/β. Rebuilt by "
-            f"`{command}`.")
+            f"`{command}`; every run is in `export/` (`--from-exports` rebuilds this folder from it alone).")
     out = out_of(args)
-    paths = write_results(runs, targets, out, note, preset=args.preset, seeds=args.seeds,
-                          items=trial_items(uri, runs["run_id"]) if "run_id" in runs else None)
+    items = {r: f for r in runs["run_id"] if (f := items_of(export.items, r)) is not None}
+    paths = write_results(runs, targets, out, note, preset=args.preset, seeds=args.seeds, items=items)
     if not args.no_notebooks:
-        paths.update(execute_notebooks(uri, experiment_of(args), out, sorted(set(runs["scenario"].dropna()))))
+        paths.update(execute_notebooks(export.folder, out, sorted(set(runs["scenario"].dropna())), sorted({u.study for u in units})))
     return paths
 
 
-def build_sensitivity(args, uri: str, command: str) -> dict[str, Path]:
-    """The sensitivity study's fronts compared (``study.sensitivity.write_sensitivity``)."""
-    from study.analysis import fetch_runs
+def build_sensitivity(args, export, command: str) -> dict[str, Path]:
+    """The sensitivity study's fronts compared (``study.sensitivity.write_sensitivity``), from its export."""
+    from study.exports import last_step
     from study.sensitivity import write_sensitivity
 
     unit = sensitivity_unit(args)
-    runs = fetch_runs(uri, experiment_of(args), kind="trial")
-    # This command's methods only (``<study>/<method>``): the store may hold other methods' studies.
-    runs = runs[runs["study_name"].isin([f"{unit.study}/{m}" for m in args.methods])].reset_index(drop=True)
-    targets = fetch_runs(uri, experiment_of(args), kind="target")
-    target_mu = float(targets["model_utility"].iloc[0]) if len(targets) and "model_utility" in targets else float("nan")
+    every = last_step(export.runs)
+    # This command's methods only (``<study>/<method>``): the export may hold other methods' studies.
+    runs = every[(every["kind"] == "trial") & every["study_name"].isin(unit_studies([unit]))].reset_index(drop=True)
+    targets = every[every["kind"] == "target"]
+    target_mu = float(targets["model_utility"].iloc[0]) if len(targets) else float("nan")
     _, epochs = preset_training(args.preset, args.set)
     note = (f"Preset `{args.preset}`, fictitious {unit.setting}, seed {unit.seed}: every method {args.sensitivity} "
             f"trials of its own Optuna study (sampler tpe; Optuna's TPE samples its first 10 trials at random, so "
             f"with 10 or fewer this is a seeded random search), {epochs} epochs, lr and the method's α / β searched "
             f"over the preset's ranges (`python experiments/sweep.py --preset {args.preset} --dry-run` prints "
-            f"them). Rebuilt by `{command}`.")
+            f"them). Rebuilt by `{command}`; every run is in `export/`.")
     return write_sensitivity(runs, out_of(args), target_mu, note)
 
 
-def execute_notebooks(uri: str, experiment: str, out: Path, scenarios) -> dict[str, Path]:
-    """Each scenario's notebook (``notebooks/<key>.ipynb``) executed with papermill on this store and
-    experiment, the paper's released setting picked per method, written with its outputs into
-    ``out/<key>.ipynb`` (its figures as PNG files beside it); returns the notebooks' paths by scenario key."""
+def _portable(path: Path) -> str:
+    """``path`` relative to the repository when inside it (what a committed notebook may carry), else as is."""
+    path = Path(path).resolve()
+    return os.path.relpath(path, ROOT) if path.is_relative_to(ROOT) else str(path)
+
+
+def _scrub_paths(notebook: Path) -> None:
+    """Remove the machine's absolute paths an executed notebook picked up: papermill's input / output paths
+    and warnings that quote the repository's or the interpreter's files, made relative."""
+    text = notebook.read_text()
+    prefixes = {str(ROOT), sys.prefix, sys.base_prefix, os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix)}
+    for prefix in sorted((p + "/" for p in prefixes), key=len, reverse=True):
+        text = text.replace(prefix, "")
+    notebook.write_text(text)
+
+
+def execute_notebooks(export_dir: Path, out: Path, scenarios, studies) -> dict[str, Path]:
+    """Each scenario's notebook (``notebooks/<key>.ipynb``) executed with papermill on the export and the
+    ``studies`` this command ran (each method's best seed represents it in the per-trial cells; the
+    summary cell shows the means of ``summary.csv``), written with its outputs into ``out/<key>.ipynb`` (its
+    figures as PNG files beside it), paths relative to the repository; returns the notebooks' paths by
+    scenario key."""
     from study.analysis import run_notebook
     from study.scenarios import scenario
 
@@ -416,7 +477,9 @@ def execute_notebooks(uri: str, experiment: str, out: Path, scenarios) -> dict[s
         key = scenario(name).key
         written[key] = out / f"{key}.ipynb"
         run_notebook(ROOT / "notebooks" / f"{key}.ipynb",
-                     {"tracking_uri": uri, "experiment": experiment, "pick": "paper", "figures_dir": str(out)}, written[key])
+                     {"export_dir": _portable(export_dir), "studies": list(studies), "pick": "best",
+                      "figures_dir": _portable(out)}, written[key])
+        _scrub_paths(written[key])
     return written
 
 

@@ -69,7 +69,7 @@ __all__ = [
     "PRIVACY_COLUMNS", "PRIVACY_NOT_LOGGED", "privacy_table",
     "pareto_front", "plot_mu_fe", "plot_mu_fe_grid", "continual_table", "plot_continual", "real_world_table",
     "sensitivity", "plot_sensitivity", "choose_trial", "generations_side_by_side", "save_figure",
-    "save_table", "run_notebook",
+    "save_table", "run_notebook", "Source", "export_frames",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -114,6 +114,10 @@ SENSITIVITY_COLUMNS: tuple[str, ...] = ("run_id", "method", "split", "param", "v
 GENERATION_COLUMNS: tuple[str, ...] = ("item", "question", "reference", "trial_generation", "target_generation")
 
 BEFORE_UNLEARNING = "before unlearning"
+
+RERUN_LABEL = "DualOptim re-run"
+"""What the fictitious figures of :data:`study.paper.PUBLISHED` are: a third-party re-run of the reference
+code on Llama-2-7B (:data:`PUBLISHED_SOURCE`), not the paper's own tables."""
 
 FRONT_GID = "pareto-front"
 """``gid`` of the Pareto-front lines :func:`plot_mu_fe` draws (seaborn adds empty legend lines too)."""
@@ -211,7 +215,7 @@ def runs_frame(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     frame[numeric] = frame[numeric].apply(pd.to_numeric, errors="coerce").astype(float)
     frame["trial_number"] = frame["trial_number"].astype("Int64")
     frame["fix_ref_model"] = frame["fix_ref_model"].astype("boolean")
-    frame["start_time"] = pd.to_datetime(frame["start_time"])
+    frame["start_time"] = pd.to_datetime(frame["start_time"]).astype("datetime64[ms]")  # MLflow keeps ms
     return frame
 
 
@@ -241,6 +245,77 @@ def fetch_runs(tracking_uri: str = DEFAULT_TRACKING_URI, experiment: str = DEFAU
         if not token:
             break
     return runs_frame([_run_record(r) for r in runs])
+
+
+def export_frames(tracking_uri: str, experiment: str, studies: Iterable[str],
+                  target_scenarios: Iterable[str] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """What :func:`study.exports.write_export` writes, read from the store: (runs, items).
+
+    ``runs``: the trials of the Optuna ``studies`` (names as the trials' ``study_name`` tag,
+    ``<study>/<method>``) and the target runs of ``target_scenarios``, one row per run and step (a
+    continual trial's metrics are logged once per task, ``step = task``; other runs have one row):
+    the columns of :func:`fetch_runs` at that step, ``step``, then every parameter as ``param/<key>``.
+    ``items``: every ``eval/items*.csv`` of those runs, with ``run_id`` and ``file`` in front."""
+    from .exports import PARAM_PREFIX
+
+    studies, target_scenarios = set(studies), {_normalise_scenario(s) for s in target_scenarios}
+    empty = runs_frame([]).assign(step=pd.Series(dtype="int64")), pd.DataFrame(columns=["run_id", "file"])
+    if _sqlite_missing(tracking_uri):
+        return empty
+    client = _client(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return empty
+    chosen, token = [], None
+    while True:
+        page = client.search_runs([found.experiment_id], "", max_results=1000,
+                                  order_by=["attributes.start_time ASC"], page_token=token)
+        for run in page:
+            tags = run.data.tags
+            if tags.get(f"{TAG}kind") == "trial" and tags.get(f"{TAG}study_name") in studies:
+                chosen.append(run)
+            elif tags.get(f"{TAG}kind") == "target" and _run_record(run)["scenario"] in target_scenarios:
+                chosen.append(run)
+        token = page.token
+        if not token:
+            break
+    records, item_frames = [], []
+    for run in chosen:
+        base = _run_record(run)
+        params = {PARAM_PREFIX + k: v for k, v in sorted(run.data.params.items())}
+        steps: dict[int, dict[str, float]] = {}
+        if base["scenario"] in SCENARIOS and SCENARIOS[base["scenario"]].sequential:
+            for key in run.data.metrics:
+                if key.startswith(("train/", "system/")):
+                    continue
+                for point in sorted(client.get_metric_history(run.info.run_id, key), key=lambda p: (p.step, p.timestamp)):
+                    steps.setdefault(int(point.step), {})[key] = point.value
+        last = max(steps, default=0)
+        settings = {k: v for k, v in base.items() if k not in run.data.metrics}
+        for step in sorted(steps) or [0]:
+            # The last step's values are the run's (fetch_runs); an earlier task's are those logged at it.
+            record = base if step == last else {**settings, **steps[step]}
+            records.append({**record, "step": step, **params})
+        listed = [a.path for a in client.list_artifacts(run.info.run_id, "eval")
+                  if re.fullmatch(r"items(_task\d+)?\.csv", Path(a.path).name)]
+        for path in sorted(listed):
+            with tempfile.TemporaryDirectory() as tmp, _no_progress_bar():
+                local = mlflow_download(run.info.run_id, path, tmp, tracking_uri)
+                frame = pd.read_csv(local, keep_default_na=False, na_values=[""])
+            frame.insert(0, "file", Path(path).name)
+            frame.insert(0, "run_id", run.info.run_id)
+            item_frames.append(frame)
+    runs = runs_frame(records) if records else empty[0]
+    runs["step"] = runs["step"].astype("int64")
+    items = pd.concat(item_frames, ignore_index=True) if item_frames else empty[1]
+    return runs, items
+
+
+def mlflow_download(run_id: str, path: str, dst: str, tracking_uri: str) -> str:
+    """One artifact of a run downloaded into ``dst``; its local path."""
+    import mlflow
+
+    return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=dst, tracking_uri=tracking_uri)
 
 
 def fetch_task_curves(tracking_uri: str, runs: pd.DataFrame) -> pd.DataFrame:
@@ -396,8 +471,9 @@ def method_table(runs: pd.DataFrame, splits: Sequence[str] = SPLITS, pick: Pick 
 
 
 def published_table() -> pd.DataFrame:
-    """Published MU / FE (and their Avg) for five methods on Llama-2-7b, in the shape of
-    :func:`method_table`. Source: :data:`PUBLISHED_SOURCE`."""
+    """The DualOptim re-run's MU / FE (and their Avg) for five methods on Llama-2-7b (a re-run of the
+    reference code, not the paper's own tables), in the shape of :func:`method_table`. Source:
+    :data:`PUBLISHED_SOURCE`."""
     columns = _split_columns(SPLITS, MEASURES)
     methods = order_methods(_PUBLISHED)
     table = pd.DataFrame(index=pd.Index(methods, name="method"), columns=columns, dtype=float)
@@ -410,8 +486,8 @@ def published_table() -> pd.DataFrame:
 
 
 def compare_to_published(table: pd.DataFrame, published: pd.DataFrame | None = None,
-                         labels: tuple[str, str] = ("this study", "published")) -> pd.DataFrame:
-    """``table`` (:func:`method_table`) and the published figures side by side: columns (split,
+                         labels: tuple[str, str] = ("this study", RERUN_LABEL)) -> pd.DataFrame:
+    """``table`` (:func:`method_table`) and the DualOptim re-run's figures side by side: columns (split,
     measure, source), each of our numbers next to its published counterpart; rows are the union of
     both, in method order."""
     published = published_table() if published is None else published
@@ -731,6 +807,13 @@ def generations_side_by_side(tracking_uri: str, trial_run_id: str, target_run_id
         return _empty(GENERATION_COLUMNS)
     client = _client(tracking_uri)
     trial = _items_csv(client, tracking_uri, trial_run_id, (), task)
+    if target_run_id is None:
+        target_run_id = client.get_run(trial_run_id).data.tags.get(f"{TAG}target_run_id")
+    target = _items_csv(client, tracking_uri, target_run_id, ("items.csv",), None) if target_run_id else None
+    return _side_by_side(trial, target, set_name, n)
+
+
+def _side_by_side(trial: pd.DataFrame | None, target: pd.DataFrame | None, set_name: str, n: int) -> pd.DataFrame:
     if trial is None or "set" not in trial.columns:
         return _empty(GENERATION_COLUMNS)
     rows = trial[trial["set"] == set_name]
@@ -738,9 +821,6 @@ def generations_side_by_side(tracking_uri: str, trial_run_id: str, target_run_id
     out = pd.DataFrame({"item": rows.get("item", pd.Series(range(len(rows)), index=rows.index)),
                         "question": rows["question"], "reference": rows.get("reference"),
                         "trial_generation": rows["generation"]}).reset_index(drop=True)
-    if target_run_id is None:
-        target_run_id = client.get_run(trial_run_id).data.tags.get(f"{TAG}target_run_id")
-    target = _items_csv(client, tracking_uri, target_run_id, ("items.csv",), None) if target_run_id else None
     if target is not None and {"set", "question", "generation"} <= set(target.columns):
         lookup = (target[target["set"] == set_name].drop_duplicates("question")
                   .set_index("question")["generation"])
@@ -748,6 +828,70 @@ def generations_side_by_side(tracking_uri: str, trial_run_id: str, target_run_id
     else:
         out["target_generation"] = np.nan
     return out[list(GENERATION_COLUMNS)]
+
+
+class Source:
+    """Where a notebook reads its runs: an MLflow store (``tracking_uri``, ``experiment``) or, when
+    ``export_dir`` is given, an export (:mod:`study.exports`; no store needed), the same frames from
+    either. ``studies``: only the trials of these Optuna studies (``<study>`` or ``<study>/<method>``,
+    the names ``experiments/reproduce.py`` makes), e.g. the ones a reproduction just ran; None = all."""
+
+    def __init__(self, tracking_uri: str = DEFAULT_TRACKING_URI, experiment: str = DEFAULT_EXPERIMENT,
+                 export_dir: str | os.PathLike | None = None, studies: Iterable[str] | None = None):
+        self.tracking_uri = resolve_tracking_uri(tracking_uri)
+        self.experiment = experiment
+        self.studies = set(studies) if studies is not None else None
+        self.export = None
+        if export_dir is not None:
+            from .exports import read_export
+
+            self.export = read_export(Path(export_dir) if Path(export_dir).is_absolute() else REPO_ROOT / export_dir)
+
+    def __str__(self) -> str:
+        if self.export is not None:
+            return f"the export {os.path.relpath(self.export.folder, REPO_ROOT)}"
+        return f"experiment {self.experiment!r} at {redact(self.tracking_uri)}"
+
+    def runs(self, kind: str = "trial") -> pd.DataFrame:
+        """A runs frame (:func:`fetch_runs`) of ``kind``; trials only of ``studies`` where given."""
+        if self.export is not None:
+            from .exports import last_step
+
+            frame = last_step(self.export.runs)
+            frame = frame[frame["kind"] == kind].reset_index(drop=True)
+        else:
+            frame = fetch_runs(self.tracking_uri, self.experiment, kind=kind)
+        if self.studies is not None and kind == "trial" and not frame.empty:
+            names = frame["study_name"].astype(str)
+            frame = frame[names.isin(self.studies) | names.str.split("/").str[0].isin(self.studies)].reset_index(drop=True)
+        return frame
+
+    def task_curves(self, runs: pd.DataFrame) -> pd.DataFrame:
+        """:func:`fetch_task_curves` of ``runs``, from the store or the export's per-task rows."""
+        if self.export is None:
+            return fetch_task_curves(self.tracking_uri, runs)
+        rows = self.export.runs[self.export.runs["run_id"].isin(set(runs["run_id"]))]
+        rows = rows[rows["model_utility"].notna() | rows["forget_efficacy"].notna()]
+        if rows.empty:
+            return _empty(CURVE_COLUMNS)
+        frame = pd.DataFrame({"run_id": rows["run_id"], "method": rows["method"],
+                              "fix_ref_model": rows["fix_ref_model"].fillna(False).astype(bool), "split": rows["split"],
+                              "task": rows["step"].astype(int), "model_utility": rows["model_utility"],
+                              "forget_efficacy": rows["forget_efficacy"]})
+        order = {r: i for i, r in enumerate(dict.fromkeys(runs["run_id"]))}
+        frame = frame.assign(_r=frame["run_id"].map(order)).sort_values(["_r", "task"], kind="stable")
+        return frame[list(CURVE_COLUMNS)].reset_index(drop=True)
+
+    def generations(self, trial_run_id: str, set_name: str = "forget", n: int = 10) -> pd.DataFrame:
+        """:func:`generations_side_by_side` (the trial's last task) from the store or the export."""
+        if self.export is None:
+            return generations_side_by_side(self.tracking_uri, trial_run_id, set_name=set_name, n=n)
+        from .exports import items_of
+
+        runs = self.export.runs
+        target_ids = runs.loc[runs["run_id"] == trial_run_id, "target_run_id"].dropna()
+        target = items_of(self.export.items, target_ids.iloc[0], "items.csv") if len(target_ids) else None
+        return _side_by_side(items_of(self.export.items, trial_run_id), target, set_name, n)
 
 
 # --------------------------------------------------------------------------------------------

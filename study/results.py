@@ -1,20 +1,29 @@
 """The paper's comparison tables rebuilt from seeded runs: means with 95% intervals, the target's row,
-the published figures beside, and a table of the paper's qualitative claims with a verdict each.
+the DualOptim re-run's figures beside, and a table of the paper's qualitative claims with a verdict each.
 
-Pure functions over the runs frame :func:`study.analysis.fetch_runs` returns (``experiments/reproduce.py``
-fetches it and calls :func:`write_results`). The runs are the ones ``experiments/reproduce.py`` made:
-one Optuna study per (scenario, setting, seed) named by :func:`study_name`, one trial per method
-(the ``paper`` sampler at one stated learning rate), so each (scenario, setting, method, seed) has
-one finished trial. Where a study holds several finished trials (a user re-ran it with more), their
-values are averaged within the seed first, so seeds weigh alike.
+Pure functions over the runs frame :func:`study.analysis.fetch_runs` returns (or an export's,
+:mod:`study.exports`; ``experiments/reproduce.py`` calls :func:`write_results`). The runs are the ones
+``experiments/reproduce.py`` made: one Optuna study per (scenario, setting, seed) named by
+:func:`study_name`, one trial per method (the ``paper`` sampler at one stated learning rate), so each
+(scenario, setting, method, seed) has one finished trial. Where a study holds several finished trials
+(a user re-ran it with more), their values are averaged within the seed first, so seeds weigh alike.
 
 Names: a **setting** is what a scenario is run over: the forget split (fictitious: ``forget01`` ...),
 ``tasks1-4`` / ``tasks1-4-fixref`` (continual, without / with ``--fix-ref-model``), ``real-world``.
 MU = Model Utility, FE = Forget Efficacy (docs/science.md §5).
 
-Intervals (:func:`interval`): the mean over seeds ± the half-width of a two-sided 95% Student-t
-interval, ``t_{0.975, n-1} · s / √n`` with ``s`` the sample standard deviation (ddof = 1); with one
-seed the half-width is NaN (no interval), and every claim that needs it is ``inconclusive``.
+Statistics (each stated once, here):
+
+* MU, FE and ROUGE are bounded in [0, 1] and MU is often bimodal (0 when one of its terms is 0), so
+  their intervals over seeds are percentile bootstraps of the mean (:func:`seed_interval`): they stay
+  inside [0, 1]; ``MU_zero_seeds`` says in how many seeds MU was 0.
+* Methods are paired by seed (a seed fixes the data order and the pairing for every method), so a claim
+  that compares methods uses paired t-tests over seeds (:func:`paired_test`; Wilcoxon's signed-rank p
+  is reported beside it), Holm-corrected over the comparisons the claim makes (:func:`holm`), at level
+  :data:`ALPHA`; the effect size is the mean paired difference with its Student-t interval
+  (:func:`interval`) and Cohen's d_z.
+* Over evaluation items (:func:`item_bootstrap`) every seed is scored on the same questions, so each
+  replicate draws the same items for every seed (and, in :func:`paired_item_bootstrap`, for both methods).
 """
 
 from __future__ import annotations
@@ -33,9 +42,10 @@ from .paper import PAPER_METHODS, PUBLISHED, PUBLISHED_SOURCE, REAL_WORLD_QUOTED
 from .scenarios import CONTINUAL, FICTITIOUS, REAL_WORLD, scenario
 
 __all__ = [
-    "PREFIX", "UNTARGETED", "TARGETED", "TARGET_ROW", "SUMMARY_COLUMNS", "CLAIM_COLUMNS", "VERDICTS",
-    "STABLE_MEAN", "STABLE_LOWER", "COLLAPSE", "study_name", "parse_study_name", "label_runs", "interval",
-    "item_bootstrap", "summary_table", "claims_table", "markdown_table", "plot_mu_fe_intervals", "write_results",
+    "PREFIX", "UNTARGETED", "TARGETED", "TARGET_ROW", "SUMMARY_COLUMNS", "SEED_COLUMNS", "CLAIM_COLUMNS", "VERDICTS",
+    "STABLE_MEAN", "STABLE_LOWER", "COLLAPSE", "ALPHA", "ROUGE_SETS", "study_name", "parse_study_name", "label_runs",
+    "interval", "seed_interval", "paired_test", "holm", "item_bootstrap", "paired_item_bootstrap", "seed_table",
+    "summary_table", "claims_table", "markdown_table", "plot_mu_fe_intervals", "write_results",
 ]
 
 PREFIX = "repro"
@@ -55,19 +65,38 @@ STABLE_LOWER = 0.75
 """... and the interval's lower bound ≥ ``STABLE_LOWER`` × the target's MU."""
 COLLAPSE = 0.5
 """Collapsed MU: MU ≤ ``COLLAPSE`` × the target's MU."""
+ALPHA = 0.05
+"""Level of the paired tests (after Holm's correction over a claim's comparisons)."""
+LEVEL = 0.95
+"""Coverage of every interval."""
+N_BOOT = 2000
+"""Bootstrap replicates (seeds and items)."""
 
-HOLDS, FAILS, UNSURE = "holds", "does not hold", "inconclusive"
-VERDICTS: tuple[str, ...] = (HOLDS, FAILS, UNSURE)
+HOLDS, FAILS, UNSURE, NOT_APPLICABLE = "holds", "does not hold", "inconclusive", "not applicable"
+VERDICTS: tuple[str, ...] = (HOLDS, FAILS, UNSURE, NOT_APPLICABLE)
+
+ROUGE_SETS: tuple[str, ...] = M.GENERATED_SETS
+"""Sets whose ROUGE the summary shows (``rouge_<set>``; NaN outside the scenario's sets)."""
 
 SUMMARY_COLUMNS: tuple[str, ...] = (
-    "scenario", "setting", "method", "n_seeds", "MU", "MU_half", "FE", "FE_half", "retain_rouge",
-    "retain_rouge_half", "MU_items_half", "FE_items_half", "published_MU", "published_FE", "published_scale")
-"""Columns of :func:`summary_table`: means over seeds and 95% half-widths (``*_half`` over seeds,
-``*_items_half`` over evaluation items, :func:`item_bootstrap`); the published figures."""
+    "scenario", "setting", "method", "n_seeds", "MU", "MU_lo", "MU_hi", "MU_zero_seeds", "MU_terms", "MU_zero_terms",
+    "MU_retain", "FE", "FE_lo", "FE_hi", "FE_terms", "retain_rouge", "retain_rouge_lo", "retain_rouge_hi",
+    *(f"rouge_{s}" for s in ROUGE_SETS), "MU_items_lo", "MU_items_hi", "FE_items_lo", "FE_items_hi",
+    "other_MU", "other_FE", "other_source")
+"""Columns of :func:`summary_table`: means over seeds with the 95% percentile-bootstrap interval over seeds
+(``*_lo`` / ``*_hi``, :func:`seed_interval`) and over evaluation items (``*_items_*``,
+:func:`item_bootstrap`); MU's zero cliff (``MU_zero_seeds``: seeds with MU = 0; ``MU_terms``: the number
+of values MU's harmonic mean took; ``MU_zero_terms``: which of them were 0, in how many seeds;
+``MU_retain``: MU over the retain set alone); ``FE_terms``; each set's ROUGE; the figures of another
+scale (``other_*``: the DualOptim re-run for fictitious, quoted ones for real-world)."""
+SEED_COLUMNS: tuple[str, ...] = ("scenario", "setting", "method", "seed", "MU", "FE", "retain_rouge")
+"""Columns of :func:`seed_table`: one row per (scenario, setting, method, seed), what the paired tests read."""
 CLAIM_COLUMNS: tuple[str, ...] = ("claim", "statement", "scenario", "rule", "verdict", "evidence")
 
-PUBLISHED_SCALE = "Llama-2-7B (published, another scale)"
-REAL_WORLD_SCALE = "Llama-3-8B-Instruct (quoted, another scale)"
+RERUN_SOURCE = "DualOptim re-run (arXiv 2504.15827), Llama-2-7B"
+"""The fictitious ``other_*`` figures: a third-party re-run of the reference code, not the paper's tables."""
+QUOTED_SOURCE = "quoted, Llama-3-8B-Instruct"
+"""The real-world ``other_*`` figures (:data:`study.paper.REAL_WORLD_QUOTED`)."""
 
 _NAME = re.compile(r"^" + PREFIX + r"-(?P<preset>.+?)-(?P<scenario>fictitious|continual|real-world)-(?P<setting>.+)"
                    r"-s(?P<seed>\d+)(?:/(?P<method>.+))?$")
@@ -123,16 +152,17 @@ def label_runs(runs: pd.DataFrame, preset: str | None = None, seeds: Iterable[in
 
 
 # --------------------------------------------------------------------------------------------
-# Intervals and the summary table
+# Intervals, tests and the summary table
 # --------------------------------------------------------------------------------------------
 
-def interval(values: Iterable[float], level: float = 0.95) -> tuple[float, float]:
+def interval(values: Iterable[float], level: float = LEVEL) -> tuple[float, float]:
     """(mean, half-width) of the two-sided Student-t interval of ``level`` over the finite ``values``:
     half-width ``t_{(1+level)/2, n-1} · s / √n``, ``s`` with ddof = 1. One value: (value, NaN); none:
-    (NaN, NaN). Example: 0.5, 0.6, 0.7 → mean 0.6, s = 0.1, t_{0.975,2} = 4.3027 → half 0.2484."""
+    (NaN, NaN). Example: 0.5, 0.6, 0.7 → mean 0.6, s = 0.1, t_{0.975,2} = 4.3027 → half 0.2484.
+    Used for unbounded quantities (paired differences), not for MU / FE themselves (:func:`seed_interval`)."""
     from scipy import stats
 
-    x = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    x = _finite(values)
     if x.size == 0:
         return math.nan, math.nan
     if x.size == 1:
@@ -141,69 +171,223 @@ def interval(values: Iterable[float], level: float = 0.95) -> tuple[float, float
     return float(x.mean()), float(half)
 
 
-def item_bootstrap(items_per_seed: Sequence[pd.DataFrame], scenario_name: str, n_boot: int = 1000,
-                   seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Half-widths of the ``level`` percentile intervals of MU and FE (averaged over seeds) when the
-    evaluation items are resampled: the uncertainty a finite evaluation set adds, which the seeds'
-    Student-t interval (:func:`interval`) does not see.
+def _finite(values: Iterable[float]) -> np.ndarray:
+    x = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    return x
 
-    ``items_per_seed``: one per-item frame per seed (the trial's ``eval/items_task<k>.csv``: a ``set``
-    column and one column per metric of :data:`study.metrics.METRICS`). Each replicate draws, within
-    every seed and every set, as many items as the set has, with replacement; takes the set means;
-    computes MU (:func:`study.metrics.model_utility` over the scenario's utility sets) and FE
-    (:func:`study.metrics.forget_efficacy`) as the evaluation does; and averages over seeds. The
-    half-width is half the distance between the ``(1-level)/2`` and ``(1+level)/2`` quantiles.
-    NaN when no frame is given."""
-    if not items_per_seed:
-        return math.nan, math.nan
-    sc = scenario(scenario_name)
-    rng = np.random.default_rng(seed)
+
+def seed_interval(values: Iterable[float], level: float = LEVEL, n_boot: int = N_BOOT,
+                  seed: int = 0) -> tuple[float, float, float]:
+    """(mean, lo, hi): the mean of the finite ``values`` and the percentile bootstrap interval of
+    ``level`` of that mean (``n_boot`` resamples of the values with replacement, numpy's ``linear``
+    quantiles). It lies within [min, max] of the values, so within [0, 1] for a bounded metric. One
+    value: (value, NaN, NaN); none: all NaN. Seeded (``seed``), so tables rebuild byte for byte."""
+    x = _finite(values)
+    if x.size == 0:
+        return math.nan, math.nan, math.nan
+    if x.size == 1:
+        return float(x[0]), math.nan, math.nan
+    means = x[np.random.default_rng(seed).integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
+    return float(x.mean()), float(np.quantile(means, (1 - level) / 2)), float(np.quantile(means, (1 + level) / 2))
+
+
+def paired_test(a: Sequence[float], b: Sequence[float]) -> dict:
+    """``a`` against ``b`` paired by position (by seed): ``n`` pairs with both finite, ``diff`` = mean of
+    a - b, ``half`` its Student-t half-width (:func:`interval`), ``dz`` = Cohen's d_z (mean / sd of the
+    differences), ``p`` = the two-sided paired t-test's p-value (``t = mean / (sd / √n)`` with n - 1
+    degrees of freedom; differences all equal and non-zero: p = 0, all zero: p = 1), ``p_wilcoxon`` =
+    the two-sided exact Wilcoxon signed-rank p-value (NaN when every difference is 0). Fewer than two
+    pairs: p NaN (no test)."""
+    from scipy import stats
+
+    pairs = [(x, y) for x, y in zip(a, b) if np.isfinite(x) and np.isfinite(y)]
+    d = np.asarray([x - y for x, y in pairs], dtype=float)
+    out = {"n": int(d.size), "diff": float(d.mean()) if d.size else math.nan, "half": math.nan, "dz": math.nan,
+           "p": math.nan, "p_wilcoxon": math.nan}
+    if d.size < 2:
+        return out
+    out["half"] = interval(d)[1]
+    sd = d.std(ddof=1)
+    if sd <= 1e-12 * max(1.0, abs(out["diff"])):  # every seed agrees (up to rounding)
+        out["dz"] = math.copysign(math.inf, out["diff"]) if out["diff"] else 0.0
+        out["p"] = 0.0 if out["diff"] else 1.0
+    else:
+        out["dz"] = float(out["diff"] / sd)
+        out["p"] = float(2 * stats.t.sf(abs(out["diff"]) / (sd / math.sqrt(d.size)), d.size - 1))
+    if np.any(d != 0):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out["p_wilcoxon"] = float(stats.wilcoxon(d[d != 0] if np.any(d == 0) else d, method="exact").pvalue)
+    return out
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the input order: sort the m finite p-values ascending,
+    multiply the k-th (from 0) by m - k, take the running maximum, cap at 1. NaN stays NaN (not counted
+    in m). Example: 0.01, 0.04, 0.03 → 0.03, 0.06, 0.06."""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    order = ok[np.argsort(p[ok], kind="stable")]
+    running = 0.0
+    for k, i in enumerate(order):
+        running = max(running, min(1.0, (len(order) - k) * p[i]))
+        out[i] = running
+    return [float(v) for v in out]
+
+
+def _aligned(items_per_seed: Sequence[pd.DataFrame]) -> dict[str, list[np.ndarray]]:
+    """Per set, each seed's [n_items, n_metrics] values in one item order (by the ``item`` column when
+    present): every seed was scored on the same questions. Raises ValueError when seeds differ in a
+    set's size."""
     metrics = list(M.METRICS)
-    mu = np.zeros(n_boot)
-    fe = np.zeros(n_boot)
+    sets: dict[str, list[np.ndarray]] = {}
     for items in items_per_seed:
-        draws = {}
-        for name, part in items.groupby("set"):
-            values = part[metrics].to_numpy(dtype=float)
-            idx = rng.integers(0, len(values), size=(n_boot, len(values)))
+        for name, part in items.groupby("set", sort=True):
+            part = part.sort_values("item", kind="stable") if "item" in part.columns else part
+            sets.setdefault(name, []).append(part[metrics].to_numpy(dtype=float))
+    for name, arrays in sets.items():
+        if len({a.shape[0] for a in arrays}) > 1:
+            raise ValueError(f"set {name!r} has {sorted({a.shape[0] for a in arrays})} items across seeds; the "
+                             "item bootstrap needs the same questions in every seed")
+    return sets
+
+
+def _item_replicates(groups: Sequence[Sequence[pd.DataFrame]], scenario_name: str, n_boot: int,
+                     seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """MU and FE [n_groups, n_boot], each averaged over a group's seeds, where every replicate draws ONE
+    set of item indices per set, used for every seed of every group."""
+    sc = scenario(scenario_name)
+    aligned = [_aligned(g) for g in groups]
+    sizes = {}
+    for sets in aligned:
+        for name, arrays in sets.items():
+            sizes.setdefault(name, arrays[0].shape[0])
+            if arrays[0].shape[0] != sizes[name]:
+                raise ValueError(f"set {name!r} differs in size between the methods compared")
+    rng = np.random.default_rng(seed)
+    idx = {name: rng.integers(0, n, size=(n_boot, n)) for name, n in sorted(sizes.items())}
+    mu = np.zeros((len(groups), n_boot))
+    fe = np.zeros((len(groups), n_boot))
+    metrics = list(M.METRICS)
+    for g, sets in enumerate(aligned):
+        n_seeds = len(groups[g])
+        for s in range(n_seeds):
             with warnings.catch_warnings():  # a metric absent for the whole set (no NLI model) stays NaN
                 warnings.simplefilter("ignore", RuntimeWarning)
-                draws[name] = np.nanmean(values[idx], axis=1)  # [n_boot, n_metrics]
-        for b in range(n_boot):
-            set_metrics = {name: dict(zip(metrics, d[b])) for name, d in draws.items()}
-            mu[b] += M.model_utility(set_metrics, sets=sc.utility_sets).value
-            fe[b] += M.forget_efficacy(set_metrics[M.FORGET]).value
-    mu, fe = mu / len(items_per_seed), fe / len(items_per_seed)
-    lo, hi = (1 - level) / 2, (1 + level) / 2
-
-    def half(x):
-        return float((np.nanquantile(x, hi) - np.nanquantile(x, lo)) / 2)
-
-    return half(mu), half(fe)
+                draws = {name: np.nanmean(arrays[s][idx[name]], axis=1) for name, arrays in sets.items()}
+            for b in range(n_boot):
+                set_metrics = {name: dict(zip(metrics, d[b])) for name, d in draws.items()}
+                mu[g, b] += M.model_utility(set_metrics, sets=sc.utility_sets).value
+                fe[g, b] += M.forget_efficacy(set_metrics[M.FORGET]).value
+        mu[g] /= n_seeds
+        fe[g] /= n_seeds
+    return mu, fe
 
 
-def _retain_rouge(frame: pd.DataFrame, scenario_name: str) -> pd.Series:
-    column = f"{scenario(scenario_name).retain_set}/rouge"
+def _quantiles(x: np.ndarray, level: float) -> tuple[float, float]:
+    return float(np.nanquantile(x, (1 - level) / 2)), float(np.nanquantile(x, (1 + level) / 2))
+
+
+def item_bootstrap(items_per_seed: Sequence[pd.DataFrame], scenario_name: str, n_boot: int = 1000,
+                   seed: int = 0, level: float = LEVEL) -> tuple[float, float, float, float]:
+    """(MU lo, MU hi, FE lo, FE hi): the ``level`` percentile intervals of MU and FE (averaged over seeds)
+    when the evaluation items are resampled: the uncertainty a finite evaluation set adds, which the
+    interval over seeds (:func:`seed_interval`) does not see.
+
+    ``items_per_seed``: one per-item frame per seed (the trial's ``eval/items_task<k>.csv``: a ``set``
+    column, an ``item`` column and one column per metric of :data:`study.metrics.METRICS`). Each
+    replicate draws, within every set, as many items as the set has, with replacement, the SAME items
+    for every seed (every seed is scored on the same questions); takes the set means; computes MU
+    (:func:`study.metrics.model_utility` over the scenario's utility sets) and FE
+    (:func:`study.metrics.forget_efficacy`) as the evaluation does; and averages over seeds. NaN when no
+    frame is given."""
+    if not items_per_seed:
+        return math.nan, math.nan, math.nan, math.nan
+    mu, fe = _item_replicates([items_per_seed], scenario_name, n_boot, seed)
+    return (*_quantiles(mu[0], level), *_quantiles(fe[0], level))
+
+
+def paired_item_bootstrap(items_a: Sequence[pd.DataFrame], items_b: Sequence[pd.DataFrame], scenario_name: str,
+                          n_boot: int = 1000, seed: int = 0, level: float = LEVEL) -> dict[str, tuple[float, float, float]]:
+    """The difference method a - method b of MU and FE (each averaged over its seeds) with its ``level``
+    percentile interval when the items are resampled, the same items for both methods and every seed
+    (:func:`item_bootstrap`'s draw): ``{"MU": (diff, lo, hi), "FE": (...)}``; ``diff`` is the mean of the
+    replicates' differences."""
+    mu, fe = _item_replicates([items_a, items_b], scenario_name, n_boot, seed)
+    out = {}
+    for name, x in (("MU", mu), ("FE", fe)):
+        d = x[0] - x[1]
+        out[name] = (float(np.nanmean(d)), *_quantiles(d, level))
+    return out
+
+
+def _set_column(frame: pd.DataFrame, set_name: str, metric: str) -> pd.Series:
+    column = M.summary_key(set_name, metric)
     return frame[column].astype(float) if column in frame.columns else pd.Series(math.nan, index=frame.index)
 
 
-def _published(scenario_name: str, setting: str, method: str) -> tuple[float, float, str]:
+def _retain_rouge(frame: pd.DataFrame, scenario_name: str) -> pd.Series:
+    return _set_column(frame, scenario(scenario_name).retain_set, M.ROUGE)
+
+
+def _mu_terms(frame: pd.DataFrame, scenario_name: str) -> pd.DataFrame:
+    """The values MU's harmonic mean takes per run: ``<utility set>/<MU metric>`` columns (NaN = not logged)."""
+    sc = scenario(scenario_name)
+    return pd.DataFrame({M.summary_key(s, m): _set_column(frame, s, m) for s in sc.utility_sets for m in M.MU_METRICS})
+
+
+def _fe_terms(frame: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({M.summary_key(M.FORGET, m): _set_column(frame, M.FORGET, m) for m in M.FE_METRICS})
+
+
+def _other(scenario_name: str, setting: str, method: str) -> tuple[float, float, str]:
     if scenario_name == FICTITIOUS.name and setting in PUBLISHED.get(method, {}):
         mu, fe = PUBLISHED[method][setting]
-        return mu, fe, PUBLISHED_SCALE
+        return mu, fe, RERUN_SOURCE
     if scenario_name == REAL_WORLD.name and method in REAL_WORLD_QUOTED:
         quoted = REAL_WORLD_QUOTED[method]
-        return quoted.get("MU", math.nan), quoted.get("FE", math.nan), REAL_WORLD_SCALE
+        return quoted.get("MU", math.nan), quoted.get("FE", math.nan), QUOTED_SOURCE
     return math.nan, math.nan, ""
 
 
+def _describe(frame: pd.DataFrame, scenario_name: str, per: str | None) -> dict:
+    """The summary row's values of ``frame``'s runs (``per``: a column whose groups are averaged first,
+    the seed): means with :func:`seed_interval`, MU's zero cliff, FE's terms, each set's ROUGE."""
+    terms, fe_terms = _mu_terms(frame, scenario_name), _fe_terms(frame)
+    values = pd.DataFrame({"MU": frame["model_utility"].astype(float), "FE": frame["forget_efficacy"].astype(float),
+                           "MU_retain": _set_column_any(frame, "model_utility_retain"),
+                           "retain_rouge": _retain_rouge(frame, scenario_name),
+                           **{f"rouge_{s}": _set_column(frame, s, M.ROUGE) for s in ROUGE_SETS}}, index=frame.index)
+    values = pd.concat([values, terms.add_prefix("term:")], axis=1)
+    if per is not None:
+        values = values.groupby(frame[per]).mean()
+    row: dict = {"n_seeds": len(values)}
+    for name in ("MU", "FE", "retain_rouge"):
+        row[name], row[f"{name}_lo"], row[f"{name}_hi"] = seed_interval(values[name])
+    row["MU_retain"] = float(values["MU_retain"].mean()) if values["MU_retain"].notna().any() else math.nan
+    for s in ROUGE_SETS:
+        row[f"rouge_{s}"] = float(values[f"rouge_{s}"].mean()) if values[f"rouge_{s}"].notna().any() else math.nan
+    row["MU_zero_seeds"] = int((values["MU"] == 0).sum())
+    term_values = values[[c for c in values.columns if c.startswith("term:")]]
+    row["MU_terms"] = int(term_values.notna().sum(axis=1).min()) if len(term_values) else 0
+    zeros = (term_values == 0).sum()
+    row["MU_zero_terms"] = "; ".join(f"{c[len('term:'):]} {k}/{len(values)}" for c, k in zeros.items() if k)
+    row["FE_terms"] = int(fe_terms.notna().sum(axis=1).min()) if len(fe_terms) else 0
+    return row
+
+
+def _set_column_any(frame: pd.DataFrame, column: str) -> pd.Series:
+    return frame[column].astype(float) if column in frame.columns else pd.Series(math.nan, index=frame.index)
+
+
 def _target_row(targets: pd.DataFrame | None, scenario_name: str, setting: str) -> dict | None:
-    """The target model's MU, FE and retain ROUGE for a scenario (and split, where its runs carry one);
-    averaged over target runs (one per seed when targets are fine-tuned per seed).
+    """The target model's values for a scenario (and split, where its runs carry one), over its runs
+    (one per seed when targets are fine-tuned per seed), as :func:`_describe` gives them.
 
     A continual study reuses the fictitious target (the same fine-tuned model, cached) and logs no
-    target run of its own: the fictitious target's MU and retain ROUGE are used (the same model on the
-    same utility sets); its FE, measured on another forget set, is left out (NaN)."""
+    target run of its own: the fictitious target's MU and ROUGE are used (the same model on the same
+    utility sets); its FE and forget ROUGE, measured on another forget set, are left out (NaN)."""
     if targets is None or targets.empty:
         return None
     usable = targets[np.isfinite(targets["model_utility"].astype(float))]
@@ -215,13 +399,41 @@ def _target_row(targets: pd.DataFrame | None, scenario_name: str, setting: str) 
         return None
     if "split" in mine.columns and (mine["split"] == setting).any():
         mine = mine[mine["split"] == setting]
-    mu, mu_half = interval(mine["model_utility"])
-    fe, fe_half = interval(mine["forget_efficacy"])
-    rr, rr_half = interval(_retain_rouge(mine, scenario_name))
+    row = _describe(mine, scenario_name, None)
     if borrowed:
-        fe, fe_half = math.nan, math.nan
-    return {"n_seeds": len(mine), "MU": mu, "MU_half": mu_half, "FE": fe, "FE_half": fe_half,
-            "retain_rouge": rr, "retain_rouge_half": rr_half}
+        row.update(FE=math.nan, FE_lo=math.nan, FE_hi=math.nan, rouge_forget=math.nan, FE_terms=0)
+    return row
+
+
+def _labelled(runs: pd.DataFrame, preset: str | None, seeds: Iterable[int] | None) -> pd.DataFrame:
+    return label_runs(runs, preset, list(seeds) if seeds is not None else None)
+
+
+def _ordered_settings(labelled: pd.DataFrame):
+    for sc in (s for s in (FICTITIOUS.name, CONTINUAL.name, REAL_WORLD.name) if s in set(labelled["scenario"])):
+        frame = labelled[labelled["scenario"] == sc]
+        for setting in sorted(frame["setting"].unique()):
+            here = frame[frame["setting"] == setting]
+            present = set(here["method"])
+            yield sc, setting, here, [m for m in PAPER_METHODS if m in present] + sorted(present - set(PAPER_METHODS))
+
+
+def seed_table(runs: pd.DataFrame, preset: str | None = None, seeds: Iterable[int] | None = None) -> pd.DataFrame:
+    """One row per (scenario, setting, method, seed) of the reproduction runs: MU, FE and retain ROUGE
+    (a seed's trials averaged). Columns :data:`SEED_COLUMNS`; what the paired tests of the claims read."""
+    labelled = _labelled(runs, preset, seeds)
+    rows = []
+    if not labelled.empty:
+        for sc, setting, here, methods in _ordered_settings(labelled):
+            for method in methods:
+                mine = here[here["method"] == method]
+                per_seed = pd.DataFrame({"MU": mine["model_utility"].astype(float), "FE": mine["forget_efficacy"].astype(float),
+                                         "retain_rouge": _retain_rouge(mine, sc)}).groupby(mine["seed"]).mean()
+                for seed, v in per_seed.iterrows():
+                    rows.append({"scenario": sc, "setting": setting, "method": method, "seed": int(seed), **v.to_dict()})
+    table = pd.DataFrame(rows, columns=list(SEED_COLUMNS))
+    table["seed"] = table["seed"].astype(int)
+    return table
 
 
 def summary_table(runs: pd.DataFrame, targets: pd.DataFrame | None = None, preset: str | None = None,
@@ -230,50 +442,38 @@ def summary_table(runs: pd.DataFrame, targets: pd.DataFrame | None = None, prese
     trials; :func:`label_runs` is applied), and first per (scenario, setting) the target's row
     (``method`` :data:`TARGET_ROW`) when ``targets`` (a runs frame of ``kind="target"``) has one.
 
-    Values are averaged within a seed first, then :func:`interval` over seeds gives each mean and
-    95% half-width (``n_seeds`` = number of seeds). ``published_MU`` / ``published_FE``: the Llama-2-7B
-    figures of :data:`study.paper.PUBLISHED` (fictitious) or the quoted real-world ones, labelled by
-    ``published_scale``; NaN where none was published. ``preset`` / ``seeds``: as :func:`label_runs`.
-    ``items``: per-item frames by trial ``run_id`` (the last task's); where every seed's trial has one,
-    ``MU_items_half`` / ``FE_items_half`` come from :func:`item_bootstrap`, else NaN.
-    Columns :data:`SUMMARY_COLUMNS`."""
-    labelled = label_runs(runs, preset, seeds)
+    Values are averaged within a seed first, then over seeds with the percentile-bootstrap interval of
+    :func:`seed_interval` (``n_seeds`` = number of seeds); the other columns: :data:`SUMMARY_COLUMNS`.
+    ``other_MU`` / ``other_FE``: the DualOptim re-run's Llama-2-7B figures of :data:`study.paper.PUBLISHED`
+    (fictitious) or the quoted real-world ones, named by ``other_source``; NaN where there are none.
+    ``preset`` / ``seeds``: as :func:`label_runs`. ``items``: per-item frames by trial ``run_id`` (the
+    last task's); where every seed's trial has one, ``*_items_lo`` / ``*_items_hi`` come from
+    :func:`item_bootstrap`, else NaN."""
+    labelled = _labelled(runs, preset, seeds)
     rows: list[dict] = []
     if labelled.empty:
         return pd.DataFrame(columns=list(SUMMARY_COLUMNS))
-    labelled = labelled.assign(retain_rouge=np.nan)
-    for name in labelled["scenario"].unique():
-        mask = labelled["scenario"] == name
-        labelled.loc[mask, "retain_rouge"] = _retain_rouge(labelled[mask], name)
-    order_sc = [s for s in (FICTITIOUS.name, CONTINUAL.name, REAL_WORLD.name) if s in set(labelled["scenario"])]
-    for sc in order_sc:
-        frame = labelled[labelled["scenario"] == sc]
-        for setting in sorted(frame["setting"].unique()):
-            here = frame[frame["setting"] == setting]
-            target = _target_row(targets, sc, setting)
-            if target is not None:
-                mu, fe, scale = _published(sc, setting, TARGET_ROW)
-                rows.append({"scenario": sc, "setting": setting, "method": TARGET_ROW, **target,
-                             "published_MU": mu, "published_FE": fe, "published_scale": scale})
-            present = set(here["method"])
-            for method in [m for m in PAPER_METHODS if m in present] + sorted(present - set(PAPER_METHODS)):
-                per_seed = here[here["method"] == method].groupby("seed")[
-                    ["model_utility", "forget_efficacy", "retain_rouge"]].mean()
-                mu, mu_half = interval(per_seed["model_utility"])
-                fe, fe_half = interval(per_seed["forget_efficacy"])
-                rr, rr_half = interval(per_seed["retain_rouge"])
-                pmu, pfe, scale = _published(sc, setting, method)
-                run_ids = list(here.loc[here["method"] == method, "run_id"]) if "run_id" in here else []
-                frames = [items[r] for r in run_ids if items and r in items]
-                mu_items, fe_items = (item_bootstrap(frames, sc) if frames and len(frames) == len(run_ids)
-                                      else (math.nan, math.nan))
-                rows.append({"scenario": sc, "setting": setting, "method": method, "n_seeds": len(per_seed),
-                             "MU": mu, "MU_half": mu_half, "FE": fe, "FE_half": fe_half, "retain_rouge": rr,
-                             "retain_rouge_half": rr_half, "MU_items_half": mu_items, "FE_items_half": fe_items,
-                             "published_MU": pmu, "published_FE": pfe,
-                             "published_scale": scale})
+    nan4 = (math.nan,) * 4
+    for sc, setting, here, methods in _ordered_settings(labelled):
+        target = _target_row(targets, sc, setting)
+        if target is not None:
+            mu, fe, source = _other(sc, setting, TARGET_ROW)
+            rows.append({"scenario": sc, "setting": setting, "method": TARGET_ROW, **target,
+                         **dict(zip(("MU_items_lo", "MU_items_hi", "FE_items_lo", "FE_items_hi"), nan4)),
+                         "other_MU": mu, "other_FE": fe, "other_source": source})
+        for method in methods:
+            mine = here[here["method"] == method]
+            row = _describe(mine, sc, "seed")
+            run_ids = list(mine["run_id"]) if "run_id" in mine else []
+            frames = [items[r] for r in run_ids if items and r in items]
+            bands = item_bootstrap(frames, sc) if frames and len(frames) == len(run_ids) else nan4
+            mu, fe, source = _other(sc, setting, method)
+            rows.append({"scenario": sc, "setting": setting, "method": method, **row,
+                         **dict(zip(("MU_items_lo", "MU_items_hi", "FE_items_lo", "FE_items_hi"), bands)),
+                         "other_MU": mu, "other_FE": fe, "other_source": source})
     table = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
-    table["n_seeds"] = table["n_seeds"].astype(int)
+    for column in ("n_seeds", "MU_zero_seeds", "MU_terms", "FE_terms"):
+        table[column] = table[column].astype(int)
     return table
 
 
@@ -282,19 +482,17 @@ def summary_table(runs: pd.DataFrame, targets: pd.DataFrame | None = None, prese
 # --------------------------------------------------------------------------------------------
 
 class _Est:
-    """A mean with its 95% interval [lo, hi] (a point when the half-width is NaN: lo = hi = mean, which
-    :func:`_decided` reports as not decidable for comparisons that need an interval)."""
+    """A mean with its 95% interval [lo, hi] (:func:`seed_interval`); ``ok`` when both are finite."""
 
-    def __init__(self, mean: float, half: float):
-        self.mean, self.half = float(mean), float(half)
-        self.lo, self.hi = self.mean - self.half, self.mean + self.half
+    def __init__(self, mean: float, lo: float, hi: float):
+        self.mean, self.lo, self.hi = float(mean), float(lo), float(hi)
 
     def __str__(self) -> str:
-        return f"{self.mean:.3f}±{self.half:.3f}" if np.isfinite(self.half) else f"{self.mean:.3f}"
+        return f"{self.mean:.3f} [{self.lo:.3f}, {self.hi:.3f}]" if self.ok else f"{self.mean:.3f}"
 
     @property
     def ok(self) -> bool:
-        return bool(np.isfinite(self.mean) and np.isfinite(self.half))
+        return bool(np.isfinite(self.mean) and np.isfinite(self.lo) and np.isfinite(self.hi))
 
 
 def _and(verdicts: Sequence[str]) -> str:
@@ -304,29 +502,8 @@ def _and(verdicts: Sequence[str]) -> str:
     return HOLDS if verdicts and all(v == HOLDS for v in verdicts) else UNSURE
 
 
-def _or(verdicts: Sequence[str]) -> str:
-    """One suffices: any ``holds`` → holds; all ``does not hold`` (and at least one) → does not hold."""
-    if HOLDS in verdicts:
-        return HOLDS
-    return FAILS if verdicts and all(v == FAILS for v in verdicts) else UNSURE
-
-
 def _not(verdict: str) -> str:
     return {HOLDS: FAILS, FAILS: HOLDS}.get(verdict, UNSURE)
-
-
-def _below(a: _Est, b: _Est) -> str:
-    """``a`` below ``b``: holds when a's interval lies wholly below b's (a.hi < b.lo), does not hold when
-    wholly above (a.lo > b.hi); inconclusive when they overlap or either has no interval. ``b`` may be
-    a point (the target, NaN half-width counts as zero width) only when ``a`` has an interval."""
-    if not np.isfinite(a.mean) or not np.isfinite(b.mean) or not a.ok:
-        return UNSURE
-    b_lo, b_hi = (b.lo, b.hi) if b.ok else (b.mean, b.mean)
-    if a.hi < b_lo:
-        return HOLDS
-    if a.lo > b_hi:
-        return FAILS
-    return UNSURE
 
 
 def _stable(mu: _Est, target_mu: float) -> str:
@@ -354,11 +531,38 @@ def _collapsed(mu: _Est, target_mu: float) -> str:
     return UNSURE
 
 
-class _View:
-    """Look-ups into a summary table for one (scenario, setting)."""
+class _Comparisons:
+    """The paired comparisons one claim makes, "a above b" each (:func:`paired_test` over seeds),
+    Holm-corrected together (:func:`holm`) when the verdicts are read."""
 
-    def __init__(self, table: pd.DataFrame, sc: str, setting: str):
+    def __init__(self):
+        self.tests: list[tuple[str, dict]] = []
+
+    def add(self, label: str, a: pd.Series, b: pd.Series) -> int:
+        both = pd.concat([a.rename("a"), b.rename("b")], axis=1, join="inner")
+        self.tests.append((label, paired_test(both["a"].tolist(), both["b"].tolist())))
+        return len(self.tests) - 1
+
+    def verdicts(self) -> tuple[list[str], list[str]]:
+        """Per comparison: holds (Holm p < :data:`ALPHA`, a above b), does not hold (Holm p < :data:`ALPHA`,
+        a below b) or inconclusive (not significant, or fewer than two seeds); and its evidence."""
+        adjusted = holm([t["p"] for _, t in self.tests])
+        verdicts, evidence = [], []
+        for (label, t), p in zip(self.tests, adjusted):
+            significant = np.isfinite(p) and p < ALPHA
+            verdicts.append(UNSURE if not significant else (HOLDS if t["diff"] > 0 else FAILS))
+            half = f" ± {t['half']:.3f}" if np.isfinite(t["half"]) else ""
+            evidence.append(f"{label}: diff {t['diff']:+.3f}{half} over {t['n']} seeds, d_z {t['dz']:.2f}, "
+                            f"paired t p {t['p']:.3g} (Holm {p:.3g}), Wilcoxon p {t['p_wilcoxon']:.3g}")
+        return verdicts, evidence
+
+
+class _View:
+    """Look-ups into a summary table and the per-seed table for one (scenario, setting)."""
+
+    def __init__(self, table: pd.DataFrame, seeds: pd.DataFrame, sc: str, setting: str):
         self.rows = table[(table["scenario"] == sc) & (table["setting"] == setting)].set_index("method")
+        self.seeds = seeds[(seeds["scenario"] == sc) & (seeds["setting"] == setting)] if not seeds.empty else seeds
         self.setting = setting
 
     def has(self, method: str) -> bool:
@@ -366,90 +570,109 @@ class _View:
 
     def est(self, method: str, measure: str) -> _Est:
         if not self.has(method):
-            return _Est(math.nan, math.nan)
+            return _Est(math.nan, math.nan, math.nan)
         row = self.rows.loc[method]
-        return _Est(row[measure], row[f"{measure}_half"])
+        return _Est(row[measure], row[f"{measure}_lo"], row[f"{measure}_hi"])
+
+    def per_seed(self, method: str, measure: str) -> pd.Series:
+        mine = self.seeds[self.seeds["method"] == method] if not self.seeds.empty else self.seeds
+        return pd.Series(mine[measure].to_numpy(dtype=float) if len(mine) else [], index=mine["seed"] if len(mine) else [],
+                         dtype=float)
 
     @property
     def target_mu(self) -> float:
         return float(self.rows.loc[TARGET_ROW, "MU"]) if self.has(TARGET_ROW) else math.nan
 
 
-def _settings(table: pd.DataFrame, sc: str, only: Callable[[str], bool] = lambda s: True) -> list[_View]:
+def _settings(table: pd.DataFrame, seeds: pd.DataFrame, sc: str, only: Callable[[str], bool] = lambda s: True) -> list[_View]:
     here = table[table["scenario"] == sc]
-    return [_View(table, sc, s) for s in sorted(here["setting"].unique()) if only(s)]
+    return [_View(table, seeds, sc, s) for s in sorted(here["setting"].unique()) if only(s)]
 
 
-def _claim_a(table):
+def _claim_a(table, seeds):
     """(a) ME+GD has the highest FE among untargeted methods, with stable MU. Per fictitious split:
-    ME+GD's FE interval lies wholly above every other untargeted method's that was run (:func:`_below`
-    for each) AND ME+GD's MU is stable (:func:`_stable`); needs ME+GD and at least one other untargeted
-    method. Splits combine with AND (every split must hold; one that does not → does not hold)."""
-    verdicts, evidence = [], []
-    for v in _settings(table, FICTITIOUS.name):
+    ME+GD's FE is above every other untargeted method's that was run (paired t over seeds, Holm over all
+    the claim's comparisons, p < ALPHA) AND ME+GD's MU is stable (:func:`_stable`); needs ME+GD and at least
+    one other untargeted method. Everything combines with AND (one comparison the other way → does not hold)."""
+    tests, parts, evidence = _Comparisons(), [], []
+    for v in _settings(table, seeds, FICTITIOUS.name):
         others = [m for m in UNTARGETED if m != "ME+GD" and v.has(m)]
         if not v.has("ME+GD") or not others:
-            verdicts.append(UNSURE)
+            parts.append(UNSURE)
             evidence.append(f"{v.setting}: ME+GD or other untargeted methods missing")
             continue
-        me = v.est("ME+GD", "FE")
-        parts = [_below(v.est(m, "FE"), me) for m in others]
+        for m in others:
+            tests.add(f"{v.setting} FE ME+GD - {m}", v.per_seed("ME+GD", "FE"), v.per_seed(m, "FE"))
         stable = _stable(v.est("ME+GD", "MU"), v.target_mu)
-        verdicts.append(_and([*parts, stable]))
-        best_other = max(others, key=lambda m: v.est(m, "FE").mean)
-        evidence.append(f"{v.setting}: FE ME+GD {me} vs best other {best_other} {v.est(best_other, 'FE')}; "
-                        f"MU ME+GD {v.est('ME+GD', 'MU')} vs target {v.target_mu:.3f} (stable: {stable})")
-    return _and(verdicts), evidence
+        parts.append(stable)
+        evidence.append(f"{v.setting}: MU ME+GD {v.est('ME+GD', 'MU')} vs target {v.target_mu:.3f} (stable: {stable})")
+    verdicts, shown = tests.verdicts()
+    return _and([*verdicts, *parts]), [*shown, *evidence]
 
 
-def _claim_b(table):
-    """(b) GA+GD collapses MU: on at least one fictitious split GA+GD's MU collapses (:func:`_collapsed`,
-    MU ≤ :data:`COLLAPSE` × target MU, decided by the interval); splits combine with OR (the published
-    re-run collapses at forget05 only)."""
+COLLAPSE_SPLITS: tuple[str, ...] = tuple(s for s, (mu, _) in PUBLISHED["GA+GD"].items() if mu == 0)
+"""Splits where the DualOptim re-run's GA+GD collapses (MU 0): forget05."""
+
+
+def _claim_b(table, seeds):
+    """(b) GA+GD collapses MU: decided on the splits where the DualOptim re-run's GA+GD collapses
+    (COLLAPSE_SPLITS, MU 0 there; it does not collapse on the others): GA+GD's MU collapses there
+    (:func:`_collapsed`: MU ≤ COLLAPSE × target MU by the interval over seeds) → holds; stays above →
+    does not hold; those splits not run → inconclusive (the other splits are shown, not judged)."""
     verdicts, evidence = [], []
-    for v in _settings(table, FICTITIOUS.name):
+    for v in _settings(table, seeds, FICTITIOUS.name):
         mu = v.est("GA+GD", "MU")
-        verdicts.append(_collapsed(mu, v.target_mu) if v.has("GA+GD") else UNSURE)
-        evidence.append(f"{v.setting}: MU GA+GD {mu} vs {COLLAPSE} × target {COLLAPSE * v.target_mu:.3f}")
-    return _or(verdicts), evidence
-
-
-def _claim_c(table):
-    """(c) NPO+GD plateaus at low FE: on every fictitious split NPO+GD's FE interval lies wholly below
-    ME+GD's (:func:`_below`); splits combine with AND."""
-    verdicts, evidence = [], []
-    for v in _settings(table, FICTITIOUS.name):
-        npo, me = v.est("NPO+GD", "FE"), v.est("ME+GD", "FE")
-        verdicts.append(_below(npo, me) if v.has("NPO+GD") and v.has("ME+GD") else UNSURE)
-        evidence.append(f"{v.setting}: FE NPO+GD {npo} vs ME+GD {me}")
+        decides = v.setting in COLLAPSE_SPLITS
+        if decides:
+            verdicts.append(_collapsed(mu, v.target_mu) if v.has("GA+GD") else UNSURE)
+        evidence.append(f"{v.setting}{'' if decides else ' (shown, not judged)'}: MU GA+GD {mu} vs {COLLAPSE} × target "
+                        f"{COLLAPSE * v.target_mu:.3f}")
+    if not verdicts:
+        evidence.append(f"the DualOptim re-run collapses on {', '.join(COLLAPSE_SPLITS)} only, not run here")
     return _and(verdicts), evidence
 
 
-def _claim_d(table):
-    """(d) IDK+AP is the only targeted method with stable MU: per fictitious split, IDK+AP's MU is
-    stable (:func:`_stable`) AND every other targeted method that was run is not (its MU interval's
-    upper bound < :data:`STABLE_MEAN` × target MU); needs IDK+AP and one other targeted method. Splits
-    combine with AND."""
-    verdicts, evidence = [], []
-    for v in _settings(table, FICTITIOUS.name):
+def _claim_c(table, seeds):
+    """(c) NPO+GD plateaus at low FE: on every fictitious split NPO+GD's FE is below ME+GD's (paired t
+    over seeds, Holm over the splits, p < ALPHA); splits combine with AND."""
+    tests, parts, evidence = _Comparisons(), [], []
+    for v in _settings(table, seeds, FICTITIOUS.name):
+        if v.has("NPO+GD") and v.has("ME+GD"):
+            tests.add(f"{v.setting} FE ME+GD - NPO+GD", v.per_seed("ME+GD", "FE"), v.per_seed("NPO+GD", "FE"))
+        else:
+            parts.append(UNSURE)
+            evidence.append(f"{v.setting}: NPO+GD or ME+GD missing")
+    verdicts, shown = tests.verdicts()
+    return _and([*verdicts, *parts]), [*shown, *evidence]
+
+
+def _claim_d(table, seeds):
+    """(d) IDK+AP is the only targeted method with stable MU: per fictitious split, IDK+AP's MU is stable
+    (:func:`_stable`), every other targeted method run is not (its interval's upper bound < STABLE_MEAN ×
+    target MU) AND its MU is below IDK+AP's (paired t over seeds, Holm over the claim's comparisons,
+    p < ALPHA); needs IDK+AP and one other targeted method. Everything combines with AND."""
+    tests, parts, evidence = _Comparisons(), [], []
+    for v in _settings(table, seeds, FICTITIOUS.name):
         others = [m for m in TARGETED if m != "IDK+AP" and v.has(m)]
         if not v.has("IDK+AP") or not others:
-            verdicts.append(UNSURE)
+            parts.append(UNSURE)
             evidence.append(f"{v.setting}: IDK+AP or other targeted methods missing")
             continue
-        verdicts.append(_and([_stable(v.est("IDK+AP", "MU"), v.target_mu),
-                              *[_not(_stable(v.est(m, "MU"), v.target_mu)) for m in others]]))
+        parts += [_stable(v.est("IDK+AP", "MU"), v.target_mu), *[_not(_stable(v.est(m, "MU"), v.target_mu)) for m in others]]
+        for m in others:
+            tests.add(f"{v.setting} MU IDK+AP - {m}", v.per_seed("IDK+AP", "MU"), v.per_seed(m, "MU"))
         shown = ", ".join(f"{m} {v.est(m, 'MU')}" for m in ("IDK+AP", *others))
         evidence.append(f"{v.setting}: MU {shown}; target {v.target_mu:.3f}")
-    return _and(verdicts), evidence
+    verdicts, shown = tests.verdicts()
+    return _and([*parts, *verdicts]), [*evidence, *shown]
 
 
-def _claim_e(table):
+def _claim_e(table, seeds):
     """(e) Continual (without a fixed reference): every baseline that was run (the seven methods other
     than ME+GD and IDK+AP) collapses (:func:`_collapsed`) while ME+GD's and IDK+AP's MU are stable
     (:func:`_stable`), after the last task; needs ME+GD, IDK+AP and one baseline."""
     verdicts, evidence = [], []
-    for v in _settings(table, CONTINUAL.name, lambda s: not s.endswith("-fixref")):
+    for v in _settings(table, seeds, CONTINUAL.name, lambda s: not s.endswith("-fixref")):
         baselines = [m for m in PAPER_METHODS if m not in ("ME+GD", "IDK+AP") and v.has(m)]
         if not (v.has("ME+GD") and v.has("IDK+AP") and baselines):
             verdicts.append(UNSURE)
@@ -463,35 +686,39 @@ def _claim_e(table):
     return _and(verdicts), evidence
 
 
-def _claim_f(table):
+def _claim_f(table, seeds):
     """(f) A fixed reference model stabilises NPO in continual: for NPO+GD and NPO+KL (those run in both
-    settings) the MU interval with ``--fix-ref-model`` lies wholly above the one without
-    (:func:`_below` reversed); methods combine with AND."""
-    verdicts, evidence = [], []
-    for v in _settings(table, CONTINUAL.name, lambda s: not s.endswith("-fixref")):
-        fixed = _View(table, CONTINUAL.name, v.setting + "-fixref")
+    settings) the MU with ``--fix-ref-model`` is above the one without (paired t over seeds, Holm over
+    the methods, p < ALPHA); methods combine with AND."""
+    tests, evidence = _Comparisons(), []
+    for v in _settings(table, seeds, CONTINUAL.name, lambda s: not s.endswith("-fixref")):
+        fixed = _View(table, seeds, CONTINUAL.name, v.setting + "-fixref")
         for m in ("NPO+GD", "NPO+KL"):
             if v.has(m) and fixed.has(m):
-                verdicts.append(_below(v.est(m, "MU"), fixed.est(m, "MU")))
+                tests.add(f"{v.setting} MU {m} fixed - not fixed", fixed.per_seed(m, "MU"), v.per_seed(m, "MU"))
                 evidence.append(f"{v.setting}: MU {m} {v.est(m, 'MU')} vs fixed reference {fixed.est(m, 'MU')}")
+    verdicts, shown = tests.verdicts()
     if not verdicts:
         evidence.append("no NPO method run in continual with and without --fix-ref-model")
-    return _and(verdicts), evidence
+    return _and(verdicts), [*shown, *evidence]
 
 
-def _claim_g(table):
-    """(g) Targeted unlearning lowers retain ROUGE too: on every fictitious split, every targeted method
-    run has a retain ROUGE interval wholly below the target's retain ROUGE (:func:`_below`; the target
-    is a point when it has one run); methods and splits combine with AND."""
-    verdicts, evidence = [], []
-    for v in _settings(table, FICTITIOUS.name):
-        target = v.est(TARGET_ROW, "retain_rouge")
-        for m in (m for m in TARGETED if v.has(m)):
-            verdicts.append(_below(v.est(m, "retain_rouge"), target))
-            evidence.append(f"{v.setting}: retain ROUGE {m} {v.est(m, 'retain_rouge')} vs target {target}")
-    if not verdicts:
-        evidence.append("no targeted method run")
-    return _and(verdicts), evidence
+def _claim_g(table, seeds):
+    """(g) Targeted unlearning lowers retain ROUGE too: per fictitious split, the targeted methods' mean
+    retain ROUGE is below the untargeted methods' (the control: they unlearn the same data without a
+    refusal target), per seed (the seeds every method of both groups ran), by a paired t over seeds,
+    Holm over the splits, p < ALPHA; needs one method of each group. Splits combine with AND."""
+    tests, evidence = _Comparisons(), []
+    for v in _settings(table, seeds, FICTITIOUS.name):
+        targeted, untargeted = [m for m in TARGETED if v.has(m)], [m for m in UNTARGETED if v.has(m)]
+        if not targeted or not untargeted:
+            evidence.append(f"{v.setting}: needs a targeted and an untargeted method")
+            continue
+        group = lambda ms: pd.concat([v.per_seed(m, "retain_rouge") for m in ms], axis=1, join="inner").mean(axis=1)  # noqa: E731
+        tests.add(f"{v.setting} retain ROUGE untargeted ({', '.join(untargeted)}) - targeted ({', '.join(targeted)})",
+                  group(untargeted), group(targeted))
+    verdicts, shown = tests.verdicts()
+    return _and(verdicts), [*shown, *evidence]
 
 
 _CLAIMS = (
@@ -505,21 +732,27 @@ _CLAIMS = (
 )
 
 
-def claims_table(table: pd.DataFrame) -> pd.DataFrame:
-    """The paper's seven qualitative claims judged from a :func:`summary_table`: one row each, verdict
-    ``holds`` / ``does not hold`` / ``inconclusive`` (intervals overlap where the comparison is decided,
-    a seed count too small for an interval, or data missing), ``rule`` = the decision rule (the first
-    paragraph of the rule's docstring, thresholds :data:`STABLE_MEAN`, :data:`STABLE_LOWER`,
-    :data:`COLLAPSE`), ``evidence`` = the numbers that decide it (mean±half-width). Columns
-    :data:`CLAIM_COLUMNS`."""
+def claims_table(table: pd.DataFrame, seeds: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The paper's seven qualitative claims judged from a :func:`summary_table` and its :func:`seed_table`
+    (``seeds``; without it no paired test can be made): one row each, verdict ``holds`` / ``does not
+    hold`` / ``inconclusive`` (not significant, too few seeds, or data missing) / ``not applicable``
+    (the claim's scenario is not in these results), ``rule`` = the decision rule (the rule's docstring,
+    thresholds :data:`STABLE_MEAN`, :data:`STABLE_LOWER`, :data:`COLLAPSE`, :data:`ALPHA`), ``evidence``
+    = the numbers that decide it. Columns :data:`CLAIM_COLUMNS`."""
+    seeds = seeds if seeds is not None else pd.DataFrame(columns=list(SEED_COLUMNS))
+    present = set(table["scenario"]) if not table.empty else set()
     rows = []
     for claim, statement, sc, rule in _CLAIMS:
-        verdict, evidence = rule(table) if not table.empty else (UNSURE, [])
-        if not evidence:
-            evidence = ["no data"]
+        if sc not in present:
+            verdict, evidence = NOT_APPLICABLE, [f"no {sc} runs in these results"]
+        else:
+            verdict, evidence = rule(table, seeds)
         doc = " ".join((rule.__doc__ or "").split())
+        for name, value in (("ALPHA", ALPHA), ("STABLE_MEAN", STABLE_MEAN), ("COLLAPSE", COLLAPSE),
+                            ("COLLAPSE_SPLITS", ", ".join(COLLAPSE_SPLITS))):
+            doc = re.sub(rf"\b{name}\b", f"{name} ({value})", doc)
         rows.append({"claim": claim, "statement": statement, "scenario": sc, "rule": doc, "verdict": verdict,
-                     "evidence": "; ".join(evidence)})
+                     "evidence": "; ".join(evidence or ["no data"])})
     return pd.DataFrame(rows, columns=list(CLAIM_COLUMNS))
 
 
@@ -541,41 +774,57 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join([header, rule, *body])
 
 
-def _pm(mean: float, half: float) -> str:
+def _ci(mean: float, lo: float, hi: float) -> str:
     if not np.isfinite(mean):
         return ""
-    return f"{mean:.3f} ± {half:.3f}" if np.isfinite(half) else f"{mean:.3f}"
+    return f"{mean:.3f} [{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) and np.isfinite(hi) else f"{mean:.3f}"
 
 
 def _readable(rows: pd.DataFrame) -> pd.DataFrame:
+    """A (scenario, setting)'s summary rows as the README shows them."""
+    source = next((s for s in rows["other_source"] if isinstance(s, str) and s), "")
+    other = source.split(" (")[0].split(",")[0] if source else "other scale"
+    sc = scenario(rows["scenario"].iloc[0])
+    zero = [f"{k}/{n}" if k else "" for k, n in zip(rows["MU_zero_seeds"], rows["n_seeds"])]
     return pd.DataFrame({
         "method": rows["method"], "seeds": rows["n_seeds"],
-        "MU": [_pm(m, h) for m, h in zip(rows["MU"], rows["MU_half"])],
-        "FE": [_pm(m, h) for m, h in zip(rows["FE"], rows["FE_half"])],
-        "retain ROUGE": [_pm(m, h) for m, h in zip(rows["retain_rouge"], rows["retain_rouge_half"])],
-        "MU ± (items)": [_cell(h) for h in rows["MU_items_half"]],
-        "FE ± (items)": [_cell(h) for h in rows["FE_items_half"]],
-        "published MU": rows["published_MU"], "published FE": rows["published_FE"],
+        "MU [95% CI]": [_ci(*v) for v in zip(rows["MU"], rows["MU_lo"], rows["MU_hi"])],
+        "MU = 0 (seeds)": zero,
+        "MU terms": rows["MU_terms"], "zero terms (seeds)": rows["MU_zero_terms"].fillna(""),
+        "MU retain": rows["MU_retain"],
+        "FE [95% CI]": [_ci(*v) for v in zip(rows["FE"], rows["FE_lo"], rows["FE_hi"])],
+        "FE terms": rows["FE_terms"],
+        **{f"{s} ROUGE": rows[f"rouge_{s}"] for s in sc.eval_sets},
+        "MU [items]": [_ci((lo + hi) / 2, lo, hi).split(" ", 1)[-1] if np.isfinite(lo) else ""
+                       for lo, hi in zip(rows["MU_items_lo"], rows["MU_items_hi"])],
+        "FE [items]": [_ci((lo + hi) / 2, lo, hi).split(" ", 1)[-1] if np.isfinite(lo) else ""
+                       for lo, hi in zip(rows["FE_items_lo"], rows["FE_items_hi"])],
+        f"{other} MU": rows["other_MU"], f"{other} FE": rows["other_FE"],
     })
 
 
 def plot_mu_fe_intervals(table: pd.DataFrame, scenario_name: str = FICTITIOUS.name, setting: str = "forget01"):
-    """MU (x) vs FE (y) per method with 95% error bars for one (scenario, setting), the target as a
-    star; a matplotlib Figure, or None when the table has no such rows. Chooses no backend."""
+    """MU (x) vs FE (y) per method with its 95% interval over seeds (:func:`seed_interval`, inside [0, 1])
+    for one (scenario, setting), the target as a star; a matplotlib Figure, or None when the table has no
+    such rows. Chooses no backend."""
     import matplotlib.pyplot as plt
 
     rows = table[(table["scenario"] == scenario_name) & (table["setting"] == setting)]
     if rows.empty:
         return None
     figure, ax = plt.subplots(figsize=(5.5, 4.2))
+
+    def err(mean, lo, hi):
+        return np.nan_to_num([[mean - lo], [hi - mean]])
+
     for row in rows.itertuples(index=False):
         if row.method == TARGET_ROW:
             ax.plot(row.MU, row.FE, marker="*", markersize=14, color="black", linestyle="none", label=TARGET_ROW)
             continue
-        ax.errorbar(row.MU, row.FE, xerr=np.nan_to_num(row.MU_half), yerr=np.nan_to_num(row.FE_half), marker="o",
-                    capsize=3, linestyle="none", label=row.method)
-    ax.set(xlabel="Model Utility (mean ± 95% CI over seeds)", ylabel="Forget Efficacy",
-           title=f"{scenario_name} {setting}")
+        ax.errorbar(row.MU, row.FE, xerr=err(row.MU, row.MU_lo, row.MU_hi), yerr=err(row.FE, row.FE_lo, row.FE_hi),
+                    marker="o", capsize=3, linestyle="none", label=row.method)
+    ax.set(xlabel="Model Utility (mean, 95% bootstrap CI over seeds)", ylabel="Forget Efficacy",
+           title=f"{scenario_name} {setting}", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
     ax.legend(fontsize=7, loc="best")
     figure.tight_layout()
     return figure
@@ -584,32 +833,42 @@ def plot_mu_fe_intervals(table: pd.DataFrame, scenario_name: str = FICTITIOUS.na
 def write_results(runs: pd.DataFrame, targets: pd.DataFrame | None, out: str | Path, note: str = "",
                   preset: str | None = None, seeds: Iterable[int] | None = None,
                   items: dict[str, pd.DataFrame] | None = None) -> dict[str, Path]:
-    """Write ``summary.csv`` (:func:`summary_table`), ``claims.csv`` (:func:`claims_table`), ``README.md``
-    (markdown: one table per scenario and setting, then the claims) and ``mu_fe_fictitious_forget01.png``
-    into ``out``; returns the paths written (the figure only when there are fictitious forget01 rows).
-    ``note``: a paragraph put under the README's title (how the runs were made); ``preset`` / ``seeds``:
-    which reproduction runs (:func:`label_runs`); ``items``: as :func:`summary_table`."""
+    """Write ``summary.csv`` (:func:`summary_table`), ``seeds.csv`` (:func:`seed_table`), ``claims.csv``
+    (:func:`claims_table`), ``README.md`` (markdown: one table per scenario and setting, then the
+    claims) and ``mu_fe_fictitious_forget01.png`` into ``out``; returns the paths written (the figure
+    only when there are fictitious forget01 rows). ``note``: a paragraph put under the README's title
+    (how the runs were made); ``preset`` / ``seeds``: which reproduction runs (:func:`label_runs`);
+    ``items``: as :func:`summary_table`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    seeds = list(seeds) if seeds is not None else None
     table = summary_table(runs, targets, preset, seeds, items)
-    claims = claims_table(table)
-    paths = {"summary": out / "summary.csv", "claims": out / "claims.csv", "readme": out / "README.md"}
+    per_seed = seed_table(runs, preset, seeds)
+    claims = claims_table(table, per_seed)
+    paths = {"summary": out / "summary.csv", "seeds": out / "seeds.csv", "claims": out / "claims.csv",
+             "readme": out / "README.md"}
     table.to_csv(paths["summary"], index=False)
+    per_seed.to_csv(paths["seeds"], index=False)
     claims.to_csv(paths["claims"], index=False)
     lines = ["# The paper's comparison tables, reproduced", ""]
     if note:
         lines += [note, ""]
-    lines += ["MU = Model Utility, FE = Forget Efficacy (docs/science.md §5): mean ± half-width of the 95% "
-              "Student-t interval over seeds (`study/results.py`); `± (items)`: the half-width of the 95% "
-              "bootstrap interval over evaluation items (1000 resamples within each set and seed). The published columns are "
-              f"{PUBLISHED_SCALE} ({PUBLISHED_SOURCE}) or, for real-world, {REAL_WORLD_SCALE}: another model "
-              "scale, shown for the shape of the comparison, not as a target for these numbers.", ""]
+    lines += ["MU = Model Utility, FE = Forget Efficacy (docs/science.md §5): the mean over seeds and its 95% "
+              "percentile-bootstrap interval over seeds (inside [0, 1]; `study/results.py`); `MU = 0 (seeds)`: in "
+              "how many seeds MU was 0; `MU terms`: how many values MU's harmonic mean took (15 here: Entailment "
+              "needs `--nli`; the paper's 18), `zero terms`: which were 0 and in how many seeds (one zero makes MU 0); "
+              "`MU retain`: MU over the retain set alone; `FE terms`: FE's values (4 here, the paper's 5); `[items]`: "
+              "the 95% bootstrap interval over evaluation items (the same items drawn for every seed). The last two "
+              f"columns are another model's figures: {RERUN_SOURCE} ({PUBLISHED_SOURCE}) or, for real-world, "
+              f"{QUOTED_SOURCE}; shown for the shape of the comparison, not as a target for these numbers. Per-seed "
+              "values: `seeds.csv`; every run: `export/`.", ""]
     for (sc, setting), rows in table.groupby(["scenario", "setting"], sort=False):
         lines += [f"## {sc}, {setting}", "", markdown_table(_readable(rows)), ""]
     lines += ["## The paper's claims", "",
               f"Thresholds: stable MU = mean ≥ {STABLE_MEAN} × target MU with the interval's lower bound ≥ "
-              f"{STABLE_LOWER} × target MU; collapse = MU ≤ {COLLAPSE} × target MU. Each rule is in `claims.csv` "
-              "and in `study/results.py`.", "",
+              f"{STABLE_LOWER} × target MU; collapse = MU ≤ {COLLAPSE} × target MU; comparisons between methods: "
+              f"paired t-tests over seeds, Holm-corrected over a claim's comparisons, p < {ALPHA}. Each rule is in "
+              "`claims.csv` and in `study/results.py`.", "",
               markdown_table(claims[["claim", "statement", "verdict", "evidence"]]), ""]
     paths["readme"].write_text("\n".join(lines))
     figure = plot_mu_fe_intervals(table)
@@ -617,6 +876,6 @@ def write_results(runs: pd.DataFrame, targets: pd.DataFrame | None, out: str | P
         import matplotlib.pyplot as plt
 
         paths["figure"] = out / "mu_fe_fictitious_forget01.png"
-        figure.savefig(paths["figure"], dpi=110, bbox_inches="tight")
+        figure.savefig(paths["figure"], dpi=110, bbox_inches="tight", metadata={"Software": None})
         plt.close(figure)
     return paths

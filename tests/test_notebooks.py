@@ -15,6 +15,8 @@ Each executed notebook writes its tables (CSV) to ``tables_dir`` and its figures
 from __future__ import annotations
 
 import math
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -64,7 +66,7 @@ def test_notebooks_are_committed_clean():
         assert all(not c.outputs and c.execution_count is None for c in code), f"{name}: strip the outputs"
         params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
         assert len(params) == 1, f"{name}: one cell tagged 'parameters'"
-        for variable in ("tracking_uri", "experiment", "figures_dir", "tables_dir", "pick"):
+        for variable in ("tracking_uri", "experiment", "figures_dir", "tables_dir", "pick", "export_dir", "studies"):
             assert f"{variable} = " in params[0].source, f"{name}: parameter {variable} missing"
         # papermill reads every assignment as a parameter (a second "=" on a line hides it from --help-notebook).
         from papermill.translators import PythonTranslator
@@ -197,3 +199,52 @@ def test_notebooks_on_smoke_studies(smoke_store, tmp_path):
     assert list(real.index) == ["before unlearning", *SMOKE_METHODS]
     assert list(real.columns[:5]) == ["MU", "FE", "Avg", "MU (quoted)", "FE (quoted)"]
     assert real.loc[list(SMOKE_METHODS), "MU"].notna().all()
+
+
+MACHINE_PATH = re.compile(r"(?<![\w.])/(?:home|work|Users|root|mnt|scratch|private)/")
+"""An absolute path of the machine a file was made on (``/tmp/...`` in an example command is not one)."""
+
+
+def _results_folders_without_export() -> set[Path]:
+    """Results folders still holding what the code before exports wrote (no ``export/provenance.json``):
+    their executed notebooks were written with the machine's paths, until re-run (docs/results/README.md)."""
+    from study.exports import has_export
+
+    return {p for p in (ROOT / "docs" / "results").iterdir() if p.is_dir() and not has_export(p)}
+
+
+def test_no_machine_path_in_committed_docs_and_notebooks():
+    tracked = subprocess.run(["git", "ls-files", "docs", "notebooks"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.split()
+    if not tracked:
+        pytest.skip("not a git checkout") if os.environ.get("CI") != "true" else pytest.fail("git ls-files found nothing")
+    old = _results_folders_without_export()
+    found = []
+    for name in tracked:
+        path = ROOT / name
+        if path.suffix not in (".md", ".ipynb", ".csv", ".json", ".txt", ".toml", ".py") or not path.exists():
+            continue
+        if path.suffix == ".ipynb" and path.parent in old:
+            continue  # written before exports; re-running the folder's command rewrites it without paths
+        found += [f"{name}: {m.group(0)}..." for m in MACHINE_PATH.finditer(path.read_text(errors="replace"))]
+    assert not found, "absolute machine paths in committed files: " + "; ".join(found[:5])
+
+
+def test_results_folders_with_an_export_show_their_study():
+    """Every docs/results folder rebuilt from an export: the export reads back, the tables rebuild from it
+    (its summary.csv names only runs in it), and each executed notebook shows the summary's numbers."""
+    import json
+
+    from study.exports import read_export
+    from test_results import assert_shows_values
+
+    folders = sorted(p for p in (ROOT / "docs" / "results").iterdir() if p.is_dir() and p not in _results_folders_without_export())
+    for folder in folders:
+        export = read_export(folder)
+        assert (export.runs["kind"] == "trial").any(), folder.name
+        notebooks = sorted(folder.glob("*.ipynb"))  # sensitivity/ has an export and no notebook
+        summary = pd.read_csv(folder / "summary.csv") if notebooks else None
+        for notebook in notebooks:
+            key = notebook.stem
+            assert_shows_values(json.loads(notebook.read_text()),
+                                summary[summary["scenario"] == {"real_world": "real-world"}.get(key, key)], notebook.name)

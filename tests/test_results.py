@@ -41,9 +41,11 @@ JITTER = (-0.01, 0.0, 0.01)
 
 def _frame(values: dict[str, tuple[float, float]], scenario: str = "fictitious", setting: str = "forget01",
            jitter=JITTER, rouge: dict[str, float] | None = None) -> pd.DataFrame:
-    """Trials of each method at (MU, FE) ± jitter over three seeds."""
-    rows = [_trial(scenario, setting, m, s, mu + j, fe + j, (rouge or {}).get(m, 0.5))
-            for m, (mu, fe) in values.items() for s, j in zip(SEEDS, jitter)]
+    """Trials of each method at (MU, FE) ± jitter over three seeds (``jitter``: one tuple for every
+    method, or one per method; retain ROUGE gets the same jitter)."""
+    shift = lambda m: jitter.get(m, JITTER) if isinstance(jitter, dict) else jitter  # noqa: E731
+    rows = [_trial(scenario, setting, m, s, mu + j, fe + j, (rouge or {}).get(m, 0.5) + j)
+            for m, (mu, fe) in values.items() for s, j in zip(SEEDS, shift(m))]
     return runs_frame(rows)
 
 
@@ -51,7 +53,7 @@ TARGETS = runs_frame([_target("fictitious", 0.6), _target("continual", 0.6)])
 
 
 def _verdict(runs: pd.DataFrame, claim: str) -> str:
-    claims = results.claims_table(results.summary_table(runs, TARGETS))
+    claims = results.claims_table(results.summary_table(runs, TARGETS), results.seed_table(runs))
     return claims.set_index("claim").loc[claim, "verdict"]
 
 
@@ -84,9 +86,9 @@ def test_summary_averages_within_a_seed_first_and_adds_target_and_published_rows
     me = table.set_index("method").loc["ME+GD"]
     assert me["n_seeds"] == 3
     assert me["MU"] == pytest.approx(np.mean([0.6, 0.7, 0.8]))  # seed 1's two trials average to 0.6 first
-    assert me["MU_half"] == pytest.approx(results.interval([0.6, 0.7, 0.8])[1])
-    assert (me["published_MU"], me["published_FE"]) == (0.727, 0.920)  # study.paper.PUBLISHED, forget01
-    assert "Llama-2-7B" in me["published_scale"]
+    assert (me["MU_lo"], me["MU_hi"]) == pytest.approx(results.seed_interval([0.6, 0.7, 0.8])[1:])
+    assert (me["other_MU"], me["other_FE"]) == (0.727, 0.920)  # study.paper.PUBLISHED, forget01
+    assert "DualOptim re-run" in me["other_source"] and "Llama-2-7B" in me["other_source"]
     assert table.set_index("method").loc[results.TARGET_ROW, "MU"] == pytest.approx(0.6)
     assert results.summary_table(runs_frame(rows), TARGETS, preset="default").empty  # another preset's runs
     assert results.summary_table(runs_frame(rows), TARGETS, seeds=[2, 3]).set_index("method").loc["ME+GD", "n_seeds"] == 2
@@ -111,7 +113,9 @@ def test_claim_a_holds_when_me_gd_clearly_wins():
 
 
 def test_claim_a_inconclusive_when_intervals_overlap():
-    runs = _frame({**UNTARGETED_BASE, "ME+GD": (0.58, 0.52)}, jitter=(-0.05, 0.0, 0.05))
+    # FE differences ME+GD - GA+GD over the seeds: -0.08, 0.02, 0.12: mean 0.02, not significant
+    runs = _frame({**UNTARGETED_BASE, "ME+GD": (0.58, 0.52)}, jitter={"ME+GD": (-0.05, 0.0, 0.05), "GA+GD": (0.03, 0.0, -0.07),
+                                                                       "NPO+GD": (0.0, 0.0, 0.0)})
     assert _verdict(runs, "a") == UNSURE
 
 
@@ -126,18 +130,38 @@ def test_claim_a_does_not_hold_when_me_gd_wins_but_mu_collapses():
 
 
 def test_claims_b_c_d_g_on_known_frames():
-    collapsed = _frame({"GA+GD": (0.05, 0.9), "NPO+GD": (0.5, 0.3), "ME+GD": (0.58, 0.9)})
-    assert _verdict(collapsed, "b") == HOLDS
+    collapsed = _frame({"GA+GD": (0.05, 0.9), "NPO+GD": (0.5, 0.3), "ME+GD": (0.58, 0.9)}, setting="forget05")
+    assert _verdict(collapsed, "b") == HOLDS  # decided at forget05, where the DualOptim re-run collapses
     assert _verdict(collapsed, "c") == HOLDS  # NPO+GD's FE 0.3 well below ME+GD's 0.9
-    assert _verdict(_frame({"GA+GD": (0.55, 0.9)}), "b") == FAILS
-    assert _verdict(_frame({"GA+GD": (0.30, 0.9)}, jitter=(-0.1, 0.0, 0.1)), "b") == UNSURE  # straddles 0.3
+    assert _verdict(_frame({"GA+GD": (0.55, 0.9)}, setting="forget05"), "b") == FAILS
+    assert _verdict(_frame({"GA+GD": (0.30, 0.9)}, setting="forget05", jitter=(-0.1, 0.0, 0.1)), "b") == UNSURE  # straddles 0.3
+    # forget01 alone decides nothing: the re-run does not collapse there either
+    assert _verdict(_frame({"GA+GD": (0.05, 0.9)}), "b") == UNSURE
     targeted = {"IDK+AP": (0.58, 0.7), "DPO+GD": (0.1, 0.8), "IDK+GD": (0.2, 0.7)}
     assert _verdict(_frame(targeted), "d") == HOLDS
     assert _verdict(_frame({**targeted, "DPO+GD": (0.59, 0.8)}), "d") == FAILS  # another stable targeted method
     assert _verdict(_frame({"IDK+AP": (0.58, 0.7)}), "d") == UNSURE  # nothing to compare with
-    rouge = {"IDK+AP": 0.5, "DPO+GD": 0.4, "IDK+GD": 0.3}  # target's retain ROUGE 0.9
-    assert _verdict(_frame(targeted, rouge=rouge), "g") == HOLDS
-    assert _verdict(_frame(targeted, rouge={**rouge, "IDK+AP": 0.95}), "g") == FAILS
+
+
+def test_claim_g_compares_targeted_with_untargeted_methods():
+    methods = {"GA+GD": (0.5, 0.5), "ME+GD": (0.5, 0.5), "IDK+AP": (0.5, 0.5), "DPO+GD": (0.5, 0.5)}
+    noisy = {"GA+GD": (0.02, -0.01, 0.0), "ME+GD": (0.0, 0.01, -0.01), "IDK+AP": (-0.02, 0.0, 0.03), "DPO+GD": (0.01, 0.0, -0.02)}
+    lower = {"GA+GD": 0.8, "ME+GD": 0.7, "IDK+AP": 0.4, "DPO+GD": 0.3}  # targeted 0.35 vs untargeted 0.75
+    assert _verdict(_frame(methods, rouge=lower, jitter=noisy), "g") == HOLDS
+    assert _verdict(_frame(methods, rouge={m: 1.1 - r for m, r in lower.items()}, jitter=noisy), "g") == FAILS
+    # the same retain ROUGE in both groups (below the target's 0.9, the old rule's point): no effect
+    assert _verdict(_frame(methods, rouge={m: 0.5 for m in methods}, jitter=noisy), "g") == UNSURE
+    assert _verdict(_frame({"IDK+AP": (0.5, 0.5)}), "g") == UNSURE  # no control group
+
+
+def test_claims_outside_their_scenario_are_not_applicable():
+    fictitious = _frame({**UNTARGETED_BASE, "ME+GD": (0.58, 0.90)})
+    claims = results.claims_table(results.summary_table(fictitious, TARGETS), results.seed_table(fictitious)).set_index("claim")
+    assert list(claims.loc[["e", "f"], "verdict"]) == [results.NOT_APPLICABLE] * 2
+    continual = _frame({"ME+GD": (0.58, 0.9)}, scenario="continual", setting="tasks1-4")
+    claims = results.claims_table(results.summary_table(continual, TARGETS), results.seed_table(continual)).set_index("claim")
+    assert set(claims.loc[list("abcdg"), "verdict"]) == {results.NOT_APPLICABLE}
+    assert "Holm" in claims.loc["a", "rule"] and "ALPHA (0.05)" in claims.loc["a", "rule"]  # the rule, printed
 
 
 def test_continual_claims_e_f():
@@ -146,11 +170,12 @@ def test_continual_claims_e_f():
 
     plain = continual({"NPO+GD": (0.05, 0.9), "GA+GD": (0.02, 0.9), "ME+GD": (0.58, 0.9), "IDK+AP": (0.57, 0.7)},
                       "tasks1-4")
-    fixed = continual({"NPO+GD": (0.50, 0.8)}, "tasks1-4-fixref")
+    fixed = _frame({"NPO+GD": (0.50, 0.8)}, scenario="continual", setting="tasks1-4-fixref", jitter=(0.02, -0.01, 0.0))
     both = pd.concat([plain, fixed], ignore_index=True)
     assert _verdict(both, "e") == HOLDS
     assert _verdict(both, "f") == HOLDS
-    worse = pd.concat([continual({"NPO+GD": (0.40, 0.9)}, "tasks1-4"), continual({"NPO+GD": (0.10, 0.9)}, "tasks1-4-fixref")],
+    worse = pd.concat([continual({"NPO+GD": (0.40, 0.9)}, "tasks1-4"),
+                       _frame({"NPO+GD": (0.10, 0.9)}, scenario="continual", setting="tasks1-4-fixref", jitter=(0.02, -0.01, 0.0))],
                       ignore_index=True)
     assert _verdict(worse, "f") == FAILS
     assert _verdict(plain, "f") == UNSURE  # no fixed-reference runs
@@ -167,9 +192,9 @@ def test_continual_borrows_the_fictitious_targets_utility():
 
 def test_a_target_without_utility_decides_nothing():
     # The smoke preset's random model: target MU 0, so "stable" and "collapsed" are both meaningless.
-    runs = _frame({"GA+GD": (0.0, 0.9)})
+    runs = _frame({"GA+GD": (0.0, 0.9)}, setting="forget05")
     targets = runs_frame([_target("fictitious", 0.0)])
-    claims = results.claims_table(results.summary_table(runs, targets)).set_index("claim")
+    claims = results.claims_table(results.summary_table(runs, targets), results.seed_table(runs)).set_index("claim")
     assert claims.loc["b", "verdict"] == UNSURE
 
 
@@ -177,7 +202,7 @@ def test_claims_table_shape_and_missing_data():
     claims = results.claims_table(results.summary_table(runs_frame([]), None))
     assert list(claims.columns) == list(results.CLAIM_COLUMNS)
     assert list(claims["claim"]) == list("abcdefg")
-    assert set(claims["verdict"]) == {UNSURE}
+    assert set(claims["verdict"]) == {results.NOT_APPLICABLE}  # no scenario at all
     one_seed = runs_frame([_trial("fictitious", "forget01", m, 1, 0.6, fe) for m, fe in (("GA+GD", 0.1), ("ME+GD", 0.9))])
     assert _verdict(one_seed, "a") == UNSURE  # one seed: no interval, nothing decided
     for rule in claims["rule"]:
@@ -194,7 +219,8 @@ def test_write_results_writes_tables_readme_and_figure(tmp_path):
     assert len(summary) == 4 and list(summary.columns) == list(results.SUMMARY_COLUMNS)
     assert len(pd.read_csv(paths["claims"])) == 7
     text = paths["readme"].read_text()
-    assert "## fictitious, forget01" in text and "0.580 ± " in text and "| a |" in text
+    assert "## fictitious, forget01" in text and "0.580 [" in text and "| a |" in text and "DualOptim re-run MU" in text
+    assert len(pd.read_csv(paths["seeds"])) == 9
     assert paths["figure"].stat().st_size > 1000
 
 
@@ -235,26 +261,72 @@ def test_reproduce_end_to_end_on_smoke(tmp_path, capsys):
     assert len(methods) == 6
     assert set(methods["setting"]) == {"forget01", "tasks1-2", "real-world"}
     assert (methods["n_seeds"] == 2).all()
-    assert np.isfinite(methods[["MU", "MU_half", "FE", "FE_half"]].to_numpy()).all()
+    assert np.isfinite(methods[["MU", "MU_lo", "MU_hi", "FE", "FE_lo", "FE_hi"]].to_numpy()).all()
+    assert ((methods[["MU_lo", "FE_lo"]] >= 0).all(axis=None) and (methods[["MU_hi", "FE_hi"]] <= 1).all(axis=None))
     claims = pd.read_csv(out_dir / "claims.csv")
     assert list(claims["claim"]) == list("abcdefg")
     assert set(claims["verdict"]) <= set(results.VERDICTS)
     assert (out_dir / "README.md").read_text().startswith("# The paper's comparison tables")
     assert (out_dir / "mu_fe_fictitious_forget01.png").stat().st_size > 1000
-    # Each scenario's notebook executed on this store, outputs kept, every code cell run without error.
+    # Each scenario's notebook executed on the export of this command's studies, outputs kept, every code
+    # cell run without error, the summary cell showing summary.csv's numbers.
     for key in ("fictitious", "continual", "real_world"):
         notebook = json.loads((out_dir / f"{key}.ipynb").read_text())
         code = [c for c in notebook["cells"] if c["cell_type"] == "code"]
         assert code and all(c["execution_count"] for c in code), key
         assert not [o for c in code for o in c["outputs"] if o["output_type"] == "error"], key
-        assert any(o["output_type"] == "display_data" for c in code for o in c["outputs"]), key  # a figure or table
-        assert "sqlite:///" + str(store) in json.dumps(notebook["cells"]), key  # the injected parameters
-    # A re-run reuses every finished trial (checked on one scenario: each call still plans its study).
+        assert_shows_values(notebook, summary[summary["scenario"] == {"real_world": "real-world"}.get(key, key)], key)
+        assert str(out_dir / "export") in json.dumps(notebook["cells"]), key  # the injected export
+        assert str(store) not in json.dumps(notebook), key  # never the store's URI
+    # The export: every run of the command, per task, with its per-item tables and provenance.
+    from study import exports
+
+    export = exports.read_export(out_dir)
+    trials = export.runs[export.runs["kind"] == "trial"]
+    assert trials["run_id"].nunique() == 12  # 3 settings x 2 methods x 2 seeds
+    continual = trials[trials["scenario"] == "continual"]
+    scored = continual[continual["model_utility"].notna()]  # one row per task (step 0: what is logged before task 1)
+    assert sorted(set(scored["step"])) == [1, 2] and (scored.groupby("run_id").size() == 2).all()
+    assert {"retain/rouge", "forget/truth_ratio", "param/train.lr"} <= set(trials.columns)
+    assert set(export.items["run_id"]) >= set(trials["run_id"])
+    assert export.provenance["command"].startswith("python experiments/reproduce.py --preset smoke")
+    # --from-exports: the same tables from the export alone (a copy, no store), byte for byte.
+    import shutil
+
+    again_dir = tmp_path / "again"
+    shutil.copytree(out_dir / "export", again_dir / "export")
+    no_store = [w for w in argv if not w.startswith("sqlite")]
+    no_store = [w for i, w in enumerate(no_store) if w not in ("--tracking-uri", "--storage")]
+    no_store[no_store.index("--out") + 1] = str(again_dir)
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert _reproduce().main([*no_store, "--from-exports"]) == 0
+    for name in ("summary.csv", "seeds.csv", "claims.csv"):
+        assert (again_dir / name).read_bytes() == (out_dir / name).read_bytes(), name
+    for key in ("fictitious", "continual", "real_world"):
+        assert (again_dir / f"{key}.ipynb").exists()
+    # A re-run reuses every finished study (checked on one scenario: each call still plans its study).
     with contextlib.redirect_stdout(io.StringIO()) as again:
         assert _reproduce().main([*argv, "--scenario", "fictitious", "--no-notebooks"]) == 0
-    assert again.getvalue().count("reused") == 2 and "done in" not in again.getvalue()
+    # (the export holds both studies in full, so they are not even asked of the store: a reproduction whose
+    # machine and store were lost resumes from its export)
+    assert again.getvalue().count("kept from") == 2 and "done in" not in again.getvalue()
     # --scenario builds that scenario's tables only, though the store holds all three.
     assert set(pd.read_csv(out_dir / "summary.csv")["setting"]) == {"forget01"}
+
+
+def assert_shows_values(notebook: dict, summary: pd.DataFrame, name: str) -> None:
+    """An executed notebook shows its study: no empty frame anywhere, and the summary cell's table holds
+    ``summary``'s MU and FE (3 decimals), none of them NaN."""
+    texts = ["".join(o.get("data", {}).get("text/plain", "")) + "".join(o.get("text", ""))
+             for c in notebook["cells"] if c["cell_type"] == "code" for o in c["outputs"]]
+    assert not [t for t in texts if "Empty DataFrame" in t], f"{name}: an empty table"
+    cell = next(c for c in notebook["cells"] if c.get("id") == "summary")
+    shown = "".join("".join(o.get("data", {}).get("text/plain", "")) for o in cell["outputs"])
+    assert shown and "No reproduction study" not in shown, f"{name}: the summary cell shows nothing"
+    methods = summary[summary["method"] != results.TARGET_ROW]
+    assert not methods.empty and methods[["MU", "FE"]].notna().all(axis=None), name
+    for value in methods[["MU", "FE"]].to_numpy().ravel():
+        assert f"{value:.3f}".rstrip("0").rstrip(".") in shown, f"{name}: {value:.3f} not shown"
 
 
 def _items_frame(rouge_forget):
@@ -275,17 +347,134 @@ def _items_frame(rouge_forget):
 def test_item_bootstrap_is_zero_for_constant_items_and_the_binomial_width_otherwise():
     from study.results import item_bootstrap
 
-    mu_half, fe_half = item_bootstrap([_items_frame([0.5] * 40)], "fictitious", n_boot=300)
-    assert mu_half == pytest.approx(0.0, abs=1e-12) and fe_half == pytest.approx(0.0, abs=1e-12)
+    mu_lo, mu_hi, fe_lo, fe_hi = item_bootstrap([_items_frame([0.5] * 40)], "fictitious", n_boot=300)
+    assert mu_hi - mu_lo == pytest.approx(0.0, abs=1e-12) and fe_hi - fe_lo == pytest.approx(0.0, abs=1e-12)
     # Forget ROUGE half 0s, half 1s over n items: FE = 1 - mean of its 5 metrics, so its 95% half-width is
     # 1.96 * sqrt(p(1-p)/n) / 5 (normal approximation); MU does not read the forget set.
     n = 200
-    mu_half, fe_half = item_bootstrap([_items_frame([0.0, 1.0] * (n // 2))], "fictitious", n_boot=2000, seed=1)
-    assert mu_half == pytest.approx(0.0, abs=1e-12)
+    mu_lo, mu_hi, fe_lo, fe_hi = item_bootstrap([_items_frame([0.0, 1.0] * (n // 2))], "fictitious", n_boot=2000, seed=1)
+    assert mu_hi - mu_lo == pytest.approx(0.0, abs=1e-12)
+    fe_half = (fe_hi - fe_lo) / 2
     assert fe_half == pytest.approx(1.96 * (0.25 / n) ** 0.5 / 5, rel=0.15)
-    # Two seeds averaged: the width shrinks by about sqrt(2).
-    _, fe_two = item_bootstrap([_items_frame([0.0, 1.0] * (n // 2))] * 2, "fictitious", n_boot=2000, seed=1)
-    assert fe_two == pytest.approx(fe_half / 2 ** 0.5, rel=0.15)
+    assert fe_lo < 1 - 0.5 * 4 / 5 - 0.5 / 5 < fe_hi  # the point estimate FE = 0.5 inside
+    # Two seeds scored on the same items: the same items are drawn for both, so two identical seeds give
+    # the width of one (drawing per seed independently would shrink it by about sqrt(2)).
+    _, _, lo2, hi2 = item_bootstrap([_items_frame([0.0, 1.0] * (n // 2))] * 2, "fictitious", n_boot=2000, seed=1)
+    assert (hi2 - lo2) / 2 == pytest.approx(fe_half, rel=1e-9)
+
+
+def test_paired_item_bootstrap_of_a_constant_shift_is_that_shift():
+    from study.results import paired_item_bootstrap
+
+    n = 40
+    a = _items_frame([0.25, 0.75] * (n // 2))
+    b = _items_frame([0.0, 0.5] * (n // 2))  # every forget ROUGE 0.25 lower: FE(b) - FE(a) = 0.25 / 5
+    diff = paired_item_bootstrap([a, a], [b, b], "fictitious", n_boot=500)
+    assert diff["FE"] == pytest.approx((-0.05, -0.05, -0.05), abs=1e-12)  # same items for both: no spread
+    assert diff["MU"] == pytest.approx((0.0, 0.0, 0.0), abs=1e-12)
+
+
+def test_paired_t_and_wilcoxon_by_hand():
+    # differences 1, 2, 3: mean 2, sd 1, t = 2 / (1 / sqrt 3) = 3.4641 with 2 df; the t(2) CDF is
+    # 1/2 + t / (2 sqrt(2 + t^2)) = 1/2 + 3.4641 / (2 · 3.7417) = 0.962910, so p = 2 (1 - 0.962910) = 0.074180.
+    test = results.paired_test([1.0, 2.0, 4.0], [0.0, 0.0, 1.0])
+    assert test["n"] == 3 and test["diff"] == pytest.approx(2.0) and test["dz"] == pytest.approx(2.0)
+    assert test["p"] == pytest.approx(0.074180, abs=1e-6)
+    assert test["half"] == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6)  # t_{0.975,2} · 1 / sqrt 3
+    assert test["p_wilcoxon"] == pytest.approx(0.25)  # all 3 signs positive: 2 · (1/2)^3
+    assert results.paired_test([0.2, 0.3], [0.1, 0.2])["p"] == 0.0  # every seed agrees exactly
+    assert math.isnan(results.paired_test([0.2], [0.1])["p"])  # one seed: no test
+    assert results.paired_test([0.2, float("nan"), 0.5], [0.1, 0.3, 0.3])["n"] == 2  # pairs with a NaN dropped
+
+
+def test_holm_by_hand():
+    # sorted 0.01, 0.03, 0.04 times 3, 2, 1 = 0.03, 0.06, 0.04; running max 0.03, 0.06, 0.06
+    assert results.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert results.holm([0.5, float("nan")])[0] == 0.5 and math.isnan(results.holm([0.5, float("nan")])[1])
+    assert results.holm([0.4, 0.6]) == pytest.approx([0.8, 0.8])
+    assert results.holm([0.6, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+
+
+def test_bounded_intervals_stay_in_the_unit_interval_and_zero_seeds_are_counted():
+    mean, lo, hi = results.seed_interval([0.0, 0.0, 0.33])
+    assert mean == pytest.approx(0.11) and 0.0 <= lo <= mean <= hi <= 0.33
+    assert results.interval([0.0, 0.0, 0.33])[0] - results.interval([0.0, 0.0, 0.33])[1] < 0  # the t interval would not
+    rows = [{**_trial("fictitious", "forget01", "GA+KL", s, mu, 0.5), "retain/rouge": 0.4, "retain/truth_ratio": tr,
+             "real_authors/rouge": 0.3, "model_utility_retain": 0.2}
+            for s, mu, tr in ((1, 0.0, 0.0), (2, 0.0, 0.0), (3, 0.33, 0.5))]
+    row = results.summary_table(runs_frame(rows), TARGETS).set_index("method").loc["GA+KL"]
+    assert row["MU_zero_seeds"] == 2 and row["MU_lo"] >= 0
+    assert row["MU_zero_terms"] == "retain/truth_ratio 2/3"  # which term was 0, in how many seeds
+    assert row["MU_terms"] == 3 and row["MU_retain"] == pytest.approx(0.2) and row["rouge_real_authors"] == pytest.approx(0.3)
+
+
+# --------------------------------------------------------------------------------------------------
+# Exports
+
+
+def _export_frames():
+    from study.exports import PARAM_PREFIX
+
+    runs = _frame({"GA+GD": (0.5, 0.6), "ME+GD": (0.58, 0.9)})
+    runs["step"] = 0
+    runs[PARAM_PREFIX + "train.lr"] = "0.0001"
+    items = pd.concat([_items_frame([0.5] * 4).assign(run_id=r, file="items_task1.csv") for r in runs["run_id"]],
+                      ignore_index=True)
+    return runs, items[["run_id", "file", *[c for c in items.columns if c not in ("run_id", "file")]]]
+
+
+def test_an_export_reads_back_what_was_written(tmp_path):
+    from study import exports
+
+    runs, items = _export_frames()
+    written = exports.write_export(tmp_path, runs, items, "python experiments/reproduce.py", ["s1"])
+    back = exports.read_export(tmp_path)
+    pd.testing.assert_frame_equal(back.runs, runs)
+    pd.testing.assert_frame_equal(back.items, items)
+    assert back.provenance["format_version"] == exports.FORMAT_VERSION and back.provenance["studies"] == ["s1"]
+    assert {"commit", "date", "packages", "cpu", "gpu", "command"} <= set(back.provenance)
+    assert exports.has_export(tmp_path) and written.folder == tmp_path / "export"
+    pd.testing.assert_frame_equal(exports.last_step(back.runs), runs.drop(columns=["step", "param/train.lr"]))
+    one = exports.items_of(back.items, runs["run_id"][0])
+    assert len(one) == len(_items_frame([0.5] * 4)) and "run_id" not in one
+    # Growing: another study's runs join; the first study's stay.
+    more = runs.assign(run_id=runs["run_id"] + "-b", study_name=runs["study_name"].str.replace("forget01", "forget05"))
+    exports.write_export(tmp_path, more, items.iloc[:0], "again", ["s2"])
+    grown = exports.read_export(tmp_path)
+    assert len(grown.runs) == 2 * len(runs) and grown.provenance["studies"] == ["s1", "s2"]
+    # The same study from other runs (a store that is not the one the export came from): refused.
+    with pytest.raises(exports.ExportError, match="runs.parquet: study repro-smoke-fictitious-forget01-s1/GA\\+GD holds runs"):
+        exports.write_export(tmp_path, runs.assign(run_id=runs["run_id"] + "-c"), items.iloc[:0], "other store")
+    assert len(exports.read_export(tmp_path).runs) == 2 * len(runs)  # nothing written
+
+
+def test_bad_exports_end_in_one_line_naming_the_file(tmp_path):
+    import json as json_
+
+    from study import exports
+
+    runs, items = _export_frames()
+    folder = exports.write_export(tmp_path, runs, items, "cmd").folder
+    with pytest.raises(exports.ExportError, match="runs.parquet: run .* has model_utility .* in the store"):
+        exports.write_export(tmp_path, runs.assign(model_utility=runs["model_utility"] + 0.1), items, "cmd")
+    data = (folder / exports.RUNS_FILE).read_bytes()
+    (folder / exports.RUNS_FILE).write_bytes(data[: len(data) // 2])
+    with pytest.raises(exports.ExportError, match=r"runs\.parquet: truncated or changed") as err:
+        exports.read_export(tmp_path)
+    assert "\n" not in str(err.value)
+    (folder / exports.RUNS_FILE).unlink()
+    with pytest.raises(exports.ExportError, match=r"runs\.parquet: missing"):
+        exports.read_export(tmp_path)
+    record = json_.loads((folder / exports.MARKER).read_text())
+    (folder / exports.MARKER).write_text(json_.dumps({**record, "format_version": 0}))
+    with pytest.raises(exports.ExportError, match=r"provenance\.json: export format version 0, this code reads 1"):
+        exports.read_export(tmp_path)
+    (folder / exports.MARKER).write_text('{"format": ')
+    with pytest.raises(exports.ExportError, match=r"provenance\.json: not valid JSON"):
+        exports.read_export(tmp_path)
+    (folder / exports.MARKER).unlink()
+    with pytest.raises(exports.ExportError, match=r"provenance\.json: missing"):
+        exports.read_export(tmp_path)
 
 
 def test_the_rebuild_command_drops_where_the_stores_are():
@@ -326,3 +515,10 @@ def test_every_committed_results_folder_names_the_command_that_writes_it():
         assert found, f"{folder.name}/README.md names no reproduce.py command"
         args = reproduce.build_parser().parse_args(shlex.split(found.group(1)))
         assert reproduce.out_of(args) == folder, f"{found.group(0)} writes to {reproduce.out_of(args)}, not {folder}"
+
+
+def test_from_exports_without_an_export_ends_in_one_line(tmp_path, capsys):
+    code = _reproduce().main(["--preset", "smoke", "--scenario", "fictitious", "--out", str(tmp_path), "--from-exports"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: {tmp_path / 'export' / 'provenance.json'}: missing")
