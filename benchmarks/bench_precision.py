@@ -16,9 +16,9 @@ Three parts (``--parts``), each timed in both precisions back to back, orders al
 - ``finetune``: the first ``--finetune-epochs`` of the default preset's target fine-tune
   (``study.train.finetune`` on the base model loaded in each precision), per step and extrapolated.
 - ``trial``: one default trial (``study.runner.run_trial``, ME+GD, 12 steps, evaluation of the four
-  default sets) per precision from the same target weights (the cached target of ``model.dtype=auto``,
-  loaded in each precision), metric models loaded once beforehand; its unlearning and evaluation seconds
-  apart.
+  default sets) per precision from the same target weights (the preset's fp32 target, cached or
+  fine-tuned first, loaded in each precision), metric models loaded once beforehand; its unlearning and
+  evaluation seconds apart.
 
 Ratios are bf16 / fp32: the median of per-round ratios on the CPU clock for steps (see
 ``benchmarks/__init__.py``), wall seconds for the fine-tune and trial (one run each: rough on a shared
@@ -139,10 +139,10 @@ def trial_ratio(preset: str, model_name: str | None) -> tuple[float, str]:
     from study import presets, runner
 
     base = [f"model.name={json.dumps(model_name)}"] if model_name else []
-    auto = presets.run_config(preset, settings=base)
-    target = runner.target_model(auto, runner.scenario_data(auto, runner.tasks_of(auto)[0]), torch.device("cpu"),
+    fp32 = presets.run_config(preset, settings=[*base, 'model.dtype="float32"'])
+    target = runner.target_model(fp32, runner.scenario_data(fp32, runner.tasks_of(fp32)[0]), torch.device("cpu"),
                                  progress=False)
-    metric_models = ev.load_metric_models(auto.eval.embedder, auto.eval.nli, torch.device("cpu"))
+    metric_models = ev.load_metric_models(fp32.eval.embedder, fp32.eval.nli, torch.device("cpu"))
     figures = {}
     for precision in ("float32", "bfloat16"):
         cfg = presets.run_config(preset, settings=[*base, f"model.dtype={json.dumps(precision)}"])
