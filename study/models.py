@@ -335,11 +335,14 @@ def check_loadable(name: str, what: str) -> None:
 
 
 def load_model(spec: ModelSpec, device=None, dtype: torch.dtype | None = None, trust_remote_code: bool = False):
-    """Weights as safetensors only; ``trust_remote_code`` stays off unless the user asks."""
+    """Weights as safetensors only; ``trust_remote_code`` stays off unless the user asks.
+
+    ``dtype`` None: bf16 on CUDA, fp32 elsewhere, also on a CPU with native bf16: a direct call computes in
+    full precision unless asked; a run's precision is its ``model.dtype`` (``study.runner.run_dtype``)."""
     from transformers import AutoModelForCausalLM
 
     device = torch.device(device) if device is not None else default_device()
-    dtype = dtype or default_dtype(device)
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     if spec.weights == "builtin:tiny":
         model = tiny_llama().to(dtype)
     else:
