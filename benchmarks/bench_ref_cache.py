@@ -71,7 +71,7 @@ def main(argv=None) -> int:  # long: one linear script (set-up, the timed runs, 
         parser.error(f"{method} needs no reference log-probs: nothing to cache (try NPO+GD, DPO+GD)")
     label_mode = "answer" if method.forget_mask_default else "full"
     data = runner.scenario_data(cfg, runner.tasks_of(cfg)[0])
-    lm = models.load(args.model, device=device, dtype=runner.torch_dtype(cfg.model.dtype, device))
+    lm = models.load(args.model, device=device, dtype=runner.run_dtype(cfg, device))
     model = lm.model
     start_state = copy.deepcopy(model.state_dict())
     ref_model = runner.frozen_copy(model)

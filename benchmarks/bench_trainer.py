@@ -103,6 +103,8 @@ def main(argv=None) -> int:  # long: one linear script (set-up, the timed runs, 
     device = resolve_device(args.device)
     clock = clock_for(args.clock, device)
 
+    import torch
+
     from study import models, presets, runner
     from study.data import QADataset
     from study.train import train_loop
@@ -113,7 +115,9 @@ def main(argv=None) -> int:  # long: one linear script (set-up, the timed runs, 
     max_length = args.max_length or cfg.train.max_length
     lr, weight_decay, seed = cfg.train.lr, cfg.train.weight_decay, cfg.train.seed
 
-    lm = models.load(args.model, device=device, dtype=runner.torch_dtype(cfg.model.dtype, device))
+    # fp32 whatever model.dtype resolves to: the bare loop has no fp32 master weights, so a bf16 model
+    # would compare two different optimizers (bf16 against fp32 is bench_precision.py's question).
+    lm = models.load(args.model, device=device, dtype=torch.float32)
     rows = runner.scenario_data(cfg, runner.tasks_of(cfg)[0]).full
     dataset = QADataset(rows, lm.tokenizer, lm.prompt, max_length)
     effective = batch_size * grad_accum

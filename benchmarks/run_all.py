@@ -4,6 +4,7 @@
     python benchmarks/run_all.py                   # the full set at each script's defaults (`make bench`)
     python benchmarks/run_all.py --quick           # tiny models and short sequences: a smoke test of the set
     python benchmarks/run_all.py --only me_loss trainer --device cuda
+    python benchmarks/run_all.py --only precision     # opt-in: bf16 vs fp32 (bench_precision.py), ~5 min
 
 Each script prints its figures and, as its last line, ``<name>: <ratio>x (<details>) target <op> <value>:
 met|MISSED`` (see ``benchmarks/__init__.py``); the table has one row per script: benchmark, measured,
@@ -42,8 +43,14 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "eval": ("bench_eval.py", ["--reference-items", "1", "--slow-items", "1"],
              ["--model", "tiny-llama", "--items", "4", "--max-length", "64"]),
     "kl_padding": ("bench_kl_padding.py", [], ["--model", "tiny-llama", "--pairs", "2"]),
+    # Opt-in (OPT_IN): two default trials, two partial fine-tunes and 27 steps, ~5 min quiet (more when the
+    # bf16 target is not cached yet), which would take `make bench` well past 10 minutes.
+    "precision": ("bench_precision.py", [], ["--preset", "smoke", "--model", "tiny-llama", "--pairs", "2"]),
 }
 """Run in this order. ``bench_eval.py`` belongs to the evaluation module's owner."""
+
+OPT_IN = ("precision",)
+"""Run only when named with ``--only``."""
 
 LOOSE_RE = re.compile(r"^(?P<name>[\w.-]+): (?P<ratio>[0-9.]+|nan)x\b(?P<rest>.*)$")
 """A result line without a target (``eval_speedup: 12.3x (...)``)."""
@@ -118,7 +125,7 @@ def main(argv=None) -> int:
 
     results = []
     started = time.perf_counter()
-    for name in args.only or list(BENCHMARKS):
+    for name in args.only or [n for n in BENCHMARKS if n not in OPT_IN]:
         if name in args.skip:
             continue
         script, arguments, quick = BENCHMARKS[name]

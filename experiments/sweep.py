@@ -144,11 +144,11 @@ def check_inputs(cfg, device: str | None) -> None:
     """What would fail every trial, reported before anything is written: the device, the model names,
     the embedder, the DeepSpeed file, the data (files, tasks, refusals, perturbed answers) and the
     sequence lengths against the data's longest prompts."""
-    from study import models
+    from study import models, runner
     from study.errors import StudyInputError
 
-    if device is not None:
-        models.check_device(device)  # an unknown device, or CUDA on a machine without it
+    checked = models.check_device(device) if device is not None else None  # unknown, or CUDA on a machine without it
+    runner.run_dtype(cfg, checked)  # float16 on a CPU; bfloat16 on a CPU without native bf16 warns (one line)
     for name in (cfg.model.name, cfg.model.target):
         if name is not None:
             models.resolve(name)  # an unknown model name or a folder that holds none is reported now

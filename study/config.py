@@ -57,6 +57,10 @@ def _positive(name: str, value, allow_zero: bool = False):
         raise StudyInputError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} finite number, got {value!r}")
 
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+"""``model.dtype``'s values."""
+
+
 @dataclass
 class ModelConfig:
     name: str = "smollm2-135m"
@@ -65,7 +69,8 @@ class ModelConfig:
     """A ready target model (e.g. locuslab/tofu_ft_llama2-7b): skips fine-tuning one. None = fine-tune
     ``name`` on the scenario's full data (cached) unless ``name`` already is a TOFU target."""
     dtype: str = "auto"
-    """auto (fp32 on CPU, bf16 on GPU), float32, bfloat16 or float16."""
+    """auto (bf16 on GPU and on CPUs with native bf16, else fp32: ``study.models.default_dtype``), float32,
+    bfloat16 or float16 (not on a CPU)."""
     trust_remote_code: bool = False
     """Run code shipped with a hub model. Off unless you ask."""
 
@@ -73,8 +78,8 @@ class ModelConfig:
         _name("model.name", self.name)
         if self.target is not None:
             _name("model.target", self.target)
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise one_of("dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
+        if self.dtype not in DTYPES:
+            raise one_of("dtype", self.dtype, DTYPES)
 
 
 @dataclass

@@ -17,6 +17,7 @@ import copy
 import importlib.util
 import json
 import os
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -295,9 +296,69 @@ def prompt_format(spec: ModelSpec, tokenizer) -> PromptFormat:
     return QUESTION_ANSWER
 
 
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+"""CPU flags (``/proc/cpuinfo`` names) of native bf16 arithmetic: AVX512-BF16 (AMD Zen 4 on, Intel Cooper
+Lake on) and AMX-BF16 (Intel Sapphire Rapids on). Without them torch emulates bf16 in fp32 arithmetic and
+a bf16 step is slower than an fp32 one."""
+
+def native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU computes in bf16 natively (one of :data:`NATIVE_BF16_FLAGS`).
+
+    ``cpuinfo``: the text of a ``/proc/cpuinfo`` to read the ``flags`` lines of (tests). None: this
+    machine, as torch's own query (``torch.cpu.get_capabilities``) reports it, else its ``/proc/cpuinfo``;
+    False where neither exists.
+    """
+    if cpuinfo is None:
+        capabilities = getattr(torch.cpu, "get_capabilities", None)
+        if capabilities is not None:
+            found = capabilities()
+            return any(bool(found.get(flag)) for flag in NATIVE_BF16_FLAGS)
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return False
+    flags = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            flags.update(value.split())
+    return any(flag in flags for flag in NATIVE_BF16_FLAGS)
+
+
 def default_dtype(device: torch.device | str) -> torch.dtype:
-    """fp32 on CPU, bf16 on GPU (docs/science.md §4)."""
-    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    """``model.dtype=auto``: bf16 on GPU, as the paper trains (docs/science.md §4), and on a CPU with native
+    bf16 (:func:`native_bf16`; a step there takes about half its fp32 time, benchmarks/README.md); fp32 on
+    other CPUs and MPS."""
+    kind = torch.device(device).type
+    return torch.bfloat16 if kind == "cuda" or (kind == "cpu" and native_bf16()) else torch.float32
+
+
+_warned_emulated_bf16 = False
+
+
+def resolve_dtype(name: str, device: torch.device | str) -> torch.dtype:
+    """``model.dtype`` (one of ``study.config.DTYPES``) on ``device`` as a torch dtype.
+
+    ``bfloat16`` on a CPU without native bf16 runs (emulated, slower than fp32), with one warning line on
+    stderr per process. Raises:
+        StudyInputError: ``float16`` on a CPU (torch's CPU kernels are not made for fp16 training: slow,
+            and no loss scaling here), or a name not in ``DTYPES``.
+    """
+    global _warned_emulated_bf16
+    from .config import DTYPES
+
+    if name not in DTYPES:
+        raise one_of("model.dtype", name, DTYPES)
+    kind = torch.device(device).type
+    if name == "auto":
+        return default_dtype(device)
+    if kind == "cpu" and name == "float16":
+        raise StudyInputError("model.dtype float16 is not supported on a CPU; valid there: auto, float32, bfloat16")
+    if kind == "cpu" and name == "bfloat16" and not native_bf16() and not _warned_emulated_bf16:
+        _warned_emulated_bf16 = True
+        print(f"warning: model.dtype bfloat16 on a CPU without native bf16 ({' or '.join(NATIVE_BF16_FLAGS)}): "
+              "torch emulates it, slower than float32 (model.dtype auto picks float32 here)", file=sys.stderr)
+    return getattr(torch, name)
 
 
 def default_device() -> torch.device:
@@ -343,11 +404,14 @@ def check_loadable(name: str, what: str) -> None:
 
 
 def load_model(spec: ModelSpec, device=None, dtype: torch.dtype | None = None, trust_remote_code: bool = False):
-    """Weights as safetensors only; ``trust_remote_code`` stays off unless the user asks."""
+    """Weights as safetensors only; ``trust_remote_code`` stays off unless the user asks.
+
+    ``dtype`` None: bf16 on CUDA, fp32 elsewhere, also on a CPU with native bf16: a direct call computes in
+    full precision unless asked; a run's precision is its ``model.dtype`` (``study.runner.run_dtype``)."""
     from transformers import AutoModelForCausalLM
 
     device = torch.device(device) if device is not None else default_device()
-    dtype = dtype or default_dtype(device)
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     if spec.weights == "builtin:tiny":
         model = tiny_llama().to(dtype)
     else:

@@ -52,16 +52,18 @@ class ReferenceModels:
         return self.metric_models
 
     def eval_key(self) -> str:
-        """What a reference evaluation depends on besides the model: the evaluation settings and set size."""
-        from .runner import _hash
+        """What a reference evaluation depends on besides the model: the evaluation settings, set size and
+        precision (a ready target, e.g. TOFU's Llama-2, is evaluated in bf16 on one machine, fp32 on another)."""
+        from .runner import _hash, run_dtype
 
-        return _hash(dataclasses.asdict(self.cfg.eval) | {"ds_size": self.cfg.data.ds_size})
+        return _hash(dataclasses.asdict(self.cfg.eval) | {"ds_size": self.cfg.data.ds_size,
+                                                          "dtype": str(run_dtype(self.cfg, self.device()))})
 
     def _evaluate_path(self, path: str, data, device):
         from . import evaluate as ev
-        from .runner import torch_dtype
+        from .runner import run_dtype
 
-        lm = models.load(path, device=device, dtype=torch_dtype(self.cfg.model.dtype, device))
+        lm = models.load(path, device=device, dtype=run_dtype(self.cfg, device))
         return ev.evaluate(lm.model, lm.tokenizer, lm.prompt, data.eval_sets, self.cfg.data.scenario,
                            self.metric_models_on(device), batch_size=self.cfg.eval.batch_size,
                            max_length=self.cfg.eval.max_length, progress=self.progress)

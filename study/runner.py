@@ -48,12 +48,6 @@ def tasks_of(cfg: RunConfig) -> list[int | None]:
     return list(cfg.data.tasks)
 
 
-def torch_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return models.default_dtype(device)
-    return getattr(torch, name)
-
-
 # --------------------------------------------------------------------------------------------------
 # Target and retain models
 
@@ -72,19 +66,38 @@ def is_ready_target(cfg: RunConfig) -> bool:
     return cfg.model.target is not None or models.resolve(cfg.model.name).family in ("llama2", "llama3")
 
 
+def run_dtype(cfg: RunConfig, device) -> torch.dtype:
+    """The precision a run fine-tunes, unlearns and evaluates in: ``model.dtype`` on ``device``
+    (:func:`study.models.resolve_dtype`), except that ``auto`` stays fp32 under DeepSpeed on a CPU,
+    whose CPU accelerator trains in fp32 only (``study.zero``)."""
+    device = torch.device(device) if device is not None else models.default_device()
+    if cfg.model.dtype == "auto" and cfg.train.deepspeed and device.type == "cpu":
+        return torch.float32
+    return models.resolve_dtype(cfg.model.dtype, device)
+
+
+def finetune_key(cfg: RunConfig, rows: list[dict], kind: str, device) -> str:
+    """The cache key of a fine-tuned ``kind`` model: model, data, fine-tuning settings and precision."""
+    dtype = run_dtype(cfg, device)
+    return _hash({"kind": kind, "model": cfg.model.name, "rows": rows_hash(rows), "finetune": asdict(cfg.finetune),
+                  "dtype": str(dtype).removeprefix("torch.")})
+
+
 def finetuned_model(cfg: RunConfig, rows: list[dict], kind: str, device, progress: bool = True) -> PreparedModel:
-    """Fine-tune ``cfg.model.name`` on ``rows`` once; cached under a hash of model, data and settings."""
-    key = _hash({"kind": kind, "model": cfg.model.name, "rows": rows_hash(rows), "finetune": asdict(cfg.finetune),
-                 "dtype": cfg.model.dtype})
+    """Fine-tune ``cfg.model.name`` on ``rows`` once; cached under a hash of model, data, settings and the
+    precision it trains in (``model.dtype`` resolved on ``device``: ``auto`` is bf16 on one machine, fp32
+    on another)."""
+    key = finetune_key(cfg, rows, kind, device)
     path = models.cache_dir() / "finetuned" / f"{kind}-{key}"
     if (path / "model.safetensors").exists():
         return PreparedModel(str(path), key, kind, cached=True)
     started = time.perf_counter()
-    lm = models.load(cfg.model.name, device=device, dtype=torch_dtype(cfg.model.dtype, device),
-                     trust_remote_code=cfg.model.trust_remote_code)
+    dtype = run_dtype(cfg, device)
+    lm = models.load(cfg.model.name, device=device, dtype=dtype, trust_remote_code=cfg.model.trust_remote_code)
     train.finetune(lm.model, lm.tokenizer, lm.prompt, rows, cfg.finetune, progress=progress)
     models.save_checkpoint(lm.model, lm.tokenizer, lm.prompt, path,
-                           {"kind": kind, "base_model": cfg.model.name, "finetune": asdict(cfg.finetune), "rows": len(rows)})
+                           {"kind": kind, "base_model": cfg.model.name, "finetune": asdict(cfg.finetune), "rows": len(rows),
+                            "dtype": str(dtype).removeprefix("torch.")})
     return PreparedModel(str(path), key, kind, cached=False, seconds=time.perf_counter() - started)
 
 
@@ -145,7 +158,7 @@ class TrialResult:
 
 
 def load_for_training(path: str, cfg: RunConfig, device):
-    lm = models.load(path, device=device, dtype=torch_dtype(cfg.model.dtype, device),
+    lm = models.load(path, device=device, dtype=run_dtype(cfg, device),
                      trust_remote_code=cfg.model.trust_remote_code)
     if cfg.train.gradient_checkpointing:
         lm.model.gradient_checkpointing_enable()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import models, paper
+from . import paper
 from .claims import once
 from .config import SEED_MAX, RunConfig
 from .errors import StudyFault, StudyInputError, interrupt_reason, one_of
@@ -203,7 +203,9 @@ def checkpoint_estimate(cfg: RunConfig, settings: StudySettings) -> str:
     n_params = {"llama2-7b": 6.74e9, "llama3-8b": 8.03e9, "smollm2-135m": 1.35e8, "tiny-llama": 3.3e6}.get(cfg.model.name)
     if n_params is None:
         return f"checkpoints: keep {settings.keep_checkpoints} (size unknown for {cfg.model.name})"
-    bytes_per = 2 if cfg.model.dtype in ("bfloat16", "float16") or (cfg.model.dtype == "auto" and models.default_device().type == "cuda") else 4
+    from .runner import run_dtype
+
+    bytes_per = run_dtype(cfg, None).itemsize
     one = n_params * bytes_per / 1e9
     total = settings.n_trials * len(settings.methods)
     if settings.keep_checkpoints == "none":

@@ -27,7 +27,8 @@ Running on CPU (tests, machines without GPUs); each point is handled here, nothi
   that only DeepSpeed's inference kernels use: :func:`init_distributed` marks it unavailable on CPU, so
   gloo carries every collective and nothing is compiled.
 - The optimizer is ``torch.optim.AdamW``: DeepSpeed's ``DeepSpeedCPUAdam`` would compile for minutes.
-- bf16 follows the model's dtype (``"auto"``): fp32 on CPU, where DeepSpeed has no bf16 support.
+- bf16 follows the model's dtype: ``"auto"`` is fp32 on CPU (``study.runner.run_dtype``), where DeepSpeed has
+  no bf16 support, even on a CPU with native bf16.
 - ``LOCAL_RANK``, ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR/PORT`` come from torchrun.
 """
 

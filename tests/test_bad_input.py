@@ -220,6 +220,30 @@ def test_cuda_device_on_a_cpu_machine_is_refused_at_planning(sweep, capsys, tmp_
     assert code == 2 and "CUDA is not available" in _one_error_line(err)
 
 
+def test_float16_on_a_cpu_is_refused_at_planning(sweep, capsys):
+    """Issue 27: a one-line refusal naming the choices, before anything runs (``--dry-run`` too)."""
+    code, out, err = _run_main(sweep, capsys, ["--preset", "smoke", "--dry-run", "--device", "cpu",
+                                               "--set", "model.dtype=float16"])
+    assert code == 2
+    assert "model.dtype float16 is not supported on a CPU; valid there: auto, float32, bfloat16" in _one_error_line(err)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bfloat16_on_a_cpu_without_native_bf16_plans_with_one_warning(sweep, capsys, monkeypatch, native):
+    """Issue 27: bfloat16 where the CPU only emulates it runs (slowly), saying so in one line."""
+    from study import models
+
+    monkeypatch.setattr(models, "native_bf16", lambda cpuinfo=None: native)
+    monkeypatch.setattr(models, "_warned_emulated_bf16", False)
+    code, out, err = _run_main(sweep, capsys, ["--preset", "smoke", "--dry-run", "--device", "cpu",
+                                               "--set", "model.dtype=bfloat16"])
+    assert code == 0 and "Traceback" not in err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == (0 if native else 1), err
+    if not native:
+        assert "model.dtype bfloat16 on a CPU without native bf16" in warnings[0]
+
+
 def _data_copy(valid_tofu, folder: Path) -> Path:
     folder.mkdir()
     for source in valid_tofu.iterdir():

@@ -38,3 +38,14 @@ def test_a_failing_script_is_a_failed_row(tmp_path):
     script.write_text("import sys\nprint('no result')\nsys.exit(3)\n")
     result = run_all.run_one("broken", str(script), [], timeout=60)
     assert not result["ok"] and result["status"] == "failed (exit 3)"
+
+
+def test_opt_in_benchmarks_run_only_when_named(monkeypatch):
+    """Issue 27: bench_precision.py (~5 min) stays out of `make bench` unless named with --only."""
+    run_all = _run_all()
+    ran = []
+    monkeypatch.setattr(run_all, "run_one", lambda name, script, extra, timeout: ran.append(name) or
+                        {"name": name, "status": "met", "ok": True, "ratio": "1", "details": "", "target": "n/a"})
+    assert run_all.main([]) == 0 and "precision" not in ran and ran == [n for n in run_all.BENCHMARKS if n != "precision"]
+    ran.clear()
+    assert run_all.main(["--only", "precision"]) == 0 and ran == ["precision"]

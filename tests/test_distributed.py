@@ -123,8 +123,9 @@ def test_unlearn_refuses_train_deepspeed_without_a_zero_fit():
 
 COMMON = ["--preset", "smoke", "--method", "NPO+KL", "--set", 'model.target="tiny-llama"', "--set", "train.lr=1e-3",
           "--set", "train.epochs=3", "--set", "data.n_authors=4", "--set", "data.tasks=[1, 2]",
-          "--set", 'data.scenario="continual"']
-"""Continual NPO+KL on the random tiny Llama: a cached reference (NPO), a live one (KL), two engines in a row."""
+          "--set", 'data.scenario="continual"', "--set", 'model.dtype="float32"']
+"""Continual NPO+KL on the random tiny Llama: a cached reference (NPO), a live one (KL), two engines in a row;
+fp32 in both runs (``auto`` is fp32 under DeepSpeed on a CPU, bf16 in one process on a native-bf16 CPU)."""
 
 
 @pytest.mark.slow

@@ -122,7 +122,8 @@ def test_kept_model_loads_from_runs_uri_and_answers_like_the_checkpoint(smoke_st
                                        "answer_tag": prompt.answer_tag}
 
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    # The precision it was saved in (bf16 where model.dtype=auto trained in bf16), as the logged model loads.
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype="auto").eval()
     encoded = tokenizer(prompt.prompt(question), return_tensors="pt")
     with torch.no_grad():
         out = model.generate(**encoded, max_new_tokens=12, min_new_tokens=12, do_sample=False,

@@ -96,7 +96,7 @@ def test_unknown_model_is_one_line_error():
 def test_default_model_loads_offline_and_generates(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     lm = models.load("smollm2-135m", device="cpu")
-    assert lm.model.config.vocab_size == 49152 and lm.model.dtype == torch.float32
+    assert lm.model.config.vocab_size == 49152 and lm.model.dtype == torch.float32  # asked for nothing: fp32 on CPU
     enc = lm.tokenizer(lm.prompt.prompt("What is the capital of France?"), return_tensors="pt")
     out = lm.model.generate(**enc, max_new_tokens=8, do_sample=False)
     text = lm.tokenizer.decode(out[0, enc.input_ids.shape[1]:], skip_special_tokens=True)
@@ -321,3 +321,84 @@ def test_directory_holdout_is_optional(tmp_path):
                                                      for r in files["holdout01"]))
     sets = data.load_scenario(source, "fictitious", "forget01", 1, holdout=True).eval_sets
     assert sets[-1].name == "holdout" and len(sets[-1].rows) == len(files["holdout01"]) == 10
+
+
+# -- precision: model.dtype (issue 27) -------------------------------------------------------------
+
+EPYC_CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC 9R14
+flags\t\t: fpu vme sse sse2 avx avx2 avx512f avx512dq avx512bw avx512vl avx512_bf16 avx512_vnni
+"""
+SAPPHIRE_RAPIDS_CPUINFO = "processor : 0\nflags : fpu sse2 avx2 avx512f avx512bw amx_bf16 amx_tile amx_int8\n"
+SKYLAKE_CPUINFO = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512vl avx512_vnni\n"
+
+
+@pytest.mark.parametrize(("cpuinfo", "native"), [
+    (EPYC_CPUINFO, True),
+    (SAPPHIRE_RAPIDS_CPUINFO, True),
+    (SKYLAKE_CPUINFO, False),  # AVX-512 without BF16: torch emulates bf16
+    ("flags : avx512_bf16x amx_bf16_tile\n", False),  # whole flag names only
+    ("model name : avx512_bf16 in the name, not a flag\nflags : sse2\n", False),
+    ("processor : 0\nFeatures : fp asimd bf16\n", False),  # ARM's bf16 is not counted (no flags line)
+    ("", False),
+])
+def test_native_bf16_reads_the_cpu_flags(cpuinfo, native):
+    assert models.native_bf16(cpuinfo) is native
+
+
+@pytest.mark.skipif(not __import__("pathlib").Path("/proc/cpuinfo").is_file(), reason="no /proc/cpuinfo (not Linux)")
+def test_native_bf16_of_this_machine_is_what_its_cpuinfo_says():
+    """torch's own query (when it has one) and the kernel's flags agree about this machine."""
+    from pathlib import Path
+
+    assert models.native_bf16() is models.native_bf16(Path("/proc/cpuinfo").read_text())
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_dtype_is_bf16_on_gpus_and_native_bf16_cpus_else_fp32(monkeypatch, native):
+    monkeypatch.setattr(models, "native_bf16", lambda cpuinfo=None: native)
+    expected_cpu = torch.bfloat16 if native else torch.float32
+    assert models.default_dtype("cpu") == models.resolve_dtype("auto", "cpu") == expected_cpu
+    assert models.resolve_dtype("auto", "cuda") == torch.bfloat16
+    assert models.resolve_dtype("auto", "mps") == torch.float32
+    assert models.resolve_dtype("float32", "cpu") == torch.float32
+
+
+def test_float16_on_a_cpu_is_refused_naming_the_choices():
+    with pytest.raises(StudyInputError, match="model.dtype float16 is not supported on a CPU; valid there: auto, float32, bfloat16"):
+        models.resolve_dtype("float16", "cpu")
+    assert models.resolve_dtype("float16", "cuda") == torch.float16
+    with pytest.raises(StudyInputError, match="unknown model.dtype 'fp8'"):
+        models.resolve_dtype("fp8", "cpu")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bfloat16_on_a_cpu_without_native_bf16_warns_once(monkeypatch, capsys, native):
+    monkeypatch.setattr(models, "native_bf16", lambda cpuinfo=None: native)
+    monkeypatch.setattr(models, "_warned_emulated_bf16", False)
+    assert models.resolve_dtype("bfloat16", "cpu") == models.resolve_dtype("bfloat16", "cpu") == torch.bfloat16
+    err = capsys.readouterr().err
+    if native:
+        assert err == ""
+    else:
+        assert len(err.splitlines()) == 1 and err.startswith("warning: model.dtype bfloat16 on a CPU without native bf16")
+
+
+def test_finetune_cache_key_includes_the_precision(monkeypatch):
+    """fp32 and bf16 fine-tunes of the same model on the same rows are different models; ``auto`` keys as
+    what it resolves to on this CPU."""
+    from study import runner
+    from study.config import RunConfig
+
+    rows = [{"question": "Q?", "answer": "A."}]
+    cfg = lambda dtype, **train: RunConfig.from_dict({"model": {"dtype": dtype}, "train": train})  # noqa: E731
+    fp32 = runner.finetune_key(cfg("float32"), rows, "target", "cpu")
+    bf16 = runner.finetune_key(cfg("bfloat16"), rows, "target", "cpu")
+    assert fp32 != bf16
+    assert runner.finetune_key(cfg("float32"), rows, "retain_model", "cpu") != fp32
+    for native, same in ((True, bf16), (False, fp32)):
+        monkeypatch.setattr(models, "native_bf16", lambda cpuinfo=None, native=native: native)
+        assert runner.finetune_key(cfg("auto"), rows, "target", "cpu") == same
+        # DeepSpeed on a CPU trains in fp32 whatever the CPU
+        assert runner.run_dtype(cfg("auto", deepspeed="experiments/deepspeed/zero3.json"), "cpu") == torch.float32

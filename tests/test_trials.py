@@ -122,10 +122,10 @@ def test_kept_checkpoint_loads_with_transformers_and_gives_the_logged_rouge(fict
     assert kept  # the keep policy (best) keeps each study's Pareto-best trials
     run = kept[0]
     path = download_artifacts(run_id=run.info.run_id, artifact_path="checkpoint", tracking_uri=f"sqlite:///{store}/mlflow.db")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    cfg = smoke_config()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=runner.run_dtype(cfg, torch.device("cpu")))  # the trial's
     tokenizer = AutoTokenizer.from_pretrained(path)
     prompt = models.prompt_format(models.resolve(path), tokenizer)  # the format recorded beside the weights
-    cfg = smoke_config()
     data = runner.scenario_data(cfg, 1)
     result = ev.evaluate(model.eval(), tokenizer, prompt, data.eval_sets, cfg.data.scenario,
                          ev.load_metric_models(cfg.eval.embedder, None, torch.device("cpu")),
