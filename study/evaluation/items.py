@@ -123,6 +123,8 @@ def _truth_inputs(work: SetWork, scores: Scores, avg: np.ndarray) -> M.ItemInput
         answer_avg_nll=avg[slots],
         answer_token_logprobs=[scores.token_logprob[j] for j in slots],
         answer_token_matches=[scores.token_match[j] for j in slots],
+        answer_token_vocab_mean=[scores.token_vocab_mean[j] for j in slots],
+        answer_token_vocab_var=[scores.token_vocab_var[j] for j in slots],
     )
 
 
