@@ -564,13 +564,10 @@ class LossInputs:
         """``logp(y|x) [B]`` of the current model on ``part``."""
         return sequence_logprob(self.logits[part], self.labels[part])
 
-    def n_tokens(self, part: str) -> Tensor:
-        """``|y| [B]``: positions of ``part`` whose shifted label is scored (what ``logprob`` sums)."""
-        return (shift_labels(self.labels[part]) != IGNORE_INDEX).sum(dim=-1)
-
     def n_labels(self, part: str) -> Tensor:
         """``[B]``: labelled positions of ``part``, unshifted (OpenUnlearning's ``(labels != -100).sum(-1)``).
-        Equals :meth:`n_tokens` unless column 0 carries a label (never scored: no logit precedes it)."""
+        Equals the number of scored tokens (what ``logprob`` sums) unless column 0 carries a label, which
+        no logit scores."""
         return (self.labels[part] != IGNORE_INDEX).sum(dim=-1)
 
     def rmu_mask(self, part: str, averaging: str) -> Tensor:
