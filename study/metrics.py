@@ -583,7 +583,7 @@ def min_k_plus_plus_token_scores(token_logprobs: Sequence[Any], vocab_mean: Sequ
     arXiv 2404.02936; OpenUnlearning's ``src/evals/metrics/mia/min_k_plus_plus.py``).
 
     ``μ_t = Σ_v p(v) log p(v)`` and ``σ_t² = Σ_v p(v) (log p(v))² - μ_t²`` are the mean and variance
-    of ``log p(v)`` for ``v ~ p(·|x, y_<t)``; ``σ_t² `` is floored at :data:`MIN_K_PLUS_PLUS_MIN_VAR`
+    of ``log p(v)`` for ``v ~ p(·|x, y_<t)``; ``σ_t²`` is floored at :data:`MIN_K_PLUS_PLUS_MIN_VAR`
     as OpenUnlearning does. All three inputs: per item ``[n]`` over the same scored tokens.
     """
     out = []

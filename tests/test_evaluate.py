@@ -528,3 +528,27 @@ def test_privacy_columns_batched_equal_one_at_a_time(tiny, metric_models, privac
                                   max_length=MAX_LENGTH, score_max_length=SCORE_MAX_LENGTH, progress=False)
     for column in M.PRIVACY_METRICS:
         np.testing.assert_allclose(slow.items[column], privacy_result.items[column], atol=TOL, rtol=0, err_msg=column)
+
+
+def test_vocabulary_moments_only_for_the_requested_sequences(tiny, privacy_sets):
+    """Min-K%++'s μ_t, σ_t² come from the scoring pass for the sequences asked for (the truth answers);
+    the others skip the full-vocabulary pass. Values against the definition on the model's logits."""
+    from tqdm.auto import tqdm
+
+    from study.evaluation.scoring import score
+
+    row = privacy_sets[0].rows[0]
+    pairs = [(row["question"], row["answer"]), (row["question"], row["answer"] + " more")]
+    with tqdm(disable=True) as bar:
+        got = score(tiny.model, tiny.tokenizer, tiny.prompt, pairs, SCORE_MAX_LENGTH, 4, torch.device("cpu"), bar,
+                    moments_for={0})
+    assert len(got.token_vocab_mean[1]) == 0 and len(got.token_vocab_var[1]) == 0
+    assert len(got.token_logprob[1]) == got.n_tokens[1] > 0  # the rest is scored as before
+    enc = encode_qa(tiny.tokenizer, tiny.prompt, *pairs[0], max_length=200)
+    with torch.no_grad():
+        logits = tiny.model(input_ids=enc["input_ids"][None], attention_mask=enc["attention_mask"][None]).logits[0]
+    logp = torch.log_softmax(logits[:-1].double(), dim=-1)[enc["labels"][1:] != -100]  # [n, V]
+    mean = (logp.exp() * logp).sum(-1)
+    var = (logp.exp() * (logp - mean[:, None]) ** 2).sum(-1)
+    np.testing.assert_allclose(got.token_vocab_mean[0], mean.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got.token_vocab_var[0], var.numpy(), rtol=1e-3, atol=1e-5)

@@ -20,7 +20,7 @@ from ..data import EvalSet
 from ..errors import StudyInputError
 from .scoring import Scores
 
-__all__ = ["SetWork", "pool_work", "nli_pairs", "set_table", "score_only_table"]
+__all__ = ["SetWork", "pool_work", "nli_pairs", "truth_slots", "set_table", "score_only_table"]
 
 
 @dataclass
@@ -110,6 +110,11 @@ def _rectangular(rows: list[list[float]], set_name: str) -> np.ndarray:
         raise StudyInputError(f"evaluation set {set_name!r}: items have {counts} perturbed answers; "
                               "every item needs the same number")
     return np.asarray(rows, dtype=np.float64).reshape(len(rows), counts[0] if counts else 0)
+
+
+def truth_slots(works: Sequence[SetWork]) -> set[int]:
+    """The pooled sequences that are some set's truth answers (the only ones Min-K%++ reads)."""
+    return {j for work in works for j in work.truth_slot}
 
 
 def _truth_inputs(work: SetWork, scores: Scores, avg: np.ndarray) -> M.ItemInputs:

@@ -11,7 +11,7 @@ first answer-predicting position. :mod:`study.evaluation.reference` scores the r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,15 +71,22 @@ class Scores:
     (extraction strength, exact memorisation)."""
     token_vocab_mean: list[np.ndarray]
     """Per sequence, float64 ``[n]``: ``Σ_v p(v) log p(v)`` of the next-token distribution at each
-    scored token (Min-K%++, :func:`vocab_logprob_moments`)."""
+    scored token (Min-K%++, :func:`vocab_logprob_moments`); empty for a sequence not in ``moments``."""
     token_vocab_var: list[np.ndarray]
     """Per sequence, float64 ``[n]``: ``Σ_v p(v) (log p(v))² - mean²`` there (Min-K%++)."""
+    moments: np.ndarray
+    """bool ``[S]``: the sequences whose vocabulary moments are computed (the truth answers: Min-K%++
+    reads only those; the paraphrased and perturbed answers skip the full-vocabulary pass)."""
 
     @classmethod
-    def empty(cls, n: int) -> Scores:
-        """``n`` sequences, nothing scored yet (zeros, empty token arrays)."""
+    def empty(cls, n: int, moments_for: Iterable[int] | None = None) -> Scores:
+        """``n`` sequences, nothing scored yet (zeros, empty token arrays); vocabulary moments for the
+        sequences ``moments_for`` (None: all)."""
+        moments = np.ones(n, dtype=bool) if moments_for is None else np.zeros(n, dtype=bool)
+        if moments_for is not None:
+            moments[list(moments_for)] = True
         return cls(np.zeros(n, dtype=np.float64), np.zeros(n, dtype=np.int64),
-                   [np.zeros(0)] * n, [np.zeros(0, dtype=bool)] * n, [np.zeros(0)] * n, [np.zeros(0)] * n)
+                   [np.zeros(0)] * n, [np.zeros(0, dtype=bool)] * n, [np.zeros(0)] * n, [np.zeros(0)] * n, moments)
 
     def avg_nll(self) -> np.ndarray:
         """float64 ``[S]``: the average token NLL of each sequence; NaN without a scored token."""
@@ -117,9 +124,11 @@ def record(logits: torch.Tensor, labels: torch.Tensor, seqs: Sequence[int], scor
     target = shift_labels(labels)
     scored = target != IGNORE_INDEX
     match = logits.argmax(dim=-1) == target  # [B, T]
-    mean, var = vocab_logprob_moments(logits[scored])  # [n_scored] each, rows in (r, t) order
+    wanted = torch.as_tensor(scores.moments[list(seqs)], device=scored.device)  # [B]
+    moment_rows = scored & wanted[:, None]
+    mean, var = vocab_logprob_moments(logits[moment_rows])  # [n] each, rows in (r, t) order
     scores.nll[list(seqs)] = nll.sum(dim=-1).double().cpu().numpy()
-    counts = scored.sum(dim=-1).tolist()
+    counts = moment_rows.sum(dim=-1).tolist()
     mean, var = mean.double().cpu().numpy(), var.double().cpu().numpy()
     nll, scored, match = nll.double().cpu().numpy(), scored.cpu().numpy(), match.cpu().numpy()
     start = 0
@@ -132,7 +141,7 @@ def record(logits: torch.Tensor, labels: torch.Tensor, seqs: Sequence[int], scor
 
 
 def score(model: Any, tokenizer: Any, prompt: PromptFormat, pairs: Sequence[tuple[str, str]], max_length: int,
-          batch_size: int, device: torch.device, bar: tqdm) -> Scores:
+          batch_size: int, device: torch.device, bar: tqdm, moments_for: Iterable[int] | None = None) -> Scores:
     """``NLL_sum``, answer-token counts and per-token statistics of each (question, answer) sequence.
 
     Labels follow :func:`study.models.encode_qa` (``"answer"``): question -100, answer tokens, one
@@ -145,8 +154,9 @@ def score(model: Any, tokenizer: Any, prompt: PromptFormat, pairs: Sequence[tupl
     longest row and compute logits only from the first position whose next token is scored, which
     changes no sum: padding columns carry attention 0 and label -100, and causal attention never
     looks right. ``batch_size``: sequences per forward pass, and questions per shared-prefix pass.
+    ``moments_for``: the sequences whose vocabulary moments (Min-K%++) are computed; None: all.
     """
-    scores = Scores.empty(len(pairs))
+    scores = Scores.empty(len(pairs), moments_for)
     n_tokens = scores.n_tokens
     ids, labels = encode_qa_batch(tokenizer, prompt, [q for q, _ in pairs], [a for _, a in pairs], max_length)
     n_tokens[:] = [sum(label != IGNORE_INDEX for label in row) for row in labels]
