@@ -137,13 +137,18 @@ class MethodConfig:
     beta: float = 0.1
     """β of NPO, DPO, AP and SimNPO."""
     gamma: float = 0.0
-    """SimNPO's reward margin γ (docs/science-beyond-paper.md §1); ignored by the other losses."""
+    """SimNPO's reward margin γ, the paper's (docs/science-beyond-paper.md §1); ignored by the other losses."""
+    delta: float = 0.0
+    """SimNPO's margin as OpenUnlearning's ``delta`` (inside β: γ = β·δ), for configs ported from it; set γ or δ."""
     rmu_layer: int = 7
     """RMU: the steered decoder layer (published 7), used as min(rmu_layer, layers - 2) (docs/science-beyond-paper.md §2)."""
     rmu_steering_coeff: float = 6.5
     """RMU: c, the norm of the random control vector (published 6.5)."""
     rmu_alpha: float = 1200.0
     """RMU: α, the weight of the retain hidden-state term (published 1200)."""
+    rmu_averaging: str = "answer_per_sequence"
+    """RMU: average over each sequence's answer tokens, then the batch (answer_per_sequence, OpenUnlearning),
+    or over every attended token of the batch (attended_tokens) (docs/science-beyond-paper.md §2)."""
     me_variant: str = "reference"
     """ME as the reference code computes it, KL(U‖p) (reference), or as the paper writes it, KL(p‖U) (paper)."""
     forget_labels: str = "auto"
@@ -164,9 +169,9 @@ class MethodConfig:
 
         try:
             return Method.parse(self.name, forget_coeff=self.forget_coeff, regularization_coeff=self.regularization_coeff,
-                                beta=self.beta, gamma=self.gamma, me_variant=self.me_variant,
+                                beta=self.beta, gamma=self.gamma, delta=self.delta, me_variant=self.me_variant,
                                 rmu_layer=self.rmu_layer, rmu_steering_coeff=self.rmu_steering_coeff,
-                                rmu_alpha=self.rmu_alpha)
+                                rmu_alpha=self.rmu_alpha, rmu_averaging=self.rmu_averaging)
         except ValueError as error:
             raise StudyInputError(str(error)) from None
 

@@ -270,20 +270,28 @@ def simnpo_loss(logp: Tensor, n_tokens: Tensor, beta: float, gamma: float = 0.0)
 
     NPO without a reference model, on the length-normalised log-likelihood, with a reward margin γ
     (Fan, Liu, Lin, Jia, Zhang, Chang, Liu, 2024, "Simplicity Prevails: Rethinking Negative Preference
-    Optimization for LLM Unlearning", arXiv 2410.07163; docs/science-beyond-paper.md §1). Minimising it
-    lowers the average per-token log-likelihood of each forget answer; unlike NPO's, its gradient
+    Optimization for LLM Unlearning", arXiv 2410.07163, Eq. 4; docs/science-beyond-paper.md §1). Minimising
+    it lowers the average per-token log-likelihood of each forget answer; unlike NPO's, its gradient
     weight does not depend on a reference model, and it fades once ``-(β/|y|) logp - γ`` is a few
-    units above 0.
+    units above 0. OpenUnlearning's ``src/trainer/unlearn/simnpo.py`` writes the margin inside β,
+    ``-(2/β) log σ(β (NLL/|y| - δ))``: the same loss with ``γ = β δ`` (:func:`simnpo_margin`).
 
     Args:
         logp: ``[B]`` per-sequence log-probs (sums over the scored tokens) of the current model.
-        n_tokens: ``[B]`` scored tokens per sequence ``|y_i|`` (answer tokens and the EOS label);
-            clamped to >= 1 so a sequence with no scored token contributes ``log σ(-γ)``.
+        n_tokens: ``[B]`` ``|y_i|``; clamped to >= 1 so a sequence with no token contributes ``log σ(-γ)``.
         beta: inverse temperature β > 0.
-        gamma: reward margin γ.
+        gamma: reward margin γ (the paper's, outside β).
     """
     length = n_tokens.to(logp.dtype).clamp(min=1)
     return -(2.0 / beta) * F.logsigmoid(-(beta / length) * logp - gamma).mean()
+
+
+def simnpo_margin(beta: float, gamma: float, delta: float) -> float:
+    """SimNPO's margin outside β, the paper's γ, from either spelling: ``γ + β δ``.
+
+    ``gamma`` is the SimNPO paper's margin; ``delta`` is OpenUnlearning's (``SimNPO(delta=...)``), applied
+    inside β (``β (NLL/|y| - δ)``), so ``δ`` contributes ``β δ``. A configuration sets one of them."""
+    return gamma + beta * delta
 
 
 def dpo_loss(
@@ -368,47 +376,62 @@ def kl_loss(logits: Tensor, ref_logits: Tensor) -> Tensor:
     return F.kl_div(logp, ref_logp, reduction="batchmean", log_target=True)
 
 
-def masked_hidden_mse(hidden: Tensor, target: Tensor, attention_mask: Tensor) -> Tensor:
-    """``sum_{b,t} m_bt * mean_d (h_btd - target_btd)^2 / sum_{b,t} m_bt``, in float32.
+RMUAveraging = Literal["answer_per_sequence", "attended_tokens"]
+RMU_AVERAGING: tuple[str, ...] = ("answer_per_sequence", "attended_tokens")
+"""How RMU averages its per-token errors (docs/science-beyond-paper.md §2): ``answer_per_sequence``
+(default) over each sequence's labelled tokens, then over the batch (OpenUnlearning's
+``RMU.compute_activation_loss``); ``attended_tokens`` over every attended token of the batch pooled (the
+WMDP reference's ``F.mse_loss`` over whole documents, without its padding positions)."""
 
-    ``F.mse_loss`` (a mean of squared differences over the hidden dimension) restricted to the positions
-    the attention mask keeps: padding does not count.
+
+def masked_hidden_mse(hidden: Tensor, target: Tensor, mask: Tensor, per_sequence: bool = False) -> Tensor:
+    """Mean over the positions ``mask`` keeps of ``mean_d (h_btd - target_btd)^2``, in float32.
+
+    ``per_sequence=False``: ``sum_{b,t} m_bt e_bt / sum_{b,t} m_bt``, one pool of tokens (``F.mse_loss``
+    restricted to them). ``per_sequence=True``: ``mean_b (sum_t m_bt e_bt / sum_t m_bt)``, each
+    sequence's mean first (OpenUnlearning's ``compute_activation_loss``; a row with no kept position
+    gives NaN there and here).
 
     Args:
         hidden: ``[B, T, d]``.
         target: ``[B, T, d]`` or anything broadcastable to it (a ``[d]`` control vector).
-        attention_mask: ``[B, T]``, 1 on real tokens.
+        mask: ``[B, T]``, nonzero on the positions that count.
+        per_sequence: average per sequence, then over the batch.
     """
     dtype = _compute_dtype(hidden)
     per_position = (hidden.to(dtype) - target.to(device=hidden.device, dtype=dtype)).pow(2).mean(dim=-1)  # [B, T]
-    mask = attention_mask.to(device=hidden.device, dtype=dtype)
+    mask = (mask != 0).to(device=hidden.device, dtype=dtype)
+    if per_sequence:
+        return ((per_position * mask).sum(dim=-1) / mask.sum(dim=-1)).mean()
     return (per_position * mask).sum() / mask.sum()
 
 
-def rmu_forget_loss(hidden: Tensor, control: Tensor, attention_mask: Tensor) -> Tensor:
+def rmu_forget_loss(hidden: Tensor, control: Tensor, mask: Tensor, per_sequence: bool = True) -> Tensor:
     """RMU's forget term: ``mean over forget tokens of mean_d (h_θ^(ℓ) - c·u)^2``.
 
     Li et al. (2024), "The WMDP Benchmark", arXiv 2403.03218, §5 / ``rmu/unlearn.py``
-    (``F.mse_loss(updated_forget_activations, control_vec)``); docs/science-beyond-paper.md §2. The
-    reference averages over padding positions too; here only attended tokens count.
+    (``F.mse_loss(updated_forget_activations, control_vec)``); averaged as OpenUnlearning's
+    ``src/trainer/unlearn/rmu.py`` by default (:data:`RMU_AVERAGING`); docs/science-beyond-paper.md §2.
 
     Args:
         hidden: ``[B, T, d]`` output of decoder layer ℓ on the forget inputs (with grad).
         control: ``[d]``, ``c · u`` (:func:`rmu_control_vector`).
-        attention_mask: ``[B, T]``.
+        mask: ``[B, T]``, the positions that count (:meth:`LossInputs.rmu_mask`).
+        per_sequence: mean per sequence, then over the batch (:func:`masked_hidden_mse`).
     """
-    return masked_hidden_mse(hidden, control, attention_mask)
+    return masked_hidden_mse(hidden, control, mask, per_sequence)
 
 
-def rmu_retain_loss(hidden: Tensor, ref_hidden: Tensor, attention_mask: Tensor) -> Tensor:
+def rmu_retain_loss(hidden: Tensor, ref_hidden: Tensor, mask: Tensor, per_sequence: bool = True) -> Tensor:
     """RMU's retain term (before the weight α): ``mean over retain tokens of mean_d (h_θ^(ℓ) - h_ref^(ℓ))^2``.
 
     Args:
         hidden: ``[B, T, d]`` output of decoder layer ℓ on the retain inputs (with grad).
         ref_hidden: ``[B, T, d]`` the frozen model's, same inputs (no grad).
-        attention_mask: ``[B, T]``.
+        mask: ``[B, T]``, the positions that count (:meth:`LossInputs.rmu_mask`).
+        per_sequence: mean per sequence, then over the batch.
     """
-    return masked_hidden_mse(hidden, ref_hidden, attention_mask)
+    return masked_hidden_mse(hidden, ref_hidden, mask, per_sequence)
 
 
 def rmu_control_vector(hidden_size: int, steering_coeff: float, seed: int) -> Tensor:
@@ -444,9 +467,12 @@ def rmu_trained_layers(layer: int) -> tuple[int, ...]:
 
 
 def rmu_trainable(name: str, layer: int) -> bool:
-    """Whether parameter ``name`` (``model.named_parameters()``) is one RMU trains at ``layer``."""
+    """Whether parameter ``name`` (``model.named_parameters()``) is one RMU trains at ``layer``: the
+    down-projection weight itself, or, on a LoRA-wrapped model (peft), its adapters
+    (``...down_proj.lora_A.<adapter>.weight``, ``lora_B``); the frozen ``base_layer.weight`` never."""
     layers = "|".join(str(i) for i in rmu_trained_layers(layer))
-    return re.search(rf"(^|\.)layers\.({layers})\.mlp\.down_proj\.weight$", name) is not None
+    pattern = rf"(^|\.)layers\.({layers})\.mlp\.down_proj\.(weight|lora_[AB]\.[^.]+\.weight)$"
+    return re.search(pattern, name) is not None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -529,6 +555,8 @@ class LossInputs:
     """Batch part -> the reference model's output of the same layer ``[B, T, d]`` (no grad)."""
     attention_mask: Mapping[str, Tensor] = field(default_factory=dict)
     """Batch part -> attention mask ``[B, T]`` (parts with hidden states only)."""
+    hidden_labels: Mapping[str, Tensor] = field(default_factory=dict)
+    """Batch part -> labels ``[B, T]`` aligned with the hidden states (parts with hidden states only)."""
     control: Tensor | None = None
     """RMU's ``c · u`` ``[d]`` (:class:`Steering`), when a loss steers hidden states."""
 
@@ -536,9 +564,18 @@ class LossInputs:
         """``logp(y|x) [B]`` of the current model on ``part``."""
         return sequence_logprob(self.logits[part], self.labels[part])
 
-    def n_tokens(self, part: str) -> Tensor:
-        """``|y| [B]``: positions of ``part`` whose shifted label is scored (what ``logprob`` sums)."""
-        return (shift_labels(self.labels[part]) != IGNORE_INDEX).sum(dim=-1)
+    def n_labels(self, part: str) -> Tensor:
+        """``[B]``: labelled positions of ``part``, unshifted (OpenUnlearning's ``(labels != -100).sum(-1)``).
+        Equals the number of scored tokens (what ``logprob`` sums) unless column 0 carries a label, which
+        no logit scores."""
+        return (self.labels[part] != IGNORE_INDEX).sum(dim=-1)
+
+    def rmu_mask(self, part: str, averaging: str) -> Tensor:
+        """``[B, T]``: the positions RMU averages over on ``part`` (:data:`RMU_AVERAGING`): its labelled
+        positions (``labels != -100``, unshifted, as OpenUnlearning) or its attended ones."""
+        if averaging == "answer_per_sequence":
+            return self.hidden_labels[part] != IGNORE_INDEX
+        return self.attention_mask[part]
 
     def zero(self) -> Tensor:
         """A scalar 0 on the logits' device (the value of the ``NONE`` regularizer)."""
@@ -640,10 +677,12 @@ FORGET_LOSSES: dict[str, LossSpec] = {
         ),
         LossSpec(
             "SimNPO", "forget",
-            lambda x, m: simnpo_loss(x.logprob("forget"), x.n_tokens("forget"), m.beta, m.gamma),
+            # |y| as OpenUnlearning's simnpo.py counts it: labelled positions, unshifted.
+            lambda x, m: simnpo_loss(x.logprob("forget"), x.n_labels("forget"), m.beta,
+                                     simnpo_margin(m.beta, m.gamma, m.delta)),
             needs=frozenset({"forget"}), hyperparams=("beta", "gamma"),
             ranges={"beta": Param("beta", 0.5, 10.0, log=True)},
-            formula="-(2/β) mean log σ(-(β/|y|) logp_θ(y|x) - γ) on forget (no reference model)",
+            formula="-(2/β) mean log σ(-(β/|y|) logp_θ(y|x) - γ - βδ) on forget (no reference model)",
         ),
         LossSpec(
             "IDK", "forget", lambda x, m: idk_loss(x.logits["forget_idk"], x.labels["forget_idk"]),
@@ -666,10 +705,12 @@ FORGET_LOSSES: dict[str, LossSpec] = {
         # RMU, like LLMU, comes with its own regularizer: the bare name "RMU" means RMU+RMU.
         LossSpec(
             "RMU", "forget",
-            lambda x, m: rmu_forget_loss(x.hidden["forget"], x.control, x.attention_mask["forget"]),
+            lambda x, m: rmu_forget_loss(x.hidden["forget"], x.control, x.rmu_mask("forget", m.rmu_averaging),
+                                         per_sequence=m.rmu_averaging == "answer_per_sequence"),
             needs=frozenset({"forget", "hidden_states"}), hidden_state_parts=("forget",),
             hyperparams=("rmu_layer", "rmu_steering_coeff"), default_regularizer="RMU",
-            formula="mean over forget tokens of mean_d (h_θ^(ℓ) - c·u)^2 (u a fixed random unit vector)",
+            formula="mean over forget answers of the mean over their tokens of mean_d (h_θ^(ℓ) - c·u)^2 "
+                    "(u a fixed random unit vector)",
         ),
     )
 }
@@ -700,10 +741,11 @@ REGULARIZERS: dict[str, LossSpec] = {
         LossSpec(
             "RMU", "regularizer",
             lambda x, m: m.rmu_alpha * rmu_retain_loss(x.hidden["retain"], x.ref_hidden["retain"],
-                                                       x.attention_mask["retain"]),
+                                                       x.rmu_mask("retain", m.rmu_averaging),
+                                                       per_sequence=m.rmu_averaging == "answer_per_sequence"),
             needs=frozenset({"retain", "hidden_states", "ref_hidden_states"}), hidden_state_parts=("retain",),
             ref_hidden_state_parts=("retain",), hyperparams=("rmu_layer", "rmu_alpha"),
-            formula="α · mean over retain tokens of mean_d (h_θ^(ℓ) - h_ref^(ℓ))^2",
+            formula="α · mean over retain answers of the mean over their tokens of mean_d (h_θ^(ℓ) - h_ref^(ℓ))^2",
         ),
         LossSpec("NONE", "regularizer", lambda x, m: x.zero(), needs=frozenset(), formula="0"),
     )
@@ -740,7 +782,10 @@ class Method:
     beta: float = 0.1
     """β of NPO, DPO, AP and SimNPO."""
     gamma: float = 0.0
-    """SimNPO's reward margin γ (docs/science-beyond-paper.md §1); no other loss reads it."""
+    """SimNPO's reward margin γ, the paper's, outside β (docs/science-beyond-paper.md §1); no other loss reads it."""
+    delta: float = 0.0
+    """SimNPO's margin in OpenUnlearning's spelling, inside β: adds ``β δ`` to γ (:func:`simnpo_margin`).
+    Set γ or δ, not both."""
     me_variant: MEVariant = "reference"
     """ME's divergence: ``"reference"`` = KL(U || p) (the code), ``"paper"`` = KL(p || U) (the text)."""
     rmu_layer: int = 7
@@ -749,6 +794,8 @@ class Method:
     """RMU's c, the norm of the control vector (published: 6.5)."""
     rmu_alpha: float = 1200.0
     """RMU's α, the weight of its retain term inside the RMU regularizer (published: 1200)."""
+    rmu_averaging: RMUAveraging = "answer_per_sequence"
+    """How RMU's terms average per-token errors (:data:`RMU_AVERAGING`; default OpenUnlearning's)."""
 
     def __post_init__(self) -> None:
         name = f"{self.forget_loss}+{self.regularizer}"
@@ -762,8 +809,15 @@ class Method:
                 raise StudyInputError(f"{coeff} must be a finite number >= 0, got {value!r} (method {name})")
         if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta > 0):
             raise StudyInputError(f"beta must be a finite number > 0, got {self.beta!r} (method {name})")
-        if not (isinstance(self.gamma, (int, float)) and math.isfinite(self.gamma)):
-            raise StudyInputError(f"gamma must be a finite number, got {self.gamma!r} (method {name})")
+        for value, what in ((self.gamma, "gamma"), (self.delta, "delta")):
+            if not (isinstance(value, (int, float)) and math.isfinite(value)):
+                raise StudyInputError(f"{what} must be a finite number, got {value!r} (method {name})")
+        if self.gamma and self.delta:
+            raise StudyInputError(f"SimNPO's margin is set twice, gamma={self.gamma!r} and delta={self.delta!r} "
+                                  f"(method {name}): gamma is the paper's margin, delta OpenUnlearning's "
+                                  "(gamma = beta * delta); set one")
+        if self.rmu_averaging not in RMU_AVERAGING:
+            raise StudyInputError(f"unknown rmu_averaging {self.rmu_averaging!r}; valid: {', '.join(RMU_AVERAGING)}")
         if self.me_variant not in ME_VARIANTS:
             raise StudyInputError(f"unknown ME variant {self.me_variant!r}; valid: {', '.join(ME_VARIANTS)}")
         if not (isinstance(self.rmu_layer, int) and not isinstance(self.rmu_layer, bool) and self.rmu_layer >= 0):
@@ -1199,6 +1253,7 @@ def compute_loss(
     inputs = LossInputs(
         logits=logits, labels=labels, ref_logprobs=ref_logprobs, ref_logits=ref_logits, hidden=hidden,
         ref_hidden=ref_hidden, attention_mask={p: batch[p]["attention_mask"] for p in hidden_parts},
+        hidden_labels={p: batch[p]["labels"] for p in hidden_parts},
         control=steering.control if steering is not None else None,
     )
     forget_spec, reg_spec = method.specs

@@ -53,10 +53,10 @@ __all__ = [
     "mean_of", "model_utility", "model_utility_retain", "forget_efficacy", "tofu_model_utility",
     "forget_quality", "forget_quality_statistic", "TOFU_LOG_SETS", "tofu_items_from_log",
     "tofu_summary_from_logs",
-    "HOLDOUT", "SCORE_ONLY_SETS", "MIA_LOSS", "MIA_ZLIB", "MIA_MIN_K", "MIA_ATTACKS", "EXTRACTION_STRENGTH",
-    "EXACT_MEMORIZATION", "MIN_K_FRACTION", "PRIVACY_METRICS", "mia_auc_key", "privleak_key",
-    "zlib_length", "zlib_ratio", "min_k_score", "extraction_strength", "exact_memorization",
-    "mia_auc", "privleak",
+    "HOLDOUT", "SCORE_ONLY_SETS", "MIA_LOSS", "MIA_ZLIB", "MIA_MIN_K", "MIA_MIN_K_PLUS_PLUS", "MIA_ATTACKS",
+    "EXTRACTION_STRENGTH", "EXACT_MEMORIZATION", "MIN_K_FRACTION", "MIN_K_PLUS_PLUS_MIN_VAR", "PRIVACY_METRICS",
+    "mia_auc_key", "privleak_key", "zlib_length", "zlib_ratio", "min_k_score", "min_k_plus_plus_token_scores",
+    "min_k_plus_plus_score", "extraction_strength", "exact_memorization", "mia_auc", "privleak",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -118,6 +118,11 @@ class ItemInputs:
     """Per item, float64 [n]: log-prob of each scored truth-answer token (Min-K%)."""
     answer_token_matches: Sequence[np.ndarray]
     """Per item, bool [n]: the argmax given the true prefix is the truth-answer token."""
+    answer_token_vocab_mean: Sequence[np.ndarray] = ()
+    """Per item, float64 [n]: ``μ_t = Σ_v p(v) log p(v)`` under ``p(·|x, y_<t)`` at each scored token
+    (Min-K%++); empty when the evaluation did not compute it (its column is then NaN)."""
+    answer_token_vocab_var: Sequence[np.ndarray] = ()
+    """Per item, float64 [n]: ``σ_t² = Σ_v p(v) (log p(v))² - μ_t²`` at each scored token (Min-K%++)."""
     generations: Sequence[str] = ()
     """[N] greedy generations, decoded without special tokens."""
     generation_tokens: Sequence[Sequence[int]] = ()
@@ -459,14 +464,28 @@ MIA_ZLIB = "mia_zlib"
 """Per-item zlib attack statistic: average token NLL / zlib-compressed answer bytes (Carlini et al., 2021)."""
 MIA_MIN_K = "mia_min_k"
 """Per-item Min-K% Prob attack statistic: minus the mean of the k% lowest token log-probs (Shi et al., 2023)."""
-MIA_ATTACKS: tuple[str, ...] = (MIA_LOSS, MIA_ZLIB, MIA_MIN_K)
+MIA_MIN_K_PLUS_PLUS = "mia_min_k_plus_plus"
+"""Per-item Min-K%++ attack statistic: minus the mean of the k% lowest vocabulary-normalised token
+log-probs (Zhang et al., 2024)."""
+MIA_ATTACKS: tuple[str, ...] = (MIA_LOSS, MIA_ZLIB, MIA_MIN_K, MIA_MIN_K_PLUS_PLUS)
 """Every attack statistic is oriented alike: higher = looks less like a training member."""
 EXTRACTION_STRENGTH = "extraction_strength"
 """Per-item share of the answer the model reproduces greedily from a prefix (OpenUnlearning)."""
 EXACT_MEMORIZATION = "exact_memorization"
 """Per-item share of answer tokens that are the model's argmax given the true prefix (OpenUnlearning)."""
 MIN_K_FRACTION = 0.4
-"""k of Min-K% Prob: the share of lowest-probability tokens averaged (MUSE / OpenUnlearning use 0.4)."""
+"""k of Min-K% Prob and Min-K%++: the share of lowest-scoring tokens averaged (MUSE / OpenUnlearning use 0.4)."""
+MIN_K_PLUS_PLUS_MIN_VAR = 1e-6
+"""Min-K%++'s floor on ``σ_t²`` (OpenUnlearning's ``torch.clamp(sigma, min=1e-6)``)."""
+
+
+def _min_k_plus_plus_column(x: ItemInputs) -> np.ndarray:
+    """The Min-K%++ column of a set; NaN throughout when the evaluation carried no vocabulary moments."""
+    if len(x.answer_token_vocab_mean) != len(x.truths):
+        return np.full(len(x.truths), np.nan)
+    z = min_k_plus_plus_token_scores(x.answer_token_logprobs, x.answer_token_vocab_mean, x.answer_token_vocab_var)
+    return min_k_plus_plus_score(z)
+
 
 PRIVACY_METRICS: dict[str, MetricSpec] = {
     spec.name: spec
@@ -477,6 +496,8 @@ PRIVACY_METRICS: dict[str, MetricSpec] = {
                    compute=lambda x, _: zlib_ratio(x.answer_avg_nll, x.truths)),
         MetricSpec(MIA_MIN_K, False, "min_k", "MIA Min-K%", in_forget_efficacy=False, in_model_utility=False,
                    compute=lambda x, _: min_k_score(x.answer_token_logprobs)),
+        MetricSpec(MIA_MIN_K_PLUS_PLUS, False, "min_k++", "MIA Min-K%++", in_forget_efficacy=False,
+                   in_model_utility=False, compute=lambda x, _: _min_k_plus_plus_column(x)),
         MetricSpec(EXTRACTION_STRENGTH, True, "extraction_strength", "Extraction Strength",
                    in_forget_efficacy=False, in_model_utility=False,
                    compute=lambda x, _: extraction_strength(x.answer_token_matches)),
@@ -488,8 +509,12 @@ PRIVACY_METRICS: dict[str, MetricSpec] = {
 """Per-item metrics beyond the paper's six, all from the truth answer's scoring pass (no extra
 forward pass or generation), on every set. They are columns of the per-item table and set means in
 the summary, and never enter Model Utility or Forget Efficacy (they are not in :data:`METRICS`). ``higher_is_better`` is the
-direction as a measure of knowledge (a higher attack statistic means the item looks *less* known)."""
+direction as a measure of knowledge (a higher attack statistic means the item looks *less* known).
 
+Token conventions (docs/science-beyond-paper.md §3, §4), as OpenUnlearning's
+``src/evals/metrics/utils.py`` (``tokenwise_logprobs``, ``tokenwise_vocab_logprobs``): LOSS and zlib
+score every scored token, the EOS label included (``evaluate_probability``); Min-K%, Min-K%++, exact
+memorisation and extraction strength drop the last scored token, the EOS label (its ``[:-1]``)."""
 
 def mia_auc_key(attack: str) -> str:
     """Summary key of an attack's forget-vs-holdout AUC, e.g. ``"mia_auc/mia_min_k"``."""
@@ -517,58 +542,107 @@ def zlib_ratio(avg_nll: Any, texts: Sequence[str]) -> np.ndarray:
     return avg_nll / np.asarray([zlib_length(t) for t in texts], dtype=np.float64)
 
 
-def min_k_score(token_logprobs: Sequence[Any], k: float = MIN_K_FRACTION) -> np.ndarray:
+def _scored(values: Any, with_eos: bool) -> np.ndarray:
+    """An item's per-token values without the last one (the EOS label), unless ``with_eos``.
+
+    OpenUnlearning's ``tokenwise_logprobs`` / ``tokenwise_vocab_logprobs`` take the labelled positions
+    ``[:-1]`` ("-1 to ignore eos prediction"): the last labelled token, whatever it is. Here too: an
+    answer cut at ``max_length`` has no EOS label, and its last answer token is dropped instead (in
+    OpenUnlearning the EOS is appended after truncation, so its answer keeps that token)."""
+    values = np.asarray(values)
+    return values if with_eos else values[:-1]
+
+
+def min_k_score(token_logprobs: Sequence[Any], k: float = MIN_K_FRACTION, with_eos: bool = False) -> np.ndarray:
     """Per-item Min-K% Prob statistic: ``-mean`` of the ``max(1, floor(k n))`` lowest of the item's
-    ``n`` token log-probs (Shi et al., 2023, arXiv 2310.16789; OpenUnlearning's ``MinKProbAttack``).
+    ``n`` token log-probs (Shi et al., 2023, arXiv 2310.16789; OpenUnlearning's
+    ``src/evals/metrics/mia/min_k.py``, ``MinKProbAttack.compute_score``).
 
     Args:
-        token_logprobs: per item, the log-probs ``[n]`` of its scored tokens.
+        token_logprobs: per item, the log-probs ``[n]`` of its scored tokens (answer tokens and EOS label).
         k: the fraction of tokens kept, in (0, 1].
+        with_eos: keep the last scored token (the EOS label). False (default): dropped, as OpenUnlearning.
 
     Returns:
-        float64 [N]; NaN for an item with no scored token.
+        float64 [N]; 0 for an item with no token left (OpenUnlearning's ``return 0``).
     """
     if not 0 < k <= 1:
         raise ValueError(f"k must be in (0, 1], got {k}")
-    out = np.full(len(token_logprobs), np.nan)
+    out = np.zeros(len(token_logprobs))
     for i, lp in enumerate(token_logprobs):
-        lp = np.sort(np.asarray(lp, dtype=np.float64))
+        lp = np.sort(_scored(lp, with_eos).astype(np.float64))
         if lp.size:
             out[i] = -float(np.mean(lp[: max(1, int(lp.size * k))]))
     return out
 
 
-def extraction_strength(matches: Sequence[Any]) -> np.ndarray:
-    """Per-item ``ES = 1 - k* / n``: ``k*`` is the smallest ``k`` in ``0..n`` such that greedy decoding
-    from the question and the first ``k`` answer tokens reproduces the remaining ``n - k`` exactly.
+def min_k_plus_plus_token_scores(token_logprobs: Sequence[Any], vocab_mean: Sequence[Any],
+                                 vocab_var: Sequence[Any]) -> list[np.ndarray]:
+    """Per item, Min-K%++'s per-token scores ``(log p(y_t) - μ_t) / σ_t`` (Zhang et al., 2024,
+    "Min-K%++: Improved Baseline for Detecting Pre-Training Data from Large Language Models",
+    arXiv 2404.02936; OpenUnlearning's ``src/evals/metrics/mia/min_k_plus_plus.py``).
+
+    ``μ_t = Σ_v p(v) log p(v)`` and ``σ_t² = Σ_v p(v) (log p(v))² - μ_t²`` are the mean and variance
+    of ``log p(v)`` for ``v ~ p(·|x, y_<t)``; ``σ_t²`` is floored at :data:`MIN_K_PLUS_PLUS_MIN_VAR`
+    as OpenUnlearning does. All three inputs: per item ``[n]`` over the same scored tokens.
+    """
+    out = []
+    for lp, mu, var in zip(token_logprobs, vocab_mean, vocab_var, strict=True):
+        lp, mu, var = (np.asarray(a, dtype=np.float64) for a in (lp, mu, var))
+        out.append((lp - mu) / np.sqrt(np.maximum(var, MIN_K_PLUS_PLUS_MIN_VAR)))
+    return out
+
+
+def min_k_plus_plus_score(token_scores: Sequence[Any], k: float = MIN_K_FRACTION, with_eos: bool = False) -> np.ndarray:
+    """Per-item Min-K%++ statistic: ``-mean`` of the ``max(1, floor(k n))`` lowest per-token scores
+    (:func:`min_k_plus_plus_token_scores`): OpenUnlearning's ``MinKPlusPlusAttack.compute_score``, the
+    EOS label dropped and an item with no token left scoring 0, as in :func:`min_k_score`."""
+    return min_k_score(token_scores, k, with_eos)
+
+
+def extraction_strength(matches: Sequence[Any], with_eos: bool = False, empty_suffix: bool = False) -> np.ndarray:
+    """Per-item ``ES = 1 - k* / n``: ``k*`` is the smallest ``k`` such that greedy decoding from the
+    question and the first ``k`` answer tokens reproduces the remaining ``n - k`` exactly.
 
     Greedy decoding that reproduces the true tokens feeds itself the true prefix, so it reproduces
     tokens ``k..n-1`` iff the argmax under teacher forcing equals the label at each of them: ``k*`` is
     the start of the longest all-correct suffix of ``matches`` (Carlini et al., 2021; OpenUnlearning's
-    ``extraction_strength``). ``k = n`` (nothing left to reproduce) always qualifies, so an answer whose
-    last token is not reproduced scores 0 (OpenUnlearning's loop stops at ``k = n - 1`` and gives
-    ``1/n`` there); see docs/science-beyond-paper.md §4.
+    ``src/evals/metrics/memorization.py``, ``extraction_strength``), searched, as there, over
+    ``k = 0 … n-1``: when not even the last token is reproduced the loop ends at ``k = n - 1`` and the
+    item scores ``1/n``. See docs/science-beyond-paper.md §4.
 
     Args:
         matches: per item, booleans ``[n]``: the argmax given the true prefix equals answer token ``t``.
+        with_eos: keep the last scored token (the EOS label); False (default) drops it, as OpenUnlearning.
+        empty_suffix: also allow ``k = n`` (nothing left to reproduce), so that an item whose last token
+            is not reproduced scores 0 rather than ``1/n`` (Carlini et al.'s definition read literally).
 
     Returns:
-        float64 [N] in [0, 1]; NaN for an item with no scored token.
+        float64 [N] in [0, 1]; 0 for an item with no token left (OpenUnlearning).
     """
-    out = np.full(len(matches), np.nan)
+    out = np.zeros(len(matches))
     for i, m in enumerate(matches):
-        m = np.asarray(m, dtype=bool)
+        m = _scored(m, with_eos).astype(bool)
         if m.size:
             wrong = np.flatnonzero(~m)
             k_star = int(wrong[-1]) + 1 if wrong.size else 0
+            if not empty_suffix:
+                k_star = min(k_star, m.size - 1)
             out[i] = 1.0 - k_star / m.size
     return out
 
 
-def exact_memorization(matches: Sequence[Any]) -> np.ndarray:
+def exact_memorization(matches: Sequence[Any], with_eos: bool = False) -> np.ndarray:
     """Per-item share of answer tokens whose teacher-forced argmax is the true token
-    (OpenUnlearning's ``exact_memorization``; Tirumala et al., 2022). NaN with no scored token."""
-    return np.asarray([float(np.mean(np.asarray(m, dtype=bool))) if len(m) else np.nan for m in matches])
+    (OpenUnlearning's ``src/evals/metrics/memorization.py``, ``exact_memorization``; Tirumala et al.,
+    2022). ``with_eos``: keep the EOS label (default: dropped, as there). NaN for an item with no token
+    left (OpenUnlearning's ``None``: left out of the set mean)."""
+    out = np.full(len(matches), np.nan)
+    for i, m in enumerate(matches):
+        m = _scored(m, with_eos).astype(bool)
+        if m.size:
+            out[i] = float(np.mean(m))
+    return out
 
 
 def mia_auc(member_scores: Any, nonmember_scores: Any) -> float:
@@ -590,13 +664,19 @@ def mia_auc(member_scores: Any, nonmember_scores: Any) -> float:
 
 
 def privleak(auc_unlearned: float, auc_retain: float) -> float:
-    """MUSE's PrivLeak: ``(AUC_unlearned - AUC_retain) / AUC_retain`` (Shi et al., 2024, "MUSE",
-    arXiv 2407.06460). 0 = as private as the retain model; > 0 = forget items still look like
-    members (under-unlearning); < 0 = they look *less* like members than unseen data (over-unlearning).
-    A fraction, not a percentage (OpenUnlearning reports it times 100). NaN if either AUC is missing."""
-    if _is_missing(auc_unlearned) or _is_missing(auc_retain) or auc_retain == 0:
+    """MUSE's PrivLeak, in percent: ``(AUC_retain - AUC_unlearned) / (1 - AUC_retain) * 100``.
+
+    MUSE (Shi et al., 2024, arXiv 2407.06460; ``swj0419/muse_bench``, ``eval.py``) computes
+    ``(AUC' - AUC'_retrain) / AUC'_retrain * 100`` on AUCs oriented the other way round from
+    :func:`mia_auc` (``AUC' = 1 - AUC``: MUSE's AUC is high when forget items look *unseen*);
+    OpenUnlearning's ``src/evals/metrics/privacy.py`` (``privleak``) converts exactly so, ``score = 1 -
+    score; ref = 1 - ref``, and adds 1e-10 to the denominator (not here: a retain AUC of 1 gives NaN).
+    0 = as private as the retain model; < 0 = forget items still look like members (under-unlearning;
+    about -100 for a model that has not unlearned at all); > 0 = they look *less* like members than
+    the retain model finds them (over-unlearning). NaN if either AUC is missing."""
+    if _is_missing(auc_unlearned) or _is_missing(auc_retain) or auc_retain == 1:
         return math.nan
-    return (float(auc_unlearned) - float(auc_retain)) / float(auc_retain)
+    return (float(auc_retain) - float(auc_unlearned)) / (1.0 - float(auc_retain)) * 100.0
 
 
 # --------------------------------------------------------------------------------------------

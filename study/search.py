@@ -240,10 +240,13 @@ def apply_params(cfg: RunConfig, method: str, params: dict) -> RunConfig:
 
 
 ADDED_SETTINGS = {"train.kl_full_padding": False, "method.gamma": 0.0, "eval.holdout": False,
-                  "method.rmu_layer": 7, "method.rmu_steering_coeff": 6.5, "method.rmu_alpha": 1200.0}
+                  "method.rmu_layer": 7, "method.rmu_steering_coeff": 6.5, "method.rmu_alpha": 1200.0,
+                  "method.delta": 0.0, "method.rmu_averaging": "answer_per_sequence"}
 """Settings added after studies were first recorded, with the behaviour a study recorded without them
 ran with. Resuming such a study with that value changes nothing; with another value it is refused.
-(Before ``kl_full_padding`` existed, the KL regularizer averaged over trimmed batches.)"""
+(Before ``kl_full_padding`` existed, the KL regularizer averaged over trimmed batches. Before
+``rmu_averaging`` existed RMU averaged over attended tokens; no recorded study ran RMU, and every other
+method ignores the setting, so its entry is today's default.)"""
 
 
 SPEED_ONLY_SETTINGS = ("eval.batch_size", "train.fused_forward")

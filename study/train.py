@@ -482,11 +482,12 @@ def unlearn(model, tokenizer, prompt, method, data, train_cfg, label_mode: str, 
 
 def train_only_rmu_weights(model, layer: int) -> list[str]:
     """RMU trains only the MLP down-projections of layers ``layer-2 .. layer`` (docs/science-beyond-paper.md
-    §2): every other parameter gets ``requires_grad=False``, so the optimizer never sees it (AdamW's
-    weight decay would otherwise move it too). Returns the trained parameters' names.
+    §2), or on a LoRA-wrapped model their adapters (``study.losses.rmu_trainable``): every other parameter
+    gets ``requires_grad=False``, so the optimizer never sees it (AdamW's weight decay would otherwise
+    move it too). Returns the trained parameters' names.
 
     Raises:
-        StudyInputError: no such parameter (a LoRA-wrapped model, or not a Llama-style layout).
+        StudyInputError: no such parameter (not a Llama-style layout, or LoRA without ``down_proj``).
     """
     from .losses import rmu_trainable, rmu_trained_layers
 
@@ -498,7 +499,7 @@ def train_only_rmu_weights(model, layer: int) -> list[str]:
             trained.append(name)
     if not trained:
         raise StudyInputError(f"RMU trains layers.{{{','.join(map(str, rmu_trained_layers(layer)))}}}.mlp.down_proj.weight; "
-                              "the model has no such parameter (RMU does not combine with LoRA)")
+                              "the model has no such parameter (nor LoRA adapters on it)")
     return trained
 
 

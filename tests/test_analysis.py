@@ -17,7 +17,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from study import analysis as A  # noqa: E402
-from study.metrics import METRICS  # noqa: E402
+from study.metrics import METRICS, MIA_LOSS, mia_auc_key, privleak_key  # noqa: E402
 
 EXPERIMENT = "analysis-test"
 
@@ -341,7 +341,8 @@ def write_example_store(tracking_uri: str, experiment: str = EXPERIMENT) -> dict
                 if scenario == "real-world":
                     values["bench/mmlu"] = 0.6 * mu / 0.5
                 if scenario == "fictitious" and method == "ME+GD":  # run with eval.holdout: privacy metrics
-                    values.update({A.PRIVACY_COLUMNS[0]: 1 - fe / 2, A.PRIVACY_COLUMNS[3]: fe - 1,
+                    # AUC 1 - fe/2 against a retain model's 0.5: MUSE's PrivLeak (0.5 - AUC) / 0.5 * 100.
+                    values.update({mia_auc_key(MIA_LOSS): 1 - fe / 2, privleak_key(MIA_LOSS): (fe - 1) * 100,
                                    "forget/extraction_strength": 1 - fe})
                 tracker.metrics(run, values, step=task)
                 items = _items(sets, f"{method} t{number} task{task}")

@@ -441,16 +441,22 @@ def privacy_result(tiny, metric_models, privacy_sets) -> EvalResult:
 
 
 def _by_hand(model, tokenizer, prompt, question, answer):
-    """Token log-probs and teacher-forced argmax matches of the scored tokens, one forward pass."""
+    """Token log-probs, teacher-forced argmax matches and Min-K%++ token scores of the scored tokens
+    (answer tokens, then the EOS label), one forward pass."""
     enc = encode_qa(tokenizer, prompt, question, answer, max_length=200)
     with torch.no_grad():
         logits = model(input_ids=enc["input_ids"][None], attention_mask=enc["attention_mask"][None]).logits[0]
     logp = torch.log_softmax(logits[:-1].double(), dim=-1)
     targets = enc["labels"][1:]
     scored = targets != -100
-    lp = logp[scored, targets[scored]].tolist()
+    lp = logp[scored, targets[scored]]
     match = (logits[:-1].argmax(-1)[scored] == targets[scored]).tolist()
-    return lp, match
+    # Min-K%++ (Zhang et al., 2024): (log p(y_t) - E_p[log p]) / sqrt(Var_p[log p]), variance floored at 1e-6.
+    p = logp[scored].exp()
+    mu = (p * logp[scored]).sum(-1)
+    var = (p * (logp[scored] - mu[:, None]) ** 2).sum(-1)
+    z = (lp - mu) / var.clamp(min=1e-6).sqrt()
+    return lp.tolist(), match, z.tolist()
 
 
 def test_privacy_columns_match_a_direct_forward_pass(tiny, privacy_sets, privacy_result):
@@ -460,18 +466,23 @@ def test_privacy_columns_match_a_direct_forward_pass(tiny, privacy_sets, privacy
     for eval_set in privacy_sets:
         for item in range(len(eval_set.rows)):
             row = eval_set.rows[item]
-            lp, match = _by_hand(tiny.model, tiny.tokenizer, tiny.prompt, row["question"], row["answer"])
+            lp, match, z = _by_hand(tiny.model, tiny.tokenizer, tiny.prompt, row["question"], row["answer"])
+            loss = -sum(lp) / len(lp)  # LOSS and zlib: every scored token, the EOS label included
+            # Min-K%, Min-K%++, EM and ES drop the last scored token, the EOS label (OpenUnlearning).
+            lp, match, z = lp[:-1], match[:-1], z[:-1]
             n = len(lp)
-            loss = -sum(lp) / n
-            lowest = sorted(lp)[: max(1, int(0.4 * n))]
-            k_star = next(k for k in range(n + 1) if all(match[k:]))
+            lowest, lowest_z = (sorted(v)[: max(1, int(0.4 * n))] for v in (lp, z))
+            for k in range(n):  # OpenUnlearning's extraction_strength loop, literally
+                if all(match[k:]):
+                    break
             got = privacy_result.items[(privacy_result.items["set"] == eval_set.name)
                                        & (privacy_result.items["item"] == item)].iloc[0]
             assert got[M.MIA_LOSS] == pytest.approx(loss, rel=1e-5)
             assert got[M.MIA_ZLIB] == pytest.approx(loss / len(zlib.compress(row["answer"].encode("utf-8"))), rel=1e-5)
             assert got[M.MIA_MIN_K] == pytest.approx(-sum(lowest) / len(lowest), rel=1e-5)
+            assert got[M.MIA_MIN_K_PLUS_PLUS] == pytest.approx(-sum(lowest_z) / len(lowest_z), rel=1e-4, abs=1e-5)
             assert got[M.EXACT_MEMORIZATION] == pytest.approx(sum(match) / n)
-            assert got[M.EXTRACTION_STRENGTH] == pytest.approx(1 - k_star / n)
+            assert got[M.EXTRACTION_STRENGTH] == pytest.approx(1 - k / n)
             checked += 1
     assert checked == 6
 
@@ -506,8 +517,8 @@ def test_privleak_against_a_retain_evaluation(privacy_result, result):
         assert same.summary[M.privleak_key(attack)] == 0.0
     retain = {M.mia_auc_key(a): 0.5 for a in M.MIA_ATTACKS}
     leak = privacy_result.with_privleak(retain)
-    for attack in M.MIA_ATTACKS:
-        expected = (privacy_result.summary[M.mia_auc_key(attack)] - 0.5) / 0.5
+    for attack in M.MIA_ATTACKS:  # MUSE: (A_retain - A) / (1 - A_retain) * 100
+        expected = (0.5 - privacy_result.summary[M.mia_auc_key(attack)]) / 0.5 * 100
         assert leak.summary[M.privleak_key(attack)] == pytest.approx(expected)
     assert result.with_privleak(retain).summary == result.summary  # no holdout: nothing added
 
@@ -517,3 +528,27 @@ def test_privacy_columns_batched_equal_one_at_a_time(tiny, metric_models, privac
                                   max_length=MAX_LENGTH, score_max_length=SCORE_MAX_LENGTH, progress=False)
     for column in M.PRIVACY_METRICS:
         np.testing.assert_allclose(slow.items[column], privacy_result.items[column], atol=TOL, rtol=0, err_msg=column)
+
+
+def test_vocabulary_moments_only_for_the_requested_sequences(tiny, privacy_sets):
+    """Min-K%++'s μ_t, σ_t² come from the scoring pass for the sequences asked for (the truth answers);
+    the others skip the full-vocabulary pass. Values against the definition on the model's logits."""
+    from tqdm.auto import tqdm
+
+    from study.evaluation.scoring import score
+
+    row = privacy_sets[0].rows[0]
+    pairs = [(row["question"], row["answer"]), (row["question"], row["answer"] + " more")]
+    with tqdm(disable=True) as bar:
+        got = score(tiny.model, tiny.tokenizer, tiny.prompt, pairs, SCORE_MAX_LENGTH, 4, torch.device("cpu"), bar,
+                    moments_for={0})
+    assert len(got.token_vocab_mean[1]) == 0 and len(got.token_vocab_var[1]) == 0
+    assert len(got.token_logprob[1]) == got.n_tokens[1] > 0  # the rest is scored as before
+    enc = encode_qa(tiny.tokenizer, tiny.prompt, *pairs[0], max_length=200)
+    with torch.no_grad():
+        logits = tiny.model(input_ids=enc["input_ids"][None], attention_mask=enc["attention_mask"][None]).logits[0]
+    logp = torch.log_softmax(logits[:-1].double(), dim=-1)[enc["labels"][1:] != -100]  # [n, V]
+    mean = (logp.exp() * logp).sum(-1)
+    var = (logp.exp() * (logp - mean[:, None]) ** 2).sum(-1)
+    np.testing.assert_allclose(got.token_vocab_mean[0], mean.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got.token_vocab_var[0], var.numpy(), rtol=1e-3, atol=1e-5)

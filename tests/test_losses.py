@@ -45,6 +45,7 @@ from study.losses import (
     sequence_logprob,
     sequence_nll,
     simnpo_loss,
+    simnpo_margin,
     softmax_entropy,
     steering_for,
 )
@@ -665,6 +666,41 @@ def test_simnpo_registry_entry_counts_scored_tokens():
     method = Method.parse("SimNPO+GD", beta=beta, gamma=gamma)
     assert FORGET_LOSSES["SimNPO"].fn(inputs, method).item() == pytest.approx(expected, rel=1e-10)
     assert not method.needs_ref_model and method.batch_parts == ("forget", "retain")
+    # A label on column 0 is never scored (no logit precedes it) but counts in |y|, as OpenUnlearning's
+    # simnpo.py divides by (labels != -100).sum(-1): seq 0 then has |y| = 3 for the same logp.
+    first_labelled = HAND_LABELS.clone()
+    first_labelled[0, 0] = 4
+    inputs = LossInputs(logits={"forget": HAND_LOGITS}, labels={"forget": first_labelled})
+    assert inputs.logprob("forget").tolist() == pytest.approx(logp)
+    lengths = [3, 1]
+    expected = -(2 / beta) * sum(logsig(-(beta / n) * lp - gamma) for n, lp in zip(lengths, logp)) / 2
+    assert FORGET_LOSSES["SimNPO"].fn(inputs, method).item() == pytest.approx(expected, rel=1e-10)
+
+
+def test_simnpo_accepts_open_unlearnings_delta_inside_beta():
+    # OpenUnlearning's simnpo.py: loss = -(2/β) mean log σ(β (NLL_sum/|y| - δ)); its margin δ sits inside β.
+    beta, delta = 4.5, 1.0
+    logp = [-sum(row) for row in HAND_TOKEN_NLL]
+    avg_nll = [-lp / len(row) for row, lp in zip(HAND_TOKEN_NLL, logp)]
+    open_unlearning = -(2 / beta) * sum(logsig(beta * (a - delta)) for a in avg_nll) / 2
+    inputs = LossInputs(logits={"forget": HAND_LOGITS}, labels={"forget": HAND_LABELS})
+    with_delta = FORGET_LOSSES["SimNPO"].fn(inputs, Method.parse("SimNPO+GD", beta=beta, delta=delta)).item()
+    assert with_delta == pytest.approx(open_unlearning, rel=1e-10)
+    # ... which is the paper's γ = β δ = 4.5, not γ = 1 (the same number in the other spelling).
+    with_gamma = FORGET_LOSSES["SimNPO"].fn(inputs, Method.parse("SimNPO+GD", beta=beta, gamma=beta * delta)).item()
+    assert with_gamma == pytest.approx(open_unlearning, rel=1e-10)
+    gamma_one = -(2 / beta) * sum(logsig(beta * a - 1.0) for a in avg_nll) / 2
+    assert FORGET_LOSSES["SimNPO"].fn(inputs, Method.parse("SimNPO+GD", beta=beta, gamma=1.0)).item() == pytest.approx(
+        gamma_one, rel=1e-10)
+    assert gamma_one != pytest.approx(open_unlearning, rel=1e-2)
+    assert simnpo_margin(beta, 0.0, delta) == 4.5 and simnpo_margin(beta, 0.5, 0.0) == 0.5
+    with pytest.raises(StudyInputError, match="set one"):
+        Method.parse("SimNPO+GD", gamma=1.0, delta=1.0)
+    with pytest.raises(StudyInputError, match="delta"):
+        Method.parse("SimNPO+GD", delta=float("inf"))
+    from study.config import MethodConfig
+
+    assert MethodConfig(name="SimNPO+GD", beta=4.5, delta=1.0).method().delta == 1.0
 
 
 def test_simnpo_search_space_and_validation():
@@ -699,10 +735,35 @@ def test_rmu_terms_by_hand():
     assert rmu_retain_loss(h, h, mask).item() == 0.0
     # Through the registry: total = forget_coeff * forget + regularization_coeff * α * retain.
     method = Method.parse("RMU", forget_coeff=2.0, rmu_alpha=10.0)
+    labels = torch.tensor([[4, 5, -100]])  # the same two positions labelled
     inputs = LossInputs(logits={}, labels={}, hidden={"forget": h, "retain": h}, ref_hidden={"retain": ref},
-                        attention_mask={"forget": mask, "retain": mask}, control=control)
+                        attention_mask={"forget": mask, "retain": mask}, control=control,
+                        hidden_labels={"forget": labels, "retain": labels})
     assert FORGET_LOSSES["RMU"].fn(inputs, method).item() == pytest.approx(8.25, rel=1e-12)
     assert REGULARIZERS["RMU"].fn(inputs, method).item() == pytest.approx(22.5, rel=1e-12)
+
+
+def test_rmu_averaging_by_hand():
+    # d = 1 and c·u = 0, so each position's error is h²: [[1, 4, 9], [16, 25, 36]].
+    h = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], dtype=torch.float64)[..., None]
+    attention = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    labels = torch.tensor([[-100, 7, 8], [-100, 9, -100]])  # answers: positions 1-2 of row 0, 1 of row 1
+    control = torch.zeros(1, dtype=torch.float64)
+    inputs = LossInputs(logits={}, labels={}, hidden={"forget": h}, attention_mask={"forget": attention},
+                        hidden_labels={"forget": labels}, control=control)
+    # OpenUnlearning (default): per sequence over its answer tokens, then over the batch:
+    # row 0 mean(4, 9) = 6.5, row 1 mean(25) = 25 -> 15.75.
+    default = Method.parse("RMU")
+    assert default.rmu_averaging == "answer_per_sequence"
+    assert FORGET_LOSSES["RMU"].fn(inputs, default).item() == pytest.approx(15.75, rel=1e-12)
+    # attended_tokens: every attended token of the batch pooled: (1 + 4 + 9 + 16 + 25) / 5 = 11.
+    pooled = Method.parse("RMU", rmu_averaging="attended_tokens")
+    assert FORGET_LOSSES["RMU"].fn(inputs, pooled).item() == pytest.approx(11.0, rel=1e-12)
+    # The two ingredients separately: answer tokens pooled (4 + 9 + 25) / 3; attended per row (14/3 + 41/2) / 2.
+    assert rmu_forget_loss(h, control, labels != -100, per_sequence=False).item() == pytest.approx(38 / 3)
+    assert rmu_forget_loss(h, control, attention, per_sequence=True).item() == pytest.approx((14 / 3 + 41 / 2) / 2)
+    with pytest.raises(StudyInputError, match="rmu_averaging"):
+        Method.parse("RMU", rmu_averaging="tokens")
 
 
 def test_rmu_control_vector_layer_rule_and_trained_names():
@@ -768,11 +829,20 @@ def test_rmu_compute_loss_reads_the_steered_layer_output():
     out = compute_loss(method, model, batch, ref_model=ref, steering=steering)
     h_forget = _layer_outputs(model, batch["forget"])[0]
     h_retain, h_ref = _layer_outputs(model, batch["retain"])[0], _layer_outputs(ref, batch["retain"])[0]
-    forget = rmu_forget_loss(h_forget, steering.control, batch["forget"]["attention_mask"])
-    retain = rmu_retain_loss(h_retain, h_ref, batch["retain"]["attention_mask"])
+
+    def per_answer_mean(error: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # error [B, T]
+        return torch.stack([error[b][labels[b] != -100].mean() for b in range(len(labels))]).mean()
+
+    forget = per_answer_mean((h_forget - steering.control).pow(2).mean(-1), batch["forget"]["labels"])
+    retain = per_answer_mean((h_retain - h_ref).pow(2).mean(-1), batch["retain"]["labels"])
     torch.testing.assert_close(out.parts["forget"], forget)
     torch.testing.assert_close(out.parts["regularization"], 3.0 * retain)
     torch.testing.assert_close(out.total.detach(), 0.5 * forget + 3.0 * retain)
+    # attended_tokens: every attended token of the batch in one pool.
+    pooled = compute_loss(Method.parse("RMU", forget_coeff=0.5, rmu_alpha=3.0, rmu_averaging="attended_tokens"),
+                          model, batch, ref_model=ref, steering=steering)
+    attn = batch["forget"]["attention_mask"].bool()
+    torch.testing.assert_close(pooled.parts["forget"], (h_forget - steering.control).pow(2).mean(-1)[attn].mean())
     # At θ = ref the retain term vanishes.
     same = compute_loss(method, model, batch, ref_model=copy.deepcopy(model).eval(), steering=steering)
     assert same.parts["regularization"].item() == 0.0
@@ -780,26 +850,28 @@ def test_rmu_compute_loss_reads_the_steered_layer_output():
         compute_loss(method, model, batch, ref_model=ref)
 
 
-def test_rmu_trains_only_the_chosen_mlp_weights():
+def _five_layer_llama():
     from transformers import LlamaConfig, LlamaForCausalLM
-
-    from study.train import adamw, adamw_param_groups, train_only_rmu_weights
 
     config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=5,
                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32, pad_token_id=PAD)
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        model = LlamaForCausalLM(config).float()
-    ref = copy.deepcopy(model).eval().requires_grad_(False)
+        return LlamaForCausalLM(config).float()
+
+
+def _rmu_steps(model, ref, steps: int = 5) -> tuple[list[str], set[str], list[float]]:
+    """RMU (layer 7 -> 3 on 5 layers) for ``steps`` AdamW steps: (trained names, moved names, forget losses)."""
+    from study.train import adamw, adamw_param_groups, train_only_rmu_weights
+
     method, batch = Method.parse("RMU", rmu_layer=7), tiny_batch()
     steering = steering_for(method, model, seed=1001)
     assert steering.layer == 3  # min(7, 5 - 2)
     trained = train_only_rmu_weights(model, steering.layer)
-    assert trained == [f"model.layers.{i}.mlp.down_proj.weight" for i in (1, 2, 3)]
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     optimizer = adamw(adamw_param_groups(model, weight_decay=0.01), lr=1e-2)
     losses = []
-    for _ in range(5):
+    for _ in range(steps):
         out = compute_loss(method, model, batch, ref_model=ref, steering=steering)
         assert torch.isfinite(out.total) and all(torch.isfinite(v) for v in out.parts.values())
         losses.append(out.parts["forget"].item())
@@ -807,8 +879,66 @@ def test_rmu_trains_only_the_chosen_mlp_weights():
         out.total.backward()
         optimizer.step()
     moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    return trained, moved, losses
+
+
+def test_rmu_trains_only_the_chosen_mlp_weights():
+    from study.train import train_only_rmu_weights
+
+    model = _five_layer_llama()
+    ref = copy.deepcopy(model).eval().requires_grad_(False)
+    trained, moved, losses = _rmu_steps(model, ref)
+    assert trained == [f"model.layers.{i}.mlp.down_proj.weight" for i in (1, 2, 3)]
     assert moved == set(trained)
     assert losses[-1] < losses[0]  # hidden states of layer 3 move towards c·u on forget inputs
-    # A model without such parameters (LoRA-wrapped names) is refused rather than trained on nothing.
+    # A model without such parameters is refused rather than trained on nothing.
     with pytest.raises(StudyInputError, match="down_proj"):
         train_only_rmu_weights(torch.nn.Linear(2, 2), 3)
+
+
+def test_rmu_with_lora_trains_the_chosen_down_projection_adapters():
+    from study.runner import frozen_copy
+    from study.train import apply_lora
+
+    model = apply_lora(_five_layer_llama(), rank=4, seed=0)  # adapters on every projection, down_proj included
+    ref = frozen_copy(model)  # as the runner builds RMU's reference: a frozen copy of the wrapped model
+    trained, moved, losses = _rmu_steps(model, ref)
+    prefix = "base_model.model.model.layers"
+    assert trained == [f"{prefix}.{i}.mlp.down_proj.lora_{ab}.default.weight" for i in (1, 2, 3) for ab in "AB"]
+    assert moved == set(trained)  # the frozen base weights and every other adapter stay put
+    assert losses[-1] < losses[0]
+    assert not rmu_trainable(f"{prefix}.3.mlp.down_proj.base_layer.weight", 3)
+    assert not rmu_trainable(f"{prefix}.3.mlp.up_proj.lora_A.default.weight", 3)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_rmu_with_gradient_checkpointing_gives_the_same_gradients(lora):
+    """Gradient checkpointing (the GPU path's setting) recomputes the decoder layers in backward; RMU
+    freezes the embeddings, so no checkpointed layer's input needs grad: the trained weights must get
+    their gradients all the same, equal to those without checkpointing."""
+    from study.train import apply_lora, train_only_rmu_weights
+
+    grads = []
+    for checkpointing in (False, True):
+        model = _five_layer_llama()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+            model.config.use_cache = False
+        if lora:
+            model = apply_lora(model, rank=4, seed=0)
+        model.train()
+        assert model.is_gradient_checkpointing == checkpointing
+        ref = copy.deepcopy(model).eval().requires_grad_(False)
+        method = Method.parse("RMU", rmu_layer=7)
+        steering = steering_for(method, model, seed=1001)
+        trained = train_only_rmu_weights(model, steering.layer)
+        out = compute_loss(method, model, tiny_batch(), ref_model=ref, steering=steering)
+        out.total.backward()
+        params = dict(model.named_parameters())
+        grads.append({n: params[n].grad for n in trained})
+    assert grads[0].keys() == grads[1].keys()
+    for name, grad in grads[1].items():
+        assert grad is not None, f"{name}: no gradient under gradient checkpointing"
+        torch.testing.assert_close(grad, grads[0][name], rtol=1e-5, atol=1e-7)
+    # Some gradient is non-zero (LoRA's A gets none at its first step: B starts at 0).
+    assert any(g.abs().sum() > 0 for g in grads[1].values())

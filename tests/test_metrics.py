@@ -45,8 +45,11 @@ def test_item_columns_apply_each_registered_metric_to_its_sets():
     assert got[M.ENTAILMENT].tolist() == [1.0, 0.0]  # the second item's ROUGE is below 0.1
     privacy = M.item_columns(M.PRIVACY_METRICS, x)
     assert privacy[M.MIA_LOSS].tolist() == [1.0, 1.0]
-    assert privacy[M.EXACT_MEMORIZATION].tolist() == [0.5, 1.0]
-    assert privacy[M.EXTRACTION_STRENGTH].tolist() == [0.5, 1.0]
+    # The last scored token (the EOS label) is dropped: [False] and [True, True] remain. ES of a wrong
+    # one-token answer is 1/n = 1 (OpenUnlearning's loop stops at k = n - 1).
+    assert privacy[M.EXACT_MEMORIZATION].tolist() == [0.0, 1.0]
+    assert privacy[M.EXTRACTION_STRENGTH].tolist() == [1.0, 1.0]
+    assert np.isnan(privacy[M.MIA_MIN_K_PLUS_PLUS]).all()  # no vocabulary moments given
     # No NLI labels: entailment NaN. A score-only set: the paper's metrics NaN, the privacy ones computed.
     assert np.isnan(M.item_columns(M.METRICS, dataclasses.replace(x, nli_labels=[None, None]))[M.ENTAILMENT]).all()
     holdout = M.ItemInputs("holdout", x.truths, x.answer_nll, x.answer_tokens, x.answer_avg_nll,
@@ -293,18 +296,49 @@ def test_forget_quality_statistic_choice():
 
 
 def test_min_k_score_by_hand():
-    lp = [-1.0, -4.0, -2.0, -3.0, -0.5]
-    # k = 0.4 of 5 tokens = 2 lowest log-probs: -4 and -3 -> statistic -mean = 3.5
+    eos = -9.0  # the last scored token (the EOS label): dropped unless with_eos
+    lp = [-1.0, -4.0, -2.0, -3.0, -0.5, eos]
+    # k = 0.4 of the 5 answer tokens = 2 lowest log-probs: -4 and -3 -> statistic -mean = 3.5
     assert M.min_k_score([lp])[0] == pytest.approx(3.5)
     assert M.MIN_K_FRACTION == 0.4
+    # with the EOS: 6 tokens, floor(2.4) = 2 lowest: -9 and -4 -> 6.5
+    assert M.min_k_score([lp], with_eos=True)[0] == pytest.approx(6.5)
     # k = 0.1 of 5 = 0.5 tokens -> at least one: the lowest, -4
     assert M.min_k_score([lp], k=0.1)[0] == pytest.approx(4.0)
-    # k = 1: the plain mean; 7 tokens at k = 0.4: floor(2.8) = 2
+    # k = 1: the plain mean of the 5 answer tokens
     assert M.min_k_score([lp], k=1.0)[0] == pytest.approx(10.5 / 5)
-    assert M.min_k_score([[-7.0, -1, -1, -1, -1, -6.0, -1]])[0] == pytest.approx(6.5)
-    assert math.isnan(M.min_k_score([[]])[0])
+    # 7 answer tokens at k = 0.4: floor(2.8) = 2 -> -(-7 - 6) / 2
+    assert M.min_k_score([[-7.0, -1, -1, -1, -1, -6.0, -1, eos]])[0] == pytest.approx(6.5)
+    # No token left (an empty answer scores only its EOS label; or nothing at all): 0, as OpenUnlearning.
+    assert M.min_k_score([[eos], []]).tolist() == [0.0, 0.0]
     with pytest.raises(ValueError):
         M.min_k_score([lp], k=0.0)
+
+
+def test_min_k_plus_plus_by_hand_on_a_three_token_vocabulary():
+    # One answer token then the EOS label; the next-token distributions over V = 3 by hand.
+    # Position 0: p = (1/2, 1/4, 1/4), the answer token is v = 1 (log p = -log 4).
+    l2, l4 = math.log(2), math.log(4)
+    mu0 = -(0.5 * l2 + 0.25 * l4 + 0.25 * l4)               # Σ p log p = -1.5 log 2
+    var0 = 0.5 * l2**2 + 0.25 * l4**2 + 0.25 * l4**2 - mu0**2  # = 2.5 (log 2)² - 2.25 (log 2)² = 0.25 (log 2)²
+    assert var0 == pytest.approx(0.25 * l2**2)
+    z0 = (-l4 - mu0) / math.sqrt(var0)                        # (-2 + 1.5) log 2 / (0.5 log 2) = -1
+    assert z0 == pytest.approx(-1.0)
+    # Position 1 (the EOS label): uniform, variance 0 -> floored at 1e-6; dropped from the statistic anyway.
+    mu1, var1 = -math.log(3), 0.0
+    z = M.min_k_plus_plus_token_scores([[-l4, -math.log(3)]], [[mu0, mu1]], [[var0, var1]])[0]
+    assert z == pytest.approx([-1.0, 0.0])
+    assert M.min_k_plus_plus_score([z])[0] == pytest.approx(1.0)  # max(1, floor(0.4)) = 1 token: -(-1)
+    assert M.min_k_plus_plus_score([z], with_eos=True, k=1.0)[0] == pytest.approx(0.5)  # -mean(-1, 0)
+    # A tiny variance is floored at 1e-6 (OpenUnlearning's clamp): z = 0.001 / 1e-3 = 1
+    assert M.min_k_plus_plus_token_scores([[-1.0]], [[-1.001]], [[1e-9]])[0] == pytest.approx([1.0])
+    # Through the registry, with the moments the evaluation stores; an empty answer scores 0.
+    x = M.ItemInputs("forget", ["a", ""], np.array([3.0, 1.0]), np.array([2, 1]), np.array([1.5, 1.0]),
+                     [np.array([-l4, -math.log(3)]), np.array([-1.0])], [np.array([False, True]), np.array([True])],
+                     answer_token_vocab_mean=[np.array([mu0, mu1]), np.array([-1.0])],
+                     answer_token_vocab_var=[np.array([var0, var1]), np.array([0.5])])
+    assert M.item_columns(M.PRIVACY_METRICS, x)[M.MIA_MIN_K_PLUS_PLUS].tolist() == pytest.approx([1.0, 0.0])
+    assert M.MIA_MIN_K_PLUS_PLUS in M.MIA_ATTACKS and M.PRIVACY_METRICS[M.MIA_MIN_K_PLUS_PLUS].key == "min_k++"
 
 
 def test_zlib_ratio_by_hand():
@@ -322,20 +356,38 @@ def test_zlib_ratio_by_hand():
 
 
 @pytest.mark.parametrize("matches, expected", [
-    ([True, True, True, True], 1.0),     # k* = 0: the whole answer from the question alone
-    ([False, True, True, True], 0.75),   # k* = 1
-    ([True, False, True, True], 0.5),    # k* = 2: the wrong token at 1 breaks every longer suffix
-    ([True, True, True, False], 0.0),    # k* = 4 = n: even the last token is not reproduced
-    ([True], 1.0),
-    ([False], 0.0),
+    # Each row ends with the EOS label's match (the last scored token), which is dropped by default.
+    ([True, True, True, True, True], 1.0),     # k* = 0: the whole answer from the question alone
+    ([False, True, True, True, False], 0.75),  # k* = 1 (the EOS label's miss does not count)
+    ([True, False, True, True, True], 0.5),    # k* = 2: the wrong token at 1 breaks every longer suffix
+    ([True, True, True, False, True], 0.25),   # no suffix matches: OpenUnlearning's loop ends at k = n - 1 = 3
+    ([True, True], 1.0),
+    ([False, True], 1.0),                      # one token, wrong: k = n - 1 = 0 again, ES = 1/n = 1
+    ([True], 0.0),                             # an empty answer (only the EOS label): 0, as OpenUnlearning
+    ([], 0.0),
 ])
 def test_extraction_strength_by_hand(matches, expected):
     assert M.extraction_strength([matches])[0] == pytest.approx(expected)
 
 
+def test_extraction_strength_options_by_hand():
+    row = [True, True, True, False, True]  # answer tokens 0..3, then the EOS label
+    # empty_suffix: k = n qualifies, so an answer whose last token is missed scores 0, not 1/n.
+    assert M.extraction_strength([row], empty_suffix=True)[0] == 0.0
+    # with_eos: the EOS label is the 5th token and is reproduced: k* = 4 of n = 5.
+    assert M.extraction_strength([row], with_eos=True)[0] == pytest.approx(0.2)
+    # Missing the EOS (the model does not stop) costs the whole answer with it, with empty_suffix.
+    assert M.extraction_strength([[True, True, False]], with_eos=True, empty_suffix=True)[0] == 0.0
+    assert M.extraction_strength([[True, True, False]], with_eos=True)[0] == pytest.approx(1 / 3)
+    assert M.extraction_strength([[True, True, False]])[0] == 1.0
+
+
 def test_exact_memorization_by_hand():
-    got = M.exact_memorization([[True, False, True, True], [False, False], []])
-    assert got[:2].tolist() == pytest.approx([0.75, 0.0]) and math.isnan(got[2])
+    # The last entry of each row is the EOS label, dropped by default.
+    got = M.exact_memorization([[True, False, True, True, False], [False, False, True], [True], []])
+    assert got[:2].tolist() == pytest.approx([0.75, 0.0])
+    assert math.isnan(got[2]) and math.isnan(got[3])  # no answer token: NaN (OpenUnlearning's None)
+    assert M.exact_memorization([[True, False, True, True, False]], with_eos=True)[0] == pytest.approx(0.6)
 
 
 def test_mia_auc_by_hand_and_against_sklearn():
@@ -351,10 +403,21 @@ def test_mia_auc_by_hand_and_against_sklearn():
 
 
 def test_privleak_by_hand():
-    assert M.privleak(0.8, 0.5) == pytest.approx(0.6)     # under-unlearned: forget still looks seen
-    assert M.privleak(0.4, 0.5) == pytest.approx(-0.2)    # over-unlearned
+    # MUSE's PrivLeak in percent, on AUCs where 1 = forget items look seen: (A_r - A_u) / (1 - A_r) * 100.
+    # A model that has not unlearned at all (A_u = 0.999) against a retain model's 0.5228:
+    # (0.5228 - 0.999) / 0.4772 * 100 = -0.4762 / 0.4772 * 100 = -99.79 (MUSE prints about -99.8 here).
+    assert M.privleak(0.999, 0.5228) == pytest.approx(-47.62 / 0.4772, rel=1e-12)
+    assert round(M.privleak(0.999, 0.5228), 1) == -99.8
+    # The former formula (A_u - A_r) / A_r gave +91.1 there: the sign and the denominator both differ.
+    assert (0.999 - 0.5228) / 0.5228 * 100 == pytest.approx(91.08, abs=0.01)
+    # At A_r = 0.5 the two are exact negatives: (0.5 - A_u) / 0.5 vs (A_u - 0.5) / 0.5.
+    for a_u in (0.8, 0.4, 0.999):
+        assert M.privleak(a_u, 0.5) == pytest.approx(-(a_u - 0.5) / 0.5 * 100, rel=1e-12)
+    assert M.privleak(0.8, 0.5) == pytest.approx(-60.0)   # under-unlearned: forget still looks seen
+    assert M.privleak(0.4, 0.5) == pytest.approx(20.0)    # over-unlearned
     assert M.privleak(0.5, 0.5) == 0.0
     assert math.isnan(M.privleak(math.nan, 0.5)) and math.isnan(M.privleak(0.7, None))
+    assert math.isnan(M.privleak(0.7, 1.0))  # no room above the retain model's AUC
 
 
 def test_privacy_metrics_stay_out_of_mu_and_fe():

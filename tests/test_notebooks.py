@@ -97,8 +97,8 @@ def test_notebooks_on_example_store(tmp_path):
     assert list(fq.index) == list(main.index)
     privacy = read_table(dirs["fictitious"], "privacy_table.csv", index=[0, 1])
     assert list(privacy.columns) == list(A.PRIVACY_COLUMNS) and len(privacy) == len(metrics)
-    me = privacy.loc[("ME+GD", "forget01")]  # FE 0.88: AUC 1 - 0.88 / 2, PrivLeak 0.88 - 1, ES 1 - 0.88
-    assert (me["mia_auc/mia_loss"], me["privleak/mia_loss"]) == (pytest.approx(0.56), pytest.approx(-0.12))
+    me = privacy.loc[("ME+GD", "forget01")]  # FE 0.88: AUC 1 - 0.88 / 2, PrivLeak (0.88 - 1) * 100, ES 1 - 0.88
+    assert (me["mia_auc/mia_loss"], me["privleak/mia_loss"]) == (pytest.approx(0.56), pytest.approx(-12.0))
     assert me["forget/extraction_strength"] == pytest.approx(0.12) and math.isnan(me["mia_auc/mia_zlib"])
     assert privacy.loc[("GA+GD", "forget01")].isna().all()  # not logged: missing, not 0
     side = read_table(dirs["fictitious"], "generations.csv")

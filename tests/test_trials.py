@@ -269,7 +269,8 @@ def test_simnpo_and_rmu_with_holdout_log_privacy_metrics(tmp_path):
         for attack in MIA_ATTACKS:
             auc, retain_auc = run.data.metrics[mia_auc_key(attack)], retain.data.metrics[mia_auc_key(attack)]
             assert 0 <= auc <= 1
-            # PrivLeak (MUSE): the relative gap of the attack's AUC to the retain model's.
-            assert run.data.metrics[privleak_key(attack)] == pytest.approx((auc - retain_auc) / retain_auc, rel=1e-9)
+            # PrivLeak (MUSE, in percent): (A_retain - A) / (1 - A_retain) * 100.
+            assert run.data.metrics[privleak_key(attack)] == pytest.approx(
+                (retain_auc - auc) / (1 - retain_auc) * 100, rel=1e-9)
         # The paper's aggregates do not take the new metrics in.
         assert 0 <= run.data.metrics["model_utility"] <= 1

@@ -68,7 +68,8 @@ class Batched:
     def score(self, model: Any, tokenizer: Any, prompt: PromptFormat, works: Sequence[items.SetWork],
               pairs: Sequence[tuple[str, str]], max_length: int, device: torch.device, bar: tqdm) -> Scores:
         """Scores of the pooled (question, answer) ``pairs``; ``works`` say which set each belongs to."""
-        return score(model, tokenizer, prompt, pairs, max_length, self.score_batch_size, device, bar)
+        return score(model, tokenizer, prompt, pairs, max_length, self.score_batch_size, device, bar,
+                     moments_for=items.truth_slots(works))
 
     def embed(self, embedder: Any, texts: Sequence[str]) -> np.ndarray:
         """Sentence embeddings ``[N, D]``."""

@@ -20,7 +20,7 @@ from ..data import EvalSet
 from ..errors import StudyInputError
 from .scoring import Scores
 
-__all__ = ["SetWork", "pool_work", "nli_pairs", "set_table", "score_only_table"]
+__all__ = ["SetWork", "pool_work", "nli_pairs", "truth_slots", "set_table", "score_only_table"]
 
 
 @dataclass
@@ -112,6 +112,11 @@ def _rectangular(rows: list[list[float]], set_name: str) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64).reshape(len(rows), counts[0] if counts else 0)
 
 
+def truth_slots(works: Sequence[SetWork]) -> set[int]:
+    """The pooled sequences that are some set's truth answers (the only ones Min-K%++ reads)."""
+    return {j for work in works for j in work.truth_slot}
+
+
 def _truth_inputs(work: SetWork, scores: Scores, avg: np.ndarray) -> M.ItemInputs:
     """The metric inputs every set has: its truth answers' likelihoods and token statistics."""
     slots = work.truth_slot
@@ -123,6 +128,8 @@ def _truth_inputs(work: SetWork, scores: Scores, avg: np.ndarray) -> M.ItemInput
         answer_avg_nll=avg[slots],
         answer_token_logprobs=[scores.token_logprob[j] for j in slots],
         answer_token_matches=[scores.token_match[j] for j in slots],
+        answer_token_vocab_mean=[scores.token_vocab_mean[j] for j in slots],
+        answer_token_vocab_var=[scores.token_vocab_var[j] for j in slots],
     )
 
 

@@ -23,7 +23,7 @@ count the batch's padding against shorter prompts.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -38,7 +38,7 @@ from ..losses import IGNORE_INDEX
 from ..models import PromptFormat, encode_qa
 from .engine import Batched, run
 from .generation import batches, generate
-from .items import SetWork
+from .items import SetWork, truth_slots
 from .metric_models import MetricModels
 from .scoring import Scores, record
 from .summary import EvalResult
@@ -48,10 +48,12 @@ __all__ = ["OneAtATime", "ReferenceBatched", "evaluate_one_at_a_time", "evaluate
 
 
 def score_padded(model: Any, tokenizer: Any, prompt: PromptFormat, pairs: Sequence[tuple[str, str]],
-                 groups: Sequence[Sequence[int]], max_length: int, device: torch.device, bar: tqdm) -> Scores:
+                 groups: Sequence[Sequence[int]], max_length: int, device: torch.device, bar: tqdm,
+                 moments_for: Iterable[int] | None = None) -> Scores:
     """Scores the reference code's way: per group of ``pairs`` indices one forward pass over
-    :func:`study.models.encode_qa` rows padded to ``max_length``, full logits ``[B, max_length, V]``."""
-    scores = Scores.empty(len(pairs))
+    :func:`study.models.encode_qa` rows padded to ``max_length``, full logits ``[B, max_length, V]``
+    (vocabulary moments for ``moments_for``, :func:`study.evaluation.scoring.score`)."""
+    scores = Scores.empty(len(pairs), moments_for)
     for rows in groups:
         encoded = [encode_qa(tokenizer, prompt, *pairs[i], max_length) for i in rows]
         batch = {k: torch.stack([e[k] for e in encoded]).to(device) for k in encoded[0]}
@@ -98,7 +100,8 @@ class OneAtATime(Batched):
 
     def score(self, model: Any, tokenizer: Any, prompt: PromptFormat, works: Sequence[SetWork],
               pairs: Sequence[tuple[str, str]], max_length: int, device: torch.device, bar: tqdm) -> Scores:
-        return score_padded(model, tokenizer, prompt, pairs, [[i] for i in range(len(pairs))], max_length, device, bar)
+        return score_padded(model, tokenizer, prompt, pairs, [[i] for i in range(len(pairs))], max_length, device, bar,
+                            truth_slots(works))
 
     def embed(self, embedder: Any, texts: Sequence[str]) -> np.ndarray:
         """The reference code: ``model.encode(text)`` for each text on its own."""
@@ -119,7 +122,7 @@ class ReferenceBatched(OneAtATime):
     def score(self, model: Any, tokenizer: Any, prompt: PromptFormat, works: Sequence[SetWork],
               pairs: Sequence[tuple[str, str]], max_length: int, device: torch.device, bar: tqdm) -> Scores:
         groups = reference_score_batches(works, self.batch_size, self.batch_size // 4)
-        return score_padded(model, tokenizer, prompt, pairs, groups, max_length, device, bar)
+        return score_padded(model, tokenizer, prompt, pairs, groups, max_length, device, bar, truth_slots(works))
 
 
 def evaluate_one_at_a_time(

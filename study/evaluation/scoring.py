@@ -11,7 +11,7 @@ first answer-predicting position. :mod:`study.evaluation.reference` scores the r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ from ..losses import IGNORE_INDEX, shift_labels, token_nll
 from ..models import PromptFormat
 from .generation import batches, forward_params, selectable_kv_cache
 
-__all__ = ["encode_qa_batch", "Scores", "record", "score"]
+__all__ = ["encode_qa_batch", "Scores", "vocab_logprob_moments", "record", "score"]
 
 
 def encode_qa_batch(tokenizer: Any, prompt: PromptFormat, questions: Sequence[str], answers: Sequence[str],
@@ -69,16 +69,49 @@ class Scores:
     token_match: list[np.ndarray]
     """Per sequence, bool ``[n]``: the argmax given the true prefix is the scored token
     (extraction strength, exact memorisation)."""
+    token_vocab_mean: list[np.ndarray]
+    """Per sequence, float64 ``[n]``: ``Σ_v p(v) log p(v)`` of the next-token distribution at each
+    scored token (Min-K%++, :func:`vocab_logprob_moments`); empty for a sequence not in ``moments``."""
+    token_vocab_var: list[np.ndarray]
+    """Per sequence, float64 ``[n]``: ``Σ_v p(v) (log p(v))² - mean²`` there (Min-K%++)."""
+    moments: np.ndarray
+    """bool ``[S]``: the sequences whose vocabulary moments are computed (the truth answers: Min-K%++
+    reads only those; the paraphrased and perturbed answers skip the full-vocabulary pass)."""
 
     @classmethod
-    def empty(cls, n: int) -> Scores:
-        """``n`` sequences, nothing scored yet (zeros, empty token arrays)."""
+    def empty(cls, n: int, moments_for: Iterable[int] | None = None) -> Scores:
+        """``n`` sequences, nothing scored yet (zeros, empty token arrays); vocabulary moments for the
+        sequences ``moments_for`` (None: all)."""
+        moments = np.ones(n, dtype=bool) if moments_for is None else np.zeros(n, dtype=bool)
+        if moments_for is not None:
+            moments[list(moments_for)] = True
         return cls(np.zeros(n, dtype=np.float64), np.zeros(n, dtype=np.int64),
-                   [np.zeros(0)] * n, [np.zeros(0, dtype=bool)] * n)
+                   [np.zeros(0)] * n, [np.zeros(0, dtype=bool)] * n, [np.zeros(0)] * n, [np.zeros(0)] * n, moments)
 
     def avg_nll(self) -> np.ndarray:
         """float64 ``[S]``: the average token NLL of each sequence; NaN without a scored token."""
         return np.where(self.n_tokens > 0, self.nll / np.where(self.n_tokens > 0, self.n_tokens, 1), np.nan)
+
+
+MOMENT_CHUNK_ROWS = 1024
+"""Scored positions per chunk in :func:`vocab_logprob_moments` (bounds its ``[rows, V]`` temporaries)."""
+
+
+def vocab_logprob_moments(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance of ``log p(v)`` for ``v ~ p = softmax(logits)``, per row: ``logits [R, V]`` ->
+    ``(Σ_v p log p, Σ_v p (log p)² - mean²)``, each ``[R]``, in float32 (float64 for float64 logits),
+    :data:`MOMENT_CHUNK_ROWS` rows at a time. Min-K%++'s ``μ_t`` and ``σ_t²`` (OpenUnlearning's
+    ``src/evals/metrics/mia/min_k_plus_plus.py``: ``mu = (exp(lp) * lp).sum(-1)``, ``sigma = (exp(lp) *
+    lp²).sum(-1) - mu²``)."""
+    means, variances = [], []
+    for chunk in logits.split(MOMENT_CHUNK_ROWS):
+        logp = torch.log_softmax(chunk.to(torch.promote_types(chunk.dtype, torch.float32)), dim=-1)
+        p = logp.exp()
+        mean = (p * logp).sum(-1)
+        means.append(mean)
+        variances.append((p * logp.square()).sum(-1) - mean.square())
+    empty = logits.new_zeros(0, dtype=torch.promote_types(logits.dtype, torch.float32))
+    return (torch.cat(means) if means else empty), (torch.cat(variances) if variances else empty)
 
 
 def record(logits: torch.Tensor, labels: torch.Tensor, seqs: Sequence[int], scores: Scores) -> None:
@@ -91,15 +124,24 @@ def record(logits: torch.Tensor, labels: torch.Tensor, seqs: Sequence[int], scor
     target = shift_labels(labels)
     scored = target != IGNORE_INDEX
     match = logits.argmax(dim=-1) == target  # [B, T]
+    wanted = torch.as_tensor(scores.moments[list(seqs)], device=scored.device)  # [B]
+    moment_rows = scored & wanted[:, None]
+    mean, var = vocab_logprob_moments(logits[moment_rows])  # [n] each, rows in (r, t) order
     scores.nll[list(seqs)] = nll.sum(dim=-1).double().cpu().numpy()
+    counts = moment_rows.sum(dim=-1).tolist()
+    mean, var = mean.double().cpu().numpy(), var.double().cpu().numpy()
     nll, scored, match = nll.double().cpu().numpy(), scored.cpu().numpy(), match.cpu().numpy()
+    start = 0
     for r, i in enumerate(seqs):
         scores.token_logprob[i] = -nll[r][scored[r]]
         scores.token_match[i] = match[r][scored[r]]
+        scores.token_vocab_mean[i] = mean[start: start + counts[r]]
+        scores.token_vocab_var[i] = var[start: start + counts[r]]
+        start += counts[r]
 
 
 def score(model: Any, tokenizer: Any, prompt: PromptFormat, pairs: Sequence[tuple[str, str]], max_length: int,
-          batch_size: int, device: torch.device, bar: tqdm) -> Scores:
+          batch_size: int, device: torch.device, bar: tqdm, moments_for: Iterable[int] | None = None) -> Scores:
     """``NLL_sum``, answer-token counts and per-token statistics of each (question, answer) sequence.
 
     Labels follow :func:`study.models.encode_qa` (``"answer"``): question -100, answer tokens, one
@@ -112,8 +154,9 @@ def score(model: Any, tokenizer: Any, prompt: PromptFormat, pairs: Sequence[tupl
     longest row and compute logits only from the first position whose next token is scored, which
     changes no sum: padding columns carry attention 0 and label -100, and causal attention never
     looks right. ``batch_size``: sequences per forward pass, and questions per shared-prefix pass.
+    ``moments_for``: the sequences whose vocabulary moments (Min-K%++) are computed; None: all.
     """
-    scores = Scores.empty(len(pairs))
+    scores = Scores.empty(len(pairs), moments_for)
     n_tokens = scores.n_tokens
     ids, labels = encode_qa_batch(tokenizer, prompt, [q for q, _ in pairs], [a for _, a in pairs], max_length)
     n_tokens[:] = [sum(label != IGNORE_INDEX for label in row) for row in labels]

@@ -34,7 +34,7 @@ class EvalResult:
     ``truth_ratio_min`` (min(R, 1/R)), ``nli_label`` (None without NLI), ``nll_answer`` (NLL sum),
     ``n_tokens_answer``, ``avg_nll_answer``, ``avg_nll_paraphrased``, ``avg_nll_perturbed``
     (list of K floats), ``n_tokens_generation`` (model tokens of the decoded generation), and the
-    columns of :data:`study.metrics.PRIVACY_METRICS` (``mia_loss``, ``mia_zlib``, ``mia_min_k``,
+    columns of :data:`study.metrics.PRIVACY_METRICS` (``mia_loss``, ``mia_zlib``, ``mia_min_k``, ``mia_min_k_plus_plus``,
     ``extraction_strength``, ``exact_memorization``; docs/science-beyond-paper.md §3, §4)."""
     summary: dict[str, float]
     """``"<set>/<metric>"`` means of the six metrics (entailment NaN when no NLI model) and of the
