@@ -296,7 +296,7 @@ def _main(args) -> int:
             return 0
         os.chdir(ROOT)  # default stores (mlruns/) are relative to the repository
         from study.search import Sweep, checkpoint_estimate, pareto_table
-        from study.tracking import ui_command
+        from study.tracking import ui_command, ui_url
 
         print_plan(cfg, settings, spaces)
         print(checkpoint_estimate(cfg, settings))
@@ -332,6 +332,8 @@ def _main(args) -> int:
     else:
         print("  (no finished trial)")
     print(f"\nBrowse the runs:  {ui_command(settings.tracking_uri)}")
+    print(f"  then open {ui_url(settings.tracking_uri, sweep.tracker.experiment_id)}  (the Pareto-best: "
+          f"{ui_url(settings.tracking_uri, sweep.tracker.experiment_id, 'pareto')})")
     print("Analyse them:     notebooks/fictitious.ipynb, continual.ipynb, real_world.ipynb")
     return 0
 
