@@ -545,17 +545,16 @@ def logged_model_name(about: dict) -> str:
 @functools.lru_cache(maxsize=1)
 def context_tags() -> dict:
     """MLflow's standard context tags, as ``mlflow.start_run`` sets them (``mlflow.user``,
-    ``mlflow.source.name`` / ``.type``, ``mlflow.source.git.commit`` ...): the UI's User and Source
-    columns. The commit comes from the checkout where MLflow finds none (a script run from elsewhere)."""
+    ``mlflow.source.name`` / ``.type`` ...): the UI's User and Source columns; ``mlflow.source.git.commit``
+    is this checkout's commit (the code that ran, wherever the entry point lies)."""
     from mlflow.tracking.context.registry import resolve_tags
 
     tags = {k: v for k, v in resolve_tags().items() if k.startswith("mlflow.")}
-    if "mlflow.source.git.commit" not in tags:
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parents[1], capture_output=True,
-                                 text=True, timeout=5).stdout.strip()
-            if sha:
-                tags["mlflow.source.git.commit"] = sha
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+        if sha:
+            tags["mlflow.source.git.commit"] = sha
     return tags
 
 
