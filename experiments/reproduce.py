@@ -13,7 +13,8 @@ it, so every method trains alike). Both are passed to sweep.py as ``--set train.
 train.epochs=...``, which the paper sampler respects: a value given with ``--set`` is fixed, not
 searched. One Optuna study per (scenario, setting, seed), the seed in its name
 (``repro-<preset>-<scenario>-<setting>-s<seed>``): fictitious over forget01/05/10, continual over tasks
-1-4 without and with ``--fix-ref-model``, real-world. Each study is one in-process call of
+1-4 (``paper-*``: 1-10) without and with ``--fix-ref-model``, real-world (``paper-*``: each scenario on
+its own paper preset, real-world on Llama-3-8B-Instruct). Each study is one in-process call of
 ``sweep.main(argv)`` with every method (sweep.py runs them one after another, an Optuna study
 ``<name>/<method>`` each), the command users run; a re-run resumes (finished trials are reused).
 
@@ -163,19 +164,41 @@ def out_of(args) -> Path:
     return out if out.is_absolute() else ROOT / out
 
 
+def preset_of(preset: str, scenario_name: str) -> str:
+    """The preset of a scenario's studies: a ``paper-*`` preset stands for the paper's settings of every
+    scenario (``paper-fictitious``, ``paper-continual``: tasks 1-10, ``paper-real-world``:
+    Llama-3-8B-Instruct); any other preset is used as given."""
+    from study import presets
+
+    own = f"paper-{scenario_name}"
+    return own if preset.startswith("paper-") and own in presets.available() else preset
+
+
+def tasks_of(args) -> tuple[int, ...]:
+    """Continual tasks: ``--tasks``, else the continual preset's own (a continual preset's ``data.tasks``),
+    else :data:`CONTINUAL_TASKS`."""
+    from study import presets
+
+    if args.tasks:
+        return tuple(args.tasks)
+    data = presets.read(preset_of(args.preset, CONTINUAL.name))["config"].get("data", {})
+    return tuple(data["tasks"]) if data.get("scenario") == CONTINUAL.name and data.get("tasks") else CONTINUAL_TASKS
+
+
 def plan_units(args) -> list[Unit]:
     from study.results import study_name
 
     if args.sensitivity:
         return [sensitivity_unit(args)]
-    lr, epochs = preset_training(args.preset, args.set)
     scenarios = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
     units = []
     for sc in scenarios:
-        for setting, options, cost in settings_of(sc, tuple(args.splits), tuple(args.tasks), args.fix_ref_model):
+        preset = preset_of(args.preset, sc)
+        lr, epochs = preset_training(preset, args.set)
+        for setting, options, cost in settings_of(sc, tuple(args.splits), tasks_of(args), args.fix_ref_model):
             for seed in args.seeds:
                 name = study_name(args.preset, sc, setting, seed)
-                argv = ["--preset", args.preset, "--scenario", sc, *options, "--method", *args.methods,
+                argv = ["--preset", preset, "--scenario", sc, *options, "--method", *args.methods,
                         "--sampler", "paper", "--n-trials", "1", "--seed", str(seed), "--study-name", name,
                         "--set", f"train.lr={lr!r}", "--set", f"train.epochs={epochs!r}",
                         *_common_options(args, ("train.lr", "train.epochs"))]
@@ -192,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS), metavar="SEED", help="training seeds (default: %(default)s)")
     a("--methods", nargs="+", default=list(PAPER_METHODS), metavar="M", help="methods (default: the paper's nine)")
     a("--splits", nargs="+", default=list(SPLITS), choices=SPLITS, help="fictitious splits (continual uses the first)")
-    a("--tasks", nargs="+", type=int, default=list(CONTINUAL_TASKS), metavar="K", help="continual tasks (default: 1 2 3 4)")
+    a("--tasks", nargs="+", type=int, metavar="K",
+      help="continual tasks (default: the continual preset's, paper-continual: 1-10; else 1 2 3 4)")
     a("--fix-ref-model", choices=["both", "no", "yes"], default="both",
       help="continual: run without and with sweep.py's --fix-ref-model (default: %(default)s)")
     a("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
@@ -310,12 +334,18 @@ def _main(args, argv) -> int:
         print_plan(args, units)
         # Each setting's first command through sweep.py's own --dry-run: a bad option, preset, task or
         # store is reported now rather than hours into the run.
-        for unit in {(u.scenario, u.setting): u for u in reversed(units)}.values():
+        needs: dict[str, list[str]] = {}  # what a real run needs -> the settings that need it
+        for unit in {(u.scenario, u.setting): u for u in units}.values():
             code, out, err = _call(sweep, [*unit.argv, "--dry-run"])
+            for line in out.splitlines():
+                if line.startswith("a real run needs: "):
+                    needs.setdefault(line.removeprefix("a real run needs: "), []).append(f"{unit.scenario} {unit.setting}")
             if code != 0:
                 print(_shown(f"error: sweep.py {' '.join(unit.argv)} --dry-run exited {code}:\n{err[-2000:]}", args),
                       file=sys.stderr)
                 return code
+        for need, where in needs.items():
+            print(f"a real run needs: {need} ({', '.join(where)})")
         print("checked: each setting's sweep.py command passes its --dry-run")
         return 0
     command = rebuild_command(argv if argv is not None else sys.argv[1:])

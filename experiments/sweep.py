@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sweep.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"presets:\n{lines}\n\nResults: the MLflow UI command is printed at the end.")
     a = parser.add_argument
-    a("--preset", default="default", choices=list(names), help="settings to start from (default: %(default)s)")
+    a("--preset", default="default", metavar="NAME|FILE.toml",
+      help=f"settings to start from: {', '.join(names)}, or a preset file (default: %(default)s)")
     a("--scenario", choices=list(SCENARIOS), help="what is unlearned (docs/science.md §1)")
     a("--method", nargs="+", metavar="M", help="one or several methods, e.g. ME+GD IDK+AP NPO+GD (forget loss + regularizer)")
     a("--split", choices=["forget01", "forget05", "forget10"], help="TOFU forget split")
@@ -79,6 +80,7 @@ def plan(args) -> tuple[object, object, dict]:
 
     preset = presets.read(args.preset)
     config, study = preset["config"], preset["study"]
+    args.needs = []  # what a real run needs that this machine or command lacks: a dry run lists it, a run fails on it
     fixed = apply_options(config, args)
     methods = args.method or study.get("methods", ["ME+GD"])
     if methods == "paper":  # a preset's shorthand for the paper's nine methods
@@ -89,7 +91,7 @@ def plan(args) -> tuple[object, object, dict]:
     if "name" in config["method"] and args.method:
         config["method"]["name"] = methods[0]
     cfg = presets.build(config)
-    check_inputs(cfg, args.device)
+    check_inputs(cfg, args.device, args.needs if args.dry_run else None)
     settings = study_settings(args, cfg, study, list(methods), fixed)
     spaces = {m: search_space(m, scenario(cfg.data.scenario).name, settings.sampler, settings.space, settings.fixed) for m in settings.methods}
     return cfg, settings, spaces
@@ -125,7 +127,12 @@ def apply_options(config: dict, args) -> list[str]:
             raise StudyInputError(f"--data-dir {args.data_dir}: not a readable folder ({type(error).__name__}: {error})") from None
         put("data", "source", source)
     if config.get("data", {}).get("source", "builtin") == "":
-        raise StudyInputError(f"preset {args.preset} needs data: pass --data-dir DIR (a folder with forget.json, neighbor.json, ...)")
+        from study.errors import Unavailable
+
+        needs = f"preset {args.preset} needs data: pass --data-dir DIR (a folder with forget.json, neighbor.json, ...)"
+        if not args.dry_run:
+            raise Unavailable(needs)
+        args.needs.append(needs)
     if args.seed is not None:
         put("train", "seed", args.seed)
     if args.fix_ref_model:
@@ -140,15 +147,27 @@ def apply_options(config: dict, args) -> list[str]:
     return sorted(SEARCHED[key] for key in presets.apply_settings(config, args.set) if key in SEARCHED)
 
 
-def check_inputs(cfg, device: str | None) -> None:
+def check_inputs(cfg, device: str | None, needs: list | None = None) -> None:
     """What would fail every trial, reported before anything is written: the device, the model names,
     the embedder, the DeepSpeed file, the data (files, tasks, refusals, perturbed answers) and the
-    sequence lengths against the data's longest prompts."""
+    sequence lengths against the data's longest prompts. What this machine lacks (CUDA) is appended to
+    ``needs`` where given (a dry run), else raised."""
     from study import models, runner
-    from study.errors import StudyInputError
+    from study.errors import StudyInputError, Unavailable
 
-    checked = models.check_device(device) if device is not None else None  # unknown, or CUDA on a machine without it
-    runner.run_dtype(cfg, checked)  # float16 on a CPU; bfloat16 on a CPU without native bf16 warns (one line)
+    checked, available = None, True
+    if device is not None:
+        try:
+            checked = models.check_device(device)  # an unknown device, or CUDA on a machine without it
+        except Unavailable as missing:
+            if needs is None:
+                raise
+            needs.append(str(missing))
+            available = False
+    if needs is not None and cfg.train.deepspeed is not None and not models.torch.cuda.is_available():
+        needs.append(f"train.deepspeed {cfg.train.deepspeed}: CUDA GPUs (DeepSpeed ZeRO-3); this machine has none")
+    if available:  # the precision on the device the run would use (not knowable for a device this machine lacks)
+        runner.run_dtype(cfg, checked)  # float16 on a CPU is refused; bfloat16 on a CPU without native bf16 warns (one line)
     for name in (cfg.model.name, cfg.model.target):
         if name is not None:
             models.resolve(name)  # an unknown model name or a folder that holds none is reported now
@@ -162,7 +181,7 @@ def check_inputs(cfg, device: str | None) -> None:
         models.check_loadable(cfg.eval.embedder, "embedder")
     if cfg.train.deepspeed is not None and not (ROOT / cfg.train.deepspeed).is_file() and not Path(cfg.train.deepspeed).is_file():
         raise StudyInputError(f"train.deepspeed {cfg.train.deepspeed!r}: no such file")
-    if not cfg.data.source.startswith("hub"):  # the hub is read only when the study runs
+    if cfg.data.source and not cfg.data.source.startswith("hub"):  # the hub is read only when the study runs
         from study.data import check_eval_sets
         from study.runner import scenario_data, source_for, tasks_of
 
@@ -180,7 +199,8 @@ def study_settings(args, cfg, study: dict, methods: list[str], fixed: list[str])
 
     sc = scenario(cfg.data.scenario)
     split = sc.split_label(cfg.data.split)
-    parts = [args.preset] + [p for p in (sc.name, split) if p not in args.preset] + [Path(cfg.model.name).name]
+    preset = Path(args.preset).stem  # a name, or a preset file's
+    parts = [preset] + [p for p in (sc.name, split) if p not in preset] + [Path(cfg.model.name).name]
     default_name = "-".join(dict.fromkeys(parts))
     if sc.sequential and cfg.method.fix_ref_model:
         default_name += "-fixref"
@@ -293,10 +313,12 @@ def _main(args) -> int:
                       f"pass the URL in ${variable} instead", file=sys.stderr)
         if args.dry_run:
             print_plan(cfg, settings, spaces)
+            for need in args.needs:
+                print(f"a real run needs: {need}")
             return 0
         os.chdir(ROOT)  # default stores (mlruns/) are relative to the repository
         from study.search import Sweep, checkpoint_estimate, pareto_table
-        from study.tracking import ui_command
+        from study.tracking import ui_command, ui_url
 
         print_plan(cfg, settings, spaces)
         print(checkpoint_estimate(cfg, settings))
@@ -332,6 +354,8 @@ def _main(args) -> int:
     else:
         print("  (no finished trial)")
     print(f"\nBrowse the runs:  {ui_command(settings.tracking_uri)}")
+    print(f"  then open {ui_url(settings.tracking_uri, sweep.tracker.experiment_id)}  (the Pareto-best: "
+          f"{ui_url(settings.tracking_uri, sweep.tracker.experiment_id, 'pareto')})")
     print("Analyse them:     notebooks/fictitious.ipynb, continual.ipynb, real_world.ipynb")
     return 0
 

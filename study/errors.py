@@ -16,6 +16,11 @@ class StudyInputError(ValueError):
     """Bad input from the user: a one-line message that says what was expected."""
 
 
+class Unavailable(StudyInputError):
+    """What this machine or command lacks for a real run (CUDA, a data folder), not a wrong value: a
+    dry run reports it as a need instead of failing."""
+
+
 class DataError(StudyInputError):
     """A data file that is missing or malformed (message names file, line and field)."""
 

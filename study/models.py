@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import StudyInputError, one_of
+from .errors import StudyInputError, Unavailable, one_of
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CHECKPOINT_META = "study.json"
@@ -379,11 +379,11 @@ def check_device(name: str) -> torch.device:
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise StudyInputError(f"device {name!r}: CUDA is not available on this machine; valid: cpu")
+            raise Unavailable(f"device {name!r}: CUDA is not available on this machine; valid: cpu")
         if device.index is not None and device.index >= count:
             raise StudyInputError(f"device {name!r}: this machine has {count} CUDA device(s), cuda:0 .. cuda:{count - 1}")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise StudyInputError(f"device {name!r}: MPS is not available on this machine; valid: cpu")
+        raise Unavailable(f"device {name!r}: MPS is not available on this machine; valid: cpu")
     return device
 
 

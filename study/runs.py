@@ -16,7 +16,7 @@ from pathlib import Path
 from . import models
 from .config import RunConfig
 from .scenarios import scenario as find_scenario
-from .tracking import StepLogger, Tracker, package_versions, redact
+from .tracking import StepLogger, Tracker, logged_model_name, package_versions, redact
 
 
 def start_study_run(tracker: Tracker, study_name: str, method: str, cfg: RunConfig, settings) -> str:
@@ -33,6 +33,58 @@ def start_study_run(tracker: Tracker, study_name: str, method: str, cfg: RunConf
     return run_id
 
 
+def describe_study_run(tracker: Tracker, run_id: str, study, rows: list[dict], registered: str) -> None:
+    """The study's run as its landing page: a markdown description (MLflow's run note,
+    ``mlflow.note.content``) with the Pareto-best trials linked to their runs and registry versions,
+    ``pareto.csv`` (those rows) and ``mu_fe.png`` (every finished trial's Model Utility and Forget
+    Efficacy, the Pareto-best ones marked)."""
+    import pandas as pd
+    from matplotlib.figure import Figure
+    from optuna.trial import TrialState
+
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    best = {row["trial"] for row in rows}
+    versions = {v.run_id: v.version for v in tracker.client.search_model_versions(f"name = '{registered}'")}
+    experiment = tracker.experiment_id
+    lines = [f"## {study.study_name}", "",
+             f"Optuna study of **{study.study_name.rpartition('/')[2]}**: {len(done)} finished trials, "
+             f"{len(best)} Pareto-best in Model Utility (MU) and Forget Efficacy (FE), both maximised.", "",
+             f"[Its trials in the runs table](#/experiments/{experiment}/runs?viewStateShareKey=trials) · "
+             f"[the Pareto-best ones](#/experiments/{experiment}/runs?viewStateShareKey=pareto) · "
+             f"registered model [{registered}](#/models/{registered}) · `mu_fe.png` and `pareto.csv` under Artifacts", "",
+             "| trial | MU | FE | forget ROUGE | searched | run | version |", "|---|---|---|---|---|---|---|"]
+    searched = [k for k in (rows[0] if rows else {}) if k not in ("method", "trial", "model_utility", "forget_efficacy",
+                                                                    "forget_rouge", "run_id")]
+
+    def number(value) -> str:
+        return "" if value is None else f"{value:.4g}"
+
+    for row in sorted(rows, key=lambda r: -(r["model_utility"] or 0)):
+        version = versions.get(row["run_id"])
+        lines.append(f"| {row['trial']} | {number(row['model_utility'])} | {number(row['forget_efficacy'])} | "
+                     f"{number(row['forget_rouge'])} | {', '.join(f'{k}={row[k]:.3g}' for k in searched)} | "
+                     f"[run](#/experiments/{experiment}/runs/{row['run_id']}) | "
+                     + (f"[v{version}](#/models/{registered}/versions/{version})" if version else "") + " |")
+    tracker.tags(run_id, {"mlflow.note.content": "\n".join(lines)})
+    tracker.table_artifact(run_id, "pareto.csv", pd.DataFrame(rows))
+
+    figure = Figure(figsize=(5, 4), dpi=100)
+    axes = figure.subplots()
+    for pareto, style in ((False, {"color": "#999999", "label": "trial"}), (True, {"color": "#d62728", "label": "Pareto-best"})):
+        points = [(t.user_attrs.get("model_utility"), t.user_attrs.get("forget_efficacy"), t.number) for t in done
+                  if (t.number in best) == pareto and t.user_attrs.get("model_utility") is not None]
+        if points:
+            axes.scatter([p[0] for p in points], [p[1] for p in points], s=40, **style)
+            for mu, fe, k in points:
+                axes.annotate(str(k), (mu, fe), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    axes.set(xlabel="Model Utility", ylabel="Forget Efficacy", title=f"{study.study_name}: trials (number beside)")
+    axes.legend(loc="best", fontsize=8)
+    figure.tight_layout()
+    with tempfile.TemporaryDirectory() as tmp:
+        figure.savefig(Path(tmp) / "mu_fe.png")
+        tracker.client.log_artifact(run_id, str(Path(tmp) / "mu_fe.png"))
+
+
 def end_if_running(tracker: Tracker, run_id: str, status: str, reason: str) -> None:
     """End a run that may still be RUNNING; quietly where the store itself is what failed (the next
     worker's heartbeat recovery ends a trial's run then)."""
@@ -41,6 +93,14 @@ def end_if_running(tracker: Tracker, run_id: str, status: str, reason: str) -> N
             tracker.end(run_id, status, reason)
     except Exception:
         pass
+
+
+def trial_run_name(method: str, number: int, sampled: dict) -> str:
+    """A trial's run name, readable in the UI's runs table: its method, number and searched values
+    (``ME+GD #3 lr=0.0001 forget_coeff=0.1``)."""
+    values = " ".join(f"{name.rsplit('.', 1)[-1]}={value:.3g}" if isinstance(value, float) else f"{name.rsplit('.', 1)[-1]}={value}"
+                      for name, value in sampled.items())
+    return f"{method} #{number}" + (f" {values}" if values else "")
 
 
 def trial_tags(cfg: RunConfig, method: str, study_name: str, number: int) -> dict:
@@ -136,7 +196,8 @@ class TrialRun:
             self.tracker.directory_artifact(self.run_id, path, "checkpoint")
         kept = {"checkpoint": "kept"}
         if getattr(result.model, "peft_config", None) is None:
-            kept["model_id"] = self.tracker.models.log_model(self.run_id, result.model, result.tokenizer, result.prompt, self.about)
+            kept["model_id"] = self.tracker.models.log_model(self.run_id, result.model, result.tokenizer, result.prompt, self.about,
+                                                             name=logged_model_name({"method": self.cfg.method.name, **self.about}))
         self.tracker.tags(self.run_id, kept)
 
     def end(self, status: str = "FINISHED", reason: str | None = None) -> None:

@@ -28,7 +28,7 @@ from .config import SEED_MAX, RunConfig
 from .errors import StudyFault, StudyInputError, interrupt_reason, one_of
 from .losses import HYPERPARAMS, Method, Param
 from .references import ReferenceModels
-from .runs import TrialRun, end_if_running, start_study_run, trial_tags
+from .runs import TrialRun, describe_study_run, end_if_running, start_study_run, trial_run_name, trial_tags
 from .train import NonFiniteLoss
 from .tracking import (DEFAULT_EXPERIMENT, DEFAULT_STORAGE, DEFAULT_TRACKING_URI, SYSTEM_METRICS_S, TAG, Tracker, redact,
                        registered_model_name, schema_lock, scrub)
@@ -36,6 +36,9 @@ from .tracking import (DEFAULT_EXPERIMENT, DEFAULT_STORAGE, DEFAULT_TRACKING_URI
 SAMPLERS = ("tpe", "grid", "paper")
 OBJECTIVES = ("pareto", "average", "model_utility", "forget_efficacy")
 KEEP = ("best", "all", "none")
+CHECKPOINT_LOGGED = "logged"
+"""A trial's Optuna attribute ``checkpoint`` once its checkpoint and model were logged (the MLflow tag
+``study.checkpoint`` says whether they are still there)."""
 HEARTBEAT_S = 30  # default Optuna heartbeat (s); a trial silent for 2x this long is failed by the next worker
 MAX_FAILURES = 5  # a worker stops a study after this many failed trials in a row
 MAX_TRIALS = 100_000
@@ -525,6 +528,7 @@ class Sweep:
             raise
         finished = _counted(study)
         self.tracker.metrics(parent, {"n_trials_finished": finished})
+        describe_study_run(self.tracker, parent, study, pareto_table({method: study}), registered_model_name(name))
         if finished >= n_trials:  # the study is complete (a later run with more trials re-opens it)
             self.tracker.end(parent, "FINISHED")
         return study
@@ -677,7 +681,7 @@ class TrialObjective:
         references, name = self.sweep.references, self.study.study_name
         prepared, target_run = references.prepare_target()
         tags = {**trial_tags(cfg, self.method, name, trial.number), "target_run_id": target_run}
-        run = self.run = TrialRun.start(self.sweep.tracker, cfg, f"{self.method} trial {trial.number}", tags, parent=self.parent,
+        run = self.run = TrialRun.start(self.sweep.tracker, cfg, trial_run_name(self.method, trial.number, params), tags, parent=self.parent,
                                         about={"study": name, "trial": trial.number})
         trial.set_user_attr("mlflow_run_id", run.run_id)
         run.log_config(sampled=params)
@@ -722,7 +726,9 @@ class TrialObjective:
             raise NonFiniteObjective(reason)
         if self.settings.keep_checkpoints != "none":
             run.keep_checkpoint(result)
-            trial.set_user_attr("checkpoint", "kept")
+            # Frozen once the trial finishes: what happened then ("logged"); whether the files are still
+            # there (the keep policy) is MLflow's tag study.checkpoint, kept / deleted (not Pareto-best).
+            trial.set_user_attr("checkpoint", CHECKPOINT_LOGGED)
         run.end()
         trial.set_user_attr("model_utility", summary.get("model_utility"))
         trial.set_user_attr("forget_efficacy", summary.get("forget_efficacy"))
@@ -734,14 +740,14 @@ class TrialObjective:
 
 
 def apply_keep_policy(study, tracker: Tracker, policy: str) -> None:
-    """``best``: only the Pareto-best (or best) trials keep their checkpoint artifacts and logged
-    models; the others lose theirs (files, logged-model records, registry versions). ``best`` and
-    ``all``: the Pareto-best trials with a logged model are versions of the registered model named
-    after the study (:func:`study.tracking.registered_model_name`), tagged with their
-    ``model_utility``, ``forget_efficacy`` and ``forget_quality``; a trial that leaves the front
-    leaves the registry."""
-    if policy == "none":
-        return
+    """Every finished trial's run is tagged ``study.pareto`` (``true`` / ``false``: in Optuna's Pareto
+    front, or the best trial of a single objective). ``best`` and ``all``: the Pareto-best trials with a
+    logged model are versions of the registered model named after the study
+    (:func:`study.tracking.registered_model_name`), tagged ``pareto=true``, their ``model_utility``,
+    ``forget_efficacy`` and ``forget_quality``, with the alias ``pareto-trial-<k>``; a trial that leaves
+    the front keeps its version, tagged ``pareto=false``, its alias removed. ``best``: the other trials
+    lose their checkpoint files and logged models' files (``study.checkpoint`` = ``deleted (not
+    Pareto-best)``); a version's record stays."""
     from optuna.trial import TrialState
 
     best = {t.number for t in study.best_trials} if len(study.directions) > 1 else (
@@ -749,25 +755,28 @@ def apply_keep_policy(study, tracker: Tracker, policy: str) -> None:
     name = registered_model_name(study.study_name)
     for trial in study.get_trials(deepcopy=False):
         run_id = trial.user_attrs.get("mlflow_run_id")
-        if not trial.state.is_finished():
-            # Another worker's trial that has kept its checkpoint but not yet returned its values:
-            # not in ``best`` only because Optuna does not count it yet. Its worker decides.
-            continue
-        if trial.user_attrs.get("checkpoint") != "kept" or not run_id:
+        # Another worker's trial that has kept its checkpoint but not yet returned its values is not
+        # in ``best`` only because Optuna does not count it yet: its worker decides.
+        if trial.state != TrialState.COMPLETE or not run_id:
             continue
         # The trial is finished (its Optuna attributes are frozen): MLflow's tags record the rest.
         run = tracker.client.get_run(run_id)
+        pareto = trial.number in best
+        if run.data.tags.get(f"{TAG}pareto") != str(pareto).lower():
+            tracker.tags(run_id, {"pareto": str(pareto).lower()})
+        if policy == "none" or trial.user_attrs.get("checkpoint") not in (CHECKPOINT_LOGGED, "kept"):
+            continue
         kept = run.data.tags.get(f"{TAG}checkpoint") == "kept"
         model_id = run.data.tags.get(f"{TAG}model_id")
-        if trial.number in best:
+        if pareto:
             if kept and model_id:
                 values = {k: run.data.metrics[k] for k in ("model_utility", "forget_efficacy", "forget_quality")
                           if k in run.data.metrics}
                 tracker.models.register(run_id, model_id, name, {**values, "study.study_name": study.study_name,
-                                                          "study.trial_number": trial.number})
+                                                                 "study.trial_number": trial.number}, trial=trial.number)
             continue
-        if model_id and kept:  # (a deleted model's versions went with it)
-            tracker.models.unregister(run_id, name)
+        if model_id:
+            tracker.models.leave_front(run_id, name, trial.number)
         if policy == "best" and kept:
             removed = tracker.delete_artifacts(run_id, "checkpoint")
             removed = tracker.models.delete_logged_models(run_id) and removed

@@ -37,6 +37,7 @@ Runs written before keep ``checkpoint/`` alone; everything here reads both.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -59,7 +60,18 @@ DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
 """Optuna storage, beside the MLflow store."""
 TAG = "study."
 MODEL_NAME = "model"
-"""Name of a trial's logged model: ``runs:/<run id>/model``."""
+"""Name of a logged model whose run names no trial (:func:`logged_model_name`)."""
+PARETO_ALIAS = "pareto-trial-{trial}"
+"""Alias of a registered version whose trial is Pareto-best (removed, the version kept, when it leaves the front)."""
+EXPERIMENT_KIND = "custom_model_development"
+"""The experiment's ``mlflow.experimentKind``: the MLflow UI opens it on its runs (model training), not on traces."""
+UI_COLUMNS = ["metrics.`model_utility`", "metrics.`forget_efficacy`", "metrics.`forget_quality`", "metrics.`forget/rouge`",
+              "tags.`study.pareto`", "tags.`study.method`", "attributes.`Models`", "attributes.`Source`"]
+"""The runs table's columns in the shared views (:data:`UI_VIEWS`): the scores first."""
+UI_VIEWS = {"trials": "tags.`study.kind` = 'trial'",
+            "pareto": "tags.`study.kind` = 'trial' and tags.`study.pareto` = 'true'"}
+"""Shared views of the runs table (experiment tags ``mlflow.sharedViewState.<key>``, opened by
+``#/experiments/<id>/runs?viewStateShareKey=<key>``): every trial, or the Pareto-best ones, best MU first."""
 GENERATION_DEFAULTS = {"max_new_tokens": 64, "do_sample": False}
 """How a logged model generates where a caller names nothing else (its pipeline, ``pyfunc``)."""
 MODEL_REQUIREMENTS = ("torch", "transformers", "accelerate", "safetensors")
@@ -303,10 +315,24 @@ class Tracker:
         self.experiment = experiment
         self.models = LoggedModels(self.client, self.experiment_id)
         """The experiment's logged models and their registry versions."""
+        self._ui_views()
+
+    def _ui_views(self) -> None:
+        """The experiment opens on its runs in the MLflow UI (:data:`EXPERIMENT_KIND`) and holds the
+        shared views :data:`UI_VIEWS` (:func:`ui_url` links them); written where missing or changed."""
+        wanted = {"mlflow.experimentKind": EXPERIMENT_KIND}
+        for key, query in UI_VIEWS.items():
+            wanted[f"mlflow.sharedViewState.{key}"] = json.dumps({
+                "searchFilter": query, "orderByKey": UI_COLUMNS[0], "orderByAsc": False, "selectedColumns": UI_COLUMNS,
+                "runsHiddenMode": "SHOW_ALL", "hideEmptyCharts": True})
+        have = self.client.get_experiment(self.experiment_id).tags
+        for key, value in wanted.items():
+            if have.get(key) != value:
+                self.client.set_experiment_tag(self.experiment_id, key, value)
 
     # runs ----------------------------------------------------------------------------------------
     def start(self, name: str, kind: str, tags: dict | None = None, parent: str | None = None) -> str:
-        all_tags = {"mlflow.runName": name, f"{TAG}kind": kind, f"{TAG}code_version": code_version()}
+        all_tags = {**context_tags(), "mlflow.runName": name, f"{TAG}kind": kind, f"{TAG}code_version": code_version()}
         if parent:
             all_tags["mlflow.parentRunId"] = parent
         all_tags.update({_tag_key(k): str(v) for k, v in (tags or {}).items()})
@@ -394,19 +420,20 @@ class LoggedModels:
     def __init__(self, client, experiment_id: str):
         self.client, self.experiment_id = client, experiment_id
 
-    def log_model(self, run_id: str, model, tokenizer, prompt, metadata: dict | None = None) -> str:
-        """The model as an MLflow logged model of the run, named :data:`MODEL_NAME` (transformers flavour,
-        task text-generation, model + tokenizer), its prompt format as the flavour's prompt template
-        (``pyfunc`` predictions wrap a bare question in it) and in its metadata. Returns the model id.
-        Written into the experiment's artifact location (``models/<model id>``); a failure while
-        writing removes what was written."""
+    def log_model(self, run_id: str, model, tokenizer, prompt, metadata: dict | None = None, name: str = MODEL_NAME) -> str:
+        """The model as an MLflow logged model of the run named ``name`` (a trial's:
+        :func:`logged_model_name`; transformers flavour, task text-generation, model + tokenizer), its
+        prompt format as the flavour's prompt template (``pyfunc`` predictions wrap a bare question in it)
+        and in its metadata. Returns the model id (``models:/<model id>`` loads it). Written into the
+        experiment's artifact location (``models/<model id>``); a failure while writing removes what was
+        written."""
         import copy
         import dataclasses as dc
         import logging
 
         import mlflow
 
-        logged = self.client.create_logged_model(self.experiment_id, name=MODEL_NAME, source_run_id=run_id,
+        logged = self.client.create_logged_model(self.experiment_id, name=name, source_run_id=run_id,
                                                  tags={f"{TAG}run_id": run_id})
         template = prompt.question_start + "{prompt}" + prompt.question_end + prompt.answer_tag
         escaped = template.replace("{", "{{").replace("}", "}}").replace("{{prompt}}", "{prompt}")
@@ -423,7 +450,7 @@ class LoggedModels:
                                        do_sample=GENERATION_DEFAULTS["do_sample"])
         try:
             mlflow.transformers.log_model(
-                {"model": inner, "tokenizer": tokenizer}, name=MODEL_NAME, task="text-generation",
+                {"model": inner, "tokenizer": tokenizer}, name=name, task="text-generation",
                 model_id=logged.model_id, run_id=run_id, pip_requirements=model_requirements(), prompt_template=escaped,
                 metadata={"prompt": dc.asdict(prompt), **json.loads(json.dumps(metadata or {}, default=str))})
         except BaseException:
@@ -440,16 +467,15 @@ class LoggedModels:
                                                      max_results=100))
 
     def delete_logged_models(self, run_id: str) -> bool:
-        """Remove the run's logged models: their registry versions, their files, their records. False
-        where the store could not delete something (it stays, and is tried again next time)."""
+        """Remove the files of the run's logged models; a model that is a registry version keeps its
+        record (the version stays, tagged ``files=deleted``), any other loses it too. False where the
+        store could not delete something (it stays, and is tried again next time)."""
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
         done = True
+        versions = self.client.search_model_versions(f"run_id = '{run_id}'")
         for logged in self.logged_models(run_id):
             try:
-                # A trial logs one model: its run's versions are this model's (searched versions carry no model id).
-                for version in self.client.search_model_versions(f"run_id = '{run_id}'"):
-                    self.client.delete_model_version(version.name, version.version)
                 get_artifact_repository(logged.artifact_location).delete_artifacts()
                 if logged.artifact_location.startswith("file://"):  # the local store leaves models/<id>/ behind
                     folder = Path(urlsplit(logged.artifact_location).path)
@@ -457,38 +483,79 @@ class LoggedModels:
                         folder.rmdir()
                     with contextlib.suppress(OSError):
                         folder.parent.rmdir()
-                self.client.delete_logged_model(logged.model_id)
+                if versions:  # a trial logs one model: its run's versions are this model's
+                    for version in versions:
+                        self.client.set_model_version_tag(version.name, version.version, "files", "deleted")
+                else:
+                    self.client.delete_logged_model(logged.model_id)
             except Exception:
                 done = False
         return done
 
-    def register(self, run_id: str, model_id: str, name: str, tags: dict) -> str:
+    def register(self, run_id: str, model_id: str, name: str, tags: dict, trial: int | None = None) -> str:
         """A version of registered model ``name`` for the logged model ``model_id`` (once per run: an
-        existing version of the run is returned). Returns the version."""
+        existing version of the run is returned), tagged ``pareto=true`` and ``tags``, with the alias
+        :data:`PARETO_ALIAS` of its ``trial``. Returns the version."""
         from mlflow.exceptions import MlflowException
 
         found = self.client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
         if found:
-            return found[0].version
-        try:
-            self.client.create_registered_model(name, description="Pareto-best trials of the Optuna study of this name")
-        except MlflowException as error:
-            if error.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-        version = self.client.create_model_version(name, f"models:/{model_id}", run_id=run_id, model_id=model_id,
-                                                   tags={k: str(v) for k, v in tags.items()})
-        return version.version
+            version = found[0].version
+        else:
+            try:
+                self.client.create_registered_model(name, description="Trials of the Optuna study of this name that were "
+                                                                      "Pareto-best: tag `pareto` says whether they still are, "
+                                                                      "aliases `pareto-trial-<k>` point at those that are")
+            except MlflowException as error:
+                if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+            version = self.client.create_model_version(name, f"models:/{model_id}", run_id=run_id, model_id=model_id,
+                                                       tags={k: str(v) for k, v in tags.items()}).version
+        self.client.set_model_version_tag(name, version, "pareto", "true")
+        if trial is not None:
+            self.client.set_registered_model_alias(name, PARETO_ALIAS.format(trial=trial), version)
+        return version
 
-    def unregister(self, run_id: str, name: str) -> None:
-        """Delete the versions of ``name`` made from the run (a trial no longer Pareto-best)."""
+    def leave_front(self, run_id: str, name: str, trial: int | None = None) -> None:
+        """The versions of ``name`` made from the run, once Pareto-best, no longer are: tagged
+        ``pareto=false``, their alias removed; the versions themselves stay (the registry keeps its history)."""
         for version in self.client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
-            self.client.delete_model_version(version.name, version.version)
+            self.client.set_model_version_tag(version.name, version.version, "pareto", "false")
+            if trial is not None and PARETO_ALIAS.format(trial=trial) in self.client.get_model_version(name, version.version).aliases:
+                self.client.delete_registered_model_alias(name, PARETO_ALIAS.format(trial=trial))
 
 
 def registered_model_name(study_name: str) -> str:
-    """The registry name of an Optuna study ``<study name>/<method>``: every run of characters other
-    than letters, digits, ``_``, ``.`` and ``-`` becomes one ``-`` (``s1/ME+GD`` -> ``s1-ME-GD``)."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", study_name).strip("-") or "study"
+    """The registry name of an Optuna study ``<study name>/<method>``: ``<method>.<study name>``, so that
+    names lead with the method, every run of characters other than letters, digits, ``_``, ``.`` and
+    ``-`` made one ``-`` (``s1/ME+GD`` -> ``ME-GD.s1``)."""
+    study, _, method = study_name.rpartition("/")
+    clean = [re.sub(r"[^A-Za-z0-9_.-]+", "-", part).strip("-") for part in (method, study)]
+    return ".".join(part for part in clean if part) or "study"
+
+
+def logged_model_name(about: dict) -> str:
+    """A trial's logged model, named after it: ``<method>-trial-<k>`` (``ME-GD-trial-3``; characters a
+    logged model's name cannot hold made ``-``), else :data:`MODEL_NAME`."""
+    if about.get("method") is None or about.get("trial") is None:
+        return MODEL_NAME
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", f"{about['method']}-trial-{about['trial']}").strip("-")
+
+
+@functools.lru_cache(maxsize=1)
+def context_tags() -> dict:
+    """MLflow's standard context tags, as ``mlflow.start_run`` sets them (``mlflow.user``,
+    ``mlflow.source.name`` / ``.type`` ...): the UI's User and Source columns; ``mlflow.source.git.commit``
+    is this checkout's commit (the code that ran, wherever the entry point lies)."""
+    from mlflow.tracking.context.registry import resolve_tags
+
+    tags = {k: v for k, v in resolve_tags().items() if k.startswith("mlflow.")}
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+        if sha:
+            tags["mlflow.source.git.commit"] = sha
+    return tags
 
 
 def model_requirements() -> list[str]:
@@ -577,8 +644,22 @@ class StepLogger:
         self.buffer.clear()
 
 
+UI_ADDRESS = "http://127.0.0.1:5000"
+"""Where :func:`ui_command` serves the UI."""
+
+
 def ui_command(tracking_uri: str) -> str:
-    """The command that opens the MLflow UI on these results (bound to 127.0.0.1)."""
+    """The command that opens the MLflow UI on these results (bound to 127.0.0.1; the venv's ``mlflow``:
+    the venv need not be active). Light on small machines: one worker, no job-execution processes."""
     if tracking_uri.startswith(("http://", "https://")):
         return f"open {redact(tracking_uri)} in a browser"
-    return f"mlflow ui --backend-store-uri {redact(tracking_uri)} --host 127.0.0.1 --port 5000"
+    venv = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "mlflow"
+    return (f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false {'.venv/bin/mlflow' if venv.exists() else 'mlflow'} ui --backend-store-uri {redact(tracking_uri)} "
+            f"--host 127.0.0.1 --port 5000 --workers 1")
+
+
+def ui_url(tracking_uri: str, experiment_id: str, view: str = "trials") -> str:
+    """The MLflow UI's runs table of the experiment in the shared view ``view`` (:data:`UI_VIEWS`): the
+    trials with their scores, best Model Utility first (``pareto``: the Pareto-best ones)."""
+    base = redact(tracking_uri).rstrip("/") if tracking_uri.startswith(("http://", "https://")) else UI_ADDRESS
+    return f"{base}/#/experiments/{experiment_id}/runs?viewStateShareKey={view}"

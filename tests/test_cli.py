@@ -66,7 +66,8 @@ def test_paper_continual_and_real_world_dry_runs(sweep, capsys, shared_data):
     (["--set", "train.lr=-1"], "lr must be a positive finite number"),
     (["--split", "forget02"], "invalid choice"),
     (["--data-dir", "/nonexistent/dir"], "data directory not found"),
-    (["--preset", "paper-real-world"], "needs data: pass --data-dir"),
+    (["--device", "gpu"], "device 'gpu' is not a device"),
+    (["--preset", "nope.toml"], "preset 'nope.toml' not found"),
     (["--set", "train.nonsense=1"], "unknown setting train.nonsense"),
     (["--objective", "pareto", "--prune"], "pruning needs a single objective"),
 ])
@@ -96,3 +97,63 @@ class _nothing:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_a_preset_file_is_accepted(sweep, capsys, tmp_path):
+    """``--preset FILE.toml``: the file's settings, the study named after the file."""
+    preset = tmp_path / "my.toml"
+    preset.write_text('description = "mine"\n[study]\nn_trials = 7\n[config.model]\nname = "tiny-llama"\n')
+    assert sweep.main(["--preset", str(preset), "--dry-run", "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("study        my-fictitious-forget01-tiny-llama ") and "7 trial(s) per method" in out
+
+
+def test_every_preset_dry_runs_without_data_or_a_gpu_and_says_what_a_run_needs(sweep, capsys, tmp_path, monkeypatch):
+    """On a machine without CUDA (forced here) and without the real-world data, every preset's dry run
+    exits 0 and names what a real run needs; the run itself stops on the same need in one line."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    db = tmp_path / "m.db"
+    for preset in sorted(p.stem for p in (ROOT / "experiments" / "presets").glob("*.toml")):
+        assert sweep.main(["--preset", preset, "--device", "cuda", "--dry-run", "--tracking-uri", f"sqlite:///{db}"]) == 0, preset
+        out = capsys.readouterr().out
+        needs = [line for line in out.splitlines() if line.startswith("a real run needs: ")]
+        assert "a real run needs: device 'cuda': CUDA is not available on this machine; valid: cpu" in needs, preset
+        if preset.startswith("paper-"):  # DeepSpeed ZeRO-3 on GPUs
+            assert any("CUDA GPUs (DeepSpeed ZeRO-3)" in line for line in needs), preset
+        if preset == "paper-real-world":
+            assert any("needs data: pass --data-dir" in line for line in needs)
+    assert sweep.main(["--preset", "paper-real-world", "--tracking-uri", f"sqlite:///{db}"]) == 2
+    assert "needs data: pass --data-dir" in capsys.readouterr().err
+    assert sweep.main(["--preset", "smoke", "--device", "cuda", "--tracking-uri", f"sqlite:///{db}"]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+    assert not db.exists()
+
+
+def test_reproduce_plans_the_papers_settings_from_a_laptop(capsys, monkeypatch):
+    """``reproduce.py --preset paper-fictitious --device cuda --dry-run`` on a machine without CUDA: the
+    paper's settings (docs/science.md §1, §4): continual on forget01 tasks 1-10, real-world on
+    Llama-3-8B-Instruct, each scenario on its own paper preset; what a real run needs is listed."""
+    import torch
+
+    from experiment_scripts import load
+    from study import models, presets
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.chdir(ROOT)
+    reproduce = load("reproduce")
+    args = reproduce.build_parser().parse_args(["--preset", "paper-fictitious", "--device", "cuda", "--dry-run"])
+    units = {(u.scenario, u.setting): u for u in reproduce.plan_units(args)}
+    continual = [u for (sc, _), u in units.items() if sc == "continual"]
+    assert continual and all(list(u.argv[u.argv.index("--tasks") + 1:u.argv.index("--tasks") + 11]) == [str(k) for k in range(1, 11)]
+                             for u in continual)
+    (real,) = [u for (sc, _), u in units.items() if sc == "real-world"]
+    preset = real.argv[real.argv.index("--preset") + 1]
+    assert models.resolve(presets.run_config(preset).model.name).weights == "meta-llama/Meta-Llama-3-8B-Instruct"
+    assert reproduce.main(["--preset", "paper-fictitious", "--device", "cuda", "--dry-run", "--seeds", "1001"]) == 0
+    out = capsys.readouterr().out
+    assert "continual tasks1-10" in out and "checked:" in out
+    assert "a real run needs: device 'cuda': CUDA is not available" in out and "needs data: pass --data-dir" in out

@@ -17,8 +17,8 @@ import pytest
 from conftest import SMOKE_METHODS, _sweep_module
 
 FICTITIOUS = "smoke-fictitious-forget01-tiny-llama"
-# The registry names of the fictitious studies, written out: "/" and "+" are not allowed there.
-REGISTERED = {"GA+GD": "smoke-fictitious-forget01-tiny-llama-GA-GD", "ME+GD": "smoke-fictitious-forget01-tiny-llama-ME-GD"}
+# The registry names of the fictitious studies, written out: the method first; "/" and "+" are not allowed there.
+REGISTERED = {"GA+GD": "GA-GD.smoke-fictitious-forget01-tiny-llama", "ME+GD": "ME-GD.smoke-fictitious-forget01-tiny-llama"}
 
 
 def smoke_config(scenario: str):
@@ -59,33 +59,40 @@ def pareto_runs(store: Path) -> dict[str, set[str]]:
 # One logged model, written and deleted (fast: the tiny random model, no sweep)
 
 
-def test_a_deleted_logged_model_leaves_no_files_record_or_registry_version(tmp_path):
+def test_deleting_a_logged_model_removes_its_files_and_keeps_its_registry_version(tmp_path):
+    """The keep policy's deletion: files gone; a registered model's record and version stay (marked
+    ``files=deleted``), an unregistered one's record goes too. Models are named after their trial."""
     import mlflow
     import torch
 
     from study import models
-    from study.tracking import Tracker
+    from study.tracking import Tracker, logged_model_name
 
     lm = models.load("tiny-llama", device="cpu", dtype=torch.float32)
     tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "models")
-    runs = [tracker.start(f"trial {k}", "trial") for k in range(2)]
-    ids = [tracker.models.log_model(run, lm.model, lm.tokenizer, lm.prompt, {"trial": k}) for k, run in enumerate(runs)]
+    runs = [tracker.start(f"trial {k}", "trial") for k in range(3)]
+    ids = [tracker.models.log_model(run, lm.model, lm.tokenizer, lm.prompt, {"trial": k},
+                                    name=logged_model_name({"method": "ME+GD", "trial": k})) for k, run in enumerate(runs)]
+    assert [tracker.client.get_logged_model(i).name for i in ids] == ["ME-GD-trial-0", "ME-GD-trial-1", "ME-GD-trial-2"]
     folders = {i: tmp_path / "artifacts" / "models" / i for i in ids}
     assert all((f / "artifacts" / "MLmodel").is_file() for f in folders.values())
-    for run, model_id in zip(runs, ids):
-        tracker.models.register(run, model_id, "study-ME-GD", {"model_utility": 0.5})
-    tracker.models.register(runs[0], ids[0], "study-ME-GD", {"model_utility": 0.5})  # once per run
-    versions = tracker.client.search_model_versions("name = 'study-ME-GD'")
-    assert sorted(v.run_id for v in versions) == sorted(runs)
+    for k in (0, 1):
+        tracker.models.register(runs[k], ids[k], "ME-GD.study", {"model_utility": 0.5}, trial=k)
+    tracker.models.register(runs[0], ids[0], "ME-GD.study", {"model_utility": 0.5}, trial=0)  # once per run
+    versions = tracker.client.search_model_versions("name = 'ME-GD.study'")
+    assert sorted(v.run_id for v in versions) == sorted(runs[:2])
+    assert tracker.client.get_model_version_by_alias("ME-GD.study", "pareto-trial-0").run_id == runs[0]
 
-    assert tracker.models.delete_logged_models(runs[0])
-    assert not folders[ids[0]].exists()  # no empty models/<id>/ left either
+    assert tracker.models.delete_logged_models(runs[0]) and tracker.models.delete_logged_models(runs[2])
+    assert not folders[ids[0]].exists() and not folders[ids[2]].exists()  # no empty models/<id>/ left either
     assert (folders[ids[1]] / "artifacts" / "MLmodel").is_file()  # the other run's model is untouched
-    assert [v.run_id for v in tracker.client.search_model_versions("name = 'study-ME-GD'")] == [runs[1]]
-    assert tracker.models.logged_models(runs[0]) == [] and [m.model_id for m in tracker.models.logged_models(runs[1])] == [ids[1]]
+    kept = {v.run_id: v for v in tracker.client.search_model_versions("name = 'ME-GD.study'")}
+    assert sorted(kept) == sorted(runs[:2]) and kept[runs[0]].tags["files"] == "deleted" and "files" not in kept[runs[1]].tags
+    assert [m.model_id for m in tracker.models.logged_models(runs[0])] == [ids[0]]  # the version's model record stays
+    assert tracker.models.logged_models(runs[2]) == []  # no version: the record went with the files
     with pytest.raises(Exception):
-        mlflow.transformers.load_model(f"runs:/{runs[0]}/model")
-    assert mlflow.transformers.load_model(f"runs:/{runs[1]}/model") is not None
+        mlflow.transformers.load_model(f"models:/{ids[0]}")
+    assert mlflow.transformers.load_model(f"models:/{ids[1]}") is not None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -94,7 +101,7 @@ def test_a_deleted_logged_model_leaves_no_files_record_or_registry_version(tmp_p
 
 @pytest.mark.slow
 def test_kept_model_loads_from_runs_uri_and_answers_like_the_checkpoint(smoke_store):
-    """``mlflow.transformers.load_model("runs:/<id>/model")`` gives a pipeline that answers a forget-set
+    """``mlflow.transformers.load_model("models:/<model id>")`` gives a pipeline that answers a forget-set
     question (in the recorded prompt format) exactly as the checkpoint's weights do under plain
     ``transformers`` (greedy decoding)."""
     import mlflow
@@ -130,7 +137,7 @@ def test_kept_model_loads_from_runs_uri_and_answers_like_the_checkpoint(smoke_st
                              pad_token_id=tokenizer.eos_token_id)
     expected = tokenizer.decode(out[0, encoded["input_ids"].shape[1]:], skip_special_tokens=True)
 
-    pipe = mlflow.transformers.load_model(f"runs:/{run_id}/model")
+    pipe = mlflow.transformers.load_model(f"models:/{model_id}")
     got = pipe(prompt.prompt(question), max_new_tokens=12, min_new_tokens=12, do_sample=False, return_full_text=False)
     assert got[0]["generated_text"] == expected
     assert len(expected.strip()) > 0  # the tiny model answers something, and both say the same
@@ -164,30 +171,54 @@ def test_keep_policy_keeps_exactly_the_pareto_best_models_and_registers_them(smo
     trials = {r.info.run_id: r for r in trial_runs(store, experiment)}
     kept_runs = set().union(*best.values())
     assert kept_runs <= set(trials)
-    # Logged models on disk and in the store: the Pareto-best trials' and no other (no orphaned files).
+    # Logged models' files: the Pareto-best trials' and no other (no orphaned files).
     expected_ids = {trials[r].data.tags["study.model_id"] for r in kept_runs}
     on_disk = {p.name for p in (store / "artifacts" / "models").iterdir()}
     assert on_disk == expected_ids
-    exp = client.get_experiment_by_name(experiment)
-    live = client.search_logged_models([exp.experiment_id], max_results=1000)
-    assert {m.model_id for m in live} == expected_ids
-    assert {m.source_run_id for m in live} == kept_runs
-    for run_id, run in trials.items():  # every trial logged a model; the others' are gone with their checkpoints
+    for run_id, run in trials.items():  # every trial logged a model; the others' files are gone with their checkpoints
         assert run.data.tags["study.model_id"].startswith("m-")
         assert run.data.tags["study.checkpoint"] == ("kept" if run_id in kept_runs else "deleted (not Pareto-best)")
-    # The registry: one registered model per study, its versions the study's Pareto-best trials.
+        assert run.data.tags["study.pareto"] == ("true" if run_id in kept_runs else "false")
+    # The registry: one registered model per study; its versions every trial that was ever Pareto-best,
+    # the current front tagged pareto=true with an alias each.
     for method in SMOKE_METHODS:
         name = REGISTERED[method]
         versions = client.search_model_versions(f"name = '{name}'")
-        assert {v.run_id for v in versions} == best[f"{FICTITIOUS}/{method}"], name
+        assert {v.run_id for v in versions if v.tags["pareto"] == "true"} == best[f"{FICTITIOUS}/{method}"], name
         for version in versions:
             metrics = trials[version.run_id].data.metrics
             for key in ("model_utility", "forget_efficacy", "forget_quality"):
                 assert float(version.tags[key]) == pytest.approx(metrics[key], rel=1e-12), key
+            alias = f"pareto-trial-{trials[version.run_id].data.tags['study.trial_number']}"
+            assert (alias in client.get_model_version(name, version.version).aliases) == (version.tags["pareto"] == "true")
     registered = {m.name for m in client.search_registered_models(max_results=1000)}
     assert len(registered) == len(best)  # every study (all scenarios) has its registered model
-    total = sum(len(client.search_model_versions(f"name = '{n}'")) for n in registered)
-    assert total == len(kept_runs)
+    assert all(name.split(".")[0] in {m.replace("+", "-") for m in ("GA+GD", "ME+GD", "NPO+GD", "IDK+AP")} or "." in name
+               for name in registered)
+
+
+@pytest.mark.slow
+def test_optunas_checkpoint_attribute_and_mlflows_tags_agree(smoke_store):
+    """For every trial: Optuna's frozen attribute ``checkpoint`` is ``logged`` exactly where MLflow's
+    ``study.checkpoint`` tag exists, and MLflow's ``study.pareto`` is ``true`` exactly for Optuna's Pareto front."""
+    import optuna
+
+    store, experiment = smoke_store
+    runs = {r.info.run_id: r for r in trial_runs(store, experiment)}
+    storage = f"sqlite:///{store}/optuna.db"
+    checked = 0
+    for summary in optuna.get_all_study_summaries(storage):
+        if "#" in summary.study_name:  # a claim, not a study
+            continue
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        front = {t.number for t in study.best_trials}
+        for trial in study.get_trials(states=[optuna.trial.TrialState.COMPLETE]):
+            tags = runs[trial.user_attrs["mlflow_run_id"]].data.tags
+            assert trial.user_attrs.get("checkpoint") == "logged" and tags["study.checkpoint"] in ("kept", "deleted (not Pareto-best)")
+            assert tags["study.pareto"] == ("true" if trial.number in front else "false")
+            assert (tags["study.checkpoint"] == "kept") == (trial.number in front)
+            checked += 1
+    assert checked == len(runs)
 
 
 @pytest.mark.slow
@@ -244,8 +275,8 @@ def test_system_metrics_only_where_asked(smoke_store):
 
 def test_keep_policy_moves_models_and_registry_versions_with_the_pareto_front(tmp_path):
     """Trials with real logged models (tiny random model), the keep policy applied as the front moves:
-    a dominated trial loses its checkpoint, logged model and registry version; the front's trials are
-    registered under the study's name, once each."""
+    a dominated trial loses its checkpoint and model files, never its registry version (tagged
+    ``pareto=false``, its alias gone); the front's trials are registered under the study's name, once each."""
     import optuna
     import torch
     from optuna.trial import create_trial
@@ -259,6 +290,7 @@ def test_keep_policy_moves_models_and_registry_versions_with_the_pareto_front(tm
     sweep = Sweep(RunConfig(), StudySettings("fake", ["ME+GD"], n_trials=4, keep_checkpoints="best"), log=lambda *a: None)
     sweep.tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "keep")
     study = optuna.create_study(study_name="fake/ME+GD", directions=["maximize", "maximize"])
+    client = sweep.tracker.client
 
     def add(number: int, mu: float, fe: float) -> str:
         run_id = sweep.tracker.start(f"trial {number}", "trial")
@@ -270,29 +302,41 @@ def test_keep_policy_moves_models_and_registry_versions_with_the_pareto_front(tm
         sweep.tracker.metrics(run_id, {"model_utility": mu, "forget_efficacy": fe, "forget_quality": 0.25})
         sweep.tracker.tags(run_id, {"checkpoint": "kept", "model_id": model_id})
         sweep.tracker.end(run_id)
-        study.add_trial(create_trial(values=[mu, fe], user_attrs={"mlflow_run_id": run_id, "checkpoint": "kept"}))
+        study.add_trial(create_trial(values=[mu, fe], user_attrs={"mlflow_run_id": run_id, "checkpoint": "logged"}))
         return run_id
 
     def state():
-        versions = sweep.tracker.client.search_model_versions("name = 'fake-ME-GD'")
+        versions = {v.run_id: v for v in client.search_model_versions("name = 'ME-GD.fake'")}
         on_disk = {p.name for p in (tmp_path / "artifacts" / "models").iterdir()}
-        return sorted(v.run_id for v in versions), on_disk
+        return versions, on_disk
+
+    def aliases():
+        return {alias: client.get_model_version_by_alias("ME-GD.fake", alias).run_id
+                for alias in client.get_registered_model("ME-GD.fake").aliases}
 
     runs = [add(0, 0.5, 0.5), add(1, 0.4, 0.4), add(2, 0.6, 0.3)]  # trial 1 is dominated by trial 0
     sweep._apply_keep_policy(study)
     sweep._apply_keep_policy(study)  # applied again: nothing registered twice
-    model_of = {r: sweep.tracker.client.get_run(r).data.tags["study.model_id"] for r in runs}
+    model_of = {r: client.get_run(r).data.tags["study.model_id"] for r in runs}
     versions, on_disk = state()
-    assert versions == sorted([runs[0], runs[2]]) and on_disk == {model_of[runs[0]], model_of[runs[2]]}
-    tags = sweep.tracker.client.search_model_versions(f"name = 'fake-ME-GD' and run_id = '{runs[0]}'")[0].tags
-    assert (tags["model_utility"], tags["forget_efficacy"], tags["forget_quality"]) == ("0.5", "0.5", "0.25")
+    assert sorted(versions) == sorted([runs[0], runs[2]]) and on_disk == {model_of[runs[0]], model_of[runs[2]]}
+    tags = versions[runs[0]].tags
+    assert (tags["model_utility"], tags["forget_efficacy"], tags["forget_quality"], tags["pareto"]) == ("0.5", "0.5", "0.25", "true")
+    assert aliases() == {"pareto-trial-0": runs[0], "pareto-trial-2": runs[2]}
+    assert [client.get_run(r).data.tags["study.pareto"] for r in runs] == ["true", "false", "true"]
 
     runs.append(add(3, 0.7, 0.6))  # dominates trials 0 and 2
     sweep._apply_keep_policy(study)
     versions, on_disk = state()
-    assert versions == [runs[3]] and on_disk == {sweep.tracker.client.get_run(runs[3]).data.tags["study.model_id"]}
+    # The registry keeps its history: versions 1 and 2 stay (marked), version 3 is the front.
+    assert sorted(versions) == sorted([runs[0], runs[2], runs[3]])
+    assert {r: str(v.version) for r, v in versions.items()} == {runs[0]: "1", runs[2]: "2", runs[3]: "3"}
+    assert {r: v.tags["pareto"] for r, v in versions.items()} == {runs[0]: "false", runs[2]: "false", runs[3]: "true"}
+    assert versions[runs[0]].tags["files"] == "deleted" and "files" not in versions[runs[3]].tags
+    assert aliases() == {"pareto-trial-3": runs[3]}
+    assert on_disk == {client.get_run(runs[3]).data.tags["study.model_id"]}
     for run_id in runs[:3]:
-        run = sweep.tracker.client.get_run(run_id)
-        assert run.data.tags["study.checkpoint"] == "deleted (not Pareto-best)"
-        assert sweep.tracker.models.logged_models(run_id) == []
-        assert not [a for a in sweep.tracker.client.list_artifacts(run_id) if a.path == "checkpoint"]
+        run = client.get_run(run_id)
+        assert run.data.tags["study.checkpoint"] == "deleted (not Pareto-best)" and run.data.tags["study.pareto"] == "false"
+        assert not [a for a in client.list_artifacts(run_id) if a.path == "checkpoint"]
+    assert sweep.tracker.models.logged_models(runs[1]) == []  # never registered: record gone with the files

@@ -22,7 +22,7 @@ from conftest import SMOKE_METHODS
 pytestmark = pytest.mark.slow
 
 FICTITIOUS = "smoke-fictitious-forget01-tiny-llama"
-REGISTERED = {"GA+GD": "smoke-fictitious-forget01-tiny-llama-GA-GD", "ME+GD": "smoke-fictitious-forget01-tiny-llama-ME-GD"}
+REGISTERED = {"GA+GD": "GA-GD.smoke-fictitious-forget01-tiny-llama", "ME+GD": "ME-GD.smoke-fictitious-forget01-tiny-llama"}
 
 
 def free_port() -> int:
@@ -112,19 +112,21 @@ def test_the_server_shows_studies_trials_models_datasets_and_histories(server):
     for run_id in by_study:
         assert sum(tags(t)["mlflow.parentRunId"] == run_id for t in trials) == 2
 
-    # The registry: each fictitious study's registered model, its versions the trials that kept a model.
+    # The registry: each fictitious study's registered model, its versions tagged pareto=true the trials that kept a model.
     registered = {m["name"] for m in api(base, "registered-models/search", max_results=1000).get("registered_models", [])}
     assert set(REGISTERED.values()) <= registered
     for method, name in REGISTERED.items():
         versions = api(base, "model-versions/search", filter=f"name = '{name}'").get("model_versions", [])
         kept = {t["info"]["run_id"] for t in trials
                 if tags(t)["study.study_name"] == f"{FICTITIOUS}/{method}" and tags(t)["study.checkpoint"] == "kept"}
-        assert versions and {v["run_id"] for v in versions} == kept
+        front = {v["run_id"] for v in versions if {t["key"]: t["value"] for t in v.get("tags", [])}["pareto"] == "true"}
+        assert versions and front == kept
         for version in versions:
             model_id = version["source"].removeprefix("models:/")
             logged = api(base, f"logged-models/{model_id}")["model"]
             assert logged["info"]["source_run_id"] == version["run_id"]
             assert logged["info"]["status"] == "LOGGED_MODEL_READY"
+            assert logged["info"]["name"].startswith(method.replace("+", "-") + "-trial-")
             assert {t["key"] for t in version.get("tags", [])} >= {"model_utility", "forget_efficacy", "forget_quality"}
 
     # Datasets on each trial (run inputs) and metric histories.

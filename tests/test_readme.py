@@ -58,7 +58,11 @@ def readme_commands(text: str | None = None) -> list[Command]:
                 continue
             if argv[-1] == "&":
                 argv = argv[:-1]
-            commands.append(Command(shlex.join(argv), argv, dict(env)))
+            line = shlex.join(argv)
+            own = {}  # NAME=VALUE words before the program: its environment
+            while argv[0] != "export" and re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", argv[0]):
+                own.update([argv.pop(0).split("=", 1)])
+            commands.append(Command(line, argv, {**env, **own}))
             if argv[0] == "export":
                 env.update(item.split("=", 1) for item in argv[1:])
     return commands
@@ -210,14 +214,18 @@ def check_torchrun(command: Command, request, monkeypatch, capsys) -> None:
 
 def check_mlflow_ui(command: Command, request, monkeypatch, capsys) -> None:
     """``.venv/bin/mlflow ui ...``: the venv is the Makefile's, the options parse with MLflow's own CLI,
-    and the command is the one ``sweep.py`` prints (``study.tracking.ui_command``)."""
+    the variables set before it are MLflow's, and the command is the one ``sweep.py`` prints
+    (``study.tracking.ui_command``)."""
+    from mlflow import environment_variables
     from mlflow.cli import cli
 
     from study.tracking import DEFAULT_TRACKING_URI, ui_command
 
     _check_venv(command)
     argv = _program(command.argv)
-    assert " ".join(argv) == ui_command(DEFAULT_TRACKING_URI)
+    assert command.line == ui_command(DEFAULT_TRACKING_URI)
+    for name in command.env:
+        assert hasattr(environment_variables, name), f"MLflow reads no {name}"
     group = cli.make_context("mlflow", argv[1:])
     name, *rest = argv[1:]
     cli.get_command(group, name).make_context(name, rest, parent=group)
@@ -277,6 +285,10 @@ def check_papermill(command: Command, request, monkeypatch, capsys) -> None:
     context = papermill.make_context("papermill", argv[1:])
     notebook = ROOT / context.params["notebook_path"]
     assert notebook.is_file(), notebook
+    # The executed copy's folder exists in a fresh clone (tracked), so the line runs as written.
+    folder = Path(context.params["output_path"]).parent
+    tracked = subprocess.run(["git", "ls-files", str(folder)], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    assert (ROOT / folder).is_dir() and tracked, f"{folder}/ is not in the repository: papermill cannot write there"
     names = [name for name, _ in context.params["parameters"]]
     assert {"tracking_uri", "experiment"} <= set(names), names
     cells = [c for c in nbformat.read(str(notebook), as_version=4).cells if "parameters" in c.metadata.get("tags", [])]

@@ -65,6 +65,22 @@ def test_one_parent_per_method_with_its_trials_and_everything(smoke_store):
                     "code_version", "entailment", "target_run_id", "retain_run_id", "version.torch"):
             assert trials[f"tags.study.{tag}"].notna().all(), tag
         assert set(trials["tags.study.entailment"]) == {"missing"}
+        # MLflow's standard context tags (the UI's User and Source columns), the checkout's commit, and
+        # run names that say the method, trial and searched values; the Pareto front marked.
+        for tag in ("mlflow.user", "mlflow.source.name", "mlflow.source.type"):
+            assert trials[f"tags.{tag}"].notna().all() and (trials[f"tags.{tag}"] != "").all(), tag
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        assert set(trials["tags.mlflow.source.git.commit"]) == {head}
+        for _, row in trials.iterrows():
+            number, lr = int(row["tags.study.trial_number"]), float(row["params.sampled.lr"])
+            assert row["tags.mlflow.runName"].startswith(f"{method} #{number} lr={lr:.3g} forget_coeff="), row["tags.mlflow.runName"]
+        front = {t.user_attrs["mlflow_run_id"] for t in study.best_trials}
+        assert dict(zip(trials["run_id"], trials["tags.study.pareto"])) == {r: str(r in front).lower() for r in trials["run_id"]}
+        # The study's run is a landing page: a note with the front linked, the table and the figure.
+        parent_id = parent["run_id"].iloc[0]
+        note = client.get_run(parent_id).data.tags["mlflow.note.content"]
+        assert all(f"runs/{r})" in note for r in front) and f"#/models/{method.replace('+', '-')}.{FICTITIOUS}" in note
+        assert {"pareto.csv", "mu_fe.png"} <= {a.path for a in client.list_artifacts(parent_id)}
         run_id = trials["run_id"].iloc[0]
         assert {"config.json", "eval"} <= {a.path for a in client.list_artifacts(run_id)}
         assert [a.path for a in client.list_artifacts(run_id, "eval")] == ["eval/items_task1.csv"]
@@ -82,6 +98,8 @@ def test_one_parent_per_method_with_its_trials_and_everything(smoke_store):
     assert set(all_trials["tags.study.retain_run_id"]) == set(retain[retain["tags.study.scenario"] == "fictitious"]["run_id"])
     out = (store / "fictitious.stdout").read_text()
     assert "Pareto-best trials" in out and "mlflow ui --backend-store-uri" in out
+    experiment_id = mlflow.tracking.MlflowClient().get_experiment_by_name(experiment).experiment_id
+    assert f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?viewStateShareKey=trials" in out
 
 
 def test_rerun_adds_no_duplicate_trials(smoke_store):
