@@ -129,7 +129,9 @@ def apply_options(config: dict, args) -> list[str]:
     if config.get("data", {}).get("source", "builtin") == "":
         from study.errors import Unavailable
 
-        needs = f"preset {args.preset} needs data: pass --data-dir DIR (a folder with forget.json, neighbor.json, ...)"
+        files = "forget.json, neighbor.json, ..." if scenario(config.get("data", {}).get("scenario", "fictitious")).name == "real-world" \
+            else "forget01.json, retain90.json, retain_perturbed.json, ..."
+        needs = f"preset {args.preset} needs data: pass --data-dir DIR (a folder with {files})"
         if not args.dry_run:
             raise Unavailable(needs)
         args.needs.append(needs)

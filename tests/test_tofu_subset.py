@@ -101,8 +101,10 @@ def test_tofu_cpu_preset_reads_the_subset_at_planning(shared_data, capsys):
     assert sweep.main([*args, "--set", "data.retain_authors=1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "retain_perturbed.json, row 21" in err[0]
-    assert sweep.main(["--preset", "tofu-cpu", "--dry-run"]) == 2  # no --data-dir
-    assert "needs data: pass --data-dir" in capsys.readouterr().err
+    # without --data-dir a dry run plans and says what a real run needs; a real run stops in one line
+    assert sweep.main(["--preset", "tofu-cpu", "--dry-run"]) == 0
+    assert ("a real run needs: preset tofu-cpu needs data: pass --data-dir DIR (a folder with forget01.json, "
+            "retain90.json, retain_perturbed.json, ...)") in capsys.readouterr().out
 
 
 @pytest.mark.slow
