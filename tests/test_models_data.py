@@ -402,3 +402,13 @@ def test_finetune_cache_key_includes_the_precision(monkeypatch):
         assert runner.finetune_key(cfg("auto"), rows, "target", "cpu") == same
         # DeepSpeed on a CPU trains in fp32 whatever the CPU
         assert runner.run_dtype(cfg("auto", deepspeed="experiments/deepspeed/zero3.json"), "cpu") == torch.float32
+
+
+def test_reference_evaluation_key_includes_the_precision():
+    """A ready target (TOFU's Llama-2) evaluated in fp32 and in bf16 gives two reference evaluations."""
+    from study.config import RunConfig
+    from study.references import ReferenceModels
+
+    key = lambda dtype: ReferenceModels(RunConfig.from_dict({"model": {"dtype": dtype}}), None, None, "cpu").eval_key()  # noqa: E731
+    assert key("float32") != key("bfloat16")
+    assert key("float32") == key("float32")
