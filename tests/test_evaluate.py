@@ -539,7 +539,7 @@ def test_vocabulary_moments_only_for_the_requested_sequences(tiny, privacy_sets)
 
     row = privacy_sets[0].rows[0]
     pairs = [(row["question"], row["answer"]), (row["question"], row["answer"] + " more")]
-    with tqdm(disable=True) as bar:
+    with tqdm(disable=True) as bar, torch.no_grad():  # as the evaluation calls it
         got = score(tiny.model, tiny.tokenizer, tiny.prompt, pairs, SCORE_MAX_LENGTH, 4, torch.device("cpu"), bar,
                     moments_for={0})
     assert len(got.token_vocab_mean[1]) == 0 and len(got.token_vocab_var[1]) == 0
