@@ -45,7 +45,6 @@ import re
 import subprocess
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -448,6 +447,10 @@ class LoggedModels:
         inner.generation_config = copy.deepcopy(own)
         inner.generation_config.update(max_new_tokens=GENERATION_DEFAULTS["max_new_tokens"],
                                        do_sample=GENERATION_DEFAULTS["do_sample"])
+        if not GENERATION_DEFAULTS["do_sample"]:
+            # Greedy: a neutral temperature, set (not None), so that the text-generation pipeline MLflow builds
+            # does not fill in its own sampling default (0.7), an invalid flag with do_sample=False (a warning).
+            inner.generation_config.temperature = 1.0
         try:
             mlflow.transformers.log_model(
                 {"model": inner, "tokenizer": tokenizer}, name=name, task="text-generation",
@@ -575,7 +578,11 @@ def dataset_frame(rows: list[dict]):
     as JSON text."""
     import pandas as pd
 
-    return pd.DataFrame([{k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in row.items()} for row in rows])
+    frame = pd.DataFrame([{k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in row.items()} for row in rows])
+    # Integer columns (item numbers) as doubles, as MLflow's schema inference asks (an integer column
+    # cannot hold a missing value): no "inferred schema contains integer columns" hint per set.
+    ints = frame.select_dtypes("integer").columns
+    return frame.astype(dict.fromkeys(ints, "float64"))
 
 
 def dataset_source(source: str):
@@ -601,9 +608,7 @@ def dataset_inputs(data, prefix: str) -> list:
     sets += [(f"eval/{s.name}", "eval", s.rows) for s in data.eval_sets]
     inputs, source = [], dataset_source(str(data.source))
     for name, context, rows in sets:
-        with warnings.catch_warnings():  # "inferred schema contains integer columns": a set has no missing values
-            warnings.simplefilter("ignore", UserWarning)
-            dataset = mlflow.data.from_pandas(dataset_frame(rows), source=source, name=f"{prefix}/{name}")
+        dataset = mlflow.data.from_pandas(dataset_frame(rows), source=source, name=f"{prefix}/{name}")
         inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, DATASET_CONTEXTS[context])]))
     return inputs
 
