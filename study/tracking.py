@@ -65,7 +65,7 @@ PARETO_ALIAS = "pareto-trial-{trial}"
 EXPERIMENT_KIND = "custom_model_development"
 """The experiment's ``mlflow.experimentKind``: the MLflow UI opens it on its runs (model training), not on traces."""
 UI_COLUMNS = ["metrics.`model_utility`", "metrics.`forget_efficacy`", "metrics.`forget_quality`", "metrics.`forget/rouge`",
-              "tags.`study.pareto`", "tags.`study.method`", "attributes.`Models`", "attributes.`Source`"]
+              "tags.`study.pareto`", "attributes.`Models`"]
 """The runs table's columns in the shared views (:data:`UI_VIEWS`): the scores first."""
 UI_VIEWS = {"trials": "tags.`study.kind` = 'trial'",
             "pareto": "tags.`study.kind` = 'trial' and tags.`study.pareto` = 'true'"}
@@ -323,6 +323,7 @@ class Tracker:
         for key, query in UI_VIEWS.items():
             wanted[f"mlflow.sharedViewState.{key}"] = json.dumps({
                 "searchFilter": query, "orderByKey": UI_COLUMNS[0], "orderByAsc": False, "selectedColumns": UI_COLUMNS,
+                "columnOrder": UI_COLUMNS,
                 "runsHiddenMode": "SHOW_ALL", "hideEmptyCharts": True})
         have = self.client.get_experiment(self.experiment_id).tags
         for key, value in wanted.items():
@@ -664,7 +665,8 @@ def ui_command(tracking_uri: str) -> str:
 
 
 def ui_url(tracking_uri: str, experiment_id: str, view: str = "trials") -> str:
-    """The MLflow UI's runs table of the experiment in the shared view ``view`` (:data:`UI_VIEWS`): the
-    trials with their scores, best Model Utility first (``pareto``: the Pareto-best ones)."""
+    """The MLflow UI's runs table of the experiment in the shared view ``view`` (:data:`UI_VIEWS`), in
+    the model-training view (``workflowType``, not GenAI): the trials with their scores, best Model
+    Utility first (``pareto``: the Pareto-best ones)."""
     base = redact(tracking_uri).rstrip("/") if tracking_uri.startswith(("http://", "https://")) else UI_ADDRESS
-    return f"{base}/#/experiments/{experiment_id}/runs?viewStateShareKey={view}"
+    return f"{base}/#/experiments/{experiment_id}/runs?viewStateShareKey={view}&workflowType=machine_learning"
