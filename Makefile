@@ -30,6 +30,11 @@ $(STAMP): pyproject.toml Makefile
 		(apt-get install -y -q postgresql >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q postgresql >/dev/null 2>&1)) \
 		|| echo "warning: PostgreSQL could not be installed; the scale-out test will say so"; \
 	fi
+	@if ! command -v chromium >/dev/null 2>&1; then \
+		echo "installing Chromium (for the MLflow UI browser test)"; \
+		(apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1)) \
+		|| echo "warning: Chromium could not be installed; the browser test will say so"; \
+	fi
 	touch $(STAMP)
 
 demo: setup

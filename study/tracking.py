@@ -45,7 +45,6 @@ import re
 import subprocess
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -66,7 +65,7 @@ PARETO_ALIAS = "pareto-trial-{trial}"
 EXPERIMENT_KIND = "custom_model_development"
 """The experiment's ``mlflow.experimentKind``: the MLflow UI opens it on its runs (model training), not on traces."""
 UI_COLUMNS = ["metrics.`model_utility`", "metrics.`forget_efficacy`", "metrics.`forget_quality`", "metrics.`forget/rouge`",
-              "tags.`study.pareto`", "tags.`study.method`", "attributes.`Models`", "attributes.`Source`"]
+              "tags.`study.pareto`", "attributes.`Models`"]
 """The runs table's columns in the shared views (:data:`UI_VIEWS`): the scores first."""
 UI_VIEWS = {"trials": "tags.`study.kind` = 'trial'",
             "pareto": "tags.`study.kind` = 'trial' and tags.`study.pareto` = 'true'"}
@@ -324,6 +323,7 @@ class Tracker:
         for key, query in UI_VIEWS.items():
             wanted[f"mlflow.sharedViewState.{key}"] = json.dumps({
                 "searchFilter": query, "orderByKey": UI_COLUMNS[0], "orderByAsc": False, "selectedColumns": UI_COLUMNS,
+                "columnOrder": UI_COLUMNS,
                 "runsHiddenMode": "SHOW_ALL", "hideEmptyCharts": True})
         have = self.client.get_experiment(self.experiment_id).tags
         for key, value in wanted.items():
@@ -448,6 +448,10 @@ class LoggedModels:
         inner.generation_config = copy.deepcopy(own)
         inner.generation_config.update(max_new_tokens=GENERATION_DEFAULTS["max_new_tokens"],
                                        do_sample=GENERATION_DEFAULTS["do_sample"])
+        if not GENERATION_DEFAULTS["do_sample"]:
+            # Greedy: a neutral temperature, set (not None), so that the text-generation pipeline MLflow builds
+            # does not fill in its own sampling default (0.7), an invalid flag with do_sample=False (a warning).
+            inner.generation_config.temperature = 1.0
         try:
             mlflow.transformers.log_model(
                 {"model": inner, "tokenizer": tokenizer}, name=name, task="text-generation",
@@ -575,7 +579,11 @@ def dataset_frame(rows: list[dict]):
     as JSON text."""
     import pandas as pd
 
-    return pd.DataFrame([{k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in row.items()} for row in rows])
+    frame = pd.DataFrame([{k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in row.items()} for row in rows])
+    # Integer columns (item numbers) as doubles, as MLflow's schema inference asks (an integer column
+    # cannot hold a missing value): no "inferred schema contains integer columns" hint per set.
+    ints = frame.select_dtypes("integer").columns
+    return frame.astype(dict.fromkeys(ints, "float64"))
 
 
 def dataset_source(source: str):
@@ -601,9 +609,7 @@ def dataset_inputs(data, prefix: str) -> list:
     sets += [(f"eval/{s.name}", "eval", s.rows) for s in data.eval_sets]
     inputs, source = [], dataset_source(str(data.source))
     for name, context, rows in sets:
-        with warnings.catch_warnings():  # "inferred schema contains integer columns": a set has no missing values
-            warnings.simplefilter("ignore", UserWarning)
-            dataset = mlflow.data.from_pandas(dataset_frame(rows), source=source, name=f"{prefix}/{name}")
+        dataset = mlflow.data.from_pandas(dataset_frame(rows), source=source, name=f"{prefix}/{name}")
         inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, DATASET_CONTEXTS[context])]))
     return inputs
 
@@ -659,7 +665,8 @@ def ui_command(tracking_uri: str) -> str:
 
 
 def ui_url(tracking_uri: str, experiment_id: str, view: str = "trials") -> str:
-    """The MLflow UI's runs table of the experiment in the shared view ``view`` (:data:`UI_VIEWS`): the
-    trials with their scores, best Model Utility first (``pareto``: the Pareto-best ones)."""
+    """The MLflow UI's runs table of the experiment in the shared view ``view`` (:data:`UI_VIEWS`), in
+    the model-training view (``workflowType``, not GenAI): the trials with their scores, best Model
+    Utility first (``pareto``: the Pareto-best ones)."""
     base = redact(tracking_uri).rstrip("/") if tracking_uri.startswith(("http://", "https://")) else UI_ADDRESS
-    return f"{base}/#/experiments/{experiment_id}/runs?viewStateShareKey={view}"
+    return f"{base}/#/experiments/{experiment_id}/runs?viewStateShareKey={view}&workflowType=machine_learning"

@@ -340,3 +340,31 @@ def test_keep_policy_moves_models_and_registry_versions_with_the_pareto_front(tm
         assert run.data.tags["study.checkpoint"] == "deleted (not Pareto-best)" and run.data.tags["study.pareto"] == "false"
         assert not [a for a in client.list_artifacts(run_id) if a.path == "checkpoint"]
     assert sweep.tracker.models.logged_models(runs[1]) == []  # never registered: record gone with the files
+
+
+def test_logging_sets_and_a_model_prints_no_schema_or_generation_flag_warning(tmp_path):
+    """Issue 30 (7), at the source: a set's integer columns are logged as doubles (MLflow's schema hint
+    never fires), and a logged model's generation config stays valid once the text-generation pipeline
+    fills in its own defaults (temperature 0.7 with greedy decoding was an invalid flag)."""
+    import warnings
+
+    import torch
+    from transformers import GenerationConfig, TextGenerationPipeline
+
+    from study import models, runner
+    from study.tracking import Tracker, dataset_inputs
+
+    data = runner.scenario_data(smoke_config("fictitious"), 1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        inputs = dataset_inputs(data, "fictitious/forget01/task1")
+    assert inputs and not [w for w in caught if "integer column" in str(w.message)]
+
+    lm = models.load("tiny-llama", device="cpu", dtype=torch.float32)
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "quiet")
+    run = tracker.start("trial 0", "trial")
+    model_id = tracker.models.log_model(run, lm.model, lm.tokenizer, lm.prompt)
+    saved = GenerationConfig.from_pretrained(tmp_path / "artifacts" / "models" / model_id / "artifacts" / "model")
+    assert saved.do_sample is False and saved.max_new_tokens == 64
+    saved.update(**TextGenerationPipeline._default_generation_config.to_dict(), defaults_only=True)
+    saved.validate(strict=True)  # raises on any flag transformers would warn about
