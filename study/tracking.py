@@ -311,6 +311,7 @@ class Tracker:
                     self.experiment_id = self.client.get_experiment_by_name(experiment).experiment_id
             else:
                 self.experiment_id = found.experiment_id
+            self._ui_views()
         except Exception as error:
             first = str(error).strip().splitlines()[0] if str(error).strip() else ""
             raise StudyInputError(f"tracking store {redact(tracking_uri)} is unreachable: "
@@ -318,7 +319,6 @@ class Tracker:
         self.experiment = experiment
         self.models = LoggedModels(self.client, self.experiment_id)
         """The experiment's logged models and their registry versions."""
-        self._ui_views()
 
     def _ui_views(self) -> None:
         """The experiment opens on its runs in the MLflow UI (:data:`EXPERIMENT_KIND`) and holds the
