@@ -23,11 +23,15 @@ Since issue 15 a trial also has:
 - its **inputs**: the forget, retain and evaluation sets of each task as MLflow datasets
   (:func:`dataset_inputs`; context ``forget`` / ``retain`` / ``eval``, name
   ``<scenario>/<split>/task<k>/<set>``, a digest of the rows);
-- where it keeps a checkpoint, an **MLflow logged model** named ``model`` (transformers flavour,
-  text-generation, model + tokenizer, the prompt format as its prompt template and in its metadata;
-  ``mlflow.transformers.load_model("runs:/<run id>/model")``), its id in the tag ``study.model_id``;
+- where it keeps a checkpoint, an **MLflow logged model** named after the trial (:func:`logged_model_name`,
+  transformers flavour, text-generation, model + tokenizer, the prompt format as its prompt template and in
+  its metadata; ``mlflow.transformers.load_model("models:/<model id>")``), its id in the tag ``study.model_id``;
   a study's Pareto-best trials are versions of the registered model :func:`registered_model_name`
-  (tags ``model_utility``, ``forget_efficacy``, ``forget_quality``);
+  (tags ``pareto``, ``model_utility``, ``forget_efficacy``, ``forget_quality``; alias
+  :data:`PARETO_ALIAS`), kept when the trial leaves the front (``pareto=false``);
+- the tags ``study.pareto`` (in its study's Pareto front), MLflow's context tags (:func:`context_tags`) and a
+  run name with its method, number and searched values; the study's run holds a note, ``pareto.csv`` and
+  ``mu_fe.png`` (``study.runs.describe_study_run``);
 - MLflow's ``system/*`` metrics (CPU, memory, disk, network, GPU), every :data:`SYSTEM_METRICS_S` s by
   default (``--system-metrics SECONDS``; 0 = off).
 
@@ -307,6 +311,7 @@ class Tracker:
                     self.experiment_id = self.client.get_experiment_by_name(experiment).experiment_id
             else:
                 self.experiment_id = found.experiment_id
+            self._ui_views()
         except Exception as error:
             first = str(error).strip().splitlines()[0] if str(error).strip() else ""
             raise StudyInputError(f"tracking store {redact(tracking_uri)} is unreachable: "
@@ -314,7 +319,6 @@ class Tracker:
         self.experiment = experiment
         self.models = LoggedModels(self.client, self.experiment_id)
         """The experiment's logged models and their registry versions."""
-        self._ui_views()
 
     def _ui_views(self) -> None:
         """The experiment opens on its runs in the MLflow UI (:data:`EXPERIMENT_KIND`) and holds the
