@@ -216,8 +216,13 @@ BAD_ARGV = [
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_device_on_a_cpu_machine_is_refused_at_planning(sweep, capsys, tmp_path):
-    code, out, err = _run_main(sweep, capsys, ["--preset", "smoke", "--dry-run", "--device", "cuda"])
+    stores = ["--storage", f"sqlite:///{tmp_path}/optuna.db", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]
+    code, out, err = _run_main(sweep, capsys, ["--preset", "smoke", "--device", "cuda", *stores])
     assert code == 2 and "CUDA is not available" in _one_error_line(err)
+    assert not (tmp_path / "optuna.db").exists()  # refused before any store is written
+    # a dry run plans a GPU run on this machine and says what the real run needs
+    code, out, err = _run_main(sweep, capsys, ["--preset", "smoke", "--dry-run", "--device", "cuda", *stores])
+    assert code == 0 and "a real run needs: device 'cuda': CUDA is not available on this machine" in out
 
 
 def test_float16_on_a_cpu_is_refused_at_planning(sweep, capsys):

@@ -37,7 +37,13 @@ EXPECTED: dict[str, tuple[dict, list[str], str, int, dict]] = {
     "paper-real-world": ({"model.name": "llama3-8b", "data.source": "<data-dir>", "data.scenario": "real-world",
                           "data.tasks": [], "train.max_length": 300, **_PAPER_GPU},
                          list(PAPER_METHODS), "paper", 6, {}),
+    "tofu-cpu": ({"data.source": "<data-dir>", "data.retain_authors": 8, "data.ds_size": 40, "train.lr": 1e-4,
+                  "train.grad_accum": 1, "train.max_length": 144, "finetune.lr": 2e-4, "finetune.epochs": 8,
+                  "finetune.grad_accum": 1, "finetune.max_length": 144, "eval.batch_size": 16, "method.name": "GA+GD"},
+                 list(PAPER_METHODS), "paper", 1, {}),
 }
+DATA_DIRS = {"paper-real-world": "real_world", "tofu-cpu": "tofu"}
+"""Presets that read the shared data (``--data-dir``): the folder each one is given."""
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +73,8 @@ def test_preset_resolves_to_the_stated_configuration(name, sweep, request, monke
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     argv = ["--preset", name, "--dry-run"]
     differs, methods, sampler, n_trials, space = EXPECTED[name]
-    if name == "paper-real-world":
-        data_dir = request.getfixturevalue("shared_data") / "real_world"
+    if name in DATA_DIRS:
+        data_dir = request.getfixturevalue("shared_data") / DATA_DIRS[name]
         argv += ["--data-dir", str(data_dir)]
         differs = {**differs, "data.source": str(data_dir.resolve())}
     cfg, settings, _ = sweep.plan(sweep.build_parser().parse_args(argv))
@@ -95,7 +101,7 @@ def test_run_config_from_preset_method_and_overrides():
 
 
 @pytest.mark.parametrize(("call", "message"), [
-    (lambda p: p.run_config("no-such-preset"), "presets: default, paper-continual, .*smoke, or a .toml path"),
+    (lambda p: p.run_config("no-such-preset"), "presets: default, paper-continual, .*smoke, tofu-cpu, or a .toml path"),
     (lambda p: p.run_config("smoke", settings=["lr=1"]), "--set 'lr=1': expected SECTION.FIELD=VALUE"),
     (lambda p: p.run_config("smoke", settings=["train.lr"]), "expected SECTION.FIELD=VALUE"),
     (lambda p: p.run_config("smoke", settings=["train.batch_size=2.5"]), "train.batch_size must be of type int, got 2.5"),
