@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -69,8 +70,9 @@ def test_one_parent_per_method_with_its_trials_and_everything(smoke_store):
         # run names that say the method, trial and searched values; the Pareto front marked.
         for tag in ("mlflow.user", "mlflow.source.name", "mlflow.source.type"):
             assert trials[f"tags.{tag}"].notna().all() and (trials[f"tags.{tag}"] != "").all(), tag
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        assert set(trials["tags.mlflow.source.git.commit"]) == {head}
+        (commit,) = set(trials["tags.mlflow.source.git.commit"])  # the checkout's commit when the sweep ran
+        assert re.fullmatch(r"[0-9a-f]{40}", commit)
+        assert subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=ROOT).returncode == 0
         for _, row in trials.iterrows():
             number, lr = int(row["tags.study.trial_number"]), float(row["params.sampled.lr"])
             assert row["tags.mlflow.runName"].startswith(f"{method} #{number} lr={lr:.3g} forget_coeff="), row["tags.mlflow.runName"]
