@@ -206,6 +206,15 @@ def study_settings(args, cfg, study: dict, methods: list[str], fixed: list[str])
     default_name = "-".join(dict.fromkeys(parts))
     if sc.sequential and cfg.method.fix_ref_model:
         default_name += "-fixref"
+    if args.study_name is None:  # a model or preset name can make an invalid default: say which, and the way out
+        from study.errors import StudyInputError
+        from study.search import check_study_name
+
+        try:
+            check_study_name(default_name)
+        except StudyInputError as error:
+            raise StudyInputError(f"the default study name, made of the preset, scenario, split and model name "
+                                  f"({cfg.model.name!r}), is not valid ({error}); pass --study-name NAME") from None
     return StudySettings(
         study_name=args.study_name if args.study_name is not None else default_name,
         methods=methods,

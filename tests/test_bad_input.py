@@ -545,6 +545,8 @@ class _NoStudy:
     def __init__(self, *args, **kwargs):
         pass
 
+    tracker = type("NoTracker", (), {"experiment_id": "0"})  # the printed UI link reads it
+
     def run(self):
         return {}
 
