@@ -186,6 +186,33 @@ def test_zero3_in_one_process_without_torchrun(tmp_path):
     assert all(math.isfinite(s["loss"]) for s in written["steps"])
 
 
+@pytest.mark.slow
+def test_zero3_entry_ends_on_sigterm_like_ctrl_c(tmp_path):
+    """Issue 32: SIGTERM (Slurm, torchrun, ``timeout``) to ``python -m study.distributed`` mid-training ends it
+    as Ctrl-C does: one message naming SIGTERM, exit 143 (128 + 15), no traceback."""
+    import signal
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env.update({"HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(ROOT),
+                "TORCH_EXTENSIONS_DIR": str(tmp_path / "torch_extensions")})
+    command = [sys.executable, "-m", "study.distributed", *COMMON[:4], "--set", 'model.target="tiny-llama"',
+               "--set", "data.n_authors=4", "--set", "train.epochs=400", "--train-only", "--out", str(tmp_path / "out")]
+    stderr = tmp_path / "stderr.txt"
+    with stderr.open("w") as err:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        deadline = time.monotonic() + 600
+        while "%|" not in stderr.read_text() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)  # the training progress bar: the entry is inside its SIGTERM handler
+        assert process.poll() is None, stderr.read_text()[-3000:]
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=120)
+    text = stderr.read_text()
+    assert code == 143, text[-3000:]
+    assert "terminated (SIGTERM): stopped before the end" in text and "Traceback" not in text, text[-3000:]
+    assert not (tmp_path / "out" / "history.json").exists()  # an incomplete run writes no result
+
+
 # --------------------------------------------------------------------------------------------------
 # experiments/gpu_check.py
 
