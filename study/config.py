@@ -57,10 +57,6 @@ def _positive(name: str, value, allow_zero: bool = False):
         raise StudyInputError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} finite number, got {value!r}")
 
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-"""``model.dtype``'s values."""
-
-
 @dataclass
 class ModelConfig:
     name: str = "smollm2-135m"
@@ -78,6 +74,8 @@ class ModelConfig:
         _name("model.name", self.name)
         if self.target is not None:
             _name("model.target", self.target)
+        from .models import DTYPES
+
         if self.dtype not in DTYPES:
             raise one_of("dtype", self.dtype, DTYPES)
 

@@ -296,6 +296,8 @@ def prompt_format(spec: ModelSpec, tokenizer) -> PromptFormat:
     return QUESTION_ANSWER
 
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+"""``model.dtype``'s values (``study.config.ModelConfig``)."""
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 """CPU flags (``/proc/cpuinfo`` names) of native bf16 arithmetic: AVX512-BF16 (AMD Zen 4 on, Intel Cooper
 Lake on) and AMX-BF16 (Intel Sapphire Rapids on). Without them torch emulates bf16 in fp32 arithmetic and
@@ -337,7 +339,7 @@ _warned_emulated_bf16 = False
 
 
 def resolve_dtype(name: str, device: torch.device | str) -> torch.dtype:
-    """``model.dtype`` (one of ``study.config.DTYPES``) on ``device`` as a torch dtype.
+    """``model.dtype`` (one of :data:`DTYPES`) on ``device`` as a torch dtype.
 
     ``bfloat16`` on a CPU without native bf16 runs (emulated, slower than fp32), with one warning line on
     stderr per process. Raises:
@@ -345,8 +347,6 @@ def resolve_dtype(name: str, device: torch.device | str) -> torch.dtype:
             and no loss scaling here), or a name not in ``DTYPES``.
     """
     global _warned_emulated_bf16
-    from .config import DTYPES
-
     if name not in DTYPES:
         raise one_of("model.dtype", name, DTYPES)
     kind = torch.device(device).type
