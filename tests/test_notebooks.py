@@ -206,8 +206,7 @@ MACHINE_PATH = re.compile(r"(?<![\w.])/(?:home|work|Users|root|mnt|scratch|priva
 
 
 def _results_folders_without_export() -> set[Path]:
-    """Results folders still holding what the code before exports wrote (no ``export/provenance.json``):
-    their executed notebooks were written with the machine's paths, until re-run (docs/results/README.md)."""
+    """Results folders still holding what the code before exports wrote (no ``export/provenance.json``)."""
     from study.exports import has_export
 
     return {p for p in (ROOT / "docs" / "results").iterdir() if p.is_dir() and not has_export(p)}
@@ -218,14 +217,11 @@ def test_no_machine_path_in_committed_docs_and_notebooks():
                              check=True).stdout.split()
     if not tracked:
         pytest.skip("not a git checkout") if os.environ.get("CI") != "true" else pytest.fail("git ls-files found nothing")
-    old = _results_folders_without_export()
     found = []
     for name in tracked:
         path = ROOT / name
         if path.suffix not in (".md", ".ipynb", ".csv", ".json", ".txt", ".toml", ".py") or not path.exists():
             continue
-        if path.suffix == ".ipynb" and path.parent in old:
-            continue  # written before exports; re-running the folder's command rewrites it without paths
         found += [f"{name}: {m.group(0)}..." for m in MACHINE_PATH.finditer(path.read_text(errors="replace"))]
     assert not found, "absolute machine paths in committed files: " + "; ".join(found[:5])
 
