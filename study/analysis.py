@@ -51,6 +51,7 @@ from .metrics import EXACT_MEMORIZATION, EXTRACTION_STRENGTH, METRICS, MIA_ATTAC
 from .paper import (PAPER_BETA, PAPER_EPOCHS, PAPER_METHODS, PAPER_REGULARIZATION_COEFF, PUBLISHED_SOURCE, REAL_WORLD_QUOTED,
                     released)
 from .paper import PUBLISHED as _PUBLISHED
+from .errors import StudyInputError
 from .scenarios import FICTITIOUS, REAL_WORLD, SCENARIOS, tag_spelling
 from .tracking import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI, TAG, credentials_hidden, redact, with_credentials
 
@@ -66,7 +67,7 @@ __all__ = [
     "resolve_tracking_uri", "runs_frame", "fetch_runs", "fetch_task_curves", "scenario_runs", "finished", "run_counts",
     "no_runs_message", "order_methods", "method_palette", "paper_settings", "representative_trials",
     "method_table", "published_table", "compare_to_published", "metric_table", "forget_quality_table",
-    "PRIVACY_COLUMNS", "PRIVACY_NOT_LOGGED", "privacy_table",
+    "PRIVACY_COLUMNS", "PRIVACY_NOT_LOGGED", "privacy_table", "PAPER_MARKERS", "method_markers",
     "pareto_front", "plot_mu_fe", "plot_mu_fe_grid", "continual_table", "plot_continual", "real_world_table",
     "sensitivity", "plot_sensitivity", "choose_trial", "generations_side_by_side", "save_figure",
     "save_table", "run_notebook", "Source", "export_frames",
@@ -399,14 +400,43 @@ def method_palette(methods: Iterable[str]) -> dict[str, tuple[float, float, floa
     return {m: colours[m] for m in order_methods(methods)}
 
 
+PAPER_MARKERS: tuple[str, ...] = ("o", "v", "s", "D", "^", "<", "p", "P", "X")
+"""The paper's nine methods' matplotlib markers, in :data:`PAPER_METHODS`' order: a method keeps its marker
+(and colour, :func:`method_palette`) in every figure, so overlapping points stay distinguishable."""
+SPARE_MARKERS: tuple[str, ...] = ("h", ">", "8", "H", "d", "*", "1", "2", "3", "4")
+
+
+def method_markers(methods: Iterable[str]) -> dict[str, str]:
+    """One marker per method, fixed for the paper's nine; other methods take spare markers alphabetically."""
+    fixed = dict(zip(PAPER_METHODS, PAPER_MARKERS))
+    others = [m for m in order_methods(methods) if m not in fixed]
+    spare = {m: SPARE_MARKERS[i % len(SPARE_MARKERS)] for i, m in enumerate(others)}
+    return {m: fixed.get(m) or spare[m] for m in order_methods(methods)}
+
+
+def _shipped(method: str) -> dict[str, float]:
+    """A method outside the paper: its forget loss's ``shipped`` values (``study.losses.LossSpec``)."""
+    if method in PAPER_METHODS:
+        return {}
+    from .losses import FORGET_LOSSES, Method  # torch, only for methods outside the paper
+
+    try:
+        return dict(FORGET_LOSSES[Method.parse(method).forget_loss].shipped)
+    except StudyInputError:  # a run of a method this version does not know: the paper's values
+        return {}
+
+
 def paper_settings(scenario: str, method: str) -> dict[str, tuple[float, ...]]:
     """The released scripts' hyper-parameters for ``method`` in ``scenario`` (docs/science.md §4):
     each runs-frame column mapped to the values it may take. β = 0.1 and reg coeff 1.0 everywhere;
-    5 epochs except the real-world baselines' grid (5 or 3 epochs)."""
-    rows = [{"epochs": PAPER_EPOCHS, **row} for row in released(scenario, method)]
+    5 epochs except the real-world baselines' grid (5 or 3 epochs). A loss outside the paper takes β and
+    the forget weight from its registry entry's ``shipped`` values where it has them (as the ``paper``
+    sampler does, :func:`study.search.paper_settings`)."""
+    shipped = {"beta": PAPER_BETA, **_shipped(method)}
+    rows = [{"epochs": PAPER_EPOCHS, **row, **shipped} for row in released(scenario, method)]
     values = lambda key: tuple(dict.fromkeys(float(row[key]) for row in rows))  # noqa: E731  (first-seen order)
     return {"lr": values("lr"), "epochs": values("epochs"), "forget_coeff": values("forget_coeff"),
-            "regularization_coeff": (PAPER_REGULARIZATION_COEFF,), "beta": (PAPER_BETA,)}
+            "regularization_coeff": (PAPER_REGULARIZATION_COEFF,), "beta": values("beta")}
 
 
 def _matches_paper(row: pd.Series) -> bool:

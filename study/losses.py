@@ -619,9 +619,16 @@ class LossSpec:
     ranges: Mapping[str, Param] = field(default_factory=dict)
     """Search ranges of this loss that differ from :data:`HYPERPARAMS` (SimNPO's β acts on a
     per-token log-likelihood, so it lives on a larger scale than NPO's)."""
+    shipped: Mapping[str, float] = field(default_factory=dict)
+    """A loss outside the paper: the values its fixed-setting runs (the ``paper`` sampler, the
+    reproduction's tables) take from the implementation researchers compare against, in place of the
+    paper's β = 0.1 and forget weight 1, which were set for other losses. Keys: ``forget_coeff`` or
+    :attr:`hyperparams`."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "needs", frozenset(self.needs))
+        if unknown_shipped := set(self.shipped) - {"forget_coeff", *self.hyperparams}:
+            raise ValueError(f"loss {self.name}: shipped values for settings it does not use {sorted(unknown_shipped)}")
         if unknown_range := set(self.ranges) - set(self.hyperparams):
             raise ValueError(f"loss {self.name}: ranges for hyper-parameters it does not use {sorted(unknown_range)}")
         if unknown := self.needs - NEEDS:
@@ -682,6 +689,9 @@ FORGET_LOSSES: dict[str, LossSpec] = {
                                      simnpo_margin(m.beta, m.gamma, m.delta)),
             needs=frozenset({"forget"}), hyperparams=("beta", "gamma"),
             ranges={"beta": Param("beta", 0.5, 10.0, log=True)},
+            # OpenUnlearning's configs/trainer/SimNPO.yaml: beta 4.5, gamma (its forget weight) 0.125,
+            # delta 0, alpha (the retain weight) 1 = this project's regularization_coeff default.
+            shipped={"beta": 4.5, "forget_coeff": 0.125},
             formula="-(2/β) mean log σ(-(β/|y|) logp_θ(y|x) - γ - βδ) on forget (no reference model)",
         ),
         LossSpec(

@@ -82,13 +82,20 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "scenario", "setting", "method", "n_seeds", "MU", "MU_lo", "MU_hi", "MU_zero_seeds", "MU_terms", "MU_zero_terms",
     "MU_retain", "FE", "FE_lo", "FE_hi", "FE_terms", "retain_rouge", "retain_rouge_lo", "retain_rouge_hi",
     *(f"rouge_{s}" for s in ROUGE_SETS), "MU_items_lo", "MU_items_hi", "FE_items_lo", "FE_items_hi",
-    "other_MU", "other_FE", "other_source")
+    "other_MU", "other_FE", "other_source", *(M.mia_auc_key(a) for a in M.MIA_ATTACKS),
+    *(M.privleak_key(a) for a in M.MIA_ATTACKS), "privleak_lo", "privleak_hi")
 """Columns of :func:`summary_table`: means over seeds with the 95% percentile-bootstrap interval over seeds
 (``*_lo`` / ``*_hi``, :func:`seed_interval`) and over evaluation items (``*_items_*``,
 :func:`item_bootstrap`); MU's zero cliff (``MU_zero_seeds``: seeds with MU = 0; ``MU_terms``: the number
 of values MU's harmonic mean took; ``MU_zero_terms``: which of them were 0, in how many seeds;
 ``MU_retain``: MU over the retain set alone); ``FE_terms``; each set's ROUGE; the figures of another
-scale (``other_*``: the DualOptim re-run for fictitious, quoted ones for real-world)."""
+scale (``other_*``: the DualOptim re-run for fictitious, quoted ones for real-world); beyond the paper, the
+forget-vs-holdout AUC and PrivLeak of each attack (means over seeds; NaN without ``eval.holdout``) and
+the seed interval of :data:`PRIVLEAK_ATTACK`'s PrivLeak (``privleak_lo`` / ``privleak_hi``)."""
+PRIVLEAK_ATTACK = M.MIA_MIN_K
+"""The attack whose PrivLeak the README leads with: MUSE's (Min-K% Prob), docs/science-beyond-paper.md §3."""
+BEYOND_PAPER = " (beyond the paper)"
+"""Appended to the README's name of a method the paper did not run."""
 SEED_COLUMNS: tuple[str, ...] = ("scenario", "setting", "method", "seed", "MU", "FE", "retain_rouge")
 """Columns of :func:`seed_table`: one row per (scenario, setting, method, seed), what the paired tests read."""
 CLAIM_COLUMNS: tuple[str, ...] = ("claim", "statement", "scenario", "rule", "verdict", "evidence")
@@ -374,7 +381,17 @@ def _describe(frame: pd.DataFrame, scenario_name: str, per: str | None) -> dict:
     zeros = (term_values == 0).sum()
     row["MU_zero_terms"] = "; ".join(f"{c[len('term:'):]} {k}/{len(values)}" for c, k in zeros.items() if k)
     row["FE_terms"] = int(fe_terms.notna().sum(axis=1).min()) if len(fe_terms) else 0
+    privacy = pd.DataFrame({k: _set_column_any(frame, k) for k in _PRIVACY_KEYS}, index=frame.index)
+    if per is not None:
+        privacy = privacy.groupby(frame[per]).mean()
+    for key in _PRIVACY_KEYS:
+        row[key] = float(privacy[key].mean()) if privacy[key].notna().any() else math.nan
+    # The percentile interval stays within the seeds' values (PrivLeak is a percentage, unbounded above).
+    _, row["privleak_lo"], row["privleak_hi"] = seed_interval(privacy[M.privleak_key(PRIVLEAK_ATTACK)])
     return row
+
+
+_PRIVACY_KEYS: tuple[str, ...] = (*(M.mia_auc_key(a) for a in M.MIA_ATTACKS), *(M.privleak_key(a) for a in M.MIA_ATTACKS))
 
 
 def _set_column_any(frame: pd.DataFrame, column: str) -> pd.Series:
@@ -787,7 +804,7 @@ def _readable(rows: pd.DataFrame) -> pd.DataFrame:
     sc = scenario(rows["scenario"].iloc[0])
     zero = [f"{k}/{n}" if k else "" for k, n in zip(rows["MU_zero_seeds"], rows["n_seeds"])]
     return pd.DataFrame({
-        "method": rows["method"], "seeds": rows["n_seeds"],
+        "method": [_method_label(m) for m in rows["method"]], "seeds": rows["n_seeds"],
         "MU [95% CI]": [_ci(*v) for v in zip(rows["MU"], rows["MU_lo"], rows["MU_hi"])],
         "MU = 0 (seeds)": zero,
         "MU terms": rows["MU_terms"], "zero terms (seeds)": rows["MU_zero_terms"].fillna(""),
@@ -803,16 +820,45 @@ def _readable(rows: pd.DataFrame) -> pd.DataFrame:
     })
 
 
-def plot_mu_fe_intervals(table: pd.DataFrame, scenario_name: str = FICTITIOUS.name, setting: str = "forget01"):
+def _method_label(method: str) -> str:
+    return method if method in PAPER_METHODS or method == TARGET_ROW else method + BEYOND_PAPER
+
+
+def _privacy_readable(rows: pd.DataFrame) -> pd.DataFrame | None:
+    """A (scenario, setting)'s membership-inference columns as the README shows them; None when no
+    method logged any (runs without ``eval.holdout``)."""
+    rows = rows[rows["method"] != TARGET_ROW]
+    if not np.isfinite(rows[[M.mia_auc_key(a) for a in M.MIA_ATTACKS]].to_numpy(dtype=float)).any():
+        return None
+    lead = M.privleak_key(PRIVLEAK_ATTACK)
+    return pd.DataFrame({
+        "method": [_method_label(m) for m in rows["method"]], "seeds": rows["n_seeds"],
+        **{f"AUC {a.removeprefix('mia_')}": rows[M.mia_auc_key(a)] for a in M.MIA_ATTACKS},
+        f"PrivLeak {PRIVLEAK_ATTACK.removeprefix('mia_')} % [95% CI]": [
+            "" if not np.isfinite(m) else f"{m:.1f} [{lo:.1f}, {hi:.1f}]" if np.isfinite(lo) else f"{m:.1f}"
+            for m, lo, hi in zip(rows[lead], rows["privleak_lo"], rows["privleak_hi"])],
+        **{f"PrivLeak {a.removeprefix('mia_')} %": rows[M.privleak_key(a)].round(1)
+           for a in M.MIA_ATTACKS if a != PRIVLEAK_ATTACK},
+    })
+
+
+def plot_mu_fe_intervals(table: pd.DataFrame, scenario_name: str = FICTITIOUS.name, setting: str = "forget01",
+                         scale: str = ""):
     """MU (x) vs FE (y) per method with its 95% interval over seeds (:func:`seed_interval`, inside [0, 1])
-    for one (scenario, setting), the target as a star; a matplotlib Figure, or None when the table has no
-    such rows. Chooses no backend."""
+    for one (scenario, setting), the target as a star; each method in its colour and marker of every figure
+    (:func:`study.analysis.method_palette`, :func:`~study.analysis.method_markers`), the legend beside the
+    axes, the title naming the seeds and ``scale`` (the model and data). A matplotlib Figure, or None when
+    the table has no such rows. Chooses no backend."""
     import matplotlib.pyplot as plt
+
+    from .analysis import method_markers, method_palette
 
     rows = table[(table["scenario"] == scenario_name) & (table["setting"] == setting)]
     if rows.empty:
         return None
-    figure, ax = plt.subplots(figsize=(5.5, 4.2))
+    methods = [m for m in rows["method"] if m != TARGET_ROW]
+    colours, markers = method_palette(methods), method_markers(methods)
+    figure, ax = plt.subplots(figsize=(7.2, 4.6))
 
     def err(mean, lo, hi):
         return np.nan_to_num([[mean - lo], [hi - mean]])
@@ -822,10 +868,14 @@ def plot_mu_fe_intervals(table: pd.DataFrame, scenario_name: str = FICTITIOUS.na
             ax.plot(row.MU, row.FE, marker="*", markersize=14, color="black", linestyle="none", label=TARGET_ROW)
             continue
         ax.errorbar(row.MU, row.FE, xerr=err(row.MU, row.MU_lo, row.MU_hi), yerr=err(row.FE, row.FE_lo, row.FE_hi),
-                    marker="o", capsize=3, linestyle="none", label=row.method)
-    ax.set(xlabel="Model Utility (mean, 95% bootstrap CI over seeds)", ylabel="Forget Efficacy",
-           title=f"{scenario_name} {setting}", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
-    ax.legend(fontsize=7, loc="best")
+                    marker=markers[row.method], markersize=7, color=colours[row.method], capsize=3, linestyle="none",
+                    alpha=0.85, label=_method_label(row.method))
+    seeds = sorted(set(rows.loc[rows["method"] != TARGET_ROW, "n_seeds"]))
+    n = f"{seeds[0]} seeds" if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]} seeds"
+    ax.set(xlabel="Model Utility (mean, 95% bootstrap CI over seeds)", ylabel="Forget Efficacy (same)",
+           xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
+    ax.set_title(f"{scenario_name} {setting}, {n}" + (f"\n{scale}" if scale else ""), fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, frameon=False)
     figure.tight_layout()
     return figure
 
@@ -864,6 +914,14 @@ def write_results(runs: pd.DataFrame, targets: pd.DataFrame | None, out: str | P
               "values: `seeds.csv`; every run: `export/`.", ""]
     for (sc, setting), rows in table.groupby(["scenario", "setting"], sort=False):
         lines += [f"## {sc}, {setting}", "", markdown_table(_readable(rows)), ""]
+        privacy = _privacy_readable(rows)
+        if privacy is not None:
+            lines += ["Beyond the paper: membership inference on the forget set against its holdout (never trained "
+                      "on), docs/science-beyond-paper.md §3. AUC 1 = every forget item looks more seen than every holdout "
+                      "item, 0.5 = indistinguishable; PrivLeak as MUSE defines it, in percent against the retain "
+                      "model (fine-tuned without the forget set, scored on the same items): 0 = as private as it, "
+                      "negative = under-unlearned, positive = over-unlearned; the interval: percentile bootstrap "
+                      "over seeds.", "", markdown_table(privacy), ""]
     lines += ["## The paper's claims", "",
               f"Thresholds: stable MU = mean ≥ {STABLE_MEAN} × target MU with the interval's lower bound ≥ "
               f"{STABLE_LOWER} × target MU; collapse = MU ≤ {COLLAPSE} × target MU; comparisons between methods: "
@@ -871,7 +929,10 @@ def write_results(runs: pd.DataFrame, targets: pd.DataFrame | None, out: str | P
               "`claims.csv` and in `study/results.py`.", "",
               markdown_table(claims[["claim", "statement", "verdict", "evidence"]]), ""]
     paths["readme"].write_text("\n".join(lines))
-    figure = plot_mu_fe_intervals(table)
+    labelled = _labelled(runs, preset, seeds)
+    models = sorted(set(labelled["model"].dropna())) if "model" in labelled else []
+    scale = ", ".join(filter(None, [" / ".join(models), f"preset {preset}" if preset else ""]))
+    figure = plot_mu_fe_intervals(table, scale=scale)
     if figure is not None:
         import matplotlib.pyplot as plt
 

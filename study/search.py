@@ -26,7 +26,7 @@ from . import paper
 from .claims import once
 from .config import SEED_MAX, RunConfig
 from .errors import StudyFault, StudyInputError, interrupt_reason, one_of
-from .losses import HYPERPARAMS, Method, Param
+from .losses import FORGET_LOSSES, HYPERPARAMS, Method, Param
 from .references import ReferenceModels
 from .runs import TrialRun, describe_study_run, end_if_running, start_study_run, trial_run_name, trial_tags
 from .train import NonFiniteLoss
@@ -46,10 +46,14 @@ STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql", "journal"
 TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks", "file")
 
 def paper_settings(scenario: str, method: str) -> list[dict]:
-    """The paper's exact settings for a method (β = 0.1 everywhere; regularization_coeff 1.0)."""
+    """The paper's exact settings for a method (β = 0.1 everywhere; regularization_coeff 1.0); a loss
+    outside the paper keeps the paper's learning rates and epochs but takes its β and forget weight from
+    its registry entry's ``shipped`` values (SimNPO: OpenUnlearning's), where it has them."""
     rows = paper.released(scenario, method)
-    uses_beta = "beta" in Method.parse(method).hyperparams
-    return [{**row, **({"beta": paper.PAPER_BETA} if uses_beta else {})} for row in rows]
+    parsed = Method.parse(method)
+    uses_beta = "beta" in parsed.hyperparams
+    shipped = dict(FORGET_LOSSES[parsed.forget_loss].shipped)
+    return [{**row, **({"beta": paper.PAPER_BETA} if uses_beta else {}), **shipped} for row in rows]
 
 
 def grid_values(param: Param, points: int = 3) -> list[float]:

@@ -30,6 +30,20 @@ def test_sampler_rows_and_analysis_pick_agree(scenario, method):
     assert allowed["beta"] == (paper.PAPER_BETA,) and allowed["regularization_coeff"] == (1.0,)
 
 
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_simnpo_fixed_settings_are_open_unlearnings(scenario):
+    """SimNPO is not in the paper: its fixed-setting runs take OpenUnlearning's configs/trainer/SimNPO.yaml
+    (beta 4.5, forget weight 0.125) in place of the paper's β 0.1 and weight 1, in the sampler and in the
+    analysis' ``pick="paper"`` alike; the learning rates stay the scenario's released ones."""
+    rows = search.paper_settings(scenario, "SimNPO+GD")
+    assert {row["beta"] for row in rows} == {4.5} and {row["forget_coeff"] for row in rows} == {0.125}
+    assert {row["lr"] for row in rows} == {row["lr"] for row in paper.released(scenario, "GA+GD")}
+    allowed = analysis.paper_settings(scenario, "SimNPO+GD")
+    assert allowed["beta"] == (4.5,) and allowed["forget_coeff"] == (0.125,)
+    # RMU has no shipped values: the paper's weight, and its own c / α (not β) stay as configured.
+    assert {row["forget_coeff"] for row in search.paper_settings(scenario, "RMU")} == {1.0}
+
+
 def test_released_settings_follow_section_4():
     assert paper.released("fictitious", "ME+GD") == [{"lr": 1e-5, "forget_coeff": 0.1}]
     assert paper.released("continual", "ME+GD") == [{"lr": 1e-5, "forget_coeff": 1.0}]

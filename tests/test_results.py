@@ -10,8 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from study import metrics as M
 from study import results
 from study.analysis import runs_frame
+from study.paper import PAPER_METHODS
 from study.results import FAILS, HOLDS, UNSURE
 
 from conftest import ROOT
@@ -222,6 +224,41 @@ def test_write_results_writes_tables_readme_and_figure(tmp_path):
     assert "## fictitious, forget01" in text and "0.580 [" in text and "| a |" in text and "DualOptim re-run MU" in text
     assert len(pd.read_csv(paths["seeds"])) == 9
     assert paths["figure"].stat().st_size > 1000
+
+
+def test_privacy_columns_and_methods_beyond_the_paper(tmp_path):
+    """A method outside the paper is named so in the README; a trial's forget-vs-holdout AUCs and PrivLeak
+    are averaged within and then over seeds; the README's privacy table appears only when some were logged."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    runs = _frame({"GA+GD": (0.5, 0.6), "SimNPO+GD": (0.4, 0.7)})
+    leaks = {1: -90.0, 2: -60.0, 3: -30.0}
+    for key in [M.mia_auc_key(a) for a in M.MIA_ATTACKS]:
+        runs[key] = 0.75
+    for a in M.MIA_ATTACKS:
+        runs[M.privleak_key(a)] = [leaks[int(r.split("-")[-1])] for r in runs["run_id"]]
+    table = results.summary_table(runs)
+    simnpo = table.set_index("method").loc["SimNPO+GD"]
+    assert simnpo[M.mia_auc_key(M.MIA_MIN_K)] == pytest.approx(0.75)
+    assert simnpo[M.privleak_key(M.MIA_MIN_K)] == pytest.approx(-60.0)
+    assert -90.0 <= simnpo["privleak_lo"] < -60.0 < simnpo["privleak_hi"] <= -30.0
+    text = results.write_results(runs, TARGETS, tmp_path)["readme"].read_text()
+    assert "| SimNPO+GD (beyond the paper) |" in text and "| GA+GD |" in text
+    assert "| method | seeds | AUC loss | AUC zlib | AUC min_k | AUC min_k_plus_plus | PrivLeak min_k % [95% CI] |" in text
+    assert "-60.0 [" in text
+    # Without holdout metrics there is no privacy table.
+    plain = results.write_results(_frame({"GA+GD": (0.5, 0.6)}), TARGETS, tmp_path / "plain")["readme"].read_text()
+    assert "AUC min_k" not in plain and "membership inference" not in plain
+
+
+def test_every_method_keeps_its_marker_and_colour_whatever_else_is_drawn():
+    from study import analysis as A
+
+    alone, crowd = A.method_markers(["NPO+GD", "NPO+KL"]), A.method_markers([*PAPER_METHODS, "SimNPO+GD", "RMU"])
+    assert alone["NPO+GD"] == crowd["NPO+GD"] != crowd["NPO+KL"] == alone["NPO+KL"]
+    assert len(set(crowd.values())) == len(crowd) == 11
+    assert A.method_palette(["NPO+GD"])["NPO+GD"] == A.method_palette(crowd)["NPO+GD"]
 
 
 # --------------------------------------------------------------------------------------------------
