@@ -628,7 +628,8 @@ def plot_mu_fe(runs: pd.DataFrame, ax: Axes | None = None, title: str | None = N
     methods = order_methods(done["method"])
     palette = method_palette(methods)
     sns.scatterplot(data=done, x="model_utility", y="forget_efficacy", hue="method", hue_order=methods,
-                    palette=palette, ax=ax, s=40, alpha=0.75)
+                    palette=palette, style="method", style_order=methods, markers=method_markers(methods), ax=ax,
+                    s=40, alpha=0.75)
     for method in methods:
         front = pareto_front(done[done["method"] == method])
         # where="pre": between consecutive front points the attainable FE is the next point's.
@@ -636,8 +637,9 @@ def plot_mu_fe(runs: pd.DataFrame, ax: Axes | None = None, title: str | None = N
                 label=f"_front {method}", gid=FRONT_GID)
     ax.set(xlabel="Model Utility (MU)", ylabel="Forget Efficacy (FE)")
     if title:
-        ax.set_title(title)
-    ax.legend(title="method", fontsize="small")
+        ax.set_title(title, fontsize=10)
+    ax.legend(title="method", fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0,
+              frameon=False)
     return ax
 
 
@@ -673,27 +675,37 @@ def continual_table(curves: pd.DataFrame) -> pd.DataFrame:
     return best[list(CONTINUAL_COLUMNS)].reset_index(drop=True)
 
 
-def plot_continual(curves: pd.DataFrame) -> Figure | None:
+def plot_continual(curves: pd.DataFrame, title: str | None = None) -> Figure | None:
     """MU and FE after each task (two panels), one line per representative run of
-    :func:`continual_table`: colour = method, line style and marker = ``fix_ref_model``. None when
-    there is no curve."""
+    :func:`continual_table`: colour and marker = method (as in every figure), a dashed line = the fixed
+    reference model (``fix_ref_model``; the line-style key appears only when both kinds are drawn); the
+    legend beside the panels. None when there is no curve."""
     import matplotlib.pyplot as plt
-    import seaborn as sns
+    from matplotlib.lines import Line2D
 
     table = continual_table(curves)
     if table.empty:
         return None
-    shown = curves[curves["run_id"].isin(table["run_id"])]
+    shown = curves[curves["run_id"].isin(table["run_id"])].sort_values("task")
     methods = order_methods(shown["method"])
+    colours, markers = method_palette(methods), method_markers(methods)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
     panels = (("model_utility", "Model Utility (MU)"), ("forget_efficacy", "Forget Efficacy (FE)"))
     for ax, (metric, label) in zip(axes, panels):
-        sns.lineplot(data=shown, x="task", y=metric, hue="method", hue_order=methods, palette=method_palette(methods),
-                     style="fix_ref_model", style_order=[False, True], markers=True, units="run_id", estimator=None,
-                     ax=ax)
-        ax.set(xlabel="task", ylabel=label)
+        for run_id, run in shown.groupby("run_id", sort=False):
+            method, fixed = run["method"].iloc[0], bool(run["fix_ref_model"].iloc[0])
+            ax.plot(run["task"], run[metric].astype(float), color=colours[method], marker=markers[method],
+                    linestyle="--" if fixed else "-", alpha=0.85)
+        ax.set(xlabel="task", ylabel=label, ylim=(-0.02, 1.02))
         ax.xaxis.get_major_locator().set_params(integer=True)
-    axes[1].get_legend().remove()
+    handles = [Line2D([], [], color=colours[m], marker=markers[m], label=m) for m in methods]
+    kinds = sorted({bool(v) for v in shown["fix_ref_model"]})
+    if len(kinds) == 2:
+        handles += [Line2D([], [], color="grey", linestyle="-", label="reference: each task's start"),
+                    Line2D([], [], color="grey", linestyle="--", label="reference: fixed (--fix-ref-model)")]
+    fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize="small", frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -736,17 +748,31 @@ def real_world_table(runs: pd.DataFrame, pick: Pick = "best", targets: pd.DataFr
     return table.rename_axis("method")
 
 
+def _method_params(method: str) -> frozenset[str] | None:
+    """The searchable hyper-parameters ``method`` has (``lr``, ``forget_coeff`` and its losses'), or None
+    for a method this version does not know."""
+    from .losses import Method  # torch
+
+    try:
+        return frozenset({"lr", "forget_coeff", *Method.parse(method).hyperparams})
+    except StudyInputError:
+        return None
+
+
 def sensitivity(runs: pd.DataFrame, params: Sequence[str] = ("lr", "forget_coeff", "beta")) -> pd.DataFrame:
     """How MU and FE move with each hyper-parameter across finished trials: one row per (trial,
     param, outcome) with ``outcome`` in {MU, FE}; columns :data:`SENSITIVITY_COLUMNS`. Values that
-    are missing or not positive (no log scale) are left out."""
+    are missing or not positive (no log scale) are left out, and so is a parameter the trial's method
+    does not have (GA's runs log the configuration's β, which no GA loss reads)."""
     done = finished(runs)
     if done.empty:
         return _empty(SENSITIVITY_COLUMNS)
     parts = []
+    has = {m: _method_params(m) for m in done["method"].dropna().unique()}
     for param in params:
         values = done[param].astype(float)
-        ok = done[np.isfinite(values) & (values > 0)]
+        uses = done["method"].map(lambda m: has.get(m) is None or param in has[m]).astype(bool)
+        ok = done[np.isfinite(values) & (values > 0) & uses]
         for outcome, column in (("MU", "model_utility"), ("FE", "forget_efficacy")):
             parts.append(pd.DataFrame({"run_id": ok["run_id"], "method": ok["method"], "split": ok["split"],
                                        "param": param, "value": ok[param].astype(float), "outcome": outcome,
@@ -755,22 +781,44 @@ def sensitivity(runs: pd.DataFrame, params: Sequence[str] = ("lr", "forget_coeff
     return frame[list(SENSITIVITY_COLUMNS)]
 
 
-def plot_sensitivity(frame: pd.DataFrame) -> Figure | None:
+def plot_sensitivity(frame: pd.DataFrame, title: str | None = None) -> Figure | None:
     """A grid of log-x scatters (:func:`sensitivity` output): rows MU / FE, one column per
-    hyper-parameter, colour = method. None when the frame is empty."""
-    import seaborn as sns
+    hyper-parameter, colour and marker = method (as in every figure); the parameter names head the
+    columns and label the bottom row's x axes; three ticks per axis (the smallest, middle and largest
+    value on the log scale). None when the frame is empty."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
     if frame.empty:
         return None
     methods = order_methods(frame["method"])
-    grid = sns.relplot(data=frame, x="value", y="score", row="outcome", row_order=["MU", "FE"], col="param",
-                       hue="method", hue_order=methods, palette=method_palette(methods), kind="scatter",
-                       height=2.8, aspect=1.2, facet_kws={"sharex": False, "sharey": "row"})
-    grid.set(xscale="log")
-    grid.set_titles("{col_name}")
-    for (outcome, param), ax in grid.axes_dict.items():
-        ax.set(xlabel=param, ylabel=outcome)
-    return grid.figure
+    colours, markers = method_palette(methods), method_markers(methods)
+    params = list(dict.fromkeys(frame["param"]))
+    fig, axes = plt.subplots(2, len(params), figsize=(3.4 * len(params) + 1.8, 5.6), sharey="row", squeeze=False)
+    for i, outcome in enumerate(("MU", "FE")):
+        for j, param in enumerate(params):
+            ax = axes[i][j]
+            here = frame[(frame["outcome"] == outcome) & (frame["param"] == param)]
+            for method in methods:
+                mine = here[here["method"] == method]
+                if not mine.empty:
+                    ax.scatter(mine["value"], mine["score"], color=colours[method], marker=markers[method], s=30,
+                               alpha=0.8)
+            ax.set_xscale("log")
+            values = frame.loc[frame["param"] == param, "value"].astype(float)
+            # Three labelled ticks over the values drawn (a decade can hold them all), none in between.
+            ax.xaxis.set_major_locator(FixedLocator(np.geomspace(values.min(), values.max(), 3)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.set_title(param if i == 0 else "", fontsize=10)
+            ax.set_xlabel(param if i == 1 else "")
+            ax.set_ylabel(outcome if j == 0 else "")
+    handles = [plt.Line2D([], [], color=colours[m], marker=markers[m], linestyle="none", label=m) for m in methods]
+    fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize="small", frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
 
 
 # --------------------------------------------------------------------------------------------

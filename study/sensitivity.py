@@ -140,12 +140,21 @@ def write_sensitivity(runs: pd.DataFrame, out: str | Path, target_mu: float = fl
               "![every trial and each method's front](pareto.png)", "", "![MU and FE against each hyper-parameter](sensitivity.png)", ""]
     paths["readme"] = out / "README.md"
     paths["readme"].write_text("\n".join(lines))
-    ax = plot_mu_fe(runs, title="every trial; lines: each method's Pareto front")
+    done = finished(runs)
+    seeds = sorted({int(v) for v in done["seed"].dropna()}) if "seed" in done else []
+    per_method = done.groupby("method").size() if not done.empty else pd.Series(dtype=int)
+    scale = ", ".join(filter(None, [
+        " / ".join(sorted(set(done["model"].dropna()))) if "model" in done else "",
+        " / ".join(sorted(set(done["split"].dropna()))) if "split" in done else "",
+        f"seed {', '.join(map(str, seeds))}" if seeds else "",
+        f"{per_method.min()}-{per_method.max()} trials per method" if len(per_method) and per_method.min() != per_method.max()
+        else f"{per_method.iloc[0]} trials per method" if len(per_method) else ""]))
+    ax = plot_mu_fe(runs, title=f"every trial; lines: each method's Pareto front\n{scale}")
     if ax is not None:
         paths["pareto"] = out / "pareto.png"
         ax.figure.savefig(paths["pareto"], dpi=110, bbox_inches="tight")
         plt.close(ax.figure)
-    figure = plot_sensitivity(sensitivity(runs, [p for p in PARAMS if p in runs]))
+    figure = plot_sensitivity(sensitivity(runs, [p for p in PARAMS if p in runs]), title=scale)
     if figure is not None:
         paths["sensitivity"] = out / "sensitivity.png"
         figure.savefig(paths["sensitivity"], dpi=110, bbox_inches="tight")

@@ -164,7 +164,9 @@ def test_sensitivity_frame_has_one_row_per_trial_param_and_outcome(fictitious):
     frame = A.sensitivity(fictitious)
     n_finished = len(A.finished(fictitious))  # 7: ga0, ga1, me0, me1, npo0, x0, a0
     assert n_finished == 7
-    assert frame.shape == (n_finished * 3 * 2, len(A.SENSITIVITY_COLUMNS))
+    # β only where the method has it: NPO+KL, and the two methods this version does not know (kept).
+    assert set(frame.loc[frame["param"] == "beta", "run_id"]) == {"npo0", "x0", "a0"}
+    assert frame.shape == ((n_finished * 2 + 3) * 2, len(A.SENSITIVITY_COLUMNS))
     assert set(frame["param"]) == {"lr", "forget_coeff", "beta"}
     assert set(frame["outcome"]) == {"MU", "FE"}
     row = frame[(frame["run_id"] == "ga1") & (frame["param"] == "lr") & (frame["outcome"] == "MU")]
@@ -189,6 +191,11 @@ def test_continual_table_takes_last_task_of_best_run():
     assert table[["method", "run_id", "last_task"]].values.tolist() == [["NPO+GD", "b", 3], ["ME+GD", "d", 3]]
     fig = A.plot_continual(curves)
     assert fig is not None and len(fig.axes) == 2
+    # Both reference kinds drawn: the two methods and the two line styles in the one legend, beside the panels.
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [
+        "NPO+GD", "ME+GD", "reference: each task's start", "reference: fixed (--fix-ref-model)"]
+    only_moving = A.plot_continual(curves[~curves["fix_ref_model"]])
+    assert [t.get_text() for t in only_moving.legends[0].get_texts()] == ["NPO+GD"]
 
 
 def test_real_world_table_has_quoted_figures_and_benchmark_placeholder():
