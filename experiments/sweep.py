@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from study import presets  # noqa: E402  (after the path; imports no torch)
+from study.hyperparams import SEARCHABLE_SETTINGS, SETTINGS  # noqa: E402
 from study.scenarios import SCENARIOS, scenario  # noqa: E402
 from study.tracking import DEFAULT_EXPERIMENT, DEFAULT_STORAGE, DEFAULT_TRACKING_URI, SYSTEM_METRICS_S  # noqa: E402
 
@@ -145,8 +146,8 @@ def apply_options(config: dict, args) -> list[str]:
         put("eval", "embedder", args.embedder)
     if args.prune:
         put("eval", "per_epoch", True)
-    # searchable hyper-parameters given with --set: fixed for the study, not searched
-    return sorted(SEARCHED[key] for key in presets.apply_settings(config, args.set) if key in SEARCHED)
+    # searchable hyper-parameters given with --set: fixed for the study, not searched (study/hyperparams.py)
+    return sorted(SEARCHABLE_SETTINGS[key] for key in presets.apply_settings(config, args.set) if key in SEARCHABLE_SETTINGS)
 
 
 def check_inputs(cfg, device: str | None, needs: list | None = None) -> None:
@@ -237,9 +238,6 @@ def study_settings(args, cfg, study: dict, methods: list[str], fixed: list[str])
     )
 
 
-# ``--set`` keys that name a searched hyper-parameter: given on the command line, it is fixed for the study.
-SEARCHED = {"train.lr": "lr", "train.epochs": "epochs", "method.forget_coeff": "forget_coeff", "method.beta": "beta",
-           "method.gamma": "gamma"}
 
 
 def _first(*values):
@@ -292,7 +290,7 @@ def print_plan(cfg, settings, spaces) -> None:
     print(f"checkpoints  keep {settings.keep_checkpoints}")
     print("system       MLflow system metrics " + (f"every {settings.system_metrics:g} s" if settings.system_metrics else "off"))
     for name in settings.fixed:
-        key = next(k for k, v in SEARCHED.items() if v == name)
+        key = SETTINGS[name]
         print(f"fixed        {key} = {cfg.flat()[key]} (given with --set: not searched)")
     for method, space in spaces.items():
         print(f"space {method:<8} {describe_space(space)}")

@@ -52,6 +52,7 @@ from .paper import (PAPER_BETA, PAPER_EPOCHS, PAPER_METHODS, PAPER_REGULARIZATIO
                     released)
 from .paper import PUBLISHED as _PUBLISHED
 from .errors import StudyInputError
+from .hyperparams import SETTINGS
 from .scenarios import FICTITIOUS, REAL_WORLD, SCENARIOS, tag_spelling
 from .tracking import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI, TAG, credentials_hidden, redact, with_credentials
 
@@ -92,6 +93,7 @@ RUN_COLUMNS: tuple[str, ...] = (
     "run_id", "run_name", "status", "start_time", "kind", "parent_run_id", "study_name", "trial_number",
     "scenario", "method", "split", "task", "model", "fix_ref_model", "lr", "forget_coeff", "beta",
     "regularization_coeff", "epochs", "target_run_id", "retain_run_id", "entailment_status",
+    *(name for name in SETTINGS if name not in ("lr", "forget_coeff", "beta", "epochs")),
 )
 """Descriptive columns of a runs frame (from tags, falling back to the logged parameters)."""
 
@@ -102,8 +104,9 @@ AGGREGATE_COLUMNS: tuple[str, ...] = ("model_utility", "forget_efficacy", "forge
 SET_METRIC_COLUMNS: tuple[str, ...] = tuple(f"{s}/{m}" for s in SET_NAMES for m in METRICS)
 """Every ``<set>/<metric>`` column, always present in a runs frame (NaN where not logged)."""
 
-_NUMERIC_PARAMS = {"lr": "train.lr", "forget_coeff": "method.forget_coeff", "beta": "method.beta",
-                   "regularization_coeff": "method.regularization_coeff", "epochs": "train.epochs"}
+_NUMERIC_PARAMS = {**SETTINGS, "regularization_coeff": "method.regularization_coeff"}
+"""Run parameters read as numbers into runs-frame columns: every searchable hyper-parameter
+(study/hyperparams.py) and the regularizer's weight."""
 
 CURVE_COLUMNS: tuple[str, ...] = ("run_id", "method", "fix_ref_model", "split", "task", "model_utility",
                                   "forget_efficacy")
@@ -759,7 +762,7 @@ def _method_params(method: str) -> frozenset[str] | None:
         return None
 
 
-def sensitivity(runs: pd.DataFrame, params: Sequence[str] = ("lr", "forget_coeff", "beta")) -> pd.DataFrame:
+def sensitivity(runs: pd.DataFrame, params: Sequence[str] = tuple(SETTINGS)) -> pd.DataFrame:
     """How MU and FE move with each hyper-parameter across finished trials: one row per (trial,
     param, outcome) with ``outcome`` in {MU, FE}; columns :data:`SENSITIVITY_COLUMNS`. Values that
     are missing or not positive (no log scale) are left out, and so is a parameter the trial's method

@@ -166,10 +166,11 @@ class MethodConfig:
         from .losses import Method
 
         try:
-            return Method.parse(self.name, forget_coeff=self.forget_coeff, regularization_coeff=self.regularization_coeff,
-                                beta=self.beta, gamma=self.gamma, delta=self.delta, me_variant=self.me_variant,
-                                rmu_layer=self.rmu_layer, rmu_steering_coeff=self.rmu_steering_coeff,
-                                rmu_alpha=self.rmu_alpha, rmu_averaging=self.rmu_averaging)
+            # Every setting of Method but the name's two parts has a field of the same name here
+            # (tests/test_hyperparams.py), so none is forwarded by hand.
+            settings = {f.name: getattr(self, f.name) for f in dataclasses.fields(Method)
+                        if f.name not in ("forget_loss", "regularizer")}
+            return Method.parse(self.name, **settings)
         except ValueError as error:
             raise StudyInputError(str(error)) from None
 

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import StudyInputError
+from .hyperparams import HYPERPARAMS, SHARED_HYPERPARAMS, Param  # noqa: F401  (re-exported)
 from .paper import PAPER_METHODS  # noqa: F401  (re-exported: the default method set)
 
 IGNORE_INDEX = -100
@@ -480,50 +481,8 @@ def rmu_trainable(name: str, layer: int) -> bool:
 # --------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Param:
-    """One searchable hyper-parameter (read by the search module; no Optuna import here)."""
-
-    name: str
-    """Field name, as in :class:`Method` or the training config (``lr``)."""
-    low: float
-    """Lower bound of the range."""
-    high: float
-    """Upper bound of the range."""
-    log: bool = False
-    """Sample uniformly in log space."""
-    default: float | None = None
-    """The value used when not searching (docs/science.md §4)."""
-    integer: bool = False
-    """Sample integers in ``[low, high]`` (RMU's layer)."""
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.low) and math.isfinite(self.high) and self.low < self.high):
-            raise ValueError(f"param {self.name!r}: need finite low < high, got [{self.low}, {self.high}]")
-        if self.log and self.low <= 0:
-            raise ValueError(f"param {self.name!r}: a log-scale range needs low > 0, got {self.low}")
-        if self.default is not None and not self.low <= self.default <= self.high:
-            raise ValueError(f"param {self.name!r}: default {self.default} outside [{self.low}, {self.high}]")
-
-
-HYPERPARAMS: dict[str, Param] = {
-    p.name: p
-    for p in (
-        Param("lr", 1e-6, 1e-4, log=True, default=1e-5),
-        Param("forget_coeff", 0.01, 10.0, log=True, default=1.0),
-        Param("beta", 0.01, 1.0, log=True, default=0.1),
-        Param("gamma", 0.0, 2.0, default=0.0),
-        # RMU (docs/science-beyond-paper.md §2): the published Zephyr-7B settings as defaults; the
-        # ranges are this project's choice around them (c = 300 was published for Mixtral-8x7B).
-        Param("rmu_layer", 1, 15, default=7, integer=True),
-        Param("rmu_steering_coeff", 1.0, 300.0, log=True, default=6.5),
-        Param("rmu_alpha", 10.0, 10_000.0, log=True, default=1200.0),
-    )
-}
-"""Every searchable hyper-parameter by name (a loss may narrow or move one: ``LossSpec.ranges``)."""
-
-SHARED_HYPERPARAMS: tuple[str, ...] = ("lr", "forget_coeff")
-"""Searched for every method; a loss adds its own (``LossSpec.hyperparams``)."""
+# Param, HYPERPARAMS and SHARED_HYPERPARAMS are declared once, torch-free, in study/hyperparams.py
+# (the config, the search, the sweep's --set handling and the analysis derive from them).
 
 
 # --------------------------------------------------------------------------------------------------

@@ -26,7 +26,8 @@ from . import paper
 from .claims import once
 from .config import SEED_MAX, RunConfig
 from .errors import StudyFault, StudyInputError, interrupt_reason, one_of
-from .losses import FORGET_LOSSES, HYPERPARAMS, Method, Param
+from .hyperparams import HYPERPARAMS, SETTINGS, Param
+from .losses import FORGET_LOSSES, Method
 from .references import ReferenceModels
 from .runs import TrialRun, describe_study_run, end_if_running, start_study_run, trial_run_name, trial_tags
 from .train import NonFiniteLoss
@@ -239,10 +240,7 @@ def apply_params(cfg: RunConfig, method: str, params: dict) -> RunConfig:
     """The trial's configuration: the preset's, with the sampled hyper-parameters in place."""
     changes = {"method": {"name": method}, "train": {}}
     for name, value in params.items():
-        if name in ("lr", "epochs"):
-            changes["train"][name] = value
-        else:
-            changes["method"][name] = value
+        changes[HYPERPARAMS[name].section][name] = value
     return cfg.replace(**changes)
 
 
@@ -268,7 +266,7 @@ def fixed_config(cfg: RunConfig, method: str, space: dict) -> dict:
     is left out for methods without a KL term, on which it has no effect."""
     trial_cfg = apply_params(cfg, method, {})
     flat = trial_cfg.flat()
-    searched = {f"{section}.{name}" for name in space for section in ("train", "method")}
+    searched = {SETTINGS[name] for name in space}
     if not trial_cfg.method.method().ref_logit_parts:
         searched.add("train.kl_full_padding")
     fixed = {k: v for k, v in flat.items() if k not in searched and k not in SPEED_ONLY_SETTINGS}

@@ -164,15 +164,17 @@ def test_sensitivity_frame_has_one_row_per_trial_param_and_outcome(fictitious):
     frame = A.sensitivity(fictitious)
     n_finished = len(A.finished(fictitious))  # 7: ga0, ga1, me0, me1, npo0, x0, a0
     assert n_finished == 7
-    # β only where the method has it: NPO+KL, and the two methods this version does not know (kept).
+    # β only where the method has it: NPO+KL, and the two methods this version does not know (every
+    # parameter they logged is kept, their epochs too; no known method searches epochs).
     assert set(frame.loc[frame["param"] == "beta", "run_id"]) == {"npo0", "x0", "a0"}
-    assert frame.shape == ((n_finished * 2 + 3) * 2, len(A.SENSITIVITY_COLUMNS))
-    assert set(frame["param"]) == {"lr", "forget_coeff", "beta"}
+    assert set(frame.loc[frame["param"] == "epochs", "run_id"]) == {"x0", "a0"}
+    assert frame.shape == ((n_finished * 2 + 3 + 2) * 2, len(A.SENSITIVITY_COLUMNS))
+    assert set(frame["param"]) == {"lr", "forget_coeff", "beta", "epochs"}
     assert set(frame["outcome"]) == {"MU", "FE"}
     row = frame[(frame["run_id"] == "ga1") & (frame["param"] == "lr") & (frame["outcome"] == "MU")]
     assert row["value"].item() == 5e-5 and row["score"].item() == pytest.approx(0.7)
     fig = A.plot_sensitivity(frame)
-    assert fig is not None and len(fig.axes) == 6
+    assert fig is not None and len(fig.axes) == 8  # MU and FE against each of the four parameters
 
 
 def test_continual_table_takes_last_task_of_best_run():
