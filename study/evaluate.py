@@ -45,6 +45,7 @@ from typing import Any
 from .data import EvalSet
 from .errors import StudyInputError
 from .evaluation.engine import Batched, run
+from .evaluation.generation import MAX_LENGTH
 from .evaluation.metric_models import (
     BUILTIN_EMBEDDER,
     ENTAILMENT_LABEL,
@@ -66,10 +67,6 @@ __all__ = [
     "forget_quality_from", "encode_qa_batch",
 ]
 
-MAX_LENGTH = 200
-"""docs/science.md §5 / the reference's ``generation.max_length``: generation stops at 200 tokens
-including the prompt, and scored sequences are truncated to 200 tokens (its ``TextDatasetQA``
-uses the same ``max_length``)."""
 
 
 def metrics_scenario(scenario: str) -> str:

@@ -170,10 +170,11 @@ class MetricSpec:
     sets: tuple[str, ...] = SET_NAMES
     """Evaluation sets the metric is computed on; on the others its column is NaN and its set mean
     absent from the summary."""
-    in_forget_efficacy: bool = True
-    """Whether the forget-set value enters Forget Efficacy (:data:`FE_METRICS`)."""
-    in_model_utility: bool = True
-    """Whether the values on the utility sets enter Model Utility (:data:`MU_METRICS`)."""
+    in_forget_efficacy: bool = False
+    """Whether the forget-set value enters Forget Efficacy (:data:`FE_METRICS`): opt-in, so a new metric
+    changes neither aggregate unless it says so."""
+    in_model_utility: bool = False
+    """Whether the values on the utility sets enter Model Utility (:data:`MU_METRICS`): opt-in."""
     compute: MetricFn | None = None
     """The per-item values of a set; see :data:`MetricFn`."""
 
@@ -181,18 +182,19 @@ class MetricSpec:
 METRICS: dict[str, MetricSpec] = {
     spec.name: spec
     for spec in (
-        MetricSpec(ROUGE, True, "rougeL_recall", "ROUGE", GENERATED_SETS,
-                   compute=lambda x, _: rouge_l_recall(x.generations, x.truths)),
-        MetricSpec(PROBABILITY, True, "avg_gt_loss", "Probability", GENERATED_SETS,
-                   compute=lambda x, _: _set_probability(x)),
-        MetricSpec(TRUTH_RATIO, True, "truth_ratio", "Truth Ratio", GENERATED_SETS,
-                   compute=lambda x, _: truth_ratio_item(x.truth_ratio_raw, x.kind)),
-        MetricSpec(TOKEN_ENTROPY, True, "token_entropy", "Token Entropy", GENERATED_SETS,
-                   in_forget_efficacy=False, compute=lambda x, _: token_entropy(x.generation_tokens)),
-        MetricSpec(COSINE, True, "cosine_similarity", "Cosine Similarity", GENERATED_SETS,
+        MetricSpec(ROUGE, True, "rougeL_recall", "ROUGE", GENERATED_SETS, in_model_utility=True,
+                   in_forget_efficacy=True, compute=lambda x, _: rouge_l_recall(x.generations, x.truths)),
+        MetricSpec(PROBABILITY, True, "avg_gt_loss", "Probability", GENERATED_SETS, in_model_utility=True,
+                   in_forget_efficacy=True, compute=lambda x, _: _set_probability(x)),
+        MetricSpec(TRUTH_RATIO, True, "truth_ratio", "Truth Ratio", GENERATED_SETS, in_model_utility=True,
+                   in_forget_efficacy=True, compute=lambda x, _: truth_ratio_item(x.truth_ratio_raw, x.kind)),
+        MetricSpec(TOKEN_ENTROPY, True, "token_entropy", "Token Entropy", GENERATED_SETS, in_model_utility=True,
+                   compute=lambda x, _: token_entropy(x.generation_tokens)),
+        MetricSpec(COSINE, True, "cosine_similarity", "Cosine Similarity", GENERATED_SETS, in_model_utility=True,
+                   in_forget_efficacy=True,
                    compute=lambda x, _: cosine_similarity(x.generation_embeddings, x.reference_embeddings)),
-        MetricSpec(ENTAILMENT, True, "entailment_labels", "Entailment Score", GENERATED_SETS,
-                   compute=lambda x, columns: _set_entailment(x, columns[ROUGE])),
+        MetricSpec(ENTAILMENT, True, "entailment_labels", "Entailment Score", GENERATED_SETS, in_model_utility=True,
+                   in_forget_efficacy=True, compute=lambda x, columns: _set_entailment(x, columns[ROUGE])),
     )
 }
 """The six metrics of the paper, keyed by canonical short name, in table order."""
@@ -490,19 +492,17 @@ def _min_k_plus_plus_column(x: ItemInputs) -> np.ndarray:
 PRIVACY_METRICS: dict[str, MetricSpec] = {
     spec.name: spec
     for spec in (
-        MetricSpec(MIA_LOSS, False, "loss", "MIA LOSS", in_forget_efficacy=False, in_model_utility=False,
+        MetricSpec(MIA_LOSS, False, "loss", "MIA LOSS",
                    compute=lambda x, _: np.asarray(x.answer_avg_nll, dtype=np.float64)),
-        MetricSpec(MIA_ZLIB, False, "zlib", "MIA zlib", in_forget_efficacy=False, in_model_utility=False,
+        MetricSpec(MIA_ZLIB, False, "zlib", "MIA zlib",
                    compute=lambda x, _: zlib_ratio(x.answer_avg_nll, x.truths)),
-        MetricSpec(MIA_MIN_K, False, "min_k", "MIA Min-K%", in_forget_efficacy=False, in_model_utility=False,
+        MetricSpec(MIA_MIN_K, False, "min_k", "MIA Min-K%",
                    compute=lambda x, _: min_k_score(x.answer_token_logprobs)),
-        MetricSpec(MIA_MIN_K_PLUS_PLUS, False, "min_k++", "MIA Min-K%++", in_forget_efficacy=False,
-                   in_model_utility=False, compute=lambda x, _: _min_k_plus_plus_column(x)),
+        MetricSpec(MIA_MIN_K_PLUS_PLUS, False, "min_k++", "MIA Min-K%++",
+                   compute=lambda x, _: _min_k_plus_plus_column(x)),
         MetricSpec(EXTRACTION_STRENGTH, True, "extraction_strength", "Extraction Strength",
-                   in_forget_efficacy=False, in_model_utility=False,
                    compute=lambda x, _: extraction_strength(x.answer_token_matches)),
         MetricSpec(EXACT_MEMORIZATION, True, "exact_memorization", "Exact Memorization",
-                   in_forget_efficacy=False, in_model_utility=False,
                    compute=lambda x, _: exact_memorization(x.answer_token_matches)),
     )
 }

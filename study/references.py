@@ -54,9 +54,9 @@ class ReferenceModels:
     def eval_key(self) -> str:
         """What a reference evaluation depends on besides the model: the evaluation settings, set size and
         precision (a ready target, e.g. TOFU's Llama-2, is evaluated in bf16 on one machine, fp32 on another)."""
-        from .runner import _hash, run_dtype
+        from .runner import content_hash, run_dtype
 
-        return _hash(dataclasses.asdict(self.cfg.eval) | {"ds_size": self.cfg.data.ds_size,
+        return content_hash(dataclasses.asdict(self.cfg.eval) | {"ds_size": self.cfg.data.ds_size,
                                                           "dtype": str(run_dtype(self.cfg, self.device()))})
 
     def _evaluate_path(self, path: str, data, device):

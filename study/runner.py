@@ -22,12 +22,14 @@ from .config import RunConfig, TrainConfig
 from .scenarios import scenario
 
 
-def _hash(payload) -> str:
+def content_hash(payload) -> str:
+    """16 hex digits of the SHA-256 of ``payload`` as sorted JSON: the cache key of a prepared model or an
+    evaluation (``study.references`` keys the target and retain evaluations with it too)."""
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def rows_hash(rows: list[dict]) -> str:
-    return _hash([[r["question"], r["answer"]] for r in rows])
+    return content_hash([[r["question"], r["answer"]] for r in rows])
 
 
 def source_for(cfg: RunConfig) -> data_mod.Source:
@@ -79,7 +81,7 @@ def run_dtype(cfg: RunConfig, device) -> torch.dtype:
 def finetune_key(cfg: RunConfig, rows: list[dict], kind: str, device) -> str:
     """The cache key of a fine-tuned ``kind`` model: model, data, fine-tuning settings and precision."""
     dtype = run_dtype(cfg, device)
-    return _hash({"kind": kind, "model": cfg.model.name, "rows": rows_hash(rows), "finetune": asdict(cfg.finetune),
+    return content_hash({"kind": kind, "model": cfg.model.name, "rows": rows_hash(rows), "finetune": asdict(cfg.finetune),
                   "dtype": str(dtype).removeprefix("torch.")})
 
 
@@ -103,9 +105,9 @@ def finetuned_model(cfg: RunConfig, rows: list[dict], kind: str, device, progres
 
 def target_model(cfg: RunConfig, data: data_mod.ScenarioData, device, progress=True) -> PreparedModel:
     if cfg.model.target is not None:
-        return PreparedModel(cfg.model.target, _hash(cfg.model.target), "target", cached=True)
+        return PreparedModel(cfg.model.target, content_hash(cfg.model.target), "target", cached=True)
     if is_ready_target(cfg):
-        return PreparedModel(cfg.model.name, _hash(cfg.model.name), "target", cached=True)
+        return PreparedModel(cfg.model.name, content_hash(cfg.model.name), "target", cached=True)
     return finetuned_model(cfg, data.full, "target", device, progress)
 
 

@@ -407,10 +407,6 @@ class SurplusTrial(Exception):
     """A trial numbered beyond ``n_trials`` by a race between workers: dropped before any work."""
 
 
-class Interrupted(Exception):
-    pass
-
-
 class NonFiniteObjective(ValueError):
     """A trial finished but its objective is NaN or infinite (metrics of a model wrecked by the setting):
     failed, and counted like a diverging loss."""
@@ -679,7 +675,7 @@ class TrialObjective:
 
         self._drop_if_surplus(trial)
         params = suggest(trial, self.space)
-        cfg = apply_params(self.sweep.cfg, self.method, params).replace(train={"seed": self.sweep.cfg.train.seed})
+        cfg = apply_params(self.sweep.cfg, self.method, params)
         references, name = self.sweep.references, self.study.study_name
         prepared, target_run = references.prepare_target()
         tags = {**trial_tags(cfg, self.method, name, trial.number), "target_run_id": target_run}

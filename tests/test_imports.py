@@ -55,3 +55,27 @@ def test_training_sits_below_deepspeed_and_the_task_loop():
     assert graph["zero"] & {"runner", "distributed"} == set()
     assert {"train", "zero"} <= graph["runner"] and "distributed" not in graph["runner"]
     assert {"runner", "zero"} <= graph["distributed"]
+
+
+def test_the_evaluation_package_imports_nothing_above_it_and_no_module_borrows_a_private_name():
+    """``study.evaluation.*`` are the parts ``study.evaluate`` assembles: none imports it back. No module
+    imports another's private (``_``-prefixed) name (``references`` once took ``runner._hash``)."""
+    for path in sorted((PACKAGE / "evaluation").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.level == 2:
+                assert (node.module or "").split(".")[0] != "evaluate", f"{path.name} imports study.evaluate"
+    for path in sorted([*PACKAGE.glob("*.py"), *(PACKAGE / "evaluation").glob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("study")):
+                private = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+                assert not private, f"{path.relative_to(PACKAGE.parent)} imports private {private} from {node.module}"
+
+
+def test_a_metric_enters_mu_and_fe_only_when_it_says_so():
+    from study import metrics as M
+
+    spec = M.MetricSpec("new", True, "new_key")
+    assert not spec.in_model_utility and not spec.in_forget_efficacy
+    # The paper's aggregates: MU over its six metrics, FE over five (not Token Entropy), docs/science.md §5.
+    assert M.MU_METRICS == ("rouge", "probability", "truth_ratio", "token_entropy", "cosine", "entailment")
+    assert M.FE_METRICS == ("rouge", "probability", "truth_ratio", "cosine", "entailment")

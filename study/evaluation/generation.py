@@ -23,7 +23,12 @@ from tqdm.auto import tqdm
 
 from ..models import left_padded
 
-__all__ = ["batches", "forward_params", "selectable_kv_cache", "generate"]
+MAX_LENGTH = 200
+"""docs/science.md §5 / the reference's ``generation.max_length``: generation stops at 200 tokens
+including the prompt, and scored sequences are truncated to 200 tokens (its ``TextDatasetQA``
+uses the same ``max_length``)."""
+
+__all__ = ["MAX_LENGTH", "batches", "forward_params", "selectable_kv_cache", "generate"]
 
 
 def batches(order: Sequence[int], size: int) -> Iterator[list[int]]:

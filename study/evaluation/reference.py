@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from ..data import EvalSet
 from ..errors import StudyInputError
-from ..evaluate import MAX_LENGTH
+from .generation import MAX_LENGTH
 from ..losses import IGNORE_INDEX
 from ..models import PromptFormat, encode_qa
 from .engine import Batched, run
