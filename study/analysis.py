@@ -659,9 +659,18 @@ def plot_mu_fe_grid(runs: pd.DataFrame, splits: Sequence[str] | None = None) -> 
         return None
     fig, axes = plt.subplots(1, len(present), figsize=(5.5 * len(present), 4.5), squeeze=False)
     for ax, split in zip(axes[0], present):
-        plot_mu_fe(done[done["split"] == split], ax=ax, title=split)
+        plot_mu_fe(done[done["split"] == split], ax=ax, title=f"{split}\n{_scale(done[done['split'] == split])}")
     fig.tight_layout()
     return fig
+
+
+def _scale(runs: pd.DataFrame) -> str:
+    """What a figure's title says of its runs: the trial count, the seeds (from reproduction study names,
+    ``...-s<seed>/<method>``) and the models."""
+    seeds = sorted({int(m) for m in runs["study_name"].dropna().str.extract(r"-s(\d+)(?:/|$)")[0].dropna()})
+    models = " / ".join(sorted(set(runs["model"].dropna())))
+    return ", ".join(filter(None, [f"{len(runs)} trials", f"seeds {', '.join(map(str, seeds))}" if seeds else "",
+                                   models]))
 
 
 def continual_table(curves: pd.DataFrame) -> pd.DataFrame:
@@ -772,7 +781,7 @@ def sensitivity(runs: pd.DataFrame, params: Sequence[str] = tuple(SETTINGS)) -> 
         return _empty(SENSITIVITY_COLUMNS)
     parts = []
     has = {m: _method_params(m) for m in done["method"].dropna().unique()}
-    for param in params:
+    for param in (p for p in params if p in done):  # an export written before a parameter was read lacks it
         values = done[param].astype(float)
         uses = done["method"].map(lambda m: has.get(m) is None or param in has[m]).astype(bool)
         ok = done[np.isfinite(values) & (values > 0) & uses]
@@ -809,8 +818,12 @@ def plot_sensitivity(frame: pd.DataFrame, title: str | None = None) -> Figure | 
                                alpha=0.8)
             ax.set_xscale("log")
             values = frame.loc[frame["param"] == param, "value"].astype(float)
-            # Three labelled ticks over the values drawn (a decade can hold them all), none in between.
-            ax.xaxis.set_major_locator(FixedLocator(np.geomspace(values.min(), values.max(), 3)))
+            # Three labelled ticks over the values drawn (a decade can hold them all), none in between;
+            # one where every trial had the same value (a fixed setting).
+            lo, hi = values.min(), values.max()
+            ax.xaxis.set_major_locator(FixedLocator(np.geomspace(lo, hi, 3) if hi > lo else [lo]))
+            if not hi > lo:
+                ax.set_xlim(lo / 2, lo * 2)
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.2g}"))
             ax.xaxis.set_minor_locator(NullLocator())
             ax.set_title(param if i == 0 else "", fontsize=10)

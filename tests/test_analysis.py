@@ -177,6 +177,13 @@ def test_sensitivity_frame_has_one_row_per_trial_param_and_outcome(fictitious):
     assert fig is not None and len(fig.axes) == 8  # MU and FE against each of the four parameters
 
 
+def test_sensitivity_reads_an_export_written_before_a_parameter_was_read(fictitious):
+    """Runs frames from older exports lack the newer parameter columns (gamma, rmu_*): they are skipped."""
+    older = fictitious.drop(columns=["gamma", "rmu_layer", "rmu_steering_coeff", "rmu_alpha"])
+    frame = A.sensitivity(older)
+    assert set(frame["param"]) == {"lr", "forget_coeff", "beta", "epochs"}
+
+
 def test_continual_table_takes_last_task_of_best_run():
     curves = pd.DataFrame({
         "run_id": ["a"] * 3 + ["b"] * 3 + ["c"] * 2 + ["d"] * 3,
@@ -250,6 +257,18 @@ def test_plot_mu_fe_draws_points_and_one_front_per_method(fictitious):
     ga = fronts[0]  # GA+GD: ga0 (0.5, 0.6) is dominated by ga1 (0.7, 0.6)
     assert list(ga.get_xdata()) == [0.7] and list(ga.get_ydata()) == [0.6]
     assert sum(len(c.get_offsets()) for c in ax.collections) == 5  # ga0, ga1, me0, npo0, x0
+
+
+def test_figures_say_their_seeds_and_scale_and_a_fixed_setting_gets_one_tick():
+    runs = A.runs_frame([
+        {"run_id": f"r{s}{m}", "status": "FINISHED", "kind": "trial", "method": m, "split": "forget01",
+         "model": "smollm2-135m", "study_name": f"repro-default-fictitious-forget01-s{s}/{m}", "lr": 1e-4,
+         "forget_coeff": 1.0, "model_utility": 0.3, "forget_efficacy": 0.5} for s in (1001, 1002) for m in ("GA+GD", "ME+GD")])
+    fig = A.plot_mu_fe_grid(runs)
+    assert fig.axes[0].get_title() == "forget01\n4 trials, seeds 1001, 1002, smollm2-135m"
+    sens = A.plot_sensitivity(A.sensitivity(runs))
+    lr_axis = sens.axes[0]
+    assert [t.get_text() for t in lr_axis.get_xticklabels()] == ["0.0001"]
 
 
 def test_method_palette_is_stable_across_frames():
