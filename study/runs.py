@@ -155,12 +155,13 @@ class TrialRun:
         self.tracker.metrics(self.run_id, {"time/trial_s": self.seconds()})
 
     def on_task(self, result, retain_run_id: str | None = None) -> None:
-        """A task's evaluation (``runner.TaskResult``): summary metrics and ``time/*`` at ``step = task``,
+        """A task's evaluation (``runner.TaskResult``): summary metrics and ``time/*`` at :meth:`metric_step`,
         the per-item table ``eval/items_task<k>.csv``, the tags ``entailment``, ``aggregate_parts`` and
         ``retain_run_id`` (the retain model whose R gave the task's Forget Quality, if any)."""
         step = result.task if result.task is not None else 1
-        self.tracker.metrics(self.run_id, result.summary, step=step)
-        self.tracker.metrics(self.run_id, {"time/train_s": result.train_seconds, "time/eval_s": result.eval_seconds}, step=step)
+        at = self.metric_step(step)
+        self.tracker.metrics(self.run_id, result.summary, step=at)
+        self.tracker.metrics(self.run_id, {"time/train_s": result.train_seconds, "time/eval_s": result.eval_seconds}, step=at)
         self.tracker.table_artifact(self.run_id, f"eval/items_task{step}.csv", result.items)
         tags = {"entailment": "available" if result.entailment_available else "missing",
                 "aggregate_parts": json.dumps(result.aggregate_parts, default=str)[:4900]}
@@ -170,6 +171,13 @@ class TrialRun:
         # Continual: the next task's optimizer steps continue this task's step axis of train/*.
         self.steps.flush()
         self.steps.offset += result.steps
+
+    def metric_step(self, task: int) -> int:
+        """The MLflow step of a task's evaluation metrics: ``task`` in a sequential scenario (continual: the
+        UI draws MU and FE as curves over tasks, ``analysis.fetch_task_curves`` reads them back), else 0.
+        MLflow's run page draws a metric with one value as a bar, a value one reads, only when it sits at
+        step 0 (a step >= 1 makes it a one-dot time series), and it opens the metrics tab on those charts."""
+        return task if find_scenario(self.cfg.data.scenario).sequential else 0
 
     def on_data(self, task, data) -> None:
         """The run's inputs: the forget, retain and evaluation sets of each task."""

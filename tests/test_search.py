@@ -107,6 +107,23 @@ def _task_result(task: int, steps: int, mu: float):
                       train_seconds=2.0, eval_seconds=1.0, steps=steps)
 
 
+def test_a_one_task_run_logs_its_evaluation_at_step_0_which_mlflow_draws_as_a_value(tmp_path):
+    """MLflow's run page draws a metric with one value as a bar only at step 0 (at step >= 1 it is a one-dot
+    time series): a fictitious or real-world trial logs its evaluation there; a continual one at its task."""
+    from study.runs import TrialRun
+    from study.tracking import Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "runs")
+    for scenario, tasks, step in (("fictitious", [1], 0), ("real-world", [], 0), ("continual", [1], 1)):
+        data = {"n_authors": 6, "ds_size": 4, "scenario": scenario, "tasks": tasks}
+        run = TrialRun.start(tracker, _tiny_config(data=data), f"{scenario} trial", {"method": "ME+GD"})
+        run.on_task(_task_result(1, steps=3, mu=0.4))
+        run.end()
+        history = tracker.client.get_metric_history(run.run_id, "model_utility")
+        assert [(h.step, h.value) for h in history] == [(step, 0.4)], scenario
+        assert {a.path for a in tracker.client.list_artifacts(run.run_id, "eval")} == {"eval/items_task1.csv"}
+
+
 def test_a_trial_run_records_its_configuration_tasks_and_continued_step_axis(tmp_path):
     import json
 
@@ -114,7 +131,7 @@ def test_a_trial_run_records_its_configuration_tasks_and_continued_step_axis(tmp
     from study.tracking import Tracker
 
     tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "runs")
-    cfg = _tiny_config()
+    cfg = _tiny_config(data={"n_authors": 6, "ds_size": 4, "scenario": "continual", "tasks": [1, 2]})
     parent = tracker.start("study", "study")
     run = TrialRun.start(tracker, cfg, "ME+GD trial 3", {"method": "ME+GD", "trial_number": 3}, parent=parent,
                          about={"study": "s/ME+GD", "trial": 3})
