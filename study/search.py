@@ -17,6 +17,7 @@ import math
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -515,7 +516,8 @@ class Sweep:
             self.tracker.client.update_run(parent, status="RUNNING")  # resumed with trials to run
         done = _counted(study)
         self.log(f"study {name}: {done}/{n_trials} trials finished" + (", resuming" if done else ""))
-        self._objective = TrialObjective(self, study, method, space, parent, n_trials)
+        self._objective = TrialObjective(self.cfg, self.settings, self.tracker, self.references, study, method, space,
+                                         parent, n_trials, progress=self.progress, log=self.log)
         try:
             self._trials(study, storage, space, n_trials)
         except KeyboardInterrupt as stop:
@@ -628,9 +630,12 @@ class TrialObjective:
     values to its configuration, its MLflow run (``study.runs.TrialRun``, nested under the study's run
     ``parent``), ``runner.run_trial`` and the objective values."""
 
-    def __init__(self, sweep: Sweep, study, method: str, space: dict, parent: str, n_trials: int):
-        self.sweep, self.study, self.method, self.space, self.parent, self.n_trials = sweep, study, method, space, parent, n_trials
-        self.settings, self.log = sweep.settings, sweep.log
+    def __init__(self, cfg: RunConfig, settings: StudySettings, tracker: Tracker, references: ReferenceModels,
+                 study, method: str, space: dict, parent: str, n_trials: int, progress: bool = True,
+                 log: Callable[[str], None] = print):
+        self.cfg, self.settings, self.tracker, self.references = cfg, settings, tracker, references
+        self.study, self.method, self.space, self.parent, self.n_trials = study, method, space, parent, n_trials
+        self.progress, self.log = progress, log
         self.run: TrialRun | None = None
         """The MLflow run of the trial in progress."""
         self.error: Exception | None = None
@@ -675,11 +680,11 @@ class TrialObjective:
 
         self._drop_if_surplus(trial)
         params = suggest(trial, self.space)
-        cfg = apply_params(self.sweep.cfg, self.method, params)
-        references, name = self.sweep.references, self.study.study_name
+        cfg = apply_params(self.cfg, self.method, params)
+        references, name = self.references, self.study.study_name
         prepared, target_run = references.prepare_target()
         tags = {**trial_tags(cfg, self.method, name, trial.number), "target_run_id": target_run}
-        run = self.run = TrialRun.start(self.sweep.tracker, cfg, trial_run_name(self.method, trial.number, params), tags, parent=self.parent,
+        run = self.run = TrialRun.start(self.tracker, cfg, trial_run_name(self.method, trial.number, params), tags, parent=self.parent,
                                         about={"study": name, "trial": trial.number})
         trial.set_user_attr("mlflow_run_id", run.run_id)
         run.log_config(sampled=params)
@@ -692,7 +697,7 @@ class TrialObjective:
             with run.system_metrics(self.settings.system_metrics):
                 device = references.device()
                 result = run_trial(cfg, hooks, device=device, metric_models=references.metric_models_on(device),
-                                   progress=self.sweep.progress, target=prepared)
+                                   progress=self.progress, target=prepared)
         except optuna.TrialPruned as pruned:
             run.end("KILLED", f"pruned: {pruned}")
             raise
