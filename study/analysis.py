@@ -70,7 +70,7 @@ __all__ = [
     "method_table", "published_table", "compare_to_published", "metric_table", "forget_quality_table",
     "PRIVACY_COLUMNS", "PRIVACY_NOT_LOGGED", "privacy_table", "PAPER_MARKERS", "method_markers",
     "pareto_front", "plot_mu_fe", "plot_mu_fe_grid", "continual_table", "plot_continual", "real_world_table",
-    "sensitivity", "plot_sensitivity", "choose_trial", "generations_side_by_side", "save_figure",
+    "sensitivity", "plot_sensitivity", "study_seeds", "choose_trial", "generations_side_by_side", "save_figure",
     "save_table", "run_notebook", "Source", "export_frames",
 ]
 
@@ -664,10 +664,17 @@ def plot_mu_fe_grid(runs: pd.DataFrame, splits: Sequence[str] | None = None) -> 
     return fig
 
 
+def study_seeds(runs: pd.DataFrame) -> list[int]:
+    """The seeds in the runs' study names (reproduction and sensitivity studies: ``...-s<seed>/<method>``)."""
+    if "study_name" not in runs or runs.empty:
+        return []
+    names = runs["study_name"].dropna().astype(str)
+    return sorted({int(m) for m in names.str.extract(r"-s(\d+)(?:/|$)")[0].dropna()})
+
+
 def _scale(runs: pd.DataFrame) -> str:
-    """What a figure's title says of its runs: the trial count, the seeds (from reproduction study names,
-    ``...-s<seed>/<method>``) and the models."""
-    seeds = sorted({int(m) for m in runs["study_name"].dropna().str.extract(r"-s(\d+)(?:/|$)")[0].dropna()})
+    """What a figure's title says of its runs: the trial count, the seeds (:func:`study_seeds`) and the models."""
+    seeds = study_seeds(runs)
     models = " / ".join(sorted(set(runs["model"].dropna())))
     return ", ".join(filter(None, [f"{len(runs)} trials", f"seeds {', '.join(map(str, seeds))}" if seeds else "",
                                    models]))

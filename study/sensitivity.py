@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .analysis import finished, order_methods, pareto_front, plot_mu_fe, plot_sensitivity, sensitivity
+from .analysis import finished, order_methods, pareto_front, plot_mu_fe, plot_sensitivity, sensitivity, study_seeds
 from .hyperparams import HYPERPARAMS
 from .results import STABLE_MEAN, markdown_table
 
@@ -143,7 +143,7 @@ def write_sensitivity(runs: pd.DataFrame, out: str | Path, target_mu: float = fl
     paths["readme"] = out / "README.md"
     paths["readme"].write_text("\n".join(lines))
     done = finished(runs)
-    seeds = sorted({int(v) for v in done["seed"].dropna()}) if "seed" in done else []
+    seeds = sorted({int(v) for v in done["seed"].dropna()}) if "seed" in done else study_seeds(done)
     per_method = done.groupby("method").size() if not done.empty else pd.Series(dtype=int)
     scale = ", ".join(filter(None, [
         " / ".join(sorted(set(done["model"].dropna()))) if "model" in done else "",
