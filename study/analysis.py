@@ -68,7 +68,7 @@ __all__ = [
     "resolve_tracking_uri", "runs_frame", "fetch_runs", "fetch_task_curves", "scenario_runs", "finished", "run_counts",
     "no_runs_message", "order_methods", "method_palette", "paper_settings", "representative_trials",
     "method_table", "published_table", "compare_to_published", "metric_table", "forget_quality_table",
-    "PRIVACY_COLUMNS", "PRIVACY_NOT_LOGGED", "privacy_table", "PAPER_MARKERS", "method_markers",
+    "PRIVACY_COLUMNS", "PRIVACY_NOT_LOGGED", "privacy_table", "with_reasons", "present_splits", "PAPER_MARKERS", "method_markers",
     "pareto_front", "plot_mu_fe", "plot_mu_fe_grid", "continual_table", "plot_continual", "real_world_table",
     "sensitivity", "plot_sensitivity", "study_seeds", "choose_trial", "generations_side_by_side", "save_figure",
     "save_table", "run_notebook", "Source", "export_frames",
@@ -577,6 +577,25 @@ PrivLeak per attack, then the forget set's mean extraction strength and exact me
 
 PRIVACY_NOT_LOGGED = "not logged (run with --set eval.holdout=true)"
 """What a notebook shows in place of a membership-inference number the trial did not log."""
+
+
+def with_reasons(frame: pd.DataFrame, reasons: Mapping[str, str] | None = None, default: str = "not logged",
+                 digits: int = 3) -> pd.DataFrame:
+    """``frame`` for reading: numbers rounded to ``digits``, and each missing value replaced by why it is
+    missing: the reason of the first key of ``reasons`` that its column's label contains (a MultiIndex label
+    is searched level by level), else ``default``. A notebook shows this, never a bare NaN."""
+    shown = frame.round(digits).astype(object)
+    for column in frame.columns:
+        labels = [str(part) for part in (column if isinstance(column, tuple) else (column,))]
+        why = next((text for key, text in (reasons or {}).items() if any(key in label for label in labels)), default)
+        shown[column] = shown[column].where(frame[column].notna(), why)
+    return shown
+
+
+def present_splits(runs: pd.DataFrame) -> list[str]:
+    """The forget splits of :data:`SPLITS` that ``runs`` has finished trials of, in that order."""
+    done = set(finished(runs)["split"].dropna())
+    return [s for s in SPLITS if s in done]
 
 
 def privacy_table(runs: pd.DataFrame, splits: Sequence[str] | None = SPLITS, pick: Pick = "best") -> pd.DataFrame:

@@ -444,3 +444,19 @@ def test_generations_side_by_side_matches_target_on_question(store):
     assert side["trial_generation"].item().endswith("task3 answer 0")
     failed = runs[runs["status"] == "FAILED"]["run_id"].item()
     assert A.generations_side_by_side(uri, failed).empty
+
+
+def test_a_shown_table_says_why_a_value_is_missing():
+    frame = pd.DataFrame({("forget01", "MU", "this study"): [0.12345, 0.5],
+                          ("forget01", "MU", "DualOptim re-run"): [0.67, math.nan],
+                          ("forget01", "entailment", "x"): [math.nan, math.nan]})
+    shown = A.with_reasons(frame, {"DualOptim": "not published", "entailment": "needs --nli"})
+    assert shown.iloc[:, 0].tolist() == [0.123, 0.5]
+    assert shown.iloc[:, 1].tolist() == [0.67, "not published"]
+    assert shown.iloc[:, 2].tolist() == ["needs --nli", "needs --nli"]
+    assert A.with_reasons(frame.iloc[:, [2]]).iloc[:, 0].tolist() == ["not logged", "not logged"]
+
+
+def test_present_splits_are_the_finished_ones_in_order(fictitious):
+    assert A.present_splits(fictitious) == [s for s in A.SPLITS if s in set(A.finished(fictitious)["split"])]
+    assert A.present_splits(fictitious[fictitious["split"] == "forget05"]) == ["forget05"]

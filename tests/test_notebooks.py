@@ -242,5 +242,10 @@ def test_results_folders_with_an_export_show_their_study():
         summary = pd.read_csv(folder / "summary.csv") if notebooks else None
         for notebook in notebooks:
             key = notebook.stem
-            assert_shows_values(json.loads(notebook.read_text()),
-                                summary[summary["scenario"] == {"real_world": "real-world"}.get(key, key)], notebook.name)
+            cells = json.loads(notebook.read_text())
+            assert_shows_values(cells, summary[summary["scenario"] == {"real_world": "real-world"}.get(key, key)],
+                                notebook.name)
+            # A missing value is shown with its reason (study.analysis.with_reasons), never as a bare NaN.
+            shown = [("".join(o.get("data", {}).get("text/plain", "")) + "".join(o.get("text", "")))
+                     for c in cells["cells"] if c["cell_type"] == "code" for o in c["outputs"]]
+            assert not [t for t in shown if re.search(r"\bNaN\b", t)], f"{notebook.name} shows NaN"
