@@ -65,7 +65,7 @@ def main(argv=None) -> int:  # long: one linear script (set-up, the timed runs, 
     from study import train as T
     from study.config import MethodConfig
     from study.data import BuiltinSource, collate, load_scenario
-    from study.losses import Method, compute_loss
+    from study.methods import Method, compute_loss
 
     device = resolve_device(args.device)
     clock = clock_for(args.clock, device)

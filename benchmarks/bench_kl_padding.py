@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     from study import models
     from study import train as T
     from study.data import BuiltinSource, collate, load_scenario
-    from study.losses import Method, compute_loss
+    from study.methods import Method, compute_loss
 
     device = resolve_device(args.device)
     clock = clock_for(args.clock, device)

@@ -51,7 +51,7 @@ def step_ratios(model_name: str, methods, pairs: int) -> dict[str, dict[str, flo
     from study import train as T
     from study.config import MethodConfig
     from study.data import BuiltinSource, collate, load_scenario
-    from study.losses import Method, compute_loss
+    from study.methods import Method, compute_loss
 
     data = load_scenario(BuiltinSource(n_authors=12), "fictitious", "forget01", 1, ds_size=12)
     weights = {"fp32": models.load(model_name, device="cpu", dtype=torch.float32),

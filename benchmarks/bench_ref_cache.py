@@ -63,7 +63,7 @@ def main(argv=None) -> int:  # long: one linear script (set-up, the timed runs, 
 
     from study import models, presets, runner, train
     from study.data import collate
-    from study.losses import Method, compute_loss, ref_cache_key
+    from study.methods import Method, compute_loss, ref_cache_key
 
     cfg = presets.run_config(args.preset)
     method = Method.parse(args.method, beta=cfg.method.beta)

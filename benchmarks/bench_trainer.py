@@ -6,7 +6,7 @@
 
 Both loops train the same model on the same micro-batches (the default preset's fine-tuning rows,
 ``batch_size`` 4, ``max_length`` 64, in ``train_loop``'s own data order) with a GD-style loss
-(``study.losses.mean_nll`` on ``retain``, as ``study.train.finetune``), the same AdamW parameter
+(``study.methods.mean_nll`` on ``retain``, as ``study.train.finetune``), the same AdamW parameter
 groups (no weight decay on biases and norms) and the same learning-rate schedule:
 
 - ``train_loop``: the library loop: collation per micro-batch, finiteness check, ``loss.item()`` and
@@ -37,7 +37,7 @@ TARGET = 1.10
 
 def gd_loss_fn(model, batch):
     """``train_loop``'s ``loss_fn``: NLL_mean on the ``retain`` part (what ``finetune`` uses)."""
-    from study.losses import mean_nll
+    from study.methods import mean_nll
 
     part = batch["retain"]
     logits = model(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
@@ -70,7 +70,7 @@ def same_batches(dataset, steps: int, batch_size: int, grad_accum: int, seed: in
 
 def bare_loop(model, batches, lr: float, weight_decay: float, n_items: int, effective: int) -> None:
     """Forward, backward and AdamW step on the given micro-batches, with train_loop's schedule."""
-    from study.losses import mean_nll
+    from study.methods import mean_nll
     from study.train import lr_at, warmup_steps_for
 
     optimizer = optimizer_for(model, lr, weight_decay)

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:  # long: the checks run in order
     from study import models, runner
     from study.config import TrainConfig
     from study.data import BuiltinSource, load_scenario
-    from study.losses import Method
+    from study.methods import Method
     from study.train import unlearn
 
     device = torch.device(args.device)

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from study import presets  # noqa: E402  (after the path; imports no torch)
-from study.hyperparams import SEARCHABLE_SETTINGS, SETTINGS  # noqa: E402
+from study.methods.hyperparams import SEARCHABLE_SETTINGS, SETTINGS  # noqa: E402
 from study.scenarios import SCENARIOS, scenario  # noqa: E402
 from study.tracking import DEFAULT_EXPERIMENT, DEFAULT_STORAGE, DEFAULT_TRACKING_URI, SYSTEM_METRICS_S  # noqa: E402
 
@@ -146,7 +146,7 @@ def apply_options(config: dict, args) -> list[str]:
         put("eval", "embedder", args.embedder)
     if args.prune:
         put("eval", "per_epoch", True)
-    # searchable hyper-parameters given with --set: fixed for the study, not searched (study/hyperparams.py)
+    # searchable hyper-parameters given with --set: fixed for the study, not searched (study/methods/hyperparams.py)
     return sorted(SEARCHABLE_SETTINGS[key] for key in presets.apply_settings(config, args.set) if key in SEARCHABLE_SETTINGS)
 
 

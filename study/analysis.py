@@ -52,7 +52,7 @@ from .paper import (PAPER_BETA, PAPER_EPOCHS, PAPER_METHODS, PAPER_REGULARIZATIO
                     released)
 from .paper import PUBLISHED as _PUBLISHED
 from .errors import StudyInputError
-from .hyperparams import SETTINGS
+from .methods.hyperparams import SETTINGS
 from .scenarios import FICTITIOUS, REAL_WORLD, SCENARIOS, tag_spelling
 from .tracking import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI, TAG, credentials_hidden, redact, with_credentials
 
@@ -106,7 +106,7 @@ SET_METRIC_COLUMNS: tuple[str, ...] = tuple(f"{s}/{m}" for s in SET_NAMES for m 
 
 _NUMERIC_PARAMS = {**SETTINGS, "regularization_coeff": "method.regularization_coeff"}
 """Run parameters read as numbers into runs-frame columns: every searchable hyper-parameter
-(study/hyperparams.py) and the regularizer's weight."""
+(study/methods/hyperparams.py) and the regularizer's weight."""
 
 CURVE_COLUMNS: tuple[str, ...] = ("run_id", "method", "fix_ref_model", "split", "task", "model_utility",
                                   "forget_efficacy")
@@ -418,10 +418,10 @@ def method_markers(methods: Iterable[str]) -> dict[str, str]:
 
 
 def _shipped(method: str) -> dict[str, float]:
-    """A method outside the paper: its forget loss's ``shipped`` values (``study.losses.LossSpec``)."""
+    """A method outside the paper: its forget loss's ``shipped`` values (``study.methods.LossSpec``)."""
     if method in PAPER_METHODS:
         return {}
-    from .losses import FORGET_LOSSES, Method  # torch, only for methods outside the paper
+    from .methods import FORGET_LOSSES, Method  # torch, only for methods outside the paper
 
     try:
         return dict(FORGET_LOSSES[Method.parse(method).forget_loss].shipped)
@@ -789,7 +789,7 @@ def real_world_table(runs: pd.DataFrame, pick: Pick = "best", targets: pd.DataFr
 def _method_params(method: str) -> frozenset[str] | None:
     """The searchable hyper-parameters ``method`` has (``lr``, ``forget_coeff`` and its losses'), or None
     for a method this version does not know."""
-    from .losses import Method  # torch
+    from .methods import Method  # torch
 
     try:
         return frozenset({"lr", "forget_coeff", *Method.parse(method).hyperparams})

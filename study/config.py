@@ -163,7 +163,7 @@ class MethodConfig:
         self.method()  # validates the name and coefficients
 
     def method(self):
-        from .losses import Method
+        from .methods import Method
 
         try:
             # Every setting of Method but the name's two parts has a field of the same name here

@@ -27,8 +27,8 @@ from . import paper
 from .claims import once
 from .config import SEED_MAX, RunConfig
 from .errors import StudyFault, StudyInputError, interrupt_reason, one_of
-from .hyperparams import HYPERPARAMS, SETTINGS, Param
-from .losses import FORGET_LOSSES, Method
+from .methods.hyperparams import HYPERPARAMS, SETTINGS, Param
+from .methods import FORGET_LOSSES, Method
 from .references import ReferenceModels
 from .runs import TrialRun, describe_study_run, end_if_running, start_study_run, trial_run_name, trial_tags
 from .train import NonFiniteLoss
@@ -183,7 +183,7 @@ def check_store_url(what: str, url, schemes: tuple[str, ...]) -> None:
 
 def search_space(method: str, scenario: str, sampler: str, overrides: dict | None = None, fixed=()) -> dict[str, object]:
     """``name -> Param`` (tpe) or ``name -> list of values`` (grid, paper). The ranges are the ones the
-    losses declare (``study.losses``), narrowed or moved by ``overrides`` (``name -> [low, high]``);
+    losses declare (``study.methods``), narrowed or moved by ``overrides`` (``name -> [low, high]``);
     the names in ``fixed`` are left out (the trial configuration's value is used)."""
     if sampler == "paper":
         rows = paper_settings(scenario, method)

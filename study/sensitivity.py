@@ -30,14 +30,14 @@ import numpy as np
 import pandas as pd
 
 from .analysis import finished, order_methods, pareto_front, plot_mu_fe, plot_sensitivity, sensitivity, study_seeds
-from .hyperparams import HYPERPARAMS
+from .methods.hyperparams import HYPERPARAMS
 from .results import STABLE_MEAN, markdown_table
 
 __all__ = ["PARAMS", "hypervolume", "coverage", "best_fe_at_stable_mu", "method_table", "coverage_table",
            "write_sensitivity"]
 
 PARAMS: tuple[str, ...] = tuple(HYPERPARAMS)
-"""The axes a trial is read along: every searchable hyper-parameter (study/hyperparams.py); a method's
+"""The axes a trial is read along: every searchable hyper-parameter (study/methods/hyperparams.py); a method's
 trials show only the ones it has (``study.analysis.sensitivity``)."""
 
 MU, FE = "model_utility", "forget_efficacy"

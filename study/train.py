@@ -21,7 +21,6 @@ passes it when ``TrainConfig.deepspeed`` is set). ``study.zero`` imports this mo
 
 from __future__ import annotations
 
-import functools
 import inspect
 import math
 import time
@@ -386,7 +385,7 @@ def cache_reference_logprobs(method, ref_model, dataset, batch_size: int = 16) -
     item (stored on the dataset items as ``ref_logprobs_<part>``) instead of at every step.
 
     ``ref_model`` may be a ZeRO-3 inference engine: every rank then runs the same forward passes."""
-    from .losses import ref_cache_key, reference_logprobs
+    from .methods import ref_cache_key, reference_logprobs
 
     parts = method.ref_logprob_parts
     if not parts:
@@ -425,9 +424,9 @@ def fit_in_process(model, dataset, make_loss_fn: Callable[[Any], LossFn], train_
 
 
 def unlearn(model, tokenizer, prompt, method, data, train_cfg, label_mode: str, ref_model=None, callbacks=(),
-            cache_reference: bool = True, progress: bool = False, engine=None, world_size: int = 1,
-            rank: int = 0, fused_forward: bool | None = None, fit: Fit | None = None) -> TrainResult:
-    """Unlearn ``data.forget`` from ``model`` with ``method`` (a ``study.losses.Method``).
+            cache_reference: bool = True, progress: bool = False, fused_forward: bool | None = None,
+            fit: Fit = fit_in_process) -> TrainResult:
+    """Unlearn ``data.forget`` from ``model`` with ``method`` (a ``study.methods.Method``).
 
     ``ref_model``: the frozen reference (NPO, DPO, KL, LLMU). With ``cache_reference`` its per-sequence
     log-probs are computed once before training (NPO, DPO); it is kept for every step only when a
@@ -438,30 +437,24 @@ def unlearn(model, tokenizer, prompt, method, data, train_cfg, label_mode: str, 
     same losses and gradients up to float rounding). False runs one forward per part; None (default)
     takes ``train_cfg.fused_forward``.
 
-    Three ways to run: one process (default); a DeepSpeed ``engine`` wrapping ``model`` built by the
-    caller (``world_size``/``rank`` of this process); or ``fit=study.zero.train_with_deepspeed``, which
-    builds the engines from ``train_cfg.deepspeed`` (ZeRO-3: also one for a live reference model),
-    trains, and writes the trained weights back into ``model``. ``fit`` (a :class:`Fit`) is how the
-    loop runs; without one it is :func:`fit_in_process` (given ``engine``, ``world_size``, ``rank``).
+    ``fit`` (a :class:`Fit`) is how the loop runs: :func:`fit_in_process` (default), or
+    ``study.zero.train_with_deepspeed``, which builds DeepSpeed engines from ``train_cfg.deepspeed``
+    (ZeRO-3: also one for a live reference model), trains, and writes the trained weights back into
+    ``model`` (``study.runner.fit_for`` picks one from the ``TrainConfig``). The weights the method
+    does not train are frozen first (``study.methods.freeze_untrained``: RMU's).
 
     Raises:
-        StudyInputError: ``train_cfg.deepspeed`` is set but neither ``fit`` nor ``engine`` is given:
-            training in this process would silently drop ZeRO-3 (checked before anything is done).
+        StudyInputError: ``train_cfg.deepspeed`` is set and ``fit`` is :func:`fit_in_process`: training in
+            this process would silently drop ZeRO-3 (checked before anything is done).
     """
-    from .losses import compute_loss, steering_for
+    from .methods import compute_loss, freeze_untrained, steering_for
 
-    if fit is None:
-        if train_cfg.deepspeed and engine is None:
-            raise StudyInputError(f"train.deepspeed={train_cfg.deepspeed!r} asks for DeepSpeed, but unlearn was given "
-                                  "no fit: pass fit=study.zero.train_with_deepspeed (study.runner.fit_for chooses "
-                                  "it from the TrainConfig), or set train.deepspeed to none")
-        fit = functools.partial(fit_in_process, engine=engine, world_size=world_size, rank=rank)
-    elif engine is not None:
-        raise ValueError("unlearn takes a caller-built engine= or a fit=, not both")
-
+    if train_cfg.deepspeed and fit is fit_in_process:
+        raise StudyInputError(f"train.deepspeed={train_cfg.deepspeed!r} asks for DeepSpeed, but unlearn was given "
+                              "no fit: pass fit=study.zero.train_with_deepspeed (study.runner.fit_for chooses "
+                              "it from the TrainConfig), or set train.deepspeed to none")
+    freeze_untrained(method, model)
     steering = steering_for(method, model, train_cfg.seed)
-    if steering is not None:
-        train_only_rmu_weights(model, steering.layer)
     dataset = unlearning_dataset(method, data.forget, data.retain, data.refusals, tokenizer, prompt,
                                  train_cfg.max_length, label_mode, kl_full_padding=train_cfg.kl_full_padding)
     if cache_reference and ref_model is not None:
@@ -480,29 +473,6 @@ def unlearn(model, tokenizer, prompt, method, data, train_cfg, label_mode: str, 
                description=f"unlearn {method}")
 
 
-def train_only_rmu_weights(model, layer: int) -> list[str]:
-    """RMU trains only the MLP down-projections of layers ``layer-2 .. layer`` (docs/science-beyond-paper.md
-    §2), or on a LoRA-wrapped model their adapters (``study.losses.rmu_trainable``): every other parameter
-    gets ``requires_grad=False``, so the optimizer never sees it (AdamW's weight decay would otherwise
-    move it too). Returns the trained parameters' names.
-
-    Raises:
-        StudyInputError: no such parameter (not a Llama-style layout, or LoRA without ``down_proj``).
-    """
-    from .losses import rmu_trainable, rmu_trained_layers
-
-    trained = []
-    for name, param in model.named_parameters():
-        keep = rmu_trainable(name, layer)
-        param.requires_grad_(keep)
-        if keep:
-            trained.append(name)
-    if not trained:
-        raise StudyInputError(f"RMU trains layers.{{{','.join(map(str, rmu_trained_layers(layer)))}}}.mlp.down_proj.weight; "
-                              "the model has no such parameter (nor LoRA adapters on it)")
-    return trained
-
-
 def answer_nll(model, part: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """``NLL_mean`` of a batch part whose labels start after the question (``encode_qa``'s ``answer``
     labels), with logits only from the column before the first labelled one on.
@@ -513,7 +483,7 @@ def answer_nll(model, part: Mapping[str, torch.Tensor]) -> torch.Tensor:
     50-token chat prompt, ~40% of a fine-tuning step. Models whose ``forward`` does not take
     ``logits_to_keep`` get full logits.
     """
-    from .losses import IGNORE_INDEX, mean_nll
+    from .methods import IGNORE_INDEX, mean_nll
 
     labels = part["labels"]
     labelled = (labels != IGNORE_INDEX).any(dim=0).nonzero()

@@ -108,7 +108,7 @@ def test_unlearn_refuses_train_deepspeed_without_a_zero_fit():
     """``unlearn`` cannot import study.zero (that would close an import circle), so without
     ``fit=`` it trains in this process, and a ``train.deepspeed`` config is an error, not ignored."""
     from study.data import BuiltinSource, load_scenario
-    from study.losses import Method
+    from study.methods import Method
 
     lm = models.load("tiny-llama", device="cpu")
     scenario = load_scenario(BuiltinSource(n_authors=4), "continual", "forget01", 1, ds_size=2)

@@ -1,4 +1,4 @@
-"""One declaration per hyper-parameter (study/hyperparams.py): every list that used to restate it is
+"""One declaration per hyper-parameter (study/methods/hyperparams.py): every list that used to restate it is
 derived from it, and each derived use is pinned here to the table."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pytest
 from experiment_scripts import load
 from study import analysis, search, sensitivity
 from study.config import MethodConfig, RunConfig, TrainConfig
-from study.hyperparams import HYPERPARAMS, SEARCHABLE_SETTINGS, SETTINGS, Param
-from study.losses import FORGET_LOSSES, REGULARIZERS, Method
+from study.methods.hyperparams import HYPERPARAMS, SEARCHABLE_SETTINGS, SETTINGS, Param
+from study.methods import FORGET_LOSSES, REGULARIZERS, Method
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 
@@ -24,7 +24,7 @@ def test_every_parameter_is_a_field_of_its_section_and_of_method():
     for name, param in HYPERPARAMS.items():
         assert name in config_fields[param.section], f"{param.key} is not a field of the {param.section} config"
         if param.section == "method":
-            assert name in method_fields, f"{name} is not a field of study.losses.Method"
+            assert name in method_fields, f"{name} is not a field of study.methods.Method"
     # The config forwards every Method setting by name: MethodConfig must have each of them.
     assert method_fields - {"forget_loss", "regularizer"} <= config_fields["method"]
 

@@ -6,12 +6,12 @@ import math
 
 import pytest
 
-from study import analysis, losses, paper, search
+from study import analysis, paper, search
 from study.scenarios import SCENARIOS
 
 
 def test_old_names_are_the_paper_modules():
-    assert losses.PAPER_METHODS is paper.PAPER_METHODS is analysis.PAPER_METHODS
+    assert paper.PAPER_METHODS is analysis.PAPER_METHODS
     assert analysis._PUBLISHED is paper.PUBLISHED
     assert analysis.PUBLISHED_SOURCE is paper.PUBLISHED_SOURCE and analysis.REAL_WORLD_QUOTED is paper.REAL_WORLD_QUOTED
     assert len(set(paper.PAPER_METHODS)) == 9 and set(paper.PUBLISHED) <= set(paper.PAPER_METHODS)

@@ -21,7 +21,7 @@ from study import models, runner  # noqa: E402
 from study import train as T  # noqa: E402
 from study.config import RunConfig, TrainConfig  # noqa: E402
 from study.data import BuiltinSource, UnlearningDataset, collate, load_scenario  # noqa: E402
-from study.losses import Method, mean_nll, npo_loss, sequence_logprob  # noqa: E402
+from study.methods import Method, mean_nll, npo_loss, sequence_logprob  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------
 # Fixtures

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from ..data import EvalSet
 from ..errors import StudyInputError
 from .generation import MAX_LENGTH
-from ..losses import IGNORE_INDEX
+from ..methods.numerics import IGNORE_INDEX
 from ..models import PromptFormat, encode_qa
 from .engine import Batched, run
 from .generation import batches, generate
