@@ -52,7 +52,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from study import metrics as M  # noqa: E402
-from study.data import BuiltinSource, EvalSet, load_scenario  # noqa: E402
+from study.data import BuiltinSource, EvalSet  # noqa: E402
+from study.scenarios import load_scenario  # noqa: E402
 from study.evaluate import EvalResult, evaluate, load_metric_models  # noqa: E402
 from study.evaluation.reference import evaluate_one_at_a_time, evaluate_reference_batched  # noqa: E402
 from study.models import load  # noqa: E402

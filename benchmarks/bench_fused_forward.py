@@ -64,7 +64,9 @@ def main(argv=None) -> int:  # long: one linear script (set-up, the timed runs, 
     from study import models
     from study import train as T
     from study.config import MethodConfig
-    from study.data import BuiltinSource, collate, load_scenario
+    from study.data import BuiltinSource
+    from study.batches import collate
+    from study.scenarios import load_scenario
     from study.methods import Method, compute_loss
 
     device = resolve_device(args.device)

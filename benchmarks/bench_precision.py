@@ -50,7 +50,9 @@ def step_ratios(model_name: str, methods, pairs: int) -> dict[str, dict[str, flo
     from study import models
     from study import train as T
     from study.config import MethodConfig
-    from study.data import BuiltinSource, collate, load_scenario
+    from study.data import BuiltinSource
+    from study.batches import collate
+    from study.scenarios import load_scenario
     from study.methods import Method, compute_loss
 
     data = load_scenario(BuiltinSource(n_authors=12), "fictitious", "forget01", 1, ds_size=12)

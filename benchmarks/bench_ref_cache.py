@@ -62,7 +62,7 @@ def main(argv=None) -> int:  # long: one linear script (set-up, the timed runs, 
     clock = clock_for(args.clock, device)
 
     from study import models, presets, runner, train
-    from study.data import collate
+    from study.batches import collate
     from study.methods import Method, compute_loss, ref_cache_key
 
     cfg = presets.run_config(args.preset)

@@ -56,7 +56,7 @@ def optimizer_for(model, lr: float, weight_decay: float):
 
 def same_batches(dataset, steps: int, batch_size: int, grad_accum: int, seed: int, device) -> list[list[dict]]:
     """The micro-batches ``train_loop`` draws for ``steps`` steps (its index stream), collated, on ``device``."""
-    from study.data import collate
+    from study.batches import collate
     from study.train import _to, index_stream
 
     stream = index_stream(len(dataset), seed)
@@ -106,7 +106,7 @@ def main(argv=None) -> int:  # long: one linear script (set-up, the timed runs, 
     import torch
 
     from study import models, presets, runner
-    from study.data import QADataset
+    from study.batches import QADataset
     from study.train import train_loop
 
     cfg = presets.run_config(args.preset)

@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:  # long: the checks run in order
     from study import evaluate as ev
     from study import models, runner
     from study.config import TrainConfig
-    from study.data import BuiltinSource, load_scenario
+    from study.data import BuiltinSource
+    from study.scenarios import load_scenario
     from study.methods import Method
     from study.train import unlearn
 

@@ -68,9 +68,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise StudyInputError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
         from study import data, evaluate, models
 
-        source = data.DirectorySource(Path(args.data_dir).expanduser())
-        loaded = data.load_scenario(source, args.scenario, task=None if args.scenario == "real-world" else 1,
-                                    ds_size=None if args.scenario == "real-world" else 300)
+        sc = SCENARIOS[args.scenario]  # its first default task (real-world: every person at once)
+        loaded = sc.load(data.DirectorySource(Path(args.data_dir).expanduser()), task=next(iter(sc.default_tasks), None))
     except StudyInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from study.paper import PAPER_METHODS  # noqa: E402  (after the path)
-from study.scenarios import CONTINUAL, FICTITIOUS, SCENARIOS  # noqa: E402
+from study.scenarios import CONTINUAL, FICTITIOUS, SCENARIOS, scenario  # noqa: E402
 
 DEFAULT_SEEDS = (1001, 1002, 1003)
 DEFAULT_EXPERIMENT = "reproduce"
@@ -114,12 +114,13 @@ def settings_of(scenario_name: str, splits: tuple[str, ...], tasks: tuple[int, .
     """(setting, sweep options, cost of a trial in fictitious trials: the tasks it unlearns) per setting."""
     from study.results import setting_name
 
-    if scenario_name == FICTITIOUS.name:
-        return [(setting_name(scenario_name, split), ["--split", split], 1) for split in splits]
-    if scenario_name == CONTINUAL.name:
+    sc = scenario(scenario_name)
+    if sc.sequential:  # one task list, each task's start the next reference unless --fix-ref-model
         options = ["--split", splits[0], "--tasks", *map(str, tasks)]
         return [(setting_name(scenario_name, splits[0], tasks, fix), options + (["--fix-ref-model"] if fix else []),
                  len(tasks)) for fix in {"both": (False, True), "no": (False,), "yes": (True,)}[fix_ref]]
+    if sc.has_splits:
+        return [(setting_name(scenario_name, split), ["--split", split], 1) for split in splits]
     return [(setting_name(scenario_name), [], REAL_WORLD_FACTOR)]
 
 
@@ -154,12 +155,11 @@ def experiment_of(args) -> str:
 
 def out_of(args) -> Path:
     """``--out``, else ``docs/results/<scenario key>`` (``all``, ``sensitivity``), relative to the repository."""
-    from study.scenarios import scenario
 
     if args.out:
         out = Path(args.out)
     else:
-        name = "sensitivity" if args.sensitivity else ("all" if args.scenario == "all" else scenario(args.scenario).key)
+        name = "sensitivity" if args.sensitivity else ("all" if args.scenario == "all" else scenario(args.scenario).folder)
         out = Path(RESULTS) / name
     return out if out.is_absolute() else ROOT / out
 
@@ -498,13 +498,12 @@ def execute_notebooks(export_dir: Path, out: Path, scenarios, studies) -> dict[s
     ``studies`` this command ran (each method's best seed represents it in the per-trial cells; the
     summary cell shows the means of ``summary.csv``), written with its outputs into ``out/<key>.ipynb`` (its
     figures as PNG files beside it), paths relative to the repository; returns the notebooks' paths by
-    scenario key."""
+    scenario folder."""
     from study.analysis import run_notebook
-    from study.scenarios import scenario
 
     written = {}
     for name in scenarios:
-        key = scenario(name).key
+        key = scenario(name).folder
         written[key] = out / f"{key}.ipynb"
         run_notebook(ROOT / "notebooks" / f"{key}.ipynb",
                      {"export_dir": _portable(export_dir), "studies": list(studies), "pick": "best",

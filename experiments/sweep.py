@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from study import presets  # noqa: E402  (after the path; imports no torch)
 from study.methods.hyperparams import SEARCHABLE_SETTINGS, SETTINGS  # noqa: E402
+from study.data import SPLITS  # noqa: E402
 from study.scenarios import SCENARIOS, scenario  # noqa: E402
 from study.tracking import DEFAULT_EXPERIMENT, DEFAULT_STORAGE, DEFAULT_TRACKING_URI, SYSTEM_METRICS_S  # noqa: E402
 
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
       help=f"settings to start from: {', '.join(names)}, or a preset file (default: %(default)s)")
     a("--scenario", choices=list(SCENARIOS), help="what is unlearned (docs/science.md §1)")
     a("--method", nargs="+", metavar="M", help="one or several methods, e.g. ME+GD IDK+AP NPO+GD (forget loss + regularizer)")
-    a("--split", choices=["forget01", "forget05", "forget10"], help="TOFU forget split")
+    a("--split", choices=SPLITS, help="TOFU forget split")
     a("--tasks", nargs="+", type=int, metavar="K", help="tasks to unlearn in order (continual), e.g. 1 2 3")
     a("--model", help="model family (llama2-7b, llama3-8b, smollm2-135m, tiny-llama), Hugging Face id or local path")
     a("--target", help="a ready target model (skips fine-tuning one), e.g. locuslab/tofu_ft_llama2-7b or a checkpoint")
@@ -130,8 +131,8 @@ def apply_options(config: dict, args) -> list[str]:
     if config.get("data", {}).get("source", "builtin") == "":
         from study.errors import Unavailable
 
-        files = "forget.json, neighbor.json, ..." if scenario(config.get("data", {}).get("scenario", "fictitious")).name == "real-world" \
-            else "forget01.json, retain90.json, retain_perturbed.json, ..."
+        files = "forget01.json, retain90.json, retain_perturbed.json, ..." \
+            if scenario(config.get("data", {}).get("scenario", "fictitious")).has_splits else "forget.json, neighbor.json, ..."
         needs = f"preset {args.preset} needs data: pass --data-dir DIR (a folder with {files})"
         if not args.dry_run:
             raise Unavailable(needs)

@@ -174,7 +174,7 @@ def _bool(value: str | None) -> bool | None:
 
 
 def _normalise_scenario(value: str | None) -> str | None:
-    # study.data spells it "real-world", study.metrics "real_world": read either.
+    # Runs stored by earlier versions may spell it "real_world" (study.scenarios.tag_spelling).
     return tag_spelling(value)
 
 

@@ -106,7 +106,7 @@ class DataConfig:
         from .data import SPLITS
         from .scenarios import scenario
 
-        self.scenario = scenario(self.scenario).name  # either spelling; runs are tagged with this one
+        self.scenario = scenario(self.scenario).name  # one spelling: an unknown name lists the valid ones
         if self.split not in SPLITS:
             raise one_of("split", self.split, SPLITS)
         if any(not isinstance(t, int) or isinstance(t, bool) or t < 1 for t in self.tasks):

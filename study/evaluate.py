@@ -59,19 +59,13 @@ from .evaluation.metric_models import (
 from .evaluation.scoring import encode_qa_batch
 from .evaluation.summary import EvalResult, forget_quality_from
 from .models import PromptFormat
-from .scenarios import scenario as find_scenario
 
 __all__ = [
     "BUILTIN_EMBEDDER", "PAPER_EMBEDDER", "PAPER_NLI", "ENTAILMENT_LABEL", "MAX_LENGTH", "NLIModel", "MetricModels",
-    "load_metric_models", "clear_metric_model_cache", "metrics_scenario", "EvalResult", "evaluate",
+    "load_metric_models", "clear_metric_model_cache", "EvalResult", "evaluate",
     "forget_quality_from", "encode_qa_batch",
 ]
 
-
-
-def metrics_scenario(scenario: str) -> str:
-    """The :mod:`study.metrics` spelling of a scenario name (``"real-world"`` -> ``"real_world"``)."""
-    return find_scenario(scenario).key
 
 
 def evaluate(

@@ -76,10 +76,10 @@ SCORE_ONLY_SETS: tuple[str, ...] = (HOLDOUT,)
 GENERATED_SETS: tuple[str, ...] = tuple(s for s in SET_NAMES if s not in SCORE_ONLY_SETS)
 """Sets the model generates from: the sets of the paper's six metrics."""
 
-SCENARIOS: tuple[str, ...] = tuple(s.key for s in _SCENARIOS.values())
-"""Scenario names in this module's spelling (``real_world``); :mod:`study.scenarios` defines them."""
+SCENARIOS: tuple[str, ...] = tuple(_SCENARIOS)
+"""Scenario names (:mod:`study.scenarios` defines them)."""
 
-UTILITY_SETS: dict[str, tuple[str, ...]] = {s.key: s.utility_sets for s in _SCENARIOS.values()}
+UTILITY_SETS: dict[str, tuple[str, ...]] = {s.name: s.utility_sets for s in _SCENARIOS.values()}
 """The sets whose metrics enter Model Utility, per scenario (docs/science.md §5; :mod:`study.scenarios`)."""
 
 ROUGE = "rouge"
@@ -435,7 +435,7 @@ def nli_direction(set_name: str, scenario: str) -> Literal["generation->truth", 
       (does the output state the forgotten fact?).
     * TOFU retain / real_authors / world_facts: premise = truth, hypothesis = generation (does the
       output follow from the truth?).
-    * ``real_world``: generation -> truth on both sets.
+    * ``real-world``: generation -> truth on both sets.
     """
     _check_set(set_name)
     return _scenario(scenario).nli_direction(set_name)
@@ -739,7 +739,7 @@ def model_utility(set_metrics: Mapping[str, Mapping[str, float | None]],
                   sets: Sequence[str] = UTILITY_SETS["fictitious"],
                   metrics: Sequence[str] = MU_METRICS) -> Aggregate:
     """Model Utility: harmonic mean of the six metrics on Retain, Real Authors and World Facts
-    (18 values; real-world: ``sets=UTILITY_SETS["real_world"]``, the 6 neighbor values).
+    (18 values; real-world: ``sets=UTILITY_SETS["real-world"]``, the 6 neighbor values).
 
     ``set_metrics[set][metric]`` holds set-level values (means of per-item values). A value that
     is absent, None or NaN (e.g. Entailment when no NLI model was run) is left out and listed in

@@ -39,7 +39,7 @@ import pandas as pd
 
 from . import metrics as M
 from .paper import PAPER_METHODS, PUBLISHED, PUBLISHED_SOURCE, REAL_WORLD_QUOTED
-from .scenarios import CONTINUAL, FICTITIOUS, REAL_WORLD, scenario
+from .scenarios import CONTINUAL, FICTITIOUS, REAL_WORLD, SCENARIOS, scenario
 
 __all__ = [
     "PREFIX", "UNTARGETED", "TARGETED", "TARGET_ROW", "SUMMARY_COLUMNS", "SEED_COLUMNS", "CLAIM_COLUMNS", "VERDICTS",
@@ -105,8 +105,12 @@ RERUN_SOURCE = "DualOptim re-run (arXiv 2504.15827), Llama-2-7B"
 QUOTED_SOURCE = "quoted, Llama-3-8B-Instruct"
 """The real-world ``other_*`` figures (:data:`study.paper.REAL_WORLD_QUOTED`)."""
 
-_NAME = re.compile(r"^" + PREFIX + r"-(?P<preset>.+?)-(?P<scenario>fictitious|continual|real-world)-(?P<setting>.+)"
-                   r"-s(?P<seed>\d+)(?:/(?P<method>.+))?$")
+
+
+def _name_pattern() -> re.Pattern:
+    """What :func:`study_name` writes, for every scenario registered now (:data:`study.scenarios.SCENARIOS`)."""
+    names = "|".join(map(re.escape, SCENARIOS))
+    return re.compile(rf"^{PREFIX}-(?P<preset>.+?)-(?P<scenario>{names})-(?P<setting>.+)-s(?P<seed>\d+)(?:/(?P<method>.+))?$")
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,7 +134,7 @@ def study_name(preset: str, scenario_name: str, setting: str, seed: int) -> str:
 def parse_study_name(name: str | None) -> dict | None:
     """``{preset, scenario, setting, seed}`` from a :func:`study_name` (with or without Optuna's
     ``/<method>`` suffix); None for any other name."""
-    found = _NAME.match(name) if isinstance(name, str) else None
+    found = _name_pattern().match(name) if isinstance(name, str) else None
     if not found:
         return None
     return {"preset": found["preset"], "scenario": found["scenario"], "setting": found["setting"],
@@ -427,7 +431,7 @@ def _labelled(runs: pd.DataFrame, preset: str | None, seeds: Iterable[int] | Non
 
 
 def _ordered_settings(labelled: pd.DataFrame):
-    for sc in (s for s in (FICTITIOUS.name, CONTINUAL.name, REAL_WORLD.name) if s in set(labelled["scenario"])):
+    for sc in (s for s in SCENARIOS if s in set(labelled["scenario"])):  # the registry's order
         frame = labelled[labelled["scenario"] == sc]
         for setting in sorted(frame["setting"].unique()):
             here = frame[frame["setting"] == setting]

@@ -37,10 +37,9 @@ def source_for(cfg: RunConfig) -> data_mod.Source:
 
 
 def scenario_data(cfg: RunConfig, task: int | None, source: data_mod.Source | None = None) -> data_mod.ScenarioData:
-    source = source or source_for(cfg)
-    ds_size = cfg.data.ds_size if scenario(cfg.data.scenario).capped_eval else None
-    return data_mod.load_scenario(source, cfg.data.scenario, cfg.data.split, task, ds_size, holdout=cfg.eval.holdout,
-                                  retain_authors=cfg.data.retain_authors, last_task=max(cfg.data.tasks, default=None))
+    return scenario(cfg.data.scenario).load(source or source_for(cfg), cfg.data.split, task, cfg.data.ds_size,
+                                            holdout=cfg.eval.holdout, retain_authors=cfg.data.retain_authors,
+                                            last_task=max(cfg.data.tasks, default=None))
 
 
 def tasks_of(cfg: RunConfig) -> list[int | None]:

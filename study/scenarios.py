@@ -1,16 +1,19 @@
-"""The three unlearning scenarios as data (docs/science.md §1): what each evaluates, how its splits and
-tasks are named, and how the metrics read it. Everything else asks a :class:`Scenario` instead of
-comparing scenario names.
+"""The unlearning scenarios, a registry (docs/science.md §1): what each loads and evaluates, how its splits
+and tasks are named, and how the metrics read it. Everything else asks a :class:`Scenario` (or iterates
+:data:`SCENARIOS`) instead of comparing scenario names, so a new scenario is one entry here, a preset and
+a notebook (docs/extending.md).
 
-Two spellings of a name are accepted wherever a scenario is looked up: the one the command line,
-the configuration and the MLflow ``study.scenario`` tag use (``"real-world"``) and the identifier
-spelling of :mod:`study.metrics` (``"real_world"``). Runs written by earlier versions carry either.
+One spelling per name (``"real-world"``): the command line, the configuration, the metrics, the MLflow
+``study.scenario`` tag and the exports. Runs stored by earlier versions may carry ``"real_world"``;
+:func:`tag_spelling`, used where stored runs are read, is the one place that maps it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from .data import DS_SIZE, ScenarioData, Source, load_real_world, load_tofu
 from .errors import one_of
 
 # Evaluation set names (the ``set`` column of the tidy table; :mod:`study.metrics` re-exports them).
@@ -27,9 +30,10 @@ class Scenario:
     """One scenario: its names, its task and split structure, and its evaluation sets."""
 
     name: str
-    """The spelling of ``--scenario``, ``data.scenario`` and the MLflow ``study.scenario`` tag."""
-    key: str
-    """The identifier spelling :mod:`study.metrics` and notebooks use (``real_world``)."""
+    """The scenario's one spelling: ``--scenario``, ``data.scenario``, the metrics, the ``study.scenario`` tag."""
+    loader: Callable[..., ScenarioData]
+    """Builds one task's rows from a source (:func:`study.data.load_tofu`, :func:`study.data.load_real_world`);
+    called by :meth:`load`."""
     has_splits: bool
     """TOFU's forget01 / forget05 / forget10 files apply; without them there is one forget file and
     the ``study.split`` tag holds the scenario name (:meth:`split_label`)."""
@@ -54,6 +58,19 @@ class Scenario:
     """Sets whose NLI check takes the generation as premise and the truth as hypothesis (does the
     output state the fact?); the others take the truth as premise (reference ``get_entailment_results``)."""
 
+    @property
+    def folder(self) -> str:
+        """The file-name stem of its notebook and results folder (``notebooks/real_world.ipynb``,
+        ``docs/results/real_world``): the name with ``-`` as ``_``, a path, not a second name."""
+        return self.name.replace("-", "_")
+
+    def load(self, source: Source, split: str = "forget01", task: int | None = 1, ds_size: int | None = DS_SIZE,
+             holdout: bool = False, retain_authors: int = 0, last_task: int | None = None) -> ScenarioData:
+        """What one run of this scenario reads: the task's forget and retain rows, the evaluation sets
+        (capped at ``ds_size`` rows where :attr:`capped_eval`), the refusals (``study.data.ScenarioData``)."""
+        return self.loader(source, self.name, self.split_label(split), task, ds_size if self.capped_eval else None,
+                           holdout, retain_authors, last_task)
+
     def split_label(self, split: str) -> str:
         """The ``study.split`` tag of a run on ``split`` (real-world: ``"real-world"``)."""
         return split if self.has_splits else self.name
@@ -66,17 +83,17 @@ class Scenario:
 _TOFU_UTILITY = (RETAIN, REAL_AUTHORS, WORLD_FACTS)
 
 FICTITIOUS = Scenario(
-    name="fictitious", key="fictitious", has_splits=True, one_task=True, sequential=False, default_tasks=(1,),
+    name="fictitious", loader=load_tofu, has_splits=True, one_task=True, sequential=False, default_tasks=(1,),
     capped_eval=True, eval_sets=(FORGET, *_TOFU_UTILITY), utility_sets=_TOFU_UTILITY, retain_set=RETAIN,
     tofu_utility=True, generation_premise_sets=(FORGET,),
 )
 CONTINUAL = Scenario(
-    name="continual", key="continual", has_splits=True, one_task=False, sequential=True, default_tasks=(1, 2, 3),
+    name="continual", loader=load_tofu, has_splits=True, one_task=False, sequential=True, default_tasks=(1, 2, 3),
     capped_eval=True, eval_sets=(FORGET, *_TOFU_UTILITY), utility_sets=_TOFU_UTILITY, retain_set=RETAIN,
     tofu_utility=True, generation_premise_sets=(FORGET,),
 )
 REAL_WORLD = Scenario(
-    name="real-world", key="real_world", has_splits=False, one_task=False, sequential=False, default_tasks=(),
+    name="real-world", loader=load_real_world, has_splits=False, one_task=False, sequential=False, default_tasks=(),
     capped_eval=False, eval_sets=(FORGET, NEIGHBOR), utility_sets=(NEIGHBOR,), retain_set=NEIGHBOR,
     tofu_utility=False, generation_premise_sets=(FORGET, NEIGHBOR),
 )
@@ -84,20 +101,27 @@ REAL_WORLD = Scenario(
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (FICTITIOUS, CONTINUAL, REAL_WORLD)}
 """The scenarios by name, in the order of docs/science.md §1."""
 
-_BY_SPELLING: dict[str, Scenario] = {**SCENARIOS, **{s.key: s for s in SCENARIOS.values()}}
+_STORED_SPELLINGS: dict[str, str] = {"real_world": REAL_WORLD.name}
+"""Spellings earlier versions stored in runs and exports, read back by :func:`tag_spelling` only."""
 
 
 def scenario(name: str | Scenario) -> Scenario:
-    """The scenario called ``name`` in either spelling (``real-world`` or ``real_world``)."""
+    """The scenario called ``name``."""
     if isinstance(name, Scenario):
         return name
     try:
-        return _BY_SPELLING[name]
+        return SCENARIOS[name]
     except (KeyError, TypeError):
         raise one_of("scenario", name, SCENARIOS) from None
 
 
+def load_scenario(source: Source, name: str | Scenario, split: str = "forget01", task: int | None = 1,
+                  ds_size: int | None = DS_SIZE, holdout: bool = False, retain_authors: int = 0,
+                  last_task: int | None = None) -> ScenarioData:
+    """``scenario(name).load(...)``: one task of scenario ``name`` from ``source`` (:meth:`Scenario.load`)."""
+    return scenario(name).load(source, split, task, ds_size, holdout, retain_authors, last_task)
+
+
 def tag_spelling(value: str | None) -> str | None:
     """A stored ``study.scenario`` value in today's spelling; None and unknown values unchanged."""
-    found = _BY_SPELLING.get(value) if isinstance(value, str) else None
-    return found.name if found else value
+    return _STORED_SPELLINGS.get(value, value) if isinstance(value, str) else value

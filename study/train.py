@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 import torch
 
-from .data import collate
+from .batches import collate
 from .errors import StudyInputError
 
 
@@ -255,7 +255,7 @@ def train_loop(
     progress: bool = False,
     description: str = "train",
 ) -> TrainResult:
-    """Run the schedule over ``dataset`` (items collated by ``study.data.collate``).
+    """Run the schedule over ``dataset`` (items collated by ``study.batches.collate``).
 
     ``loss_fn(model, batch) -> (loss, parts)``. Without ``engine`` (one process), a torch AdamW is
     built here and ``(loss / grad_accum).backward()`` accumulates; a bf16 / fp16 model is stepped
@@ -373,7 +373,7 @@ def unlearning_dataset(method, forget, retain, refusals, tokenizer, prompt, max_
     """The method's batch parts per forget item. With ``kl_full_padding`` (the reference's behaviour),
     parts whose reference *logits* are compared (KL, LLMU's KL term) stay padded to ``max_length``,
     so the KL's ``batchmean`` averages over ``B * max_length`` positions as the reference code's."""
-    from .data import UnlearningDataset
+    from .batches import UnlearningDataset
 
     full = method.ref_logit_parts if kl_full_padding else ()
     return UnlearningDataset(forget, retain, refusals, tokenizer, prompt, max_length, set(method.batch_parts),
@@ -501,7 +501,7 @@ def finetune(model, tokenizer, prompt, rows, cfg, seed: int = 1001, callbacks=()
     """Plain question-answer fine-tuning (how TOFU makes its target and retain models): ``NLL_mean`` of
     the answers (:func:`answer_nll`), AdamW with weight decay 0.01, the same schedule as unlearning.
     One process."""
-    from .data import QADataset
+    from .batches import QADataset
 
     dataset = QADataset(rows, tokenizer, prompt, cfg.max_length)
 

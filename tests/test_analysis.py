@@ -84,7 +84,7 @@ def test_method_table_paper_pick_keeps_released_settings(fictitious):
 def test_paper_settings_follow_reference_section_4():
     assert A.paper_settings("fictitious", "ME+GD")["forget_coeff"] == (0.1,)
     assert A.paper_settings("continual", "ME+GD")["forget_coeff"] == (1.0,)
-    assert A.paper_settings("real_world", "ME+GD")["lr"] == (5e-6,)
+    assert A.paper_settings("real-world", "ME+GD")["lr"] == (5e-6,)
     assert A.paper_settings("real-world", "NPO+GD")["epochs"] == (5.0, 3.0)
 
 

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from study import data as data_mod
+from study import scenarios
 from study.errors import DataError, StudyInputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,7 +132,7 @@ def test_scenario_with_one_bad_file_loads_or_names_it(valid_tofu, tmp_path_facto
     original = (valid_tofu / f"{target}.json").read_bytes()
     (folder / f"{target}.json").write_bytes((original if keep else b"") + b"\n".join(mutated))
     try:
-        scenario = data_mod.load_scenario(data_mod.DirectorySource(folder), "fictitious", "forget01", task)
+        scenario = scenarios.load_scenario(data_mod.DirectorySource(folder), "fictitious", "forget01", task)
     except StudyInputError as error:
         assert isinstance(error, DataError), f"{type(error).__name__}: {error}"
         message = str(error)

@@ -107,7 +107,8 @@ def test_runner_fits_through_zero_when_train_deepspeed_is_set():
 def test_unlearn_refuses_train_deepspeed_without_a_zero_fit():
     """``unlearn`` cannot import study.zero (that would close an import circle), so without
     ``fit=`` it trains in this process, and a ``train.deepspeed`` config is an error, not ignored."""
-    from study.data import BuiltinSource, load_scenario
+    from study.data import BuiltinSource
+    from study.scenarios import load_scenario
     from study.methods import Method
 
     lm = models.load("tiny-llama", device="cpu")

@@ -23,7 +23,8 @@ import torch  # noqa: E402
 from scipy.stats import ks_2samp  # noqa: E402
 
 from study import metrics as M  # noqa: E402
-from study.data import BuiltinSource, EvalSet, load_scenario  # noqa: E402
+from study.data import BuiltinSource, EvalSet  # noqa: E402
+from study.scenarios import load_scenario  # noqa: E402
 from study.errors import StudyInputError  # noqa: E402
 from study.evaluate import (  # noqa: E402
     EvalResult,
@@ -31,7 +32,6 @@ from study.evaluate import (  # noqa: E402
     evaluate,
     forget_quality_from,
     load_metric_models,
-    metrics_scenario,
 )
 from study.evaluation import metric_models as metric_models_module  # noqa: E402
 from study.evaluation.reference import evaluate_one_at_a_time, evaluate_reference_batched  # noqa: E402
@@ -397,13 +397,6 @@ def test_metric_models_are_cached_per_process():
         warnings.simplefilter("error", RuntimeWarning)  # no NLI requested: no NLI warning
         reloaded = load_metric_models(reload=True)
     assert reloaded.embedder is not first.embedder
-
-
-def test_scenario_names_translate_in_one_place():
-    assert metrics_scenario("real-world") == "real_world"
-    assert metrics_scenario("fictitious") == "fictitious" and metrics_scenario("continual") == "continual"
-    with pytest.raises(StudyInputError, match="real-world"):
-        metrics_scenario("realworld")
 
 
 def test_real_world_sets_use_golden_answer_and_neighbor_utility(tiny, metric_models):

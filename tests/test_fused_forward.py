@@ -14,7 +14,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from study.data import collate  # noqa: E402
+from study.batches import collate  # noqa: E402
 from study.methods import (  # noqa: E402
     Method,
     compute_loss,
@@ -244,7 +244,8 @@ def test_unlearn_fused_and_separate_follow_the_same_trajectory(tiny, name):
     from study import runner
     from study import train as T
     from study.config import TrainConfig
-    from study.data import BuiltinSource, load_scenario
+    from study.data import BuiltinSource
+    from study.scenarios import load_scenario
 
     scenario = load_scenario(BuiltinSource(n_authors=4), "continual", "forget01", 1, ds_size=2)
     method = Method.parse(name)
@@ -274,7 +275,8 @@ def test_unlearn_takes_the_forward_mode_from_the_train_config_unless_told(tiny, 
     from study import methods
     from study import train as T
     from study.config import TrainConfig
-    from study.data import BuiltinSource, load_scenario
+    from study.data import BuiltinSource
+    from study.scenarios import load_scenario
 
     scenario = load_scenario(BuiltinSource(n_authors=4), "fictitious", "forget01", 1, ds_size=2)
     method = Method.parse("GA+GD")

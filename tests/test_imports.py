@@ -24,9 +24,27 @@ def imported_modules(path: Path, modules: set[str]) -> set[str]:
     return (found & modules) - {path.stem}
 
 
+SUBPACKAGES = ("evaluation", "methods")
+"""Packages inside study/: each is one node of the graph (what any of its modules imports from above)."""
+
+
+def imported_from_above(package: str, modules: set[str]) -> set[str]:
+    """The top-level modules and packages that the modules of ``study/<package>/`` import (``from ..x``)."""
+    found = set()
+    for path in sorted((PACKAGE / package).glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.level == 2:
+                parts = (node.module or "").split(".")
+                found |= {parts[0]} if parts[0] else {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("study."):
+                found.add(node.module.split(".")[1])
+    return (found & modules) - {package}
+
+
 def import_graph() -> dict[str, set[str]]:
-    modules = {path.stem for path in PACKAGE.glob("*.py")}
-    return {path.stem: imported_modules(path, modules) for path in sorted(PACKAGE.glob("*.py"))}
+    modules = {path.stem for path in PACKAGE.glob("*.py")} | set(SUBPACKAGES)
+    graph = {path.stem: imported_modules(path, modules) for path in sorted(PACKAGE.glob("*.py"))}
+    return {**graph, **{p: imported_from_above(p, modules) for p in SUBPACKAGES}}
 
 
 def test_the_parser_sees_every_kind_of_import(tmp_path):
@@ -64,11 +82,24 @@ def test_the_evaluation_package_imports_nothing_above_it_and_no_module_borrows_a
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.ImportFrom) and node.level == 2:
                 assert (node.module or "").split(".")[0] != "evaluate", f"{path.name} imports study.evaluate"
-    for path in sorted([*PACKAGE.glob("*.py"), *(PACKAGE / "evaluation").glob("*.py")]):
+    for path in sorted([*PACKAGE.glob("*.py"), *(p for sub in SUBPACKAGES for p in (PACKAGE / sub).glob("*.py"))]):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("study")):
                 private = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
                 assert not private, f"{path.relative_to(PACKAGE.parent)} imports private {private} from {node.module}"
+
+
+def test_the_methods_sit_below_training_and_the_data_below_the_scenarios():
+    """study.methods (the losses, their registry, the forward pass) imports only the errors; the training
+    loop uses it, never the reverse. study.data (rows from files) knows no scenario: each scenario of
+    study.scenarios names the loader it uses."""
+    graph = import_graph()
+    assert graph["methods"] == {"errors"}
+    assert "methods" in graph["train"] and not graph["methods"] & {"train", "runner", "data", "batches"}
+    assert "data" in graph["scenarios"] and "scenarios" not in graph["data"]
+    assert "batches" in graph["train"]
+    imports = [n for n in ast.walk(ast.parse((PACKAGE / "data.py").read_text())) if isinstance(n, (ast.Import, ast.ImportFrom))]
+    assert not [n for n in imports if "torch" in {a.name.split(".")[0] for a in n.names} | {(getattr(n, "module", "") or "").split(".")[0]}]
 
 
 def test_a_metric_enters_mu_and_fe_only_when_it_says_so():

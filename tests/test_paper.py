@@ -47,5 +47,5 @@ def test_simnpo_fixed_settings_are_open_unlearnings(scenario):
 def test_released_settings_follow_section_4():
     assert paper.released("fictitious", "ME+GD") == [{"lr": 1e-5, "forget_coeff": 0.1}]
     assert paper.released("continual", "ME+GD") == [{"lr": 1e-5, "forget_coeff": 1.0}]
-    assert paper.released("real_world", "ME+GD") == [{"lr": 5e-6, "forget_coeff": 0.5}]
+    assert paper.released("real-world", "ME+GD") == [{"lr": 5e-6, "forget_coeff": 0.5}]
     assert len(paper.released("real-world", "NPO+KL")) == 6

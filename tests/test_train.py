@@ -20,7 +20,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from study import models, runner  # noqa: E402
 from study import train as T  # noqa: E402
 from study.config import RunConfig, TrainConfig  # noqa: E402
-from study.data import BuiltinSource, UnlearningDataset, collate, load_scenario  # noqa: E402
+from study.data import BuiltinSource  # noqa: E402
+from study.batches import UnlearningDataset, collate  # noqa: E402
+from study.scenarios import load_scenario  # noqa: E402
 from study.methods import Method, mean_nll, npo_loss, sequence_logprob  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------
@@ -248,7 +250,7 @@ def test_events(epochs, expected_epoch_steps):
 
 
 def test_same_seed_same_parameters_other_seed_differs(tiny, scenario):
-    from study.data import QADataset
+    from study.batches import QADataset
 
     data = QADataset(scenario.forget, tiny.tokenizer, tiny.prompt, 64)
     finals = []
@@ -470,7 +472,7 @@ def test_lora_trains_only_the_adapters(tiny, scenario):
 
 
 def test_gradient_checkpointing_gives_the_same_training(tiny, scenario):
-    from study.data import QADataset
+    from study.batches import QADataset
 
     data = QADataset(scenario.forget, tiny.tokenizer, tiny.prompt, 64)
     results = {}
@@ -515,7 +517,7 @@ def test_bf16_model_steps_through_fp32_master_weights():
 
 
 def test_answer_nll_skips_question_columns_and_changes_nothing(tiny, scenario):
-    from study.data import QADataset
+    from study.batches import QADataset
 
     part = collate([QADataset(scenario.forget, tiny.tokenizer, tiny.prompt, 64)[i] for i in range(4)])["retain"]
     model = copy.deepcopy(tiny.model)

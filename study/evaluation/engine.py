@@ -159,7 +159,7 @@ def _evaluate_sets(model: Any, tokenizer: Any, prompt: PromptFormat, eval_sets: 
         with _timed(timings, "nli"):
             labels: list[str | None] = [None] * n
             if metric_models.nli is not None and n:
-                nli_pairs = items.nli_pairs(works, generations, find_scenario(scenario).key)
+                nli_pairs = items.nli_pairs(works, generations, find_scenario(scenario).name)
                 labels = list(engine.classify(metric_models.nli, nli_pairs, bar))
 
     # The reference code counts tokenizer.tokenize(generation): the decoded text re-tokenised (which

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import StudyInputError
-from .numerics import ENTROPY_CHUNK_ROWS, _compute_dtype, _UniformKL, masked_mean, mean_nll, softmax_entropy
+from .numerics import ENTROPY_CHUNK_ROWS, compute_dtype, UniformKL, masked_mean, mean_nll, softmax_entropy
 
 MEVariant = Literal["reference", "paper"]
 ME_VARIANTS: tuple[str, ...] = ("reference", "paper")
@@ -118,7 +118,7 @@ def me_loss(logits: Tensor, labels: Tensor, variant: MEVariant = "reference") ->
 
     - ``"reference"`` (default, what the reference code computes):
       ``KL(U_V || p_θ(·|t)) = logsumexp(z) - mean_v(z) - log V``, in closed form with a chunked
-      backward (:class:`_UniformKL`): no softmax or uniform ``[B, T, V]`` tensor is built or kept; the reference adds ``1e-12`` to ``p`` before the log, which
+      backward (:class:`UniformKL`): no softmax or uniform ``[B, T, V]`` tensor is built or kept; the reference adds ``1e-12`` to ``p`` before the log, which
       only matters where some ``p_v < ~1e-12`` (it caps ``-log p_v`` at ``~27.6``); the closed form is
       the exact KL.
     - ``"paper"`` (the paper's text): ``KL(p_θ(·|t) || U_V) = log V - H(p_θ(·|t))``, with the entropy
@@ -135,7 +135,7 @@ def me_loss(logits: Tensor, labels: Tensor, variant: MEVariant = "reference") ->
     """
     log_v = math.log(logits.shape[-1])
     if variant == "reference":
-        kl = _UniformKL.apply(logits, ENTROPY_CHUNK_ROWS)  # [B, T], float32 (float64 for float64 logits)
+        kl = UniformKL.apply(logits, ENTROPY_CHUNK_ROWS)  # [B, T], float32 (float64 for float64 logits)
     elif variant == "paper":
         kl = log_v - softmax_entropy(logits)  # [B, T]
     else:
@@ -158,8 +158,8 @@ def kl_loss(logits: Tensor, ref_logits: Tensor) -> Tensor:
         ref_logits: ``[B, T, V]`` of the reference model on the same inputs (no grad).
     """
     v = logits.shape[-1]
-    logp = F.log_softmax(logits.to(_compute_dtype(logits)), dim=-1).view(-1, v)
-    ref_logp = F.log_softmax(ref_logits.to(_compute_dtype(ref_logits)), dim=-1).view(-1, v)
+    logp = F.log_softmax(logits.to(compute_dtype(logits)), dim=-1).view(-1, v)
+    ref_logp = F.log_softmax(ref_logits.to(compute_dtype(ref_logits)), dim=-1).view(-1, v)
     return F.kl_div(logp, ref_logp, reduction="batchmean", log_target=True)
 
 
@@ -185,7 +185,7 @@ def masked_hidden_mse(hidden: Tensor, target: Tensor, mask: Tensor, per_sequence
         mask: ``[B, T]``, nonzero on the positions that count.
         per_sequence: average per sequence, then over the batch.
     """
-    dtype = _compute_dtype(hidden)
+    dtype = compute_dtype(hidden)
     per_position = (hidden.to(dtype) - target.to(device=hidden.device, dtype=dtype)).pow(2).mean(dim=-1)  # [B, T]
     mask = (mask != 0).to(device=hidden.device, dtype=dtype)
     if per_sequence:

@@ -23,7 +23,7 @@ ENTROPY_CHUNK_ROWS = 1024
 """Positions per chunk in :func:`softmax_entropy` (bounds its full-vocabulary temporaries)."""
 
 
-def _compute_dtype(t: Tensor) -> torch.dtype:
+def compute_dtype(t: Tensor) -> torch.dtype:
     """float32 for half / bfloat16 / float32 logits, float64 for float64 (so gradcheck works)."""
     return torch.promote_types(t.dtype, torch.float32)
 
@@ -59,7 +59,7 @@ def token_nll(logits: Tensor, labels: Tensor) -> Tensor:
         ``[B, T]``.
     """
     b, t, v = logits.shape
-    z = logits.to(_compute_dtype(logits))
+    z = logits.to(compute_dtype(logits))
     nll = F.cross_entropy(
         z.reshape(b * t, v), shift_labels(labels).reshape(b * t), ignore_index=IGNORE_INDEX, reduction="none"
     )
@@ -83,7 +83,7 @@ def mean_nll(logits: Tensor, labels: Tensor) -> Tensor:
     batch, not a mean of per-sequence means. NaN if no position is scored (as in Hugging Face).
     """
     b, t, v = logits.shape
-    z = logits.to(_compute_dtype(logits))
+    z = logits.to(compute_dtype(logits))
     return F.cross_entropy(z.reshape(b * t, v), shift_labels(labels).reshape(b * t), ignore_index=IGNORE_INDEX)
 
 
@@ -97,7 +97,7 @@ def masked_mean(values: Tensor, labels: Tensor) -> Tensor:
     return (values * mask).sum() / mask.sum()
 
 
-class _SoftmaxEntropy(torch.autograd.Function):
+class SoftmaxEntropy(torch.autograd.Function):
     """``H(softmax(z))`` per position, forward and backward in row chunks.
 
     Neither pass keeps a full ``[B, T, V]`` temporary: forward saves only ``z`` (the logits, already
@@ -108,7 +108,7 @@ class _SoftmaxEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, z: Tensor, chunk_rows: int) -> Tensor:  # z: [..., V]
-        dtype = _compute_dtype(z)
+        dtype = compute_dtype(z)
         rows = z.reshape(-1, z.shape[-1])  # a view for contiguous logits
         entropy = torch.empty(rows.shape[0], dtype=dtype, device=z.device)
         for start in range(0, rows.shape[0], chunk_rows):
@@ -133,10 +133,10 @@ class _SoftmaxEntropy(torch.autograd.Function):
         return grad.view(z.shape), None
 
 
-class _UniformKL(torch.autograd.Function):
+class UniformKL(torch.autograd.Function):
     """``KL(U_V || softmax(z)) = logsumexp(z) - mean_v(z) - log V`` per position, in row chunks.
 
-    Like :class:`_SoftmaxEntropy`, neither pass keeps a full ``[B, T, V]`` temporary: forward saves ``z``
+    Like :class:`SoftmaxEntropy`, neither pass keeps a full ``[B, T, V]`` temporary: forward saves ``z``
     (already alive) and ``logsumexp [B, T]``; backward writes ``dKL/dz_k = p_k - 1/V`` chunk by chunk
     straight into the gradient, the only full-size tensor it creates. (Autograd through
     ``torch.logsumexp(z) - z.mean()`` kept three more logits-sized tensors alive.)
@@ -144,7 +144,7 @@ class _UniformKL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, z: Tensor, chunk_rows: int) -> Tensor:  # z: [..., V]
-        dtype = _compute_dtype(z)
+        dtype = compute_dtype(z)
         rows = z.reshape(-1, z.shape[-1])
         lse = torch.empty(rows.shape[0], dtype=dtype, device=z.device)
         kl = torch.empty_like(lse)
@@ -174,5 +174,5 @@ class _UniformKL(torch.autograd.Function):
 
 def softmax_entropy(logits: Tensor, chunk_rows: int = ENTROPY_CHUNK_ROWS) -> Tensor:
     """``H(p) = -sum_v p_v log p_v`` with ``p = softmax(logits)``, in float32, chunked. ``[..., V] -> [...]``."""
-    return _SoftmaxEntropy.apply(logits, chunk_rows)
+    return SoftmaxEntropy.apply(logits, chunk_rows)
 
