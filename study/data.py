@@ -365,13 +365,13 @@ class ScenarioData:
 
 def load_real_world(
     source: Source, scenario: str, split: str, task: int | None = None, ds_size: int | None = None,
-    holdout: bool = False, retain_authors: int = 0, last_task: int | None = None,
+    holdout: bool = False, retain_authors: int = 0, last_task: int | None = None, earlier_tasks: tuple[int, ...] = (),
 ) -> ScenarioData:
     """The paper's real-world set (docs/science.md §1): forget = ``forget.json`` (one task, or all 20 people
     when ``task`` is None), retain = ``neighbor.json``; evaluation on all rows of ``forget_perturbed`` (of the
     same task) and ``neighbor_perturbed``, against ``golden_answer`` (Cosine: ``answer``). ``split`` is
-    the run's split label (the scenario's name); ``ds_size``, ``holdout``, ``retain_authors`` and
-    ``last_task`` do not apply (every row is evaluated; there is no holdout file; the configuration
+    the run's split label (the scenario's name); ``ds_size``, ``holdout``, ``retain_authors``, ``last_task``
+    and ``earlier_tasks`` do not apply (every row is evaluated; there is no holdout file; the configuration
     refuses ``retain_authors`` here)."""
     forget_all = source.read("forget")
     forget = select_task(forget_all, task, f"{source.description}/forget.json")
@@ -387,7 +387,7 @@ def load_real_world(
 
 def load_tofu(
     source: Source, scenario: str, split: str = "forget01", task: int | None = 1, ds_size: int | None = DS_SIZE,
-    holdout: bool = False, retain_authors: int = 0, last_task: int | None = None,
+    holdout: bool = False, retain_authors: int = 0, last_task: int | None = None, earlier_tasks: tuple[int, ...] = (),
 ) -> ScenarioData:
     """One task of a TOFU split (fictitious, continual; docs/science.md §1).
 
@@ -404,6 +404,9 @@ def load_tofu(
     those up to ``last_task`` (the run's last; default ``task``), and the target is fine-tuned on those
     two only. The retain evaluation must ask about authors in the subset (:func:`check_covered`). ``0``
     is all of TOFU, as the paper.
+
+    ``earlier_tasks`` (continual, beyond the paper): the tasks the run unlearned before ``task``; their
+    perturbed forget rows (each task's first ``ds_size``) are the ``earlier_forget`` evaluation set.
     """
     if ds_size is not None and ds_size < 1:
         raise StudyInputError(f"ds_size must be >= 1, got {ds_size}")
@@ -434,6 +437,11 @@ def load_tofu(
         EvalSet("world_facts", "world_facts", cap(source.read("world_facts_perturbed")),
                 cosine_truth="original_answer", paraphrase="answer"),
     ]
+    if earlier_tasks:  # continual, beyond the paper: are the tasks unlearned before still forgotten?
+        perturbed = source.read(f"{split}_perturbed")
+        origin = f"{source.description}/{split}_perturbed.json"
+        eval_sets.append(EvalSet("earlier_forget", "earlier_forget",
+                                 [row for t in earlier_tasks for row in cap(select_task(perturbed, t, origin))]))
     # The membership-inference non-members (docs/science-beyond-paper.md §3), when the source has them.
     if holdout and (holdout_rows := read_optional(source, holdout_file(split))) is not None:
         eval_sets.append(EvalSet("holdout", "holdout", cap(holdout_rows)))

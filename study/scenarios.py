@@ -10,8 +10,9 @@ One spelling per name (``"real-world"``): the command line, the configuration, t
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .data import DS_SIZE, ScenarioData, Source, load_real_world, load_tofu
 from .errors import one_of
@@ -23,6 +24,7 @@ REAL_AUTHORS = "real_authors"
 WORLD_FACTS = "world_facts"
 NEIGHBOR = "neighbor"
 HOLDOUT = "holdout"
+EARLIER_FORGET = "earlier_forget"
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class Scenario:
     capped_eval: bool
     """Evaluation reads the first ``ds_size`` rows of each set (TOFU); False = every row (real-world)."""
     eval_sets: tuple[str, ...]
-    """The evaluation sets, in order, without the optional ``holdout`` set."""
+    """The evaluation sets, in order, without the optional ones (``holdout``; continual's ``earlier_forget``)."""
     utility_sets: tuple[str, ...]
     """The sets whose metrics enter Model Utility (docs/science.md §5)."""
     retain_set: str
@@ -65,11 +67,15 @@ class Scenario:
         return self.name.replace("-", "_")
 
     def load(self, source: Source, split: str = "forget01", task: int | None = 1, ds_size: int | None = DS_SIZE,
-             holdout: bool = False, retain_authors: int = 0, last_task: int | None = None) -> ScenarioData:
+             holdout: bool = False, retain_authors: int = 0, last_task: int | None = None,
+             earlier_tasks: Sequence[int] = ()) -> ScenarioData:
         """What one run of this scenario reads: the task's forget and retain rows, the evaluation sets
-        (capped at ``ds_size`` rows where :attr:`capped_eval`), the refusals (``study.data.ScenarioData``)."""
+        (capped at ``ds_size`` rows where :attr:`capped_eval`), the refusals (``study.data.ScenarioData``).
+        ``earlier_tasks`` (a sequential scenario): the tasks whose forget sets are also evaluated."""
+        if earlier_tasks and not self.sequential:
+            raise ValueError(f"earlier_tasks applies to a sequential scenario, not {self.name}")
         return self.loader(source, self.name, self.split_label(split), task, ds_size if self.capped_eval else None,
-                           holdout, retain_authors, last_task)
+                           holdout, retain_authors, last_task, tuple(earlier_tasks))
 
     def split_label(self, split: str) -> str:
         """The ``study.split`` tag of a run on ``split`` (real-world: ``"real-world"``)."""
@@ -90,7 +96,7 @@ FICTITIOUS = Scenario(
 CONTINUAL = Scenario(
     name="continual", loader=load_tofu, has_splits=True, one_task=False, sequential=True, default_tasks=(1, 2, 3),
     capped_eval=True, eval_sets=(FORGET, *_TOFU_UTILITY), utility_sets=_TOFU_UTILITY, retain_set=RETAIN,
-    tofu_utility=True, generation_premise_sets=(FORGET,),
+    tofu_utility=True, generation_premise_sets=(FORGET, EARLIER_FORGET),
 )
 REAL_WORLD = Scenario(
     name="real-world", loader=load_real_world, has_splits=False, one_task=False, sequential=False, default_tasks=(),
@@ -115,11 +121,9 @@ def scenario(name: str | Scenario) -> Scenario:
         raise one_of("scenario", name, SCENARIOS) from None
 
 
-def load_scenario(source: Source, name: str | Scenario, split: str = "forget01", task: int | None = 1,
-                  ds_size: int | None = DS_SIZE, holdout: bool = False, retain_authors: int = 0,
-                  last_task: int | None = None) -> ScenarioData:
-    """``scenario(name).load(...)``: one task of scenario ``name`` from ``source`` (:meth:`Scenario.load`)."""
-    return scenario(name).load(source, split, task, ds_size, holdout, retain_authors, last_task)
+def load_scenario(source: Source, name: str | Scenario, *args: Any, **kwargs: Any) -> ScenarioData:
+    """``scenario(name).load(source, ...)``: one task of scenario ``name`` (arguments of :meth:`Scenario.load`)."""
+    return scenario(name).load(source, *args, **kwargs)
 
 
 def tag_spelling(value: str | None) -> str | None:

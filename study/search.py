@@ -247,7 +247,8 @@ def apply_params(cfg: RunConfig, method: str, params: dict) -> RunConfig:
 
 ADDED_SETTINGS = {"train.kl_full_padding": False, "method.gamma": 0.0, "eval.holdout": False,
                   "method.rmu_layer": 7, "method.rmu_steering_coeff": 6.5, "method.rmu_alpha": 1200.0,
-                  "method.delta": 0.0, "method.rmu_averaging": "answer_per_sequence"}
+                  "method.delta": 0.0, "method.rmu_averaging": "answer_per_sequence",
+                  "eval.earlier_tasks": False}
 """Settings added after studies were first recorded, with the behaviour a study recorded without them
 ran with. Resuming such a study with that value changes nothing; with another value it is refused.
 (Before ``kl_full_padding`` existed, the KL regularizer averaged over trimmed batches. Before

@@ -120,3 +120,19 @@ def test_a_fourth_scenario_is_one_registry_entry(monkeypatch):
               for seed in (1, 2)]
     table = results.summary_table(runs_frame(trials), runs_frame([]))
     assert list(table["scenario"].unique()) == ["toy"] and table.set_index("method").loc["GA+GD", "n_seeds"] == 2
+
+
+def test_earlier_tasks_are_the_runs_tasks_before_this_one_and_continual_only():
+    from study.runner import scenario_data
+
+    cfg = RunConfig.from_dict({"data": {"scenario": "continual", "tasks": [1, 2, 3], "n_authors": 8, "ds_size": 2},
+                               "eval": {"earlier_tasks": True}})
+    names = lambda task: [s.name for s in scenario_data(cfg, task).eval_sets]  # noqa: E731
+    assert "earlier_forget" not in names(1)
+    assert [r["task_id"] for r in scenario_data(cfg, 3).eval_sets[-1].rows] == [1, 1, 2, 2]
+    off = cfg.replace(eval={"earlier_tasks": False})
+    assert "earlier_forget" not in [s.name for s in scenario_data(off, 3).eval_sets]
+    with pytest.raises(StudyInputError, match="eval.earlier_tasks .* unlearns one task"):
+        RunConfig.from_dict({"data": {"scenario": "fictitious"}, "eval": {"earlier_tasks": True}})
+    with pytest.raises(ValueError, match="sequential"):
+        FICTITIOUS.load(BuiltinSource(n_authors=4), earlier_tasks=(1,))
