@@ -62,7 +62,7 @@ if TYPE_CHECKING:  # plotting and notebook libraries are imported where they are
     from matplotlib.figure import Figure
 
 __all__ = [
-    "PAPER_METHODS", "SPLITS", "RUN_COLUMNS", "AGGREGATE_COLUMNS", "SET_METRIC_COLUMNS", "CURVE_COLUMNS",
+    "PAPER_METHODS", "SPLITS", "RUN_COLUMNS", "AGGREGATE_COLUMNS", "SET_METRIC_COLUMNS", "CURVE_COLUMNS", "CURVE_METRICS", "EARLIER_ROUGE",
     "REPRESENTATIVE_COLUMNS", "CONTINUAL_COLUMNS", "SENSITIVITY_COLUMNS", "GENERATION_COLUMNS",
     "PUBLISHED_SOURCE", "REAL_WORLD_QUOTED", "REPO_ROOT",
     "resolve_tracking_uri", "runs_frame", "fetch_runs", "fetch_task_curves", "scenario_runs", "finished", "run_counts",
@@ -108,8 +108,11 @@ _NUMERIC_PARAMS = {**SETTINGS, "regularization_coeff": "method.regularization_co
 """Run parameters read as numbers into runs-frame columns: every searchable hyper-parameter
 (study/methods/hyperparams.py) and the regularizer's weight."""
 
-CURVE_COLUMNS: tuple[str, ...] = ("run_id", "method", "fix_ref_model", "split", "task", "model_utility",
-                                  "forget_efficacy")
+EARLIER_ROUGE = "earlier_forget/rouge"
+"""Continual with ``eval.earlier_tasks`` (beyond the paper): ROUGE on the forget sets of the tasks unlearned
+before (docs/science-beyond-paper.md §5); NaN in runs without it."""
+CURVE_METRICS: tuple[str, ...] = ("model_utility", "forget_efficacy", EARLIER_ROUGE)
+CURVE_COLUMNS: tuple[str, ...] = ("run_id", "method", "fix_ref_model", "split", "task", *CURVE_METRICS)
 REPRESENTATIVE_COLUMNS: tuple[str, ...] = ("method", "split", "run_id", "trial_number", "study_name", "n_trials",
                                            "MU", "FE", "Avg")
 CONTINUAL_COLUMNS: tuple[str, ...] = ("method", "fix_ref_model", "split", "run_id", "last_task", "model_utility",
@@ -334,14 +337,13 @@ def fetch_task_curves(tracking_uri: str, runs: pd.DataFrame) -> pd.DataFrame:
     rows: list[dict[str, Any]] = []
     for run in runs.itertuples(index=False):
         values: dict[int, dict[str, float]] = {}
-        for metric in ("model_utility", "forget_efficacy"):
+        for metric in CURVE_METRICS:
             for point in sorted(client.get_metric_history(run.run_id, metric), key=lambda p: p.timestamp):
                 values.setdefault(int(point.step), {})[metric] = point.value
         fix = False if pd.isna(run.fix_ref_model) else bool(run.fix_ref_model)
         for task, got in sorted(values.items()):
             rows.append({"run_id": run.run_id, "method": run.method, "fix_ref_model": fix, "split": run.split,
-                         "task": task, "model_utility": got.get("model_utility", math.nan),
-                         "forget_efficacy": got.get("forget_efficacy", math.nan)})
+                         "task": task, **{m: got.get(m, math.nan) for m in CURVE_METRICS}})
     if not rows:
         return _empty(CURVE_COLUMNS)
     frame = pd.DataFrame(rows, columns=list(CURVE_COLUMNS))
@@ -717,7 +719,8 @@ def plot_continual(curves: pd.DataFrame, title: str | None = None) -> Figure | N
     """MU and FE after each task (two panels), one line per representative run of
     :func:`continual_table`: colour and marker = method (as in every figure), a dashed line = the fixed
     reference model (``fix_ref_model``; the line-style key appears only when both kinds are drawn); the
-    legend beside the panels. None when there is no curve."""
+    legend beside the panels. A third panel, when the runs evaluated them (``eval.earlier_tasks``), draws
+    ROUGE on the earlier tasks' forget sets (:data:`EARLIER_ROUGE`). None when there is no curve."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
@@ -727,8 +730,10 @@ def plot_continual(curves: pd.DataFrame, title: str | None = None) -> Figure | N
     shown = curves[curves["run_id"].isin(table["run_id"])].sort_values("task")
     methods = order_methods(shown["method"])
     colours, markers = method_palette(methods), method_markers(methods)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
-    panels = (("model_utility", "Model Utility (MU)"), ("forget_efficacy", "Forget Efficacy (FE)"))
+    panels = [("model_utility", "Model Utility (MU)"), ("forget_efficacy", "Forget Efficacy (FE)")]
+    if EARLIER_ROUGE in shown and shown[EARLIER_ROUGE].notna().any():
+        panels.append((EARLIER_ROUGE, "ROUGE on earlier tasks' forget sets\n(beyond the paper)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), sharex=True)
     for ax, (metric, label) in zip(axes, panels):
         for run_id, run in shown.groupby("run_id", sort=False):
             method, fixed = run["method"].iloc[0], bool(run["fix_ref_model"].iloc[0])
@@ -996,8 +1001,8 @@ class Source:
             return _empty(CURVE_COLUMNS)
         frame = pd.DataFrame({"run_id": rows["run_id"], "method": rows["method"],
                               "fix_ref_model": rows["fix_ref_model"].fillna(False).astype(bool), "split": rows["split"],
-                              "task": rows["step"].astype(int), "model_utility": rows["model_utility"],
-                              "forget_efficacy": rows["forget_efficacy"]})
+                              "task": rows["step"].astype(int),
+                              **{m: rows[m] if m in rows else math.nan for m in CURVE_METRICS}})
         order = {r: i for i, r in enumerate(dict.fromkeys(runs["run_id"]))}
         frame = frame.assign(_r=frame["run_id"].map(order)).sort_values(["_r", "task"], kind="stable")
         return frame[list(CURVE_COLUMNS)].reset_index(drop=True)

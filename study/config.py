@@ -266,7 +266,8 @@ class EvalConfig:
     earlier_tasks: bool = False
     """Continual, beyond the paper: after each task also evaluate the forget sets of the tasks unlearned
     before it in the run (set ``earlier_forget``, in neither MU nor FE), so whether forgetting holds or
-    comes back is read from the data (docs/science-beyond-paper.md §5)."""
+    comes back is read from the data (docs/science-beyond-paper.md §5). A scenario that does not unlearn
+    tasks in sequence has no earlier task: nothing is added (so one ``--set`` can serve every scenario)."""
 
     def __post_init__(self):
         for name in ("batch_size", "max_length"):
@@ -288,13 +289,6 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-
-    def __post_init__(self):
-        from .scenarios import scenario
-
-        if self.eval.earlier_tasks and not scenario(self.data.scenario).sequential:
-            raise StudyInputError(f"eval.earlier_tasks evaluates the tasks a continual run unlearned before; the "
-                                  f"{self.data.scenario} scenario unlearns one task (use --scenario continual)")
 
     def flat(self) -> dict[str, object]:
         """``section.field -> value``: the parameters MLflow logs."""

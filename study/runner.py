@@ -38,10 +38,10 @@ def source_for(cfg: RunConfig) -> data_mod.Source:
 
 def scenario_data(cfg: RunConfig, task: int | None, source: data_mod.Source | None = None) -> data_mod.ScenarioData:
     """Task ``task`` of the run's scenario; with ``eval.earlier_tasks`` its evaluation also holds the forget
-    sets of the run's tasks before it (``earlier_forget``)."""
-    tasks = list(cfg.data.tasks)
-    earlier = tasks[:tasks.index(task)] if cfg.eval.earlier_tasks and task in tasks else []
-    return scenario(cfg.data.scenario).load(source or source_for(cfg), cfg.data.split, task, cfg.data.ds_size,
+    sets of the run's tasks before it (``earlier_forget``; a sequential scenario only)."""
+    sc, tasks = scenario(cfg.data.scenario), list(cfg.data.tasks)
+    earlier = tasks[:tasks.index(task)] if cfg.eval.earlier_tasks and sc.sequential and task in tasks else []
+    return sc.load(source or source_for(cfg), cfg.data.split, task, cfg.data.ds_size,
                                             holdout=cfg.eval.holdout, retain_authors=cfg.data.retain_authors,
                                             last_task=max(cfg.data.tasks, default=None), earlier_tasks=earlier)
 

@@ -205,6 +205,14 @@ def test_continual_table_takes_last_task_of_best_run():
         "NPO+GD", "ME+GD", "reference: each task's start", "reference: fixed (--fix-ref-model)"]
     only_moving = A.plot_continual(curves[~curves["fix_ref_model"]])
     assert [t.get_text() for t in only_moving.legends[0].get_texts()] == ["NPO+GD"]
+    # Runs that evaluated the earlier tasks' forget sets (eval.earlier_tasks) get a third panel, with the
+    # values drawn where they exist (from task 2 on).
+    earlier = curves.assign(**{A.EARLIER_ROUGE: [float("nan"), 0.2, 0.3] * 2 + [float("nan"), 0.1]
+                               + [float("nan"), 0.4, 0.5]})
+    fig = A.plot_continual(earlier)
+    assert len(fig.axes) == 3 and "earlier tasks" in fig.axes[2].get_ylabel()
+    drawn = {tuple(line.get_ydata()[~np.isnan(line.get_ydata())]) for line in fig.axes[2].lines}
+    assert drawn == {(0.2, 0.3), (0.4, 0.5)}  # b and d, the representative runs
 
 
 def test_real_world_table_has_quoted_figures_and_benchmark_placeholder():

@@ -132,7 +132,9 @@ def test_earlier_tasks_are_the_runs_tasks_before_this_one_and_continual_only():
     assert [r["task_id"] for r in scenario_data(cfg, 3).eval_sets[-1].rows] == [1, 1, 2, 2]
     off = cfg.replace(eval={"earlier_tasks": False})
     assert "earlier_forget" not in [s.name for s in scenario_data(off, 3).eval_sets]
-    with pytest.raises(StudyInputError, match="eval.earlier_tasks .* unlearns one task"):
-        RunConfig.from_dict({"data": {"scenario": "fictitious"}, "eval": {"earlier_tasks": True}})
+    # One --set serves every scenario: a one-task or non-sequential run has no earlier task.
+    for other in ({"scenario": "fictitious", "tasks": [2]}, {"scenario": "real-world", "tasks": [1, 2]}):
+        one = RunConfig.from_dict({"data": {**other, "n_authors": 8, "ds_size": 2}, "eval": {"earlier_tasks": True}})
+        assert "earlier_forget" not in [s.name for s in scenario_data(one, other["tasks"][-1]).eval_sets]
     with pytest.raises(ValueError, match="sequential"):
         FICTITIOUS.load(BuiltinSource(n_authors=4), earlier_tasks=(1,))
