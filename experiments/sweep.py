@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from study import presets  # noqa: E402  (after the path; imports no torch)
 from study.methods.hyperparams import SEARCHABLE_SETTINGS, SETTINGS  # noqa: E402
+from study.config import KEEP, OBJECTIVES, SAMPLERS  # noqa: E402  (torch-free)
 from study.data import SPLITS  # noqa: E402
 from study.scenarios import SCENARIOS, scenario  # noqa: E402
 from study.tracking import DEFAULT_EXPERIMENT, DEFAULT_STORAGE, DEFAULT_TRACKING_URI, SYSTEM_METRICS_S  # noqa: E402
@@ -44,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--data-dir", help="directory of TOFU-format JSON-lines files (default: the preset's source, e.g. built-in authors); "
                          "'hub' reads locuslab/TOFU online")
     a("--n-trials", type=int, help="finished trials wanted per method (resuming counts earlier ones)")
-    a("--sampler", choices=["tpe", "grid", "paper"], help="tpe (Bayesian), grid, or paper: the paper's exact settings (docs/science.md §4)")
-    a("--objective", choices=["pareto", "average", "model_utility", "forget_efficacy"],
+    a("--sampler", choices=SAMPLERS, help="tpe (Bayesian), grid, or paper: the paper's exact settings (docs/science.md §4)")
+    a("--objective", choices=OBJECTIVES,
       help="pareto: maximise Model Utility and Forget Efficacy together (default); or one scalar")
     a("--prune", action="store_true", help="evaluate after every epoch and prune poor trials (needs a single --objective)")
     a("--storage", help="Optuna storage: sqlite:///..., postgresql+psycopg2://user@host/db, or journal:<file> "
@@ -57,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--experiment", help=f"MLflow experiment name (default: {DEFAULT_EXPERIMENT})")
     a("--study-name", help="Optuna study name (default: derived from preset, scenario, split and model)")
     a("--seed", type=int, help="training seed (default 1001, docs/science.md §4); the sampler's seed too")
-    a("--keep-checkpoints", choices=["best", "all", "none"], help="which trials keep their checkpoint in MLflow (default: best = Pareto-best)")
+    a("--keep-checkpoints", choices=KEEP, help="which trials keep their checkpoint in MLflow (default: best = Pareto-best)")
     a("--system-metrics", type=float, metavar="SECONDS", help="MLflow's system metrics (system/*: CPU, memory, disk, "
       f"network, GPU) on each trial's run, one sample every SECONDS (default {SYSTEM_METRICS_S:g}; 0 = off)")
     a("--fix-ref-model", action="store_true", help="continual: keep the original model as NPO/DPO/KL reference")
@@ -199,7 +200,7 @@ def check_inputs(cfg, device: str | None, needs: list | None = None) -> None:
 def study_settings(args, cfg, study: dict, methods: list[str], fixed: list[str]):
     """The study's settings: each from its option, else the environment (stores), else the preset's
     ``[study]`` table, else the default."""
-    from study.search import StudySettings
+    from study.config import StudySettings
 
     sc = scenario(cfg.data.scenario)
     split = sc.split_label(cfg.data.split)
@@ -210,7 +211,7 @@ def study_settings(args, cfg, study: dict, methods: list[str], fixed: list[str])
         default_name += "-fixref"
     if args.study_name is None:  # a model or preset name can make an invalid default: say which, and the way out
         from study.errors import StudyInputError
-        from study.search import check_study_name
+        from study.config import check_study_name
 
         try:
             check_study_name(default_name)

@@ -10,7 +10,11 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+from pathlib import Path
+
 from .errors import StudyInputError, one_of
+from .methods.hyperparams import HYPERPARAMS
+from .tracking import DEFAULT_EXPERIMENT, DEFAULT_STORAGE, DEFAULT_TRACKING_URI, SYSTEM_METRICS_S, redact
 
 LABEL_MODES = ("auto", "answer", "full", "question_answer")
 SEED_MAX = 2**32 - 1
@@ -324,3 +328,130 @@ class RunConfig:
         for section, values in changes.items():
             data[section].update(values)
         return RunConfig.from_dict(data)
+
+
+# --------------------------------------------------------------------------------------------------
+# The study over trials: what a sweep runs beyond one trial's RunConfig
+
+
+SAMPLERS = ("tpe", "grid", "paper")
+OBJECTIVES = ("pareto", "average", "model_utility", "forget_efficacy")
+KEEP = ("best", "all", "none")
+HEARTBEAT_S = 30  # default Optuna heartbeat (s); a trial silent for 2x this long is failed by the next worker
+MAX_FAILURES = 5  # a worker stops a study after this many failed trials in a row
+MAX_TRIALS = 100_000
+STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql", "journal")
+TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks", "file")
+
+
+
+@dataclass
+class StudySettings:
+    """What a sweep runs, beyond one trial's ``RunConfig``: the Optuna study (name, methods, trials, sampler,
+    objective, storage), where its runs go (tracking URI, experiment) and its policies (checkpoints,
+    pruning, heartbeat, failures). Checked on construction, before any store is touched."""
+
+    study_name: str
+    methods: list[str]
+    n_trials: int = 4
+    sampler: str = "tpe"
+    objective: str = "pareto"
+    storage: str = DEFAULT_STORAGE
+    tracking_uri: str = DEFAULT_TRACKING_URI
+    experiment: str = DEFAULT_EXPERIMENT
+    seed: int = 0
+    keep_checkpoints: str = "best"
+    prune: bool = False
+    preset: str = "default"
+    space: dict = dataclasses.field(default_factory=dict)
+    """Range overrides ``name -> [low, high]`` (e.g. a preset's learning rates for a small model)."""
+    heartbeat: int = HEARTBEAT_S
+    """Seconds between a running trial's heartbeats; a trial silent for twice as long (its worker was
+    killed) is failed, and its MLflow run ended FAILED, by the next worker that starts a trial."""
+    max_failures: int = MAX_FAILURES
+    """Stop the study after this many failed trials in a row (a setting that always diverges)."""
+    fixed: list[str] = dataclasses.field(default_factory=list)
+    """Searchable hyper-parameters the user fixed (``--set train.lr=...``): not searched, the trial
+    configuration's value is used."""
+    system_metrics: float = SYSTEM_METRICS_S
+    """Seconds between samples of MLflow's system metrics (``system/*``: CPU, memory, disk, network,
+    GPU) logged to each trial's run while it trains and evaluates; 0 = off."""
+
+    def __post_init__(self):
+        check_study_name(self.study_name)
+        check_store_url("Optuna storage", self.storage, STORAGE_SCHEMES)
+        check_store_url("tracking store", self.tracking_uri, TRACKING_SCHEMES)
+        if not isinstance(self.experiment, str) or not self.experiment.strip() or len(self.experiment) > 256 \
+                or any(ord(c) < 32 for c in self.experiment):
+            raise StudyInputError(f"experiment name must be 1 to 256 printable characters, got {self.experiment!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= SEED_MAX:
+            raise StudyInputError(f"seed must be an integer from 0 to {SEED_MAX} (NumPy's range), got {self.seed!r}")
+        if self.sampler not in SAMPLERS:
+            raise one_of("sampler", self.sampler, SAMPLERS)
+        if self.objective not in OBJECTIVES:
+            raise one_of("objective", self.objective, OBJECTIVES)
+        if self.keep_checkpoints not in KEEP:
+            raise one_of("keep-checkpoints policy", self.keep_checkpoints, KEEP)
+        if not isinstance(self.n_trials, int) or isinstance(self.n_trials, bool) or not 1 <= self.n_trials <= MAX_TRIALS:
+            raise StudyInputError(f"n_trials must be a positive integer up to {MAX_TRIALS}, got {self.n_trials!r}")
+        for name in ("heartbeat", "max_failures"):
+            if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool) or getattr(self, name) < 1:
+                raise StudyInputError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+            if getattr(self, name) > 10**6:
+                raise StudyInputError(f"{name} must be at most 1000000, got {getattr(self, name)!r}")
+        if isinstance(self.system_metrics, bool) or not isinstance(self.system_metrics, (int, float)) \
+                or not (self.system_metrics == 0 or 0.1 <= self.system_metrics <= 3600):
+            raise StudyInputError(f"system_metrics must be 0 (off) or seconds from 0.1 to 3600, got {self.system_metrics!r}")
+        if self.prune and self.objective == "pareto":
+            raise StudyInputError("pruning needs a single objective: add --objective average (or model_utility, forget_efficacy)")
+        if not self.methods:
+            raise StudyInputError("no method given; e.g. --method ME+GD")
+        from .methods import Method  # the registry (torch): imported when settings are checked
+
+        for name in self.methods:
+            try:
+                Method.parse(name)
+            except ValueError as error:
+                raise StudyInputError(str(error)) from None
+        for name, bounds in self.space.items():
+            if name not in HYPERPARAMS:
+                raise one_of("searchable hyper-parameter", name, HYPERPARAMS)
+            try:
+                low, high = (float(b) for b in bounds)
+                dataclasses.replace(HYPERPARAMS[name], low=low, high=high, default=None)
+            except (TypeError, ValueError):
+                raise StudyInputError(f"search range of {name} must be [low, high] with 0 < low < high, got {bounds!r}") from None
+
+
+def check_study_name(name) -> None:
+    """A study name is one printable line of at most 200 characters without ``/``, ``#`` or ``..``:
+    it becomes Optuna study names (``<name>/<method>``), MLflow tags and run names."""
+    if not isinstance(name, str) or not name.strip() or len(name) > 200 or name != name.strip() \
+            or any(not c.isprintable() for c in name) or "/" in name or "\\" in name or "#" in name or ".." in name:
+        raise StudyInputError(f"study name must be 1 to 200 printable characters without '/', '\\', '#' or '..', "
+                              f"got {name!r}"[:300])
+
+
+def check_store_url(what: str, url, schemes: tuple[str, ...]) -> None:
+    """A store URL with a known scheme (``scheme://...`` or ``journal:<file>``); checked before any store
+    is touched. The message shows the URL redacted."""
+    scheme = url.split(":", 1)[0].split("+", 1)[0].lower() if isinstance(url, str) and ":" in url else ""
+    if not isinstance(url, str) or scheme not in schemes or (scheme != "journal" and "://" not in url) \
+            or any(not c.isprintable() for c in url):
+        shown = redact(url) if isinstance(url, str) else url
+        raise StudyInputError(f"{what} {shown!r}: unknown scheme; valid: "
+                              + ", ".join(f"{s}:<file>" if s == "journal" else f"{s}://..." for s in schemes))
+    if scheme == "sqlite" and (not url.startswith("sqlite:///") or url[len("sqlite:///"):].split("?")[0] in ("", ":memory:")):
+        raise StudyInputError(f"{what} {redact(url)!r} is in memory: nothing would be kept; name a file, "
+                              "e.g. sqlite:///mlruns/optuna.db")
+    if scheme in ("sqlite", "journal"):
+        file = url[len("journal:"):] if scheme == "journal" else url[len("sqlite:///"):].split("?")[0]
+        if not file.strip() or Path(file).expanduser().is_dir():
+            raise StudyInputError(f"{what} {redact(url)!r}: {'is a folder' if file.strip() else 'names no file'}; "
+                                  f"name a file, e.g. {'journal:mlruns/optuna.log' if scheme == 'journal' else 'sqlite:///mlruns/optuna.db'}")
+    if scheme not in ("sqlite", "journal", "file"):  # a server: user:password@host:port/database
+        rest = url.split("://", 1)[1]
+        authority, _, path = rest.partition("?")[0].partition("/")
+        if authority.count("@") > 1 or "@" in path or "#" in rest:
+            raise StudyInputError(f"{what} {redact(url)!r} is malformed: an unencoded '@', '/' or '#' in the user "
+                                  "name or password; percent-encode them (urllib.parse.quote(password, safe=''))")

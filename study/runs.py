@@ -21,7 +21,7 @@ from .tracking import StepLogger, Tracker, logged_model_name, package_versions, 
 
 def start_study_run(tracker: Tracker, study_name: str, method: str, cfg: RunConfig, settings) -> str:
     """The parent run of the Optuna study ``study_name`` (``study.kind=study``), holding its settings
-    (``settings``: a ``study.search.StudySettings``) as ``study.*`` parameters: the Optuna storage
+    (``settings``: a ``study.config.StudySettings``) as ``study.*`` parameters: the Optuna storage
     redacted, the tracking URI left out. Returns its id."""
     run_id = tracker.start(study_name, "study", {
         "study_name": study_name, "method": method, "scenario": cfg.data.scenario,

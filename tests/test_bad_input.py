@@ -316,7 +316,8 @@ def test_query_string_password_is_not_stored_in_the_study_run(tmp_path):
     import optuna
 
     from study.config import RunConfig
-    from study.search import StudySettings, Sweep
+    from study.config import StudySettings
+    from study.search import Sweep
     from study.tracking import Tracker
 
     settings = StudySettings("pw", ["ME+GD"], storage=f"postgresql+psycopg2://db.internal/optuna?user=u&password={PASSWORD}")

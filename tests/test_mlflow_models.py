@@ -248,7 +248,7 @@ def test_each_trial_logs_its_forget_retain_and_evaluation_sets(smoke_store):
 
 def test_system_metrics_are_on_every_10_s_by_default_and_0_turns_them_off():
     from study.errors import StudyInputError
-    from study.search import StudySettings
+    from study.config import StudySettings
 
     sweep = _sweep_module()
     for argv, expected in (([], 10.0), (["--system-metrics", "0"], 0.0), (["--system-metrics", "2.5"], 2.5)):
@@ -283,7 +283,8 @@ def test_keep_policy_moves_models_and_registry_versions_with_the_pareto_front(tm
 
     from study import models
     from study.config import RunConfig
-    from study.search import StudySettings, Sweep
+    from study.config import StudySettings
+    from study.search import Sweep
     from study.tracking import Tracker
 
     lm = models.load("tiny-llama", device="cpu", dtype=torch.float32)

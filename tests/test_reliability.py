@@ -263,12 +263,12 @@ def _fast_sweep(tmp_path, monkeypatch, outcome, **changes):
     """A real ``Sweep`` over sqlite stores whose trials call ``outcome()`` instead of training."""
     import types
 
-    from study import runner, search
+    from study import config, runner, search
     from study.config import RunConfig
     from study.references import ReferenceModels
 
     cfg = RunConfig.from_dict({"model": {"name": "tiny-llama"}, "data": {"n_authors": 6, "ds_size": 4}})
-    settings = search.StudySettings("fast", ["ME+GD"], storage=f"sqlite:///{tmp_path}/optuna.db",
+    settings = config.StudySettings("fast", ["ME+GD"], storage=f"sqlite:///{tmp_path}/optuna.db",
                                     tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="fast",
                                     keep_checkpoints="none", **changes)
     logs = []
@@ -562,7 +562,8 @@ def _fake_sweep(tmp_path, policy: str, values: list, directions: list[str]):
     from optuna.trial import create_trial
 
     from study.config import RunConfig
-    from study.search import StudySettings, Sweep
+    from study.config import StudySettings
+    from study.search import Sweep
     from study.tracking import Tracker
 
     sweep = Sweep(RunConfig(), StudySettings("fake", ["ME+GD"], n_trials=len(values), keep_checkpoints=policy), log=lambda *a: None)
@@ -689,7 +690,8 @@ def test_study_run_params_hide_the_storage_password(tmp_path):
     import optuna
 
     from study.config import RunConfig
-    from study.search import StudySettings, Sweep
+    from study.config import StudySettings
+    from study.search import Sweep
     from study.tracking import Tracker
 
     settings = StudySettings("pw", ["ME+GD"], storage="postgresql+psycopg2://user:pa55word@db.internal:5432/optuna",

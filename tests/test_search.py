@@ -11,7 +11,8 @@ import pytest
 
 from study.config import RunConfig
 from study.errors import StudyInputError
-from study.search import ADDED_SETTINGS, StudySettings, check_fixed_config, fixed_config, make_sampler, search_space
+from study.config import StudySettings
+from study.search import ADDED_SETTINGS, check_fixed_config, fixed_config, make_sampler, search_space
 
 
 def _study():
