@@ -129,7 +129,8 @@ def _common_options(args, replaced: tuple[str, ...]) -> list[str]:
     ``replaced`` keys (which the caller sets itself), the experiment, no progress bars, the stores."""
     argv = [w for item in args.set if not item.startswith(tuple(f"{key}=" for key in replaced)) for w in ("--set", item)]
     argv += ["--experiment", experiment_of(args), "--no-progress"]
-    for option, value in (("--tracking-uri", args.tracking_uri), ("--storage", args.storage), ("--device", args.device)):
+    for option, value in (("--tracking-uri", args.tracking_uri), ("--storage", args.storage), ("--device", args.device),
+                          ("--data-dir", args.data_dir)):
         if value:
             argv += [option, value]
     return argv
@@ -154,13 +155,14 @@ def experiment_of(args) -> str:
 
 
 def out_of(args) -> Path:
-    """``--out``, else ``docs/results/<scenario key>`` (``all``, ``sensitivity``), relative to the repository."""
-
+    """``--out``, else ``docs/results/<scenario folder>`` (``all``, ``sensitivity``) for the default preset and
+    ``docs/results/<preset>/<scenario folder>`` for any other (a TOFU study never writes over the built-in
+    one's folder), relative to the repository."""
     if args.out:
         out = Path(args.out)
     else:
         name = "sensitivity" if args.sensitivity else ("all" if args.scenario == "all" else scenario(args.scenario).folder)
-        out = Path(RESULTS) / name
+        out = Path(RESULTS) / name if args.preset == "default" else Path(RESULTS) / Path(args.preset).stem / name
     return out if out.is_absolute() else ROOT / out
 
 
@@ -222,7 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
       help="passed to sweep.py for every study; train.lr / train.epochs replace the preset's for every method")
     a("--out", help="where the tables, README.md, figures and notebooks go (default: docs/results/<scenario>, "
-                    "docs/results/all for every scenario, docs/results/sensitivity)")
+                    "docs/results/all for every scenario, docs/results/sensitivity; another preset than default: "
+                    "docs/results/<preset>/...)")
+    a("--data-dir", help="passed to sweep.py: a TOFU-format folder (e.g. ../shared/data/tofu) for presets that need "
+                         "data (tofu-cpu, paper-*)")
     a("--tracking-uri", help="MLflow tracking URI (sweep.py's default when omitted)")
     a("--storage", help="Optuna storage (sweep.py's default when omitted)")
     a("--experiment", help=f"MLflow experiment (default: {DEFAULT_EXPERIMENT}; with --sensitivity {SENSITIVITY_EXPERIMENT})")
