@@ -167,7 +167,7 @@ def check_reproduce(command: Command, request, monkeypatch, capsys) -> None:
     setting's sweep.py command through sweep.py's own ``--dry-run``; nothing trained), in this process."""
     from experiment_scripts import load
 
-    args = _program(command.argv)[1:]
+    args = _placeholders(_program(command.argv)[1:], request)
     if "--dry-run" not in args:
         args.append("--dry-run")
     monkeypatch.chdir(ROOT)
