@@ -120,6 +120,11 @@ def test_a_fourth_scenario_is_one_registry_entry(monkeypatch):
               for seed in (1, 2)]
     table = results.summary_table(runs_frame(trials), runs_frame([]))
     assert list(table["scenario"].unique()) == ["toy"] and table.set_index("method").loc["GA+GD", "n_seeds"] == 2
+    # Not the paper's: its released settings do not exist, said in one line (the paper sampler cannot run it).
+    from study import paper
+
+    with pytest.raises(StudyInputError, match="the paper released no settings for the toy scenario.*--sampler tpe"):
+        paper.released("toy", "GA+GD")
 
 
 def test_earlier_tasks_are_the_runs_tasks_before_this_one_and_continual_only():
