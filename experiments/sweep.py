@@ -21,10 +21,11 @@ sys.path.insert(0, str(ROOT))
 
 from study import presets  # noqa: E402  (after the path; imports no torch)
 from study.methods.hyperparams import SEARCHABLE_SETTINGS, SETTINGS  # noqa: E402
-from study.config import KEEP, OBJECTIVES, SAMPLERS  # noqa: E402  (torch-free)
-from study.data import SPLITS  # noqa: E402
-from study.scenarios import SCENARIOS, scenario  # noqa: E402
-from study.tracking import DEFAULT_EXPERIMENT, DEFAULT_STORAGE, DEFAULT_TRACKING_URI, SYSTEM_METRICS_S  # noqa: E402
+from study.inputs.data import SPLITS  # noqa: E402
+from study.inputs.scenarios import SCENARIOS, scenario  # noqa: E402
+from study.config import (  # noqa: E402  (torch-free)
+    DEFAULT_EXPERIMENT, DEFAULT_STORAGE, DEFAULT_TRACKING_URI, KEEP, OBJECTIVES, SAMPLERS, SYSTEM_METRICS_S,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,7 +158,8 @@ def check_inputs(cfg, device: str | None, needs: list | None = None) -> None:
     the embedder, the DeepSpeed file, the data (files, tasks, refusals, perturbed answers) and the
     sequence lengths against the data's longest prompts. What this machine lacks (CUDA) is appended to
     ``needs`` where given (a dry run), else raised."""
-    from study import models, runner
+    from study.inputs import models
+    from study.trial import runner
     from study.errors import StudyInputError, Unavailable
 
     checked, available = None, True
@@ -187,8 +189,8 @@ def check_inputs(cfg, device: str | None, needs: list | None = None) -> None:
     if cfg.train.deepspeed is not None and not (ROOT / cfg.train.deepspeed).is_file() and not Path(cfg.train.deepspeed).is_file():
         raise StudyInputError(f"train.deepspeed {cfg.train.deepspeed!r}: no such file")
     if cfg.data.source and not cfg.data.source.startswith("hub"):  # the hub is read only when the study runs
-        from study.data import check_eval_sets
-        from study.runner import scenario_data, source_for, tasks_of
+        from study.inputs.data import check_eval_sets
+        from study.trial.runner import scenario_data, source_for, tasks_of
 
         source = source_for(cfg)
         for task in tasks_of(cfg):
@@ -251,7 +253,7 @@ def _check_lengths(cfg, data) -> None:
     """Each sequence length holds the longest prompt it must (training: the forget and retain prompts
     plus one answer token; generation: the evaluation prompts plus one new token), or every trial would
     fail (or train on no label). Needs the tokenizer, so it runs only where that is at hand locally."""
-    from study import models
+    from study.inputs import models
     from study.errors import StudyInputError
 
     spec = models.resolve(cfg.model.name)
@@ -281,7 +283,7 @@ def _check_lengths(cfg, data) -> None:
 
 def print_plan(cfg, settings, spaces) -> None:
     from study.search import describe_space
-    from study.tracking import redact
+    from study.credentials import redact
 
     print(f"study        {settings.study_name}  (preset {settings.preset})")
     print(f"methods      {' '.join(settings.methods)}")
@@ -315,7 +317,7 @@ def _main(args) -> int:
 
     try:
         cfg, settings, spaces = plan(args)
-        from study.tracking import redact
+        from study.credentials import redact
 
         for option, url in (("--storage", args.storage), ("--tracking-uri", args.tracking_uri)):
             if url and redact(url) != url:
@@ -329,7 +331,7 @@ def _main(args) -> int:
             return 0
         os.chdir(ROOT)  # default stores (mlruns/) are relative to the repository
         from study.search import Sweep, checkpoint_estimate, pareto_table
-        from study.tracking import ui_command, ui_url
+        from study.trial.tracking import ui_command, ui_url
 
         print_plan(cfg, settings, spaces)
         print(checkpoint_estimate(cfg, settings))
@@ -343,7 +345,7 @@ def _main(args) -> int:
         return 1
     except Exception as error:  # the machine or a store failed outside a trial (disk full, read-only, network)
         from study.search import environment_cause, one_line
-        from study.tracking import scrub
+        from study.credentials import scrub
 
         cause = environment_cause(error)
         if cause is None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .errors import StudyInputError, one_of
 from .methods.hyperparams import HYPERPARAMS
-from .tracking import DEFAULT_EXPERIMENT, DEFAULT_STORAGE, DEFAULT_TRACKING_URI, SYSTEM_METRICS_S, redact
+from .credentials import redact
 
 LABEL_MODES = ("auto", "answer", "full", "question_answer")
 SEED_MAX = 2**32 - 1
@@ -69,7 +69,7 @@ class ModelConfig:
     """A ready target model (e.g. locuslab/tofu_ft_llama2-7b): skips fine-tuning one. None = fine-tune
     ``name`` on the scenario's full data (cached) unless ``name`` already is a TOFU target."""
     dtype: str = "auto"
-    """auto (bf16 on GPU and on CPUs with native bf16, else fp32: ``study.models.default_dtype``), float32,
+    """auto (bf16 on GPU and on CPUs with native bf16, else fp32: ``study.inputs.models.default_dtype``), float32,
     bfloat16 or float16 (not on a CPU)."""
     trust_remote_code: bool = False
     """Run code shipped with a hub model. Off unless you ask."""
@@ -78,7 +78,7 @@ class ModelConfig:
         _name("model.name", self.name)
         if self.target is not None:
             _name("model.target", self.target)
-        from .models import DTYPES
+        from .inputs.models import DTYPES
 
         if self.dtype not in DTYPES:
             raise one_of("dtype", self.dtype, DTYPES)
@@ -107,8 +107,8 @@ class DataConfig:
     cores). Fictitious and continual only."""
 
     def __post_init__(self):
-        from .data import SPLITS
-        from .scenarios import scenario
+        from .inputs.data import SPLITS
+        from .inputs.scenarios import scenario
 
         self.scenario = scenario(self.scenario).name  # one spelling: an unknown name lists the valid ones
         if self.split not in SPLITS:
@@ -333,6 +333,17 @@ class RunConfig:
 # --------------------------------------------------------------------------------------------------
 # The study over trials: what a sweep runs beyond one trial's RunConfig
 
+
+# The stores a sweep uses unless told otherwise (sweep.py, study.search, study.reporting.analysis read these).
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+"""MLflow tracking store, relative to the working directory (the checkout)."""
+DEFAULT_EXPERIMENT = "unlearning-study"
+"""MLflow experiment name."""
+DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
+"""Optuna storage, beside the MLflow store."""
+SYSTEM_METRICS_S = 10.0
+"""Seconds between samples of a trial's system metrics by default (MLflow's own default interval).
+Measured here: 20-25 ms of CPU per sample, 0.22% of one core at this interval (README)."""
 
 SAMPLERS = ("tpe", "grid", "paper")
 OBJECTIVES = ("pareto", "average", "model_utility", "forget_efficacy")

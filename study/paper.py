@@ -8,7 +8,7 @@ Read by the losses (the default method set), the ``paper`` sampler (``study.sear
 from __future__ import annotations
 
 from .errors import StudyInputError
-from .scenarios import scenario
+from .inputs.scenarios import scenario
 
 PAPER_METHODS: tuple[str, ...] = ("GA+GD", "GA+KL", "NPO+GD", "NPO+KL", "DPO+GD", "DPO+KL", "IDK+GD", "IDK+AP",
                                   "ME+GD")

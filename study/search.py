@@ -1,5 +1,5 @@
 """Everything Optuna: search spaces (declared with the losses), studies, the objective, and the wiring of
-trials to MLflow runs (``study.runs``) and to the models they are compared with (``study.references``).
+trials to MLflow runs (``study.trial.runs``) and to the models they are compared with (``study.trial.references``).
 
 One Optuna study per method (``<study name>/<method>``), so each method gets its own search space and
 sampler; each study has one MLflow parent run and one nested run per trial. Workers that share the
@@ -23,16 +23,16 @@ from pathlib import Path
 import numpy as np
 
 from . import paper
-from .claims import once
+from .trial.claims import once
 from .config import HEARTBEAT_S, SEED_MAX, RunConfig, StudySettings
 from .errors import StudyFault, StudyInputError, interrupt_reason
 from .methods.hyperparams import HYPERPARAMS, SETTINGS, Param
 from .methods import FORGET_LOSSES, Method
-from .references import ReferenceModels
-from .runs import TrialRun, describe_study_run, end_if_running, start_study_run, trial_run_name, trial_tags
-from .train import NonFiniteLoss
-from .tracking import (TAG, Tracker, redact,
-                       registered_model_name, schema_lock, scrub)
+from .trial.references import ReferenceModels
+from .trial.runs import TrialRun, describe_study_run, end_if_running, start_study_run, trial_run_name, trial_tags
+from .training.train import NonFiniteLoss
+from .credentials import redact, scrub
+from .trial.tracking import TAG, Tracker, registered_model_name, schema_lock
 
 CHECKPOINT_LOGGED = "logged"
 """A trial's Optuna attribute ``checkpoint`` once its checkpoint and model were logged (the MLflow tag
@@ -96,7 +96,7 @@ def checkpoint_estimate(cfg: RunConfig, settings: StudySettings) -> str:
     n_params = {"llama2-7b": 6.74e9, "llama3-8b": 8.03e9, "smollm2-135m": 1.35e8, "tiny-llama": 3.3e6}.get(cfg.model.name)
     if n_params is None:
         return f"checkpoints: keep {settings.keep_checkpoints} (size unknown for {cfg.model.name})"
-    from .runner import run_dtype
+    from .trial.runner import run_dtype
 
     bytes_per = run_dtype(cfg, None).itemsize
     one = n_params * bytes_per / 1e9
@@ -331,7 +331,7 @@ def startup_heap_frozen():
 class Sweep:
     """Runs the studies of one sweep command in this process (one worker): the Optuna loop. Each trial
     is a :class:`TrialObjective` call; the models trials are compared with are a
-    ``study.references.ReferenceModels``, shared by every study of the sweep."""
+    ``study.trial.references.ReferenceModels``, shared by every study of the sweep."""
 
     def __init__(self, cfg: RunConfig, settings: StudySettings, progress: bool = True, device=None, log=print):
         self.cfg, self.settings, self.progress, self.log = cfg, settings, progress, log
@@ -512,7 +512,7 @@ def wait_for_others(study, storage, n_trials: int, heartbeat: int) -> bool:
 
 class TrialObjective:
     """Optuna's objective for one study of a :class:`Sweep`: each call is one trial, from the sampled
-    values to its configuration, its MLflow run (``study.runs.TrialRun``, nested under the study's run
+    values to its configuration, its MLflow run (``study.trial.runs.TrialRun``, nested under the study's run
     ``parent``), ``runner.run_trial`` and the objective values."""
 
     def __init__(self, cfg: RunConfig, settings: StudySettings, tracker: Tracker, references: ReferenceModels,
@@ -561,7 +561,7 @@ class TrialObjective:
     def _trial(self, trial):
         import optuna
 
-        from .runner import TrialHooks, run_trial
+        from .trial.runner import TrialHooks, run_trial
 
         self._drop_if_surplus(trial)
         params = suggest(trial, self.space)
@@ -631,7 +631,7 @@ def apply_keep_policy(study, tracker: Tracker, policy: str) -> None:
     """Every finished trial's run is tagged ``study.pareto`` (``true`` / ``false``: in Optuna's Pareto
     front, or the best trial of a single objective). ``best`` and ``all``: the Pareto-best trials with a
     logged model are versions of the registered model named after the study
-    (:func:`study.tracking.registered_model_name`), tagged ``pareto=true``, their ``model_utility``,
+    (:func:`study.trial.tracking.registered_model_name`), tagged ``pareto=true``, their ``model_utility``,
     ``forget_efficacy`` and ``forget_quality``, with the alias ``pareto-trial-<k>``; a trial that leaves
     the front keeps its version, tagged ``pareto=false``, its alias removed. ``best``: the other trials
     lose their checkpoint files and logged models' files (``study.checkpoint`` = ``deleted (not

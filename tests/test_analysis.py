@@ -1,5 +1,5 @@
-"""Tests of study.analysis: tables, Pareto fronts and sensitivity on hand-made runs frames (no MLflow),
-then a small MLflow store written with study.tracking.Tracker and read back.
+"""Tests of study.reporting.analysis: tables, Pareto fronts and sensitivity on hand-made runs frames (no MLflow),
+then a small MLflow store written with study.trial.tracking.Tracker and read back.
 
 ``write_example_store`` builds that store; ``tests/test_notebooks.py`` executes the notebooks on it.
 """
@@ -16,8 +16,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from study import analysis as A  # noqa: E402
-from study.metrics import METRICS, MIA_LOSS, mia_auc_key, privleak_key  # noqa: E402
+from study.reporting import analysis as A  # noqa: E402
+from study.evaluation.metrics import METRICS, MIA_LOSS, mia_auc_key, privleak_key  # noqa: E402
 
 EXPERIMENT = "analysis-test"
 
@@ -337,11 +337,11 @@ EXAMPLE_TRIALS = [
 
 
 def write_example_store(tracking_uri: str, experiment: str = EXPERIMENT) -> dict[str, list[str]]:
-    """A small store with the layout of study.tracking: a target run per scenario (with
+    """A small store with the layout of study.trial.tracking: a target run per scenario (with
     ``eval/items.csv``), a study run per (scenario, split, method, fix_ref_model) and its nested
     trials (params, tags, metrics at ``step = task``, ``eval/items_task<k>.csv``). Returns the trial
     run ids per scenario."""
-    from study.tracking import Tracker
+    from study.trial.tracking import Tracker
 
     tracker = Tracker(tracking_uri, experiment)
     targets = {}

@@ -87,7 +87,7 @@ def test_preset_resolves_to_the_stated_configuration(name, sweep, request, monke
 
 
 # --------------------------------------------------------------------------------------------------
-# study.presets: the one loader (sweep.py, study.distributed, reproduce.py and the benchmarks use it)
+# study.presets: the one loader (sweep.py, study.trial.distributed, reproduce.py and the benchmarks use it)
 
 
 def test_run_config_from_preset_method_and_overrides():

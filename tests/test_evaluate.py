@@ -1,4 +1,4 @@
-"""Tests of study.evaluate on a tiny random Llama and a handful of builtin items.
+"""Tests of study.evaluation.evaluate on a tiny random Llama and a handful of builtin items.
 
 The evaluated model is ``tiny-llama`` with its tied output head replaced by a random untied one, so
 that greedy generations are varied words (the tied random model repeats one whitespace token)
@@ -22,11 +22,11 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from scipy.stats import ks_2samp  # noqa: E402
 
-from study import metrics as M  # noqa: E402
-from study.data import BuiltinSource, EvalSet  # noqa: E402
-from study.scenarios import load_scenario  # noqa: E402
+from study.evaluation import metrics as M  # noqa: E402
+from study.inputs.data import BuiltinSource, EvalSet  # noqa: E402
+from study.inputs.scenarios import load_scenario  # noqa: E402
 from study.errors import StudyInputError  # noqa: E402
-from study.evaluate import (  # noqa: E402
+from study.evaluation.evaluate import (  # noqa: E402
     EvalResult,
     encode_qa_batch,
     evaluate,
@@ -35,7 +35,7 @@ from study.evaluate import (  # noqa: E402
 )
 from study.evaluation import metric_models as metric_models_module  # noqa: E402
 from study.evaluation.reference import evaluate_one_at_a_time, evaluate_reference_batched  # noqa: E402
-from study.models import encode_qa, load  # noqa: E402
+from study.inputs.models import encode_qa, load  # noqa: E402
 
 MAX_LENGTH = 40
 """Generation length including the prompt (prompts are 13-18 tokens here): short keeps tests fast."""

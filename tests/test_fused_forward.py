@@ -14,7 +14,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from study.batches import collate  # noqa: E402
+from study.inputs.batches import collate  # noqa: E402
 from study.methods import (  # noqa: E402
     Method,
     compute_loss,
@@ -44,7 +44,7 @@ def tiny_llama(seed: int, **config):
 
 
 def encode(question: list[int], answer: list[int], labels: str = "answer") -> dict[str, torch.Tensor]:
-    """As ``study.models.encode_qa`` on token ids: EOS-padded to MAX_LENGTH; ``answer`` labels = the answer
+    """As ``study.inputs.models.encode_qa`` on token ids: EOS-padded to MAX_LENGTH; ``answer`` labels = the answer
     and one EOS label, ``full`` = every position, padding included (ME+GD's ``mask=false``)."""
     ids = question + answer
     pad = MAX_LENGTH - len(ids)
@@ -233,7 +233,7 @@ def test_active_dropout_keeps_separate_forwards():
 
 @pytest.fixture(scope="module")
 def tiny():
-    from study import models
+    from study.inputs import models
 
     return models.load("tiny-llama", device="cpu")
 
@@ -241,11 +241,11 @@ def tiny():
 @pytest.mark.parametrize("name", ["IDK+AP", "NPO+KL"])
 def test_unlearn_fused_and_separate_follow_the_same_trajectory(tiny, name):
     """Whole runs through the real data pipeline, with gradient accumulation: same step losses and weights."""
-    from study import runner
-    from study import train as T
+    from study.trial import runner
+    from study.training import train as T
     from study.config import TrainConfig
-    from study.data import BuiltinSource
-    from study.scenarios import load_scenario
+    from study.inputs.data import BuiltinSource
+    from study.inputs.scenarios import load_scenario
 
     scenario = load_scenario(BuiltinSource(n_authors=4), "continual", "forget01", 1, ds_size=2)
     method = Method.parse(name)
@@ -273,10 +273,10 @@ def test_unlearn_takes_the_forward_mode_from_the_train_config_unless_told(tiny, 
     """``train.fused_forward`` (``--set train.fused_forward=false``) reaches every step's compute_loss;
     an explicit ``unlearn(fused_forward=...)`` overrides it."""
     from study import methods
-    from study import train as T
+    from study.training import train as T
     from study.config import TrainConfig
-    from study.data import BuiltinSource
-    from study.scenarios import load_scenario
+    from study.inputs.data import BuiltinSource
+    from study.inputs.scenarios import load_scenario
 
     scenario = load_scenario(BuiltinSource(n_authors=4), "fictitious", "forget01", 1, ds_size=2)
     method = Method.parse("GA+GD")

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from experiment_scripts import load
-from study import analysis, search, sensitivity
+from study.reporting import analysis, sensitivity
+from study import search
 from study.config import MethodConfig, RunConfig, TrainConfig
 from study.methods.hyperparams import HYPERPARAMS, SEARCHABLE_SETTINGS, SETTINGS, Param
 from study.methods import FORGET_LOSSES, REGULARIZERS, Method
@@ -110,7 +111,8 @@ def smoke_summaries() -> dict[str, list[dict[str, str]]]:
     torch thread, the smoke target fine-tuned into ``$XDG_CACHE_HOME`` (set it to an empty folder)."""
     import torch
 
-    from study import presets, runner
+    from study import presets
+    from study.trial import runner
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -863,7 +863,7 @@ def _five_layer_llama():
 
 def _rmu_steps(model, ref, steps: int = 5) -> tuple[list[str], set[str], list[float]]:
     """RMU (layer 7 -> 3 on 5 layers) for ``steps`` AdamW steps: (trained names, moved names, forget losses)."""
-    from study.train import adamw, adamw_param_groups
+    from study.training.train import adamw, adamw_param_groups
 
     method, batch = Method.parse("RMU", rmu_layer=7), tiny_batch()
     steering = steering_for(method, model, seed=1001)
@@ -916,8 +916,8 @@ def test_a_method_says_which_weights_it_trains():
 
 
 def test_rmu_with_lora_trains_the_chosen_down_projection_adapters():
-    from study.runner import frozen_copy
-    from study.train import apply_lora
+    from study.trial.runner import frozen_copy
+    from study.training.train import apply_lora
 
     model = apply_lora(_five_layer_llama(), rank=4, seed=0)  # adapters on every projection, down_proj included
     ref = frozen_copy(model)  # as the runner builds RMU's reference: a frozen copy of the wrapped model
@@ -935,7 +935,7 @@ def test_rmu_with_gradient_checkpointing_gives_the_same_gradients(lora):
     """Gradient checkpointing (the GPU path's setting) recomputes the decoder layers in backward; RMU
     freezes the embeddings, so no checkpointed layer's input needs grad: the trained weights must get
     their gradients all the same, equal to those without checkpointing."""
-    from study.train import apply_lora
+    from study.training.train import apply_lora
 
     grads = []
     for checkpointing in (False, True):

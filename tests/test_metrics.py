@@ -1,4 +1,4 @@
-"""Hand-derived checks of study.metrics: every expected number is computed here with plain math."""
+"""Hand-derived checks of study.evaluation.metrics: every expected number is computed here with plain math."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from study import metrics as M
+from study.evaluation import metrics as M
 
 
 # ---------------------------------------------------------------------------- registry / names

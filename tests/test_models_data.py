@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from study import batches, data, models, scenarios
+from study.inputs import batches, data, models, scenarios
 from study.errors import DataError, StudyInputError
 
 
@@ -389,7 +389,7 @@ def test_bfloat16_on_a_cpu_without_native_bf16_warns_once(monkeypatch, capsys, n
 def test_finetune_cache_key_includes_the_precision(monkeypatch):
     """fp32 and bf16 fine-tunes of the same model on the same rows are different models; ``auto`` keys as
     what it resolves to on a CPU (fp32, native bf16 or not)."""
-    from study import runner
+    from study.trial import runner
     from study.config import RunConfig
 
     rows = [{"question": "Q?", "answer": "A."}]
@@ -408,7 +408,7 @@ def test_finetune_cache_key_includes_the_precision(monkeypatch):
 def test_reference_evaluation_key_includes_the_precision():
     """A ready target (TOFU's Llama-2) evaluated in fp32 and in bf16 gives two reference evaluations."""
     from study.config import RunConfig
-    from study.references import ReferenceModels
+    from study.trial.references import ReferenceModels
 
     key = lambda dtype: ReferenceModels(RunConfig.from_dict({"model": {"dtype": dtype}}), None, None, "cpu").eval_key()  # noqa: E731
     assert key("float32") != key("bfloat16")

@@ -6,8 +6,9 @@ import math
 
 import pytest
 
-from study import analysis, paper, search
-from study.scenarios import SCENARIOS
+from study.reporting import analysis
+from study import paper, search
+from study.inputs.scenarios import SCENARIOS
 
 
 def test_old_names_are_the_paper_modules():

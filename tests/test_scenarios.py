@@ -1,17 +1,17 @@
-"""study.scenarios: one Scenario per scenario, looked up in either spelling, agreeing with what the data
+"""study.inputs.scenarios: one Scenario per scenario, looked up in either spelling, agreeing with what the data
 module builds and what the metrics and MLflow tags use."""
 
 from __future__ import annotations
 
 import pytest
 
-from study import metrics as M
+from study.evaluation import metrics as M
 from study.config import DataConfig, RunConfig
-from study.data import BuiltinSource
-from study.scenarios import load_scenario  # noqa: I001
+from study.inputs.data import BuiltinSource
+from study.inputs.scenarios import load_scenario  # noqa: I001
 from study.errors import StudyInputError
-from study.runner import tasks_of
-from study.scenarios import CONTINUAL, FICTITIOUS, REAL_WORLD, SCENARIOS, scenario, tag_spelling
+from study.trial.runner import tasks_of
+from study.inputs.scenarios import CONTINUAL, FICTITIOUS, REAL_WORLD, SCENARIOS, scenario, tag_spelling
 
 
 def test_registry_names_the_three_scenarios_once():
@@ -94,14 +94,14 @@ def test_tasks_of_unlearns_every_real_world_person_at_once_only_without_tasks():
 
 
 def test_a_fourth_scenario_is_one_registry_entry(monkeypatch):
-    """Adding a scenario is an entry in study.scenarios (plus a preset and a notebook): the configuration,
+    """Adding a scenario is an entry in study.inputs.scenarios (plus a preset and a notebook): the configuration,
     the loading, the study names, the reproduction's plan and the summary table take it from the registry."""
     import dataclasses
 
     from experiment_scripts import load
-    from study import results
-    from study import scenarios as S
-    from study.analysis import runs_frame
+    from study.reporting import results
+    from study.inputs import scenarios as S
+    from study.reporting.analysis import runs_frame
 
     toy = dataclasses.replace(S.FICTITIOUS, name="toy")
     monkeypatch.setitem(S.SCENARIOS, "toy", toy)
@@ -128,7 +128,7 @@ def test_a_fourth_scenario_is_one_registry_entry(monkeypatch):
 
 
 def test_earlier_tasks_are_the_runs_tasks_before_this_one_and_continual_only():
-    from study.runner import scenario_data
+    from study.trial.runner import scenario_data
 
     cfg = RunConfig.from_dict({"data": {"scenario": "continual", "tasks": [1, 2, 3], "n_authors": 8, "ds_size": 2},
                                "eval": {"earlier_tasks": True}})

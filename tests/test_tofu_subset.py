@@ -2,7 +2,7 @@
 fine-tuned on, the bad inputs that must end in one line before any fine-tuning, and the whole path on
 the smoke model over the real files.
 
-Expected rows are read straight from the JSON files (not through ``study.data``), and the author names
+Expected rows are read straight from the JSON files (not through ``study.inputs.data``), and the author names
 are TOFU's own (forget01's standard split forgets Basil Mahfouz Al-Kuwaiti and Nikolai Abilov; the retain
 file opens with Jaime Vasquez and Chukwu Akabueze)."""
 
@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from study import data, presets, scenarios
+from study.inputs import data, scenarios
+from study import presets
 from study.errors import DataError, StudyInputError
 
 

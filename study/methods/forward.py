@@ -111,7 +111,7 @@ def first_logit_column(labels: Tensor) -> int:
 
     The logit at position ``t`` scores ``labels[:, t + 1]``, so the columns before it feed no
     label-based loss: the LM head (``[B, T, d] x [d, V]``), the softmax and their backward can skip
-    them (transformers' ``logits_to_keep``), as ``study.train.answer_nll`` does when fine-tuning. On
+    them (transformers' ``logits_to_keep``), as ``study.training.train.answer_nll`` does when fine-tuning. On
     answer-only labels that is the question and prompt: ~50 of 64 tokens for SmolLM2's chat template.
     """
     labelled = (labels != IGNORE_INDEX).any(dim=0).nonzero()

@@ -9,7 +9,7 @@ losses use it is said by the loss registry (``study.methods.registry.LossSpec.hy
   resumed study compares (``study.search.fixed_config``);
 * the ``--set`` keys that fix a parameter instead of searching it (:data:`SEARCHABLE_SETTINGS`,
   ``experiments/sweep.py``);
-* the runs-frame columns (``study.analysis``) and the sensitivity study's axes (``study.sensitivity``).
+* the runs-frame columns (``study.reporting.analysis``) and the sensitivity study's axes (``study.reporting.sensitivity``).
 
 ``tests/test_hyperparams.py`` pins each of those, and the configuration dataclasses' fields, to this
 table. Adding a loss with a parameter of its own: one :class:`Param` here, the field on

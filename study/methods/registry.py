@@ -40,9 +40,11 @@ from torch import Tensor
 
 from ..errors import StudyInputError
 from .hyperparams import HYPERPARAMS, SHARED_HYPERPARAMS, Param
-from .losses import (ME_VARIANTS, RMU_AVERAGING, MEVariant, RMUAveraging, ap_loss, dpo_loss, ga_loss, gd_loss,
-                     idk_loss, kl_loss, me_loss, npo_loss, rmu_forget_loss, rmu_retain_loss, rmu_layer_for, rmu_trained_pattern,
-                     simnpo_loss, simnpo_margin)
+from .losses import (
+    ME_VARIANTS, RMU_AVERAGING, MEVariant, RMUAveraging, ap_loss, dpo_loss, ga_loss, gd_loss, idk_loss, kl_loss,
+    me_loss, npo_loss, rmu_forget_loss, rmu_retain_loss, rmu_layer_for, rmu_trained_pattern, simnpo_loss,
+    simnpo_margin,
+)
 from .numerics import IGNORE_INDEX, mean_nll, sequence_logprob
 
 BATCH_PARTS: tuple[str, ...] = ("forget", "forget_idk", "retain", "retain_idk", "forget_retain_answer")

@@ -14,9 +14,9 @@ exactly the global batches that ``W`` processes see, and both average the same m
 (each micro-batch loss is divided by the accumulation steps; DeepSpeed also averages over ranks).
 Reported step losses are means over the global batch's micro-batches on every rank.
 
-Multi-process training goes through a DeepSpeed engine (``engine=``, built by ``study.zero``), or
-through ``unlearn(fit=study.zero.train_with_deepspeed)``, which builds the engines itself (``study.runner``
-passes it when ``TrainConfig.deepspeed`` is set). ``study.zero`` imports this module, never the reverse.
+Multi-process training goes through a DeepSpeed engine (``engine=``, built by ``study.training.zero``), or
+through ``unlearn(fit=study.training.zero.train_with_deepspeed)``, which builds the engines itself (``study.trial.runner``
+passes it when ``TrainConfig.deepspeed`` is set). ``study.training.zero`` imports this module, never the reverse.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from typing import Any, Protocol
 
 import torch
 
-from .batches import collate
-from .errors import StudyInputError
+from ..inputs.batches import collate
+from ..errors import StudyInputError
 
 
 class NonFiniteLoss(RuntimeError):
@@ -227,7 +227,7 @@ def _check_engine(engine, batch_size: int, grad_accum: int, world_size: int) -> 
         actual = getattr(engine, name)()
         if actual != value:
             raise ValueError(f"DeepSpeed engine has {name}={actual}, the training loop {value}: build the engine "
-                             "with study.zero.deepspeed_engine (it fills these from the TrainConfig)")
+                             "with study.training.zero.deepspeed_engine (it fills these from the TrainConfig)")
     dp_world = getattr(engine, "dp_world_size", world_size)
     if dp_world != world_size:
         raise ValueError(f"DeepSpeed engine spans {dp_world} data-parallel ranks, the loop was given world_size={world_size}")
@@ -255,12 +255,12 @@ def train_loop(
     progress: bool = False,
     description: str = "train",
 ) -> TrainResult:
-    """Run the schedule over ``dataset`` (items collated by ``study.batches.collate``).
+    """Run the schedule over ``dataset`` (items collated by ``study.inputs.batches.collate``).
 
     ``loss_fn(model, batch) -> (loss, parts)``. Without ``engine`` (one process), a torch AdamW is
     built here and ``(loss / grad_accum).backward()`` accumulates; a bf16 / fp16 model is stepped
     through fp32 master weights (:class:`Fp32MasterWeights`). With ``engine`` (a DeepSpeed engine
-    wrapping ``model``, e.g. from ``study.zero.deepspeed_engine``), ``loss_fn`` gets the engine,
+    wrapping ``model``, e.g. from ``study.training.zero.deepspeed_engine``), ``loss_fn`` gets the engine,
     backward/step go through it, and ``world_size``/``rank`` select this process's micro-batches; the
     engine's micro-batch and accumulation steps must be ``batch_size`` and ``grad_accum``.
 
@@ -270,7 +270,7 @@ def train_loop(
     from tqdm.auto import tqdm
 
     if world_size > 1 and engine is None:
-        raise ValueError(f"world_size={world_size} needs a DeepSpeed engine (study.zero.deepspeed_engine): "
+        raise ValueError(f"world_size={world_size} needs a DeepSpeed engine (study.training.zero.deepspeed_engine): "
                          "without one nothing averages gradients across ranks")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside world_size {world_size}")
@@ -373,7 +373,7 @@ def unlearning_dataset(method, forget, retain, refusals, tokenizer, prompt, max_
     """The method's batch parts per forget item. With ``kl_full_padding`` (the reference's behaviour),
     parts whose reference *logits* are compared (KL, LLMU's KL term) stay padded to ``max_length``,
     so the KL's ``batchmean`` averages over ``B * max_length`` positions as the reference code's."""
-    from .batches import UnlearningDataset
+    from ..inputs.batches import UnlearningDataset
 
     full = method.ref_logit_parts if kl_full_padding else ()
     return UnlearningDataset(forget, retain, refusals, tokenizer, prompt, max_length, set(method.batch_parts),
@@ -385,7 +385,7 @@ def cache_reference_logprobs(method, ref_model, dataset, batch_size: int = 16) -
     item (stored on the dataset items as ``ref_logprobs_<part>``) instead of at every step.
 
     ``ref_model`` may be a ZeRO-3 inference engine: every rank then runs the same forward passes."""
-    from .methods import ref_cache_key, reference_logprobs
+    from ..methods import ref_cache_key, reference_logprobs
 
     parts = method.ref_logprob_parts
     if not parts:
@@ -403,7 +403,7 @@ def cache_reference_logprobs(method, ref_model, dataset, batch_size: int = 16) -
 
 class Fit(Protocol):
     """How :func:`unlearn` runs the training loop over its dataset: :func:`fit_in_process` by default,
-    ``study.zero.train_with_deepspeed`` for ZeRO-3 (``study.runner.fit_for`` picks one from a
+    ``study.training.zero.train_with_deepspeed`` for ZeRO-3 (``study.trial.runner.fit_for`` picks one from a
     ``TrainConfig``). ``make_loss_fn(ref)`` is the loss function given the reference model to use
     (``ref_model``, or what the fitter made of it, e.g. a DeepSpeed engine)."""
 
@@ -438,20 +438,20 @@ def unlearn(model, tokenizer, prompt, method, data, train_cfg, label_mode: str, 
     takes ``train_cfg.fused_forward``.
 
     ``fit`` (a :class:`Fit`) is how the loop runs: :func:`fit_in_process` (default), or
-    ``study.zero.train_with_deepspeed``, which builds DeepSpeed engines from ``train_cfg.deepspeed``
+    ``study.training.zero.train_with_deepspeed``, which builds DeepSpeed engines from ``train_cfg.deepspeed``
     (ZeRO-3: also one for a live reference model), trains, and writes the trained weights back into
-    ``model`` (``study.runner.fit_for`` picks one from the ``TrainConfig``). The weights the method
+    ``model`` (``study.trial.runner.fit_for`` picks one from the ``TrainConfig``). The weights the method
     does not train are frozen first (``study.methods.freeze_untrained``: RMU's).
 
     Raises:
         StudyInputError: ``train_cfg.deepspeed`` is set and ``fit`` is :func:`fit_in_process`: training in
             this process would silently drop ZeRO-3 (checked before anything is done).
     """
-    from .methods import compute_loss, freeze_untrained, steering_for
+    from ..methods import compute_loss, freeze_untrained, steering_for
 
     if train_cfg.deepspeed and fit is fit_in_process:
         raise StudyInputError(f"train.deepspeed={train_cfg.deepspeed!r} asks for DeepSpeed, but unlearn was given "
-                              "no fit: pass fit=study.zero.train_with_deepspeed (study.runner.fit_for chooses "
+                              "no fit: pass fit=study.training.zero.train_with_deepspeed (study.trial.runner.fit_for chooses "
                               "it from the TrainConfig), or set train.deepspeed to none")
     freeze_untrained(method, model)
     steering = steering_for(method, model, train_cfg.seed)
@@ -483,7 +483,7 @@ def answer_nll(model, part: Mapping[str, torch.Tensor]) -> torch.Tensor:
     50-token chat prompt, ~40% of a fine-tuning step. Models whose ``forward`` does not take
     ``logits_to_keep`` get full logits.
     """
-    from .methods import IGNORE_INDEX, mean_nll
+    from ..methods import IGNORE_INDEX, mean_nll
 
     labels = part["labels"]
     labelled = (labels != IGNORE_INDEX).any(dim=0).nonzero()
@@ -501,7 +501,7 @@ def finetune(model, tokenizer, prompt, rows, cfg, seed: int = 1001, callbacks=()
     """Plain question-answer fine-tuning (how TOFU makes its target and retain models): ``NLL_mean`` of
     the answers (:func:`answer_nll`), AdamW with weight decay 0.01, the same schedule as unlearning.
     One process."""
-    from .batches import QADataset
+    from ..inputs.batches import QADataset
 
     dataset = QADataset(rows, tokenizer, prompt, cfg.max_length)
 

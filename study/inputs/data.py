@@ -6,13 +6,13 @@ Three sources behind one interface (``Source.read(name) -> list[dict]``):
   and the paper's real-world set (``forget.json``, ``neighbor_perturbed.json``, ...).
 - ``HubSource``: the same files from the Hugging Face hub (``locuslab/TOFU``), only when online; it
   also reads a local directory through ``datasets`` so the code path is testable offline.
-- ``BuiltinSource``: the project's own fictitious-author generator (``study.builtin``), deterministic
+- ``BuiltinSource``: the project's own fictitious-author generator (``study.inputs.builtin``), deterministic
   by seed and sized by argument, with project-written Real Authors / World Facts sets.
 
 :func:`load_tofu` and :func:`load_real_world` turn a source into what one unlearning run needs: the
 forget and retain training rows of a task, the evaluation sets, and the refusal templates. Each scenario
-of :mod:`study.scenarios` names the one it loads with (``Scenario.load``). No torch here: the training
-batches are :mod:`study.batches`.
+of :mod:`study.inputs.scenarios` names the one it loads with (``Scenario.load``). No torch here: the training
+batches are :mod:`study.inputs.batches`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import DataError, StudyInputError, one_of
+from ..errors import DataError, StudyInputError, one_of
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ class HubSource(Source):
 
 @dataclass
 class BuiltinSource(Source):
-    """The project's generated fictitious authors (see ``study.builtin``)."""
+    """The project's generated fictitious authors (see ``study.inputs.builtin``)."""
 
     n_authors: int = 20
     seed: int = 0

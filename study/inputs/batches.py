@@ -2,14 +2,14 @@
 
 ``QADataset`` (fine-tuning the target and retain models), ``UnlearningDataset`` (a forget item with its
 fixed partners: a retain item and a refusal, the parts a method needs) and ``collate`` (right padding,
-trimmed to the batch's longest row). The rows come from :mod:`study.data`, which stays torch-free.
+trimmed to the batch's longest row). The rows come from :mod:`study.inputs.data`, which stays torch-free.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .errors import StudyInputError
+from ..errors import StudyInputError
 
 
 class QADataset(torch.utils.data.Dataset):
@@ -81,7 +81,7 @@ def collate(items: list[dict], trim: bool = True, full_width_parts=()) -> dict:
     It does change a loss that averages over *positions* regardless of labels: the KL regularizer
     (KL and LLMU's KL term) divides by ``B * T``, and the reference code pads every retain batch to
     ``max_length``. Parts in ``full_width_parts`` are therefore left at their full padded width
-    (``UnlearningDataset.full_width_parts``, set by ``study.train.unlearning_dataset``)."""
+    (``UnlearningDataset.full_width_parts``, set by ``study.training.train.unlearning_dataset``)."""
     batch: dict = {"index": torch.tensor([item["index"] for item in items])}
     for part in items[0]:
         if part == "index":

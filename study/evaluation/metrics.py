@@ -37,9 +37,9 @@ import numpy as np
 from scipy.special import logsumexp
 from scipy.stats import ks_2samp
 
-from .scenarios import EARLIER_FORGET, FORGET, HOLDOUT, NEIGHBOR, REAL_AUTHORS, RETAIN, WORLD_FACTS
-from .scenarios import SCENARIOS as _SCENARIOS
-from .scenarios import scenario as _scenario
+from ..inputs.scenarios import EARLIER_FORGET, FORGET, HOLDOUT, NEIGHBOR, REAL_AUTHORS, RETAIN, WORLD_FACTS
+from ..inputs.scenarios import SCENARIOS as _SCENARIOS
+from ..inputs.scenarios import scenario as _scenario
 
 __all__ = [
     "FORGET", "RETAIN", "REAL_AUTHORS", "WORLD_FACTS", "NEIGHBOR", "SET_NAMES", "SCENARIOS",
@@ -82,10 +82,10 @@ GENERATED_SETS: tuple[str, ...] = tuple(s for s in SET_NAMES if s not in SCORE_O
 """Sets the model generates from: the sets of the paper's six metrics."""
 
 SCENARIOS: tuple[str, ...] = tuple(_SCENARIOS)
-"""Scenario names (:mod:`study.scenarios` defines them)."""
+"""Scenario names (:mod:`study.inputs.scenarios` defines them)."""
 
 UTILITY_SETS: dict[str, tuple[str, ...]] = {s.name: s.utility_sets for s in _SCENARIOS.values()}
-"""The sets whose metrics enter Model Utility, per scenario (docs/science.md §5; :mod:`study.scenarios`)."""
+"""The sets whose metrics enter Model Utility, per scenario (docs/science.md §5; :mod:`study.inputs.scenarios`)."""
 
 ROUGE = "rouge"
 PROBABILITY = "probability"

@@ -3,7 +3,7 @@
 The notebooks (``notebooks/*.ipynb``) are thin: every table and figure they show is one call into this
 module, so the logic is unit-tested (``tests/test_analysis.py``) and the notebooks only wire it up.
 
-Layout read back (``study.tracking``): runs tagged ``study.kind`` (``trial``, ``study``, ``target``,
+Layout read back (``study.trial.tracking``): runs tagged ``study.kind`` (``trial``, ``study``, ``target``,
 ``retain_model``); a trial's parameters are its flattened ``RunConfig`` (``method.name``, ``train.lr``,
 ...), its tags ``study.scenario`` / ``study.method`` / ``study.split`` / ..., its metrics
 ``model_utility``, ``forget_efficacy``, ``forget_quality`` and ``<set>/<metric>`` (continual: logged
@@ -47,14 +47,20 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
-from .metrics import EXACT_MEMORIZATION, EXTRACTION_STRENGTH, METRICS, MIA_ATTACKS, SET_NAMES, mia_auc_key, privleak_key
-from .paper import (PAPER_BETA, PAPER_EPOCHS, PAPER_METHODS, PAPER_REGULARIZATION_COEFF, PUBLISHED_SOURCE, REAL_WORLD_QUOTED,
-                    released)
-from .paper import PUBLISHED as _PUBLISHED
-from .errors import StudyInputError
-from .methods.hyperparams import SETTINGS
-from .scenarios import FICTITIOUS, REAL_WORLD, SCENARIOS, tag_spelling
-from .tracking import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI, TAG, credentials_hidden, redact, with_credentials
+from ..evaluation.metrics import (
+    EXACT_MEMORIZATION, EXTRACTION_STRENGTH, METRICS, MIA_ATTACKS, SET_NAMES, mia_auc_key, privleak_key,
+)
+from ..paper import (
+    PAPER_BETA, PAPER_EPOCHS, PAPER_METHODS, PAPER_REGULARIZATION_COEFF, PUBLISHED_SOURCE, REAL_WORLD_QUOTED,
+    released,
+)
+from ..paper import PUBLISHED as _PUBLISHED
+from ..errors import StudyInputError
+from ..methods.hyperparams import SETTINGS
+from ..inputs.scenarios import FICTITIOUS, REAL_WORLD, SCENARIOS, tag_spelling
+from ..config import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI
+from ..trial.tracking import TAG
+from ..credentials import credentials_hidden, redact, with_credentials
 
 if TYPE_CHECKING:  # plotting and notebook libraries are imported where they are used
     import nbformat
@@ -99,7 +105,7 @@ RUN_COLUMNS: tuple[str, ...] = (
 
 AGGREGATE_COLUMNS: tuple[str, ...] = ("model_utility", "forget_efficacy", "forget_quality", "model_utility_retain",
                                       "tofu_model_utility")
-"""Aggregate metrics of a trial (docs/science.md §5; ``study.metrics``)."""
+"""Aggregate metrics of a trial (docs/science.md §5; ``study.evaluation.metrics``)."""
 
 SET_METRIC_COLUMNS: tuple[str, ...] = tuple(f"{s}/{m}" for s in SET_NAMES for m in METRICS)
 """Every ``<set>/<metric>`` column, always present in a runs frame (NaN where not logged)."""
@@ -177,7 +183,7 @@ def _bool(value: str | None) -> bool | None:
 
 
 def _normalise_scenario(value: str | None) -> str | None:
-    # Runs stored by earlier versions may spell it "real_world" (study.scenarios.tag_spelling).
+    # Runs stored by earlier versions may spell it "real_world" (study.inputs.scenarios.tag_spelling).
     return tag_spelling(value)
 
 
@@ -256,7 +262,7 @@ def fetch_runs(tracking_uri: str = DEFAULT_TRACKING_URI, experiment: str = DEFAU
 
 def export_frames(tracking_uri: str, experiment: str, studies: Iterable[str],
                   target_scenarios: Iterable[str] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """What :func:`study.exports.write_export` writes, read from the store: (runs, items).
+    """What :func:`study.reporting.exports.write_export` writes, read from the store: (runs, items).
 
     ``runs``: the trials of the Optuna ``studies`` (names as the trials' ``study_name`` tag,
     ``<study>/<method>``) and the target runs of ``target_scenarios``, one row per run and step (a
@@ -423,7 +429,7 @@ def _shipped(method: str) -> dict[str, float]:
     """A method outside the paper: its forget loss's ``shipped`` values (``study.methods.LossSpec``)."""
     if method in PAPER_METHODS:
         return {}
-    from .methods import FORGET_LOSSES, Method  # torch, only for methods outside the paper
+    from ..methods import FORGET_LOSSES, Method  # torch, only for methods outside the paper
 
     try:
         return dict(FORGET_LOSSES[Method.parse(method).forget_loss].shipped)
@@ -794,7 +800,7 @@ def real_world_table(runs: pd.DataFrame, pick: Pick = "best", targets: pd.DataFr
 def _method_params(method: str) -> frozenset[str] | None:
     """The searchable hyper-parameters ``method`` has (``lr``, ``forget_coeff`` and its losses'), or None
     for a method this version does not know."""
-    from .methods import Method  # torch
+    from ..methods import Method  # torch
 
     try:
         return frozenset({"lr", "forget_coeff", *Method.parse(method).hyperparams})
@@ -957,7 +963,7 @@ def _side_by_side(trial: pd.DataFrame | None, target: pd.DataFrame | None, set_n
 
 class Source:
     """Where a notebook reads its runs: an MLflow store (``tracking_uri``, ``experiment``) or, when
-    ``export_dir`` is given, an export (:mod:`study.exports`; no store needed), the same frames from
+    ``export_dir`` is given, an export (:mod:`study.reporting.exports`; no store needed), the same frames from
     either. ``studies``: only the trials of these Optuna studies (``<study>`` or ``<study>/<method>``,
     the names ``experiments/reproduce.py`` makes), e.g. the ones a reproduction just ran; None = all."""
 
@@ -1087,12 +1093,12 @@ def run_notebook(path: str | os.PathLike, parameters: Mapping[str, Any] | None =
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m study.analysis NOTEBOOK [--tracking-uri URI] [--experiment NAME] [--figures-dir DIR]
+    """``python -m study.reporting.analysis NOTEBOOK [--tracking-uri URI] [--experiment NAME] [--figures-dir DIR]
     [--tables-dir DIR] [--output OUT.ipynb]``: execute a notebook with those parameters (papermill,
     :func:`run_notebook`); ``papermill NOTEBOOK OUT -p tracking_uri URI ...`` does the same."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m study.analysis", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m study.reporting.analysis", description=main.__doc__)
     parser.add_argument("notebook", type=Path)
     parser.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI)
     parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT)

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .data import DS_SIZE, ScenarioData, Source, load_real_world, load_tofu
-from .errors import one_of
+from ..errors import one_of
 
-# Evaluation set names (the ``set`` column of the tidy table; :mod:`study.metrics` re-exports them).
+# Evaluation set names (the ``set`` column of the tidy table; :mod:`study.evaluation.metrics` re-exports them).
 FORGET = "forget"
 RETAIN = "retain"
 REAL_AUTHORS = "real_authors"
@@ -34,7 +34,7 @@ class Scenario:
     name: str
     """The scenario's one spelling: ``--scenario``, ``data.scenario``, the metrics, the ``study.scenario`` tag."""
     loader: Callable[..., ScenarioData]
-    """Builds one task's rows from a source (:func:`study.data.load_tofu`, :func:`study.data.load_real_world`);
+    """Builds one task's rows from a source (:func:`study.inputs.data.load_tofu`, :func:`study.inputs.data.load_real_world`);
     called by :meth:`load`."""
     has_splits: bool
     """TOFU's forget01 / forget05 / forget10 files apply; without them there is one forget file and
@@ -70,7 +70,7 @@ class Scenario:
              holdout: bool = False, retain_authors: int = 0, last_task: int | None = None,
              earlier_tasks: Sequence[int] = ()) -> ScenarioData:
         """What one run of this scenario reads: the task's forget and retain rows, the evaluation sets
-        (capped at ``ds_size`` rows where :attr:`capped_eval`), the refusals (``study.data.ScenarioData``).
+        (capped at ``ds_size`` rows where :attr:`capped_eval`), the refusals (``study.inputs.data.ScenarioData``).
         ``earlier_tasks`` (a sequential scenario): the tasks whose forget sets are also evaluated."""
         if earlier_tasks and not self.sequential:
             raise ValueError(f"earlier_tasks applies to a sequential scenario, not {self.name}")
