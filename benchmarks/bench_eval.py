@@ -1,7 +1,7 @@
 """Batched evaluation vs the reference code's batching and vs one item at a time: same items, same
 numbers, how much faster, and where the time goes.
 
-Evaluates the same builtin items three ways: ``study.evaluate`` and the two reference engines of
+Evaluates the same builtin items three ways: ``study.evaluation.evaluate`` and the two reference engines of
 ``study.evaluation.reference``:
 
 * ``evaluate`` -- items pooled across sets and sorted by length, generation in batches that drop
@@ -51,11 +51,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from study import metrics as M  # noqa: E402
-from study.data import BuiltinSource, EvalSet, load_scenario  # noqa: E402
-from study.evaluate import EvalResult, evaluate, load_metric_models  # noqa: E402
+from study.evaluation import metrics as M  # noqa: E402
+from study.inputs.data import BuiltinSource, EvalSet  # noqa: E402
+from study.inputs.scenarios import load_scenario  # noqa: E402
+from study.evaluation.evaluate import EvalResult, evaluate, load_metric_models  # noqa: E402
 from study.evaluation.reference import evaluate_one_at_a_time, evaluate_reference_batched  # noqa: E402
-from study.models import load  # noqa: E402
+from study.inputs.models import load  # noqa: E402
 
 from benchmarks import result_line  # noqa: E402
 

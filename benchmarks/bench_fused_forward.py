@@ -61,11 +61,13 @@ def main(argv=None) -> int:  # long: one linear script (set-up, the timed runs, 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
 
-    from study import models
-    from study import train as T
+    from study.inputs import models
+    from study.training import train as T
     from study.config import MethodConfig
-    from study.data import BuiltinSource, collate, load_scenario
-    from study.losses import Method, compute_loss
+    from study.inputs.data import BuiltinSource
+    from study.inputs.batches import collate
+    from study.inputs.scenarios import load_scenario
+    from study.methods import Method, compute_loss
 
     device = resolve_device(args.device)
     clock = clock_for(args.clock, device)

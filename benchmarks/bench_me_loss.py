@@ -7,7 +7,7 @@
 Two implementations of ``mean_t KL(U_V || p_θ(·|t))`` (docs/science.md §3, ME), forward + backward on logits
 ``[B, T, V]`` with every position labelled (ME+GD's ``mask=false``):
 
-- ``closed``: ``study.losses.me_loss`` = ``logsumexp(z) - mean(z) - log V``, no ``[B, T, V]`` softmax;
+- ``closed``: ``study.methods.me_loss`` = ``logsumexp(z) - mean(z) - log V``, no ``[B, T, V]`` softmax;
 - ``naive``: the reference code's ``get_me_loss``: ``softmax`` of the shifted logits, a uniform tensor
   of the same size, ``F.kl_div((p + 1e-12).log(), uniform, reduction='none').sum(-1)``, masked mean.
 
@@ -56,7 +56,7 @@ def naive_me_loss(logits, labels):
 
 
 def closed_me_loss(logits, labels):
-    from study.losses import me_loss
+    from study.methods import me_loss
 
     return me_loss(logits, labels, "reference")
 

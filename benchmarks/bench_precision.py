@@ -11,11 +11,11 @@ Three parts (``--parts``), each timed in both precisions back to back, orders al
   default preset's batches (built-in authors, forget01 task 1, micro-batch 4, ``max_length`` 64, NPO's
   reference log-probs cached, KL's reference live), in three precisions: ``fp32``; ``autocast`` (fp32
   weights, the step's forward under ``torch.autocast("cpu", torch.bfloat16)``, fp32 gradients); ``bf16``
-  (bf16 weights, fp32 master weights and AdamW state, ``study.train.Fp32MasterWeights``: what
+  (bf16 weights, fp32 master weights and AdamW state, ``study.training.train.Fp32MasterWeights``: what
   ``model.dtype=bfloat16`` / ``auto`` on a native-bf16 CPU runs). lr 0, so every round sees the same weights.
 - ``finetune``: the first ``--finetune-epochs`` of the default preset's target fine-tune
-  (``study.train.finetune`` on the base model loaded in each precision), per step and extrapolated.
-- ``trial``: one default trial (``study.runner.run_trial``, ME+GD, 12 steps, evaluation of the four
+  (``study.training.train.finetune`` on the base model loaded in each precision), per step and extrapolated.
+- ``trial``: one default trial (``study.trial.runner.run_trial``, ME+GD, 12 steps, evaluation of the four
   default sets) per precision from the same target weights (the preset's fp32 target, cached or
   fine-tuned first, loaded in each precision), metric models loaded once beforehand; its unlearning and
   evaluation seconds apart.
@@ -47,11 +47,13 @@ def step_ratios(model_name: str, methods, pairs: int) -> dict[str, dict[str, flo
     """Per method: ``autocast`` and ``bf16`` step time over ``fp32`` (CPU clock), printed as it goes."""
     import torch
 
-    from study import models
-    from study import train as T
+    from study.inputs import models
+    from study.training import train as T
     from study.config import MethodConfig
-    from study.data import BuiltinSource, collate, load_scenario
-    from study.losses import Method, compute_loss
+    from study.inputs.data import BuiltinSource
+    from study.inputs.batches import collate
+    from study.inputs.scenarios import load_scenario
+    from study.methods import Method, compute_loss
 
     data = load_scenario(BuiltinSource(n_authors=12), "fictitious", "forget01", 1, ds_size=12)
     weights = {"fp32": models.load(model_name, device="cpu", dtype=torch.float32),
@@ -110,7 +112,10 @@ def finetune_ratio(preset: str, model_name: str | None, epochs: float) -> tuple[
 
     import torch
 
-    from study import models, presets, runner, train
+    from study.inputs import models
+    from study import presets
+    from study.trial import runner
+    from study.training import train
 
     cfg = presets.run_config(preset, settings=[f"model.name={json.dumps(model_name)}"] if model_name else ())
     rows = runner.scenario_data(cfg, runner.tasks_of(cfg)[0]).full
@@ -135,8 +140,9 @@ def trial_ratio(preset: str, model_name: str | None) -> tuple[float, str]:
     """bf16 / fp32 wall time of one trial of ``preset`` from the same target weights."""
     import torch
 
-    from study import evaluate as ev
-    from study import presets, runner
+    from study.evaluation import evaluate as ev
+    from study import presets
+    from study.trial import runner
 
     base = [f"model.name={json.dumps(model_name)}"] if model_name else []
     fp32 = presets.run_config(preset, settings=[*base, 'model.dtype="float32"'])
@@ -173,7 +179,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu"], help="bf16 on CPU is the question (default: cpu)")
     args = parser.parse_args(argv)
 
-    from study import models
+    from study.inputs import models
 
     print(f"bench_precision: {machine()}; native bf16: {models.native_bf16()}", flush=True)
     details = []

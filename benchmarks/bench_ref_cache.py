@@ -16,12 +16,12 @@ so the cost of a run of ``S`` steps is ``cache + S x step`` against ``S x step'`
    the same micro-batch, ``--pairs`` times (A B, B A, ...); the step ratio is the median of the pair
    ratios. Whole runs are too long to repeat often enough on a shared machine (single runs of
    identical work varied by 2x here), pairs of steps are not.
-2. **cache**: ``study.train.cache_reference_logprobs`` on the whole forget set, timed 3 times (median).
+2. **cache**: ``study.training.train.cache_reference_logprobs`` on the whole forget set, timed 3 times (median).
 3. **figure**: ``(cache + S x step_cached) / (S x step_live)`` for ``S`` = the steps of ``--epochs``
    (default: the preset's 5 epochs, 12 steps on the default data; ``S = floor(epochs x N / batch)``).
    It leaves out the loop's own per-step overhead, the same in both runs, so it errs towards a
    smaller ratio by that overhead's share (see ``bench_trainer.py``).
-4. **cross-check**: one whole ``study.train.unlearn`` run of each kind at ``--whole-epochs`` (default 2;
+4. **cross-check**: one whole ``study.training.train.unlearn`` run of each kind at ``--whole-epochs`` (default 2;
    0 skips it), from the same starting weights, printed but not used.
 
 Data and settings are the default preset's (built-in authors, forget01 task 1: 10 forget items,
@@ -61,9 +61,12 @@ def main(argv=None) -> int:  # long: one linear script (set-up, the timed runs, 
     device = resolve_device(args.device)
     clock = clock_for(args.clock, device)
 
-    from study import models, presets, runner, train
-    from study.data import collate
-    from study.losses import Method, compute_loss, ref_cache_key
+    from study.inputs import models
+    from study import presets
+    from study.trial import runner
+    from study.training import train
+    from study.inputs.batches import collate
+    from study.methods import Method, compute_loss, ref_cache_key
 
     cfg = presets.run_config(args.preset)
     method = Method.parse(args.method, beta=cfg.method.beta)

@@ -1,12 +1,12 @@
 #!/usr/bin/env python
-"""The training loop's overhead: ``study.train.train_loop`` against a bare PyTorch loop.
+"""The training loop's overhead: ``study.training.train.train_loop`` against a bare PyTorch loop.
 
     python benchmarks/bench_trainer.py                        # SmolLM2-135M, default preset's batches
     python benchmarks/bench_trainer.py --model tiny-llama --steps 20
 
 Both loops train the same model on the same micro-batches (the default preset's fine-tuning rows,
 ``batch_size`` 4, ``max_length`` 64, in ``train_loop``'s own data order) with a GD-style loss
-(``study.losses.mean_nll`` on ``retain``, as ``study.train.finetune``), the same AdamW parameter
+(``study.methods.mean_nll`` on ``retain``, as ``study.training.train.finetune``), the same AdamW parameter
 groups (no weight decay on biases and norms) and the same learning-rate schedule:
 
 - ``train_loop``: the library loop: collation per micro-batch, finiteness check, ``loss.item()`` and
@@ -37,7 +37,7 @@ TARGET = 1.10
 
 def gd_loss_fn(model, batch):
     """``train_loop``'s ``loss_fn``: NLL_mean on the ``retain`` part (what ``finetune`` uses)."""
-    from study.losses import mean_nll
+    from study.methods import mean_nll
 
     part = batch["retain"]
     logits = model(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
@@ -47,7 +47,7 @@ def gd_loss_fn(model, batch):
 
 def optimizer_for(model, lr: float, weight_decay: float):
     """The same AdamW (fused where available) and parameter groups as ``train_loop`` builds."""
-    from study.train import adamw
+    from study.training.train import adamw
 
     params = [p for p in model.parameters() if p.requires_grad]
     return adamw([{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
@@ -56,8 +56,8 @@ def optimizer_for(model, lr: float, weight_decay: float):
 
 def same_batches(dataset, steps: int, batch_size: int, grad_accum: int, seed: int, device) -> list[list[dict]]:
     """The micro-batches ``train_loop`` draws for ``steps`` steps (its index stream), collated, on ``device``."""
-    from study.data import collate
-    from study.train import _to, index_stream
+    from study.inputs.batches import collate
+    from study.training.train import _to, index_stream
 
     stream = index_stream(len(dataset), seed)
     out = []
@@ -70,8 +70,8 @@ def same_batches(dataset, steps: int, batch_size: int, grad_accum: int, seed: in
 
 def bare_loop(model, batches, lr: float, weight_decay: float, n_items: int, effective: int) -> None:
     """Forward, backward and AdamW step on the given micro-batches, with train_loop's schedule."""
-    from study.losses import mean_nll
-    from study.train import lr_at, warmup_steps_for
+    from study.methods import mean_nll
+    from study.training.train import lr_at, warmup_steps_for
 
     optimizer = optimizer_for(model, lr, weight_decay)
     warmup = warmup_steps_for(n_items, effective)
@@ -105,9 +105,11 @@ def main(argv=None) -> int:  # long: one linear script (set-up, the timed runs, 
 
     import torch
 
-    from study import models, presets, runner
-    from study.data import QADataset
-    from study.train import train_loop
+    from study.inputs import models
+    from study import presets
+    from study.trial import runner
+    from study.inputs.batches import QADataset
+    from study.training.train import train_loop
 
     cfg = presets.run_config(args.preset)
     batch_size = args.batch_size or cfg.train.batch_size

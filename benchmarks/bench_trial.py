@@ -5,9 +5,9 @@
     python benchmarks/bench_trial.py --preset smoke           # tiny random Llama, seconds
     python benchmarks/bench_trial.py --no-checkpoint
 
-Runs ``study.runner.run_trial`` on the preset's configuration in a fresh process, as one trial of
+Runs ``study.trial.runner.run_trial`` on the preset's configuration in a fresh process, as one trial of
 ``experiments/sweep.py`` does, and writes what the sweep writes for a trial through the same
-``study.runs.TrialRun`` (run, tags, parameters, version tags, ``config.json``, the task's sets as inputs,
+``study.trial.runs.TrialRun`` (run, tags, parameters, version tags, ``config.json``, the task's sets as inputs,
 per-step metrics, per-task metrics and the per-item table, the checkpoint) on a temporary sqlite store. The phases are timed by wrapping the library functions that ``run_trial`` calls (the library code
 is unchanged); each phase's time is exclusive of the phases nested in it:
 
@@ -115,10 +115,12 @@ def main(argv=None) -> int:  # long: one linear script (set-up, one timed trial,
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
 
-    from study import evaluate as ev
-    from study import presets, runner, train
-    from study.runs import TrialRun, trial_tags
-    from study.tracking import Tracker
+    from study.evaluation import evaluate as ev
+    from study import presets
+    from study.trial import runner
+    from study.training import train
+    from study.trial.runs import TrialRun, trial_tags
+    from study.trial.tracking import Tracker
 
     cfg = presets.run_config(args.preset, settings=[f"model.name={json.dumps(args.model)}"] if args.model else ())
     method = cfg.method.method()
@@ -164,7 +166,7 @@ def main(argv=None) -> int:  # long: one linear script (set-up, one timed trial,
 
         trial_started = time.perf_counter()
         log = "logging (MLflow)"
-        with timer.phase(log):  # the trial's run as the sweep starts it (study.runs.TrialRun)
+        with timer.phase(log):  # the trial's run as the sweep starts it (study.trial.runs.TrialRun)
             run = TrialRun.start(tracker, cfg, "bench trial", trial_tags(cfg, str(method), "bench", 0))
             run.log_config()
 

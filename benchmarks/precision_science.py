@@ -5,14 +5,14 @@
     python benchmarks/precision_science.py --methods ME+GD --seeds 1001 --preset smoke
 
 For each precision (``model.dtype`` float32, bfloat16): the preset's target model fine-tuned in that
-precision (``study.runner.target_model``, cached under a key that includes it), then one trial per
-(method, seed) through ``study.runner.run_trial`` with the preset's settings (``train.seed`` = the seed),
+precision (``study.trial.runner.target_model``, cached under a key that includes it), then one trial per
+(method, seed) through ``study.trial.runner.run_trial`` with the preset's settings (``train.seed`` = the seed),
 evaluated on the preset's sets. Printed: per method and precision, the mean and the seed-to-seed spread
 (sample standard deviation) of Model Utility, Forget Efficacy and forget ROUGE-L recall, and the bf16 - fp32
 difference of the means beside the larger spread; then the trial times. ``--json`` writes every trial.
 
 Not a timed benchmark (``bench_precision.py`` is): its last line has no target. On bf16 the CPU must
-have native bf16 (``study.models.native_bf16``), or the bf16 trials are emulated and slow.
+have native bf16 (``study.inputs.models.native_bf16``), or the bf16 trials are emulated and slow.
 """
 
 from __future__ import annotations
@@ -45,8 +45,10 @@ def main(argv=None) -> int:  # long: one linear script (the trials, then the tab
 
     import torch
 
-    from study import evaluate as ev
-    from study import models, presets, runner
+    from study.evaluation import evaluate as ev
+    from study.inputs import models
+    from study import presets
+    from study.trial import runner
 
     device = torch.device("cpu")
     print(f"precision_science: {machine()}; native bf16: {models.native_bf16()}", flush=True)

@@ -63,12 +63,14 @@ def main(argv: list[str] | None = None) -> int:  # long: the checks run in order
         print("gpu_check: no CUDA device (torch.cuda.is_available() is False): run it on a GPU machine",
               file=sys.stderr)
         return 2
-    from study import evaluate as ev
-    from study import models, runner
+    from study.evaluation import evaluate as ev
+    from study.inputs import models
+    from study.trial import runner
     from study.config import TrainConfig
-    from study.data import BuiltinSource, load_scenario
-    from study.losses import Method
-    from study.train import unlearn
+    from study.inputs.data import BuiltinSource
+    from study.inputs.scenarios import load_scenario
+    from study.methods import Method
+    from study.training.train import unlearn
 
     device = torch.device(args.device)
     torch.cuda.set_device(device)

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from study.errors import StudyInputError  # noqa: E402  (after the path)
-from study.scenarios import SCENARIOS  # noqa: E402
+from study.inputs.scenarios import SCENARIOS  # noqa: E402
 
 MEASURES = ("rouge", "probability", "truth_ratio")
 
@@ -66,11 +66,11 @@ def main(argv: list[str] | None = None) -> int:
             value = getattr(args, name)
             if value is not None and value < 1:
                 raise StudyInputError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-        from study import data, evaluate, models
+        from study.inputs import data, models
+        from study.evaluation import evaluate
 
-        source = data.DirectorySource(Path(args.data_dir).expanduser())
-        loaded = data.load_scenario(source, args.scenario, task=None if args.scenario == "real-world" else 1,
-                                    ds_size=None if args.scenario == "real-world" else 300)
+        sc = SCENARIOS[args.scenario]  # its first default task (real-world: every person at once)
+        loaded = sc.load(data.DirectorySource(Path(args.data_dir).expanduser()), task=next(iter(sc.default_tasks), None))
     except StudyInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

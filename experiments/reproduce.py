@@ -19,8 +19,8 @@ its own paper preset, real-world on Llama-3-8B-Instruct). Each study is one in-p
 ``<name>/<method>`` each), the command users run; a re-run resumes (finished trials are reused).
 
 As each study finishes, its runs (every setting, every metric per task, every per-item table) are
-written into the export ``<out>/export/`` (``study.exports``; a lost machine loses at most the study
-that was running). Then ``study.results.write_results`` writes ``summary.csv``, ``seeds.csv``,
+written into the export ``<out>/export/`` (``study.reporting.exports``; a lost machine loses at most the study
+that was running). Then ``study.reporting.results.write_results`` writes ``summary.csv``, ``seeds.csv``,
 ``claims.csv``, ``README.md`` and a figure into ``--out`` (default: ``docs/results/<scenario>``,
 ``docs/results/all`` for every scenario), and each scenario's notebook is executed there on the export,
 given this command's studies. ``--from-exports`` rebuilds all of it from ``<out>/export/`` alone, with no
@@ -30,7 +30,7 @@ Sensitivity, beyond the paper (``--sensitivity N``): instead of the released set
 an Optuna study of N trials (the same budget for all) over its own hyper-parameter space (the preset's
 ranges: ``lr`` in the preset's ``[study] space``, the method's α / β in the ranges its loss declares), on
 fictitious ``--splits``' first split with the first of ``--seeds``, in experiment ``sensitivity``; then
-``study.sensitivity.write_sensitivity`` compares the methods' Pareto fronts in ``docs/results/sensitivity``.
+``study.reporting.sensitivity.write_sensitivity`` compares the methods' Pareto fronts in ``docs/results/sensitivity``.
 
     python experiments/reproduce.py --sensitivity 6 --methods GA+GD NPO+GD IDK+AP ME+GD
 """
@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from study.paper import PAPER_METHODS  # noqa: E402  (after the path)
-from study.scenarios import CONTINUAL, FICTITIOUS, SCENARIOS  # noqa: E402
+from study.inputs.scenarios import CONTINUAL, FICTITIOUS, SCENARIOS, scenario  # noqa: E402
 
 DEFAULT_SEEDS = (1001, 1002, 1003)
 DEFAULT_EXPERIMENT = "reproduce"
@@ -112,14 +112,15 @@ def preset_training(preset: str, sets: list[str] = ()) -> tuple[float, float]:
 def settings_of(scenario_name: str, splits: tuple[str, ...], tasks: tuple[int, ...],
                 fix_ref: str = "both") -> list[tuple[str, list[str], float]]:
     """(setting, sweep options, cost of a trial in fictitious trials: the tasks it unlearns) per setting."""
-    from study.results import setting_name
+    from study.reporting.results import setting_name
 
-    if scenario_name == FICTITIOUS.name:
-        return [(setting_name(scenario_name, split), ["--split", split], 1) for split in splits]
-    if scenario_name == CONTINUAL.name:
+    sc = scenario(scenario_name)
+    if sc.sequential:  # one task list, each task's start the next reference unless --fix-ref-model
         options = ["--split", splits[0], "--tasks", *map(str, tasks)]
         return [(setting_name(scenario_name, splits[0], tasks, fix), options + (["--fix-ref-model"] if fix else []),
                  len(tasks)) for fix in {"both": (False, True), "no": (False,), "yes": (True,)}[fix_ref]]
+    if sc.has_splits:
+        return [(setting_name(scenario_name, split), ["--split", split], 1) for split in splits]
     return [(setting_name(scenario_name), [], REAL_WORLD_FACTOR)]
 
 
@@ -128,7 +129,8 @@ def _common_options(args, replaced: tuple[str, ...]) -> list[str]:
     ``replaced`` keys (which the caller sets itself), the experiment, no progress bars, the stores."""
     argv = [w for item in args.set if not item.startswith(tuple(f"{key}=" for key in replaced)) for w in ("--set", item)]
     argv += ["--experiment", experiment_of(args), "--no-progress"]
-    for option, value in (("--tracking-uri", args.tracking_uri), ("--storage", args.storage), ("--device", args.device)):
+    for option, value in (("--tracking-uri", args.tracking_uri), ("--storage", args.storage), ("--device", args.device),
+                          ("--data-dir", args.data_dir)):
         if value:
             argv += [option, value]
     return argv
@@ -137,7 +139,7 @@ def _common_options(args, replaced: tuple[str, ...]) -> list[str]:
 def sensitivity_unit(args) -> Unit:
     """One sweep.py call: an Optuna study of ``args.sensitivity`` trials per method over its own space
     (``--sampler tpe``; epochs fixed to the preset's, the learning rate searched), fictitious, first split."""
-    from study.results import setting_name
+    from study.reporting.results import setting_name
 
     _, epochs = preset_training(args.preset, args.set)
     split, seed = args.splits[0], args.seeds[0]
@@ -153,14 +155,14 @@ def experiment_of(args) -> str:
 
 
 def out_of(args) -> Path:
-    """``--out``, else ``docs/results/<scenario key>`` (``all``, ``sensitivity``), relative to the repository."""
-    from study.scenarios import scenario
-
+    """``--out``, else ``docs/results/<scenario folder>`` (``all``, ``sensitivity``) for the default preset and
+    ``docs/results/<preset>/<scenario folder>`` for any other (a TOFU study never writes over the built-in
+    one's folder), relative to the repository."""
     if args.out:
         out = Path(args.out)
     else:
-        name = "sensitivity" if args.sensitivity else ("all" if args.scenario == "all" else scenario(args.scenario).key)
-        out = Path(RESULTS) / name
+        name = "sensitivity" if args.sensitivity else ("all" if args.scenario == "all" else scenario(args.scenario).folder)
+        out = Path(RESULTS) / name if args.preset == "default" else Path(RESULTS) / Path(args.preset).stem / name
     return out if out.is_absolute() else ROOT / out
 
 
@@ -186,7 +188,7 @@ def tasks_of(args) -> tuple[int, ...]:
 
 
 def plan_units(args) -> list[Unit]:
-    from study.results import study_name
+    from study.reporting.results import study_name
 
     if args.sensitivity:
         return [sensitivity_unit(args)]
@@ -222,7 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
       help="passed to sweep.py for every study; train.lr / train.epochs replace the preset's for every method")
     a("--out", help="where the tables, README.md, figures and notebooks go (default: docs/results/<scenario>, "
-                    "docs/results/all for every scenario, docs/results/sensitivity)")
+                    "docs/results/all for every scenario, docs/results/sensitivity; another preset than default: "
+                    "docs/results/<preset>/...)")
+    a("--data-dir", help="passed to sweep.py: a TOFU-format folder (e.g. ../shared/data/tofu) for presets that need "
+                         "data (tofu-cpu, paper-*)")
     a("--tracking-uri", help="MLflow tracking URI (sweep.py's default when omitted)")
     a("--storage", help="Optuna storage (sweep.py's default when omitted)")
     a("--experiment", help=f"MLflow experiment (default: {DEFAULT_EXPERIMENT}; with --sensitivity {SENSITIVITY_EXPERIMENT})")
@@ -302,7 +307,7 @@ def main(argv=None) -> int:
 
 def _shown(text: str, args) -> str:
     """``text`` (a command line, a sweep's output) with no credential of the stores in it."""
-    from study.tracking import scrub
+    from study.credentials import scrub
 
     return scrub(text, args.storage, args.tracking_uri, os.environ.get("OPTUNA_STORAGE"), os.environ.get("MLFLOW_TRACKING_URI"))
 
@@ -349,12 +354,12 @@ def _main(args, argv) -> int:
         print("checked: each setting's sweep.py command passes its --dry-run")
         return 0
     command = rebuild_command(argv if argv is not None else sys.argv[1:])
-    from study.exports import ExportError
+    from study.reporting.exports import ExportError
 
     uri = None
     if not args.from_exports:
-        from study.analysis import resolve_tracking_uri
-        from study.tracking import DEFAULT_TRACKING_URI
+        from study.reporting.analysis import resolve_tracking_uri
+        from study.config import DEFAULT_TRACKING_URI
 
         uri = resolve_tracking_uri(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
     if not args.skip_runs and not args.from_exports:
@@ -406,11 +411,11 @@ def unit_studies(units) -> set[str]:
 
 
 def export_units(args, units, uri: str, command: str):
-    """The runs of ``units`` read from the store into ``<out>/export/`` (``study.exports.write_export``,
+    """The runs of ``units`` read from the store into ``<out>/export/`` (``study.reporting.exports.write_export``,
     merged with what is there), with the target runs of their scenarios (continual: the fictitious one
     it reuses); returns the export written."""
-    from study.analysis import export_frames
-    from study.exports import write_export
+    from study.reporting.analysis import export_frames
+    from study.reporting.exports import write_export
 
     scenarios = {u.scenario for u in units} | ({FICTITIOUS.name} if any(u.scenario == CONTINUAL.name for u in units) else set())
     runs, items = export_frames(uri, experiment_of(args), unit_studies(units), scenarios)
@@ -421,23 +426,23 @@ def exported_trials(args):
     """FINISHED trials per ``<study>/<method>`` in ``<out>/export/`` (none when there is no export): a
     study the export already holds in full is not run again (a reproduction that lost its machine and
     store resumes from its export)."""
-    from study.exports import finished_trials, has_export
+    from study.reporting.exports import finished_trials, has_export
 
     return finished_trials(read_export_of(args) if has_export(out_of(args)) else None).to_dict()
 
 
 def read_export_of(args):
-    from study.exports import read_export
+    from study.reporting.exports import read_export
 
     return read_export(out_of(args))
 
 
 def build_tables(args, units, export, command: str) -> dict[str, Path]:
-    """The paper's tables (``study.results.write_results``) and the scenarios' executed notebooks, from
+    """The paper's tables (``study.reporting.results.write_results``) and the scenarios' executed notebooks, from
     the export's runs of ``units`` (store and ``--from-exports`` alike)."""
-    from study.analysis import scenario_runs
-    from study.exports import items_of, last_step
-    from study.results import write_results
+    from study.reporting.analysis import scenario_runs
+    from study.reporting.exports import items_of, last_step
+    from study.reporting.results import write_results
 
     every = last_step(export.runs)
     studies = unit_studies(units)
@@ -458,9 +463,9 @@ def build_tables(args, units, export, command: str) -> dict[str, Path]:
 
 
 def build_sensitivity(args, export, command: str) -> dict[str, Path]:
-    """The sensitivity study's fronts compared (``study.sensitivity.write_sensitivity``), from its export."""
-    from study.exports import last_step
-    from study.sensitivity import write_sensitivity
+    """The sensitivity study's fronts compared (``study.reporting.sensitivity.write_sensitivity``), from its export."""
+    from study.reporting.exports import last_step
+    from study.reporting.sensitivity import write_sensitivity
 
     unit = sensitivity_unit(args)
     every = last_step(export.runs)
@@ -498,13 +503,12 @@ def execute_notebooks(export_dir: Path, out: Path, scenarios, studies) -> dict[s
     ``studies`` this command ran (each method's best seed represents it in the per-trial cells; the
     summary cell shows the means of ``summary.csv``), written with its outputs into ``out/<key>.ipynb`` (its
     figures as PNG files beside it), paths relative to the repository; returns the notebooks' paths by
-    scenario key."""
-    from study.analysis import run_notebook
-    from study.scenarios import scenario
+    scenario folder."""
+    from study.reporting.analysis import run_notebook
 
     written = {}
     for name in scenarios:
-        key = scenario(name).key
+        key = scenario(name).folder
         written[key] = out / f"{key}.ipynb"
         run_notebook(ROOT / "notebooks" / f"{key}.ipynb",
                      {"export_dir": _portable(export_dir), "studies": list(studies), "pick": "best",

@@ -47,7 +47,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as `python experiments/services.py`: import `study` from the checkout
     sys.path.insert(0, str(ROOT))
 
-from study.tracking import DEFAULT_EXPERIMENT, redact  # noqa: E402
+from study.config import DEFAULT_EXPERIMENT  # noqa: E402
+from study.credentials import redact  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
 
@@ -288,7 +289,7 @@ def init_stores(storage: str, tracking_uri: str, experiment: str = DEFAULT_EXPER
     """Create the Optuna tables and the MLflow experiment once, before several workers start (two
     workers creating them at the same moment can collide)."""
     from study.search import open_storage
-    from study.tracking import Tracker, schema_lock
+    from study.trial.tracking import Tracker, schema_lock
 
     with schema_lock(storage, tracking_uri):
         open_storage(storage)

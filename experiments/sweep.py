@@ -20,9 +20,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from study import presets  # noqa: E402  (after the path; imports no torch)
-from study.hyperparams import SEARCHABLE_SETTINGS, SETTINGS  # noqa: E402
-from study.scenarios import SCENARIOS, scenario  # noqa: E402
-from study.tracking import DEFAULT_EXPERIMENT, DEFAULT_STORAGE, DEFAULT_TRACKING_URI, SYSTEM_METRICS_S  # noqa: E402
+from study.methods.hyperparams import SEARCHABLE_SETTINGS, SETTINGS  # noqa: E402
+from study.inputs.data import SPLITS  # noqa: E402
+from study.inputs.scenarios import SCENARIOS, scenario  # noqa: E402
+from study.config import (  # noqa: E402  (torch-free)
+    DEFAULT_EXPERIMENT, DEFAULT_STORAGE, DEFAULT_TRACKING_URI, KEEP, OBJECTIVES, SAMPLERS, SYSTEM_METRICS_S,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,15 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
       help=f"settings to start from: {', '.join(names)}, or a preset file (default: %(default)s)")
     a("--scenario", choices=list(SCENARIOS), help="what is unlearned (docs/science.md §1)")
     a("--method", nargs="+", metavar="M", help="one or several methods, e.g. ME+GD IDK+AP NPO+GD (forget loss + regularizer)")
-    a("--split", choices=["forget01", "forget05", "forget10"], help="TOFU forget split")
+    a("--split", choices=SPLITS, help="TOFU forget split")
     a("--tasks", nargs="+", type=int, metavar="K", help="tasks to unlearn in order (continual), e.g. 1 2 3")
     a("--model", help="model family (llama2-7b, llama3-8b, smollm2-135m, tiny-llama), Hugging Face id or local path")
     a("--target", help="a ready target model (skips fine-tuning one), e.g. locuslab/tofu_ft_llama2-7b or a checkpoint")
     a("--data-dir", help="directory of TOFU-format JSON-lines files (default: the preset's source, e.g. built-in authors); "
                          "'hub' reads locuslab/TOFU online")
     a("--n-trials", type=int, help="finished trials wanted per method (resuming counts earlier ones)")
-    a("--sampler", choices=["tpe", "grid", "paper"], help="tpe (Bayesian), grid, or paper: the paper's exact settings (docs/science.md §4)")
-    a("--objective", choices=["pareto", "average", "model_utility", "forget_efficacy"],
+    a("--sampler", choices=SAMPLERS, help="tpe (Bayesian), grid, or paper: the paper's exact settings (docs/science.md §4)")
+    a("--objective", choices=OBJECTIVES,
       help="pareto: maximise Model Utility and Forget Efficacy together (default); or one scalar")
     a("--prune", action="store_true", help="evaluate after every epoch and prune poor trials (needs a single --objective)")
     a("--storage", help="Optuna storage: sqlite:///..., postgresql+psycopg2://user@host/db, or journal:<file> "
@@ -56,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--experiment", help=f"MLflow experiment name (default: {DEFAULT_EXPERIMENT})")
     a("--study-name", help="Optuna study name (default: derived from preset, scenario, split and model)")
     a("--seed", type=int, help="training seed (default 1001, docs/science.md §4); the sampler's seed too")
-    a("--keep-checkpoints", choices=["best", "all", "none"], help="which trials keep their checkpoint in MLflow (default: best = Pareto-best)")
+    a("--keep-checkpoints", choices=KEEP, help="which trials keep their checkpoint in MLflow (default: best = Pareto-best)")
     a("--system-metrics", type=float, metavar="SECONDS", help="MLflow's system metrics (system/*: CPU, memory, disk, "
       f"network, GPU) on each trial's run, one sample every SECONDS (default {SYSTEM_METRICS_S:g}; 0 = off)")
     a("--fix-ref-model", action="store_true", help="continual: keep the original model as NPO/DPO/KL reference")
@@ -130,8 +133,8 @@ def apply_options(config: dict, args) -> list[str]:
     if config.get("data", {}).get("source", "builtin") == "":
         from study.errors import Unavailable
 
-        files = "forget.json, neighbor.json, ..." if scenario(config.get("data", {}).get("scenario", "fictitious")).name == "real-world" \
-            else "forget01.json, retain90.json, retain_perturbed.json, ..."
+        files = "forget01.json, retain90.json, retain_perturbed.json, ..." \
+            if scenario(config.get("data", {}).get("scenario", "fictitious")).has_splits else "forget.json, neighbor.json, ..."
         needs = f"preset {args.preset} needs data: pass --data-dir DIR (a folder with {files})"
         if not args.dry_run:
             raise Unavailable(needs)
@@ -146,7 +149,7 @@ def apply_options(config: dict, args) -> list[str]:
         put("eval", "embedder", args.embedder)
     if args.prune:
         put("eval", "per_epoch", True)
-    # searchable hyper-parameters given with --set: fixed for the study, not searched (study/hyperparams.py)
+    # searchable hyper-parameters given with --set: fixed for the study, not searched (study/methods/hyperparams.py)
     return sorted(SEARCHABLE_SETTINGS[key] for key in presets.apply_settings(config, args.set) if key in SEARCHABLE_SETTINGS)
 
 
@@ -155,7 +158,8 @@ def check_inputs(cfg, device: str | None, needs: list | None = None) -> None:
     the embedder, the DeepSpeed file, the data (files, tasks, refusals, perturbed answers) and the
     sequence lengths against the data's longest prompts. What this machine lacks (CUDA) is appended to
     ``needs`` where given (a dry run), else raised."""
-    from study import models, runner
+    from study.inputs import models
+    from study.trial import runner
     from study.errors import StudyInputError, Unavailable
 
     checked, available = None, True
@@ -185,8 +189,8 @@ def check_inputs(cfg, device: str | None, needs: list | None = None) -> None:
     if cfg.train.deepspeed is not None and not (ROOT / cfg.train.deepspeed).is_file() and not Path(cfg.train.deepspeed).is_file():
         raise StudyInputError(f"train.deepspeed {cfg.train.deepspeed!r}: no such file")
     if cfg.data.source and not cfg.data.source.startswith("hub"):  # the hub is read only when the study runs
-        from study.data import check_eval_sets
-        from study.runner import scenario_data, source_for, tasks_of
+        from study.inputs.data import check_eval_sets
+        from study.trial.runner import scenario_data, source_for, tasks_of
 
         source = source_for(cfg)
         for task in tasks_of(cfg):
@@ -198,7 +202,7 @@ def check_inputs(cfg, device: str | None, needs: list | None = None) -> None:
 def study_settings(args, cfg, study: dict, methods: list[str], fixed: list[str]):
     """The study's settings: each from its option, else the environment (stores), else the preset's
     ``[study]`` table, else the default."""
-    from study.search import StudySettings
+    from study.config import StudySettings
 
     sc = scenario(cfg.data.scenario)
     split = sc.split_label(cfg.data.split)
@@ -209,7 +213,7 @@ def study_settings(args, cfg, study: dict, methods: list[str], fixed: list[str])
         default_name += "-fixref"
     if args.study_name is None:  # a model or preset name can make an invalid default: say which, and the way out
         from study.errors import StudyInputError
-        from study.search import check_study_name
+        from study.config import check_study_name
 
         try:
             check_study_name(default_name)
@@ -249,7 +253,7 @@ def _check_lengths(cfg, data) -> None:
     """Each sequence length holds the longest prompt it must (training: the forget and retain prompts
     plus one answer token; generation: the evaluation prompts plus one new token), or every trial would
     fail (or train on no label). Needs the tokenizer, so it runs only where that is at hand locally."""
-    from study import models
+    from study.inputs import models
     from study.errors import StudyInputError
 
     spec = models.resolve(cfg.model.name)
@@ -279,7 +283,7 @@ def _check_lengths(cfg, data) -> None:
 
 def print_plan(cfg, settings, spaces) -> None:
     from study.search import describe_space
-    from study.tracking import redact
+    from study.credentials import redact
 
     print(f"study        {settings.study_name}  (preset {settings.preset})")
     print(f"methods      {' '.join(settings.methods)}")
@@ -313,7 +317,7 @@ def _main(args) -> int:
 
     try:
         cfg, settings, spaces = plan(args)
-        from study.tracking import redact
+        from study.credentials import redact
 
         for option, url in (("--storage", args.storage), ("--tracking-uri", args.tracking_uri)):
             if url and redact(url) != url:
@@ -327,7 +331,7 @@ def _main(args) -> int:
             return 0
         os.chdir(ROOT)  # default stores (mlruns/) are relative to the repository
         from study.search import Sweep, checkpoint_estimate, pareto_table
-        from study.tracking import ui_command, ui_url
+        from study.trial.tracking import ui_command, ui_url
 
         print_plan(cfg, settings, spaces)
         print(checkpoint_estimate(cfg, settings))
@@ -341,7 +345,7 @@ def _main(args) -> int:
         return 1
     except Exception as error:  # the machine or a store failed outside a trial (disk full, read-only, network)
         from study.search import environment_cause, one_line
-        from study.tracking import scrub
+        from study.credentials import scrub
 
         cause = environment_cause(error)
         if cause is None:

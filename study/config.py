@@ -10,7 +10,11 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+from pathlib import Path
+
 from .errors import StudyInputError, one_of
+from .methods.hyperparams import HYPERPARAMS
+from .credentials import redact
 
 LABEL_MODES = ("auto", "answer", "full", "question_answer")
 SEED_MAX = 2**32 - 1
@@ -65,7 +69,7 @@ class ModelConfig:
     """A ready target model (e.g. locuslab/tofu_ft_llama2-7b): skips fine-tuning one. None = fine-tune
     ``name`` on the scenario's full data (cached) unless ``name`` already is a TOFU target."""
     dtype: str = "auto"
-    """auto (bf16 on GPU and on CPUs with native bf16, else fp32: ``study.models.default_dtype``), float32,
+    """auto (bf16 on GPU and on CPUs with native bf16, else fp32: ``study.inputs.models.default_dtype``), float32,
     bfloat16 or float16 (not on a CPU)."""
     trust_remote_code: bool = False
     """Run code shipped with a hub model. Off unless you ask."""
@@ -74,7 +78,7 @@ class ModelConfig:
         _name("model.name", self.name)
         if self.target is not None:
             _name("model.target", self.target)
-        from .models import DTYPES
+        from .inputs.models import DTYPES
 
         if self.dtype not in DTYPES:
             raise one_of("dtype", self.dtype, DTYPES)
@@ -103,10 +107,10 @@ class DataConfig:
     cores). Fictitious and continual only."""
 
     def __post_init__(self):
-        from .data import SPLITS
-        from .scenarios import scenario
+        from .inputs.data import SPLITS
+        from .inputs.scenarios import scenario
 
-        self.scenario = scenario(self.scenario).name  # either spelling; runs are tagged with this one
+        self.scenario = scenario(self.scenario).name  # one spelling: an unknown name lists the valid ones
         if self.split not in SPLITS:
             raise one_of("split", self.split, SPLITS)
         if any(not isinstance(t, int) or isinstance(t, bool) or t < 1 for t in self.tasks):
@@ -163,7 +167,7 @@ class MethodConfig:
         self.method()  # validates the name and coefficients
 
     def method(self):
-        from .losses import Method
+        from .methods import Method
 
         try:
             # Every setting of Method but the name's two parts has a field of the same name here
@@ -263,6 +267,11 @@ class EvalConfig:
     holdout: bool = False
     """Also score the split's holdout set when the data has one (built-in data does; TOFU directories
     may carry holdout01/05/10): membership-inference AUCs and PrivLeak (docs/science-beyond-paper.md §3)."""
+    earlier_tasks: bool = False
+    """Continual, beyond the paper: after each task also evaluate the forget sets of the tasks unlearned
+    before it in the run (set ``earlier_forget``, in neither MU nor FE), so whether forgetting holds or
+    comes back is read from the data (docs/science-beyond-paper.md §5). A scenario that does not unlearn
+    tasks in sequence has no earlier task: nothing is added (so one ``--set`` can serve every scenario)."""
 
     def __post_init__(self):
         for name in ("batch_size", "max_length"):
@@ -319,3 +328,141 @@ class RunConfig:
         for section, values in changes.items():
             data[section].update(values)
         return RunConfig.from_dict(data)
+
+
+# --------------------------------------------------------------------------------------------------
+# The study over trials: what a sweep runs beyond one trial's RunConfig
+
+
+# The stores a sweep uses unless told otherwise (sweep.py, study.search, study.reporting.analysis read these).
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+"""MLflow tracking store, relative to the working directory (the checkout)."""
+DEFAULT_EXPERIMENT = "unlearning-study"
+"""MLflow experiment name."""
+DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
+"""Optuna storage, beside the MLflow store."""
+SYSTEM_METRICS_S = 10.0
+"""Seconds between samples of a trial's system metrics by default (MLflow's own default interval).
+Measured here: 20-25 ms of CPU per sample, 0.22% of one core at this interval (README)."""
+
+SAMPLERS = ("tpe", "grid", "paper")
+OBJECTIVES = ("pareto", "average", "model_utility", "forget_efficacy")
+KEEP = ("best", "all", "none")
+HEARTBEAT_S = 30  # default Optuna heartbeat (s); a trial silent for 2x this long is failed by the next worker
+MAX_FAILURES = 5  # a worker stops a study after this many failed trials in a row
+MAX_TRIALS = 100_000
+STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql", "journal")
+TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks", "file")
+
+
+
+@dataclass
+class StudySettings:
+    """What a sweep runs, beyond one trial's ``RunConfig``: the Optuna study (name, methods, trials, sampler,
+    objective, storage), where its runs go (tracking URI, experiment) and its policies (checkpoints,
+    pruning, heartbeat, failures). Checked on construction, before any store is touched."""
+
+    study_name: str
+    methods: list[str]
+    n_trials: int = 4
+    sampler: str = "tpe"
+    objective: str = "pareto"
+    storage: str = DEFAULT_STORAGE
+    tracking_uri: str = DEFAULT_TRACKING_URI
+    experiment: str = DEFAULT_EXPERIMENT
+    seed: int = 0
+    keep_checkpoints: str = "best"
+    prune: bool = False
+    preset: str = "default"
+    space: dict = dataclasses.field(default_factory=dict)
+    """Range overrides ``name -> [low, high]`` (e.g. a preset's learning rates for a small model)."""
+    heartbeat: int = HEARTBEAT_S
+    """Seconds between a running trial's heartbeats; a trial silent for twice as long (its worker was
+    killed) is failed, and its MLflow run ended FAILED, by the next worker that starts a trial."""
+    max_failures: int = MAX_FAILURES
+    """Stop the study after this many failed trials in a row (a setting that always diverges)."""
+    fixed: list[str] = dataclasses.field(default_factory=list)
+    """Searchable hyper-parameters the user fixed (``--set train.lr=...``): not searched, the trial
+    configuration's value is used."""
+    system_metrics: float = SYSTEM_METRICS_S
+    """Seconds between samples of MLflow's system metrics (``system/*``: CPU, memory, disk, network,
+    GPU) logged to each trial's run while it trains and evaluates; 0 = off."""
+
+    def __post_init__(self):
+        check_study_name(self.study_name)
+        check_store_url("Optuna storage", self.storage, STORAGE_SCHEMES)
+        check_store_url("tracking store", self.tracking_uri, TRACKING_SCHEMES)
+        if not isinstance(self.experiment, str) or not self.experiment.strip() or len(self.experiment) > 256 \
+                or any(ord(c) < 32 for c in self.experiment):
+            raise StudyInputError(f"experiment name must be 1 to 256 printable characters, got {self.experiment!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= SEED_MAX:
+            raise StudyInputError(f"seed must be an integer from 0 to {SEED_MAX} (NumPy's range), got {self.seed!r}")
+        if self.sampler not in SAMPLERS:
+            raise one_of("sampler", self.sampler, SAMPLERS)
+        if self.objective not in OBJECTIVES:
+            raise one_of("objective", self.objective, OBJECTIVES)
+        if self.keep_checkpoints not in KEEP:
+            raise one_of("keep-checkpoints policy", self.keep_checkpoints, KEEP)
+        if not isinstance(self.n_trials, int) or isinstance(self.n_trials, bool) or not 1 <= self.n_trials <= MAX_TRIALS:
+            raise StudyInputError(f"n_trials must be a positive integer up to {MAX_TRIALS}, got {self.n_trials!r}")
+        for name in ("heartbeat", "max_failures"):
+            if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool) or getattr(self, name) < 1:
+                raise StudyInputError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+            if getattr(self, name) > 10**6:
+                raise StudyInputError(f"{name} must be at most 1000000, got {getattr(self, name)!r}")
+        if isinstance(self.system_metrics, bool) or not isinstance(self.system_metrics, (int, float)) \
+                or not (self.system_metrics == 0 or 0.1 <= self.system_metrics <= 3600):
+            raise StudyInputError(f"system_metrics must be 0 (off) or seconds from 0.1 to 3600, got {self.system_metrics!r}")
+        if self.prune and self.objective == "pareto":
+            raise StudyInputError("pruning needs a single objective: add --objective average (or model_utility, forget_efficacy)")
+        if not self.methods:
+            raise StudyInputError("no method given; e.g. --method ME+GD")
+        from .methods import Method  # the registry (torch): imported when settings are checked
+
+        for name in self.methods:
+            try:
+                Method.parse(name)
+            except ValueError as error:
+                raise StudyInputError(str(error)) from None
+        for name, bounds in self.space.items():
+            if name not in HYPERPARAMS:
+                raise one_of("searchable hyper-parameter", name, HYPERPARAMS)
+            try:
+                low, high = (float(b) for b in bounds)
+                dataclasses.replace(HYPERPARAMS[name], low=low, high=high, default=None)
+            except (TypeError, ValueError):
+                raise StudyInputError(f"search range of {name} must be [low, high] with 0 < low < high, got {bounds!r}") from None
+
+
+def check_study_name(name) -> None:
+    """A study name is one printable line of at most 200 characters without ``/``, ``#`` or ``..``:
+    it becomes Optuna study names (``<name>/<method>``), MLflow tags and run names."""
+    if not isinstance(name, str) or not name.strip() or len(name) > 200 or name != name.strip() \
+            or any(not c.isprintable() for c in name) or "/" in name or "\\" in name or "#" in name or ".." in name:
+        raise StudyInputError(f"study name must be 1 to 200 printable characters without '/', '\\', '#' or '..', "
+                              f"got {name!r}"[:300])
+
+
+def check_store_url(what: str, url, schemes: tuple[str, ...]) -> None:
+    """A store URL with a known scheme (``scheme://...`` or ``journal:<file>``); checked before any store
+    is touched. The message shows the URL redacted."""
+    scheme = url.split(":", 1)[0].split("+", 1)[0].lower() if isinstance(url, str) and ":" in url else ""
+    if not isinstance(url, str) or scheme not in schemes or (scheme != "journal" and "://" not in url) \
+            or any(not c.isprintable() for c in url):
+        shown = redact(url) if isinstance(url, str) else url
+        raise StudyInputError(f"{what} {shown!r}: unknown scheme; valid: "
+                              + ", ".join(f"{s}:<file>" if s == "journal" else f"{s}://..." for s in schemes))
+    if scheme == "sqlite" and (not url.startswith("sqlite:///") or url[len("sqlite:///"):].split("?")[0] in ("", ":memory:")):
+        raise StudyInputError(f"{what} {redact(url)!r} is in memory: nothing would be kept; name a file, "
+                              "e.g. sqlite:///mlruns/optuna.db")
+    if scheme in ("sqlite", "journal"):
+        file = url[len("journal:"):] if scheme == "journal" else url[len("sqlite:///"):].split("?")[0]
+        if not file.strip() or Path(file).expanduser().is_dir():
+            raise StudyInputError(f"{what} {redact(url)!r}: {'is a folder' if file.strip() else 'names no file'}; "
+                                  f"name a file, e.g. {'journal:mlruns/optuna.log' if scheme == 'journal' else 'sqlite:///mlruns/optuna.db'}")
+    if scheme not in ("sqlite", "journal", "file"):  # a server: user:password@host:port/database
+        rest = url.split("://", 1)[1]
+        authority, _, path = rest.partition("?")[0].partition("/")
+        if authority.count("@") > 1 or "@" in path or "#" in rest:
+            raise StudyInputError(f"{what} {redact(url)!r} is malformed: an unencoded '@', '/' or '#' in the user "
+                                  "name or password; percent-encode them (urllib.parse.quote(password, safe=''))")

@@ -7,7 +7,8 @@ Read by the losses (the default method set), the ``paper`` sampler (``study.sear
 
 from __future__ import annotations
 
-from .scenarios import scenario
+from .errors import StudyInputError
+from .inputs.scenarios import scenario
 
 PAPER_METHODS: tuple[str, ...] = ("GA+GD", "GA+KL", "NPO+GD", "NPO+KL", "DPO+GD", "DPO+KL", "IDK+GD", "IDK+AP",
                                   "ME+GD")
@@ -35,8 +36,16 @@ RELEASED: dict[str, dict[str, list[dict[str, float]]]] = {
 
 
 def released(scenario_name: str, method: str) -> list[dict[str, float]]:
-    """The released settings of ``method`` in a scenario (either spelling), as :data:`RELEASED` states them."""
-    table = RELEASED[scenario(scenario_name).name]
+    """The released settings of ``method`` in a scenario, as :data:`RELEASED` states them.
+
+    Raises:
+        StudyInputError: a scenario the paper did not run has none (the ``paper`` sampler cannot run it).
+    """
+    name = scenario(scenario_name).name
+    if name not in RELEASED:
+        raise StudyInputError(f"the paper released no settings for the {name} scenario (study/paper.py RELEASED "
+                              f"has {', '.join(RELEASED)}): search it with --sampler tpe or grid")
+    table = RELEASED[name]
     return [dict(row) for row in table.get(method, table["*"])]
 
 

@@ -3,7 +3,7 @@
 A preset (``experiments/presets/<name>.toml``, or any ``.toml`` path) has a ``description``, a
 ``[study]`` table (sweep.py's study settings) and ``[config.<section>]`` tables, each a diff from
 ``study/config.py``'s defaults. ``--set section.field=value`` (a TOML value; bare text is taken as a
-string) overrides one field. sweep.py, ``study.distributed``, experiments/reproduce.py and the
+string) overrides one field. sweep.py, ``study.trial.distributed``, experiments/reproduce.py and the
 benchmarks all read presets through here, so a preset or an override means the same everywhere.
 """
 

@@ -1,5 +1,5 @@
 """Everything Optuna: search spaces (declared with the losses), studies, the objective, and the wiring of
-trials to MLflow runs (``study.runs``) and to the models they are compared with (``study.references``).
+trials to MLflow runs (``study.trial.runs``) and to the models they are compared with (``study.trial.references``).
 
 One Optuna study per method (``<study name>/<method>``), so each method gets its own search space and
 sampler; each study has one MLflow parent run and one nested run per trial. Workers that share the
@@ -18,34 +18,26 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import paper
-from .claims import once
-from .config import SEED_MAX, RunConfig
-from .errors import StudyFault, StudyInputError, interrupt_reason, one_of
-from .hyperparams import HYPERPARAMS, SETTINGS, Param
-from .losses import FORGET_LOSSES, Method
-from .references import ReferenceModels
-from .runs import TrialRun, describe_study_run, end_if_running, start_study_run, trial_run_name, trial_tags
-from .train import NonFiniteLoss
-from .tracking import (DEFAULT_EXPERIMENT, DEFAULT_STORAGE, DEFAULT_TRACKING_URI, SYSTEM_METRICS_S, TAG, Tracker, redact,
-                       registered_model_name, schema_lock, scrub)
+from .trial.claims import once
+from .config import HEARTBEAT_S, SEED_MAX, RunConfig, StudySettings
+from .errors import StudyFault, StudyInputError, interrupt_reason
+from .methods.hyperparams import HYPERPARAMS, SETTINGS, Param
+from .methods import FORGET_LOSSES, Method
+from .trial.references import ReferenceModels
+from .trial.runs import TrialRun, describe_study_run, end_if_running, start_study_run, trial_run_name, trial_tags
+from .training.train import NonFiniteLoss
+from .credentials import redact, scrub
+from .trial.tracking import TAG, Tracker, registered_model_name, schema_lock
 
-SAMPLERS = ("tpe", "grid", "paper")
-OBJECTIVES = ("pareto", "average", "model_utility", "forget_efficacy")
-KEEP = ("best", "all", "none")
 CHECKPOINT_LOGGED = "logged"
 """A trial's Optuna attribute ``checkpoint`` once its checkpoint and model were logged (the MLflow tag
 ``study.checkpoint`` says whether they are still there)."""
-HEARTBEAT_S = 30  # default Optuna heartbeat (s); a trial silent for 2x this long is failed by the next worker
-MAX_FAILURES = 5  # a worker stops a study after this many failed trials in a row
-MAX_TRIALS = 100_000
-STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql", "journal")
-TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks", "file")
+
 
 def paper_settings(scenario: str, method: str) -> list[dict]:
     """The paper's exact settings for a method (β = 0.1 everywhere; regularization_coeff 1.0); a loss
@@ -69,121 +61,13 @@ def grid_values(param: Param, points: int = 3) -> list[float]:
     return [float(f"{v:.3g}") for v in values]
 
 
-@dataclass
-class StudySettings:
-    """What a sweep runs, beyond one trial's ``RunConfig``."""
-
-    study_name: str
-    methods: list[str]
-    n_trials: int = 4
-    sampler: str = "tpe"
-    objective: str = "pareto"
-    storage: str = DEFAULT_STORAGE
-    tracking_uri: str = DEFAULT_TRACKING_URI
-    experiment: str = DEFAULT_EXPERIMENT
-    seed: int = 0
-    keep_checkpoints: str = "best"
-    prune: bool = False
-    preset: str = "default"
-    space: dict = dataclasses.field(default_factory=dict)
-    """Range overrides ``name -> [low, high]`` (e.g. a preset's learning rates for a small model)."""
-    heartbeat: int = HEARTBEAT_S
-    """Seconds between a running trial's heartbeats; a trial silent for twice as long (its worker was
-    killed) is failed, and its MLflow run ended FAILED, by the next worker that starts a trial."""
-    max_failures: int = MAX_FAILURES
-    """Stop the study after this many failed trials in a row (a setting that always diverges)."""
-    fixed: list[str] = dataclasses.field(default_factory=list)
-    """Searchable hyper-parameters the user fixed (``--set train.lr=...``): not searched, the trial
-    configuration's value is used."""
-    system_metrics: float = SYSTEM_METRICS_S
-    """Seconds between samples of MLflow's system metrics (``system/*``: CPU, memory, disk, network,
-    GPU) logged to each trial's run while it trains and evaluates; 0 = off."""
-
-    def __post_init__(self):
-        check_study_name(self.study_name)
-        check_store_url("Optuna storage", self.storage, STORAGE_SCHEMES)
-        check_store_url("tracking store", self.tracking_uri, TRACKING_SCHEMES)
-        if not isinstance(self.experiment, str) or not self.experiment.strip() or len(self.experiment) > 256 \
-                or any(ord(c) < 32 for c in self.experiment):
-            raise StudyInputError(f"experiment name must be 1 to 256 printable characters, got {self.experiment!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= SEED_MAX:
-            raise StudyInputError(f"seed must be an integer from 0 to {SEED_MAX} (NumPy's range), got {self.seed!r}")
-        if self.sampler not in SAMPLERS:
-            raise one_of("sampler", self.sampler, SAMPLERS)
-        if self.objective not in OBJECTIVES:
-            raise one_of("objective", self.objective, OBJECTIVES)
-        if self.keep_checkpoints not in KEEP:
-            raise one_of("keep-checkpoints policy", self.keep_checkpoints, KEEP)
-        if not isinstance(self.n_trials, int) or isinstance(self.n_trials, bool) or not 1 <= self.n_trials <= MAX_TRIALS:
-            raise StudyInputError(f"n_trials must be a positive integer up to {MAX_TRIALS}, got {self.n_trials!r}")
-        for name in ("heartbeat", "max_failures"):
-            if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool) or getattr(self, name) < 1:
-                raise StudyInputError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-            if getattr(self, name) > 10**6:
-                raise StudyInputError(f"{name} must be at most 1000000, got {getattr(self, name)!r}")
-        if isinstance(self.system_metrics, bool) or not isinstance(self.system_metrics, (int, float)) \
-                or not (self.system_metrics == 0 or 0.1 <= self.system_metrics <= 3600):
-            raise StudyInputError(f"system_metrics must be 0 (off) or seconds from 0.1 to 3600, got {self.system_metrics!r}")
-        if self.prune and self.objective == "pareto":
-            raise StudyInputError("pruning needs a single objective: add --objective average (or model_utility, forget_efficacy)")
-        if not self.methods:
-            raise StudyInputError("no method given; e.g. --method ME+GD")
-        for name in self.methods:
-            try:
-                Method.parse(name)
-            except ValueError as error:
-                raise StudyInputError(str(error)) from None
-        for name, bounds in self.space.items():
-            if name not in HYPERPARAMS:
-                raise one_of("searchable hyper-parameter", name, HYPERPARAMS)
-            try:
-                low, high = (float(b) for b in bounds)
-                dataclasses.replace(HYPERPARAMS[name], low=low, high=high, default=None)
-            except (TypeError, ValueError):
-                raise StudyInputError(f"search range of {name} must be [low, high] with 0 < low < high, got {bounds!r}") from None
-
-
-def check_study_name(name) -> None:
-    """A study name is one printable line of at most 200 characters without ``/``, ``#`` or ``..``:
-    it becomes Optuna study names (``<name>/<method>``), MLflow tags and run names."""
-    if not isinstance(name, str) or not name.strip() or len(name) > 200 or name != name.strip() \
-            or any(not c.isprintable() for c in name) or "/" in name or "\\" in name or "#" in name or ".." in name:
-        raise StudyInputError(f"study name must be 1 to 200 printable characters without '/', '\\', '#' or '..', "
-                              f"got {name!r}"[:300])
-
-
-def check_store_url(what: str, url, schemes: tuple[str, ...]) -> None:
-    """A store URL with a known scheme (``scheme://...`` or ``journal:<file>``); checked before any store
-    is touched. The message shows the URL redacted."""
-    scheme = url.split(":", 1)[0].split("+", 1)[0].lower() if isinstance(url, str) and ":" in url else ""
-    if not isinstance(url, str) or scheme not in schemes or (scheme != "journal" and "://" not in url) \
-            or any(not c.isprintable() for c in url):
-        shown = redact(url) if isinstance(url, str) else url
-        raise StudyInputError(f"{what} {shown!r}: unknown scheme; valid: "
-                              + ", ".join(f"{s}:<file>" if s == "journal" else f"{s}://..." for s in schemes))
-    if scheme == "sqlite" and (not url.startswith("sqlite:///") or url[len("sqlite:///"):].split("?")[0] in ("", ":memory:")):
-        raise StudyInputError(f"{what} {redact(url)!r} is in memory: nothing would be kept; name a file, "
-                              "e.g. sqlite:///mlruns/optuna.db")
-    if scheme in ("sqlite", "journal"):
-        file = url[len("journal:"):] if scheme == "journal" else url[len("sqlite:///"):].split("?")[0]
-        if not file.strip() or Path(file).expanduser().is_dir():
-            raise StudyInputError(f"{what} {redact(url)!r}: {'is a folder' if file.strip() else 'names no file'}; "
-                                  f"name a file, e.g. {'journal:mlruns/optuna.log' if scheme == 'journal' else 'sqlite:///mlruns/optuna.db'}")
-    if scheme not in ("sqlite", "journal", "file"):  # a server: user:password@host:port/database
-        rest = url.split("://", 1)[1]
-        authority, _, path = rest.partition("?")[0].partition("/")
-        if authority.count("@") > 1 or "@" in path or "#" in rest:
-            raise StudyInputError(f"{what} {redact(url)!r} is malformed: an unencoded '@', '/' or '#' in the user "
-                                  "name or password; percent-encode them (urllib.parse.quote(password, safe=''))")
-
-
 # --------------------------------------------------------------------------------------------------
 # Search spaces
 
 
 def search_space(method: str, scenario: str, sampler: str, overrides: dict | None = None, fixed=()) -> dict[str, object]:
     """``name -> Param`` (tpe) or ``name -> list of values`` (grid, paper). The ranges are the ones the
-    losses declare (``study.losses``), narrowed or moved by ``overrides`` (``name -> [low, high]``);
+    losses declare (``study.methods``), narrowed or moved by ``overrides`` (``name -> [low, high]``);
     the names in ``fixed`` are left out (the trial configuration's value is used)."""
     if sampler == "paper":
         rows = paper_settings(scenario, method)
@@ -212,7 +96,7 @@ def checkpoint_estimate(cfg: RunConfig, settings: StudySettings) -> str:
     n_params = {"llama2-7b": 6.74e9, "llama3-8b": 8.03e9, "smollm2-135m": 1.35e8, "tiny-llama": 3.3e6}.get(cfg.model.name)
     if n_params is None:
         return f"checkpoints: keep {settings.keep_checkpoints} (size unknown for {cfg.model.name})"
-    from .runner import run_dtype
+    from .trial.runner import run_dtype
 
     bytes_per = run_dtype(cfg, None).itemsize
     one = n_params * bytes_per / 1e9
@@ -247,7 +131,8 @@ def apply_params(cfg: RunConfig, method: str, params: dict) -> RunConfig:
 
 ADDED_SETTINGS = {"train.kl_full_padding": False, "method.gamma": 0.0, "eval.holdout": False,
                   "method.rmu_layer": 7, "method.rmu_steering_coeff": 6.5, "method.rmu_alpha": 1200.0,
-                  "method.delta": 0.0, "method.rmu_averaging": "answer_per_sequence"}
+                  "method.delta": 0.0, "method.rmu_averaging": "answer_per_sequence",
+                  "eval.earlier_tasks": False}
 """Settings added after studies were first recorded, with the behaviour a study recorded without them
 ran with. Resuming such a study with that value changes nothing; with another value it is refused.
 (Before ``kl_full_padding`` existed, the KL regularizer averaged over trimmed batches. Before
@@ -446,7 +331,7 @@ def startup_heap_frozen():
 class Sweep:
     """Runs the studies of one sweep command in this process (one worker): the Optuna loop. Each trial
     is a :class:`TrialObjective` call; the models trials are compared with are a
-    ``study.references.ReferenceModels``, shared by every study of the sweep."""
+    ``study.trial.references.ReferenceModels``, shared by every study of the sweep."""
 
     def __init__(self, cfg: RunConfig, settings: StudySettings, progress: bool = True, device=None, log=print):
         self.cfg, self.settings, self.progress, self.log = cfg, settings, progress, log
@@ -627,7 +512,7 @@ def wait_for_others(study, storage, n_trials: int, heartbeat: int) -> bool:
 
 class TrialObjective:
     """Optuna's objective for one study of a :class:`Sweep`: each call is one trial, from the sampled
-    values to its configuration, its MLflow run (``study.runs.TrialRun``, nested under the study's run
+    values to its configuration, its MLflow run (``study.trial.runs.TrialRun``, nested under the study's run
     ``parent``), ``runner.run_trial`` and the objective values."""
 
     def __init__(self, cfg: RunConfig, settings: StudySettings, tracker: Tracker, references: ReferenceModels,
@@ -676,7 +561,7 @@ class TrialObjective:
     def _trial(self, trial):
         import optuna
 
-        from .runner import TrialHooks, run_trial
+        from .trial.runner import TrialHooks, run_trial
 
         self._drop_if_surplus(trial)
         params = suggest(trial, self.space)
@@ -746,7 +631,7 @@ def apply_keep_policy(study, tracker: Tracker, policy: str) -> None:
     """Every finished trial's run is tagged ``study.pareto`` (``true`` / ``false``: in Optuna's Pareto
     front, or the best trial of a single objective). ``best`` and ``all``: the Pareto-best trials with a
     logged model are versions of the registered model named after the study
-    (:func:`study.tracking.registered_model_name`), tagged ``pareto=true``, their ``model_utility``,
+    (:func:`study.trial.tracking.registered_model_name`), tagged ``pareto=true``, their ``model_utility``,
     ``forget_efficacy`` and ``forget_quality``, with the alias ``pareto-trial-<k>``; a trial that leaves
     the front keeps its version, tagged ``pareto=false``, its alias removed. ``best``: the other trials
     lose their checkpoint files and logged models' files (``study.checkpoint`` = ``deleted (not

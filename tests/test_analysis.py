@@ -1,5 +1,5 @@
-"""Tests of study.analysis: tables, Pareto fronts and sensitivity on hand-made runs frames (no MLflow),
-then a small MLflow store written with study.tracking.Tracker and read back.
+"""Tests of study.reporting.analysis: tables, Pareto fronts and sensitivity on hand-made runs frames (no MLflow),
+then a small MLflow store written with study.trial.tracking.Tracker and read back.
 
 ``write_example_store`` builds that store; ``tests/test_notebooks.py`` executes the notebooks on it.
 """
@@ -16,8 +16,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from study import analysis as A  # noqa: E402
-from study.metrics import METRICS, MIA_LOSS, mia_auc_key, privleak_key  # noqa: E402
+from study.reporting import analysis as A  # noqa: E402
+from study.evaluation.metrics import METRICS, MIA_LOSS, mia_auc_key, privleak_key  # noqa: E402
 
 EXPERIMENT = "analysis-test"
 
@@ -84,7 +84,7 @@ def test_method_table_paper_pick_keeps_released_settings(fictitious):
 def test_paper_settings_follow_reference_section_4():
     assert A.paper_settings("fictitious", "ME+GD")["forget_coeff"] == (0.1,)
     assert A.paper_settings("continual", "ME+GD")["forget_coeff"] == (1.0,)
-    assert A.paper_settings("real_world", "ME+GD")["lr"] == (5e-6,)
+    assert A.paper_settings("real-world", "ME+GD")["lr"] == (5e-6,)
     assert A.paper_settings("real-world", "NPO+GD")["epochs"] == (5.0, 3.0)
 
 
@@ -205,6 +205,14 @@ def test_continual_table_takes_last_task_of_best_run():
         "NPO+GD", "ME+GD", "reference: each task's start", "reference: fixed (--fix-ref-model)"]
     only_moving = A.plot_continual(curves[~curves["fix_ref_model"]])
     assert [t.get_text() for t in only_moving.legends[0].get_texts()] == ["NPO+GD"]
+    # Runs that evaluated the earlier tasks' forget sets (eval.earlier_tasks) get a third panel, with the
+    # values drawn where they exist (from task 2 on).
+    earlier = curves.assign(**{A.EARLIER_ROUGE: [float("nan"), 0.2, 0.3] * 2 + [float("nan"), 0.1]
+                               + [float("nan"), 0.4, 0.5]})
+    fig = A.plot_continual(earlier)
+    assert len(fig.axes) == 3 and "earlier tasks" in fig.axes[2].get_ylabel()
+    drawn = {tuple(line.get_ydata()[~np.isnan(line.get_ydata())]) for line in fig.axes[2].lines}
+    assert drawn == {(0.2, 0.3), (0.4, 0.5)}  # b and d, the representative runs
 
 
 def test_real_world_table_has_quoted_figures_and_benchmark_placeholder():
@@ -329,11 +337,11 @@ EXAMPLE_TRIALS = [
 
 
 def write_example_store(tracking_uri: str, experiment: str = EXPERIMENT) -> dict[str, list[str]]:
-    """A small store with the layout of study.tracking: a target run per scenario (with
+    """A small store with the layout of study.trial.tracking: a target run per scenario (with
     ``eval/items.csv``), a study run per (scenario, split, method, fix_ref_model) and its nested
     trials (params, tags, metrics at ``step = task``, ``eval/items_task<k>.csv``). Returns the trial
     run ids per scenario."""
-    from study.tracking import Tracker
+    from study.trial.tracking import Tracker
 
     tracker = Tracker(tracking_uri, experiment)
     targets = {}

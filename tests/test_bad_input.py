@@ -18,7 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from study import data as data_mod
+from study.inputs import data as data_mod
+from study.inputs import scenarios
 from study.errors import DataError, StudyInputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,7 +112,7 @@ def test_any_data_file_loads_or_raises_one_line_data_error(tmp_path_factory, nam
 @pytest.fixture(scope="module")
 def valid_tofu(tmp_path_factory):
     """The built-in authors written as TOFU-format JSON-lines files."""
-    from study import builtin
+    from study.inputs import builtin
 
     folder = tmp_path_factory.mktemp("tofu")
     for name, file_rows in builtin.generate(6, 0).items():
@@ -131,7 +132,7 @@ def test_scenario_with_one_bad_file_loads_or_names_it(valid_tofu, tmp_path_facto
     original = (valid_tofu / f"{target}.json").read_bytes()
     (folder / f"{target}.json").write_bytes((original if keep else b"") + b"\n".join(mutated))
     try:
-        scenario = data_mod.load_scenario(data_mod.DirectorySource(folder), "fictitious", "forget01", task)
+        scenario = scenarios.load_scenario(data_mod.DirectorySource(folder), "fictitious", "forget01", task)
     except StudyInputError as error:
         assert isinstance(error, DataError), f"{type(error).__name__}: {error}"
         message = str(error)
@@ -236,7 +237,7 @@ def test_float16_on_a_cpu_is_refused_at_planning(sweep, capsys):
 @pytest.mark.parametrize("native", [True, False])
 def test_bfloat16_on_a_cpu_without_native_bf16_plans_with_one_warning(sweep, capsys, monkeypatch, native):
     """Issue 27: bfloat16 where the CPU only emulates it runs (slowly), saying so in one line."""
-    from study import models
+    from study.inputs import models
 
     monkeypatch.setattr(models, "native_bf16", lambda cpuinfo=None: native)
     monkeypatch.setattr(models, "_warned_emulated_bf16", False)
@@ -315,8 +316,9 @@ def test_query_string_password_is_not_stored_in_the_study_run(tmp_path):
     import optuna
 
     from study.config import RunConfig
-    from study.search import StudySettings, Sweep
-    from study.tracking import Tracker
+    from study.config import StudySettings
+    from study.search import Sweep
+    from study.trial.tracking import Tracker
 
     settings = StudySettings("pw", ["ME+GD"], storage=f"postgresql+psycopg2://db.internal/optuna?user=u&password={PASSWORD}")
     sweep = Sweep(RunConfig(), settings, log=lambda *a: None)
@@ -332,7 +334,7 @@ def test_query_string_password_is_not_stored_in_the_study_run(tmp_path):
                                  f"postgresql://user:{PASSWORD}@h:5432/db?x=a@b", f"http://[user:{PASSWORD}@h"])
 def test_malformed_urls_hide_the_whole_password(url):
     """Issue 13 (5): no part of the password (three characters or more) survives redaction or ``scrub``."""
-    from study.tracking import redact, scrub
+    from study.credentials import redact, scrub
 
     pieces = {PASSWORD[i:i + 4] for i in range(len(PASSWORD) - 3)}
     for shown in (redact(url), scrub(f"cannot parse {url!r} (near {PASSWORD[2:9]!r})", url)):
@@ -358,7 +360,7 @@ def _one_error_line(err: str) -> str:
 @pytest.mark.parametrize("argv,message", BAD_ARGV, ids=[" ".join(a) for a, _ in BAD_ARGV])
 def test_bad_command_line_is_one_error_line_and_writes_nothing(sweep, capsys, tmp_path, monkeypatch, argv, message):
     if "max_length must be at least" in message:
-        from study import models
+        from study.inputs import models
 
         models.smollm2_dir()  # the length check needs the tokenizer at hand (prepared once per machine)
     monkeypatch.chdir(tmp_path)
@@ -448,7 +450,7 @@ def test_unknown_store_scheme_is_refused_at_planning_without_the_password(sweep,
        host=st.sampled_from(["127.0.0.1:5432/db", "db.example.org/optuna?sslmode=require", "h", "[::1]:5000"]))
 def test_redact_never_shows_a_password(user, secret, scheme, host):
     """Any password (unencoded '@', ':', '/', unicode ...) in any URL shape is hidden."""
-    from study.tracking import redact
+    from study.credentials import redact
 
     password = "Zq9" + secret  # a marker no scheme, user or host contains
     hidden = redact(f"{scheme}{user}:{password}@{host}")
@@ -597,7 +599,7 @@ DSN_FORMS = [f"host=db.internal port=5432 password={PASSWORD} dbname=optuna",
 def test_redact_hides_the_password_of_every_url_and_dsn_form(dsn):
     """Issue 32 (3): userinfo, query string and libpq ``key=value`` strings: one function hides them all,
     and ``scrub`` hides them in a message that quotes them."""
-    from study.tracking import redact, scrub
+    from study.credentials import redact, scrub
 
     assert PASSWORD not in redact(dsn) and "***" in redact(dsn)
     assert "db.internal" in redact(dsn) or "dbname=optuna" in redact(dsn)  # only the secret goes
@@ -698,20 +700,20 @@ def test_sigterm_stops_reproduce_like_ctrl_c(reproduce, capsys, tmp_path, monkey
 
 
 def test_an_executed_notebook_holds_no_password_and_its_kernel_connects_with_it(tmp_path):
-    """Issue 32 (3): ``run_notebook`` (reproduce.py, ``python -m study.analysis --output``) writes the
+    """Issue 32 (3): ``run_notebook`` (reproduce.py, ``python -m study.reporting.analysis --output``) writes the
     tracking URI redacted into the injected-parameters cell and papermill's metadata; the kernel still
-    gets the full URI (``study.tracking.with_credentials``, what ``study.analysis`` connects with)."""
+    gets the full URI (``study.credentials.with_credentials``, what ``study.reporting.analysis`` connects with)."""
     import hashlib
     import os
 
     import nbformat
 
-    from study.analysis import run_notebook
+    from study.reporting.analysis import run_notebook
 
     uri = f"postgresql+psycopg2://u:{PASSWORD}@db.internal/mlflow"
     notebook = nbformat.v4.new_notebook()
     notebook.cells = [nbformat.v4.new_code_cell('tracking_uri = ""', metadata={"tags": ["parameters"]}),
-                      nbformat.v4.new_code_cell("import hashlib\nfrom study.tracking import with_credentials\n"
+                      nbformat.v4.new_code_cell("import hashlib\nfrom study.credentials import with_credentials\n"
                                                 "print(hashlib.sha256(with_credentials(tracking_uri).encode()).hexdigest())")]
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     source, written = tmp_path / "in.ipynb", tmp_path / "out.ipynb"

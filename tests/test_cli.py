@@ -139,7 +139,8 @@ def test_reproduce_plans_the_papers_settings_from_a_laptop(capsys, monkeypatch):
     import torch
 
     from experiment_scripts import load
-    from study import models, presets
+    from study.inputs import models
+    from study import presets
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)

@@ -39,7 +39,8 @@ EXPECTED: dict[str, tuple[dict, list[str], str, int, dict]] = {
                          list(PAPER_METHODS), "paper", 6, {}),
     "tofu-cpu": ({"data.source": "<data-dir>", "data.retain_authors": 8, "data.ds_size": 40, "train.lr": 1e-4,
                   "train.grad_accum": 1, "train.max_length": 144, "finetune.lr": 2e-4, "finetune.epochs": 8,
-                  "finetune.grad_accum": 1, "finetune.max_length": 144, "eval.batch_size": 16, "method.name": "GA+GD"},
+                  "finetune.grad_accum": 1, "finetune.max_length": 144, "eval.batch_size": 16, "eval.earlier_tasks": True,
+                  "method.name": "GA+GD"},
                  list(PAPER_METHODS), "paper", 1, {}),
 }
 DATA_DIRS = {"paper-real-world": "real_world", "tofu-cpu": "tofu"}
@@ -86,7 +87,7 @@ def test_preset_resolves_to_the_stated_configuration(name, sweep, request, monke
 
 
 # --------------------------------------------------------------------------------------------------
-# study.presets: the one loader (sweep.py, study.distributed, reproduce.py and the benchmarks use it)
+# study.presets: the one loader (sweep.py, study.trial.distributed, reproduce.py and the benchmarks use it)
 
 
 def test_run_config_from_preset_method_and_overrides():

@@ -1,4 +1,4 @@
-"""Tests of study.zero and study.distributed: DeepSpeed config filling, the entry point's configuration,
+"""Tests of study.training.zero and study.trial.distributed: DeepSpeed config filling, the entry point's configuration,
 the fit that ``unlearn`` is given for ``train.deepspeed``, and (slow) a two-process ZeRO-3 run over gloo
 that takes the same steps as one plain PyTorch process."""
 
@@ -16,10 +16,12 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from study import distributed as D  # noqa: E402
-from study import models, presets, runner  # noqa: E402
-from study import train as T  # noqa: E402
-from study import zero as Z  # noqa: E402
+from study.training import distributed as D  # noqa: E402
+from study.inputs import models
+from study import presets
+from study.trial import runner  # noqa: E402
+from study.training import train as T  # noqa: E402
+from study.training import zero as Z  # noqa: E402
 from study.config import TrainConfig  # noqa: E402
 from study.errors import StudyInputError  # noqa: E402
 
@@ -87,7 +89,7 @@ def test_load_config_errors_name_the_file(tmp_path):
 
 
 def test_step_recorder_tags_tasks_by_the_restarting_step_counter():
-    from study.train import StepEvent
+    from study.training.train import StepEvent
 
     recorder = D.StepRecorder([3, 5])
     for step in (1, 2, 1, 2, 3):
@@ -105,14 +107,15 @@ def test_runner_fits_through_zero_when_train_deepspeed_is_set():
 
 
 def test_unlearn_refuses_train_deepspeed_without_a_zero_fit():
-    """``unlearn`` cannot import study.zero (that would close an import circle), so without
+    """``unlearn`` cannot import study.training.zero (that would close an import circle), so without
     ``fit=`` it trains in this process, and a ``train.deepspeed`` config is an error, not ignored."""
-    from study.data import BuiltinSource, load_scenario
-    from study.losses import Method
+    from study.inputs.data import BuiltinSource
+    from study.inputs.scenarios import load_scenario
+    from study.methods import Method
 
     lm = models.load("tiny-llama", device="cpu")
     scenario = load_scenario(BuiltinSource(n_authors=4), "continual", "forget01", 1, ds_size=2)
-    with pytest.raises(StudyInputError, match="train.deepspeed=.*fit=study.zero.train_with_deepspeed"):
+    with pytest.raises(StudyInputError, match="train.deepspeed=.*fit=study.training.zero.train_with_deepspeed"):
         T.unlearn(lm.model, lm.tokenizer, lm.prompt, Method.parse("GA"), scenario,
                   train_cfg(deepspeed="experiments/deepspeed/zero3.json", max_length=64), "answer")
 
@@ -134,7 +137,7 @@ def test_zero3_on_two_processes_takes_the_steps_of_one_process(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "DS_ACCELERATOR": "cpu",
            "TORCH_EXTENSIONS_DIR": str(extensions), "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "study.distributed", *COMMON, "--set", "train.batch_size=2", "--set", "train.grad_accum=1",
+               "-m", "study.trial.distributed", *COMMON, "--set", "train.batch_size=2", "--set", "train.grad_accum=1",
                "--train-only", "--no-progress", "--out", str(tmp_path / "out")]
     run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
@@ -170,12 +173,12 @@ def test_zero3_on_two_processes_takes_the_steps_of_one_process(tmp_path):
 
 @pytest.mark.slow
 def test_zero3_in_one_process_without_torchrun(tmp_path):
-    """``python -m study.distributed`` with no launcher: a one-process group, ZeRO-3 still on (DeepSpeed's
+    """``python -m study.trial.distributed`` with no launcher: a one-process group, ZeRO-3 still on (DeepSpeed's
     engine asserts a LOCAL_RANK that only launchers set; the one-process group sets it)."""
     env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
     env.update({"HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(ROOT),
                 "TORCH_EXTENSIONS_DIR": str(tmp_path / "torch_extensions")})
-    command = [sys.executable, "-m", "study.distributed", *COMMON[:4], "--set", 'model.target="tiny-llama"',
+    command = [sys.executable, "-m", "study.trial.distributed", *COMMON[:4], "--set", 'model.target="tiny-llama"',
                "--set", "data.n_authors=4", "--set", "train.epochs=1", "--train-only", "--no-progress",
                "--out", str(tmp_path / "out")]
     run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
@@ -188,7 +191,7 @@ def test_zero3_in_one_process_without_torchrun(tmp_path):
 
 @pytest.mark.slow
 def test_zero3_entry_ends_on_sigterm_like_ctrl_c(tmp_path):
-    """Issue 32: SIGTERM (Slurm, torchrun, ``timeout``) to ``python -m study.distributed`` mid-training ends it
+    """Issue 32: SIGTERM (Slurm, torchrun, ``timeout``) to ``python -m study.trial.distributed`` mid-training ends it
     as Ctrl-C does: one message naming SIGTERM, exit 143 (128 + 15), no traceback."""
     import signal
     import time
@@ -196,7 +199,7 @@ def test_zero3_entry_ends_on_sigterm_like_ctrl_c(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
     env.update({"HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(ROOT),
                 "TORCH_EXTENSIONS_DIR": str(tmp_path / "torch_extensions")})
-    command = [sys.executable, "-m", "study.distributed", *COMMON[:4], "--set", 'model.target="tiny-llama"',
+    command = [sys.executable, "-m", "study.trial.distributed", *COMMON[:4], "--set", 'model.target="tiny-llama"',
                "--set", "data.n_authors=4", "--set", "train.epochs=400", "--train-only", "--out", str(tmp_path / "out")]
     stderr = tmp_path / "stderr.txt"
     with stderr.open("w") as err:

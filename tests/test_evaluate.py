@@ -1,4 +1,4 @@
-"""Tests of study.evaluate on a tiny random Llama and a handful of builtin items.
+"""Tests of study.evaluation.evaluate on a tiny random Llama and a handful of builtin items.
 
 The evaluated model is ``tiny-llama`` with its tied output head replaced by a random untied one, so
 that greedy generations are varied words (the tied random model repeats one whitespace token)
@@ -22,20 +22,20 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from scipy.stats import ks_2samp  # noqa: E402
 
-from study import metrics as M  # noqa: E402
-from study.data import BuiltinSource, EvalSet, load_scenario  # noqa: E402
+from study.evaluation import metrics as M  # noqa: E402
+from study.inputs.data import BuiltinSource, EvalSet  # noqa: E402
+from study.inputs.scenarios import load_scenario  # noqa: E402
 from study.errors import StudyInputError  # noqa: E402
-from study.evaluate import (  # noqa: E402
+from study.evaluation.evaluate import (  # noqa: E402
     EvalResult,
     encode_qa_batch,
     evaluate,
     forget_quality_from,
     load_metric_models,
-    metrics_scenario,
 )
 from study.evaluation import metric_models as metric_models_module  # noqa: E402
 from study.evaluation.reference import evaluate_one_at_a_time, evaluate_reference_batched  # noqa: E402
-from study.models import encode_qa, load  # noqa: E402
+from study.inputs.models import encode_qa, load  # noqa: E402
 
 MAX_LENGTH = 40
 """Generation length including the prompt (prompts are 13-18 tokens here): short keeps tests fast."""
@@ -399,13 +399,6 @@ def test_metric_models_are_cached_per_process():
     assert reloaded.embedder is not first.embedder
 
 
-def test_scenario_names_translate_in_one_place():
-    assert metrics_scenario("real-world") == "real_world"
-    assert metrics_scenario("fictitious") == "fictitious" and metrics_scenario("continual") == "continual"
-    with pytest.raises(StudyInputError, match="real-world"):
-        metrics_scenario("realworld")
-
-
 def test_real_world_sets_use_golden_answer_and_neighbor_utility(tiny, metric_models):
     def row(i):
         return {"task_id": 1, "question": f"Who is person {i}?", "answer": f"Person {i} is a singer from town {i}.",
@@ -552,3 +545,32 @@ def test_vocabulary_moments_only_for_the_requested_sequences(tiny, privacy_sets)
     var = (logp.exp() * (logp - mean[:, None]) ** 2).sum(-1)
     np.testing.assert_allclose(got.token_vocab_mean[0], mean.numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(got.token_vocab_var[0], var.numpy(), rtol=1e-3, atol=1e-5)
+
+
+# ------------------------------------------ beyond the paper: continual's earlier tasks
+
+
+def test_earlier_tasks_are_scored_as_forget_sets_outside_mu_and_fe(tiny, metric_models):
+    """Continual with eval.earlier_tasks: task 3's evaluation also holds tasks 1 and 2's forget rows
+    (``earlier_forget``), scored with the forget set's metrics (its truth ratio read as forgetting), and
+    MU / FE are those of the same evaluation without it."""
+    source = BuiltinSource(n_authors=8)
+    plain = load_scenario(source, "continual", "forget01", task=3, ds_size=2)
+    extended = load_scenario(source, "continual", "forget01", task=3, ds_size=2, earlier_tasks=(1, 2))
+    earlier = extended.eval_sets[-1]
+    assert [s.name for s in extended.eval_sets] == [*(s.name for s in plain.eval_sets), "earlier_forget"]
+    assert earlier.kind == "earlier_forget" and [r["task_id"] for r in earlier.rows] == [1, 1, 2, 2]
+    task_rows = {t: load_scenario(source, "continual", "forget01", task=t, ds_size=2).eval_sets[0].rows for t in (1, 2)}
+    assert earlier.rows == task_rows[1] + task_rows[2]  # each earlier task's forget evaluation, as it was
+    run = lambda sets: evaluate(tiny.model, tiny.tokenizer, tiny.prompt, sets, "continual", metric_models,  # noqa: E731
+                                max_length=MAX_LENGTH, score_max_length=SCORE_MAX_LENGTH, progress=False)
+    without, with_earlier = run(plain.eval_sets), run(extended.eval_sets)
+    for key in ("model_utility", "forget_efficacy", "forget/rouge", "retain/rouge"):
+        assert with_earlier.summary[key] == pytest.approx(without.summary[key]), key
+    assert with_earlier.summary["n_items/earlier_forget"] == 4
+    items = with_earlier.items[with_earlier.items["set"] == "earlier_forget"]
+    assert items[M.ROUGE].notna().all() and items[M.TRUTH_RATIO].notna().all()
+    # The forget formula: 1 - min(R, 1/R), not max(0, 1 - 1/R).
+    raw = items[M.TRUTH_RATIO_RAW].to_numpy()
+    np.testing.assert_allclose(items[M.TRUTH_RATIO].to_numpy(), 1 - np.minimum(raw, 1 / raw))
+    assert with_earlier.summary["earlier_forget/rouge"] == pytest.approx(items[M.ROUGE].mean())

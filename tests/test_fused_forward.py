@@ -1,4 +1,4 @@
-"""Tests of the fused forward (``study.losses.compute_loss(fused=True)``, issue 14): every batch part of a
+"""Tests of the fused forward (``study.methods.compute_loss(fused=True)``, issue 14): every batch part of a
 step through the model as one batch, the reference model's parts as one batch, the losses read from each
 part's slice. Its losses and gradients must be those of one forward per part (within 1e-5).
 """
@@ -14,8 +14,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from study.data import collate  # noqa: E402
-from study.losses import (  # noqa: E402
+from study.inputs.batches import collate  # noqa: E402
+from study.methods import (  # noqa: E402
     Method,
     compute_loss,
     dropout_active,
@@ -44,7 +44,7 @@ def tiny_llama(seed: int, **config):
 
 
 def encode(question: list[int], answer: list[int], labels: str = "answer") -> dict[str, torch.Tensor]:
-    """As ``study.models.encode_qa`` on token ids: EOS-padded to MAX_LENGTH; ``answer`` labels = the answer
+    """As ``study.inputs.models.encode_qa`` on token ids: EOS-padded to MAX_LENGTH; ``answer`` labels = the answer
     and one EOS label, ``full`` = every position, padding included (ME+GD's ``mask=false``)."""
     ids = question + answer
     pad = MAX_LENGTH - len(ids)
@@ -233,7 +233,7 @@ def test_active_dropout_keeps_separate_forwards():
 
 @pytest.fixture(scope="module")
 def tiny():
-    from study import models
+    from study.inputs import models
 
     return models.load("tiny-llama", device="cpu")
 
@@ -241,10 +241,11 @@ def tiny():
 @pytest.mark.parametrize("name", ["IDK+AP", "NPO+KL"])
 def test_unlearn_fused_and_separate_follow_the_same_trajectory(tiny, name):
     """Whole runs through the real data pipeline, with gradient accumulation: same step losses and weights."""
-    from study import runner
-    from study import train as T
+    from study.trial import runner
+    from study.training import train as T
     from study.config import TrainConfig
-    from study.data import BuiltinSource, load_scenario
+    from study.inputs.data import BuiltinSource
+    from study.inputs.scenarios import load_scenario
 
     scenario = load_scenario(BuiltinSource(n_authors=4), "continual", "forget01", 1, ds_size=2)
     method = Method.parse(name)
@@ -271,21 +272,22 @@ def test_unlearn_fused_and_separate_follow_the_same_trajectory(tiny, name):
 def test_unlearn_takes_the_forward_mode_from_the_train_config_unless_told(tiny, monkeypatch):
     """``train.fused_forward`` (``--set train.fused_forward=false``) reaches every step's compute_loss;
     an explicit ``unlearn(fused_forward=...)`` overrides it."""
-    from study import losses
-    from study import train as T
+    from study import methods
+    from study.training import train as T
     from study.config import TrainConfig
-    from study.data import BuiltinSource, load_scenario
+    from study.inputs.data import BuiltinSource
+    from study.inputs.scenarios import load_scenario
 
     scenario = load_scenario(BuiltinSource(n_authors=4), "fictitious", "forget01", 1, ds_size=2)
     method = Method.parse("GA+GD")
     seen = []
-    real = losses.compute_loss
+    real = methods.compute_loss
 
     def spy(*args, fused=True, **kwargs):
         seen.append(fused)
         return real(*args, fused=fused, **kwargs)
 
-    monkeypatch.setattr(losses, "compute_loss", spy)
+    monkeypatch.setattr(methods, "compute_loss", spy)
     fused = TrainConfig(lr=1e-3, epochs=1, batch_size=2, grad_accum=1, max_length=64)
     separate = dataclasses.replace(fused, fused_forward=False)
     cases = [(fused, None, True), (separate, None, False), (separate, True, True)]

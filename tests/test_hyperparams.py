@@ -1,18 +1,20 @@
-"""One declaration per hyper-parameter (study/hyperparams.py): every list that used to restate it is
+"""One declaration per hyper-parameter (study/methods/hyperparams.py): every list that used to restate it is
 derived from it, and each derived use is pinned here to the table."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
 
 from experiment_scripts import load
-from study import analysis, search, sensitivity
+from study.reporting import analysis, sensitivity
+from study import search
 from study.config import MethodConfig, RunConfig, TrainConfig
-from study.hyperparams import HYPERPARAMS, SEARCHABLE_SETTINGS, SETTINGS, Param
-from study.losses import FORGET_LOSSES, REGULARIZERS, Method
+from study.methods.hyperparams import HYPERPARAMS, SEARCHABLE_SETTINGS, SETTINGS, Param
+from study.methods import FORGET_LOSSES, REGULARIZERS, Method
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 
@@ -24,7 +26,7 @@ def test_every_parameter_is_a_field_of_its_section_and_of_method():
     for name, param in HYPERPARAMS.items():
         assert name in config_fields[param.section], f"{param.key} is not a field of the {param.section} config"
         if param.section == "method":
-            assert name in method_fields, f"{name} is not a field of study.losses.Method"
+            assert name in method_fields, f"{name} is not a field of study.methods.Method"
     # The config forwards every Method setting by name: MethodConfig must have each of them.
     assert method_fields - {"forget_loss", "regularizer"} <= config_fields["method"]
 
@@ -83,7 +85,8 @@ def test_set_fixes_rmus_parameters_instead_of_searching_them(capsys):
 @pytest.mark.parametrize("preset", ["default", "smoke"])
 def test_the_presets_plans_did_not_move(preset, capsys, monkeypatch):
     """The default and smoke presets' --dry-run output, byte for byte as the code before this table existed
-    printed it (tests/golden/, written by commit 6490361's sweep.py). A deliberate change rewrites the file:
+    printed it (tests/golden/, written by commit 6490361's sweep.py; since then one line added, the new
+    setting ``eval.earlier_tasks = False``, which changes no plan). A deliberate change rewrites the file:
     ``python experiments/sweep.py --preset P --dry-run > tests/golden/dry_run_P.txt``."""
     for name in ("MLFLOW_TRACKING_URI", "OPTUNA_STORAGE"):  # an in-process run before may have set them
         monkeypatch.delenv(name, raising=False)
@@ -97,3 +100,56 @@ def test_the_presets_plans_did_not_move(preset, capsys, monkeypatch):
 def test_param_refuses_a_bad_section():
     with pytest.raises(ValueError, match="section must be train or method"):
         Param("x", 0.1, 1.0, section="eval")
+
+
+SMOKE_TRIALS = [("fictitious", m) for m in ("GA+GD", "NPO+KL", "DPO+GD", "IDK+AP", "ME+GD", "SimNPO+GD", "RMU")] \
+    + [("continual", "NPO+GD")]
+
+
+def smoke_summaries() -> dict[str, list[dict[str, str]]]:
+    """``"<scenario>/<method>" -> [every summary value of each task, as repr]`` of :data:`SMOKE_TRIALS`, one
+    torch thread, the smoke target fine-tuned into ``$XDG_CACHE_HOME`` (set it to an empty folder)."""
+    import torch
+
+    from study import presets
+    from study.trial import runner
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = {}
+        for scenario, method in SMOKE_TRIALS:
+            sets = [f'data.scenario="{scenario}"'] + (["data.tasks=[1, 2]"] if scenario == "continual" else [])
+            trial = runner.run_trial(presets.run_config("smoke", method, sets), device="cpu", progress=False)
+            out[f"{scenario}/{method}"] = [{k: repr(float(v)) for k, v in sorted(t.summary.items())} for t in trial.tasks]
+        return out
+    finally:
+        torch.set_num_threads(threads)
+
+
+def write_smoke_golden() -> None:
+    """Rewrite tests/golden/smoke_trials.json (a deliberate change of results): from the repository root,
+    ``XDG_CACHE_HOME=$(mktemp -d) python -c 'import sys; sys.path[:0] = ["tests", "."]; import test_hyperparams as t;
+    t.write_smoke_golden()'``."""
+    (GOLDEN / "smoke_trials.json").write_text(json.dumps(smoke_summaries(), indent=1, sort_keys=True))
+
+
+@pytest.mark.slow
+def test_seeded_smoke_trials_did_not_move(tmp_path, monkeypatch):
+    """Every summary value of eight seeded smoke trials (seven losses on fictitious, NPO+GD over two continual
+    tasks), as the code before the methods package and the scenario registry computed them
+    (tests/golden/smoke_trials.json, written at commit 315b1bc by :func:`write_smoke_golden`). Refactors must
+    not move results."""
+    import math
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # fine-tune the smoke target here, as the golden run did
+    expected = json.loads((GOLDEN / "smoke_trials.json").read_text())
+    got = smoke_summaries()
+    assert sorted(got) == sorted(expected)
+    for case, tasks in expected.items():
+        assert [sorted(t) for t in got[case]] == [sorted(t) for t in tasks], f"{case}: other summary keys"
+        for task, (g, w) in enumerate(zip(got[case], tasks)):
+            g, w = {k: float(v) for k, v in g.items()}, {k: float(v) for k, v in w.items()}
+            moved = {k: (w[k], g[k]) for k in w if not (math.isnan(w[k]) and math.isnan(g[k]))
+                     and not math.isclose(g[k], w[k], rel_tol=1e-9, abs_tol=1e-12)}
+            assert not moved, f"{case} task {task}: moved {moved}"

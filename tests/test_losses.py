@@ -1,4 +1,4 @@
-"""Tests of study.losses: hand-derived values for every loss, the registry, and a tiny-model run per method.
+"""Tests of study.methods: hand-derived values for every loss, the registry, and a tiny-model run per method.
 
 Hand values use logits ``z = log p + c`` for chosen distributions ``p`` (so ``softmax(z) = p`` for any
 row constant ``c``) and compute the expected numbers with ``math`` and explicit loops.
@@ -16,15 +16,16 @@ import torch
 import torch.nn.functional as F
 
 from study.errors import StudyInputError
-from study.losses import (
+from study.paper import PAPER_METHODS
+from study.methods import (
     FORGET_LOSSES,
-    PAPER_METHODS,
     REGULARIZERS,
     LossSpec,
     Method,
     Param,
     ap_loss,
     compute_loss,
+    freeze_untrained,
     dpo_loss,
     ga_loss,
     gd_loss,
@@ -212,11 +213,11 @@ def test_me_closed_form_matches_naive_reference_on_random_logits():
 
 
 def test_me_gradient_matches_naive_and_chunking():
-    from study.losses import _UniformKL
+    from study.methods.numerics import UniformKL
 
     gen = torch.Generator().manual_seed(3)
     z = (4 * torch.randn(2, 3, 5, generator=gen, dtype=torch.float64)).requires_grad_()
-    assert torch.autograd.gradcheck(lambda x: _UniformKL.apply(x, 4), (z,))  # 6 rows in chunks of 4
+    assert torch.autograd.gradcheck(lambda x: UniformKL.apply(x, 4), (z,))  # 6 rows in chunks of 4
     labels = torch.randint(0, 5, (2, 3), generator=gen)
     labels[0, 1] = -100
     me_loss(z, labels).backward()
@@ -862,12 +863,12 @@ def _five_layer_llama():
 
 def _rmu_steps(model, ref, steps: int = 5) -> tuple[list[str], set[str], list[float]]:
     """RMU (layer 7 -> 3 on 5 layers) for ``steps`` AdamW steps: (trained names, moved names, forget losses)."""
-    from study.train import adamw, adamw_param_groups, train_only_rmu_weights
+    from study.training.train import adamw, adamw_param_groups
 
     method, batch = Method.parse("RMU", rmu_layer=7), tiny_batch()
     steering = steering_for(method, model, seed=1001)
     assert steering.layer == 3  # min(7, 5 - 2)
-    trained = train_only_rmu_weights(model, steering.layer)
+    trained = freeze_untrained(method, model)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     optimizer = adamw(adamw_param_groups(model, weight_decay=0.01), lr=1e-2)
     losses = []
@@ -883,7 +884,7 @@ def _rmu_steps(model, ref, steps: int = 5) -> tuple[list[str], set[str], list[fl
 
 
 def test_rmu_trains_only_the_chosen_mlp_weights():
-    from study.train import train_only_rmu_weights
+    from types import SimpleNamespace
 
     model = _five_layer_llama()
     ref = copy.deepcopy(model).eval().requires_grad_(False)
@@ -892,13 +893,31 @@ def test_rmu_trains_only_the_chosen_mlp_weights():
     assert moved == set(trained)
     assert losses[-1] < losses[0]  # hidden states of layer 3 move towards c·u on forget inputs
     # A model without such parameters is refused rather than trained on nothing.
+    not_llama = torch.nn.Linear(2, 2)
+    not_llama.config = SimpleNamespace(num_hidden_layers=5)
     with pytest.raises(StudyInputError, match="down_proj"):
-        train_only_rmu_weights(torch.nn.Linear(2, 2), 3)
+        freeze_untrained(Method.parse("RMU"), not_llama)
+
+
+def test_a_method_says_which_weights_it_trains():
+    """The registry, not the training loop, says what is trained: RMU's three down-projections in either
+    slot (RMU+GD too), every weight for the others (nothing is frozen, nothing touched)."""
+    assert Method.parse("GA+GD").trained_weights(5) is None
+    model = _five_layer_llama()
+    model.model.embed_tokens.requires_grad_(False)  # set by the caller: a method that trains all leaves it
+    assert freeze_untrained(Method.parse("NPO+KL"), model) is None
+    assert not model.model.embed_tokens.weight.requires_grad
+    assert all(p.requires_grad for n, p in model.named_parameters() if "embed_tokens" not in n)
+    for name in ("RMU", "RMU+GD", "GA+RMU"):
+        model = _five_layer_llama()
+        trained = freeze_untrained(Method.parse(name, rmu_layer=2), model)
+        assert trained == [f"model.layers.{i}.mlp.down_proj.weight" for i in (0, 1, 2)], name
+        assert [n for n, p in model.named_parameters() if p.requires_grad] == trained
 
 
 def test_rmu_with_lora_trains_the_chosen_down_projection_adapters():
-    from study.runner import frozen_copy
-    from study.train import apply_lora
+    from study.trial.runner import frozen_copy
+    from study.training.train import apply_lora
 
     model = apply_lora(_five_layer_llama(), rank=4, seed=0)  # adapters on every projection, down_proj included
     ref = frozen_copy(model)  # as the runner builds RMU's reference: a frozen copy of the wrapped model
@@ -916,7 +935,7 @@ def test_rmu_with_gradient_checkpointing_gives_the_same_gradients(lora):
     """Gradient checkpointing (the GPU path's setting) recomputes the decoder layers in backward; RMU
     freezes the embeddings, so no checkpointed layer's input needs grad: the trained weights must get
     their gradients all the same, equal to those without checkpointing."""
-    from study.train import apply_lora, train_only_rmu_weights
+    from study.training.train import apply_lora
 
     grads = []
     for checkpointing in (False, True):
@@ -931,7 +950,7 @@ def test_rmu_with_gradient_checkpointing_gives_the_same_gradients(lora):
         ref = copy.deepcopy(model).eval().requires_grad_(False)
         method = Method.parse("RMU", rmu_layer=7)
         steering = steering_for(method, model, seed=1001)
-        trained = train_only_rmu_weights(model, steering.layer)
+        trained = freeze_untrained(method, model)
         out = compute_loss(method, model, tiny_batch(), ref_model=ref, steering=steering)
         out.total.backward()
         params = dict(model.named_parameters())

@@ -1,4 +1,4 @@
-"""Hand-derived checks of study.metrics: every expected number is computed here with plain math."""
+"""Hand-derived checks of study.evaluation.metrics: every expected number is computed here with plain math."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from study import metrics as M
+from study.evaluation import metrics as M
 
 
 # ---------------------------------------------------------------------------- registry / names
@@ -166,7 +166,7 @@ def test_nli_pairs_direction_per_set_and_scenario():
     for s in ("retain", "real_authors", "world_facts"):
         assert M.nli_pairs(s, "continual", gens, truths) == [("t1", "g1"), ("t2", "g2")]
     for s in ("forget", "neighbor"):
-        assert M.nli_pairs(s, "real_world", gens, truths) == [("g1", "t1"), ("g2", "t2")]
+        assert M.nli_pairs(s, "real-world", gens, truths) == [("g1", "t1"), ("g2", "t2")]
     with pytest.raises(ValueError, match="valid"):
         M.nli_direction("retain", "tofu")
 
@@ -239,7 +239,7 @@ def test_model_utility_retain_and_real_world():
     retain_vals = [sm["retain"][m] for m in M.MU_METRICS]
     assert M.model_utility_retain(sm).value == pytest.approx(_hmean(retain_vals))
     rw = {"neighbor": dict(sm["retain"]), "forget": {m: 0.01 for m in M.MU_METRICS}}
-    agg = M.model_utility(rw, sets=M.UTILITY_SETS["real_world"])
+    agg = M.model_utility(rw, sets=M.UTILITY_SETS["real-world"])
     assert agg.value == pytest.approx(_hmean(retain_vals)) and len(agg.parts) == 6
 
 

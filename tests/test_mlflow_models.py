@@ -3,7 +3,7 @@ and system metrics (issue 15), read back the way a user would: ``mlflow.transfor
 client's registry and logged-model searches, the files under the store.
 
 Expected values come from outside the code under test: Optuna's own Pareto front (``study.best_trials``),
-the checkpoint's weights loaded with plain ``transformers``, the scenario's rows (``study.data``), the
+the checkpoint's weights loaded with plain ``transformers``, the scenario's rows (``study.inputs.data``), the
 files on disk, and registered-model names written out here.
 """
 
@@ -65,8 +65,8 @@ def test_deleting_a_logged_model_removes_its_files_and_keeps_its_registry_versio
     import mlflow
     import torch
 
-    from study import models
-    from study.tracking import Tracker, logged_model_name
+    from study.inputs import models
+    from study.trial.tracking import Tracker, logged_model_name
 
     lm = models.load("tiny-llama", device="cpu", dtype=torch.float32)
     tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "models")
@@ -110,7 +110,7 @@ def test_kept_model_loads_from_runs_uri_and_answers_like_the_checkpoint(smoke_st
     from mlflow.artifacts import download_artifacts
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from study import models
+    from study.inputs import models
 
     store, experiment = smoke_store
     uri = f"sqlite:///{store}/mlflow.db"
@@ -223,7 +223,7 @@ def test_optunas_checkpoint_attribute_and_mlflows_tags_agree(smoke_store):
 
 @pytest.mark.slow
 def test_each_trial_logs_its_forget_retain_and_evaluation_sets(smoke_store):
-    from study import runner
+    from study.trial import runner
 
     store, experiment = smoke_store
     for scenario in ("fictitious", "continual", "real-world"):
@@ -248,7 +248,7 @@ def test_each_trial_logs_its_forget_retain_and_evaluation_sets(smoke_store):
 
 def test_system_metrics_are_on_every_10_s_by_default_and_0_turns_them_off():
     from study.errors import StudyInputError
-    from study.search import StudySettings
+    from study.config import StudySettings
 
     sweep = _sweep_module()
     for argv, expected in (([], 10.0), (["--system-metrics", "0"], 0.0), (["--system-metrics", "2.5"], 2.5)):
@@ -281,10 +281,11 @@ def test_keep_policy_moves_models_and_registry_versions_with_the_pareto_front(tm
     import torch
     from optuna.trial import create_trial
 
-    from study import models
+    from study.inputs import models
     from study.config import RunConfig
-    from study.search import StudySettings, Sweep
-    from study.tracking import Tracker
+    from study.config import StudySettings
+    from study.search import Sweep
+    from study.trial.tracking import Tracker
 
     lm = models.load("tiny-llama", device="cpu", dtype=torch.float32)
     sweep = Sweep(RunConfig(), StudySettings("fake", ["ME+GD"], n_trials=4, keep_checkpoints="best"), log=lambda *a: None)
@@ -351,8 +352,9 @@ def test_logging_sets_and_a_model_prints_no_schema_or_generation_flag_warning(tm
     import torch
     from transformers import GenerationConfig, TextGenerationPipeline
 
-    from study import models, runner
-    from study.tracking import Tracker, dataset_inputs
+    from study.inputs import models
+    from study.trial import runner
+    from study.trial.tracking import Tracker, dataset_inputs
 
     data = runner.scenario_data(smoke_config("fictitious"), 1)
     with warnings.catch_warnings(record=True) as caught:

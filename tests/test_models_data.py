@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from study import data, models
+from study.inputs import batches, data, models, scenarios
 from study.errors import DataError, StudyInputError
 
 
@@ -128,7 +128,7 @@ def test_tofu_splits_and_task_one_retain_sets(shared_data, split, rows, tasks, r
     source = data.DirectorySource(shared_data / "tofu")
     forget = source.read(split)
     assert len(forget) == rows and data.task_ids(forget) == list(range(1, tasks + 1))
-    scenario = data.load_scenario(source, "fictitious", split, 1)
+    scenario = scenarios.load_scenario(source, "fictitious", split, 1)
     assert len(scenario.retain) == retain  # TOFU's retain99 / retain95 / retain90
     assert len(scenario.forget) == rows // tasks
     sizes = {s.name: len(s.rows) for s in scenario.eval_sets}
@@ -138,13 +138,13 @@ def test_tofu_splits_and_task_one_retain_sets(shared_data, split, rows, tasks, r
 
 def test_continual_retain_holds_tasks_not_yet_unlearned(shared_data):
     source = data.DirectorySource(shared_data)
-    task3 = data.load_scenario(source, "continual", "forget01", 3)
+    task3 = scenarios.load_scenario(source, "continual", "forget01", 3)
     assert len(task3.retain) == 3600 + 7 * 40
     assert {r["task_id"] for r in task3.forget} == {3}
 
 
 def test_real_world_uses_golden_answer_and_every_row(shared_data):
-    scenario = data.load_scenario(data.DirectorySource(shared_data / "real_world"), "real-world", task=None, ds_size=None)
+    scenario = scenarios.load_scenario(data.DirectorySource(shared_data / "real_world"), "real-world", task=None, ds_size=None)
     assert len(scenario.forget) == 400 and len(scenario.retain) == 400
     forget = scenario.eval_sets[0]
     assert forget.truth == "golden_answer" and forget.cosine_truth == "answer" and len(forget.rows) == 400
@@ -177,7 +177,7 @@ def test_builtin_has_tofus_structure(n_authors):
         perturbed = source.read(f"{split}_perturbed")
         assert [r["question"] for r in perturbed] == [r["question"] for r in forget]
         assert all(len(r["perturbed_answer"]) == 5 and r["answer"] not in r["perturbed_answer"] for r in perturbed)
-        scenario = data.load_scenario(source, "fictitious", split, 1)
+        scenario = scenarios.load_scenario(source, "fictitious", split, 1)
         assert len(scenario.retain) == total - len(scenario.forget)
     if n_authors == 200:  # TOFU's layout: 10% / 50% / 90% of the authors (10 questions each, TOFU has 20)
         assert [len(data.task_ids(source.read(s))) for s in data.SPLITS] == [10, 10, 9]
@@ -187,21 +187,21 @@ def test_builtin_has_tofus_structure(n_authors):
     for name in ("real_authors_perturbed", "world_facts_perturbed"):
         rows = source.read(name)
         assert len(rows) >= 20 and all(r["answer"] in r["original_answer"] for r in rows)
-    rw = data.load_scenario(source, "real-world", task=None, ds_size=None)
+    rw = scenarios.load_scenario(source, "real-world", task=None, ds_size=None)
     assert rw.forget and rw.retain and rw.eval_sets[0].truth == "golden_answer"
 
 
 def test_pairing_is_fixed_per_index_with_a_local_generator(smol_tokenizer):
     source = data.BuiltinSource(6, 0)
-    scenario = data.load_scenario(source, "fictitious", "forget01", 1)
+    scenario = scenarios.load_scenario(source, "fictitious", "forget01", 1)
     parts = {"forget", "retain", "forget_idk"}
     torch.manual_seed(123)
     state = torch.random.get_rng_state()
-    a = data.UnlearningDataset(scenario.forget, scenario.retain, scenario.refusals, smol_tokenizer,
+    a = batches.UnlearningDataset(scenario.forget, scenario.retain, scenario.refusals, smol_tokenizer,
                                models.QUESTION_ANSWER, 64, parts)
     assert torch.equal(state, torch.random.get_rng_state())
     torch.manual_seed(999)
-    b = data.UnlearningDataset(scenario.forget, scenario.retain, scenario.refusals, smol_tokenizer,
+    b = batches.UnlearningDataset(scenario.forget, scenario.retain, scenario.refusals, smol_tokenizer,
                                models.QUESTION_ANSWER, 64, parts)
     for x, y in zip(a.items, b.items):
         assert torch.equal(x["retain"]["input_ids"], y["retain"]["input_ids"])
@@ -278,15 +278,15 @@ def test_task_id_as_string_or_integer(tmp_path):
 
 def test_task_that_does_not_exist(shared_data):
     with pytest.raises(StudyInputError, match="task 11 does not exist; tasks: 1, 2, 3"):
-        data.load_scenario(data.DirectorySource(shared_data), "continual", "forget01", 11)
+        scenarios.load_scenario(data.DirectorySource(shared_data), "continual", "forget01", 11)
 
 
 def test_unknown_split_and_scenario():
     source = data.BuiltinSource(6, 0)
     with pytest.raises(StudyInputError, match="unknown split 'forget02'; valid: forget01, forget05, forget10"):
-        data.load_scenario(source, "fictitious", "forget02", 1)
+        scenarios.load_scenario(source, "fictitious", "forget02", 1)
     with pytest.raises(StudyInputError, match="unknown scenario 'imaginary'"):
-        data.load_scenario(source, "imaginary", "forget01", 1)
+        scenarios.load_scenario(source, "imaginary", "forget01", 1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -295,17 +295,17 @@ def test_unknown_split_and_scenario():
 
 def test_builtin_holdout_authors_are_unseen_and_sized_like_one_task():
     source = data.BuiltinSource(n_authors=20)
-    scenario = data.load_scenario(source, "fictitious", "forget10", 1, holdout=True)
+    scenario = scenarios.load_scenario(source, "fictitious", "forget10", 1, holdout=True)
     holdout = scenario.eval_sets[-1]
     assert (holdout.name, holdout.kind) == ("holdout", "holdout")
     assert len(holdout.rows) == len(scenario.forget) == 20  # forget10 of 20 authors: 2 per task, 10 facts each
     seen = {row["question"] for row in scenario.full} | {row["question"] for s in scenario.eval_sets[:-1] for row in s.rows}
     assert not seen & {row["question"] for row in holdout.rows}
     # off by default: the paper's evaluation sets are unchanged
-    plain = data.load_scenario(source, "fictitious", "forget10", 1)
+    plain = scenarios.load_scenario(source, "fictitious", "forget10", 1)
     assert [s.name for s in plain.eval_sets] == ["forget", "retain", "real_authors", "world_facts"]
     # real-world has no holdout: nothing added
-    rw = data.load_scenario(source, "real-world", task=1, holdout=True)
+    rw = scenarios.load_scenario(source, "real-world", task=1, holdout=True)
     assert [s.name for s in rw.eval_sets] == ["forget", "neighbor"]
 
 
@@ -315,11 +315,11 @@ def test_directory_holdout_is_optional(tmp_path):
                  "world_facts_perturbed"):
         (tmp_path / f"{name}.json").write_text("".join(json.dumps(r) + "\n" for r in files[name]))
     source = data.DirectorySource(tmp_path)
-    assert [s.name for s in data.load_scenario(source, "fictitious", "forget01", 1, holdout=True).eval_sets][-1] == "world_facts"
+    assert [s.name for s in scenarios.load_scenario(source, "fictitious", "forget01", 1, holdout=True).eval_sets][-1] == "world_facts"
     # TOFU's holdout files carry question and answer only
     (tmp_path / "holdout01.json").write_text("".join(json.dumps({"question": r["question"], "answer": r["answer"]}) + "\n"
                                                      for r in files["holdout01"]))
-    sets = data.load_scenario(source, "fictitious", "forget01", 1, holdout=True).eval_sets
+    sets = scenarios.load_scenario(source, "fictitious", "forget01", 1, holdout=True).eval_sets
     assert sets[-1].name == "holdout" and len(sets[-1].rows) == len(files["holdout01"]) == 10
 
 
@@ -389,7 +389,7 @@ def test_bfloat16_on_a_cpu_without_native_bf16_warns_once(monkeypatch, capsys, n
 def test_finetune_cache_key_includes_the_precision(monkeypatch):
     """fp32 and bf16 fine-tunes of the same model on the same rows are different models; ``auto`` keys as
     what it resolves to on a CPU (fp32, native bf16 or not)."""
-    from study import runner
+    from study.trial import runner
     from study.config import RunConfig
 
     rows = [{"question": "Q?", "answer": "A."}]
@@ -408,7 +408,7 @@ def test_finetune_cache_key_includes_the_precision(monkeypatch):
 def test_reference_evaluation_key_includes_the_precision():
     """A ready target (TOFU's Llama-2) evaluated in fp32 and in bf16 gives two reference evaluations."""
     from study.config import RunConfig
-    from study.references import ReferenceModels
+    from study.trial.references import ReferenceModels
 
     key = lambda dtype: ReferenceModels(RunConfig.from_dict({"model": {"dtype": dtype}}), None, None, "cpu").eval_key()  # noqa: E731
     assert key("float32") != key("bfloat16")

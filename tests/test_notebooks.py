@@ -1,4 +1,4 @@
-"""The three notebooks, executed end to end through papermill (``study.analysis.run_notebook``, a thin
+"""The three notebooks, executed end to end through papermill (``study.reporting.analysis.run_notebook``, a thin
 wrapper over ``papermill.execute_notebook``; one test runs the ``papermill`` command itself).
 
 * ``test_notebooks_are_committed_clean`` (fast): outputs stripped, a ``parameters`` cell with the
@@ -26,7 +26,7 @@ import pandas as pd
 import pytest
 
 from conftest import SMOKE_METHODS
-from study import analysis as A
+from study.reporting import analysis as A
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = {name: ROOT / "notebooks" / f"{name}.ipynb" for name in ("fictitious", "continual", "real_world")}
@@ -207,7 +207,7 @@ MACHINE_PATH = re.compile(r"(?<![\w.])/(?:home|work|Users|root|mnt|scratch|priva
 
 def _results_folders_without_export() -> set[Path]:
     """Results folders still holding what the code before exports wrote (no ``export/provenance.json``)."""
-    from study.exports import has_export
+    from study.reporting.exports import has_export
 
     return {p for p in (ROOT / "docs" / "results").iterdir() if p.is_dir() and not has_export(p)}
 
@@ -231,7 +231,7 @@ def test_results_folders_with_an_export_show_their_study():
     (its summary.csv names only runs in it), and each executed notebook shows the summary's numbers."""
     import json
 
-    from study.exports import read_export
+    from study.reporting.exports import read_export
     from test_results import assert_shows_values
 
     folders = sorted(p for p in (ROOT / "docs" / "results").iterdir() if p.is_dir() and p not in _results_folders_without_export())
@@ -245,7 +245,7 @@ def test_results_folders_with_an_export_show_their_study():
             cells = json.loads(notebook.read_text())
             assert_shows_values(cells, summary[summary["scenario"] == {"real_world": "real-world"}.get(key, key)],
                                 notebook.name)
-            # A missing value is shown with its reason (study.analysis.with_reasons), never as a bare NaN.
+            # A missing value is shown with its reason (study.reporting.analysis.with_reasons), never as a bare NaN.
             shown = [("".join(o.get("data", {}).get("text/plain", "")) + "".join(o.get("text", "")))
                      for c in cells["cells"] if c["cell_type"] == "code" for o in c["outputs"]]
             assert not [t for t in shown if re.search(r"\bNaN\b", t)], f"{notebook.name} shows NaN"

@@ -6,12 +6,13 @@ import math
 
 import pytest
 
-from study import analysis, losses, paper, search
-from study.scenarios import SCENARIOS
+from study.reporting import analysis
+from study import paper, search
+from study.inputs.scenarios import SCENARIOS
 
 
 def test_old_names_are_the_paper_modules():
-    assert losses.PAPER_METHODS is paper.PAPER_METHODS is analysis.PAPER_METHODS
+    assert paper.PAPER_METHODS is analysis.PAPER_METHODS
     assert analysis._PUBLISHED is paper.PUBLISHED
     assert analysis.PUBLISHED_SOURCE is paper.PUBLISHED_SOURCE and analysis.REAL_WORLD_QUOTED is paper.REAL_WORLD_QUOTED
     assert len(set(paper.PAPER_METHODS)) == 9 and set(paper.PUBLISHED) <= set(paper.PAPER_METHODS)
@@ -47,5 +48,5 @@ def test_simnpo_fixed_settings_are_open_unlearnings(scenario):
 def test_released_settings_follow_section_4():
     assert paper.released("fictitious", "ME+GD") == [{"lr": 1e-5, "forget_coeff": 0.1}]
     assert paper.released("continual", "ME+GD") == [{"lr": 1e-5, "forget_coeff": 1.0}]
-    assert paper.released("real_world", "ME+GD") == [{"lr": 5e-6, "forget_coeff": 0.5}]
+    assert paper.released("real-world", "ME+GD") == [{"lr": 5e-6, "forget_coeff": 0.5}]
     assert len(paper.released("real-world", "NPO+KL")) == 6

@@ -167,7 +167,7 @@ def check_reproduce(command: Command, request, monkeypatch, capsys) -> None:
     setting's sweep.py command through sweep.py's own ``--dry-run``; nothing trained), in this process."""
     from experiment_scripts import load
 
-    args = _program(command.argv)[1:]
+    args = _placeholders(_program(command.argv)[1:], request)
     if "--dry-run" not in args:
         args.append("--dry-run")
     monkeypatch.chdir(ROOT)
@@ -184,9 +184,9 @@ def check_gpu_check(command: Command, request, monkeypatch, capsys) -> None:
 
 
 def check_analysis(command: Command, request, monkeypatch, capsys) -> None:
-    """``python -m study.analysis NOTEBOOK ...``: the real parser; the notebook exists; its execution is
+    """``python -m study.reporting.analysis NOTEBOOK ...``: the real parser; the notebook exists; its execution is
     replaced by a recorder (the notebooks are executed by tests/test_notebooks.py)."""
-    from study import analysis
+    from study.reporting import analysis
 
     args = _program(command.argv)[2:]
     calls = []
@@ -199,14 +199,15 @@ def check_analysis(command: Command, request, monkeypatch, capsys) -> None:
 
 
 def check_torchrun(command: Command, request, monkeypatch, capsys) -> None:
-    """``torchrun ... -m study.distributed ...``: torchrun's own parser, then study.distributed's, and the
+    """``torchrun ... -m study.trial.distributed ...``: torchrun's own parser, then study.trial.distributed's, and the
     preset and method resolve to a configuration (no process is started)."""
     from torch.distributed.run import get_args_parser
 
-    from study import distributed, presets
+    from study.training import distributed
+    from study import presets
 
     launch = get_args_parser().parse_args(command.argv[1:])
-    assert launch.module and launch.training_script == "study.distributed", launch
+    assert launch.module and launch.training_script == "study.trial.distributed", launch
     args = distributed.build_parser().parse_args(launch.training_script_args)
     cfg = presets.run_config(args.preset, args.method, args.set)
     assert cfg.method.name == (args.method or cfg.method.name)
@@ -215,11 +216,12 @@ def check_torchrun(command: Command, request, monkeypatch, capsys) -> None:
 def check_mlflow_ui(command: Command, request, monkeypatch, capsys) -> None:
     """``.venv/bin/mlflow ui ...``: the venv is the Makefile's, the options parse with MLflow's own CLI,
     the variables set before it are MLflow's, and the command is the one ``sweep.py`` prints
-    (``study.tracking.ui_command``)."""
+    (``study.trial.tracking.ui_command``)."""
     from mlflow import environment_variables
     from mlflow.cli import cli
 
-    from study.tracking import DEFAULT_TRACKING_URI, ui_command
+    from study.config import DEFAULT_TRACKING_URI
+    from study.trial.tracking import ui_command
 
     _check_venv(command)
     argv = _program(command.argv)
@@ -320,7 +322,7 @@ def checker_for(command: Command):
         if argv and argv[0] in scripts:
             assert (ROOT / argv[0]).is_file(), argv[0]
             return scripts[argv[0]]
-        if argv[:2] == ["-m", "study.analysis"]:
+        if argv[:2] == ["-m", "study.reporting.analysis"]:
             return check_analysis
     return None
 
@@ -364,7 +366,7 @@ def test_readme_command(command, request, monkeypatch, capsys):
 
 def test_unknown_commands_are_not_claimed():
     """The checker table does not silently accept what it does not know."""
-    text = "```bash\npython experiments/nope.py\nmake demo\ncurl http://example.org\npython -m study.analysis x.ipynb\n```\n"
+    text = "```bash\npython experiments/nope.py\nmake demo\ncurl http://example.org\npython -m study.reporting.analysis x.ipynb\n```\n"
     claimed = [checker_for(c) is not None for c in readme_commands(text)]
     assert claimed == [False, True, False, True]
 
@@ -402,7 +404,7 @@ def test_science_pointers_name_existing_sections():
 
 def test_science_published_figures_match_the_code():
     """docs/science.md's published MU / FE table is the one the notebooks compare against."""
-    from study import analysis
+    from study.reporting import analysis
 
     rows = re.findall(r"^\| ([\w+]+) \| ([\d.]+) / ([\d.]+) \| ([\d.]+) / ([\d.]+) \| ([\d.]+) / ([\d.]+) \|$",
                       (ROOT / "docs" / "science.md").read_text(), re.M)

@@ -263,12 +263,13 @@ def _fast_sweep(tmp_path, monkeypatch, outcome, **changes):
     """A real ``Sweep`` over sqlite stores whose trials call ``outcome()`` instead of training."""
     import types
 
-    from study import runner, search
+    from study import config, search
+    from study.trial import runner
     from study.config import RunConfig
-    from study.references import ReferenceModels
+    from study.trial.references import ReferenceModels
 
     cfg = RunConfig.from_dict({"model": {"name": "tiny-llama"}, "data": {"n_authors": 6, "ds_size": 4}})
-    settings = search.StudySettings("fast", ["ME+GD"], storage=f"sqlite:///{tmp_path}/optuna.db",
+    settings = config.StudySettings("fast", ["ME+GD"], storage=f"sqlite:///{tmp_path}/optuna.db",
                                     tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="fast",
                                     keep_checkpoints="none", **changes)
     logs = []
@@ -332,7 +333,7 @@ def test_failing_trials_stop_the_study_after_max_failures(tmp_path, monkeypatch)
 def test_a_failure_between_successes_does_not_stop_the_study(tmp_path, monkeypatch):
     from optuna.trial import TrialState
 
-    from study.train import NonFiniteLoss
+    from study.training.train import NonFiniteLoss
 
     def nan_loss():
         raise NonFiniteLoss("loss became nan at step 1/2 on rank 0")
@@ -383,7 +384,7 @@ def test_a_store_that_turns_read_only_ends_the_runs_failed(tmp_path, monkeypatch
     import sqlite3
 
     from study.errors import StudyFault
-    from study.tracking import Tracker
+    from study.trial.tracking import Tracker
 
     original = Tracker.metrics
 
@@ -405,7 +406,7 @@ def test_a_stopped_study_ends_its_run_failed_with_the_reason(tmp_path, monkeypat
     """Issue 13 (4): after too many failures, or bad input found inside a trial, the study's run is not
     left RUNNING."""
     from study.errors import DataError, StudyInputError
-    from study.train import NonFiniteLoss
+    from study.training.train import NonFiniteLoss
 
     def fail():
         raise NonFiniteLoss("loss became nan") if failure == "diverging" else DataError("/d/forget01.json: file not found")
@@ -423,7 +424,7 @@ def test_workers_starting_together_create_one_study_run(tmp_path, monkeypatch):
     import optuna
 
     from study.search import open_storage
-    from study.tracking import Tracker
+    from study.trial.tracking import Tracker
 
     sweeps = [_fast_sweep(tmp_path, monkeypatch, _good)[0] for _ in range(2)]
     optuna.create_study(study_name="fast/ME+GD", storage=open_storage(sweeps[0].settings.storage),
@@ -473,7 +474,7 @@ def test_two_workers_started_together_on_fresh_stores(tmp_path, attempt):
 def test_concurrent_checkpoint_writers_keep_one_complete_copy(tmp_path):
     """Workers sharing the model cache: a writer that finds the checkpoint already written by another
     keeps that one (no error, no half-written folder left behind)."""
-    from study import models
+    from study.inputs import models
 
     path = tmp_path / "target-abc"
 
@@ -562,8 +563,9 @@ def _fake_sweep(tmp_path, policy: str, values: list, directions: list[str]):
     from optuna.trial import create_trial
 
     from study.config import RunConfig
-    from study.search import StudySettings, Sweep
-    from study.tracking import Tracker
+    from study.config import StudySettings
+    from study.search import Sweep
+    from study.trial.tracking import Tracker
 
     sweep = Sweep(RunConfig(), StudySettings("fake", ["ME+GD"], n_trials=len(values), keep_checkpoints=policy), log=lambda *a: None)
     sweep.tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "keep")
@@ -641,7 +643,7 @@ def test_models_are_read_and_written_as_safetensors_only():
 def test_trust_remote_code_is_off_unless_asked(monkeypatch):
     import transformers
 
-    from study import models
+    from study.inputs import models
     from study.config import RunConfig
 
     assert RunConfig().model.trust_remote_code is False
@@ -674,7 +676,7 @@ def test_servers_bind_to_loopback_by_default():
     import inspect
 
     from experiment_scripts import load
-    from study.tracking import ui_command
+    from study.trial.tracking import ui_command
 
     services = load("services")
     assert services.LOOPBACK == "127.0.0.1"
@@ -689,8 +691,9 @@ def test_study_run_params_hide_the_storage_password(tmp_path):
     import optuna
 
     from study.config import RunConfig
-    from study.search import StudySettings, Sweep
-    from study.tracking import Tracker
+    from study.config import StudySettings
+    from study.search import Sweep
+    from study.trial.tracking import Tracker
 
     settings = StudySettings("pw", ["ME+GD"], storage="postgresql+psycopg2://user:pa55word@db.internal:5432/optuna",
                              tracking_uri="http://user:pa55word@mlflow.internal:5000")
@@ -736,7 +739,7 @@ def test_same_seed_gives_identical_metrics_in_two_stores(store, reproduced):
 
 @pytest.mark.slow
 def test_runs_record_package_and_code_versions(store, reproduced):
-    from study.tracking import code_version, package_versions
+    from study.trial.tracking import code_version, package_versions
 
     (run,) = _trial_runs(store, "repro")
     tags = run.data.tags
@@ -750,9 +753,9 @@ def test_a_dead_workers_claim_on_the_study_run_is_taken_over(tmp_path, monkeypat
     out the claim, creates the run itself, and leaves no claim behind."""
     import optuna
 
-    from study import claims
+    from study.trial import claims
     from study.search import open_storage
-    from study.tracking import Tracker
+    from study.trial.tracking import Tracker
 
     sweep, _ = _fast_sweep(tmp_path, monkeypatch, _good)
     sweep.tracker = Tracker(sweep.settings.tracking_uri, "fast")
@@ -789,7 +792,7 @@ def test_a_hyper_parameter_fixed_with_set_is_not_sampled(tmp_path, monkeypatch):
     parameters; the trial runs with the configuration's value."""
     seen = []
     sweep, _ = _fast_sweep(tmp_path, monkeypatch, _good, n_trials=1, fixed=["lr"])
-    from study import runner
+    from study.trial import runner
 
     original = runner.run_trial
     monkeypatch.setattr(runner, "run_trial", lambda cfg, hooks=None, **kw: (seen.append(cfg.train.lr), original(cfg, hooks, **kw))[1])
@@ -847,8 +850,8 @@ def test_sigterm_ends_the_runs_killed_like_ctrl_c(tmp_path, monkeypatch):
 _STALLED_SWEEP = """
 import sys, time, types
 sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
-from study import runner
-from study.references import ReferenceModels
+from study.trial import runner
+from study.trial.references import ReferenceModels
 from experiment_scripts import load
 ReferenceModels.prepare_target = lambda self: (runner.PreparedModel("none", "k", "target", True), "target-run")
 ReferenceModels.metric_models_on = lambda self, device: None
@@ -924,7 +927,7 @@ def test_a_read_only_store_folder_is_one_error_line(tmp_path, capsys, monkeypatc
 
     from experiment_scripts import load
 
-    from study import tracking
+    from study.trial import tracking
 
     def read_only(path, *args, **kwargs):
         if str(path).endswith(".lock"):
@@ -996,11 +999,11 @@ def test_a_stale_claim_is_announced_and_the_orphaned_target_run_ended(tmp_path, 
     FAILED; a stop during the evaluation itself (Ctrl-C, SIGTERM) ends the run KILLED."""
     import optuna
 
-    from study import claims
+    from study.trial import claims
     from study.errors import Terminated
-    from study.references import ReferenceModels
+    from study.trial.references import ReferenceModels
     from study.search import open_storage
-    from study.tracking import Tracker
+    from study.trial.tracking import Tracker
 
     tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "fast")
     storage = open_storage(f"sqlite:///{tmp_path}/optuna.db")

@@ -1,4 +1,4 @@
-"""study/results.py: intervals against hand-derived values, the claims' verdicts on hand-made run
+"""study/reporting/results.py: intervals against hand-derived values, the claims' verdicts on hand-made run
 frames with known outcomes, table shapes; and experiments/reproduce.py end to end on the smoke preset."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from study import metrics as M
-from study import results
-from study.analysis import runs_frame
+from study.evaluation import metrics as M
+from study.reporting import results
+from study.reporting.analysis import runs_frame
 from study.paper import PAPER_METHODS
-from study.results import FAILS, HOLDS, UNSURE
+from study.reporting.results import FAILS, HOLDS, UNSURE
 
 from conftest import ROOT
 from experiment_scripts import load
@@ -253,7 +253,7 @@ def test_privacy_columns_and_methods_beyond_the_paper(tmp_path):
 
 
 def test_every_method_keeps_its_marker_and_colour_whatever_else_is_drawn():
-    from study import analysis as A
+    from study.reporting import analysis as A
 
     alone, crowd = A.method_markers(["NPO+GD", "NPO+KL"]), A.method_markers([*PAPER_METHODS, "SimNPO+GD", "RMU"])
     assert alone["NPO+GD"] == crowd["NPO+GD"] != crowd["NPO+KL"] == alone["NPO+KL"]
@@ -276,6 +276,22 @@ def test_reproduce_dry_run_plans_every_study(capsys):
     # fictitious 3 splits + continual 2 (with / without a fixed reference) + real-world 1, per seed
     assert "12 studies" in out and "108 trials" in out and "estimate:" in out
     assert "--dry-run" in out or "checked" in out
+
+
+def test_a_tofu_reproduction_reads_its_folder_and_writes_its_own(shared_data, capsys):
+    """``--data-dir`` reaches every study's sweep.py (the preset needs data); a preset other than default
+    writes under docs/results/<preset>/, never over the built-in study's folder."""
+    reproduce = _reproduce()
+    argv = ["--preset", "tofu-cpu", "--scenario", "fictitious", "--splits", "forget01", "--seeds", "1001"]
+    args = reproduce.build_parser().parse_args([*argv, "--data-dir", str(shared_data / "tofu")])
+    (unit,) = reproduce.plan_units(args)
+    assert unit.argv[unit.argv.index("--data-dir") + 1] == str(shared_data / "tofu")
+    assert reproduce.out_of(args) == reproduce.ROOT / "docs/results/tofu-cpu/fictitious"
+    assert reproduce.out_of(reproduce.build_parser().parse_args(["--scenario", "continual"])) == \
+        reproduce.ROOT / "docs/results/continual"
+    assert reproduce.main([*argv, "--data-dir", str(shared_data / "tofu"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "docs/results/tofu-cpu/fictitious" in out and "a real run needs" not in out
 
 
 @pytest.mark.slow
@@ -316,7 +332,7 @@ def test_reproduce_end_to_end_on_smoke(tmp_path, capsys):
         assert str(out_dir / "export") in json.dumps(notebook["cells"]), key  # the injected export
         assert str(store) not in json.dumps(notebook), key  # never the store's URI
     # The export: every run of the command, per task, with its per-item tables and provenance.
-    from study import exports
+    from study.reporting import exports
 
     export = exports.read_export(out_dir)
     trials = export.runs[export.runs["kind"] == "trial"]
@@ -368,7 +384,7 @@ def assert_shows_values(notebook: dict, summary: pd.DataFrame, name: str) -> Non
 
 def _items_frame(rouge_forget):
     """Per-item frames: every metric constant except the forget set's ROUGE."""
-    from study import metrics as M
+    from study.evaluation import metrics as M
 
     rows = []
     for name in ("forget", "retain", "real_authors", "world_facts"):
@@ -382,7 +398,7 @@ def _items_frame(rouge_forget):
 
 
 def test_item_bootstrap_is_zero_for_constant_items_and_the_binomial_width_otherwise():
-    from study.results import item_bootstrap
+    from study.reporting.results import item_bootstrap
 
     mu_lo, mu_hi, fe_lo, fe_hi = item_bootstrap([_items_frame([0.5] * 40)], "fictitious", n_boot=300)
     assert mu_hi - mu_lo == pytest.approx(0.0, abs=1e-12) and fe_hi - fe_lo == pytest.approx(0.0, abs=1e-12)
@@ -401,7 +417,7 @@ def test_item_bootstrap_is_zero_for_constant_items_and_the_binomial_width_otherw
 
 
 def test_paired_item_bootstrap_of_a_constant_shift_is_that_shift():
-    from study.results import paired_item_bootstrap
+    from study.reporting.results import paired_item_bootstrap
 
     n = 40
     a = _items_frame([0.25, 0.75] * (n // 2))
@@ -450,7 +466,7 @@ def test_bounded_intervals_stay_in_the_unit_interval_and_zero_seeds_are_counted(
 
 
 def _export_frames():
-    from study.exports import PARAM_PREFIX
+    from study.reporting.exports import PARAM_PREFIX
 
     runs = _frame({"GA+GD": (0.5, 0.6), "ME+GD": (0.58, 0.9)})
     runs["step"] = 0
@@ -461,7 +477,7 @@ def _export_frames():
 
 
 def test_an_export_reads_back_what_was_written(tmp_path):
-    from study import exports
+    from study.reporting import exports
 
     runs, items = _export_frames()
     written = exports.write_export(tmp_path, runs, items, "python experiments/reproduce.py", ["s1"])
@@ -488,7 +504,7 @@ def test_an_export_reads_back_what_was_written(tmp_path):
 def test_bad_exports_end_in_one_line_naming_the_file(tmp_path):
     import json as json_
 
-    from study import exports
+    from study.reporting import exports
 
     runs, items = _export_frames()
     folder = exports.write_export(tmp_path, runs, items, "cmd").folder

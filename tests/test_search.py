@@ -1,5 +1,5 @@
 """Tests of study.search's pieces that need no trial: the settings a study records and refuses to
-change, samplers, and search spaces; and of the pieces a trial is made of (study.runs, study.references)
+change, samplers, and search spaces; and of the pieces a trial is made of (study.trial.runs, study.trial.references)
 on temporary stores, with fixed evaluations instead of models."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import pytest
 
 from study.config import RunConfig
 from study.errors import StudyInputError
-from study.search import ADDED_SETTINGS, StudySettings, check_fixed_config, fixed_config, make_sampler, search_space
+from study.config import StudySettings
+from study.search import ADDED_SETTINGS, check_fixed_config, fixed_config, make_sampler, search_space
 
 
 def _study():
@@ -83,8 +84,8 @@ def test_rmu_space_samples_an_integer_layer_and_reaches_the_trial_config():
 
 
 # --------------------------------------------------------------------------------------------------
-# The pieces a trial is made of: its MLflow run (study.runs) and the models it is compared with
-# (study.references), on temporary sqlite stores
+# The pieces a trial is made of: its MLflow run (study.trial.runs) and the models it is compared with
+# (study.trial.references), on temporary sqlite stores
 
 
 def _tiny_config(**changes) -> RunConfig:
@@ -100,7 +101,7 @@ def _step(step: int, max_steps: int, loss: float):
 def _task_result(task: int, steps: int, mu: float):
     import pandas as pd
 
-    from study.runner import TaskResult
+    from study.trial.runner import TaskResult
 
     items = pd.DataFrame({"set": ["forget", "retain"], "item": [0, 0], "rouge": [0.25, 0.75]})
     return TaskResult(task, {"model_utility": mu, "forget_efficacy": 0.5}, items, {"model_utility": {"retain": mu}}, True,
@@ -110,8 +111,8 @@ def _task_result(task: int, steps: int, mu: float):
 def test_a_one_task_run_logs_its_evaluation_at_step_0_which_mlflow_draws_as_a_value(tmp_path):
     """MLflow's run page draws a metric with one value as a bar only at step 0 (at step >= 1 it is a one-dot
     time series): a fictitious or real-world trial logs its evaluation there; a continual one at its task."""
-    from study.runs import TrialRun
-    from study.tracking import Tracker
+    from study.trial.runs import TrialRun
+    from study.trial.tracking import Tracker
 
     tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "runs")
     for scenario, tasks, step in (("fictitious", [1], 0), ("real-world", [], 0), ("continual", [1], 1)):
@@ -127,8 +128,8 @@ def test_a_one_task_run_logs_its_evaluation_at_step_0_which_mlflow_draws_as_a_va
 def test_a_trial_run_records_its_configuration_tasks_and_continued_step_axis(tmp_path):
     import json
 
-    from study.runs import TrialRun
-    from study.tracking import Tracker
+    from study.trial.runs import TrialRun
+    from study.trial.tracking import Tracker
 
     tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "runs")
     cfg = _tiny_config(data={"n_authors": 6, "ds_size": 4, "scenario": "continual", "tasks": [1, 2]})
@@ -168,8 +169,8 @@ def test_a_trial_run_records_its_configuration_tasks_and_continued_step_axis(tmp
 
 
 def test_a_trial_run_ends_failed_with_its_reason_and_flushes_its_steps(tmp_path):
-    from study.runs import TrialRun
-    from study.tracking import Tracker
+    from study.trial.runs import TrialRun
+    from study.trial.tracking import Tracker
 
     tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "runs")
     run = TrialRun.start(tracker, _tiny_config(), "trial 0", {})
@@ -196,10 +197,10 @@ class _FakeEval:
 def _references(tmp_path, monkeypatch, cfg, evaluations: list):
     """ReferenceModels on sqlite stores under ``tmp_path``, whose models need no training and whose
     evaluations return fixed results (each appended to ``evaluations``)."""
-    from study import runner
-    from study.references import ReferenceModels
+    from study.trial import runner
+    from study.trial.references import ReferenceModels
     from study.search import open_storage
-    from study.tracking import Tracker
+    from study.trial.tracking import Tracker
 
     def prepared(kind):
         def fake(*args, **kwargs):

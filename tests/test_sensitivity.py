@@ -1,4 +1,4 @@
-"""study/sensitivity.py: hypervolume, set coverage and the best FE at a stable MU on hand-made fronts
+"""study/reporting/sensitivity.py: hypervolume, set coverage and the best FE at a stable MU on hand-made fronts
 (values worked out by hand in the comments); the written tables; experiments/reproduce.py --sensitivity
 end to end on the smoke preset."""
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from study import sensitivity as S
-from study.analysis import runs_frame
+from study.reporting import sensitivity as S
+from study.reporting.analysis import runs_frame
 
 from experiment_scripts import load
 

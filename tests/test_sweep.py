@@ -125,7 +125,7 @@ def test_two_workers_share_one_sqlite_study(tmp_path):
     import optuna
 
     # The stores are created once before the workers start (concurrent first creation races).
-    from study.tracking import Tracker
+    from study.trial.tracking import Tracker
 
     Tracker(f"sqlite:///{tmp_path}/mlflow.db", "e2e")
     optuna.create_study(storage=f"sqlite:///{tmp_path}/optuna.db", study_name="shared/ME+GD", directions=["maximize"] * 2)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from study import metrics as M
+from study.evaluation import metrics as M
 
 LOG_DIR_NAME = "tofu_reference_logs"
 

@@ -2,7 +2,7 @@
 fine-tuned on, the bad inputs that must end in one line before any fine-tuning, and the whole path on
 the smoke model over the real files.
 
-Expected rows are read straight from the JSON files (not through ``study.data``), and the author names
+Expected rows are read straight from the JSON files (not through ``study.inputs.data``), and the author names
 are TOFU's own (forget01's standard split forgets Basil Mahfouz Al-Kuwaiti and Nikolai Abilov; the retain
 file opens with Jaime Vasquez and Chukwu Akabueze)."""
 
@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from study import data, presets
+from study.inputs import data, scenarios
+from study import presets
 from study.errors import DataError, StudyInputError
 
 
@@ -28,7 +29,7 @@ def _qa(rows) -> list[tuple[str, str]]:
 def test_fictitious_subset_is_the_forgotten_authors_and_the_first_retain_authors(shared_data):
     tofu = shared_data / "tofu"
     forget01, retain90 = _rows(tofu / "forget01.json"), _rows(tofu / "retain90.json")
-    run = data.load_scenario(data.DirectorySource(tofu), "fictitious", "forget01", 1, ds_size=40, retain_authors=8)
+    run = scenarios.load_scenario(data.DirectorySource(tofu), "fictitious", "forget01", 1, ds_size=40, retain_authors=8)
 
     task1 = [r for r in forget01 if str(r["task_id"]) == "1"]
     assert len(task1) == 40
@@ -47,13 +48,13 @@ def test_continual_subset_keeps_the_tasks_in_scope_only(shared_data):
     source = data.DirectorySource(tofu)
     task = {k: [r for r in forget01 if str(r["task_id"]) == str(k)] for k in range(1, 5)}
 
-    second = data.load_scenario(source, "continual", "forget01", 2, ds_size=40, retain_authors=8, last_task=4)
+    second = scenarios.load_scenario(source, "continual", "forget01", 2, ds_size=40, retain_authors=8, last_task=4)
     assert _qa(second.forget) == _qa(task[2])
     # retain = the static subset plus the tasks of the plan not yet unlearned (3 and 4), never 5-10
     assert _qa(second.retain) == _qa(retain90[:160] + task[3] + task[4])
     assert _qa(second.full) == _qa(task[1] + task[2] + task[3] + task[4] + retain90[:160])
     # without a subset: all ten tasks and the whole retain file, as the paper
-    paper = data.load_scenario(source, "continual", "forget01", 2)
+    paper = scenarios.load_scenario(source, "continual", "forget01", 2)
     assert len(paper.full) == 400 + 3600 and len(paper.retain) == 3600 + 8 * 40
 
 
@@ -61,17 +62,17 @@ def test_retain_evaluation_outside_the_subset_names_the_file_and_the_question(sh
     source = data.DirectorySource(shared_data / "tofu")
     with pytest.raises(DataError, match=r"retain_perturbed\.json, row 21: asks about an author outside the fine-tuning "
                                         r"subset \(data\.retain_authors=1: the first 20 rows of retain90\.json\).*Chukwu Akabueze"):
-        data.load_scenario(source, "fictitious", "forget01", 1, ds_size=40, retain_authors=1)
+        scenarios.load_scenario(source, "fictitious", "forget01", 1, ds_size=40, retain_authors=1)
     # 20 evaluated rows are the first author's only: one author is enough
-    assert len(data.load_scenario(source, "fictitious", "forget01", 1, ds_size=20, retain_authors=1).full) == 60
+    assert len(scenarios.load_scenario(source, "fictitious", "forget01", 1, ds_size=20, retain_authors=1).full) == 60
 
 
 def test_subset_larger_than_the_file_and_a_task_not_in_it(shared_data):
     source = data.DirectorySource(shared_data / "tofu")
     with pytest.raises(DataError, match=r"retain90\.json: data\.retain_authors=181 asks for 3620 rows .* holds 3600 \(180 authors\)"):
-        data.load_scenario(source, "fictitious", "forget01", 1, retain_authors=181)
+        scenarios.load_scenario(source, "fictitious", "forget01", 1, retain_authors=181)
     with pytest.raises(DataError, match=r"forget01\.json: task 11 does not exist"):
-        data.load_scenario(source, "continual", "forget01", 1, retain_authors=8, last_task=11)
+        scenarios.load_scenario(source, "continual", "forget01", 1, retain_authors=8, last_task=11)
 
 
 def test_missing_split_file_is_named(shared_data, tmp_path):
@@ -79,7 +80,7 @@ def test_missing_split_file_is_named(shared_data, tmp_path):
         if path.name != "retain90.json":
             (tmp_path / path.name).symlink_to(path)
     with pytest.raises(DataError, match=r"retain90\.json: file not found"):
-        data.load_scenario(data.DirectorySource(tmp_path), "fictitious", "forget01", 1, retain_authors=8)
+        scenarios.load_scenario(data.DirectorySource(tmp_path), "fictitious", "forget01", 1, retain_authors=8)
 
 
 def test_retain_authors_is_refused_for_real_world_and_negative():

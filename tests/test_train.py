@@ -1,4 +1,4 @@
-"""Tests of study.train: the schedule, gradient accumulation, stopping, events, seeds, pairing, the
+"""Tests of study.training.train: the schedule, gradient accumulation, stopping, events, seeds, pairing, the
 reference cache, continual runs, LoRA, gradient checkpointing, fp32 master weights and checkpoints.
 
 Fast tests use a two-parameter toy model or the ~3M-parameter random ``tiny-llama``; the slow test
@@ -17,11 +17,14 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from study import models, runner  # noqa: E402
-from study import train as T  # noqa: E402
+from study.inputs import models
+from study.trial import runner  # noqa: E402
+from study.training import train as T  # noqa: E402
 from study.config import RunConfig, TrainConfig  # noqa: E402
-from study.data import BuiltinSource, UnlearningDataset, collate, load_scenario  # noqa: E402
-from study.losses import Method, mean_nll, npo_loss, sequence_logprob  # noqa: E402
+from study.inputs.data import BuiltinSource  # noqa: E402
+from study.inputs.batches import UnlearningDataset, collate  # noqa: E402
+from study.inputs.scenarios import load_scenario  # noqa: E402
+from study.methods import Method, mean_nll, npo_loss, sequence_logprob  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------
 # Fixtures
@@ -248,7 +251,7 @@ def test_events(epochs, expected_epoch_steps):
 
 
 def test_same_seed_same_parameters_other_seed_differs(tiny, scenario):
-    from study.data import QADataset
+    from study.inputs.batches import QADataset
 
     data = QADataset(scenario.forget, tiny.tokenizer, tiny.prompt, 64)
     finals = []
@@ -392,7 +395,7 @@ def continual_cfg(fix_ref_model: bool) -> RunConfig:
 
 @pytest.mark.parametrize("fix_ref_model", [False, True])
 def test_continual_run_trial_chains_tasks_and_fixes_the_reference(fix_ref_model, tiny):
-    from study.evaluate import MetricModels
+    from study.evaluation.evaluate import MetricModels
 
     cfg = continual_cfg(fix_ref_model)
     metric_models = MetricModels(HashEmbedder(), "hash", None, None, "no NLI in tests", torch.device("cpu"))
@@ -470,7 +473,7 @@ def test_lora_trains_only_the_adapters(tiny, scenario):
 
 
 def test_gradient_checkpointing_gives_the_same_training(tiny, scenario):
-    from study.data import QADataset
+    from study.inputs.batches import QADataset
 
     data = QADataset(scenario.forget, tiny.tokenizer, tiny.prompt, 64)
     results = {}
@@ -515,7 +518,7 @@ def test_bf16_model_steps_through_fp32_master_weights():
 
 
 def test_answer_nll_skips_question_columns_and_changes_nothing(tiny, scenario):
-    from study.data import QADataset
+    from study.inputs.batches import QADataset
 
     part = collate([QADataset(scenario.forget, tiny.tokenizer, tiny.prompt, 64)[i] for i in range(4)])["retain"]
     model = copy.deepcopy(tiny.model)
@@ -573,7 +576,7 @@ def test_smollm2_default_target_memorises_and_keeps_utility():
     model the default job (``tests/test_default_job.py``) unlearns from; whichever test runs first
     fine-tunes it (~2.5 min on 2 CPU cores), the other reads the cache."""
     from conftest import _sweep_module
-    from study.evaluate import MetricModels, evaluate
+    from study.evaluation.evaluate import MetricModels, evaluate
 
     sweep = _sweep_module()
     cfg, _, _ = sweep.plan(sweep.build_parser().parse_args([]))
@@ -601,7 +604,7 @@ def test_smollm2_default_target_memorises_and_keeps_utility():
 
 
 def test_fused_adamw_matches_the_unfused_update():
-    """``study.train.adamw`` takes torch's fused kernel on CPU float parameters; its steps agree with the
+    """``study.training.train.adamw`` takes torch's fused kernel on CPU float parameters; its steps agree with the
     plain AdamW's to float rounding (weight decay on one group only, as ``adamw_param_groups``)."""
     gen = torch.Generator().manual_seed(5)
     weights = [torch.randn(7, 3, generator=gen), torch.randn(3, generator=gen)]

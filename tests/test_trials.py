@@ -64,8 +64,8 @@ def fictitious(smoke_store):
 
 
 def test_items_csv_has_one_row_per_evaluated_item_and_its_means_are_the_logged_metrics(fictitious):
-    from study import runner
-    from study.metrics import METRICS
+    from study.trial import runner
+    from study.evaluation.metrics import METRICS
 
     data = runner.scenario_data(smoke_config(), 1)
     expected_rows = {s.name: len(s.rows) for s in data.eval_sets}
@@ -114,8 +114,9 @@ def test_kept_checkpoint_loads_with_transformers_and_gives_the_logged_rouge(fict
     from mlflow.artifacts import download_artifacts
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from study import evaluate as ev
-    from study import models, runner
+    from study.evaluation import evaluate as ev
+    from study.inputs import models
+    from study.trial import runner
 
     store, _, trials = fictitious
     kept = [r for r in trials if r.data.tags.get("study.checkpoint") == "kept"]
@@ -144,8 +145,8 @@ def continual(smoke_store):
 
 
 def test_continual_training_curves_continue_over_tasks(continual):
-    from study import runner
-    from study.train import max_steps_for
+    from study.trial import runner
+    from study.training.train import max_steps_for
 
     store, _, trials = continual
     cfg = smoke_config("--scenario", "continual")
@@ -250,7 +251,7 @@ def test_a_trial_with_a_nan_objective_fails_in_optuna_and_in_mlflow(tmp_path, mo
 
 
 def test_simnpo_and_rmu_with_holdout_log_privacy_metrics(tmp_path):
-    from study.metrics import EXACT_MEMORIZATION, EXTRACTION_STRENGTH, MIA_ATTACKS, mia_auc_key, privleak_key
+    from study.evaluation.metrics import EXACT_MEMORIZATION, EXTRACTION_STRENGTH, MIA_ATTACKS, mia_auc_key, privleak_key
 
     code, out, err = run_sweep(tmp_path, "--method", "SimNPO+GD", "RMU", "--n-trials", "1", "--study-name", "beyond",
                                "--keep-checkpoints", "none", "--set", "eval.holdout=true")

@@ -74,7 +74,8 @@ def readme_link(view: str) -> str:
 
 
 def test_the_readme_link_is_the_one_sweep_prints():
-    from study.tracking import DEFAULT_TRACKING_URI, ui_url
+    from study.config import DEFAULT_TRACKING_URI
+    from study.trial.tracking import ui_url
 
     assert readme_link("trials") == ui_url(DEFAULT_TRACKING_URI, "1")
     assert readme_link("pareto") == ui_url(DEFAULT_TRACKING_URI, "1", "pareto")

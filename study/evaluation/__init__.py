@@ -1,1 +1,3 @@
-"""The parts of an evaluation; :mod:`study.evaluate` is the public entry and describes the layout."""
+"""Evaluation: the per-item metric registry, Model Utility and Forget Efficacy (``metrics``), and one
+evaluation of a model on a scenario's sets (``evaluate``, the public entry, which describes the layout of
+its parts: ``engine``, ``generation``, ``scoring``, ``items``, ``summary``, ``metric_models``, ``reference``)."""

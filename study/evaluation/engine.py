@@ -3,7 +3,7 @@
 :func:`run` checks the inputs, puts the model in eval mode, runs the stages over the pooled items of
 all sets (generation, scoring, embedding, NLI), builds each set's per-item table
 (:mod:`study.evaluation.items`) and the summary (:mod:`study.evaluation.summary`). How each stage
-batches its work is the engine's: :class:`Batched` is the production one (:func:`study.evaluate.evaluate`);
+batches its work is the engine's: :class:`Batched` is the production one (:func:`study.evaluation.evaluate.evaluate`);
 :mod:`study.evaluation.reference` subclasses it to re-enact the reference code's batching, a test
 oracle and a timing baseline, so the flow and the tables are shared and only the batching differs.
 """
@@ -21,11 +21,11 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .. import metrics as M
-from ..data import EvalSet
+from . import metrics as M
+from ..inputs.data import EvalSet
 from ..errors import StudyInputError, one_of
-from ..models import PromptFormat
-from ..scenarios import scenario as find_scenario
+from ..inputs.models import PromptFormat
+from ..inputs.scenarios import scenario as find_scenario
 from . import items
 from .generation import generate
 from .metric_models import MetricModels, NLIModel, embed, load_metric_models, nli_labels
@@ -98,7 +98,7 @@ def run(model: Any, tokenizer: Any, prompt: PromptFormat, eval_sets: Sequence[Ev
         metric_models: MetricModels, max_length: int, score_max_length: int | None, engine: Batched,
         progress: bool) -> EvalResult:
     """Evaluate ``model`` on ``eval_sets`` with ``engine``'s batching; the arguments are
-    :func:`study.evaluate.evaluate`'s (``score_max_length`` None: ``max_length``)."""
+    :func:`study.evaluation.evaluate.evaluate`'s (``score_max_length`` None: ``max_length``)."""
     score_max_length = max_length if score_max_length is None else score_max_length
     _check(eval_sets, scenario, max_length, score_max_length)
     device = next(model.parameters()).device
@@ -159,7 +159,7 @@ def _evaluate_sets(model: Any, tokenizer: Any, prompt: PromptFormat, eval_sets: 
         with _timed(timings, "nli"):
             labels: list[str | None] = [None] * n
             if metric_models.nli is not None and n:
-                nli_pairs = items.nli_pairs(works, generations, find_scenario(scenario).key)
+                nli_pairs = items.nli_pairs(works, generations, find_scenario(scenario).name)
                 labels = list(engine.classify(metric_models.nli, nli_pairs, bar))
 
     # The reference code counts tokenizer.tokenize(generation): the decoded text re-tokenised (which

@@ -5,7 +5,7 @@ the reference code's ``generate(max_length=...)``), so results do not depend on 
 batched. Greedy decoding is plain argmax: ``generate`` would also apply logits processors that a
 model's ``generation_config`` may set (repetition penalty, banned n-grams); the row-dropping loop
 does not, and the ``generate`` call passes only ``do_sample=False``. Neither of the project's
-models sets any. The tokenizer is copied for left padding (:func:`study.models.left_padded`),
+models sets any. The tokenizer is copied for left padding (:func:`study.inputs.models.left_padded`),
 never mutated.
 
 Also here, because scoring (and the NLI batches) use them too: :func:`batches` and
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..models import left_padded
+from ..inputs.models import left_padded
 
 MAX_LENGTH = 200
 """docs/science.md §5 / the reference's ``generation.max_length``: generation stops at 200 tokens

@@ -3,8 +3,8 @@
 The items of all sets are generated and scored together so batches stay full; :class:`SetWork`
 records where each set's prompts and scored sequences sit. A set's table has its texts and
 likelihood columns, written here, and its metric columns, which come from the registries of
-:mod:`study.metrics` (:data:`~study.metrics.METRICS`, :data:`~study.metrics.PRIVACY_METRICS`)
-applied to the set's :class:`~study.metrics.ItemInputs`.
+:mod:`study.evaluation.metrics` (:data:`~study.evaluation.metrics.METRICS`, :data:`~study.evaluation.metrics.PRIVACY_METRICS`)
+applied to the set's :class:`~study.evaluation.metrics.ItemInputs`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from .. import metrics as M
-from ..data import EvalSet
+from . import metrics as M
+from ..inputs.data import EvalSet
 from ..errors import StudyInputError
 from .scoring import Scores
 
@@ -54,7 +54,7 @@ def pool_work(eval_sets: Sequence[EvalSet], dedupe: bool) -> tuple[list[SetWork]
 
     ``dedupe``: score each distinct (question, answer) text once: on Real Authors / World Facts the
     "paraphrased" answer is the answer itself, so they share one forward pass (the reference code
-    scores them apart). A score-only set (holdout, :data:`study.metrics.SCORE_ONLY_SETS`)
+    scores them apart). A score-only set (holdout, :data:`study.evaluation.metrics.SCORE_ONLY_SETS`)
     contributes its truth answers only and no prompts to generate from (its ``first`` is -1).
     """
     pairs: list[tuple[str, str]] = []
@@ -88,13 +88,13 @@ def pool_work(eval_sets: Sequence[EvalSet], dedupe: bool) -> tuple[list[SetWork]
 def _nli_truth_field(eval_set: EvalSet) -> str:
     """The field the NLI check compares with: ``original_answer`` (the full sentence, the cosine
     field) on Real Authors / World Facts, the truth field elsewhere (reference
-    ``get_all_evals``; see :func:`study.metrics.nli_pairs`)."""
+    ``get_all_evals``; see :func:`study.evaluation.metrics.nli_pairs`)."""
     return eval_set.cosine_truth if eval_set.kind in (M.REAL_AUTHORS, M.WORLD_FACTS) else eval_set.truth
 
 
 def nli_pairs(works: Sequence[SetWork], generations: Sequence[str], scenario_key: str) -> list[tuple[str, str]]:
     """(premise, hypothesis) per item of the generated ``works``, in pooled order; the direction
-    depends on the set and the scenario (:func:`study.metrics.nli_pairs`)."""
+    depends on the set and the scenario (:func:`study.evaluation.metrics.nli_pairs`)."""
     pairs: list[tuple[str, str]] = []
     for w in works:
         refs = [r[_nli_truth_field(w.eval_set)] for r in w.rows]
@@ -104,7 +104,7 @@ def nli_pairs(works: Sequence[SetWork], generations: Sequence[str], scenario_key
 
 def _rectangular(rows: list[list[float]], set_name: str) -> np.ndarray:
     """[N, K] average NLLs of the perturbed answers; every item must have the same K (the truth
-    ratio and normalised probability formulas of :mod:`study.metrics` take [N, K])."""
+    ratio and normalised probability formulas of :mod:`study.evaluation.metrics` take [N, K])."""
     counts = sorted({len(r) for r in rows})
     if len(counts) > 1:
         raise StudyInputError(f"evaluation set {set_name!r}: items have {counts} perturbed answers; "
@@ -175,7 +175,7 @@ def set_table(work: SetWork, scores: Scores, avg: np.ndarray, generations: list[
 
 def score_only_table(work: SetWork, scores: Scores, avg: np.ndarray) -> pd.DataFrame:
     """The per-item table of a score-only set (holdout): the truth answer's likelihood columns and the
-    privacy metrics; no generation, so the columns of :data:`study.metrics.METRICS` (whose ``sets``
+    privacy metrics; no generation, so the columns of :data:`study.evaluation.metrics.METRICS` (whose ``sets``
     leave it out) are NaN and the set never enters MU/FE."""
     rows = work.rows
     n = len(rows)

@@ -2,7 +2,7 @@
 
 A sentence embedder (Cosine Similarity) and an optional NLI classifier (Entailment Score), built by
 :func:`load_metric_models` and passed in (docs/science.md §7, STYLE pattern 8); :func:`embed` and
-:func:`nli_labels` run them in batches. :mod:`study.evaluate` re-exports the public names.
+:func:`nli_labels` run them in batches. :mod:`study.evaluation.evaluate` re-exports the public names.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import StudyInputError
-from ..models import default_device
+from ..inputs.models import default_device
 from .generation import batches
 
 __all__ = [

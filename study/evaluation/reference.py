@@ -1,6 +1,6 @@
 """The evaluation done the reference code's ways: a test oracle and a timing baseline.
 
-Not for production (use :func:`study.evaluate.evaluate`). Two engines, each a
+Not for production (use :func:`study.evaluation.evaluate.evaluate`). Two engines, each a
 :class:`~study.evaluation.engine.Batched` that overrides only how the stages batch their work; the
 flow, the per-item tables and the summary are the production ones:
 
@@ -31,11 +31,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data import EvalSet
+from ..inputs.data import EvalSet
 from ..errors import StudyInputError
 from .generation import MAX_LENGTH
-from ..losses import IGNORE_INDEX
-from ..models import PromptFormat, encode_qa
+from ..methods.numerics import IGNORE_INDEX
+from ..inputs.models import PromptFormat, encode_qa
 from .engine import Batched, run
 from .generation import batches, generate
 from .items import SetWork, truth_slots
@@ -51,7 +51,7 @@ def score_padded(model: Any, tokenizer: Any, prompt: PromptFormat, pairs: Sequen
                  groups: Sequence[Sequence[int]], max_length: int, device: torch.device, bar: tqdm,
                  moments_for: Iterable[int] | None = None) -> Scores:
     """Scores the reference code's way: per group of ``pairs`` indices one forward pass over
-    :func:`study.models.encode_qa` rows padded to ``max_length``, full logits ``[B, max_length, V]``
+    :func:`study.inputs.models.encode_qa` rows padded to ``max_length``, full logits ``[B, max_length, V]``
     (vocabulary moments for ``moments_for``, :func:`study.evaluation.scoring.score`)."""
     scores = Scores.empty(len(pairs), moments_for)
     for rows in groups:
@@ -130,7 +130,7 @@ def evaluate_one_at_a_time(
     metric_models: MetricModels, *, max_length: int = MAX_LENGTH, score_max_length: int | None = None,
     progress: bool = True,
 ) -> EvalResult:
-    """:func:`study.evaluate.evaluate` done the slow way (:class:`OneAtATime`), as a check of it and
+    """:func:`study.evaluation.evaluate.evaluate` done the slow way (:class:`OneAtATime`), as a check of it and
     a timing baseline. The metric models named by ``metric_models`` are reloaded for every set."""
     return run(model, tokenizer, prompt, eval_sets, scenario, metric_models, max_length, score_max_length,
                OneAtATime(), progress)
@@ -141,7 +141,7 @@ def evaluate_reference_batched(
     metric_models: MetricModels, *, batch_size: int = 30, max_length: int = MAX_LENGTH,
     score_max_length: int | None = None, progress: bool = True,
 ) -> EvalResult:
-    """:func:`study.evaluate.evaluate` batched as the reference code batches it
+    """:func:`study.evaluation.evaluate.evaluate` batched as the reference code batches it
     (:class:`ReferenceBatched`): a timing baseline. ``batch_size``: the reference's evaluation
     ``batch_size`` (30 in its configs), at least 4."""
     if batch_size < 4:

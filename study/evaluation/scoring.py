@@ -1,7 +1,7 @@
 """Teacher-forced scoring: the NLL sum and per-token statistics of each (question, answer) sequence.
 
-Sequences are tokenised as :func:`study.models.encode_qa` does (question masked with -100, answer
-tokens, one EOS label) and their NLL is :func:`study.losses.sequence_nll`'s. :func:`score` is the
+Sequences are tokenised as :func:`study.inputs.models.encode_qa` does (question masked with -100, answer
+tokens, one EOS label) and their NLL is :func:`study.methods.sequence_nll`'s. :func:`score` is the
 fast path: every scored sequence of every item (truth, paraphrased and perturbed answers) tokenised
 in two calls, the tokens the sequences of one question share (prompt + question) run once per
 question, the rest in right-padded batches trimmed to their longest row, logits built only from the
@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..losses import IGNORE_INDEX, shift_labels, token_nll
-from ..models import PromptFormat
+from ..methods.numerics import IGNORE_INDEX, shift_labels, token_nll
+from ..inputs.models import PromptFormat
 from .generation import batches, forward_params, selectable_kv_cache
 
 __all__ = ["encode_qa_batch", "Scores", "vocab_logprob_moments", "record", "score"]
@@ -28,7 +28,7 @@ __all__ = ["encode_qa_batch", "Scores", "vocab_logprob_moments", "record", "scor
 
 def encode_qa_batch(tokenizer: Any, prompt: PromptFormat, questions: Sequence[str], answers: Sequence[str],
                     max_length: int) -> tuple[list[list[int]], list[list[int]]]:
-    """:func:`study.models.encode_qa` (``labels="answer"``) for many rows in two tokenizer calls,
+    """:func:`study.inputs.models.encode_qa` (``labels="answer"``) for many rows in two tokenizer calls,
     without the padding.
 
     Returns:
@@ -61,7 +61,7 @@ class Scores:
     """What scoring returns per (question, answer) sequence ``[S]``."""
 
     nll: np.ndarray
-    """float64 ``[S]``: ``NLL_sum`` of the answer (:func:`study.losses.sequence_nll`)."""
+    """float64 ``[S]``: ``NLL_sum`` of the answer (:func:`study.methods.sequence_nll`)."""
     n_tokens: np.ndarray
     """int64 ``[S]``: scored tokens (answer tokens and the EOS label)."""
     token_logprob: list[np.ndarray]
@@ -118,7 +118,7 @@ def record(logits: torch.Tensor, labels: torch.Tensor, seqs: Sequence[int], scor
     """Store the NLL sums and per-token statistics of a scored batch: ``logits [B, T, V]`` with their
     unshifted ``labels [B, T]``, row ``r`` belonging to sequence ``seqs[r]``.
 
-    The sum is ``token_nll(...).sum(-1)``, i.e. exactly :func:`study.losses.sequence_nll`.
+    The sum is ``token_nll(...).sum(-1)``, i.e. exactly :func:`study.methods.sequence_nll`.
     """
     nll = token_nll(logits, labels)  # [B, T], 0 where not scored
     target = shift_labels(labels)
@@ -144,7 +144,7 @@ def score(model: Any, tokenizer: Any, prompt: PromptFormat, pairs: Sequence[tupl
           batch_size: int, device: torch.device, bar: tqdm, moments_for: Iterable[int] | None = None) -> Scores:
     """``NLL_sum``, answer-token counts and per-token statistics of each (question, answer) sequence.
 
-    Labels follow :func:`study.models.encode_qa` (``"answer"``): question -100, answer tokens, one
+    Labels follow :func:`study.inputs.models.encode_qa` (``"answer"``): question -100, answer tokens, one
     EOS label; sequences are truncated to ``max_length`` tokens. All rows are tokenised in two calls
     and sorted by length; when the model takes a row-selectable KV cache
     (:func:`~study.evaluation.generation.selectable_kv_cache`), the tokens that the sequences of one

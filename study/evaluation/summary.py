@@ -1,7 +1,7 @@
 """What an evaluation returns: the per-item table, the set means and the aggregates built from them.
 
 :func:`summarise` turns the per-item table into the summary: the mean of every registered metric
-(:data:`study.metrics.METRICS`, :data:`study.metrics.PRIVACY_METRICS`) on each set it applies to,
+(:data:`study.evaluation.metrics.METRICS`, :data:`study.evaluation.metrics.PRIVACY_METRICS`) on each set it applies to,
 the membership-inference AUCs, and the aggregates the present sets allow (MU, MU-retain, FE, TOFU's
 MU). :class:`EvalResult` holds both, and adds Forget Quality and PrivLeak against a retain model.
 """
@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .. import metrics as M
-from ..data import EvalSet
-from ..scenarios import scenario as find_scenario
+from . import metrics as M
+from ..inputs.data import EvalSet
+from ..inputs.scenarios import scenario as find_scenario
 
 __all__ = ["EvalResult", "forget_quality_from", "summarise"]
 
@@ -30,11 +30,11 @@ class EvalResult:
     items: pd.DataFrame
     """One row per (set, item). Columns: ``set``, ``item`` (row index in the set), ``question``,
     ``generation``, ``reference`` (the truth field), ``cosine_reference``, ``nli_reference``, the six
-    metric columns of :data:`study.metrics.METRICS`, ``truth_ratio_raw`` (R),
+    metric columns of :data:`study.evaluation.metrics.METRICS`, ``truth_ratio_raw`` (R),
     ``truth_ratio_min`` (min(R, 1/R)), ``nli_label`` (None without NLI), ``nll_answer`` (NLL sum),
     ``n_tokens_answer``, ``avg_nll_answer``, ``avg_nll_paraphrased``, ``avg_nll_perturbed``
     (list of K floats), ``n_tokens_generation`` (model tokens of the decoded generation), and the
-    columns of :data:`study.metrics.PRIVACY_METRICS` (``mia_loss``, ``mia_zlib``, ``mia_min_k``, ``mia_min_k_plus_plus``,
+    columns of :data:`study.evaluation.metrics.PRIVACY_METRICS` (``mia_loss``, ``mia_zlib``, ``mia_min_k``, ``mia_min_k_plus_plus``,
     ``extraction_strength``, ``exact_memorization``; docs/science-beyond-paper.md §3, §4)."""
     summary: dict[str, float]
     """``"<set>/<metric>"`` means of the six metrics (entailment NaN when no NLI model) and of the
@@ -55,7 +55,7 @@ class EvalResult:
     """Wall seconds per stage (``generation``, ``scoring``, ``embedding``, ``nli``, ``total``)."""
 
     def set_metrics(self) -> dict[str, dict[str, float]]:
-        """``{set: {metric: mean}}`` of the six metrics (what :mod:`study.metrics` aggregates take)."""
+        """``{set: {metric: mean}}`` of the six metrics (what :mod:`study.evaluation.metrics` aggregates take)."""
         out: dict[str, dict[str, float]] = {}
         for set_name in self.items["set"].unique():
             if M.summary_key(set_name, M.ROUGE) in self.summary:  # score-only sets (holdout) have none
@@ -78,7 +78,7 @@ class EvalResult:
                 (``retain_result.forget_truth_ratio_raw()``), shape [N].
             statistic: ``"ratio"`` (R; TOFU's code, reproduces TOFU's numbers, the default) or
                 ``"min_ratio"`` (min(R, 1/R), docs/science.md §6); see
-                :func:`study.metrics.forget_quality`.
+                :func:`study.evaluation.metrics.forget_quality`.
         """
         ours = M.forget_quality_statistic(self.forget_truth_ratio_raw(), statistic)
         theirs = M.forget_quality_statistic(np.asarray(retain_forget_tr, dtype=np.float64), statistic)
@@ -91,7 +91,7 @@ class EvalResult:
     def with_privleak(self, retain_summary: dict[str, float]) -> EvalResult:
         """A copy with ``summary["privleak/<attack>"]`` for each attack whose AUC both this evaluation
         and the retain model's (``retain_summary``, an evaluation summary on the same forget and
-        holdout items) hold: :func:`study.metrics.privleak`. Without AUCs nothing is added."""
+        holdout items) hold: :func:`study.evaluation.metrics.privleak`. Without AUCs nothing is added."""
         values = {}
         for attack in M.MIA_ATTACKS:
             key = M.mia_auc_key(attack)
@@ -102,7 +102,7 @@ class EvalResult:
     def long_items(self, privacy: bool = False) -> pd.DataFrame:
         """The per-item metrics in tidy long form: columns ``set``, ``item``, ``metric``, ``value``.
 
-        ``privacy=True`` adds the metrics of :data:`study.metrics.PRIVACY_METRICS`.
+        ``privacy=True`` adds the metrics of :data:`study.evaluation.metrics.PRIVACY_METRICS`.
         """
         value_columns = [*M.METRICS, M.TRUTH_RATIO_RAW, M.TRUTH_RATIO_MIN, *(M.PRIVACY_METRICS if privacy else ())]
         return self.items.melt(id_vars=["set", "item"], value_vars=value_columns,
@@ -128,7 +128,7 @@ def _set_means(items: pd.DataFrame, eval_set: EvalSet, registry: Mapping[str, M.
 
 def _mia_aucs(items: pd.DataFrame, eval_sets: Sequence[EvalSet]) -> dict[str, float]:
     """``mia_auc/<attack>``: each attack's AUC separating forget items (members) from holdout items
-    (non-members), :func:`study.metrics.mia_auc`. Absent, not zero, without a holdout set."""
+    (non-members), :func:`study.evaluation.metrics.mia_auc`. Absent, not zero, without a holdout set."""
     names = {s.kind: s.name for s in eval_sets}
     if M.FORGET not in names or M.HOLDOUT not in names:
         return {}
@@ -163,7 +163,7 @@ def summarise(items: pd.DataFrame, eval_sets: Sequence[EvalSet], scenario: str
 
 
 def _aggregates(set_metrics: dict[str, dict[str, float]], scenario: str) -> dict[str, M.Aggregate]:
-    """The aggregates of the scenario (:mod:`study.scenarios`) whose sets were evaluated."""
+    """The aggregates of the scenario (:mod:`study.inputs.scenarios`) whose sets were evaluated."""
     sc = find_scenario(scenario)
     aggregates: dict[str, M.Aggregate] = {}
     utility_sets = sc.utility_sets

@@ -1,12 +1,12 @@
 """The entry point that ``torchrun`` launches: one trial with DeepSpeed ZeRO-3 across its processes
 (docs/science.md §4: the paper's two A100-40GB, bf16).
 
-    torchrun --nproc_per_node 2 -m study.distributed --preset paper-fictitious --method NPO+GD --out runs/npo
-    torchrun --nproc_per_node 2 -m study.distributed --preset smoke --train-only --out /tmp/ds   # CPU, gloo
+    torchrun --nproc_per_node 2 -m study.trial.distributed --preset paper-fictitious --method NPO+GD --out runs/npo
+    torchrun --nproc_per_node 2 -m study.trial.distributed --preset smoke --train-only --out /tmp/ds   # CPU, gloo
 
-Every rank runs the same program: the task loop of ``study.runner`` (``run_trial``, or ``unlearn_tasks``
-alone with ``--train-only``), whose training goes through ``study.zero`` when ``train.deepspeed`` is set
-(this entry point sets it unless told ``--deepspeed none``). ``study.zero`` holds the DeepSpeed pieces
+Every rank runs the same program: the task loop of ``study.trial.runner`` (``run_trial``, or ``unlearn_tasks``
+alone with ``--train-only``), whose training goes through ``study.training.zero`` when ``train.deepspeed`` is set
+(this entry point sets it unless told ``--deepspeed none``). ``study.training.zero`` holds the DeepSpeed pieces
 (process group, config filling, engines) and how ``W`` processes take the steps of one.
 """
 
@@ -21,9 +21,11 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from . import models, presets, runner
-from .errors import StudyInputError, interrupt_exit_code, interrupt_reason, sigterm_as_interrupt
-from .zero import DEFAULT_CONFIG, DistEnv, barrier, init_distributed, load_config
+from ..inputs import models
+from .. import presets
+from . import runner
+from ..errors import StudyInputError, interrupt_exit_code, interrupt_reason, sigterm_as_interrupt
+from ..training.zero import DEFAULT_CONFIG, DistEnv, barrier, init_distributed, load_config
 
 
 class StepRecorder:
@@ -43,7 +45,7 @@ class StepRecorder:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="torchrun --nproc_per_node N -m study.distributed",
+        prog="torchrun --nproc_per_node N -m study.trial.distributed",
         description="Unlearn with DeepSpeed ZeRO-3 across the processes torchrun starts (one per GPU; "
                     "on CPU, gloo). Rank 0 writes history.json (every step's losses), summary.json "
                     "(evaluation per task) and, with --save-model, model/.")

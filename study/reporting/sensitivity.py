@@ -14,7 +14,7 @@ Two numbers summarise a front (pure functions, tested on hand-made fronts):
   setting and on how MU is traded for FE.
 
 And one number tied to the paper's claim (a): the highest FE among a method's trials whose MU stays at
-least :data:`study.results.STABLE_MEAN` × the target's MU (:func:`best_fe_at_stable_mu`).
+least :data:`study.reporting.results.STABLE_MEAN` × the target's MU (:func:`best_fe_at_stable_mu`).
 
 :func:`write_sensitivity` writes ``trials.csv``, ``fronts.csv``, ``methods.csv``, ``coverage.csv``,
 ``README.md``, ``pareto.png`` (every trial, each method's front) and ``sensitivity.png`` (MU and FE
@@ -30,15 +30,15 @@ import numpy as np
 import pandas as pd
 
 from .analysis import finished, order_methods, pareto_front, plot_mu_fe, plot_sensitivity, sensitivity, study_seeds
-from .hyperparams import HYPERPARAMS
+from ..methods.hyperparams import HYPERPARAMS
 from .results import STABLE_MEAN, markdown_table
 
 __all__ = ["PARAMS", "hypervolume", "coverage", "best_fe_at_stable_mu", "method_table", "coverage_table",
            "write_sensitivity"]
 
 PARAMS: tuple[str, ...] = tuple(HYPERPARAMS)
-"""The axes a trial is read along: every searchable hyper-parameter (study/hyperparams.py); a method's
-trials show only the ones it has (``study.analysis.sensitivity``)."""
+"""The axes a trial is read along: every searchable hyper-parameter (study/methods/hyperparams.py); a method's
+trials show only the ones it has (``study.reporting.analysis.sensitivity``)."""
 
 MU, FE = "model_utility", "forget_efficacy"
 TRIAL_COLUMNS = ("method", "trial_number", *PARAMS, MU, FE, "forget/rouge", "run_id")
@@ -133,7 +133,7 @@ def write_sensitivity(runs: pd.DataFrame, out: str | Path, target_mu: float = fl
         lines += [note, ""]
     lines += ["Hypervolume: the area of the (MU, FE) unit square the method's front dominates (reference point "
               "(0, 0)). Best FE at stable MU: the highest FE of a trial whose MU is at least "
-              f"{STABLE_MEAN} × the target's ({target_mu:.3f}). Definitions and tests: `study/sensitivity.py`.", "",
+              f"{STABLE_MEAN} × the target's ({target_mu:.3f}). Definitions and tests: `study/reporting/sensitivity.py`.", "",
               markdown_table(methods), "",
               "## Set coverage C(row, column)", "",
               "The share of the column method's front points that some point of the row method's front "

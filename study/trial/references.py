@@ -2,9 +2,9 @@
 starts from it) and, per task, the retain model (fine-tuned on the retain set alone; its forget-set
 truth ratios R give Forget Quality, its ``mia_auc/*`` give PrivLeak).
 
-Each is fine-tuned once (cached on disk by ``study.runner``), evaluated once per tracking store (one
+Each is fine-tuned once (cached on disk by ``study.trial.runner``), evaluated once per tracking store (one
 ``target`` / ``retain_model`` MLflow run, created by one worker even when several need it together:
-``study.claims.once``) and held in memory for the rest of the process. Trial runs point at them
+``study.trial.claims.once``) and held in memory for the rest of the process. Trial runs point at them
 through the tags ``study.target_run_id`` and ``study.retain_run_id``.
 """
 
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import models
+from ..inputs import models
 from .claims import once
-from .config import RunConfig
+from ..config import RunConfig
 
 
 class ReferenceModels:
@@ -27,7 +27,7 @@ class ReferenceModels:
     the trials (loaded once, on first use)."""
 
     def __init__(self, cfg: RunConfig, tracker, storage, device=None, progress: bool = True, log=print):
-        """``tracker``: a ``study.tracking.Tracker``; ``storage``: the Optuna storage the workers share
+        """``tracker``: a ``study.trial.tracking.Tracker``; ``storage``: the Optuna storage the workers share
         (their claims on creating a run); ``device``: where models run (None: the default device)."""
         self.cfg, self.tracker, self.storage, self.progress, self.log = cfg, tracker, storage, progress, log
         self.device_name = device
@@ -42,7 +42,7 @@ class ReferenceModels:
 
     def metric_models_on(self, device):
         """The embedder and NLI model of ``cfg.eval``, loaded on first use."""
-        from . import evaluate as ev
+        from ..evaluation import evaluate as ev
 
         if self.metric_models is None:
             self.metric_models = ev.load_metric_models(self.cfg.eval.embedder, self.cfg.eval.nli, device)
@@ -60,7 +60,7 @@ class ReferenceModels:
                                                           "dtype": str(run_dtype(self.cfg, self.device()))})
 
     def _evaluate_path(self, path: str, data, device):
-        from . import evaluate as ev
+        from ..evaluation import evaluate as ev
         from .runner import run_dtype
 
         lm = models.load(path, device=device, dtype=run_dtype(self.cfg, device))
@@ -80,7 +80,7 @@ class ReferenceModels:
         KILLED or FAILED with the reason instead of left RUNNING. Runs of the same ``kind`` and key still
         RUNNING were left by a worker that died holding the claim (only the claim's holder gets here):
         ended FAILED."""
-        from .errors import interrupt_reason
+        from ..errors import interrupt_reason
         from .runs import end_if_running
 
         key = self.tracker.client.get_run(run_id).data.tags

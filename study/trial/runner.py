@@ -2,7 +2,7 @@
 
 Tracking and search stay outside: ``run_trial`` reports through ``TrialHooks`` (the study module wires
 them to MLflow and Optuna), so this file knows neither. The task loop itself is :func:`unlearn_tasks`,
-which ``study.distributed`` drives too; :func:`fit_for` is where ``TrainConfig.deepspeed`` selects ZeRO-3.
+which ``study.trial.distributed`` drives too; :func:`fit_for` is where ``TrainConfig.deepspeed`` selects ZeRO-3.
 """
 
 from __future__ import annotations
@@ -16,15 +16,16 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from . import data as data_mod
-from . import models, train, zero
-from .config import RunConfig, TrainConfig
-from .scenarios import scenario
+from ..inputs import data as data_mod
+from ..inputs import models
+from ..training import train, zero
+from ..config import RunConfig, TrainConfig
+from ..inputs.scenarios import scenario
 
 
 def content_hash(payload) -> str:
     """16 hex digits of the SHA-256 of ``payload`` as sorted JSON: the cache key of a prepared model or an
-    evaluation (``study.references`` keys the target and retain evaluations with it too)."""
+    evaluation (``study.trial.references`` keys the target and retain evaluations with it too)."""
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -37,10 +38,13 @@ def source_for(cfg: RunConfig) -> data_mod.Source:
 
 
 def scenario_data(cfg: RunConfig, task: int | None, source: data_mod.Source | None = None) -> data_mod.ScenarioData:
-    source = source or source_for(cfg)
-    ds_size = cfg.data.ds_size if scenario(cfg.data.scenario).capped_eval else None
-    return data_mod.load_scenario(source, cfg.data.scenario, cfg.data.split, task, ds_size, holdout=cfg.eval.holdout,
-                                  retain_authors=cfg.data.retain_authors, last_task=max(cfg.data.tasks, default=None))
+    """Task ``task`` of the run's scenario; with ``eval.earlier_tasks`` its evaluation also holds the forget
+    sets of the run's tasks before it (``earlier_forget``; a sequential scenario only)."""
+    sc, tasks = scenario(cfg.data.scenario), list(cfg.data.tasks)
+    earlier = tasks[:tasks.index(task)] if cfg.eval.earlier_tasks and sc.sequential and task in tasks else []
+    return sc.load(source or source_for(cfg), cfg.data.split, task, cfg.data.ds_size,
+                                            holdout=cfg.eval.holdout, retain_authors=cfg.data.retain_authors,
+                                            last_task=max(cfg.data.tasks, default=None), earlier_tasks=earlier)
 
 
 def tasks_of(cfg: RunConfig) -> list[int | None]:
@@ -70,8 +74,8 @@ def is_ready_target(cfg: RunConfig) -> bool:
 
 def run_dtype(cfg: RunConfig, device) -> torch.dtype:
     """The precision a run fine-tunes, unlearns and evaluates in: ``model.dtype`` on ``device``
-    (:func:`study.models.resolve_dtype`), except that ``auto`` stays fp32 under DeepSpeed on a CPU,
-    whose CPU accelerator trains in fp32 only (``study.zero``)."""
+    (:func:`study.inputs.models.resolve_dtype`), except that ``auto`` stays fp32 under DeepSpeed on a CPU,
+    whose CPU accelerator trains in fp32 only (``study.training.zero``)."""
     device = torch.device(device) if device is not None else models.default_device()
     if cfg.model.dtype == "auto" and cfg.train.deepspeed and device.type == "cpu":
         return torch.float32
@@ -234,7 +238,7 @@ def run_trial(cfg: RunConfig, hooks: TrialHooks | None = None, *, device=None, m
               progress: bool = True, target: PreparedModel | None = None) -> TrialResult:
     """Unlearn every task of ``cfg`` in order (:func:`unlearn_tasks`) and evaluate after each
     (docs/science.md §1, §4)."""
-    from . import evaluate as ev
+    from ..evaluation import evaluate as ev
 
     hooks = hooks or TrialHooks()
     device = torch.device(device) if device is not None else models.default_device()

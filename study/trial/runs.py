@@ -1,4 +1,4 @@
-"""The MLflow runs of a study, from start to end, in the layout ``study.tracking`` describes: the
+"""The MLflow runs of a study, from start to end, in the layout ``study.trial.tracking`` describes: the
 study's parent run (:func:`start_study_run`) and each trial's run (:class:`TrialRun`). The sweep
 (``study.search``) and the trial benchmark (``benchmarks/bench_trial.py``) write trials through the
 same :class:`TrialRun`.
@@ -13,15 +13,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import models
-from .config import RunConfig
-from .scenarios import scenario as find_scenario
-from .tracking import StepLogger, Tracker, logged_model_name, package_versions, redact
+from ..inputs import models
+from ..config import RunConfig
+from ..inputs.scenarios import scenario as find_scenario
+from .tracking import StepLogger, Tracker, logged_model_name, package_versions
+from ..credentials import redact
 
 
 def start_study_run(tracker: Tracker, study_name: str, method: str, cfg: RunConfig, settings) -> str:
     """The parent run of the Optuna study ``study_name`` (``study.kind=study``), holding its settings
-    (``settings``: a ``study.search.StudySettings``) as ``study.*`` parameters: the Optuna storage
+    (``settings``: a ``study.config.StudySettings``) as ``study.*`` parameters: the Optuna storage
     redacted, the tracking URI left out. Returns its id."""
     run_id = tracker.start(study_name, "study", {
         "study_name": study_name, "method": method, "scenario": cfg.data.scenario,

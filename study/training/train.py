@@ -14,14 +14,13 @@ exactly the global batches that ``W`` processes see, and both average the same m
 (each micro-batch loss is divided by the accumulation steps; DeepSpeed also averages over ranks).
 Reported step losses are means over the global batch's micro-batches on every rank.
 
-Multi-process training goes through a DeepSpeed engine (``engine=``, built by ``study.zero``), or
-through ``unlearn(fit=study.zero.train_with_deepspeed)``, which builds the engines itself (``study.runner``
-passes it when ``TrainConfig.deepspeed`` is set). ``study.zero`` imports this module, never the reverse.
+Multi-process training goes through a DeepSpeed engine (``engine=``, built by ``study.training.zero``), or
+through ``unlearn(fit=study.training.zero.train_with_deepspeed)``, which builds the engines itself (``study.trial.runner``
+passes it when ``TrainConfig.deepspeed`` is set). ``study.training.zero`` imports this module, never the reverse.
 """
 
 from __future__ import annotations
 
-import functools
 import inspect
 import math
 import time
@@ -31,8 +30,8 @@ from typing import Any, Protocol
 
 import torch
 
-from .data import collate
-from .errors import StudyInputError
+from ..inputs.batches import collate
+from ..errors import StudyInputError
 
 
 class NonFiniteLoss(RuntimeError):
@@ -228,7 +227,7 @@ def _check_engine(engine, batch_size: int, grad_accum: int, world_size: int) -> 
         actual = getattr(engine, name)()
         if actual != value:
             raise ValueError(f"DeepSpeed engine has {name}={actual}, the training loop {value}: build the engine "
-                             "with study.zero.deepspeed_engine (it fills these from the TrainConfig)")
+                             "with study.training.zero.deepspeed_engine (it fills these from the TrainConfig)")
     dp_world = getattr(engine, "dp_world_size", world_size)
     if dp_world != world_size:
         raise ValueError(f"DeepSpeed engine spans {dp_world} data-parallel ranks, the loop was given world_size={world_size}")
@@ -256,12 +255,12 @@ def train_loop(
     progress: bool = False,
     description: str = "train",
 ) -> TrainResult:
-    """Run the schedule over ``dataset`` (items collated by ``study.data.collate``).
+    """Run the schedule over ``dataset`` (items collated by ``study.inputs.batches.collate``).
 
     ``loss_fn(model, batch) -> (loss, parts)``. Without ``engine`` (one process), a torch AdamW is
     built here and ``(loss / grad_accum).backward()`` accumulates; a bf16 / fp16 model is stepped
     through fp32 master weights (:class:`Fp32MasterWeights`). With ``engine`` (a DeepSpeed engine
-    wrapping ``model``, e.g. from ``study.zero.deepspeed_engine``), ``loss_fn`` gets the engine,
+    wrapping ``model``, e.g. from ``study.training.zero.deepspeed_engine``), ``loss_fn`` gets the engine,
     backward/step go through it, and ``world_size``/``rank`` select this process's micro-batches; the
     engine's micro-batch and accumulation steps must be ``batch_size`` and ``grad_accum``.
 
@@ -271,7 +270,7 @@ def train_loop(
     from tqdm.auto import tqdm
 
     if world_size > 1 and engine is None:
-        raise ValueError(f"world_size={world_size} needs a DeepSpeed engine (study.zero.deepspeed_engine): "
+        raise ValueError(f"world_size={world_size} needs a DeepSpeed engine (study.training.zero.deepspeed_engine): "
                          "without one nothing averages gradients across ranks")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside world_size {world_size}")
@@ -374,7 +373,7 @@ def unlearning_dataset(method, forget, retain, refusals, tokenizer, prompt, max_
     """The method's batch parts per forget item. With ``kl_full_padding`` (the reference's behaviour),
     parts whose reference *logits* are compared (KL, LLMU's KL term) stay padded to ``max_length``,
     so the KL's ``batchmean`` averages over ``B * max_length`` positions as the reference code's."""
-    from .data import UnlearningDataset
+    from ..inputs.batches import UnlearningDataset
 
     full = method.ref_logit_parts if kl_full_padding else ()
     return UnlearningDataset(forget, retain, refusals, tokenizer, prompt, max_length, set(method.batch_parts),
@@ -386,7 +385,7 @@ def cache_reference_logprobs(method, ref_model, dataset, batch_size: int = 16) -
     item (stored on the dataset items as ``ref_logprobs_<part>``) instead of at every step.
 
     ``ref_model`` may be a ZeRO-3 inference engine: every rank then runs the same forward passes."""
-    from .losses import ref_cache_key, reference_logprobs
+    from ..methods import ref_cache_key, reference_logprobs
 
     parts = method.ref_logprob_parts
     if not parts:
@@ -404,7 +403,7 @@ def cache_reference_logprobs(method, ref_model, dataset, batch_size: int = 16) -
 
 class Fit(Protocol):
     """How :func:`unlearn` runs the training loop over its dataset: :func:`fit_in_process` by default,
-    ``study.zero.train_with_deepspeed`` for ZeRO-3 (``study.runner.fit_for`` picks one from a
+    ``study.training.zero.train_with_deepspeed`` for ZeRO-3 (``study.trial.runner.fit_for`` picks one from a
     ``TrainConfig``). ``make_loss_fn(ref)`` is the loss function given the reference model to use
     (``ref_model``, or what the fitter made of it, e.g. a DeepSpeed engine)."""
 
@@ -425,9 +424,9 @@ def fit_in_process(model, dataset, make_loss_fn: Callable[[Any], LossFn], train_
 
 
 def unlearn(model, tokenizer, prompt, method, data, train_cfg, label_mode: str, ref_model=None, callbacks=(),
-            cache_reference: bool = True, progress: bool = False, engine=None, world_size: int = 1,
-            rank: int = 0, fused_forward: bool | None = None, fit: Fit | None = None) -> TrainResult:
-    """Unlearn ``data.forget`` from ``model`` with ``method`` (a ``study.losses.Method``).
+            cache_reference: bool = True, progress: bool = False, fused_forward: bool | None = None,
+            fit: Fit = fit_in_process) -> TrainResult:
+    """Unlearn ``data.forget`` from ``model`` with ``method`` (a ``study.methods.Method``).
 
     ``ref_model``: the frozen reference (NPO, DPO, KL, LLMU). With ``cache_reference`` its per-sequence
     log-probs are computed once before training (NPO, DPO); it is kept for every step only when a
@@ -438,30 +437,24 @@ def unlearn(model, tokenizer, prompt, method, data, train_cfg, label_mode: str, 
     same losses and gradients up to float rounding). False runs one forward per part; None (default)
     takes ``train_cfg.fused_forward``.
 
-    Three ways to run: one process (default); a DeepSpeed ``engine`` wrapping ``model`` built by the
-    caller (``world_size``/``rank`` of this process); or ``fit=study.zero.train_with_deepspeed``, which
-    builds the engines from ``train_cfg.deepspeed`` (ZeRO-3: also one for a live reference model),
-    trains, and writes the trained weights back into ``model``. ``fit`` (a :class:`Fit`) is how the
-    loop runs; without one it is :func:`fit_in_process` (given ``engine``, ``world_size``, ``rank``).
+    ``fit`` (a :class:`Fit`) is how the loop runs: :func:`fit_in_process` (default), or
+    ``study.training.zero.train_with_deepspeed``, which builds DeepSpeed engines from ``train_cfg.deepspeed``
+    (ZeRO-3: also one for a live reference model), trains, and writes the trained weights back into
+    ``model`` (``study.trial.runner.fit_for`` picks one from the ``TrainConfig``). The weights the method
+    does not train are frozen first (``study.methods.freeze_untrained``: RMU's).
 
     Raises:
-        StudyInputError: ``train_cfg.deepspeed`` is set but neither ``fit`` nor ``engine`` is given:
-            training in this process would silently drop ZeRO-3 (checked before anything is done).
+        StudyInputError: ``train_cfg.deepspeed`` is set and ``fit`` is :func:`fit_in_process`: training in
+            this process would silently drop ZeRO-3 (checked before anything is done).
     """
-    from .losses import compute_loss, steering_for
+    from ..methods import compute_loss, freeze_untrained, steering_for
 
-    if fit is None:
-        if train_cfg.deepspeed and engine is None:
-            raise StudyInputError(f"train.deepspeed={train_cfg.deepspeed!r} asks for DeepSpeed, but unlearn was given "
-                                  "no fit: pass fit=study.zero.train_with_deepspeed (study.runner.fit_for chooses "
-                                  "it from the TrainConfig), or set train.deepspeed to none")
-        fit = functools.partial(fit_in_process, engine=engine, world_size=world_size, rank=rank)
-    elif engine is not None:
-        raise ValueError("unlearn takes a caller-built engine= or a fit=, not both")
-
+    if train_cfg.deepspeed and fit is fit_in_process:
+        raise StudyInputError(f"train.deepspeed={train_cfg.deepspeed!r} asks for DeepSpeed, but unlearn was given "
+                              "no fit: pass fit=study.training.zero.train_with_deepspeed (study.trial.runner.fit_for chooses "
+                              "it from the TrainConfig), or set train.deepspeed to none")
+    freeze_untrained(method, model)
     steering = steering_for(method, model, train_cfg.seed)
-    if steering is not None:
-        train_only_rmu_weights(model, steering.layer)
     dataset = unlearning_dataset(method, data.forget, data.retain, data.refusals, tokenizer, prompt,
                                  train_cfg.max_length, label_mode, kl_full_padding=train_cfg.kl_full_padding)
     if cache_reference and ref_model is not None:
@@ -480,29 +473,6 @@ def unlearn(model, tokenizer, prompt, method, data, train_cfg, label_mode: str, 
                description=f"unlearn {method}")
 
 
-def train_only_rmu_weights(model, layer: int) -> list[str]:
-    """RMU trains only the MLP down-projections of layers ``layer-2 .. layer`` (docs/science-beyond-paper.md
-    §2), or on a LoRA-wrapped model their adapters (``study.losses.rmu_trainable``): every other parameter
-    gets ``requires_grad=False``, so the optimizer never sees it (AdamW's weight decay would otherwise
-    move it too). Returns the trained parameters' names.
-
-    Raises:
-        StudyInputError: no such parameter (not a Llama-style layout, or LoRA without ``down_proj``).
-    """
-    from .losses import rmu_trainable, rmu_trained_layers
-
-    trained = []
-    for name, param in model.named_parameters():
-        keep = rmu_trainable(name, layer)
-        param.requires_grad_(keep)
-        if keep:
-            trained.append(name)
-    if not trained:
-        raise StudyInputError(f"RMU trains layers.{{{','.join(map(str, rmu_trained_layers(layer)))}}}.mlp.down_proj.weight; "
-                              "the model has no such parameter (nor LoRA adapters on it)")
-    return trained
-
-
 def answer_nll(model, part: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """``NLL_mean`` of a batch part whose labels start after the question (``encode_qa``'s ``answer``
     labels), with logits only from the column before the first labelled one on.
@@ -513,7 +483,7 @@ def answer_nll(model, part: Mapping[str, torch.Tensor]) -> torch.Tensor:
     50-token chat prompt, ~40% of a fine-tuning step. Models whose ``forward`` does not take
     ``logits_to_keep`` get full logits.
     """
-    from .losses import IGNORE_INDEX, mean_nll
+    from ..methods import IGNORE_INDEX, mean_nll
 
     labels = part["labels"]
     labelled = (labels != IGNORE_INDEX).any(dim=0).nonzero()
@@ -531,7 +501,7 @@ def finetune(model, tokenizer, prompt, rows, cfg, seed: int = 1001, callbacks=()
     """Plain question-answer fine-tuning (how TOFU makes its target and retain models): ``NLL_mean`` of
     the answers (:func:`answer_nll`), AdamW with weight decay 0.01, the same schedule as unlearning.
     One process."""
-    from .data import QADataset
+    from ..inputs.batches import QADataset
 
     dataset = QADataset(rows, tokenizer, prompt, cfg.max_length)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import StudyInputError, Unavailable, one_of
+from ..errors import StudyInputError, Unavailable, one_of
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CHECKPOINT_META = "study.json"
@@ -409,7 +409,7 @@ def load_model(spec: ModelSpec, device=None, dtype: torch.dtype | None = None, t
     """Weights as safetensors only; ``trust_remote_code`` stays off unless the user asks.
 
     ``dtype`` None: bf16 on CUDA, fp32 elsewhere, also on a CPU with native bf16: a direct call computes in
-    full precision unless asked; a run's precision is its ``model.dtype`` (``study.runner.run_dtype``)."""
+    full precision unless asked; a run's precision is its ``model.dtype`` (``study.trial.runner.run_dtype``)."""
     from transformers import AutoModelForCausalLM
 
     device = torch.device(device) if device is not None else default_device()
@@ -514,9 +514,9 @@ def left_padded(tokenizer):
     return clone
 
 
-if __name__ == "__main__":  # python -m study.models prepare
+if __name__ == "__main__":  # python -m study.inputs.models prepare
     import sys
 
     if sys.argv[1:] != ["prepare"]:
-        sys.exit("usage: python -m study.models prepare   (dequantise and cache the offline default model)")
+        sys.exit("usage: python -m study.inputs.models prepare   (dequantise and cache the offline default model)")
     print(f"default model ready: {smollm2_dir()}")

@@ -1,7 +1,7 @@
 """Every searchable hyper-parameter, declared once (no torch, no Optuna: the analysis reads it too).
 
 A :class:`Param` names its configuration section (``train`` or ``method``), its range and default; which
-losses use it is said by the loss registry (``study.losses.LossSpec.hyperparams``, ranges a loss moves in
+losses use it is said by the loss registry (``study.methods.registry.LossSpec.hyperparams``, ranges a loss moves in
 ``LossSpec.ranges``). Everything else derives from :data:`HYPERPARAMS`:
 
 * the configuration key of each (:data:`SETTINGS`, ``"rmu_alpha" -> "method.rmu_alpha"``), which the
@@ -9,11 +9,11 @@ losses use it is said by the loss registry (``study.losses.LossSpec.hyperparams`
   resumed study compares (``study.search.fixed_config``);
 * the ``--set`` keys that fix a parameter instead of searching it (:data:`SEARCHABLE_SETTINGS`,
   ``experiments/sweep.py``);
-* the runs-frame columns (``study.analysis``) and the sensitivity study's axes (``study.sensitivity``).
+* the runs-frame columns (``study.reporting.analysis``) and the sensitivity study's axes (``study.reporting.sensitivity``).
 
 ``tests/test_hyperparams.py`` pins each of those, and the configuration dataclasses' fields, to this
 table. Adding a loss with a parameter of its own: one :class:`Param` here, the field on
-``study.config.MethodConfig`` and ``study.losses.Method`` (which the test demands), the loss naming it.
+``study.config.MethodConfig`` and ``study.methods.Method`` (which the test demands), the loss naming it.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class Param:
     """One searchable hyper-parameter (read by the search module; no Optuna import here)."""
 
     name: str
-    """Field name, as in ``study.losses.Method`` or the training config (``lr``)."""
+    """Field name, as in ``study.methods.Method`` or the training config (``lr``)."""
     low: float
     """Lower bound of the range."""
     high: float

@@ -5,7 +5,7 @@ An export is a folder (``<results folder>/export/``) holding
 
 * ``runs.parquet``: one row per run and task (``step``: the MLflow step of its values; continual trials
   log every metric once per task, the other runs once), trials and targets alike (``kind``): the columns
-  of a runs frame (:func:`study.analysis.fetch_runs`: every setting read from tags and parameters, every
+  of a runs frame (:func:`study.reporting.analysis.fetch_runs`: every setting read from tags and parameters, every
   logged metric of every set, MU's and FE's terms included), then every logged parameter as
   ``param/<key>`` (the whole ``RunConfig``);
 * ``items.parquet``: every per-item table the runs logged (``eval/items*.csv``), one row per item, with
@@ -38,7 +38,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import StudyInputError
+from ..errors import StudyInputError
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "EXPORT_DIR", "MARKER", "RUNS_FILE", "ITEMS_FILE", "ExportError", "Export",
            "has_export", "provenance", "write_export", "read_export", "merge_runs", "last_step", "items_of",
@@ -113,11 +113,11 @@ def _hardware() -> dict[str, str]:
 
 
 def provenance(command: str, studies: Iterable[str] = ()) -> dict:
-    """What made an export: the format, commit (``study.tracking.code_version``), UTC date, Python and
+    """What made an export: the format, commit (``study.trial.tracking.code_version``), UTC date, Python and
     package versions, CPU / GPU, the command and the studies."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from .tracking import code_version, package_versions
+    from ..trial.tracking import code_version, package_versions
 
     packages = package_versions()
     for name in ("pandas", "pyarrow", "scipy"):
@@ -142,7 +142,7 @@ def finished_trials(export: Export | None) -> pd.Series:
 
 def last_step(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per run of an export's ``runs`` (its last step: the values MLflow reports as the run's),
-    without ``step`` and the ``param/*`` columns: the runs frame :func:`study.analysis.fetch_runs` gives."""
+    without ``step`` and the ``param/*`` columns: the runs frame :func:`study.reporting.analysis.fetch_runs` gives."""
     if runs.empty:
         return runs.drop(columns=[c for c in runs.columns if c == "step" or c.startswith(PARAM_PREFIX)])
     order = runs.reset_index(drop=True).reset_index(names="_row")
@@ -276,7 +276,7 @@ def items_of(items: pd.DataFrame, run_id: str, file: str | None = None) -> pd.Da
     rows = mine[mine["file"] == file]
     if rows.empty:
         return None
-    from .metrics import METRICS
+    from ..evaluation.metrics import METRICS
 
     rows = rows.drop(columns=["run_id", "file"])
     empty = [c for c in rows.columns if c not in METRICS and rows[c].isna().all()]

@@ -1,9 +1,9 @@
 """DeepSpeed ZeRO-3 training, the paper's multi-GPU set-up (docs/science.md §4: ZeRO-3 on two A100-40GB, bf16).
 
-The training loop (``study.train.train_loop``) gives micro-batch ``j`` of each global batch to rank
+The training loop (``study.training.train.train_loop``) gives micro-batch ``j`` of each global batch to rank
 ``j % world_size``, so ``W`` processes with ``grad_accum`` micro-batches each take the same optimizer
 steps as one process with ``W * grad_accum`` (same per-step losses). This module builds the engines
-that loop steps through; ``study.distributed`` is the ``torchrun`` entry point that uses it.
+that loop steps through; ``study.trial.distributed`` is the ``torchrun`` entry point that uses it.
 
 Pieces, usable on their own:
 
@@ -13,11 +13,11 @@ Pieces, usable on their own:
 - :func:`deepspeed_engine`: the training engine (a torch AdamW unless the config names an optimizer).
 - :func:`reference_engine`: a frozen reference model (NPO, DPO, KL) as an inference-only engine, sharded
   like the trained model under ZeRO-3, as the reference code's ``e_prepare_deepspeed`` does.
-- :func:`train_with_deepspeed`: a fitting function for ``study.train.unlearn(fit=...)``, which
-  ``study.runner`` passes when ``TrainConfig.deepspeed`` is set: plain model in, engines built on a
+- :func:`train_with_deepspeed`: a fitting function for ``study.training.train.unlearn(fit=...)``, which
+  ``study.trial.runner`` passes when ``TrainConfig.deepspeed`` is set: plain model in, engines built on a
   copy, trained weights gathered back into the plain model.
 
-Imports run one way: this module uses ``study.train``; ``study.train`` never imports it.
+Imports run one way: this module uses ``study.training.train``; ``study.training.train`` never imports it.
 
 Running on CPU (tests, machines without GPUs); each point is handled here, nothing to set by hand:
 
@@ -27,7 +27,7 @@ Running on CPU (tests, machines without GPUs); each point is handled here, nothi
   that only DeepSpeed's inference kernels use: :func:`init_distributed` marks it unavailable on CPU, so
   gloo carries every collective and nothing is compiled.
 - The optimizer is ``torch.optim.AdamW``: DeepSpeed's ``DeepSpeedCPUAdam`` would compile for minutes.
-- bf16 follows the model's dtype: ``"auto"`` is fp32 on CPU (``study.runner.run_dtype``), where DeepSpeed has
+- bf16 follows the model's dtype: ``"auto"`` is fp32 on CPU (``study.trial.runner.run_dtype``), where DeepSpeed has
   no bf16 support, even on a CPU with native bf16.
 - ``LOCAL_RANK``, ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR/PORT`` come from torchrun.
 """
@@ -46,7 +46,7 @@ from typing import Any
 import torch
 
 from . import train
-from .errors import StudyInputError
+from ..errors import StudyInputError
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "experiments" / "deepspeed" / "zero3.json"
@@ -260,7 +260,7 @@ def reference_engine(model, train_cfg, config_path: str | Path | None = None, *,
 
     Under ZeRO-3 its weights are sharded across ranks like the trained model's, so a second 7B model
     costs each GPU half its size; every rank must then run the same reference forward passes (the
-    loop and :func:`study.train.cache_reference_logprobs` do). Other stages: stage 0 (a full copy per
+    loop and :func:`study.training.train.cache_reference_logprobs` do). Other stages: stage 0 (a full copy per
     rank), as the reference code's ``e_prepare_deepspeed``.
     """
     import deepspeed
@@ -305,8 +305,8 @@ def load_gathered(model, state: Mapping[str, torch.Tensor]) -> None:
 def train_with_deepspeed(model, dataset, make_loss_fn: Callable[[Any], train.LossFn], train_cfg, *, ref_model=None,
                          callbacks: Sequence = (), progress: bool = False,
                          description: str = "train") -> train.TrainResult:
-    """``study.train.train_loop`` on a DeepSpeed engine, for a caller that holds a plain model: a
-    :class:`study.train.Fit` (``unlearn(fit=train_with_deepspeed)``), the config ``train_cfg.deepspeed``.
+    """``study.training.train.train_loop`` on a DeepSpeed engine, for a caller that holds a plain model: a
+    :class:`study.training.train.Fit` (``unlearn(fit=train_with_deepspeed)``), the config ``train_cfg.deepspeed``.
 
     The engine is built on a copy of ``model`` (on this rank's device); after training the weights are
     gathered and copied back into ``model``, so the caller continues with a plain module (evaluation,

@@ -6,11 +6,13 @@ Three sources behind one interface (``Source.read(name) -> list[dict]``):
   and the paper's real-world set (``forget.json``, ``neighbor_perturbed.json``, ...).
 - ``HubSource``: the same files from the Hugging Face hub (``locuslab/TOFU``), only when online; it
   also reads a local directory through ``datasets`` so the code path is testable offline.
-- ``BuiltinSource``: the project's own fictitious-author generator (``study.builtin``), deterministic
+- ``BuiltinSource``: the project's own fictitious-author generator (``study.inputs.builtin``), deterministic
   by seed and sized by argument, with project-written Real Authors / World Facts sets.
 
-``load_scenario`` turns a source into what one unlearning run needs: the forget and retain training
-rows of a task, the evaluation sets, and the refusal templates.
+:func:`load_tofu` and :func:`load_real_world` turn a source into what one unlearning run needs: the
+forget and retain training rows of a task, the evaluation sets, and the refusal templates. Each scenario
+of :mod:`study.inputs.scenarios` names the one it loads with (``Scenario.load``). No torch here: the training
+batches are :mod:`study.inputs.batches`.
 """
 
 from __future__ import annotations
@@ -21,15 +23,10 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-from .errors import DataError, StudyInputError, one_of
-from .scenarios import SCENARIOS as _SCENARIOS
-from .scenarios import scenario as find_scenario
+from ..errors import DataError, StudyInputError, one_of
 
 log = logging.getLogger(__name__)
 
-SCENARIOS = tuple(_SCENARIOS)  # ("fictitious", "continual", "real-world"): study.scenarios defines them
 SPLITS = ("forget01", "forget05", "forget10")
 DS_SIZE = 300  # docs/science.md §1: evaluation uses the first 300 rows of each file (real-world: all rows)
 AUTHOR_QA = 20
@@ -236,7 +233,7 @@ class HubSource(Source):
 
 @dataclass
 class BuiltinSource(Source):
-    """The project's generated fictitious authors (see ``study.builtin``)."""
+    """The project's generated fictitious authors (see ``study.inputs.builtin``)."""
 
     n_authors: int = 20
     seed: int = 0
@@ -366,46 +363,54 @@ class ScenarioData:
     tasks: list[int] = field(default_factory=list)
 
 
-def load_scenario(
-    source: Source, scenario: str, split: str = "forget01", task: int | None = 1, ds_size: int | None = DS_SIZE,
-    holdout: bool = False, retain_authors: int = 0, last_task: int | None = None,
+def load_real_world(
+    source: Source, scenario: str, split: str, task: int | None = None, ds_size: int | None = None,
+    holdout: bool = False, retain_authors: int = 0, last_task: int | None = None, earlier_tasks: tuple[int, ...] = (),
 ) -> ScenarioData:
-    """The training and evaluation rows of one task (docs/science.md §1).
+    """The paper's real-world set (docs/science.md §1): forget = ``forget.json`` (one task, or all 20 people
+    when ``task`` is None), retain = ``neighbor.json``; evaluation on all rows of ``forget_perturbed`` (of the
+    same task) and ``neighbor_perturbed``, against ``golden_answer`` (Cosine: ``answer``). ``split`` is
+    the run's split label (the scenario's name); ``ds_size``, ``holdout``, ``retain_authors``, ``last_task``
+    and ``earlier_tasks`` do not apply (every row is evaluated; there is no holdout file; the configuration
+    refuses ``retain_authors`` here)."""
+    forget_all = source.read("forget")
+    forget = select_task(forget_all, task, f"{source.description}/forget.json")
+    retain = source.read("neighbor")
+    forget_eval = select_task(source.read("forget_perturbed"), task, f"{source.description}/forget_perturbed.json")
+    eval_sets = [
+        EvalSet("forget", "forget", forget_eval, truth="golden_answer", cosine_truth="answer"),
+        EvalSet("neighbor", "neighbor", source.read("neighbor_perturbed"), truth="golden_answer", cosine_truth="answer"),
+    ]
+    return ScenarioData(scenario, split, task, forget, retain, forget_all + retain, eval_sets, source.refusals(),
+                        source.description, task_ids(forget_all))
 
-    Fictitious / continual: forget = task ``task`` of ``split``; retain = the static retain file plus
-    every task after ``task`` (not yet unlearned); evaluation on the task's perturbed forget rows,
-    ``retain_perturbed``, Real Authors and World Facts, each capped at ``ds_size`` rows.
-    Real-world: forget = ``forget.json`` (one task, or all 20 people when ``task`` is None),
-    retain = ``neighbor.json``; evaluation on all rows of ``forget_perturbed`` (of the same task) and
-    ``neighbor_perturbed``, against ``golden_answer`` (Cosine: ``answer``).
 
-    ``holdout=True`` (fictitious / continual) adds the ``holdout<XX>`` file of the split, when the
-    source has one, as a score-only evaluation set: the non-members of the membership-inference
-    metrics (docs/science-beyond-paper.md §3). Without the file, or for real-world, nothing is added
-    and those metrics are missing.
+def load_tofu(
+    source: Source, scenario: str, split: str = "forget01", task: int | None = 1, ds_size: int | None = DS_SIZE,
+    holdout: bool = False, retain_authors: int = 0, last_task: int | None = None, earlier_tasks: tuple[int, ...] = (),
+) -> ScenarioData:
+    """One task of a TOFU split (fictitious, continual; docs/science.md §1).
 
-    ``retain_authors=N > 0`` (fictitious / continual) is a CPU-scale subset of TOFU (docs/science.md,
-    "TOFU on two CPU cores"): the static retain set is the first ``N`` authors of the retain file, the
-    forget tasks in scope are those up to ``last_task`` (the run's last; default ``task``), and the
-    target is fine-tuned on those two only. The retain evaluation must ask about authors in the subset
-    (:func:`check_covered`). ``0`` is all of TOFU, as the paper.
+    forget = task ``task`` of ``split``; retain = the static retain file plus every task after ``task``
+    (not yet unlearned); evaluation on the task's perturbed forget rows, ``retain_perturbed``, Real
+    Authors and World Facts, each capped at ``ds_size`` rows.
+
+    ``holdout=True`` adds the ``holdout<XX>`` file of the split, when the source has one, as a
+    score-only evaluation set: the non-members of the membership-inference metrics
+    (docs/science-beyond-paper.md §3). Without the file nothing is added and those metrics are missing.
+
+    ``retain_authors=N > 0`` is a CPU-scale subset of TOFU (docs/science.md, "TOFU on two CPU cores"):
+    the static retain set is the first ``N`` authors of the retain file, the forget tasks in scope are
+    those up to ``last_task`` (the run's last; default ``task``), and the target is fine-tuned on those
+    two only. The retain evaluation must ask about authors in the subset (:func:`check_covered`). ``0``
+    is all of TOFU, as the paper.
+
+    ``earlier_tasks`` (continual, beyond the paper): the tasks the run unlearned before ``task``; their
+    perturbed forget rows (each task's first ``ds_size``) are the ``earlier_forget`` evaluation set.
     """
-    sc = find_scenario(scenario)
     if ds_size is not None and ds_size < 1:
         raise StudyInputError(f"ds_size must be >= 1, got {ds_size}")
     refusals = source.refusals()
-    if not sc.has_splits:  # real-world: one forget file, its people are the tasks
-        forget_all = source.read("forget")
-        forget = select_task(forget_all, task, f"{source.description}/forget.json")
-        retain = source.read("neighbor")
-        forget_eval = select_task(source.read("forget_perturbed"), task, f"{source.description}/forget_perturbed.json")
-        eval_sets = [
-            EvalSet("forget", "forget", forget_eval, truth="golden_answer", cosine_truth="answer"),
-            EvalSet("neighbor", "neighbor", source.read("neighbor_perturbed"), truth="golden_answer", cosine_truth="answer"),
-        ]
-        return ScenarioData(sc.name, sc.split_label(split), task, forget, retain, forget_all + retain, eval_sets, refusals,
-                            source.description, task_ids(forget_all))
-
     if split not in SPLITS:
         raise one_of("split", split, SPLITS)
     forget_all = source.read(split)
@@ -432,13 +437,18 @@ def load_scenario(
         EvalSet("world_facts", "world_facts", cap(source.read("world_facts_perturbed")),
                 cosine_truth="original_answer", paraphrase="answer"),
     ]
+    if earlier_tasks:  # continual, beyond the paper: are the tasks unlearned before still forgotten?
+        perturbed = source.read(f"{split}_perturbed")
+        origin = f"{source.description}/{split}_perturbed.json"
+        eval_sets.append(EvalSet("earlier_forget", "earlier_forget",
+                                 [row for t in earlier_tasks for row in cap(select_task(perturbed, t, origin))]))
     # The membership-inference non-members (docs/science-beyond-paper.md §3), when the source has them.
     if holdout and (holdout_rows := read_optional(source, holdout_file(split))) is not None:
         eval_sets.append(EvalSet("holdout", "holdout", cap(holdout_rows)))
     if retain_authors:
         check_covered(eval_sets[1].rows, static_retain, f"{source.description}/retain_perturbed.json",
                       f"data.retain_authors={retain_authors}: the first {retain_authors * AUTHOR_QA} rows of {retain_file(split)}.json")
-    return ScenarioData(sc.name, split, task, forget, static_retain + later, in_scope + static_retain,
+    return ScenarioData(scenario, split, task, forget, static_retain + later, in_scope + static_retain,
                         eval_sets, refusals, source.description, tasks)
 
 
@@ -451,93 +461,3 @@ def check_eval_sets(data: ScenarioData) -> None:
             first, line = counts[0], next(i for i, k in enumerate(counts, start=1) if k != counts[0])
             raise DataError(f"{data.source}/{eval_set.name} set, row {line}: field 'perturbed_answer' has {counts[line - 1]} "
                             f"answers, the first row {first}: every row needs the same number")
-
-
-# --------------------------------------------------------------------------------------------------
-# Torch datasets
-
-
-class QADataset(torch.utils.data.Dataset):
-    """Plain question-answer fine-tuning (target and retain models): ``{"retain": encoded}`` items."""
-
-    def __init__(self, rows, tokenizer, prompt, max_length: int, part: str = "retain"):
-        from .models import encode_qa
-
-        self.items = [encode_qa(tokenizer, prompt, r["question"], r["answer"], max_length) for r in rows]
-        self.part = part
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, index):
-        return {self.part: self.items[index], "index": index}
-
-
-class UnlearningDataset(torch.utils.data.Dataset):
-    """Forget items with their fixed partners: one retain item and one refusal template per index.
-
-    Pairing follows the reference code (which reseeds the global RNG with the item index in
-    ``__getitem__``) with a local ``torch.Generator`` seeded by the index, so every epoch sees the same
-    pairs and the global RNG is never touched. Only the batch parts that the method ``needs`` are built:
-    ``forget``, ``forget_idk``, ``retain``, ``retain_idk``, ``forget_retain_answer``.
-    """
-
-    def __init__(self, forget, retain, refusals, tokenizer, prompt, max_length: int, needs,
-                 forget_labels: str = "answer", seed: int = 0, full_width_parts=()):
-        from .models import encode_qa
-
-        if not forget:
-            raise StudyInputError("the forget set is empty: nothing to unlearn")
-        if not retain and needs & {"retain", "retain_idk", "forget_retain_answer"}:
-            raise StudyInputError("the retain set is empty, but the method's regularizer needs retain items")
-        self.needs = frozenset(needs)
-        self.full_width_parts = frozenset(full_width_parts)
-        """Parts collated at their full padded width (``max_length``): see :func:`collate`."""
-        self.items = []
-        for index, row in enumerate(forget):
-            generator = torch.Generator().manual_seed(seed + index)
-            retain_row = retain[int(torch.randint(len(retain), (1,), generator=generator))] if retain else None
-            refusal = refusals[int(torch.randint(len(refusals), (1,), generator=generator))]
-            item = {"index": index}
-            build = {
-                "forget": lambda: encode_qa(tokenizer, prompt, row["question"], row["answer"], max_length, forget_labels),
-                "forget_idk": lambda: encode_qa(tokenizer, prompt, row["question"], refusal, max_length),
-                "retain": lambda: encode_qa(tokenizer, prompt, retain_row["question"], retain_row["answer"], max_length),
-                "retain_idk": lambda: encode_qa(tokenizer, prompt, retain_row["question"], refusal, max_length),
-                "forget_retain_answer": lambda: encode_qa(tokenizer, prompt, row["question"], retain_row["answer"], max_length),
-            }
-            for part, make in build.items():
-                if part in self.needs:
-                    item[part] = make()
-            self.items.append(item)
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, index):
-        return self.items[index]
-
-
-def collate(items: list[dict], trim: bool = True, full_width_parts=()) -> dict:
-    """Stack batch parts; with ``trim``, cut padding columns that no row uses (no attention and no
-    label). That changes no label-based loss (labels there are -100), and ``full`` label mode keeps
-    every column anyway because its labels cover the padding (docs/science.md §3, ME+GD's ``mask=false``).
-
-    It does change a loss that averages over *positions* regardless of labels: the KL regularizer
-    (KL and LLMU's KL term) divides by ``B * T``, and the reference code pads every retain batch to
-    ``max_length``. Parts in ``full_width_parts`` are therefore left at their full padded width
-    (``UnlearningDataset.full_width_parts``, set by ``study.train.unlearning_dataset``)."""
-    batch: dict = {"index": torch.tensor([item["index"] for item in items])}
-    for part in items[0]:
-        if part == "index":
-            continue
-        if part.startswith("ref_logprobs"):
-            batch[part] = torch.stack([item[part] for item in items])
-            continue
-        tensors = {key: torch.stack([item[part][key] for item in items]) for key in ("input_ids", "attention_mask", "labels")}
-        if trim and part not in full_width_parts:
-            used = (tensors["attention_mask"].bool() | (tensors["labels"] != -100)).any(dim=0)
-            length = int(used.nonzero().max()) + 1 if used.any() else 1
-            tensors = {key: value[:, :length] for key, value in tensors.items()}
-        batch[part] = tensors
-    return batch

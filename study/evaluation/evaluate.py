@@ -1,13 +1,13 @@
 """Run a model over the evaluation sets, batched, and return a tidy table (docs/science.md §5).
 
-What one evaluation computes, per item of each :class:`~study.data.EvalSet`:
+What one evaluation computes, per item of each :class:`~study.inputs.data.EvalSet`:
 
 1. a greedy generation from the prompt (left-padded batches, stop at EOS, ``max_length`` tokens
    including the item's own prompt);
 2. per-sequence NLL sums of the truth answer, the paraphrased answer and each perturbed answer,
-   tokenised exactly as :func:`study.models.encode_qa` does (question masked, one EOS label), in
+   tokenised exactly as :func:`study.inputs.models.encode_qa` does (question masked, one EOS label), in
    large flattened batches;
-3. the metrics registered in :mod:`study.metrics` (the paper's six: ROUGE, Probability, Truth
+3. the metrics registered in :mod:`study.evaluation.metrics` (the paper's six: ROUGE, Probability, Truth
    Ratio, Token Entropy, Cosine, Entailment; and the privacy metrics), then the set means and the
    aggregates (MU, MU-retain, FE, TOFU's MU; FQ against a retain model's evaluation with
    :func:`forget_quality_from`).
@@ -34,7 +34,7 @@ that are deliberate:
   ``max_length - its own prompt length`` (what a batch of one gets in the reference), so results do
   not depend on how items are batched.
 * Greedy decoding is plain argmax (see :mod:`study.evaluation.generation`).
-* The tokenizer is copied for left padding (:func:`study.models.left_padded`), never mutated.
+* The tokenizer is copied for left padding (:func:`study.inputs.models.left_padded`), never mutated.
 """
 
 from __future__ import annotations
@@ -42,36 +42,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .data import EvalSet
-from .errors import StudyInputError
-from .evaluation.engine import Batched, run
-from .evaluation.generation import MAX_LENGTH
-from .evaluation.metric_models import (
-    BUILTIN_EMBEDDER,
-    ENTAILMENT_LABEL,
-    PAPER_EMBEDDER,
-    PAPER_NLI,
-    MetricModels,
-    NLIModel,
-    clear_metric_model_cache,
-    load_metric_models,
+from ..inputs.data import EvalSet
+from ..errors import StudyInputError
+from .engine import Batched, run
+from .generation import MAX_LENGTH
+from .metric_models import (
+    BUILTIN_EMBEDDER, ENTAILMENT_LABEL, PAPER_EMBEDDER, PAPER_NLI, MetricModels, NLIModel,
+    clear_metric_model_cache, load_metric_models,
 )
-from .evaluation.scoring import encode_qa_batch
-from .evaluation.summary import EvalResult, forget_quality_from
-from .models import PromptFormat
-from .scenarios import scenario as find_scenario
+from .scoring import encode_qa_batch
+from .summary import EvalResult, forget_quality_from
+from ..inputs.models import PromptFormat
 
 __all__ = [
     "BUILTIN_EMBEDDER", "PAPER_EMBEDDER", "PAPER_NLI", "ENTAILMENT_LABEL", "MAX_LENGTH", "NLIModel", "MetricModels",
-    "load_metric_models", "clear_metric_model_cache", "metrics_scenario", "EvalResult", "evaluate",
+    "load_metric_models", "clear_metric_model_cache", "EvalResult", "evaluate",
     "forget_quality_from", "encode_qa_batch",
 ]
 
-
-
-def metrics_scenario(scenario: str) -> str:
-    """The :mod:`study.metrics` spelling of a scenario name (``"real-world"`` -> ``"real_world"``)."""
-    return find_scenario(scenario).key
 
 
 def evaluate(

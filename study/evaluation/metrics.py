@@ -37,9 +37,9 @@ import numpy as np
 from scipy.special import logsumexp
 from scipy.stats import ks_2samp
 
-from .scenarios import FORGET, HOLDOUT, NEIGHBOR, REAL_AUTHORS, RETAIN, WORLD_FACTS
-from .scenarios import SCENARIOS as _SCENARIOS
-from .scenarios import scenario as _scenario
+from ..inputs.scenarios import EARLIER_FORGET, FORGET, HOLDOUT, NEIGHBOR, REAL_AUTHORS, RETAIN, WORLD_FACTS
+from ..inputs.scenarios import SCENARIOS as _SCENARIOS
+from ..inputs.scenarios import scenario as _scenario
 
 __all__ = [
     "FORGET", "RETAIN", "REAL_AUTHORS", "WORLD_FACTS", "NEIGHBOR", "SET_NAMES", "SCENARIOS",
@@ -53,7 +53,7 @@ __all__ = [
     "mean_of", "model_utility", "model_utility_retain", "forget_efficacy", "tofu_model_utility",
     "forget_quality", "forget_quality_statistic", "TOFU_LOG_SETS", "tofu_items_from_log",
     "tofu_summary_from_logs",
-    "HOLDOUT", "SCORE_ONLY_SETS", "MIA_LOSS", "MIA_ZLIB", "MIA_MIN_K", "MIA_MIN_K_PLUS_PLUS", "MIA_ATTACKS",
+    "HOLDOUT", "EARLIER_FORGET", "FORGET_SETS", "SCORE_ONLY_SETS", "MIA_LOSS", "MIA_ZLIB", "MIA_MIN_K", "MIA_MIN_K_PLUS_PLUS", "MIA_ATTACKS",
     "EXTRACTION_STRENGTH", "EXACT_MEMORIZATION", "MIN_K_FRACTION", "MIN_K_PLUS_PLUS_MIN_VAR", "PRIVACY_METRICS",
     "mia_auc_key", "privleak_key", "zlib_length", "zlib_ratio", "min_k_score", "min_k_plus_plus_token_scores",
     "min_k_plus_plus_score", "extraction_strength", "exact_memorization", "mia_auc", "privleak",
@@ -63,11 +63,16 @@ __all__ = [
 # Names
 # --------------------------------------------------------------------------------------------
 
-SET_NAMES: tuple[str, ...] = (FORGET, RETAIN, REAL_AUTHORS, WORLD_FACTS, NEIGHBOR, HOLDOUT)
+SET_NAMES: tuple[str, ...] = (FORGET, RETAIN, REAL_AUTHORS, WORLD_FACTS, NEIGHBOR, EARLIER_FORGET, HOLDOUT)
 """Evaluation set names. TOFU (fictitious, continual): forget, retain, real_authors, world_facts.
 Real-world: forget and neighbor (the disjoint neighbor *evaluation* set). Optional everywhere:
 holdout, items of the forget set's distribution the target never saw (the non-members of the
-membership-inference attacks; never part of MU or FE)."""
+membership-inference attacks; never part of MU or FE). Optional in continual (``eval.earlier_tasks``):
+earlier_forget, the forget sets of the tasks unlearned before the current one, scored as a forget set
+(never part of MU or FE)."""
+
+FORGET_SETS: tuple[str, ...] = (FORGET, EARLIER_FORGET)
+"""Sets whose truth ratio is read as forgetting (``1 - min(R, 1/R)``, :func:`truth_ratio_item`)."""
 
 SCORE_ONLY_SETS: tuple[str, ...] = (HOLDOUT,)
 """Sets that are only scored (likelihoods of the truth answer), never generated from: they need only
@@ -76,11 +81,11 @@ SCORE_ONLY_SETS: tuple[str, ...] = (HOLDOUT,)
 GENERATED_SETS: tuple[str, ...] = tuple(s for s in SET_NAMES if s not in SCORE_ONLY_SETS)
 """Sets the model generates from: the sets of the paper's six metrics."""
 
-SCENARIOS: tuple[str, ...] = tuple(s.key for s in _SCENARIOS.values())
-"""Scenario names in this module's spelling (``real_world``); :mod:`study.scenarios` defines them."""
+SCENARIOS: tuple[str, ...] = tuple(_SCENARIOS)
+"""Scenario names (:mod:`study.inputs.scenarios` defines them)."""
 
-UTILITY_SETS: dict[str, tuple[str, ...]] = {s.key: s.utility_sets for s in _SCENARIOS.values()}
-"""The sets whose metrics enter Model Utility, per scenario (docs/science.md §5; :mod:`study.scenarios`)."""
+UTILITY_SETS: dict[str, tuple[str, ...]] = {s.name: s.utility_sets for s in _SCENARIOS.values()}
+"""The sets whose metrics enter Model Utility, per scenario (docs/science.md §5; :mod:`study.inputs.scenarios`)."""
 
 ROUGE = "rouge"
 PROBABILITY = "probability"
@@ -338,12 +343,12 @@ def truth_ratio_min(ratio: Any) -> np.ndarray:
 def truth_ratio_item(ratio: Any, set_name: str) -> np.ndarray:
     """The stored per-item ``"truth_ratio"`` value, chosen so that the set value is its plain mean.
 
-    * forget set: ``1 - min(R, 1/R)``; the set value is ``1 - mean(min(R, 1/R))`` (reference code;
+    * forget set (and earlier_forget, :data:`FORGET_SETS`): ``1 - min(R, 1/R)``; the set value is ``1 - mean(min(R, 1/R))`` (reference code;
       note TOFU itself reports ``mean(min(R, 1/R))`` for the forget set, i.e. one minus this).
     * every other set: ``max(0, 1 - 1/R)``; the set value is ``mean(max(0, 1 - 1/R))``.
     """
     ratio = np.asarray(ratio, dtype=np.float64)
-    if set_name == FORGET:
+    if set_name in FORGET_SETS:
         return 1.0 - truth_ratio_min(ratio)
     _check_set(set_name)
     return np.maximum(0.0, 1.0 - 1.0 / ratio)
@@ -435,7 +440,7 @@ def nli_direction(set_name: str, scenario: str) -> Literal["generation->truth", 
       (does the output state the forgotten fact?).
     * TOFU retain / real_authors / world_facts: premise = truth, hypothesis = generation (does the
       output follow from the truth?).
-    * ``real_world``: generation -> truth on both sets.
+    * ``real-world``: generation -> truth on both sets.
     """
     _check_set(set_name)
     return _scenario(scenario).nli_direction(set_name)
@@ -739,7 +744,7 @@ def model_utility(set_metrics: Mapping[str, Mapping[str, float | None]],
                   sets: Sequence[str] = UTILITY_SETS["fictitious"],
                   metrics: Sequence[str] = MU_METRICS) -> Aggregate:
     """Model Utility: harmonic mean of the six metrics on Retain, Real Authors and World Facts
-    (18 values; real-world: ``sets=UTILITY_SETS["real_world"]``, the 6 neighbor values).
+    (18 values; real-world: ``sets=UTILITY_SETS["real-world"]``, the 6 neighbor values).
 
     ``set_metrics[set][metric]`` holds set-level values (means of per-item values). A value that
     is absent, None or NaN (e.g. Entailment when no NLI model was run) is left out and listed in

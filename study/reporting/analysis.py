@@ -3,7 +3,7 @@
 The notebooks (``notebooks/*.ipynb``) are thin: every table and figure they show is one call into this
 module, so the logic is unit-tested (``tests/test_analysis.py``) and the notebooks only wire it up.
 
-Layout read back (``study.tracking``): runs tagged ``study.kind`` (``trial``, ``study``, ``target``,
+Layout read back (``study.trial.tracking``): runs tagged ``study.kind`` (``trial``, ``study``, ``target``,
 ``retain_model``); a trial's parameters are its flattened ``RunConfig`` (``method.name``, ``train.lr``,
 ...), its tags ``study.scenario`` / ``study.method`` / ``study.split`` / ..., its metrics
 ``model_utility``, ``forget_efficacy``, ``forget_quality`` and ``<set>/<metric>`` (continual: logged
@@ -47,14 +47,20 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
-from .metrics import EXACT_MEMORIZATION, EXTRACTION_STRENGTH, METRICS, MIA_ATTACKS, SET_NAMES, mia_auc_key, privleak_key
-from .paper import (PAPER_BETA, PAPER_EPOCHS, PAPER_METHODS, PAPER_REGULARIZATION_COEFF, PUBLISHED_SOURCE, REAL_WORLD_QUOTED,
-                    released)
-from .paper import PUBLISHED as _PUBLISHED
-from .errors import StudyInputError
-from .hyperparams import SETTINGS
-from .scenarios import FICTITIOUS, REAL_WORLD, SCENARIOS, tag_spelling
-from .tracking import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI, TAG, credentials_hidden, redact, with_credentials
+from ..evaluation.metrics import (
+    EXACT_MEMORIZATION, EXTRACTION_STRENGTH, METRICS, MIA_ATTACKS, SET_NAMES, mia_auc_key, privleak_key,
+)
+from ..paper import (
+    PAPER_BETA, PAPER_EPOCHS, PAPER_METHODS, PAPER_REGULARIZATION_COEFF, PUBLISHED_SOURCE, REAL_WORLD_QUOTED,
+    released,
+)
+from ..paper import PUBLISHED as _PUBLISHED
+from ..errors import StudyInputError
+from ..methods.hyperparams import SETTINGS
+from ..inputs.scenarios import FICTITIOUS, REAL_WORLD, SCENARIOS, tag_spelling
+from ..config import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI
+from ..trial.tracking import TAG
+from ..credentials import credentials_hidden, redact, with_credentials
 
 if TYPE_CHECKING:  # plotting and notebook libraries are imported where they are used
     import nbformat
@@ -62,7 +68,7 @@ if TYPE_CHECKING:  # plotting and notebook libraries are imported where they are
     from matplotlib.figure import Figure
 
 __all__ = [
-    "PAPER_METHODS", "SPLITS", "RUN_COLUMNS", "AGGREGATE_COLUMNS", "SET_METRIC_COLUMNS", "CURVE_COLUMNS",
+    "PAPER_METHODS", "SPLITS", "RUN_COLUMNS", "AGGREGATE_COLUMNS", "SET_METRIC_COLUMNS", "CURVE_COLUMNS", "CURVE_METRICS", "EARLIER_ROUGE",
     "REPRESENTATIVE_COLUMNS", "CONTINUAL_COLUMNS", "SENSITIVITY_COLUMNS", "GENERATION_COLUMNS",
     "PUBLISHED_SOURCE", "REAL_WORLD_QUOTED", "REPO_ROOT",
     "resolve_tracking_uri", "runs_frame", "fetch_runs", "fetch_task_curves", "scenario_runs", "finished", "run_counts",
@@ -99,17 +105,20 @@ RUN_COLUMNS: tuple[str, ...] = (
 
 AGGREGATE_COLUMNS: tuple[str, ...] = ("model_utility", "forget_efficacy", "forget_quality", "model_utility_retain",
                                       "tofu_model_utility")
-"""Aggregate metrics of a trial (docs/science.md §5; ``study.metrics``)."""
+"""Aggregate metrics of a trial (docs/science.md §5; ``study.evaluation.metrics``)."""
 
 SET_METRIC_COLUMNS: tuple[str, ...] = tuple(f"{s}/{m}" for s in SET_NAMES for m in METRICS)
 """Every ``<set>/<metric>`` column, always present in a runs frame (NaN where not logged)."""
 
 _NUMERIC_PARAMS = {**SETTINGS, "regularization_coeff": "method.regularization_coeff"}
 """Run parameters read as numbers into runs-frame columns: every searchable hyper-parameter
-(study/hyperparams.py) and the regularizer's weight."""
+(study/methods/hyperparams.py) and the regularizer's weight."""
 
-CURVE_COLUMNS: tuple[str, ...] = ("run_id", "method", "fix_ref_model", "split", "task", "model_utility",
-                                  "forget_efficacy")
+EARLIER_ROUGE = "earlier_forget/rouge"
+"""Continual with ``eval.earlier_tasks`` (beyond the paper): ROUGE on the forget sets of the tasks unlearned
+before (docs/science-beyond-paper.md §5); NaN in runs without it."""
+CURVE_METRICS: tuple[str, ...] = ("model_utility", "forget_efficacy", EARLIER_ROUGE)
+CURVE_COLUMNS: tuple[str, ...] = ("run_id", "method", "fix_ref_model", "split", "task", *CURVE_METRICS)
 REPRESENTATIVE_COLUMNS: tuple[str, ...] = ("method", "split", "run_id", "trial_number", "study_name", "n_trials",
                                            "MU", "FE", "Avg")
 CONTINUAL_COLUMNS: tuple[str, ...] = ("method", "fix_ref_model", "split", "run_id", "last_task", "model_utility",
@@ -174,7 +183,7 @@ def _bool(value: str | None) -> bool | None:
 
 
 def _normalise_scenario(value: str | None) -> str | None:
-    # study.data spells it "real-world", study.metrics "real_world": read either.
+    # Runs stored by earlier versions may spell it "real_world" (study.inputs.scenarios.tag_spelling).
     return tag_spelling(value)
 
 
@@ -253,7 +262,7 @@ def fetch_runs(tracking_uri: str = DEFAULT_TRACKING_URI, experiment: str = DEFAU
 
 def export_frames(tracking_uri: str, experiment: str, studies: Iterable[str],
                   target_scenarios: Iterable[str] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """What :func:`study.exports.write_export` writes, read from the store: (runs, items).
+    """What :func:`study.reporting.exports.write_export` writes, read from the store: (runs, items).
 
     ``runs``: the trials of the Optuna ``studies`` (names as the trials' ``study_name`` tag,
     ``<study>/<method>``) and the target runs of ``target_scenarios``, one row per run and step (a
@@ -334,14 +343,13 @@ def fetch_task_curves(tracking_uri: str, runs: pd.DataFrame) -> pd.DataFrame:
     rows: list[dict[str, Any]] = []
     for run in runs.itertuples(index=False):
         values: dict[int, dict[str, float]] = {}
-        for metric in ("model_utility", "forget_efficacy"):
+        for metric in CURVE_METRICS:
             for point in sorted(client.get_metric_history(run.run_id, metric), key=lambda p: p.timestamp):
                 values.setdefault(int(point.step), {})[metric] = point.value
         fix = False if pd.isna(run.fix_ref_model) else bool(run.fix_ref_model)
         for task, got in sorted(values.items()):
             rows.append({"run_id": run.run_id, "method": run.method, "fix_ref_model": fix, "split": run.split,
-                         "task": task, "model_utility": got.get("model_utility", math.nan),
-                         "forget_efficacy": got.get("forget_efficacy", math.nan)})
+                         "task": task, **{m: got.get(m, math.nan) for m in CURVE_METRICS}})
     if not rows:
         return _empty(CURVE_COLUMNS)
     frame = pd.DataFrame(rows, columns=list(CURVE_COLUMNS))
@@ -418,10 +426,10 @@ def method_markers(methods: Iterable[str]) -> dict[str, str]:
 
 
 def _shipped(method: str) -> dict[str, float]:
-    """A method outside the paper: its forget loss's ``shipped`` values (``study.losses.LossSpec``)."""
+    """A method outside the paper: its forget loss's ``shipped`` values (``study.methods.LossSpec``)."""
     if method in PAPER_METHODS:
         return {}
-    from .losses import FORGET_LOSSES, Method  # torch, only for methods outside the paper
+    from ..methods import FORGET_LOSSES, Method  # torch, only for methods outside the paper
 
     try:
         return dict(FORGET_LOSSES[Method.parse(method).forget_loss].shipped)
@@ -717,7 +725,8 @@ def plot_continual(curves: pd.DataFrame, title: str | None = None) -> Figure | N
     """MU and FE after each task (two panels), one line per representative run of
     :func:`continual_table`: colour and marker = method (as in every figure), a dashed line = the fixed
     reference model (``fix_ref_model``; the line-style key appears only when both kinds are drawn); the
-    legend beside the panels. None when there is no curve."""
+    legend beside the panels. A third panel, when the runs evaluated them (``eval.earlier_tasks``), draws
+    ROUGE on the earlier tasks' forget sets (:data:`EARLIER_ROUGE`). None when there is no curve."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
@@ -727,8 +736,10 @@ def plot_continual(curves: pd.DataFrame, title: str | None = None) -> Figure | N
     shown = curves[curves["run_id"].isin(table["run_id"])].sort_values("task")
     methods = order_methods(shown["method"])
     colours, markers = method_palette(methods), method_markers(methods)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
-    panels = (("model_utility", "Model Utility (MU)"), ("forget_efficacy", "Forget Efficacy (FE)"))
+    panels = [("model_utility", "Model Utility (MU)"), ("forget_efficacy", "Forget Efficacy (FE)")]
+    if EARLIER_ROUGE in shown and shown[EARLIER_ROUGE].notna().any():
+        panels.append((EARLIER_ROUGE, "ROUGE on earlier tasks' forget sets\n(beyond the paper)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), sharex=True)
     for ax, (metric, label) in zip(axes, panels):
         for run_id, run in shown.groupby("run_id", sort=False):
             method, fixed = run["method"].iloc[0], bool(run["fix_ref_model"].iloc[0])
@@ -789,7 +800,7 @@ def real_world_table(runs: pd.DataFrame, pick: Pick = "best", targets: pd.DataFr
 def _method_params(method: str) -> frozenset[str] | None:
     """The searchable hyper-parameters ``method`` has (``lr``, ``forget_coeff`` and its losses'), or None
     for a method this version does not know."""
-    from .losses import Method  # torch
+    from ..methods import Method  # torch
 
     try:
         return frozenset({"lr", "forget_coeff", *Method.parse(method).hyperparams})
@@ -952,7 +963,7 @@ def _side_by_side(trial: pd.DataFrame | None, target: pd.DataFrame | None, set_n
 
 class Source:
     """Where a notebook reads its runs: an MLflow store (``tracking_uri``, ``experiment``) or, when
-    ``export_dir`` is given, an export (:mod:`study.exports`; no store needed), the same frames from
+    ``export_dir`` is given, an export (:mod:`study.reporting.exports`; no store needed), the same frames from
     either. ``studies``: only the trials of these Optuna studies (``<study>`` or ``<study>/<method>``,
     the names ``experiments/reproduce.py`` makes), e.g. the ones a reproduction just ran; None = all."""
 
@@ -996,8 +1007,8 @@ class Source:
             return _empty(CURVE_COLUMNS)
         frame = pd.DataFrame({"run_id": rows["run_id"], "method": rows["method"],
                               "fix_ref_model": rows["fix_ref_model"].fillna(False).astype(bool), "split": rows["split"],
-                              "task": rows["step"].astype(int), "model_utility": rows["model_utility"],
-                              "forget_efficacy": rows["forget_efficacy"]})
+                              "task": rows["step"].astype(int),
+                              **{m: rows[m] if m in rows else math.nan for m in CURVE_METRICS}})
         order = {r: i for i, r in enumerate(dict.fromkeys(runs["run_id"]))}
         frame = frame.assign(_r=frame["run_id"].map(order)).sort_values(["_r", "task"], kind="stable")
         return frame[list(CURVE_COLUMNS)].reset_index(drop=True)
@@ -1082,12 +1093,12 @@ def run_notebook(path: str | os.PathLike, parameters: Mapping[str, Any] | None =
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m study.analysis NOTEBOOK [--tracking-uri URI] [--experiment NAME] [--figures-dir DIR]
+    """``python -m study.reporting.analysis NOTEBOOK [--tracking-uri URI] [--experiment NAME] [--figures-dir DIR]
     [--tables-dir DIR] [--output OUT.ipynb]``: execute a notebook with those parameters (papermill,
     :func:`run_notebook`); ``papermill NOTEBOOK OUT -p tracking_uri URI ...`` does the same."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m study.analysis", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m study.reporting.analysis", description=main.__doc__)
     parser.add_argument("notebook", type=Path)
     parser.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI)
     parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT)

@@ -1,8 +1,8 @@
 """The paper's comparison tables rebuilt from seeded runs: means with 95% intervals, the target's row,
 the DualOptim re-run's figures beside, and a table of the paper's qualitative claims with a verdict each.
 
-Pure functions over the runs frame :func:`study.analysis.fetch_runs` returns (or an export's,
-:mod:`study.exports`; ``experiments/reproduce.py`` calls :func:`write_results`). The runs are the ones
+Pure functions over the runs frame :func:`study.reporting.analysis.fetch_runs` returns (or an export's,
+:mod:`study.reporting.exports`; ``experiments/reproduce.py`` calls :func:`write_results`). The runs are the ones
 ``experiments/reproduce.py`` made: one Optuna study per (scenario, setting, seed) named by
 :func:`study_name`, one trial per method (the ``paper`` sampler at one stated learning rate), so each
 (scenario, setting, method, seed) has one finished trial. Where a study holds several finished trials
@@ -37,9 +37,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import metrics as M
-from .paper import PAPER_METHODS, PUBLISHED, PUBLISHED_SOURCE, REAL_WORLD_QUOTED
-from .scenarios import CONTINUAL, FICTITIOUS, REAL_WORLD, scenario
+from ..evaluation import metrics as M
+from ..paper import PAPER_METHODS, PUBLISHED, PUBLISHED_SOURCE, REAL_WORLD_QUOTED
+from ..inputs.scenarios import CONTINUAL, FICTITIOUS, REAL_WORLD, SCENARIOS, scenario
 
 __all__ = [
     "PREFIX", "UNTARGETED", "TARGETED", "TARGET_ROW", "SUMMARY_COLUMNS", "SEED_COLUMNS", "CLAIM_COLUMNS", "VERDICTS",
@@ -105,8 +105,12 @@ RERUN_SOURCE = "DualOptim re-run (arXiv 2504.15827), Llama-2-7B"
 QUOTED_SOURCE = "quoted, Llama-3-8B-Instruct"
 """The real-world ``other_*`` figures (:data:`study.paper.REAL_WORLD_QUOTED`)."""
 
-_NAME = re.compile(r"^" + PREFIX + r"-(?P<preset>.+?)-(?P<scenario>fictitious|continual|real-world)-(?P<setting>.+)"
-                   r"-s(?P<seed>\d+)(?:/(?P<method>.+))?$")
+
+
+def _name_pattern() -> re.Pattern:
+    """What :func:`study_name` writes, for every scenario registered now (:data:`study.inputs.scenarios.SCENARIOS`)."""
+    names = "|".join(map(re.escape, SCENARIOS))
+    return re.compile(rf"^{PREFIX}-(?P<preset>.+?)-(?P<scenario>{names})-(?P<setting>.+)-s(?P<seed>\d+)(?:/(?P<method>.+))?$")
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,7 +134,7 @@ def study_name(preset: str, scenario_name: str, setting: str, seed: int) -> str:
 def parse_study_name(name: str | None) -> dict | None:
     """``{preset, scenario, setting, seed}`` from a :func:`study_name` (with or without Optuna's
     ``/<method>`` suffix); None for any other name."""
-    found = _NAME.match(name) if isinstance(name, str) else None
+    found = _name_pattern().match(name) if isinstance(name, str) else None
     if not found:
         return None
     return {"preset": found["preset"], "scenario": found["scenario"], "setting": found["setting"],
@@ -303,11 +307,11 @@ def item_bootstrap(items_per_seed: Sequence[pd.DataFrame], scenario_name: str, n
     interval over seeds (:func:`seed_interval`) does not see.
 
     ``items_per_seed``: one per-item frame per seed (the trial's ``eval/items_task<k>.csv``: a ``set``
-    column, an ``item`` column and one column per metric of :data:`study.metrics.METRICS`). Each
+    column, an ``item`` column and one column per metric of :data:`study.evaluation.metrics.METRICS`). Each
     replicate draws, within every set, as many items as the set has, with replacement, the SAME items
     for every seed (every seed is scored on the same questions); takes the set means; computes MU
-    (:func:`study.metrics.model_utility` over the scenario's utility sets) and FE
-    (:func:`study.metrics.forget_efficacy`) as the evaluation does; and averages over seeds. NaN when no
+    (:func:`study.evaluation.metrics.model_utility` over the scenario's utility sets) and FE
+    (:func:`study.evaluation.metrics.forget_efficacy`) as the evaluation does; and averages over seeds. NaN when no
     frame is given."""
     if not items_per_seed:
         return math.nan, math.nan, math.nan, math.nan
@@ -427,7 +431,7 @@ def _labelled(runs: pd.DataFrame, preset: str | None, seeds: Iterable[int] | Non
 
 
 def _ordered_settings(labelled: pd.DataFrame):
-    for sc in (s for s in (FICTITIOUS.name, CONTINUAL.name, REAL_WORLD.name) if s in set(labelled["scenario"])):
+    for sc in (s for s in SCENARIOS if s in set(labelled["scenario"])):  # the registry's order
         frame = labelled[labelled["scenario"] == sc]
         for setting in sorted(frame["setting"].unique()):
             here = frame[frame["setting"] == setting]
@@ -846,7 +850,7 @@ def plot_mu_fe_intervals(table: pd.DataFrame, scenario_name: str = FICTITIOUS.na
                          scale: str = ""):
     """MU (x) vs FE (y) per method with its 95% interval over seeds (:func:`seed_interval`, inside [0, 1])
     for one (scenario, setting), the target as a star; each method in its colour and marker of every figure
-    (:func:`study.analysis.method_palette`, :func:`~study.analysis.method_markers`), the legend beside the
+    (:func:`study.reporting.analysis.method_palette`, :func:`~study.reporting.analysis.method_markers`), the legend beside the
     axes, the title naming the seeds and ``scale`` (the model and data). A matplotlib Figure, or None when
     the table has no such rows. Chooses no backend."""
     import matplotlib.pyplot as plt
@@ -904,7 +908,7 @@ def write_results(runs: pd.DataFrame, targets: pd.DataFrame | None, out: str | P
     if note:
         lines += [note, ""]
     lines += ["MU = Model Utility, FE = Forget Efficacy (docs/science.md §5): the mean over seeds and its 95% "
-              "percentile-bootstrap interval over seeds (inside [0, 1]; `study/results.py`); `MU = 0 (seeds)`: in "
+              "percentile-bootstrap interval over seeds (inside [0, 1]; `study/reporting/results.py`); `MU = 0 (seeds)`: in "
               "how many seeds MU was 0; `MU terms`: how many values MU's harmonic mean took (15 here: Entailment "
               "needs `--nli`; the paper's 18), `zero terms`: which were 0 and in how many seeds (one zero makes MU 0); "
               "`MU retain`: MU over the retain set alone; `FE terms`: FE's values (4 here, the paper's 5); `[items]`: "
@@ -926,7 +930,7 @@ def write_results(runs: pd.DataFrame, targets: pd.DataFrame | None, out: str | P
               f"Thresholds: stable MU = mean ≥ {STABLE_MEAN} × target MU with the interval's lower bound ≥ "
               f"{STABLE_LOWER} × target MU; collapse = MU ≤ {COLLAPSE} × target MU; comparisons between methods: "
               f"paired t-tests over seeds, Holm-corrected over a claim's comparisons, p < {ALPHA}. Each rule is in "
-              "`claims.csv` and in `study/results.py`.", "",
+              "`claims.csv` and in `study/reporting/results.py`.", "",
               markdown_table(claims[["claim", "statement", "verdict", "evidence"]]), ""]
     paths["readme"].write_text("\n".join(lines))
     labelled = _labelled(runs, preset, seeds)
