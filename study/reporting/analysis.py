@@ -80,7 +80,7 @@ __all__ = [
     "save_table", "run_notebook", "Source", "export_frames",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 """The checkout; notebooks execute with this as their working directory."""
 
 Pick = Literal["best", "paper"]

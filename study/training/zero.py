@@ -48,7 +48,7 @@ import torch
 from . import train
 from ..errors import StudyInputError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = ROOT / "experiments" / "deepspeed" / "zero3.json"
 """The shipped ZeRO-3 config (the reference's ``config/ds_config/llama2.json`` without CPU offload)."""
 

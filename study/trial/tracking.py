@@ -96,7 +96,7 @@ def _probe(uri: str) -> None:
 
 def code_version() -> str:
     """The git commit of the checkout (``-dirty`` when it has uncommitted changes), else ``unknown``."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True,
                              timeout=5).stdout.strip()
@@ -432,7 +432,7 @@ def context_tags() -> dict:
 
     tags = {k: v for k, v in resolve_tags().items() if k.startswith("mlflow.")}
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parents[2], capture_output=True,
                              text=True, timeout=5).stdout.strip()
         if sha:
             tags["mlflow.source.git.commit"] = sha
@@ -536,7 +536,7 @@ def ui_command(tracking_uri: str) -> str:
     the venv need not be active). Light on small machines: one worker, no job-execution processes."""
     if tracking_uri.startswith(("http://", "https://")):
         return f"open {redact(tracking_uri)} in a browser"
-    venv = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "mlflow"
+    venv = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "mlflow"
     return (f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false {'.venv/bin/mlflow' if venv.exists() else 'mlflow'} ui --backend-store-uri {redact(tracking_uri)} "
             f"--host 127.0.0.1 --port 5000 --workers 1")
 
