@@ -16,7 +16,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from study.training import distributed as D  # noqa: E402
+from study.trial import distributed as D  # noqa: E402
 from study.inputs import models
 from study import presets
 from study.trial import runner  # noqa: E402

@@ -203,7 +203,7 @@ def check_torchrun(command: Command, request, monkeypatch, capsys) -> None:
     preset and method resolve to a configuration (no process is started)."""
     from torch.distributed.run import get_args_parser
 
-    from study.training import distributed
+    from study.trial import distributed
     from study import presets
 
     launch = get_args_parser().parse_args(command.argv[1:])
