@@ -128,7 +128,10 @@ def _common_options(args, replaced: tuple[str, ...]) -> list[str]:
     """What every sweep.py call of this command ends with: the user's ``--set`` items other than the
     ``replaced`` keys (which the caller sets itself), the experiment, no progress bars, the stores."""
     argv = [w for item in args.set if not item.startswith(tuple(f"{key}=" for key in replaced)) for w in ("--set", item)]
-    argv += ["--experiment", experiment_of(args), "--no-progress"]
+    # Every trial of a reproduction is its study's Pareto-best (one trial per method), so sweep.py's default
+    # policy would keep a checkpoint and a registered model of each (~1 GB for SmolLM2): 55 trials filled a
+    # 100 GB disk. The results are the export; checkpoints only where asked for.
+    argv += ["--experiment", experiment_of(args), "--no-progress", "--keep-checkpoints", args.keep_checkpoints]
     for option, value in (("--tracking-uri", args.tracking_uri), ("--storage", args.storage), ("--device", args.device),
                           ("--data-dir", args.data_dir)):
         if value:
@@ -146,7 +149,7 @@ def sensitivity_unit(args) -> Unit:
     name = f"{SENSITIVITY_PREFIX}-{args.preset}-{FICTITIOUS.name}-{split}-s{seed}"
     argv = ["--preset", args.preset, "--scenario", FICTITIOUS.name, "--split", split, "--method", *args.methods,
             "--sampler", "tpe", "--n-trials", str(args.sensitivity), "--seed", str(seed), "--study-name", name,
-            "--set", f"train.epochs={epochs!r}", "--keep-checkpoints", "none", *_common_options(args, ("train.epochs",))]
+            "--set", f"train.epochs={epochs!r}", *_common_options(args, ("train.epochs",))]
     return Unit(FICTITIOUS.name, setting_name(FICTITIOUS.name, split), seed, tuple(args.methods), name, tuple(argv), 1)
 
 
@@ -228,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "docs/results/<preset>/...)")
     a("--data-dir", help="passed to sweep.py: a TOFU-format folder (e.g. ../shared/data/tofu) for presets that need "
                          "data (tofu-cpu, paper-*)")
+    a("--keep-checkpoints", choices=["none", "best", "all"], default="none",
+      help="passed to sweep.py: which trials keep their checkpoint and registered model (default: %(default)s; "
+           "the export holds the results, and one trial per method makes every trial Pareto-best)")
     a("--tracking-uri", help="MLflow tracking URI (sweep.py's default when omitted)")
     a("--storage", help="Optuna storage (sweep.py's default when omitted)")
     a("--experiment", help=f"MLflow experiment (default: {DEFAULT_EXPERIMENT}; with --sensitivity {SENSITIVITY_EXPERIMENT})")
