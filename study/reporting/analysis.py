@@ -75,7 +75,7 @@ __all__ = [
     "no_runs_message", "order_methods", "method_palette", "paper_settings", "representative_trials",
     "method_table", "published_table", "compare_to_published", "metric_table", "forget_quality_table",
     "PRIVACY_COLUMNS", "PRIVACY_NOT_LOGGED", "privacy_table", "with_reasons", "present_splits", "PAPER_MARKERS", "method_markers",
-    "pareto_front", "plot_mu_fe", "plot_mu_fe_grid", "continual_table", "plot_continual", "real_world_table",
+    "pareto_front", "plot_mu_fe", "plot_mu_fe_grid", "scale_note", "continual_table", "plot_continual", "real_world_table",
     "sensitivity", "plot_sensitivity", "study_seeds", "choose_trial", "generations_side_by_side", "save_figure",
     "save_table", "run_notebook", "Source", "export_frames",
 ]
@@ -686,7 +686,7 @@ def plot_mu_fe_grid(runs: pd.DataFrame, splits: Sequence[str] | None = None) -> 
         return None
     fig, axes = plt.subplots(1, len(present), figsize=(5.5 * len(present), 4.5), squeeze=False)
     for ax, split in zip(axes[0], present):
-        plot_mu_fe(done[done["split"] == split], ax=ax, title=f"{split}\n{_scale(done[done['split'] == split])}")
+        plot_mu_fe(done[done["split"] == split], ax=ax, title=f"{split}\n{scale_note(done[done['split'] == split])}")
     fig.tight_layout()
     return fig
 
@@ -699,7 +699,7 @@ def study_seeds(runs: pd.DataFrame) -> list[int]:
     return sorted({int(m) for m in names.str.extract(r"-s(\d+)(?:/|$)")[0].dropna()})
 
 
-def _scale(runs: pd.DataFrame) -> str:
+def scale_note(runs: pd.DataFrame) -> str:
     """What a figure's title says of its runs: the trial count, the seeds (:func:`study_seeds`) and the models."""
     seeds = study_seeds(runs)
     models = " / ".join(sorted(set(runs["model"].dropna())))
