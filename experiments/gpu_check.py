@@ -5,7 +5,12 @@ step time and peak memory, then a batched evaluation timing. About a minute on o
     python experiments/gpu_check.py                       # cuda:0, 6 steps, batch 4, max_length 500
     python experiments/gpu_check.py --steps 10 --batch-size 8 --device cuda:1
 
-Without CUDA it refuses (one line on stderr, exit status 2). Exit status 1 if a loss is not finite.
+With two or more GPUs visible it also runs one ZeRO-3 trial over two of them (``torchrun -m
+study.trial.distributed``, the path of ``torchrun ... experiments/sweep.py``) and compares its per-step
+losses with the same configuration in one process (``multi-GPU:`` line; skipped without DeepSpeed).
+
+Without CUDA it refuses (one line on stderr, exit status 2). Exit status 1 if a loss is not finite or the
+two-GPU losses differ from one process's.
 Peak memory is ``torch.cuda.max_memory_allocated`` over each method's run (model, fp32 master weights,
 AdamW state, activations); step times leave out the first step (CUDA warm-up).
 """
@@ -119,8 +124,58 @@ def main(argv: list[str] | None = None) -> int:  # long: the checks run in order
     print(f"evaluate: {n_eval} items in {len(data.eval_sets)} sets, {seconds:.1f} s ({n_eval / seconds:.1f} items/s, "
           f"generation batch {args.eval_batch_size}); peak memory {gib(torch.cuda.max_memory_allocated(device)):.2f} "
           f"GiB; model utility {result.summary.get('model_utility', float('nan')):.3f}")
-    print("gpu_check: OK" if ok else "gpu_check: FAILED (a loss was not finite)")
+    if torch.cuda.device_count() >= 2:
+        ok &= multi_gpu_check()
+    print("gpu_check: OK" if ok else "gpu_check: FAILED (a loss was not finite, or two GPUs disagreed with one)")
     return 0 if ok else 1
+
+
+ZERO3_SETTINGS = ["--set", 'model.target="tiny-llama"', "--set", "train.lr=1e-3", "--set", "train.epochs=3",
+                  "--set", "data.n_authors=4", "--set", "data.tasks=[1, 2]", "--set", 'data.scenario="continual"',
+                  "--set", 'model.dtype="float32"', "--set", "train.batch_size=2", "--set", "train.grad_accum=2"]
+"""Continual NPO+KL on the random tiny Llama in fp32 (comparable step for step): two engines per task, a
+cached and a live reference."""
+
+
+def multi_gpu_check() -> bool:
+    """One ZeRO-3 trial over two GPUs against the same configuration in one process: True when every step's
+    loss agrees within 1e-4 relative (on CPU over gloo they agree to 1e-5, tests/test_distributed.py)."""
+    import importlib.util
+    import json
+    import os
+    import subprocess
+    import tempfile
+
+    from study import presets
+    from study.trial import distributed, runner
+
+    if importlib.util.find_spec("deepspeed") is None:
+        print("multi-GPU: skipped (DeepSpeed is not installed)")
+        return True
+    with tempfile.TemporaryDirectory() as out:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                   "-m", "study.trial.distributed", "--preset", "smoke", "--method", "NPO+KL", *ZERO3_SETTINGS,
+                   "--train-only", "--no-progress", "--tracking-uri", "none", "--out", out]
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": "0,1", "PYTHONPATH": str(ROOT)}
+        started = time.perf_counter()
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+        seconds = time.perf_counter() - started
+        if done.returncode != 0:
+            print(f"multi-GPU: FAILED, torchrun exited {done.returncode}: {done.stderr.strip()[-800:]}")
+            return False
+        two = json.loads((Path(out) / "history.json").read_text())["steps"]
+    cfg = presets.run_config("smoke", "NPO+KL", ZERO3_SETTINGS[1::2])
+    recorder = distributed.StepRecorder(runner.tasks_of(cfg))
+    device = torch.device("cuda", 0)
+    lm = runner.load_for_training(runner.target_model(cfg, runner.scenario_data(cfg, 1), device).path, cfg, device)
+    for _ in runner.unlearn_tasks(cfg, lm, runner.TrialHooks(callbacks=[recorder]), progress=False):
+        pass
+    one = recorder.steps
+    worst = max((abs(b["loss"] - a["loss"]) / max(abs(a["loss"]), 1e-12) for a, b in zip(one, two)), default=float("inf"))
+    ok = len(one) == len(two) and worst < 1e-4
+    print(f"multi-GPU: ZeRO-3 over 2 GPUs, {len(two)} steps in {seconds:.0f} s (incl. start-up); largest relative "
+          f"loss difference to one process {worst:.1e}{'' if ok else '  DIFFERS'}")
+    return ok
 
 
 if __name__ == "__main__":

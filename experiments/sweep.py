@@ -7,6 +7,11 @@
 
 Re-running the same command resumes the study and runs only the missing trials; several processes
 (or machines) started with the same --study-name and --storage share one study.
+
+    torchrun --nproc_per_node 2 experiments/sweep.py --preset paper-fictitious --method NPO+GD
+
+runs every trial over the processes torchrun starts (DeepSpeed ZeRO-3, train.deepspeed): rank 0 runs
+the study and writes the runs, the other ranks train with it (study/trial/ranks.py).
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from study.methods.hyperparams import SEARCHABLE_SETTINGS, SETTINGS  # noqa: E40
 from study.inputs.data import SPLITS  # noqa: E402
 from study.inputs.scenarios import SCENARIOS, scenario  # noqa: E402
 from study.config import (  # noqa: E402  (torch-free)
-    DEFAULT_EXPERIMENT, DEFAULT_STORAGE, DEFAULT_TRACKING_URI, KEEP, OBJECTIVES, SAMPLERS, SYSTEM_METRICS_S,
+    COLLECTIVE_TIMEOUT_S, DEFAULT_EXPERIMENT, DEFAULT_STORAGE, DEFAULT_TRACKING_URI, KEEP, OBJECTIVES, SAMPLERS,
+    SYSTEM_METRICS_S,
 )
 
 
@@ -75,7 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
       "by the next worker that starts a trial")
     a("--max-failures", type=int, metavar="N", help="stop a study after N failed trials in a row, e.g. a setting whose "
       "loss always turns NaN (default 5)")
+    a("--collective-timeout", type=int, metavar="SECONDS", help="under torchrun: seconds a training collective waits "
+      f"for the other ranks before the trial fails (default {COLLECTIVE_TIMEOUT_S})")
     return parser
+
+
+def world_size() -> int:
+    """How many processes torchrun started for this command (1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def plan(args) -> tuple[object, object, dict]:
@@ -95,7 +108,7 @@ def plan(args) -> tuple[object, object, dict]:
     if "name" in config["method"] and args.method:
         config["method"]["name"] = methods[0]
     cfg = presets.build(config)
-    check_inputs(cfg, args.device, args.needs if args.dry_run else None)
+    check_inputs(cfg, args.device, args.needs if args.dry_run else None, world_size())
     settings = study_settings(args, cfg, study, list(methods), fixed)
     spaces = {m: search_space(m, scenario(cfg.data.scenario).name, settings.sampler, settings.space, settings.fixed) for m in settings.methods}
     return cfg, settings, spaces
@@ -153,14 +166,21 @@ def apply_options(config: dict, args) -> list[str]:
     return sorted(SEARCHABLE_SETTINGS[key] for key in presets.apply_settings(config, args.set) if key in SEARCHABLE_SETTINGS)
 
 
-def check_inputs(cfg, device: str | None, needs: list | None = None) -> None:
+def check_inputs(cfg, device: str | None, needs: list | None = None, world: int = 1) -> None:
     """What would fail every trial, reported before anything is written: the device, the model names,
-    the embedder, the DeepSpeed file, the data (files, tasks, refusals, perturbed answers) and the
+    the embedder, the DeepSpeed file and its agreement with the run (batch geometry over ``world``
+    processes, precision, optimizer), the data (files, tasks, refusals, perturbed answers) and the
     sequence lengths against the data's longest prompts. What this machine lacks (CUDA) is appended to
     ``needs`` where given (a dry run), else raised."""
     from study.inputs import models
     from study.trial import runner
     from study.errors import StudyInputError, Unavailable
+
+    if world > 1 and not cfg.train.deepspeed:
+        raise StudyInputError(f"torchrun started {world} processes, which train each trial together with DeepSpeed "
+                              "ZeRO-3: set train.deepspeed (e.g. --set train.deepspeed=experiments/deepspeed/zero3.json)")
+    if world > 1 and cfg.eval.per_epoch:
+        raise StudyInputError("per-epoch evaluation (--prune, eval.per_epoch) runs in one process: drop it under torchrun")
 
     checked, available = None, True
     if device is not None:
@@ -186,8 +206,14 @@ def check_inputs(cfg, device: str | None, needs: list | None = None) -> None:
                                   f"({window[1]}): at most {window[0]}")
     if cfg.eval.embedder != "builtin":
         models.check_loadable(cfg.eval.embedder, "embedder")
-    if cfg.train.deepspeed is not None and not (ROOT / cfg.train.deepspeed).is_file() and not Path(cfg.train.deepspeed).is_file():
-        raise StudyInputError(f"train.deepspeed {cfg.train.deepspeed!r}: no such file")
+    if cfg.train.deepspeed is not None:
+        from study.training import zero
+
+        if not (ROOT / cfg.train.deepspeed).is_file() and not Path(cfg.train.deepspeed).is_file():
+            raise StudyInputError(f"train.deepspeed {cfg.train.deepspeed!r}: no such file")
+        # The config against the run's settings: batch geometry over the processes, precision, optimizer.
+        zero.fill_config(zero.load_config(cfg.train.deepspeed), cfg.train, world_size=world,
+                         dtype=runner.run_dtype(cfg, checked if available else None))
     if cfg.data.source and not cfg.data.source.startswith("hub"):  # the hub is read only when the study runs
         from study.inputs.data import check_eval_sets
         from study.trial.runner import scenario_data, source_for, tasks_of
@@ -239,6 +265,7 @@ def study_settings(args, cfg, study: dict, methods: list[str], fixed: list[str])
         max_failures=args.max_failures if args.max_failures is not None else study.get("max_failures", 5),
         fixed=fixed,
         system_metrics=args.system_metrics if args.system_metrics is not None else study.get("system_metrics", SYSTEM_METRICS_S),
+        collective_timeout=_first(args.collective_timeout, study.get("collective_timeout"), COLLECTIVE_TIMEOUT_S),
     )
 
 
@@ -313,6 +340,50 @@ def main(argv=None) -> int:
 
 
 def _main(args) -> int:
+    if world_size() > 1:
+        return _main_ranks(args)
+    return _main_leader(args)
+
+
+def _main_ranks(args) -> int:
+    """Under torchrun: every rank checks the same plan, rank 0 says in one line what is wrong with it (its
+    own error, another rank's, or ranks whose settings differ) before anything trains; then rank 0 runs the
+    studies (:func:`_main_leader`) and the other ranks follow its trials (``study.trial.ranks``)."""
+    import dataclasses
+
+    from study.errors import StudyInputError, interrupt_exit_code
+    from study.trial import ranks
+
+    error, agreed = None, {}
+    try:
+        cfg, settings, _ = plan(args)
+        agreed = {"config": cfg.to_dict(), "study": dataclasses.asdict(settings)}
+    except StudyInputError as failure:
+        error, settings = str(failure), None
+    channel = ranks.open_channel(settings.collective_timeout if settings else None)
+    verdict = channel.agree(agreed, error)
+    if verdict is not None:
+        if channel.is_leader:
+            print(f"error: {verdict}", file=sys.stderr)
+        return 2
+    if channel.is_leader:
+        leader, code = ranks.Leader(channel), 1
+        try:
+            code = _main_leader(args, leader)
+        finally:
+            if code not in (130, 143):  # interrupted: every rank was (Ctrl-C, torchrun's SIGTERM), none waits
+                leader.stop()  # the other ranks leave their loop
+        return code
+    if args.dry_run:
+        return 0
+    try:
+        ranks.follow(channel, channel.env.device)
+    except KeyboardInterrupt as stop:  # Ctrl-C, or torchrun stopping the job: rank 0 reports the trial
+        return interrupt_exit_code(stop)
+    return 0
+
+
+def _main_leader(args, leader=None) -> int:
     from study.errors import StudyFault, StudyInputError, interrupt_exit_code, interrupt_reason
 
     try:
@@ -326,6 +397,8 @@ def _main(args) -> int:
                       f"pass the URL in ${variable} instead", file=sys.stderr)
         if args.dry_run:
             print_plan(cfg, settings, spaces)
+            if leader is not None:
+                print(f"processes    {leader.channel.env.world_size} (torchrun): every trial trains over all of them")
             for need in args.needs:
                 print(f"a real run needs: {need}")
             return 0
@@ -335,7 +408,7 @@ def _main(args) -> int:
 
         print_plan(cfg, settings, spaces)
         print(checkpoint_estimate(cfg, settings))
-        sweep = Sweep(cfg, settings, progress=not args.no_progress, device=args.device)
+        sweep = Sweep(cfg, settings, progress=not args.no_progress, device=args.device, leader=leader)
         studies = sweep.run()
     except StudyInputError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -193,7 +193,8 @@ class TrainConfig:
     batch_size: int = 4
     """Micro-batch per device."""
     grad_accum: int = 4
-    """Gradient accumulation steps (effective batch = batch_size * grad_accum * devices)."""
+    """Micro-batches per optimizer step on all devices together (effective batch = batch_size * grad_accum,
+    whatever the number of processes; each of W processes accumulates grad_accum / W, so W must divide it)."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
     seed: int = 1001
@@ -348,6 +349,7 @@ Measured here: 20-25 ms of CPU per sample, 0.22% of one core at this interval (R
 SAMPLERS = ("tpe", "grid", "paper")
 OBJECTIVES = ("pareto", "average", "model_utility", "forget_efficacy")
 KEEP = ("best", "all", "none")
+COLLECTIVE_TIMEOUT_S = 1800  # default seconds a collective call (all-reduce ...) waits for the other ranks under torchrun
 HEARTBEAT_S = 30  # default Optuna heartbeat (s); a trial silent for 2x this long is failed by the next worker
 MAX_FAILURES = 5  # a worker stops a study after this many failed trials in a row
 MAX_TRIALS = 100_000
@@ -387,6 +389,9 @@ class StudySettings:
     system_metrics: float = SYSTEM_METRICS_S
     """Seconds between samples of MLflow's system metrics (``system/*``: CPU, memory, disk, network,
     GPU) logged to each trial's run while it trains and evaluates; 0 = off."""
+    collective_timeout: int = COLLECTIVE_TIMEOUT_S
+    """Under torchrun: seconds a collective call of the training (all-reduce, gather) waits for the other
+    ranks before the trial fails, so a rank that hangs ends the trial instead of the job waiting forever."""
 
     def __post_init__(self):
         check_study_name(self.study_name)
@@ -405,7 +410,7 @@ class StudySettings:
             raise one_of("keep-checkpoints policy", self.keep_checkpoints, KEEP)
         if not isinstance(self.n_trials, int) or isinstance(self.n_trials, bool) or not 1 <= self.n_trials <= MAX_TRIALS:
             raise StudyInputError(f"n_trials must be a positive integer up to {MAX_TRIALS}, got {self.n_trials!r}")
-        for name in ("heartbeat", "max_failures"):
+        for name in ("heartbeat", "max_failures", "collective_timeout"):
             if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool) or getattr(self, name) < 1:
                 raise StudyInputError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
             if getattr(self, name) > 10**6:

@@ -333,9 +333,13 @@ class Sweep:
     is a :class:`TrialObjective` call; the models trials are compared with are a
     ``study.trial.references.ReferenceModels``, shared by every study of the sweep."""
 
-    def __init__(self, cfg: RunConfig, settings: StudySettings, progress: bool = True, device=None, log=print):
+    def __init__(self, cfg: RunConfig, settings: StudySettings, progress: bool = True, device=None, log=print,
+                 leader=None):
         self.cfg, self.settings, self.progress, self.log = cfg, settings, progress, log
         self.device = device
+        self.leader = leader
+        """Under torchrun, rank 0's ``study.trial.ranks.Leader``: every trial trains over all the processes
+        (the other ranks follow it); None in one process."""
         self.tracker: Tracker | None = None
         self.references: ReferenceModels | None = None  # the target and retain models (set by run())
         self._objective: TrialObjective | None = None  # the study in progress (its trial's run ends KILLED on Ctrl-C or SIGTERM)
@@ -402,7 +406,7 @@ class Sweep:
         done = _counted(study)
         self.log(f"study {name}: {done}/{n_trials} trials finished" + (", resuming" if done else ""))
         self._objective = TrialObjective(self.cfg, self.settings, self.tracker, self.references, study, method, space,
-                                         parent, n_trials, progress=self.progress, log=self.log)
+                                         parent, n_trials, progress=self.progress, log=self.log, leader=self.leader)
         try:
             self._trials(study, storage, space, n_trials)
         except KeyboardInterrupt as stop:
@@ -517,10 +521,10 @@ class TrialObjective:
 
     def __init__(self, cfg: RunConfig, settings: StudySettings, tracker: Tracker, references: ReferenceModels,
                  study, method: str, space: dict, parent: str, n_trials: int, progress: bool = True,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, leader=None):
         self.cfg, self.settings, self.tracker, self.references = cfg, settings, tracker, references
         self.study, self.method, self.space, self.parent, self.n_trials = study, method, space, parent, n_trials
-        self.progress, self.log = progress, log
+        self.progress, self.log, self.leader = progress, log, leader
         self.run: TrialRun | None = None
         """The MLflow run of the trial in progress."""
         self.error: Exception | None = None
@@ -577,9 +581,12 @@ class TrialObjective:
             callbacks=[run.steps], on_data=run.on_data,
             on_task=lambda result: run.on_task(result, retain_run_id=references.retain_run_id(result.task)),
             make_epoch_callback=lambda evaluate_fn, task: _PruneOnEpoch(trial, evaluate_fn, self.settings.objective, run),
-            retain_forget_truth_ratios=references.retain_truth_ratios, retain_mia_aucs=references.retain_mia_aucs)
+            retain_forget_truth_ratios=references.retain_truth_ratios, retain_mia_aucs=references.retain_mia_aucs,
+            fit=self.leader.fit if self.leader is not None else None)
+        # Under torchrun the other ranks take part in the trial's training while this block runs.
+        ranks = self.leader.trial(cfg, prepared.path) if self.leader is not None else contextlib.nullcontext()
         try:
-            with run.system_metrics(self.settings.system_metrics):
+            with run.system_metrics(self.settings.system_metrics), ranks:
                 device = references.device()
                 result = run_trial(cfg, hooks, device=device, metric_models=references.metric_models_on(device),
                                    progress=self.progress, target=prepared)

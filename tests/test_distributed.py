@@ -39,11 +39,12 @@ def train_cfg(**changes) -> TrainConfig:
 def test_shipped_zero3_config_fills_completely():
     raw = Z.load_config(None)
     assert raw == json.loads((ROOT / "experiments/deepspeed/zero3.json").read_text())
-    filled = Z.fill_config(raw, train_cfg(), world_size=2, dtype=torch.bfloat16, hidden_size=64)
+    filled = Z.fill_config(raw, train_cfg(grad_accum=6), world_size=2, dtype=torch.bfloat16, hidden_size=64)
     assert Z.zero_stage(filled) == 3
     assert filled["train_micro_batch_size_per_gpu"] == 4
+    # grad_accum counts the micro-batches of a step on all ranks: 6 over 2 ranks is 3 each, a batch of 24.
     assert filled["gradient_accumulation_steps"] == 3
-    assert filled["train_batch_size"] == 4 * 3 * 2
+    assert filled["train_batch_size"] == 4 * 6
     assert filled["bf16"]["enabled"] is True
     assert filled["gradient_clipping"] == 0
     assert filled["zero_allow_untested_optimizer"] is True  # a torch AdamW is passed in
@@ -58,7 +59,7 @@ def test_fill_config_sizes_buckets_and_optimizer_from_the_model_and_train_config
                               "stage3_param_persistence_threshold": "auto"},
         "optimizer": {"type": "AdamW", "params": {"lr": "auto", "weight_decay": "auto"}},
     }
-    filled = Z.fill_config(raw, train_cfg(), world_size=2, dtype=torch.float32, hidden_size=64)
+    filled = Z.fill_config(raw, train_cfg(grad_accum=4), world_size=2, dtype=torch.float32, hidden_size=64)
     zero = filled["zero_optimization"]
     assert (zero["reduce_bucket_size"], zero["stage3_prefetch_bucket_size"], zero["stage3_param_persistence_threshold"]) \
         == (64 * 64, int(0.9 * 64 * 64), 640)
@@ -67,8 +68,17 @@ def test_fill_config_sizes_buckets_and_optimizer_from_the_model_and_train_config
 
 
 def test_fill_config_refuses_what_it_cannot_honour():
-    with pytest.raises(StudyInputError, match="train_batch_size=64.*use \"auto\""):
-        Z.fill_config({"train_batch_size": 64}, train_cfg(), world_size=2, dtype=torch.float32)
+    with pytest.raises(StudyInputError, match="train_batch_size=64.*train.batch_size 4, train.grad_accum 4, 2 processes.*use \"auto\""):
+        Z.fill_config({"train_batch_size": 64}, train_cfg(grad_accum=4), world_size=2, dtype=torch.float32)
+    # A world size that does not divide the global accumulation: one line naming the setting and a way out.
+    with pytest.raises(StudyInputError, match=r"train.grad_accum 3 .* not divisible by the 2 processes: use a multiple of 2"):
+        Z.fill_config({}, train_cfg(grad_accum=3), world_size=2, dtype=torch.float32)
+    # A config that contradicts the run's precision or optimizer settings, instead of overriding them silently.
+    with pytest.raises(StudyInputError, match=r"bf16.enabled=True, but the run gives False \(the model's precision, model.dtype\)"):
+        Z.fill_config({"bf16": {"enabled": True}}, train_cfg(), world_size=1, dtype=torch.float32)
+    with pytest.raises(StudyInputError, match=r"optimizer.params.lr=0.001, but the run gives 2e-05 \(train.lr\)"):
+        Z.fill_config({"optimizer": {"type": "AdamW", "params": {"lr": 1e-3}}}, train_cfg(), world_size=1, dtype=torch.float32)
+    assert Z.fill_config({"bf16": {"enabled": True}}, train_cfg(), world_size=1, dtype=torch.bfloat16)["bf16"]["enabled"]
     with pytest.raises(StudyInputError, match="scheduler"):
         Z.fill_config({"scheduler": {"type": "WarmupLR"}}, train_cfg(), world_size=1, dtype=torch.float32)
     with pytest.raises(StudyInputError, match="zero_optimization.sub_group_size"):
@@ -136,9 +146,11 @@ def test_zero3_on_two_processes_takes_the_steps_of_one_process(tmp_path):
     extensions = tmp_path / "torch_extensions"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "DS_ACCELERATOR": "cpu",
            "TORCH_EXTENSIONS_DIR": str(extensions), "PYTHONPATH": str(ROOT)}
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "study.trial.distributed", *COMMON, "--set", "train.batch_size=2", "--set", "train.grad_accum=1",
-               "--train-only", "--no-progress", "--out", str(tmp_path / "out")]
+               "-m", "study.trial.distributed", *COMMON, "--set", "train.batch_size=2", "--set", "train.grad_accum=2",
+               "--train-only", "--no-progress", "--out", str(tmp_path / "out"), "--tracking-uri", tracking,
+               "--keep-checkpoints", "none"]
     run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     written = json.loads((tmp_path / "out" / "history.json").read_text())
@@ -146,7 +158,18 @@ def test_zero3_on_two_processes_takes_the_steps_of_one_process(tmp_path):
     two = written["steps"]
     assert not any(extensions.rglob("*.so")), "DeepSpeed compiled an extension on CPU"
 
-    # The same global batches in one plain PyTorch process: 2 micro-batches accumulated per step.
+    # Rank 0 logged the run to MLflow as a sweep's trial: every setting, train/* per step (both tasks on one axis).
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking)
+    (logged,) = client.search_runs([client.get_experiment_by_name(D.EXPERIMENT).experiment_id])
+    assert logged.info.status == "FINISHED" and logged.data.tags["study.world_size"] == "2"
+    assert logged.data.params["train.grad_accum"] == "2" and logged.data.params["method.name"] == "NPO+KL"
+    losses = [m.value for m in sorted(client.get_metric_history(logged.info.run_id, "train/loss"), key=lambda m: m.step)]
+    assert losses == pytest.approx([s["loss"] for s in two], rel=1e-6)
+
+    # The same configuration in one plain PyTorch process: the same global batches (2 micro-batches of 2 per
+    # step; under ZeRO-3 each rank took one of them).
     settings = COMMON[4:] + ["--set", "train.batch_size=2", "--set", "train.grad_accum=2"]
     cfg = presets.run_config("smoke", "NPO+KL", settings[1::2])
     recorder = D.StepRecorder([1, 2])
@@ -180,7 +203,7 @@ def test_zero3_in_one_process_without_torchrun(tmp_path):
                 "TORCH_EXTENSIONS_DIR": str(tmp_path / "torch_extensions")})
     command = [sys.executable, "-m", "study.trial.distributed", *COMMON[:4], "--set", 'model.target="tiny-llama"',
                "--set", "data.n_authors=4", "--set", "train.epochs=1", "--train-only", "--no-progress",
-               "--out", str(tmp_path / "out")]
+               "--out", str(tmp_path / "out"), "--tracking-uri", "none"]
     run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     written = json.loads((tmp_path / "out" / "history.json").read_text())
@@ -200,7 +223,8 @@ def test_zero3_entry_ends_on_sigterm_like_ctrl_c(tmp_path):
     env.update({"HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(ROOT),
                 "TORCH_EXTENSIONS_DIR": str(tmp_path / "torch_extensions")})
     command = [sys.executable, "-m", "study.trial.distributed", *COMMON[:4], "--set", 'model.target="tiny-llama"',
-               "--set", "data.n_authors=4", "--set", "train.epochs=400", "--train-only", "--out", str(tmp_path / "out")]
+               "--set", "data.n_authors=4", "--set", "train.epochs=400", "--train-only", "--out", str(tmp_path / "out"),
+               "--tracking-uri", "none"]
     stderr = tmp_path / "stderr.txt"
     with stderr.open("w") as err:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err, text=True)

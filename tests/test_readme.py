@@ -199,18 +199,30 @@ def check_analysis(command: Command, request, monkeypatch, capsys) -> None:
 
 
 def check_torchrun(command: Command, request, monkeypatch, capsys) -> None:
-    """``torchrun ... -m study.trial.distributed ...``: torchrun's own parser, then study.trial.distributed's, and the
-    preset and method resolve to a configuration (no process is started)."""
+    """``torchrun ... experiments/sweep.py ...`` or ``torchrun ... -m study.trial.distributed ...``: torchrun's own
+    parser, then the script's; the sweep's plan is checked as each of the ``--nproc_per_node`` processes checks
+    it (the batch geometry over that many processes, the DeepSpeed config), the entry's configuration as it
+    builds it (no process is started)."""
     from torch.distributed.run import get_args_parser
 
     from study.trial import distributed
-    from study import presets
 
     launch = get_args_parser().parse_args(command.argv[1:])
-    assert launch.module and launch.training_script == "study.trial.distributed", launch
+    if not launch.module:
+        from experiment_scripts import load
+
+        assert launch.training_script == "experiments/sweep.py", launch
+        sweep = load("sweep")
+        monkeypatch.setattr(sweep, "world_size", lambda: int(launch.nproc_per_node))
+        monkeypatch.chdir(ROOT)
+        cfg, settings, _ = sweep.plan(sweep.build_parser().parse_args([*launch.training_script_args, "--dry-run"]))
+        assert cfg.train.deepspeed and settings.methods
+        return
+    assert launch.training_script == "study.trial.distributed", launch
     args = distributed.build_parser().parse_args(launch.training_script_args)
-    cfg = presets.run_config(args.preset, args.method, args.set)
-    assert cfg.method.name == (args.method or cfg.method.name)
+    monkeypatch.setenv("WORLD_SIZE", str(launch.nproc_per_node))
+    cfg, _ = distributed._configure(args)
+    assert cfg.method.name == (args.method or cfg.method.name) and cfg.train.deepspeed
 
 
 def check_mlflow_ui(command: Command, request, monkeypatch, capsys) -> None:

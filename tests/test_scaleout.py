@@ -134,3 +134,49 @@ def test_servers_listen_on_loopback_only(servers):
     pg, server, _ = servers
     for port in (pg.port, server.port):
         assert _listening(port) == {"0100007F"}, (port, _listening(port))  # 127.0.0.1, nothing else
+
+
+def test_two_torchrun_workers_of_zero3_trials_share_one_study(servers, tmp_path):
+    """Issue 31: two workers, each ``torchrun --nproc_per_node 2 experiments/sweep.py`` (every trial ZeRO-3 over
+    its two processes, gloo), share one study over PostgreSQL and the MLflow server: exactly N finished trials,
+    each with one FINISHED run that its worker's rank 0 wrote, nothing left RUNNING."""
+    import optuna
+    from optuna.trial import TrialState
+    from mlflow.tracking import MlflowClient
+
+    from experiment_scripts import load
+
+    pg, server, folder = servers
+    experiment = "scale-out-zero3"
+    load("services").init_stores(pg.url("optuna"), server.url, experiment)
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env.update({"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": "", "DS_ACCELERATOR": "cpu",
+                "TORCH_EXTENSIONS_DIR": str(tmp_path / "torch_extensions"), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
+                "OPTUNA_STORAGE": pg.url("optuna")})
+    workers = []
+    for index in range(2):
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                   "--log-dir", str(tmp_path / f"logs{index}"), "--redirects", "3", str(SWEEP), "--preset", "smoke",
+                   "--no-progress", "--n-trials", str(N_TRIALS), "--study-name", "scale-zero3", "--tracking-uri", server.url,
+                   "--experiment", experiment, "--system-metrics", "0", "--set", "train.grad_accum=2",
+                   "--set", 'train.deepspeed="experiments/deepspeed/zero3.json"']
+        workers.append(subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    for index, proc in enumerate(workers):
+        _, err = proc.communicate(timeout=1800)
+        logs = "".join(f.read_text() for f in sorted((tmp_path / f"logs{index}").rglob("*.log")))
+        assert proc.returncode == 0, logs[-5000:] + err[-2000:]
+
+    study = optuna.load_study(study_name="scale-zero3/ME+GD", storage=pg.url("optuna"))
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == N_TRIALS and len({t.number for t in complete}) == N_TRIALS
+    assert all(t.state == TrialState.FAIL and t.user_attrs.get("surplus") for t in study.trials if t.state != TrialState.COMPLETE)
+    ran = [f.read_text() for f in (tmp_path / "logs0").rglob("0/stdout.log")] + \
+          [f.read_text() for f in (tmp_path / "logs1").rglob("0/stdout.log")]
+    assert all("MU " in text for text in ran), "both workers ran trials"
+    client = MlflowClient(server.url)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    trials = [r for r in runs if r.data.tags.get("study.kind") == "trial"]
+    assert {t.user_attrs["mlflow_run_id"] for t in complete} == {r.info.run_id for r in trials}
+    assert {r.info.status for r in trials} == {"FINISHED"}
+    assert all(r.data.params["train.deepspeed"] == "experiments/deepspeed/zero3.json" for r in trials)
+    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]

@@ -2,17 +2,19 @@
 models. It knows nothing of MLflow or Optuna: it emits ``StepEvent`` / ``EpochEvent`` to callbacks.
 
 Schedule (docs/science.md §4): AdamW (weight decay 0.01, none on biases and norms), effective batch =
-micro-batch x accumulation x devices, ``max_steps = floor(epochs * N / effective_batch)``, linear
+micro-batch x accumulation, ``max_steps = floor(epochs * N / effective_batch)``, linear
 warm-up over the first epoch's steps when that is more than one step, then linear decay to 0, as
 transformers' ``get_linear_schedule_with_warmup`` (step 0 of a warm-up runs at lr 0). No gradient
 clipping: the reference's DeepSpeed config has none, and DeepSpeed then does not clip.
 
 Data order: one stream of per-epoch permutations (a local ``torch.Generator`` seeded by ``seed +
-epoch``). Optimizer step ``s`` takes the next ``effective_batch`` indices; micro-batch ``j`` of it is
-processed by rank ``j % world_size``. So one process with ``grad_accum * W`` micro-batches sees
-exactly the global batches that ``W`` processes see, and both average the same micro-batch gradients
-(each micro-batch loss is divided by the accumulation steps; DeepSpeed also averages over ranks).
-Reported step losses are means over the global batch's micro-batches on every rank.
+epoch``). Optimizer step ``s`` takes the next ``effective_batch`` indices, ``grad_accum`` micro-batches
+of ``batch_size``; micro-batch ``j`` is processed by rank ``j % world_size``, so each of ``W`` processes
+accumulates ``grad_accum / W`` of them (``W`` must divide ``grad_accum``). ``grad_accum`` counts the
+micro-batches of one optimizer step on all devices together: a configuration means the same global
+batches, the same steps and the same averaged gradients on one process or on ``W`` (each micro-batch loss
+is divided by the rank's accumulation steps, and DeepSpeed averages over ranks). Reported step losses are
+means over the global batch's micro-batches on every rank.
 
 Multi-process training goes through a DeepSpeed engine (``engine=``, built by ``study.training.zero``), or
 through ``unlearn(fit=study.training.zero.train_with_deepspeed)``, which builds the engines itself (``study.trial.runner``
@@ -217,6 +219,17 @@ def _rank_mean(values: list[float], device, world_size: int) -> list[float]:
     return (tensor / world_size).tolist()
 
 
+def ranks_accumulation(grad_accum: int, world_size: int) -> int:
+    """The micro-batches each of ``world_size`` ranks accumulates per optimizer step: ``grad_accum``
+    (the global count) split evenly; a world size that does not divide it is refused."""
+    if grad_accum % world_size:
+        raise StudyInputError(
+            f"train.grad_accum {grad_accum} (micro-batches per optimizer step, all processes together) is not "
+            f"divisible by the {world_size} processes: use a multiple of {world_size} (e.g. "
+            f"{world_size * max(1, round(grad_accum / world_size))}) or another number of processes")
+    return grad_accum // world_size
+
+
 def _check_engine(engine, batch_size: int, grad_accum: int, world_size: int) -> None:
     """The engine's batch geometry must be the loop's, and the loop owns the learning rate."""
     expected = {
@@ -262,7 +275,8 @@ def train_loop(
     through fp32 master weights (:class:`Fp32MasterWeights`). With ``engine`` (a DeepSpeed engine
     wrapping ``model``, e.g. from ``study.training.zero.deepspeed_engine``), ``loss_fn`` gets the engine,
     backward/step go through it, and ``world_size``/``rank`` select this process's micro-batches; the
-    engine's micro-batch and accumulation steps must be ``batch_size`` and ``grad_accum``.
+    engine's micro-batch and accumulation steps must be ``batch_size`` and ``grad_accum / world_size``
+    (``grad_accum``: micro-batches per optimizer step over all ranks).
 
     Raises:
         NonFiniteLoss: a micro-batch loss is NaN or infinite (on any rank); the message names the step.
@@ -274,8 +288,9 @@ def train_loop(
                          "without one nothing averages gradients across ranks")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside world_size {world_size}")
+    per_rank = ranks_accumulation(grad_accum, world_size)
     n_items = len(dataset)
-    effective = batch_size * grad_accum * world_size
+    effective = batch_size * grad_accum
     max_steps = max_steps_for(n_items, epochs, effective)
     warmup = warmup_steps_for(n_items, effective)
     device = next(model.parameters()).device
@@ -285,7 +300,7 @@ def train_loop(
     elif engine is None:
         optimizer = adamw(adamw_param_groups(model, weight_decay), lr)
     else:
-        _check_engine(engine, batch_size, grad_accum, world_size)
+        _check_engine(engine, batch_size, per_rank, world_size)
         optimizer = engine.optimizer
     trained = engine if engine is not None else model
     trained.train()
@@ -303,7 +318,7 @@ def train_loop(
         consumed += effective
         total = 0.0
         parts_sum: dict[str, float] = {}
-        micro_batches = [indices[j * batch_size:(j + 1) * batch_size] for j in range(grad_accum * world_size)]
+        micro_batches = [indices[j * batch_size:(j + 1) * batch_size] for j in range(grad_accum)]
         for micro in micro_batches[rank::world_size]:
             batch = _to(collate([dataset[i] for i in micro], full_width_parts=getattr(dataset, "full_width_parts", ())), device)
             loss, parts = loss_fn(trained, batch)
@@ -319,10 +334,10 @@ def train_loop(
                 engine.backward(loss)  # DeepSpeed divides by its accumulation steps itself
                 engine.step()  # steps the optimizer only at the accumulation boundary
             else:
-                (loss / grad_accum).backward()
-            total += loss.item() / grad_accum
+                (loss / per_rank).backward()
+            total += loss.item() / per_rank
             for key, value in parts.items():
-                parts_sum[key] = parts_sum.get(key, 0.0) + float(value) / grad_accum
+                parts_sum[key] = parts_sum.get(key, 0.0) + float(value) / per_rank
         if engine is None:
             if master is not None:
                 master.grads_in()

@@ -1,8 +1,9 @@
 """DeepSpeed ZeRO-3 training, the paper's multi-GPU set-up (docs/science.md §4: ZeRO-3 on two A100-40GB, bf16).
 
 The training loop (``study.training.train.train_loop``) gives micro-batch ``j`` of each global batch to rank
-``j % world_size``, so ``W`` processes with ``grad_accum`` micro-batches each take the same optimizer
-steps as one process with ``W * grad_accum`` (same per-step losses). This module builds the engines
+``j % world_size``: ``train.grad_accum`` counts the micro-batches of one optimizer step on all ranks, so
+``W`` processes take the same optimizer steps as one process with the same configuration (same
+per-step losses), each accumulating ``grad_accum / W``. This module builds the engines
 that loop steps through; ``study.trial.distributed`` is the ``torchrun`` entry point that uses it.
 
 Pieces, usable on their own:
@@ -35,6 +36,7 @@ Running on CPU (tests, machines without GPUs); each point is handled here, nothi
 from __future__ import annotations
 
 import copy
+import datetime
 import json
 import os
 import socket
@@ -88,10 +90,12 @@ def _skip_cpu_shm_kernel() -> None:
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
-def init_distributed() -> DistEnv:
+def init_distributed(timeout_s: float | None = None) -> DistEnv:
     """Join the process group that torchrun describes (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
     ``MASTER_ADDR``, ``MASTER_PORT``), or make a one-process group when not launched by torchrun.
-    Idempotent. The backend is the accelerator's: nccl on CUDA, gloo on CPU."""
+    Idempotent (the first call's ``timeout_s`` holds). The backend is the accelerator's: nccl on CUDA,
+    gloo on CPU. ``timeout_s``: how long a collective call waits for the other ranks before it fails
+    (None: torch's default, 10 min for nccl and 30 for gloo)."""
     import deepspeed
     import torch.distributed as dist
     from deepspeed.accelerator import get_accelerator
@@ -107,10 +111,12 @@ def init_distributed() -> DistEnv:
     else:
         device = torch.device("cpu")
     if not dist.is_initialized():
+        timeout = {} if timeout_s is None else {"timeout": datetime.timedelta(seconds=timeout_s)}
         if "WORLD_SIZE" in os.environ:
-            dist.init_process_group(backend)
+            dist.init_process_group(backend, **timeout)
         else:
-            dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+            dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
+                                    **timeout)
     # DeepSpeed's engine asserts that a launcher set LOCAL_RANK; a one-process run had none.
     os.environ.setdefault("LOCAL_RANK", str(local_rank))
     deepspeed.init_distributed(dist_backend=backend, verbose=False)
@@ -162,8 +168,12 @@ def fill_config(config: Mapping, train_cfg, *, world_size: int, dtype: torch.dty
     """A copy of a DeepSpeed config with its ``"auto"`` values filled (as transformers' Trainer fills them).
 
     - batch geometry from ``train_cfg``: ``train_micro_batch_size_per_gpu`` = ``batch_size``,
-      ``gradient_accumulation_steps`` = ``grad_accum``, ``train_batch_size`` = their product times
-      ``world_size``; written when absent, and a value that disagrees is an error;
+      ``gradient_accumulation_steps`` = ``grad_accum / world_size`` (``grad_accum`` is the global count; a
+      world size that does not divide it is an error), ``train_batch_size`` = ``batch_size * grad_accum``;
+      written when absent, and a value that disagrees is an error;
+    - ``bf16.enabled`` / ``fp16.enabled`` given as true or false must match the model's ``dtype``, and
+      ``optimizer.params.lr`` / ``weight_decay`` given as numbers must match ``train_cfg``'s: a config that
+      contradicts the preset is an error naming the key, not a silent override;
     - ``bf16.enabled`` / ``fp16.enabled``: whether the model's ``dtype`` is bfloat16 / float16;
     - ``gradient_clipping``: 0 (docs/science.md §4: the reference does not clip);
     - ``optimizer.params.lr`` / ``weight_decay`` from ``train_cfg`` when the config names an optimizer;
@@ -177,8 +187,8 @@ def fill_config(config: Mapping, train_cfg, *, world_size: int, dtype: torch.dty
     out = copy.deepcopy(dict(config))
     geometry = {
         "train_micro_batch_size_per_gpu": train_cfg.batch_size,
-        "gradient_accumulation_steps": train_cfg.grad_accum,
-        "train_batch_size": train_cfg.batch_size * train_cfg.grad_accum * world_size,
+        "gradient_accumulation_steps": train.ranks_accumulation(train_cfg.grad_accum, world_size),
+        "train_batch_size": train_cfg.batch_size * train_cfg.grad_accum,
     }
     for key, value in geometry.items():
         given = out.get(key, "auto")
@@ -186,7 +196,8 @@ def fill_config(config: Mapping, train_cfg, *, world_size: int, dtype: torch.dty
             out[key] = value
         elif given != value:
             raise StudyInputError(f"DeepSpeed config sets {key}={given!r}, but the training configuration gives {value} "
-                                  "(batch_size, grad_accum, number of processes): use \"auto\"")
+                                  f"(train.batch_size {train_cfg.batch_size}, train.grad_accum {train_cfg.grad_accum}, "
+                                  f"{world_size} processes): use \"auto\"")
     fills: dict[str, Any] = {
         "bf16.enabled": dtype == torch.bfloat16,
         "fp16.enabled": dtype == torch.float16,
@@ -202,8 +213,13 @@ def fill_config(config: Mapping, train_cfg, *, world_size: int, dtype: torch.dty
         })
     for dotted, value in fills.items():
         node, key = _node(out, dotted)
-        if node is not None and node.get(key) == "auto":
+        if node is None or key not in node:
+            continue
+        if node[key] == "auto":
             node[key] = value
+        elif dotted in _MUST_AGREE and node[key] != value:
+            raise StudyInputError(f"DeepSpeed config sets {dotted}={node[key]!r}, but the run gives {value!r} "
+                                  f"({_MUST_AGREE[dotted]}): use \"auto\"")
     if "scheduler" in out:
         raise StudyInputError("the DeepSpeed config has a 'scheduler' section: remove it; the training loop sets the "
                               "learning rate (docs/science.md §4: linear warm-up and decay)")
@@ -212,6 +228,15 @@ def fill_config(config: Mapping, train_cfg, *, world_size: int, dtype: torch.dty
     if left := _autos(out):
         raise StudyInputError(f"DeepSpeed config: cannot fill \"auto\" for {', '.join(left)}; give a value")
     return out
+
+
+_MUST_AGREE = {
+    "bf16.enabled": "the model's precision, model.dtype",
+    "fp16.enabled": "the model's precision, model.dtype",
+    "optimizer.params.lr": "train.lr",
+    "optimizer.params.weight_decay": "train.weight_decay",
+}
+"""Keys a DeepSpeed config may leave ``"auto"`` or give, but not give otherwise than the run's settings."""
 
 
 def zero_stage(config: Mapping) -> int:

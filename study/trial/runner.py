@@ -2,7 +2,8 @@
 
 Tracking and search stay outside: ``run_trial`` reports through ``TrialHooks`` (the study module wires
 them to MLflow and Optuna), so this file knows neither. The task loop itself is :func:`unlearn_tasks`,
-which ``study.trial.distributed`` drives too; :func:`fit_for` is where ``TrainConfig.deepspeed`` selects ZeRO-3.
+which ``study.trial.distributed`` and the followers of ``study.trial.ranks`` drive too; :func:`fit_for` is where
+``TrainConfig.deepspeed`` selects ZeRO-3.
 """
 
 from __future__ import annotations
@@ -148,6 +149,9 @@ class TrialHooks:
     retain_mia_aucs: object = None
     """``fn(task) -> dict | None``: the retain model's ``mia_auc/<attack>`` on the same forget and holdout
     items (PrivLeak, docs/science-beyond-paper.md §3)."""
+    fit: object = None
+    """How each task trains (a ``study.training.train.Fit``); None: :func:`fit_for` the run's ``train``
+    settings. A trial over several processes passes ``study.trial.ranks.Leader.fit``."""
 
 
 @dataclass
@@ -229,7 +233,8 @@ def unlearn_tasks(cfg: RunConfig, lm: models.LoadedModel, hooks: TrialHooks | No
         if extra is not None:
             callbacks.append(extra)
         trained = train.unlearn(lm.model, lm.tokenizer, lm.prompt, method, data, cfg.train, cfg.method.label_mode(),
-                                ref_model=ref_model, callbacks=callbacks, progress=progress, fit=fit_for(cfg.train))
+                                ref_model=ref_model, callbacks=callbacks, progress=progress,
+                                fit=hooks.fit or fit_for(cfg.train))
         del ref_model
         yield Unlearned(task, data, trained)
 
