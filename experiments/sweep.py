@@ -354,10 +354,13 @@ def _main_ranks(args) -> int:
     from study.errors import StudyInputError, interrupt_exit_code
     from study.trial import ranks
 
+    from study.credentials import redact
+
     error, agreed = None, {}
     try:
         cfg, settings, _ = plan(args)
-        agreed = {"config": cfg.to_dict(), "study": dataclasses.asdict(settings)}
+        stores = {"storage": redact(settings.storage), "tracking_uri": redact(settings.tracking_uri)}  # never a password
+        agreed = {"config": cfg.to_dict(), "study": {**dataclasses.asdict(settings), **stores}}
     except StudyInputError as failure:
         error, settings = str(failure), None
     channel = ranks.open_channel(settings.collective_timeout if settings else None)

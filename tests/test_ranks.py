@@ -152,7 +152,7 @@ def test_a_torchrun_study_takes_the_steps_of_the_same_study_in_one_process(tmp_p
         assert got == pytest.approx(expected, rel=1e-5), f"trial {number}"
         assert min(expected) < 0.95 * expected[0]  # the losses moved: not two constant sequences
         # Evaluation ran on rank 0 as in one process, on (up to float rounding) the same model.
-        assert b.data.metrics["forget/prob"] == pytest.approx(a.data.metrics["forget/prob"], rel=1e-3)
+        assert b.data.metrics["forget/probability"] == pytest.approx(a.data.metrics["forget/probability"], rel=1e-3)
 
 
 RANK_ARGV = """
@@ -205,7 +205,8 @@ def test_a_follower_killed_mid_trial_leaves_nothing_running(tmp_path):
     import optuna
     from optuna.trial import TrialState
 
-    args = [*STUDY, *ZERO3, "--set", "train.epochs=400", "--n-trials", "1", *_stores(tmp_path, "killed")]
+    args = [*STUDY, *ZERO3, "--set", "train.epochs=400", "--n-trials", "1", "--collective-timeout", "120",
+            *_stores(tmp_path, "killed")]
     process = subprocess.Popen(_torchrun(tmp_path, SWEEP, *args), cwd=ROOT, env=_env(tmp_path),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline, losses = time.monotonic() + 900, 0
