@@ -150,7 +150,7 @@ def test_a_torchrun_study_takes_the_steps_of_the_same_study_in_one_process(tmp_p
         expected, got = _losses(tmp_path, a), _losses(tmp_path, b)
         assert len(expected) == len(got) > 2  # both tasks' steps
         assert got == pytest.approx(expected, rel=1e-5), f"trial {number}"
-        assert min(expected) < 0.95 * expected[0]  # the losses moved: not two constant sequences
+        assert max(expected) - min(expected) > 1e-3 * abs(expected[0])  # the losses moved: not two constant sequences
         # Evaluation ran on rank 0 as in one process, on (up to float rounding) the same model.
         assert b.data.metrics["forget/probability"] == pytest.approx(a.data.metrics["forget/probability"], rel=1e-3)
 
@@ -229,6 +229,7 @@ def test_a_follower_killed_mid_trial_leaves_nothing_running(tmp_path):
     runs = _trial_runs(tmp_path, "killed/NPO+KL")
     assert trial.state == TrialState.FAIL, trial.state
     assert runs[0].info.status in ("KILLED", "FAILED") and runs[0].data.tags.get("study.failure_reason"), runs[0].info
+    print(f"killed follower: trial {trial.state.name}, run {runs[0].info.status}: {runs[0].data.tags['study.failure_reason'][:200]}")
     study_runs = [r for r in _all_runs(tmp_path) if r.info.status == "RUNNING"]
     assert not study_runs, [(r.info.run_name, r.info.status) for r in study_runs]
 
