@@ -39,8 +39,9 @@ def test_paper_fictitious_dry_run_prints_reference_settings(sweep, capsys, tmp_p
     assert sweep.main(["--preset", "paper-fictitious", "--dry-run", "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 0
     out = capsys.readouterr().out
     s = settings_of(out)
-    # docs/science.md §4: AdamW wd 0.01, lr 1e-5, 4 per device x 4 accumulation (x 2 GPUs = 32), 5 epochs, seed 1001.
-    assert (s["train.lr"], s["train.epochs"], s["train.batch_size"], s["train.grad_accum"]) == ("1e-05", "5", "4", "4")
+    # docs/science.md §4: AdamW wd 0.01, lr 1e-5, 4 per device x 4 accumulation x 2 GPUs = 32 (grad_accum counts
+    # the micro-batches on all GPUs together: 4 x 8 = 32 on any number of GPUs dividing 8), 5 epochs, seed 1001.
+    assert (s["train.lr"], s["train.epochs"], s["train.batch_size"], s["train.grad_accum"]) == ("1e-05", "5", "4", "8")
     assert (s["train.weight_decay"], s["train.seed"], s["train.max_length"]) == ("0.01", "1001", "500")
     assert s["model.name"] == "llama2-7b" and s["train.deepspeed"] == "experiments/deepspeed/zero3.json"
     assert "space ME+GD    lr in {1e-05}, forget_coeff in {0.1}" in out

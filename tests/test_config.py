@@ -15,7 +15,7 @@ from study.paper import PAPER_METHODS
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = ROOT / "experiments" / "presets"
 
-_PAPER_GPU = {"train.deepspeed": "experiments/deepspeed/zero3.json", "finetune.retain_model": False,
+_PAPER_GPU = {"train.deepspeed": "experiments/deepspeed/zero3.json", "train.grad_accum": 8, "finetune.retain_model": False,
               "eval.batch_size": 30, "eval.embedder": "sentence-transformers/paraphrase-MiniLM-L6-v2",
               "eval.nli": "sileod/deberta-v3-base-tasksource-nli", "method.name": "GA+GD"}
 # preset -> (the resolved settings that differ from RunConfig(), methods, sampler, trials per method, space)

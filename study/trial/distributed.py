@@ -180,8 +180,9 @@ def _lead(args, cfg, tracking: str | None, env: DistEnv, leader: ranks.Leader | 
         with together:
             if args.train_only:
                 lm = runner.load_for_training(target.path, cfg, env.device)
-                for _ in runner.unlearn_tasks(cfg, lm, hooks, first=first, progress=progress):
-                    pass  # training only: nothing to do between tasks
+                for done in runner.unlearn_tasks(cfg, lm, hooks, first=first, progress=progress):
+                    if run is not None:  # training only: the next task's steps continue the step axis
+                        run.next_task(done.trained.steps)
                 result = runner.TrialResult([], lm.model, lm.tokenizer, lm.prompt, target)
             else:
                 result = runner.run_trial(cfg, hooks, device=env.device, progress=progress, target=target)

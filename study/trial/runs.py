@@ -169,9 +169,13 @@ class TrialRun:
         if retain_run_id:
             tags["retain_run_id"] = retain_run_id
         self.tracker.tags(self.run_id, tags)
-        # Continual: the next task's optimizer steps continue this task's step axis of train/*.
+        self.next_task(result.steps)
+
+    def next_task(self, steps: int) -> None:
+        """A task of ``steps`` optimizer steps ended: the next task's steps continue its step axis of
+        ``train/*`` (continual). :meth:`on_task` calls it; a run without evaluation calls it itself."""
         self.steps.flush()
-        self.steps.offset += result.steps
+        self.steps.offset += steps
 
     def metric_step(self, task: int) -> int:
         """The MLflow step of a task's evaluation metrics: ``task`` in a sequential scenario (continual: the
