@@ -242,8 +242,10 @@ def open_storage(url: str, failed_trial_callback=None, heartbeat: int = HEARTBEA
         if url.startswith("sqlite:///"):
             Path(url[len("sqlite:///"):]).resolve().parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
-                                          grace_period=2 * heartbeat, heartbeat_stale_trial_callback=failed_trial_callback)
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5: chosen here, nothing to act on
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
+                                              grace_period=2 * heartbeat, heartbeat_stale_trial_callback=failed_trial_callback)
     except Exception as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise StudyInputError(f"Optuna storage {redact(url)} is unreachable: {type(error).__name__}: {scrub(first, url)}") from None

@@ -90,6 +90,17 @@ def _skip_cpu_shm_kernel() -> None:
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
+def quiet_deepspeed() -> None:
+    """DeepSpeed's INFO lines off, and torch's FutureWarning about the collective names DeepSpeed 0.19 still
+    calls (``all_gather_into_tensor``, ``reduce_scatter_tensor``: two lines per call, every step; nothing a
+    user of this repository can change) filtered for the ``torch.distributed`` module only."""
+    import logging
+    import warnings
+
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
+
+
 def init_distributed(timeout_s: float | None = None) -> DistEnv:
     """Join the process group that torchrun describes (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
     ``MASTER_ADDR``, ``MASTER_PORT``), or make a one-process group when not launched by torchrun.
@@ -100,6 +111,7 @@ def init_distributed(timeout_s: float | None = None) -> DistEnv:
     import torch.distributed as dist
     from deepspeed.accelerator import get_accelerator
 
+    quiet_deepspeed()
     accelerator = get_accelerator()
     if accelerator.device_name() == "cpu":
         _skip_cpu_shm_kernel()

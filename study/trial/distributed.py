@@ -22,7 +22,6 @@ import json
 import os
 import sys
 import traceback
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -80,14 +79,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet_deepspeed() -> None:
-    import logging
-
-    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-    # torch deprecates the collective names DeepSpeed 0.19 still calls, warning at every step.
-    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     with sigterm_as_interrupt():  # torchrun, Slurm and `timeout` send SIGTERM: handled like Ctrl-C
@@ -130,10 +121,8 @@ def _main(args) -> int:
             return 2
         env = DistEnv(0, 1, 0, models.default_device())
         if cfg.train.deepspeed:
-            _quiet_deepspeed()
             env = init_distributed(args.collective_timeout)
         return _lead(args, cfg, tracking, env, None)
-    _quiet_deepspeed()
     channel = ranks.open_channel(args.collective_timeout)
     verdict = channel.agree({"config": cfg.to_dict() if cfg else None, "tracking": tracking}, error)
     if verdict is not None:
