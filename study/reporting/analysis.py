@@ -265,7 +265,9 @@ def export_frames(tracking_uri: str, experiment: str, studies: Iterable[str],
     """What :func:`study.reporting.exports.write_export` writes, read from the store: (runs, items).
 
     ``runs``: the trials of the Optuna ``studies`` (names as the trials' ``study_name`` tag,
-    ``<study>/<method>``) and the target runs of ``target_scenarios``, one row per run and step (a
+    ``<study>/<method>``) and their target runs: the ones the trials name (``study.target_run_id``), or,
+    for trials that name none (recorded before the tag), the target runs of ``target_scenarios``
+    (a store shared by several presets holds other targets of the same scenario); one row per run and step (a
     continual trial's metrics are logged once per task, ``step = task``; other runs have one row):
     the columns of :func:`fetch_runs` at that step, ``step``, then every parameter as ``param/<key>``.
     ``items``: every ``eval/items*.csv`` of those runs, with ``run_id`` and ``file`` in front."""
@@ -279,19 +281,23 @@ def export_frames(tracking_uri: str, experiment: str, studies: Iterable[str],
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return empty
-    chosen, token = [], None
+    candidates, token = [], None  # in the order the runs started
     while True:
         page = client.search_runs([found.experiment_id], "", max_results=1000,
                                   order_by=["attributes.start_time ASC"], page_token=token)
         for run in page:
             tags = run.data.tags
-            if tags.get(f"{TAG}kind") == "trial" and tags.get(f"{TAG}study_name") in studies:
-                chosen.append(run)
-            elif tags.get(f"{TAG}kind") == "target" and _run_record(run)["scenario"] in target_scenarios:
-                chosen.append(run)
+            if (tags.get(f"{TAG}kind") == "trial" and tags.get(f"{TAG}study_name") in studies) \
+                    or tags.get(f"{TAG}kind") == "target":
+                candidates.append(run)
         token = page.token
         if not token:
             break
+    trials = [run for run in candidates if run.data.tags.get(f"{TAG}kind") == "trial"]
+    named = {run.data.tags.get(f"{TAG}target_run_id") for run in trials}
+    unnamed = any(run.data.tags.get(f"{TAG}target_run_id") is None for run in trials)
+    chosen = [run for run in candidates if run.data.tags.get(f"{TAG}kind") == "trial" or run.info.run_id in named
+              or (unnamed and _run_record(run)["scenario"] in target_scenarios)]
     records, item_frames = [], []
     for run in chosen:
         base = _run_record(run)
