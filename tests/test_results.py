@@ -575,3 +575,21 @@ def test_from_exports_without_an_export_ends_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert err.startswith(f"error: {tmp_path / 'export' / 'provenance.json'}: missing")
+
+
+def test_an_export_names_no_folder_of_the_machine_it_was_made_on(tmp_path):
+    """sweep.py records ``--data-dir ../shared/data/tofu`` resolved; the committed export says it relative to
+    the repository again (and leaves paths elsewhere, and other cells, as they are)."""
+    import pandas as pd
+
+    from study.reporting.exports import portable
+
+    root = tmp_path / "repo"
+    runs = pd.DataFrame({"run_id": ["a", "b"], "data_source": [f"{tmp_path}/shared/data/tofu", "builtin"],
+                         "param/data.source": [f"{tmp_path}/shared/data/tofu", "builtin"],
+                         "param/model.target": ["/elsewhere/ckpt", None], "MU": [0.5, 0.25]})
+    out = portable(runs, root)
+    assert list(out["data_source"]) == ["../shared/data/tofu", "builtin"]
+    assert list(out["param/data.source"]) == ["../shared/data/tofu", "builtin"]
+    assert out["param/model.target"].equals(runs["param/model.target"]) and list(out["MU"]) == [0.5, 0.25]
+    assert list(runs["data_source"])[0].startswith(str(tmp_path))  # the input is not modified

@@ -193,6 +193,25 @@ def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
     os.replace(tmp, path)
 
 
+REPOSITORY = Path(__file__).resolve().parents[2]
+
+
+def portable(runs: pd.DataFrame, root: Path = REPOSITORY) -> pd.DataFrame:
+    """``runs`` with every absolute path beside the repository (a data folder given to ``--data-dir`` as
+    ``../shared/data/tofu``, which sweep.py records resolved) written relative to the repository root
+    again, so a committed export names no machine's folders. Other cells are left as they are."""
+    prefix = str(root.parent) + os.sep
+
+    def relative(value):
+        if isinstance(value, str) and value.startswith(prefix):
+            return os.path.relpath(value, root)
+        return value
+
+    columns = [c for c in runs.columns if not pd.api.types.is_numeric_dtype(runs[c])
+               and runs[c].map(lambda v: isinstance(v, str) and v.startswith(prefix)).any()]
+    return runs.assign(**{c: runs[c].map(relative) for c in columns}) if columns else runs
+
+
 def write_export(folder: str | os.PathLike, runs: pd.DataFrame, items: pd.DataFrame, command: str,
                  studies: Iterable[str] = ()) -> Export:
     """Write (or grow) the export in ``folder/export``: ``runs`` (rows keyed :data:`KEY`) and ``items``
@@ -201,6 +220,7 @@ def write_export(folder: str | os.PathLike, runs: pd.DataFrame, items: pd.DataFr
     reader says so). Returns the export as written (the merged frames, in memory)."""
     out = _export_dir(folder)
     studies = set(studies)
+    runs = portable(runs)
     if (out / MARKER).exists():
         old = read_export(out)
         runs = merge_runs(old.runs, runs, str(out / RUNS_FILE))
