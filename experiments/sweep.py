@@ -176,12 +176,6 @@ def check_inputs(cfg, device: str | None, needs: list | None = None, world: int 
     from study.trial import runner
     from study.errors import StudyInputError, Unavailable
 
-    if world > 1 and not cfg.train.deepspeed:
-        raise StudyInputError(f"torchrun started {world} processes, which train each trial together with DeepSpeed "
-                              "ZeRO-3: set train.deepspeed (e.g. --set train.deepspeed=experiments/deepspeed/zero3.json)")
-    if world > 1 and cfg.eval.per_epoch:
-        raise StudyInputError("per-epoch evaluation (--prune, eval.per_epoch) runs in one process: drop it under torchrun")
-
     checked, available = None, True
     if device is not None:
         try:
@@ -206,14 +200,11 @@ def check_inputs(cfg, device: str | None, needs: list | None = None, world: int 
                                   f"({window[1]}): at most {window[0]}")
     if cfg.eval.embedder != "builtin":
         models.check_loadable(cfg.eval.embedder, "embedder")
-    if cfg.train.deepspeed is not None:
-        from study.training import zero
+    if cfg.train.deepspeed is not None and not (ROOT / cfg.train.deepspeed).is_file() and not Path(cfg.train.deepspeed).is_file():
+        raise StudyInputError(f"train.deepspeed {cfg.train.deepspeed!r}: no such file")
+    from study.trial import ranks
 
-        if not (ROOT / cfg.train.deepspeed).is_file() and not Path(cfg.train.deepspeed).is_file():
-            raise StudyInputError(f"train.deepspeed {cfg.train.deepspeed!r}: no such file")
-        # The config against the run's settings: batch geometry over the processes, precision, optimizer.
-        zero.fill_config(zero.load_config(cfg.train.deepspeed), cfg.train, world_size=world,
-                         dtype=runner.run_dtype(cfg, checked if available else None))
+    ranks.check_world(cfg, world, checked if available else None)  # DeepSpeed, per-epoch evaluation, the processes
     if cfg.data.source and not cfg.data.source.startswith("hub"):  # the hub is read only when the study runs
         from study.inputs.data import check_eval_sets
         from study.trial.runner import scenario_data, source_for, tasks_of
@@ -348,49 +339,32 @@ def _main(args) -> int:
 def _main_ranks(args) -> int:
     """Under torchrun: every rank checks the same plan, rank 0 says in one line what is wrong with it (its
     own error, another rank's, or ranks whose settings differ) before anything trains; then rank 0 runs the
-    studies (:func:`_main_leader`) and the other ranks follow its trials (``study.trial.ranks``)."""
+    studies (:func:`_main_leader`) and the other ranks follow its trials (``study.trial.ranks.run``)."""
     import dataclasses
 
-    from study.errors import StudyInputError, interrupt_exit_code
+    from study.credentials import redact
+    from study.errors import StudyInputError
     from study.trial import ranks
 
-    from study.credentials import redact
-
-    error, agreed = None, {}
+    error, agreed, planned = None, {}, None
     try:
-        cfg, settings, _ = plan(args)
+        planned = plan(args)
+        cfg, settings, _ = planned
         stores = {"storage": redact(settings.storage), "tracking_uri": redact(settings.tracking_uri)}  # never a password
         agreed = {"config": cfg.to_dict(), "study": {**dataclasses.asdict(settings), **stores}}
     except StudyInputError as failure:
-        error, settings = str(failure), None
-    channel = ranks.open_channel(settings.collective_timeout if settings else None)
-    verdict = channel.agree(agreed, error)
-    if verdict is not None:
-        if channel.is_leader:
-            print(f"error: {verdict}", file=sys.stderr)
-        return 2
-    if channel.is_leader:
-        leader, code = ranks.Leader(channel), 1
-        try:
-            code = _main_leader(args, leader)
-        finally:
-            if code not in (130, 143):  # interrupted: every rank was (Ctrl-C, torchrun's SIGTERM), none waits
-                leader.stop()  # the other ranks leave their loop
-        return code
-    if args.dry_run:
-        return 0
-    try:
-        ranks.follow(channel, channel.env.device)
-    except KeyboardInterrupt as stop:  # Ctrl-C, or torchrun stopping the job: rank 0 reports the trial
-        return interrupt_exit_code(stop)
-    return 0
+        error = str(failure)
+    timeout = planned[1].collective_timeout if planned else None
+    return ranks.run(agreed, error, timeout, lambda leader: _main_leader(args, leader, planned))
 
 
-def _main_leader(args, leader=None) -> int:
+def _main_leader(args, leader=None, planned=None) -> int:
+    """The studies in this process (rank 0 under torchrun, with its ``leader``); ``planned``: what
+    :func:`plan` gave already, if it ran."""
     from study.errors import StudyFault, StudyInputError, interrupt_exit_code, interrupt_reason
 
     try:
-        cfg, settings, spaces = plan(args)
+        cfg, settings, spaces = planned or plan(args)
         from study.credentials import redact
 
         for option, url in (("--storage", args.storage), ("--tracking-uri", args.tracking_uri)):

@@ -183,12 +183,11 @@ def fill_config(config: Mapping, train_cfg, *, world_size: int, dtype: torch.dty
       ``gradient_accumulation_steps`` = ``grad_accum / world_size`` (``grad_accum`` is the global count; a
       world size that does not divide it is an error), ``train_batch_size`` = ``batch_size * grad_accum``;
       written when absent, and a value that disagrees is an error;
-    - ``bf16.enabled`` / ``fp16.enabled`` given as true or false must match the model's ``dtype``, and
-      ``optimizer.params.lr`` / ``weight_decay`` given as numbers must match ``train_cfg``'s: a config that
-      contradicts the preset is an error naming the key, not a silent override;
     - ``bf16.enabled`` / ``fp16.enabled``: whether the model's ``dtype`` is bfloat16 / float16;
     - ``gradient_clipping``: 0 (docs/science.md §4: the reference does not clip);
     - ``optimizer.params.lr`` / ``weight_decay`` from ``train_cfg`` when the config names an optimizer;
+    - precision and optimizer values given instead of ``"auto"`` must equal these (:data:`_MUST_AGREE`): a
+      config that contradicts the preset is an error naming the key, not a silent override;
     - ZeRO-3 bucket sizes from the model's ``hidden_size`` (``h``): ``reduce_bucket_size = h*h``,
       ``stage3_prefetch_bucket_size = 0.9*h*h``, ``stage3_param_persistence_threshold = 10*h``.
 

@@ -31,7 +31,7 @@ from .. import presets
 from . import ranks, runner
 from ..config import COLLECTIVE_TIMEOUT_S, DEFAULT_TRACKING_URI, KEEP
 from ..errors import StudyInputError, interrupt_exit_code, interrupt_reason, sigterm_as_interrupt
-from ..training.zero import DEFAULT_CONFIG, DistEnv, fill_config, init_distributed, load_config
+from ..training.zero import DEFAULT_CONFIG, DistEnv, init_distributed, load_config
 
 EXPERIMENT = "distributed"
 """The MLflow experiment of this entry point's runs, unless ``--experiment`` names another."""
@@ -97,13 +97,9 @@ def _configure(args):
     cfg = presets.run_config(args.preset, args.method, args.set)
     deepspeed_path = args.deepspeed or cfg.train.deepspeed or str(DEFAULT_CONFIG)
     cfg = cfg.replace(train={"deepspeed": None if deepspeed_path == "none" else deepspeed_path})
-    if cfg.train.deepspeed:
-        fill_config(load_config(cfg.train.deepspeed), cfg.train, world_size=world,
-                    dtype=runner.run_dtype(cfg, None))  # batch geometry, precision, optimizer: before anything runs
-    elif world > 1:
+    if not cfg.train.deepspeed and world > 1:
         raise StudyInputError("--deepspeed none runs in one process; drop torchrun or give a DeepSpeed config")
-    if cfg.eval.per_epoch and world > 1:
-        raise StudyInputError("per-epoch evaluation (eval.per_epoch) runs in one process: drop it under torchrun")
+    ranks.check_world(cfg, world)  # the DeepSpeed config against the run, per-epoch evaluation: before anything runs
     tracking = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     return cfg, (None if tracking == "none" else tracking)
 
@@ -123,25 +119,9 @@ def _main(args) -> int:
         if cfg.train.deepspeed:
             env = init_distributed(args.collective_timeout)
         return _lead(args, cfg, tracking, env, None)
-    channel = ranks.open_channel(args.collective_timeout)
-    verdict = channel.agree({"config": cfg.to_dict() if cfg else None, "tracking": tracking}, error)
-    if verdict is not None:
-        if channel.is_leader:
-            print(f"error: {verdict}", file=sys.stderr)
-        return 2
-    if not channel.is_leader:
-        ranks.follow(channel, channel.env.device)
-        return 0
-    leader = ranks.Leader(channel)
-    try:
-        code = _lead(args, cfg, tracking, channel.env, leader)
-    except KeyboardInterrupt:  # every rank was interrupted (Ctrl-C, torchrun's SIGTERM): none waits
-        raise
-    except BaseException:
-        leader.stop()  # the other ranks leave their loop; the error is reported here
-        raise
-    leader.stop()
-    return code
+    settings = {"config": cfg.to_dict() if cfg else None, "tracking": tracking}
+    return ranks.run(settings, error, args.collective_timeout,
+                     lambda leader: _lead(args, cfg, tracking, leader.channel.env, leader))
 
 
 def _lead(args, cfg, tracking: str | None, env: DistEnv, leader: ranks.Leader | None) -> int:

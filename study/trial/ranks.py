@@ -20,10 +20,11 @@ Between messages the followers wait as long as rank 0 needs (evaluation, logging
 the control group's timeout is a week. Inside training the collectives time out after the study's
 ``collective_timeout`` (a rank stuck in a collective is an error, not a hang). A diverging loss is seen by
 every rank at the same step (the loop all-reduces its finiteness), so every rank drops the trial and the
-study goes on. Any other failure on a follower ends that process; ``torchrun`` then stops the others with
-SIGTERM, which ends rank 0's trial KILLED in MLflow and FAIL in Optuna (``sweep.py``'s SIGTERM handling),
-and a rank that was killed outright leaves its trial to the heartbeat: the next worker to start a trial
-fails it in both stores. Evaluation runs on rank 0 alone, as in one process (the other ranks wait).
+study goes on. Any other failure on a follower ends that process: rank 0's next collective call fails
+(the trial ends FAILED in MLflow, FAIL in Optuna) or ``torchrun``'s SIGTERM reaches it first (KILLED),
+whichever comes first; a rank 0 killed outright leaves its trial to the heartbeat: the next worker to
+start a trial fails it in both stores. Evaluation runs on rank 0 alone, as in one process (the other
+ranks wait). :func:`run` is a command's whole life under torchrun (``sweep.py``, ``study.trial.distributed``).
 """
 
 from __future__ import annotations
@@ -31,14 +32,13 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
-import pickle
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from . import runner
 from ..config import RunConfig
-from ..errors import StudyInputError
+from ..errors import StudyInputError, interrupt_exit_code
 from ..training import train, zero
 
 CONTROL_TIMEOUT = datetime.timedelta(days=7)
@@ -55,7 +55,7 @@ class Trial:
 
 @dataclass(frozen=True)
 class Train:
-    task: int | None
+    pass
 
 
 @dataclass(frozen=True)
@@ -134,6 +134,53 @@ def _first_difference(ours, theirs, prefix: str = "") -> str:
     return f"{prefix.rstrip('.')}: {ours!r} on rank 0, {theirs!r} there"
 
 
+def check_world(cfg: RunConfig, world: int, device=None) -> None:
+    """What stops ``cfg`` from running over ``world`` processes, raised (``StudyInputError``) before any
+    starts: no DeepSpeed config, per-epoch evaluation (one process only), and a DeepSpeed config that
+    contradicts the run (``study.training.zero.fill_config``: the batch geometry over the processes, the
+    precision on ``device``, the optimizer)."""
+    if world > 1 and not cfg.train.deepspeed:
+        raise StudyInputError(f"torchrun started {world} processes, which train each trial together with DeepSpeed "
+                              "ZeRO-3: set train.deepspeed (e.g. --set train.deepspeed=experiments/deepspeed/zero3.json)")
+    if world > 1 and cfg.eval.per_epoch:
+        raise StudyInputError("per-epoch evaluation (--prune, eval.per_epoch) runs in one process: drop it under torchrun")
+    if cfg.train.deepspeed:
+        zero.fill_config(zero.load_config(cfg.train.deepspeed), cfg.train, world_size=world,
+                         dtype=runner.run_dtype(cfg, device))
+
+
+def run(settings: dict, error: str | None, timeout_s: float | None, lead: Callable[["Leader"], int]) -> int:
+    """A command's whole life under torchrun, on every rank; returns the process's exit status. Each rank's
+    ``settings`` and the ``error`` its own checks raised are compared (:meth:`Channel.agree`): a verdict
+    is one ``error:`` line on rank 0 and status 2 everywhere, before anything trains. Then rank 0 runs
+    ``lead(leader)`` and the other ranks :func:`follow` it until it stops them, when ``lead`` returns or
+    raises, except on an interrupt (status 130 / 143, ``study.errors.interrupt_exit_code``): Ctrl-C and
+    torchrun's SIGTERM reach every rank, so then no rank waits for another."""
+    channel = open_channel(timeout_s)
+    verdict = channel.agree(settings, error)
+    if verdict is not None:
+        if channel.is_leader:
+            print(f"error: {verdict}", file=sys.stderr)
+        return 2
+    if not channel.is_leader:
+        try:
+            follow(channel, channel.env.device)
+        except KeyboardInterrupt as stop:  # rank 0 reports the trial
+            return interrupt_exit_code(stop)
+        return 0
+    leader, interrupted = Leader(channel), False
+    try:
+        code = lead(leader)
+        interrupted = code in (130, 143)
+        return code
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    finally:
+        if not interrupted:
+            leader.stop()
+
+
 def open_channel(timeout_s: float | None = None) -> Channel:
     """The process group torchrun describes (``study.training.zero.init_distributed``, its collectives timing out
     after ``timeout_s``) and the control channel over it."""
@@ -146,7 +193,6 @@ class Leader:
 
     def __init__(self, channel: Channel):
         self.channel = channel
-        self._open = False
 
     @contextlib.contextmanager
     def trial(self, cfg: RunConfig, target: str) -> Iterator[None]:
@@ -155,21 +201,19 @@ class Leader:
         stops every rank): then no rank waits for another."""
         if not cfg.train.deepspeed:
             raise StudyInputError("a trial over several processes trains with DeepSpeed: set train.deepspeed")
-        pickle.dumps(cfg.to_dict())  # a configuration that cannot travel fails here, before any rank waits
         self.channel.send(Trial(cfg.to_dict(), str(target)))
-        self._open = True
+        interrupted = False
         try:
             yield
         except KeyboardInterrupt:
-            self._open = False
+            interrupted = True
             raise
         finally:
-            if self._open:
-                self._open = False
+            if not interrupted:
                 self.channel.send(End())
 
     def fit(self, model, dataset, make_loss_fn, train_cfg, **kwargs) -> train.TrainResult:
-        self.channel.send(Train(None))
+        self.channel.send(Train())
         return zero.train_with_deepspeed(model, dataset, make_loss_fn, train_cfg, **kwargs)
 
     def stop(self) -> None:
@@ -177,7 +221,7 @@ class Leader:
         self.channel.send(Stop())
 
 
-def follow(channel: Channel, device, log=None) -> int:
+def follow(channel: Channel, device) -> int:
     """A follower's whole life: take part in every trial rank 0 announces until it says :class:`Stop`.
     Returns the number of trials it trained in. A failure other than a diverging loss propagates (the
     process ends; torchrun stops the job)."""
