@@ -13,7 +13,15 @@ count, and writes the per-item table.
     python experiments/probe_knowledge.py --data-dir ../shared/data/real_world --out docs/results/probe
 
 ``--limit N`` keeps the first N rows of each set (real-world: ``--per-task K`` keeps each person's
-first K questions instead, so every person is asked about).
+first K questions instead, so every person is asked about); ``--sets`` evaluates some sets only.
+
+``--known-out FILE`` writes the rows the model answers (ROUGE-L recall >= ``--known-threshold``, 1.0 by
+default: the whole answer, as the built-in general sets were chosen) of the general sets probed (Real
+Authors, World Facts; real-world: the neighbours), by position and question hash, no text
+(``study.inputs.data.KnownRows``); ``--set eval.known_rows=FILE`` then evaluates only those:
+
+    python experiments/probe_knowledge.py --data-dir ../shared/data/tofu --scenario fictitious \
+        --sets real_authors world_facts --known-out experiments/known/smollm2-135m-tofu.json
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ from study.errors import StudyInputError  # noqa: E402  (after the path)
 from study.inputs.scenarios import SCENARIOS  # noqa: E402
 
 MEASURES = ("rouge", "probability", "truth_ratio")
+GENERAL = ("real_authors", "world_facts", "neighbor")
+"""The sets a known-rows file may select (``study.inputs.data.load_tofu``, ``load_real_world``)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     a("--per-task", type=int, default=None, help="real-world: each person's first K questions")
     a("--batch-size", type=int, default=16, help="generation batch (default: %(default)s)")
     a("--max-length", type=int, default=200, help="generation length incl. the prompt (default: %(default)s)")
+    a("--sets", nargs="+", default=None, help="evaluate only these sets (default: every set of the scenario)")
     a("--out", default=None, help="folder for items.csv.gz and summary.json (default: print only)")
+    a("--known-out", default=None, help="write the general-set rows the model answers here (a known-rows file)")
+    a("--known-threshold", type=float, default=1.0,
+      help="ROUGE-L recall from which a row counts as answered (default: %(default)s)")
     a("--no-progress", action="store_true")
     return parser
 
@@ -70,12 +84,21 @@ def main(argv: list[str] | None = None) -> int:
         from study.evaluation import evaluate
 
         sc = SCENARIOS[args.scenario]  # its first default task (real-world: every person at once)
-        loaded = sc.load(data.DirectorySource(Path(args.data_dir).expanduser()), task=next(iter(sc.default_tasks), None))
+        source = data.DirectorySource(Path(args.data_dir).expanduser())
+        loaded = sc.load(source, task=next(iter(sc.default_tasks), None))
     except StudyInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    names = [s.name for s in loaded.eval_sets]
+    unknown = [name for name in args.sets or [] if name not in names]
+    if unknown:
+        print(f"error: --sets {unknown[0]}: not a set of the {args.scenario} scenario; valid: {', '.join(names)}",
+              file=sys.stderr)
+        return 2
     sets = []
     for eval_set in loaded.eval_sets:
+        if args.sets and eval_set.name not in args.sets:
+            continue
         rows = eval_set.rows
         if args.per_task:
             rows = _per_task(rows, args.per_task)
@@ -104,7 +127,33 @@ def main(argv: list[str] | None = None) -> int:
                 "limit": args.limit, "per_task": args.per_task, "max_length": args.max_length}
         (out / "summary.json").write_text(json.dumps(meta | summary, indent=1) + "\n")
         print(f"wrote {out / 'items.csv.gz'} and {out / 'summary.json'}")
+    if args.known_out:
+        full = {s.name: len(source.read(f"{s.name}_perturbed")) for s in sets if s.name in GENERAL}
+        write_known(Path(args.known_out), result.items, [s for s in sets if s.name in GENERAL], full, args)
     return 0
+
+
+def write_known(path: Path, items, sets, full: dict[str, int], args) -> None:
+    """The known-rows file (``study.inputs.data.KnownRows``): per general set, the rows whose ROUGE-L recall
+    reaches the threshold. ``full``: each set's rows in its file; a set probed on fewer (``--limit``, the
+    300-row cap) would name rows of a shorter list: refused."""
+    from study.inputs.data import question_id
+
+    out = {"model": args.model, "data": Path(args.data_dir).name, "scenario": args.scenario, "measure": "rouge",
+           "threshold": args.known_threshold, "made_by": "experiments/probe_knowledge.py", "sets": {}}
+    for eval_set in sets:
+        if len(eval_set.rows) != full[eval_set.name]:
+            raise SystemExit(f"error: --known-out needs every row of {eval_set.name} ({full[eval_set.name]}); "
+                             "drop --limit / --per-task")
+        scores = items[items["set"] == eval_set.name].sort_values("item")["rouge"].to_numpy()
+        kept = [[i, question_id(row["question"])] for i, (row, score) in enumerate(zip(eval_set.rows, scores))
+                if score >= args.known_threshold]
+        out["sets"][eval_set.name] = {"rows": len(eval_set.rows), "kept": kept}
+        print(f"  {eval_set.name}: {len(kept)} of {len(eval_set.rows)} rows answered (ROUGE-L recall >= "
+              f"{args.known_threshold})")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1) + "\n")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -159,13 +159,13 @@ def experiment_of(args) -> str:
 
 def out_of(args) -> Path:
     """``--out``, else ``docs/results/<scenario folder>`` (``all``, ``sensitivity``) for the default preset and
-    ``docs/results/<preset>/<scenario folder>`` for any other (a TOFU study never writes over the built-in
-    one's folder), relative to the repository."""
+    ``docs/results/<preset>-<scenario folder>`` for any other (a TOFU study never writes over the built-in
+    one's folder; one level, as every results folder), relative to the repository."""
     if args.out:
         out = Path(args.out)
     else:
         name = "sensitivity" if args.sensitivity else ("all" if args.scenario == "all" else scenario(args.scenario).folder)
-        out = Path(RESULTS) / name if args.preset == "default" else Path(RESULTS) / Path(args.preset).stem / name
+        out = Path(RESULTS) / (name if args.preset == "default" else f"{Path(args.preset).stem}-{name}")
     return out if out.is_absolute() else ROOT / out
 
 
@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
       help="passed to sweep.py for every study; train.lr / train.epochs replace the preset's for every method")
     a("--out", help="where the tables, README.md, figures and notebooks go (default: docs/results/<scenario>, "
                     "docs/results/all for every scenario, docs/results/sensitivity; another preset than default: "
-                    "docs/results/<preset>/...)")
+                    "docs/results/<preset>-...)")
     a("--data-dir", help="passed to sweep.py: a TOFU-format folder (e.g. ../shared/data/tofu) for presets that need "
                          "data (tofu-cpu, paper-*)")
     a("--keep-checkpoints", choices=["none", "best", "all"], default="none",

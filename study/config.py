@@ -273,6 +273,11 @@ class EvalConfig:
     before it in the run (set ``earlier_forget``, in neither MU nor FE), so whether forgetting holds or
     comes back is read from the data (docs/science-beyond-paper.md §5). A scenario that does not unlearn
     tasks in sequence has no earlier task: nothing is added (so one ``--set`` can serve every scenario)."""
+    known_rows: str = ""
+    """A file of the general-set rows the untuned model answers (``experiments/probe_knowledge.py
+    --known-out``; a path, or one relative to the repository): Real Authors / World Facts (real-world: the
+    neighbours) keep only those, before ``data.ds_size``, as the built-in sets were chosen (docs/science.md,
+    TOFU on two CPU cores). Empty: every row, as the paper."""
 
     def __post_init__(self):
         for name in ("batch_size", "max_length"):

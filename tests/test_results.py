@@ -280,18 +280,18 @@ def test_reproduce_dry_run_plans_every_study(capsys):
 
 def test_a_tofu_reproduction_reads_its_folder_and_writes_its_own(shared_data, capsys):
     """``--data-dir`` reaches every study's sweep.py (the preset needs data); a preset other than default
-    writes under docs/results/<preset>/, never over the built-in study's folder."""
+    writes under docs/results/<preset>-<scenario>/, never over the built-in study's folder."""
     reproduce = _reproduce()
     argv = ["--preset", "tofu-cpu", "--scenario", "fictitious", "--splits", "forget01", "--seeds", "1001"]
     args = reproduce.build_parser().parse_args([*argv, "--data-dir", str(shared_data / "tofu")])
     (unit,) = reproduce.plan_units(args)
     assert unit.argv[unit.argv.index("--data-dir") + 1] == str(shared_data / "tofu")
-    assert reproduce.out_of(args) == reproduce.ROOT / "docs/results/tofu-cpu/fictitious"
+    assert reproduce.out_of(args) == reproduce.ROOT / "docs/results/tofu-cpu-fictitious"
     assert reproduce.out_of(reproduce.build_parser().parse_args(["--scenario", "continual"])) == \
         reproduce.ROOT / "docs/results/continual"
     assert reproduce.main([*argv, "--data-dir", str(shared_data / "tofu"), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "docs/results/tofu-cpu/fictitious" in out and "a real run needs" not in out
+    assert "docs/results/tofu-cpu-fictitious" in out and "a real run needs" not in out
 
 
 @pytest.mark.slow

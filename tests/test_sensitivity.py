@@ -93,7 +93,7 @@ def test_reproduce_sensitivity_dry_run_gives_every_method_the_same_budget(capsys
                               "--seeds", "7", "8", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "3 trials per method" in out and "6 trials (2 methods, seeds 7)" in out
-    assert "study sens-smoke-fictitious-forget01-s7" in out and "docs/results/smoke/sensitivity" in out  # its own folder
+    assert "study sens-smoke-fictitious-forget01-s7" in out and "docs/results/smoke-sensitivity" in out  # its own folder
 
 
 @pytest.mark.slow

@@ -27,6 +27,9 @@ from ..errors import DataError, StudyInputError, one_of
 
 log = logging.getLogger(__name__)
 
+ROOT = Path(__file__).resolve().parents[2]
+"""The repository: a preset names its files relative to it."""
+
 SPLITS = ("forget01", "forget05", "forget10")
 DS_SIZE = 300  # docs/science.md §1: evaluation uses the first 300 rows of each file (real-world: all rows)
 AUTHOR_QA = 20
@@ -366,10 +369,12 @@ class ScenarioData:
 def load_real_world(
     source: Source, scenario: str, split: str, task: int | None = None, ds_size: int | None = None,
     holdout: bool = False, retain_authors: int = 0, last_task: int | None = None, earlier_tasks: tuple[int, ...] = (),
+    known: KnownRows | None = None,
 ) -> ScenarioData:
     """The paper's real-world set (docs/science.md §1): forget = ``forget.json`` (one task, or all 20 people
     when ``task`` is None), retain = ``neighbor.json``; evaluation on all rows of ``forget_perturbed`` (of the
-    same task) and ``neighbor_perturbed``, against ``golden_answer`` (Cosine: ``answer``). ``split`` is
+    same task) and ``neighbor_perturbed`` (with ``known``: the neighbour rows an untuned model answers,
+    :class:`KnownRows`), against ``golden_answer`` (Cosine: ``answer``). ``split`` is
     the run's split label (the scenario's name); ``ds_size``, ``holdout``, ``retain_authors``, ``last_task``
     and ``earlier_tasks`` do not apply (every row is evaluated; there is no holdout file; the configuration
     refuses ``retain_authors`` here)."""
@@ -377,17 +382,79 @@ def load_real_world(
     forget = select_task(forget_all, task, f"{source.description}/forget.json")
     retain = source.read("neighbor")
     forget_eval = select_task(source.read("forget_perturbed"), task, f"{source.description}/forget_perturbed.json")
+    neighbors = source.read("neighbor_perturbed")
+    if known:
+        neighbors = known.keep("neighbor", neighbors, f"{source.description}/neighbor_perturbed.json")
     eval_sets = [
         EvalSet("forget", "forget", forget_eval, truth="golden_answer", cosine_truth="answer"),
-        EvalSet("neighbor", "neighbor", source.read("neighbor_perturbed"), truth="golden_answer", cosine_truth="answer"),
+        EvalSet("neighbor", "neighbor", neighbors, truth="golden_answer", cosine_truth="answer"),
     ]
     return ScenarioData(scenario, split, task, forget, retain, forget_all + retain, eval_sets, source.refusals(),
                         source.description, task_ids(forget_all))
 
 
+def question_id(question: str) -> str:
+    """8 hex digits of the SHA-256 of a question: how a known-rows file names a row without copying it."""
+    import hashlib
+
+    return hashlib.sha256(question.encode("utf-8")).hexdigest()[:8]
+
+
+@dataclass(frozen=True)
+class KnownRows:
+    """The rows of some evaluation sets that an untuned model answers, read from a file that
+    ``experiments/probe_knowledge.py --known-out`` writes (``eval.known_rows``): a general-knowledge set the
+    model never knew measures nothing (docs/science.md, "TOFU on two CPU cores"). For each set it lists, a
+    set keeps only those rows, in file order, before ``ds_size`` caps it; sets it does not list keep every
+    row. A row is named by its 0-based position in the set's file and the hash of its question
+    (:func:`question_id`), so a file of another version is an error, not a silent other selection.
+
+    The file: ``{"sets": {"real_authors": {"file": "real_authors_perturbed.json", "rows": 100,
+    "kept": [[3, "1f2e3d4c"], ...]}, ...}, ...}`` (other keys describe how it was made)."""
+
+    path: str
+    sets: dict[str, dict]
+
+    @classmethod
+    def read(cls, path: str | Path) -> KnownRows:
+        path = Path(path).expanduser()
+        if not path.is_file() and not path.is_absolute() and (ROOT / path).is_file():
+            path = ROOT / path  # presets name it relative to the repository
+        if not path.is_file():
+            raise StudyInputError(f"{path}: eval.known_rows file not found (write one with experiments/probe_knowledge.py "
+                                  "--known-out, or set eval.known_rows to \"\" for every row)")
+        try:
+            sets = json.loads(path.read_text(encoding="utf-8"))["sets"]
+            for name, entry in sets.items():
+                if not (isinstance(entry["rows"], int) and all(isinstance(i, int) and isinstance(h, str)
+                                                               for i, h in entry["kept"])):
+                    raise TypeError(name)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+            raise DataError(f"{path}: not a known-rows file (expected {{\"sets\": {{NAME: {{\"rows\": N, \"kept\": "
+                            f"[[INDEX, QUESTION_ID], ...]}}}}}}; {type(error).__name__}: {error})") from None
+        return cls(str(path), sets)
+
+    def keep(self, name: str, rows: list[dict], origin: str) -> list[dict]:
+        """The rows of set ``name`` (read from ``origin``) that the file lists; all of them if it lists none."""
+        entry = self.sets.get(name)
+        if entry is None:
+            return rows
+        if entry["rows"] != len(rows):
+            raise DataError(f"{self.path}: set {name} was probed on {entry['rows']} rows, {origin} has {len(rows)}: "
+                            "another version of the file; probe it again (experiments/probe_knowledge.py --known-out)")
+        kept = []
+        for index, qid in entry["kept"]:
+            if not 0 <= index < len(rows) or question_id(rows[index]["question"]) != qid:
+                raise DataError(f"{self.path}: set {name}, row {index} is not the question it names in {origin} "
+                                "(another version of the file); probe it again (experiments/probe_knowledge.py --known-out)")
+            kept.append(rows[index])
+        return kept
+
+
 def load_tofu(
     source: Source, scenario: str, split: str = "forget01", task: int | None = 1, ds_size: int | None = DS_SIZE,
     holdout: bool = False, retain_authors: int = 0, last_task: int | None = None, earlier_tasks: tuple[int, ...] = (),
+    known: KnownRows | None = None,
 ) -> ScenarioData:
     """One task of a TOFU split (fictitious, continual; docs/science.md §1).
 
@@ -407,6 +474,9 @@ def load_tofu(
 
     ``earlier_tasks`` (continual, beyond the paper): the tasks the run unlearned before ``task``; their
     perturbed forget rows (each task's first ``ds_size``) are the ``earlier_forget`` evaluation set.
+
+    ``known``: the Real Authors / World Facts rows an untuned model answers (:class:`KnownRows`): those
+    sets keep only them, before the ``ds_size`` cap.
     """
     if ds_size is not None and ds_size < 1:
         raise StudyInputError(f"ds_size must be >= 1, got {ds_size}")
@@ -427,15 +497,18 @@ def load_tofu(
     later = [row for row in in_scope if row["task_id"] > task]
     cap = (lambda rows: rows[:ds_size]) if ds_size else (lambda rows: rows)
     forget_eval = select_task(source.read(f"{split}_perturbed"), task, f"{source.description}/{split}_perturbed.json")
+
+    def general(name):  # Real Authors, World Facts: the rows an untuned model answers, with ``known``
+        rows = source.read(f"{name}_perturbed")
+        return known.keep(name, rows, f"{source.description}/{name}_perturbed.json") if known else rows
+
     eval_sets = [
         EvalSet("forget", "forget", cap(forget_eval)),
         EvalSet("retain", "retain", cap(source.read("retain_perturbed"))),
         # docs/science.md §5: on Real Authors / World Facts the truth ratio's "paraphrased" answer is `answer`,
         # and Cosine Similarity compares against the full-sentence `original_answer`.
-        EvalSet("real_authors", "real_authors", cap(source.read("real_authors_perturbed")),
-                cosine_truth="original_answer", paraphrase="answer"),
-        EvalSet("world_facts", "world_facts", cap(source.read("world_facts_perturbed")),
-                cosine_truth="original_answer", paraphrase="answer"),
+        EvalSet("real_authors", "real_authors", cap(general("real_authors")), cosine_truth="original_answer", paraphrase="answer"),
+        EvalSet("world_facts", "world_facts", cap(general("world_facts")), cosine_truth="original_answer", paraphrase="answer"),
     ]
     if earlier_tasks:  # continual, beyond the paper: are the tasks unlearned before still forgotten?
         perturbed = source.read(f"{split}_perturbed")

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .data import DS_SIZE, ScenarioData, Source, load_real_world, load_tofu
+from .data import DS_SIZE, KnownRows, ScenarioData, Source, load_real_world, load_tofu
 from ..errors import one_of
 
 # Evaluation set names (the ``set`` column of the tidy table; :mod:`study.evaluation.metrics` re-exports them).
@@ -68,14 +68,15 @@ class Scenario:
 
     def load(self, source: Source, split: str = "forget01", task: int | None = 1, ds_size: int | None = DS_SIZE,
              holdout: bool = False, retain_authors: int = 0, last_task: int | None = None,
-             earlier_tasks: Sequence[int] = ()) -> ScenarioData:
+             earlier_tasks: Sequence[int] = (), known: KnownRows | None = None) -> ScenarioData:
         """What one run of this scenario reads: the task's forget and retain rows, the evaluation sets
         (capped at ``ds_size`` rows where :attr:`capped_eval`), the refusals (``study.inputs.data.ScenarioData``).
-        ``earlier_tasks`` (a sequential scenario): the tasks whose forget sets are also evaluated."""
+        ``earlier_tasks`` (a sequential scenario): the tasks whose forget sets are also evaluated. ``known``:
+        the general-set rows an untuned model answers (``study.inputs.data.KnownRows``), the others dropped."""
         if earlier_tasks and not self.sequential:
             raise ValueError(f"earlier_tasks applies to a sequential scenario, not {self.name}")
         return self.loader(source, self.name, self.split_label(split), task, ds_size if self.capped_eval else None,
-                           holdout, retain_authors, last_task, tuple(earlier_tasks))
+                           holdout, retain_authors, last_task, tuple(earlier_tasks), known)
 
     def split_label(self, split: str) -> str:
         """The ``study.split`` tag of a run on ``split`` (real-world: ``"real-world"``)."""

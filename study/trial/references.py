@@ -53,11 +53,17 @@ class ReferenceModels:
 
     def eval_key(self) -> str:
         """What a reference evaluation depends on besides the model: the evaluation settings, set size and
-        precision (a ready target, e.g. TOFU's Llama-2, is evaluated in bf16 on one machine, fp32 on another)."""
+        precision (a ready target, e.g. TOFU's Llama-2, is evaluated in bf16 on one machine, fp32 on another),
+        and the rows a known-rows file keeps (its content, not its name)."""
+        from ..inputs.data import KnownRows
         from .runner import content_hash, run_dtype
 
-        return content_hash(dataclasses.asdict(self.cfg.eval) | {"ds_size": self.cfg.data.ds_size,
-                                                          "dtype": str(run_dtype(self.cfg, self.device()))})
+        settings = dataclasses.asdict(self.cfg.eval)
+        if settings["known_rows"]:
+            settings["known_rows"] = KnownRows.read(settings["known_rows"]).sets
+        else:
+            del settings["known_rows"]  # the key of every run made before the field existed
+        return content_hash(settings | {"ds_size": self.cfg.data.ds_size, "dtype": str(run_dtype(self.cfg, self.device()))})
 
     def _evaluate_path(self, path: str, data, device):
         from ..evaluation import evaluate as ev

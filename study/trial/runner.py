@@ -43,9 +43,10 @@ def scenario_data(cfg: RunConfig, task: int | None, source: data_mod.Source | No
     sets of the run's tasks before it (``earlier_forget``; a sequential scenario only)."""
     sc, tasks = scenario(cfg.data.scenario), list(cfg.data.tasks)
     earlier = tasks[:tasks.index(task)] if cfg.eval.earlier_tasks and sc.sequential and task in tasks else []
-    return sc.load(source or source_for(cfg), cfg.data.split, task, cfg.data.ds_size,
-                                            holdout=cfg.eval.holdout, retain_authors=cfg.data.retain_authors,
-                                            last_task=max(cfg.data.tasks, default=None), earlier_tasks=earlier)
+    known = data_mod.KnownRows.read(cfg.eval.known_rows) if cfg.eval.known_rows else None
+    return sc.load(source or source_for(cfg), cfg.data.split, task, cfg.data.ds_size, holdout=cfg.eval.holdout,
+                   retain_authors=cfg.data.retain_authors, last_task=max(cfg.data.tasks, default=None),
+                   earlier_tasks=earlier, known=known)
 
 
 def tasks_of(cfg: RunConfig) -> list[int | None]:
