@@ -332,7 +332,9 @@ def default_dtype(device: torch.device | str) -> torch.dtype:
 
     Not bf16 on a CPU with native bf16 (:func:`native_bf16`), although a step there takes about half its
     fp32 time: the science check of benchmarks/README.md ("Precision: bf16 on the CPU") found the default
-    trials' FE and forget ROUGE moved by several seed spreads in bf16, cause not yet found. ``model.dtype=
+    trials' FE and forget ROUGE moved by several seed spreads in bf16, half from the bf16-fine-tuned target
+    and half from the bf16 arithmetic of the network's forward and backward (not the evaluation, the losses
+    or the output layer; autocast no better). ``model.dtype=
     bfloat16`` still asks for it explicitly."""
     return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
 
