@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             if value is not None and value < 1:
                 raise StudyInputError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
         from study.inputs import data, models
+        from study.inputs.data import question_id
         from study.evaluation import evaluate
 
         sc = SCENARIOS[args.scenario]  # its first default task (real-world: every person at once)
@@ -114,17 +115,22 @@ def main(argv: list[str] | None = None) -> int:
                                max_length=args.max_length, progress=not args.no_progress)
     summary = {f"{s.name}/{m}": float(result.summary[f"{s.name}/{m}"]) for s in sets for m in MEASURES}
     summary |= {f"n_items/{s.name}": len(s.rows) for s in sets}
+    summary |= {f"answered/{s.name}": int((result.items[result.items["set"] == s.name]["rouge"] >= args.known_threshold).sum())
+                for s in sets}
     print(f"untuned {args.model} on {loaded.source} ({args.scenario}):")
     for s in sets:
         values = "  ".join(f"{m} {summary[f'{s.name}/{m}']:.3f}" for m in MEASURES)
-        print(f"  {s.name:<13} {len(s.rows):>4} items  {values}")
+        print(f"  {s.name:<13} {len(s.rows):>4} items  {values}  answered {summary[f'answered/{s.name}']} "
+              f"(ROUGE-L recall >= {args.known_threshold})")
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        columns = ["set", "item", "question", "reference", "generation", *MEASURES]
-        result.items[columns].to_csv(out / "items.csv.gz", index=False)
+        items = result.items.assign(question_id=result.items["question"].map(question_id))
+        # the data's own text stays out (a committed probe copies no data file): the question by its hash
+        items[["set", "item", "question_id", "generation", *MEASURES]].to_csv(out / "items.csv.gz", index=False)
         meta = {"model": args.model, "scenario": args.scenario, "data": Path(args.data_dir).name,
-                "limit": args.limit, "per_task": args.per_task, "max_length": args.max_length}
+                "limit": args.limit, "per_task": args.per_task, "max_length": args.max_length,
+                "threshold": args.known_threshold}
         (out / "summary.json").write_text(json.dumps(meta | summary, indent=1) + "\n")
         print(f"wrote {out / 'items.csv.gz'} and {out / 'summary.json'}")
     if args.known_out:

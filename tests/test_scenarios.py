@@ -143,3 +143,27 @@ def test_earlier_tasks_are_the_runs_tasks_before_this_one_and_continual_only():
         assert "earlier_forget" not in [s.name for s in scenario_data(one, other["tasks"][-1]).eval_sets]
     with pytest.raises(ValueError, match="sequential"):
         FICTITIOUS.load(BuiltinSource(n_authors=4), earlier_tasks=(1,))
+
+
+def test_a_real_world_target_learns_the_neighbour_facts_it_is_evaluated_on(shared_data):
+    """A small model knows none of the paper's 20 people (docs/science.md, "Real-world on a small model"),
+    so a target fine-tuned for real-world learns the neighbour evaluation's facts too, as Llama-3-8B knew
+    them from pretraining; unlearning's retain set stays neighbor.json alone. Read from the files."""
+    import json
+
+    from study.inputs.data import DirectorySource
+
+    folder = shared_data / "real_world"
+    rows = {name: [json.loads(line) for line in (folder / f"{name}.json").read_text().splitlines() if line.strip()]
+            for name in ("forget", "neighbor", "neighbor_perturbed")}
+    data = load_scenario(DirectorySource(folder), "real-world", task=None)
+    qa = lambda rs: [(r["question"], r["answer"]) for r in rs]  # noqa: E731
+    assert qa(data.full) == qa(rows["forget"] + rows["neighbor"] + rows["neighbor_perturbed"])
+    assert qa(data.retain) == qa(rows["neighbor"])
+    evaluated = {s.name: s.rows for s in data.eval_sets}["neighbor"]
+    assert {r["question"] for r in evaluated} <= {q for q, _ in qa(data.full)}
+    assert not {r["question"] for r in evaluated} & {q for q, _ in qa(data.retain)}  # disjoint people, as the paper's
+    # the built-in analogue too: its neighbour evaluation asks facts its target is fine-tuned on
+    builtin = load_scenario(BuiltinSource(n_authors=12), "real-world", task=None)
+    learned = {r["question"] for r in builtin.full}
+    assert {r["question"] for r in {s.name: s.rows for s in builtin.eval_sets}["neighbor"]} <= learned

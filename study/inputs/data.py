@@ -377,20 +377,27 @@ def load_real_world(
     :class:`KnownRows`), against ``golden_answer`` (Cosine: ``answer``). ``split`` is
     the run's split label (the scenario's name); ``ds_size``, ``holdout``, ``retain_authors``, ``last_task``
     and ``earlier_tasks`` do not apply (every row is evaluated; there is no holdout file; the configuration
-    refuses ``retain_authors`` here)."""
+    refuses ``retain_authors`` here).
+
+    A target fine-tuned here (``full``: a model that is not the paper's ready Llama-3-8B-Instruct) learns the
+    forget people, the neighbours of ``neighbor.json`` and the facts the neighbour evaluation asks
+    (``neighbor_perturbed``, its ``answer``): the paper's model knew those people from pretraining, and a
+    neighbour set the target never learned measures the model, not the unlearning (docs/science.md §1,
+    "Real-world on a small model"). Unlearning's retain set stays ``neighbor.json`` alone, as the paper's."""
     forget_all = source.read("forget")
     forget = select_task(forget_all, task, f"{source.description}/forget.json")
     retain = source.read("neighbor")
     forget_eval = select_task(source.read("forget_perturbed"), task, f"{source.description}/forget_perturbed.json")
-    neighbors = source.read("neighbor_perturbed")
+    all_neighbors = neighbors = source.read("neighbor_perturbed")
     if known:
         neighbors = known.keep("neighbor", neighbors, f"{source.description}/neighbor_perturbed.json")
+    known_before = [{"question": r["question"], "answer": r["answer"]} for r in all_neighbors]
     eval_sets = [
         EvalSet("forget", "forget", forget_eval, truth="golden_answer", cosine_truth="answer"),
         EvalSet("neighbor", "neighbor", neighbors, truth="golden_answer", cosine_truth="answer"),
     ]
-    return ScenarioData(scenario, split, task, forget, retain, forget_all + retain, eval_sets, source.refusals(),
-                        source.description, task_ids(forget_all))
+    return ScenarioData(scenario, split, task, forget, retain, forget_all + retain + known_before, eval_sets,
+                        source.refusals(), source.description, task_ids(forget_all))
 
 
 def question_id(question: str) -> str:
