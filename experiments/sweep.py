@@ -318,7 +318,8 @@ def print_plan(cfg, settings, spaces) -> None:
         print(f"space {method:<8} {describe_space(space)}")
     print("settings:")
     for key, value in cfg.flat().items():
-        print(f"  {key} = {value}")
+        shown = '""' if value == "" else value  # an empty setting as the --set value it is
+        print(f"  {key} = {shown}")
 
 
 def main(argv=None) -> int:

@@ -40,7 +40,7 @@ EXPECTED: dict[str, tuple[dict, list[str], str, int, dict]] = {
     "tofu-cpu": ({"data.source": "<data-dir>", "data.retain_authors": 8, "data.ds_size": 40, "train.lr": 1e-4,
                   "train.grad_accum": 1, "train.max_length": 144, "finetune.lr": 2e-4, "finetune.epochs": 8,
                   "finetune.grad_accum": 1, "finetune.max_length": 144, "eval.batch_size": 16, "eval.earlier_tasks": True,
-                  "method.name": "GA+GD"},
+                  "eval.known_rows": "experiments/known/smollm2-135m-tofu.json", "method.name": "GA+GD"},
                  list(PAPER_METHODS), "paper", 1, {}),
 }
 DATA_DIRS = {"paper-real-world": "real_world", "tofu-cpu": "tofu"}

@@ -85,8 +85,8 @@ def test_set_fixes_rmus_parameters_instead_of_searching_them(capsys):
 @pytest.mark.parametrize("preset", ["default", "smoke"])
 def test_the_presets_plans_did_not_move(preset, capsys, monkeypatch):
     """The default and smoke presets' --dry-run output, byte for byte as the code before this table existed
-    printed it (tests/golden/, written by commit 6490361's sweep.py; since then one line added, the new
-    setting ``eval.earlier_tasks = False``, which changes no plan). A deliberate change rewrites the file:
+    printed it (tests/golden/, written by commit 6490361's sweep.py; since then two lines added, the new
+    settings ``eval.earlier_tasks = False`` and ``eval.known_rows = ""``, which change no plan). A deliberate change rewrites the file:
     ``python experiments/sweep.py --preset P --dry-run > tests/golden/dry_run_P.txt``."""
     for name in ("MLFLOW_TRACKING_URI", "OPTUNA_STORAGE"):  # an in-process run before may have set them
         monkeypatch.delenv(name, raising=False)
