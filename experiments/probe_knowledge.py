@@ -96,6 +96,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --sets {unknown[0]}: not a set of the {args.scenario} scenario; valid: {', '.join(names)}",
               file=sys.stderr)
         return 2
+    # a known-rows file names rows by their place in the whole file: refused before the probe runs, not after
+    full = {s.name: len(source.read(f"{s.name}_perturbed")) for s in loaded.eval_sets if s.name in GENERAL}
+    cut = [s.name for s in loaded.eval_sets if s.name in full and len(s.rows) != full[s.name]]
+    if args.known_out and (args.limit or args.per_task or cut):
+        why = f"capped at 300 rows: {', '.join(cut)}" if cut else "drop --limit / --per-task"
+        print(f"error: --known-out needs every row of the general sets ({why})", file=sys.stderr)
+        return 2
     sets = []
     for eval_set in loaded.eval_sets:
         if args.sets and eval_set.name not in args.sets:
@@ -134,23 +141,18 @@ def main(argv: list[str] | None = None) -> int:
         (out / "summary.json").write_text(json.dumps(meta | summary, indent=1) + "\n")
         print(f"wrote {out / 'items.csv.gz'} and {out / 'summary.json'}")
     if args.known_out:
-        full = {s.name: len(source.read(f"{s.name}_perturbed")) for s in sets if s.name in GENERAL}
-        write_known(Path(args.known_out), result.items, [s for s in sets if s.name in GENERAL], full, args)
+        write_known(Path(args.known_out), result.items, [s for s in sets if s.name in GENERAL], args)
     return 0
 
 
-def write_known(path: Path, items, sets, full: dict[str, int], args) -> None:
-    """The known-rows file (``study.inputs.data.KnownRows``): per general set, the rows whose ROUGE-L recall
-    reaches the threshold. ``full``: each set's rows in its file; a set probed on fewer (``--limit``, the
-    300-row cap) would name rows of a shorter list: refused."""
+def write_known(path: Path, items, sets, args) -> None:
+    """The known-rows file (``study.inputs.data.KnownRows``): per general set (every row of its file), the rows
+    whose ROUGE-L recall reaches the threshold."""
     from study.inputs.data import question_id
 
     out = {"model": args.model, "data": Path(args.data_dir).name, "scenario": args.scenario, "measure": "rouge",
            "threshold": args.known_threshold, "made_by": "experiments/probe_knowledge.py", "sets": {}}
     for eval_set in sets:
-        if len(eval_set.rows) != full[eval_set.name]:
-            raise SystemExit(f"error: --known-out needs every row of {eval_set.name} ({full[eval_set.name]}); "
-                             "drop --limit / --per-task")
         scores = items[items["set"] == eval_set.name].sort_values("item")["rouge"].to_numpy()
         kept = [[i, question_id(row["question"])] for i, (row, score) in enumerate(zip(eval_set.rows, scores))
                 if score >= args.known_threshold]

@@ -416,8 +416,8 @@ class KnownRows:
     row. A row is named by its 0-based position in the set's file and the hash of its question
     (:func:`question_id`), so a file of another version is an error, not a silent other selection.
 
-    The file: ``{"sets": {"real_authors": {"file": "real_authors_perturbed.json", "rows": 100,
-    "kept": [[3, "1f2e3d4c"], ...]}, ...}, ...}`` (other keys describe how it was made)."""
+    The file: ``{"sets": {"real_authors": {"rows": 100, "kept": [[3, "1f2e3d4c"], ...]}, ...}, ...}`` (other
+    keys describe how it was made)."""
 
     path: str
     sets: dict[str, dict]
