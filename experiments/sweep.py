@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 from study import presets  # noqa: E402  (after the path; imports no torch)
 from study.methods.hyperparams import SEARCHABLE_SETTINGS, SETTINGS  # noqa: E402
 from study.inputs.data import SPLITS  # noqa: E402
+from study.paths import repository_file  # noqa: E402
 from study.inputs.scenarios import SCENARIOS, scenario  # noqa: E402
 from study.config import (  # noqa: E402  (torch-free)
     COLLECTIVE_TIMEOUT_S, DEFAULT_EXPERIMENT, DEFAULT_STORAGE, DEFAULT_TRACKING_URI, KEEP, OBJECTIVES, SAMPLERS,
@@ -200,7 +201,7 @@ def check_inputs(cfg, device: str | None, needs: list | None = None, world: int 
                                   f"({window[1]}): at most {window[0]}")
     if cfg.eval.embedder != "builtin":
         models.check_loadable(cfg.eval.embedder, "embedder")
-    if cfg.train.deepspeed is not None and not (ROOT / cfg.train.deepspeed).is_file() and not Path(cfg.train.deepspeed).is_file():
+    if cfg.train.deepspeed is not None and not repository_file(cfg.train.deepspeed).is_file():
         raise StudyInputError(f"train.deepspeed {cfg.train.deepspeed!r}: no such file")
     from study.trial import ranks
 

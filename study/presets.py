@@ -17,8 +17,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import StudyInputError
+from .paths import ROOT
 
-PRESETS = Path(__file__).resolve().parents[1] / "experiments" / "presets"
+PRESETS = ROOT / "experiments" / "presets"
 """Where the named presets live."""
 
 

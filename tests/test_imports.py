@@ -11,7 +11,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "study"
 
 LAYERS: tuple[frozenset[str], ...] = (
-    frozenset({"errors", "credentials"}),
+    frozenset({"errors", "credentials", "paths"}),
     frozenset({"inputs", "methods"}),
     frozenset({"config", "presets", "paper"}),
     frozenset({"training", "evaluation"}),

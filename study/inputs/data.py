@@ -24,11 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError, StudyInputError, one_of
+from ..paths import repository_file
 
 log = logging.getLogger(__name__)
-
-ROOT = Path(__file__).resolve().parents[2]
-"""The repository: a preset names its files relative to it."""
 
 SPLITS = ("forget01", "forget05", "forget10")
 DS_SIZE = 300  # docs/science.md §1: evaluation uses the first 300 rows of each file (real-world: all rows)
@@ -424,9 +422,7 @@ class KnownRows:
 
     @classmethod
     def read(cls, path: str | Path) -> KnownRows:
-        path = Path(path).expanduser()
-        if not path.is_file() and not path.is_absolute() and (ROOT / path).is_file():
-            path = ROOT / path  # presets name it relative to the repository
+        path = repository_file(path)
         if not path.is_file():
             raise StudyInputError(f"{path}: eval.known_rows file not found (write one with experiments/probe_knowledge.py "
                                   "--known-out, or set eval.known_rows to \"\" for every row)")

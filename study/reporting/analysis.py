@@ -56,6 +56,7 @@ from ..paper import (
 )
 from ..paper import PUBLISHED as _PUBLISHED
 from ..errors import StudyInputError
+from ..paths import ROOT as REPO_ROOT
 from ..methods.hyperparams import SETTINGS
 from ..inputs.scenarios import FICTITIOUS, REAL_WORLD, SCENARIOS, tag_spelling
 from ..config import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI
@@ -80,8 +81,6 @@ __all__ = [
     "save_table", "run_notebook", "Source", "export_frames",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-"""The checkout; notebooks execute with this as their working directory."""
 
 Pick = Literal["best", "paper"]
 

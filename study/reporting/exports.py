@@ -39,6 +39,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import StudyInputError
+from ..paths import ROOT as REPOSITORY
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "EXPORT_DIR", "MARKER", "RUNS_FILE", "ITEMS_FILE", "ExportError", "Export",
            "has_export", "provenance", "write_export", "read_export", "merge_runs", "last_step", "items_of",
@@ -192,8 +193,6 @@ def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
     frame.to_parquet(tmp, index=False, compression="zstd", engine="pyarrow")
     os.replace(tmp, path)
 
-
-REPOSITORY = Path(__file__).resolve().parents[2]
 
 
 def portable(runs: pd.DataFrame, root: Path = REPOSITORY) -> pd.DataFrame:

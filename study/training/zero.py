@@ -49,8 +49,8 @@ import torch
 
 from . import train
 from ..errors import StudyInputError
+from ..paths import ROOT, repository_file
 
-ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = ROOT / "experiments" / "deepspeed" / "zero3.json"
 """The shipped ZeRO-3 config (the reference's ``config/ds_config/llama2.json`` without CPU offload)."""
 
@@ -148,9 +148,7 @@ def barrier() -> None:
 
 def load_config(path: str | Path | None) -> dict:
     """A DeepSpeed JSON config; None = :data:`DEFAULT_CONFIG`."""
-    path = Path(path) if path else DEFAULT_CONFIG
-    if not path.is_file() and not path.is_absolute() and (ROOT / path).is_file():
-        path = ROOT / path  # presets name it relative to the repository
+    path = repository_file(path) if path else DEFAULT_CONFIG
     if not path.is_file():
         raise StudyInputError(f"{path}: DeepSpeed config not found")
     try:

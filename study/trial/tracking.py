@@ -54,6 +54,7 @@ from urllib.parse import urlsplit
 from ..config import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI
 from ..credentials import redact, scrub
 from ..errors import StudyInputError
+from ..paths import ROOT
 
 TAG = "study."
 MODEL_NAME = "model"
@@ -96,11 +97,10 @@ def _probe(uri: str) -> None:
 
 def code_version() -> str:
     """The git commit of the checkout (``-dirty`` when it has uncommitted changes), else ``unknown``."""
-    root = Path(__file__).resolve().parents[2]
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True,
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                              timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
                                text=True, timeout=5).stdout.strip()
         return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
     except (OSError, subprocess.SubprocessError):
@@ -143,8 +143,6 @@ def schema_lock(*uris: str):
                 path.parent.mkdir(parents=True, exist_ok=True)
                 handle = stack.enter_context(open(lock, "a"))
             except OSError as error:  # a read-only file system, no permission, a full disk
-                from ..errors import StudyInputError
-
                 raise StudyInputError(f"store {path}: cannot create {lock.name} beside it: "
                                       f"{error.strerror or error}") from None
             fcntl.flock(handle, fcntl.LOCK_EX)
@@ -432,7 +430,7 @@ def context_tags() -> dict:
 
     tags = {k: v for k, v in resolve_tags().items() if k.startswith("mlflow.")}
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parents[2], capture_output=True,
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
                              text=True, timeout=5).stdout.strip()
         if sha:
             tags["mlflow.source.git.commit"] = sha
@@ -536,7 +534,7 @@ def ui_command(tracking_uri: str) -> str:
     the venv need not be active). Light on small machines: one worker, no job-execution processes."""
     if tracking_uri.startswith(("http://", "https://")):
         return f"open {redact(tracking_uri)} in a browser"
-    venv = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "mlflow"
+    venv = ROOT / ".venv" / "bin" / "mlflow"
     return (f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false {'.venv/bin/mlflow' if venv.exists() else 'mlflow'} ui --backend-store-uri {redact(tracking_uri)} "
             f"--host 127.0.0.1 --port 5000 --workers 1")
 
