@@ -140,3 +140,50 @@ def test_tofu_path_end_to_end_on_the_smoke_model(shared_data, tmp_path, monkeypa
     assert sorted(s["rows"] for s in saved if s.get("kind") == "target") == [80]
     # the retain model (Forget Quality) on the subset without the forgotten authors
     assert sorted(s["rows"] for s in saved if s.get("kind") == "retain_model") == [40]
+
+
+@pytest.mark.slow
+def test_tofu_reproduction_exports_and_rebuilds_from_the_export(shared_data, tmp_path, monkeypatch, capsys):
+    """reproduce.py on the real TOFU files (smoke model): fictitious forget01 and continual tasks 1-2, each
+    study exported as it finishes, the tables written; then the same tables rebuilt from a copy of the
+    export alone (no store), byte for byte. Continual also scores the earlier task's forget set."""
+    import shutil
+
+    import pandas as pd
+
+    from experiment_scripts import load
+    from study.reporting import exports
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    out, again = tmp_path / "out", tmp_path / "again"
+    tiny = ["--set", "model.name=tiny-llama", "--set", "data.retain_authors=2", "--set", "data.ds_size=8",
+            "--set", "finetune.epochs=1", "--set", "train.epochs=1", "--set", "finetune.lr=3e-3",
+            "--set", "eval.max_length=80", "--set", "eval.batch_size=8"]
+    argv = ["--preset", "tofu-cpu", "--data-dir", str(shared_data / "tofu"), "--scenario", "{}", "--methods", "ME+GD",
+            "--seeds", "1", "--splits", "forget01", "--tasks", "1", "2", "--fix-ref-model", "no", "--no-notebooks",
+            *tiny, "--out", str(out), "--storage", f"sqlite:///{tmp_path}/optuna.db",
+            "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--experiment", "tofu"]
+    for scenario in ("fictitious", "continual"):
+        assert load("reproduce").main([w.format(scenario) for w in argv]) == 0
+    capsys.readouterr()
+
+    export = exports.read_export(out)
+    trials = export.runs[export.runs["kind"] == "trial"]
+    assert sorted(trials.groupby("scenario")["run_id"].nunique().items()) == [("continual", 1), ("fictitious", 1)]
+    continual = trials[(trials["scenario"] == "continual") & trials["model_utility"].notna()]
+    assert sorted(continual["step"]) == [1, 2]
+    # the extension the paper lacks: after task 2, task 1's forget set is evaluated again
+    assert continual.filter(like="earlier").notna().any(axis=None), sorted(continual.columns)
+    fictitious = trials[trials["scenario"] == "fictitious"].iloc[0]
+    items = exports.items_of(export.items, fictitious["run_id"])
+    assert items is not None and (items["set"] == "forget").sum() == 8  # data.ds_size rows of forget01's task 1
+    assert export.provenance["command"].startswith("python experiments/reproduce.py --preset tofu-cpu")
+
+    shutil.copytree(out / "export", again / "export")
+    rebuild = [w for w in argv if "sqlite" not in w and w not in ("--storage", "--tracking-uri")]
+    rebuild[rebuild.index("--out") + 1] = str(again)
+    assert load("reproduce").main([*[w.format("continual") for w in rebuild], "--from-exports"]) == 0
+    built = pd.read_csv(again / "summary.csv")
+    assert set(built["scenario"]) == {"continual"} and (built["n_seeds"] == 1).all()
+    assert built.loc[built["method"] == "ME+GD", "MU"].between(0, 1).all()
+    assert (again / "summary.csv").read_bytes() == (out / "summary.csv").read_bytes()
