@@ -59,16 +59,25 @@ RESULTS = "docs/results"
 SPLITS = ("forget01", "forget05", "forget10")
 CONTINUAL_TASKS = (1, 2, 3, 4)
 
-SECONDS_PER_TRIAL = {"smoke": 10.0, "default": 112.0}
+SECONDS_PER_TRIAL = {"smoke": 10.0, "default": 112.0, "tofu-cpu": 615.0}
 """Assumed seconds per trial and task unlearned on 2 CPU cores (continual trials cost one per task):
 smoke measured at ~10 s; default (SmolLM2-135M, 20 items per evaluation set) measured on 2026-12-03:
-the nine methods of one fictitious forget01 seed took 1007 s, 2 cores shared with a test run.
-Other presets: :data:`OTHER_SECONDS`. An assumption for the estimate only."""
+the nine methods of one fictitious forget01 seed took 1007 s, 2 cores shared with a test run; tofu-cpu
+(TOFU's forget01 task 1, 40 items per set): the mean trial of seed 1001, 2026-12-04 (337 s training, 273 s
+evaluation; docs/results/tofu-cpu-fictitious/export, ``time/*``). Other presets: :data:`OTHER_SECONDS`.
+An assumption for the estimate only."""
 OTHER_SECONDS = 600.0
 REAL_WORLD_FACTOR = 3.5
 """A real-world trial costs about this many fictitious ones: it unlearns the 6 built-in people at once (60
 questions, 6x forget01's steps) and evaluates 60 forget items. Measured on 2026-12-03: the nine methods of
 one real-world seed took 59 min on 2 cores shared with other work (the fictitious forget01 seed: 17 min)."""
+TOFU_SPLIT_ROWS = {"forget01": 1, "forget05": 5, "forget10": 10}
+"""On TOFU's files (not the built-in set, whose splits are one author each) a fictitious split's task is
+40, 200 or 400 QA: training grows with it, the evaluation does not (``data.ds_size`` caps each set)."""
+TRAIN_SHARE = 0.55
+"""The share of a forget01 trial spent training (tofu-cpu seed 1001: 337 s of 615 s); a split's trial costs
+``1 - TRAIN_SHARE + TRAIN_SHARE * TOFU_SPLIT_ROWS[split]`` forget01 trials. Derived, not yet measured on
+forget05 / forget10."""
 
 
 @dataclass(frozen=True)
@@ -110,8 +119,9 @@ def preset_training(preset: str, sets: list[str] = ()) -> tuple[float, float]:
 
 
 def settings_of(scenario_name: str, splits: tuple[str, ...], tasks: tuple[int, ...],
-                fix_ref: str = "both") -> list[tuple[str, list[str], float]]:
-    """(setting, sweep options, cost of a trial in fictitious trials: the tasks it unlearns) per setting."""
+                fix_ref: str = "both", tofu_files: bool = False) -> list[tuple[str, list[str], float]]:
+    """(setting, sweep options, cost of a trial in fictitious trials: the tasks it unlearns; on TOFU's files
+    a split's size, :data:`TOFU_SPLIT_ROWS`) per setting."""
     from study.reporting.results import setting_name
 
     sc = scenario(scenario_name)
@@ -120,7 +130,8 @@ def settings_of(scenario_name: str, splits: tuple[str, ...], tasks: tuple[int, .
         return [(setting_name(scenario_name, splits[0], tasks, fix), options + (["--fix-ref-model"] if fix else []),
                  len(tasks)) for fix in {"both": (False, True), "no": (False,), "yes": (True,)}[fix_ref]]
     if sc.has_splits:
-        return [(setting_name(scenario_name, split), ["--split", split], 1) for split in splits]
+        return [(setting_name(scenario_name, split), ["--split", split],
+                 1 - TRAIN_SHARE + TRAIN_SHARE * TOFU_SPLIT_ROWS[split] if tofu_files else 1) for split in splits]
     return [(setting_name(scenario_name), [], REAL_WORLD_FACTOR)]
 
 
@@ -191,6 +202,7 @@ def tasks_of(args) -> tuple[int, ...]:
 
 
 def plan_units(args) -> list[Unit]:
+    from study import presets
     from study.reporting.results import study_name
 
     if args.sensitivity:
@@ -200,7 +212,8 @@ def plan_units(args) -> list[Unit]:
     for sc in scenarios:
         preset = preset_of(args.preset, sc)
         lr, epochs = preset_training(preset, args.set)
-        for setting, options, cost in settings_of(sc, tuple(args.splits), tasks_of(args), args.fix_ref_model):
+        tofu_files = presets.run_config(preset, settings=args.set).data.source != "builtin"
+        for setting, options, cost in settings_of(sc, tuple(args.splits), tasks_of(args), args.fix_ref_model, tofu_files):
             for seed in args.seeds:
                 name = study_name(args.preset, sc, setting, seed)
                 argv = ["--preset", preset, "--scenario", sc, *options, "--method", *args.methods,
@@ -252,6 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _split_costs(units: list[Unit]) -> str:
+    """``; forget05 counts 3.2`` for the fictitious splits whose trials cost more than one (TOFU's files)."""
+    costs = {u.setting: u.cost for u in units if u.scenario == FICTITIOUS.name and u.cost != 1}
+    return "".join(f"; a {setting} trial counts {cost:.1f}: its task's training" for setting, cost in costs.items())
+
+
 def print_plan(args, units: list[Unit]) -> None:
     lr, epochs = preset_training(args.preset, args.set)
     studies = sorted({u.study for u in units})
@@ -269,7 +288,7 @@ def print_plan(args, units: list[Unit]) -> None:
           f"({len(args.methods)} methods, seeds {' '.join(map(str, sorted({u.seed for u in units})))})")
     cost = f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
     print(f"estimate: {cost} at an assumed {per_trial:g} s per trial and task (continual trials unlearn each "
-          f"task in turn; a real-world trial counts {REAL_WORLD_FACTOR:g}: more data)")
+          f"task in turn; a real-world trial counts {REAL_WORLD_FACTOR:g}: more data{_split_costs(units)})")
     for k, u in enumerate(units, 1):
         print(f"  [{k}/{len(units)}] {u.scenario} {u.setting} {' '.join(u.methods)} seed {u.seed}  study {u.study}")
     print(f"each study into {out_of(args) / 'export'} as it finishes; then: tables, README.md, figures and notebooks in "

@@ -187,3 +187,15 @@ def test_tofu_reproduction_exports_and_rebuilds_from_the_export(shared_data, tmp
     assert set(built["scenario"]) == {"continual"} and (built["n_seeds"] == 1).all()
     assert built.loc[built["method"] == "ME+GD", "MU"].between(0, 1).all()
     assert (again / "summary.csv").read_bytes() == (out / "summary.csv").read_bytes()
+
+
+@pytest.mark.parametrize("split, minutes", [("forget01", 15), ("forget05", 48)])
+def test_the_estimate_of_a_tofu_split_grows_with_its_task(shared_data, capsys, split, minutes):
+    """On TOFU's files forget05's task is 5x forget01's (200 QA, not 40): at 100 s per forget01 trial, nine
+    trials cost 900 s; forget05's cost 900 s x (0.45 evaluation + 0.55 training x 5) = 2880 s."""
+    from experiment_scripts import load
+
+    assert load("reproduce").main(["--preset", "tofu-cpu", "--data-dir", str(shared_data / "tofu"), "--scenario",
+                                   "fictitious", "--splits", split, "--seeds", "1", "--seconds-per-trial", "100",
+                                   "--dry-run"]) == 0
+    assert f"estimate: {minutes} min at an assumed 100 s per trial" in capsys.readouterr().out
