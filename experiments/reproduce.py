@@ -63,7 +63,7 @@ SECONDS_PER_TRIAL = {"smoke": 10.0, "default": 112.0, "tofu-cpu": 615.0}
 """Assumed seconds per trial and task unlearned on 2 CPU cores (continual trials cost one per task):
 smoke measured at ~10 s; default (SmolLM2-135M, 20 items per evaluation set) measured on 2026-12-03:
 the nine methods of one fictitious forget01 seed took 1007 s, 2 cores shared with a test run; tofu-cpu
-(TOFU's forget01 task 1, 40 items per set): the mean trial of seed 1001, 2026-12-04 (337 s training, 273 s
+(TOFU's forget01 task 1, 40 items per set): the mean trial of seed 1001, 2026-12-05 (337 s training, 273 s
 evaluation; docs/results/tofu-cpu-fictitious/export, ``time/*``). Other presets: :data:`OTHER_SECONDS`.
 An assumption for the estimate only."""
 OTHER_SECONDS = 600.0
