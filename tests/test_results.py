@@ -540,15 +540,23 @@ def test_the_rebuild_command_drops_where_the_stores_are():
     assert command == "python experiments/reproduce.py --scenario continual --out docs/results/continual"
 
 
-def test_the_readme_shows_the_committed_results_table():
-    """README.md's results table is the one experiments/reproduce.py wrote into docs/results/fictitious/README.md."""
-    committed = (ROOT / "docs" / "results" / "fictitious" / "README.md").read_text()
+def test_the_readme_shows_the_committed_tofu_table():
+    """README.md's Results lead with TOFU (issue 26): its table is the one experiments/reproduce.py wrote into
+    docs/results/tofu-cpu-fictitious/README.md, and the seeds the README says it has are that table's."""
+    import re
+
+    folder = ROOT / "docs" / "results" / "tofu-cpu-fictitious"
+    committed = (folder / "README.md").read_text()
     table = committed[committed.index("| method |"):]
     table = table[:table.index("\n\n")]
     readme = (ROOT / "README.md").read_text()
-    shown = readme.split("<!-- results table: copied from docs/results/fictitious/README.md -->\n", 1)[1]
+    results = readme[readme.index("## Results"):]
+    shown = results.split("<!-- results table: copied from docs/results/tofu-cpu-fictitious/README.md -->\n", 1)[1]
     assert shown.split("\n<!-- end of results table -->", 1)[0] == table
-    assert (ROOT / "docs" / "results" / "fictitious" / "mu_fe_fictitious_forget01.png").stat().st_size > 10_000
+    seeds = {int(row.split("|")[2]) for row in table.splitlines()[2:] if not row.startswith("| before")}
+    said = re.search(r"\*\*(\d) of the 5 planned seeds so far\*\*", results)
+    assert said is not None and {int(said.group(1))} == seeds
+    assert (folder / "mu_fe_fictitious_forget01.png").stat().st_size > 10_000
 
 
 def test_every_committed_results_folder_names_the_command_that_writes_it():
