@@ -601,3 +601,30 @@ def test_an_export_names_no_folder_of_the_machine_it_was_made_on(tmp_path):
     assert list(out["param/data.source"]) == ["../shared/data/tofu", "builtin"]
     assert out["param/model.target"].equals(runs["param/model.target"]) and list(out["MU"]) == [0.5, 0.25]
     assert list(runs["data_source"])[0].startswith(str(tmp_path))  # the input is not modified
+
+
+def test_the_claims_at_each_scale_are_the_folders_verdicts():
+    """docs/results/README.md's claims table says, per claim and scale, the verdict of the folder it links:
+    each cell's verdict is that folder's claims.csv verdict for the claim (a re-run that changes one fails
+    here until the index says so)."""
+    import re
+
+    index = (ROOT / "docs" / "results" / "README.md").read_text()
+    section = index[index.index("## The paper's claims at each scale"):]
+    section = section[:section.index("\n## ")]
+    rows = [line for line in section.splitlines() if re.match(r"\| [a-g] \|", line)]
+    assert [row.split("|")[1].strip() for row in rows] == list("abcdefg")
+    cited = 0
+    for row in rows:
+        claim = row.split("|")[1].strip()
+        for cell in row.split("|")[3:5]:
+            found = re.fullmatch(r"\s*(holds|does not hold|inconclusive|not applicable) \(\[[^]]+\]\(([^)]+)/README\.md\)\)\s*",
+                                 cell)
+            if found is None:
+                assert cell.strip() == "not run yet", (claim, cell)
+                continue
+            verdict, folder = found.groups()
+            claims = pd.read_csv(ROOT / "docs" / "results" / folder / "claims.csv").set_index("claim")
+            assert claims.loc[claim, "verdict"] == verdict, (claim, folder)
+            cited += 1
+    assert cited >= 10
