@@ -628,3 +628,22 @@ def test_the_claims_at_each_scale_are_the_folders_verdicts():
             assert claims.loc[claim, "verdict"] == verdict, (claim, folder)
             cited += 1
     assert cited >= 10
+
+
+def test_continual_readme_shows_the_earlier_tasks_forget_rouge_only_when_logged(tmp_path):
+    """Continual with ``eval.earlier_tasks`` (beyond the paper): the README table gains a column with the
+    mean ROUGE on the earlier tasks' forget sets over seeds, labelled; runs without it keep the paper's
+    columns."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    runs = _frame({"GA+GD": (0.5, 0.6), "ME+GD": (0.58, 0.9)}, scenario="continual", setting="tasks1-2")
+    header = "earlier tasks' forget ROUGE (beyond the paper)"
+    assert header not in results.write_results(runs, TARGETS, tmp_path / "without")["readme"].read_text()
+    runs["earlier_forget/rouge"] = [{"GA+GD": 0.2, "ME+GD": 0.4}[m] + 0.01 * int(r.split("-")[-1])
+                                    for m, r in zip(runs["method"], runs["run_id"])]
+    text = results.write_results(runs, TARGETS, tmp_path / "with")["readme"].read_text()
+    columns = [c.strip() for c in text[text.index("| method |"):].splitlines()[0].split("|")]
+    rows = {line.split("|")[1].strip(): line.split("|") for line in text.splitlines() if line.startswith("| GA+GD") or line.startswith("| ME+GD")}
+    where = columns.index(header)
+    assert rows["GA+GD"][where].strip() == "0.220" and rows["ME+GD"][where].strip() == "0.420"  # (x+.01+x+.02+x+.03)/3

@@ -816,6 +816,8 @@ def _readable(rows: pd.DataFrame) -> pd.DataFrame:
         "FE [95% CI]": [_ci(*v) for v in zip(rows["FE"], rows["FE_lo"], rows["FE_hi"])],
         "FE terms": rows["FE_terms"],
         **{f"{s} ROUGE": rows[f"rouge_{s}"] for s in sc.eval_sets},
+        **({f"earlier tasks' forget ROUGE{BEYOND_PAPER}": rows[f"rouge_{M.EARLIER_FORGET}"]}
+           if rows[f"rouge_{M.EARLIER_FORGET}"].notna().any() else {}),
         "MU [items]": [_ci((lo + hi) / 2, lo, hi).split(" ", 1)[-1] if np.isfinite(lo) else ""
                        for lo, hi in zip(rows["MU_items_lo"], rows["MU_items_hi"])],
         "FE [items]": [_ci((lo + hi) / 2, lo, hi).split(" ", 1)[-1] if np.isfinite(lo) else ""
