@@ -194,7 +194,6 @@ def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
     os.replace(tmp, path)
 
 
-
 def portable(runs: pd.DataFrame, root: Path = REPOSITORY) -> pd.DataFrame:
     """``runs`` with every absolute path beside the repository (a data folder given to ``--data-dir`` as
     ``../shared/data/tofu``, which sweep.py records resolved) written relative to the repository root
