@@ -267,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _split_costs(units: list[Unit]) -> str:
-    """``; forget05 counts 3.2`` for the fictitious splits whose trials cost more than one (TOFU's files)."""
+    """``; a forget05 trial counts 3.5: ...`` for the fictitious splits whose trials cost more than one (TOFU's files)."""
     costs = {u.setting: u.cost for u in units if u.scenario == FICTITIOUS.name and u.cost != 1}
     return "".join(f"; a {setting} trial counts {cost:.1f}: its task's training" for setting, cost in costs.items())
 

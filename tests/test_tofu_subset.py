@@ -18,6 +18,12 @@ from study import presets
 from study.errors import DataError, StudyInputError
 
 
+TINY = ["--set", "model.name=tiny-llama", "--set", "data.retain_authors=2", "--set", "data.ds_size=8",
+        "--set", "finetune.epochs=1", "--set", "train.epochs=1", "--set", "finetune.lr=3e-3",
+        "--set", "eval.max_length=80", "--set", "eval.batch_size=8"]
+"""The end-to-end tests' settings: the smoke model on 2 retain authors and 8 rows per set, one epoch each."""
+
+
 def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
@@ -122,9 +128,7 @@ def test_tofu_path_end_to_end_on_the_smoke_model(shared_data, tmp_path, monkeypa
         "--preset", "tofu-cpu", "--data-dir", str(shared_data / "tofu"), "--method", "NPO+GD", "--sampler", "tpe",
         "--n-trials", "1", "--no-progress", "--system-metrics", "0",
         "--storage", f"sqlite:///{tmp_path}/optuna.db", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
-        "--set", "model.name=tiny-llama", "--set", "data.retain_authors=2", "--set", "data.ds_size=8",
-        "--set", "finetune.epochs=1", "--set", "train.epochs=1", "--set", "finetune.lr=3e-3",
-        "--set", "eval.max_length=80", "--set", "eval.batch_size=8",
+        *TINY,
     ])
     assert code == 0
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
@@ -156,12 +160,9 @@ def test_tofu_reproduction_exports_and_rebuilds_from_the_export(shared_data, tmp
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     out, again = tmp_path / "out", tmp_path / "again"
-    tiny = ["--set", "model.name=tiny-llama", "--set", "data.retain_authors=2", "--set", "data.ds_size=8",
-            "--set", "finetune.epochs=1", "--set", "train.epochs=1", "--set", "finetune.lr=3e-3",
-            "--set", "eval.max_length=80", "--set", "eval.batch_size=8"]
     argv = ["--preset", "tofu-cpu", "--data-dir", str(shared_data / "tofu"), "--scenario", "{}", "--methods", "ME+GD",
             "--seeds", "1", "--splits", "forget01", "--tasks", "1", "2", "--fix-ref-model", "no", "--no-notebooks",
-            *tiny, "--out", str(out), "--storage", f"sqlite:///{tmp_path}/optuna.db",
+            *TINY, "--out", str(out), "--storage", f"sqlite:///{tmp_path}/optuna.db",
             "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--experiment", "tofu"]
     for scenario in ("fictitious", "continual"):
         assert load("reproduce").main([w.format(scenario) for w in argv]) == 0
