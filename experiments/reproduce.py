@@ -391,13 +391,17 @@ def _main(args, argv) -> int:
     if not args.skip_runs and not args.from_exports:
         started = time.monotonic()
         try:
-            held = exported_trials(args)
+            held, digests = exported_trials(args)
         except ExportError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         for k, unit in enumerate(units, 1):
             t0 = time.monotonic()
             if all(held.get(name, 0) >= (args.sensitivity or 1) for name in unit_studies([unit])):
+                stale = other_data(args, sweep, unit, digests)
+                if stale:
+                    print(_shown(f"error: {stale}", args), file=sys.stderr)
+                    return 2
                 print(f"[{k}/{len(units)}] {unit.scenario} {unit.setting} {' '.join(unit.methods)} seed {unit.seed} "
                       f"kept from {_portable(out_of(args) / 'export')}", flush=True)
                 continue
@@ -448,13 +452,32 @@ def export_units(args, units, uri: str, command: str):
     return write_export(out_of(args), runs, items, command, {u.study for u in units})
 
 
-def exported_trials(args):
-    """FINISHED trials per ``<study>/<method>`` in ``<out>/export/`` (none when there is no export): a
-    study the export already holds in full is not run again (a reproduction that lost its machine and
-    store resumes from its export)."""
-    from study.reporting.exports import finished_trials, has_export
+def exported_trials(args) -> tuple[dict[str, int], dict[str, set[str]]]:
+    """FINISHED trials per ``<study>/<method>`` in ``<out>/export/`` (none when there is no export), and the
+    data digests they recorded: a study the export already holds in full is not run again (a reproduction
+    that lost its machine and store resumes from its export), if it ran on the data the unit reads now."""
+    from study.reporting.exports import finished_trials, has_export, trial_digests
 
-    return finished_trials(read_export_of(args) if has_export(out_of(args)) else None).to_dict()
+    export = read_export_of(args) if has_export(out_of(args)) else None
+    return finished_trials(export).to_dict(), trial_digests(export)
+
+
+def other_data(args, sweep, unit: Unit, digests: dict[str, set[str]]) -> str | None:
+    """Why ``unit``'s exported trials cannot be kept: one of its studies ran on other data than its settings
+    read now (``study.trial.runner.data_digest``: the files, or the code that builds them, changed); None
+    when they can (the same digest, or runs made before digests were recorded)."""
+    recorded = {name: digests[name] for name in sorted(unit_studies([unit])) if name in digests}
+    if not recorded:
+        return None
+    from study.trial.runner import data_digest
+
+    now = data_digest(sweep.plan(sweep.build_parser().parse_args([*unit.argv, "--dry-run"]))[0])
+    for name, seen in recorded.items():
+        if seen - {now}:
+            return (f"{_portable(out_of(args) / 'export')}: study {name} was run on other data (digest "
+                    f"{', '.join(sorted(seen))}; the data now gives {now}): move that folder aside, or pass "
+                    "another --out, to run it on this data")
+    return None
 
 
 def read_export_of(args):

@@ -176,6 +176,21 @@ def check_fixed_config(study, fixed: dict, storage_url: str) -> None:
             "run with its settings to resume it, or pass a new --study-name")
 
 
+def check_data_digest(study, digest: str, storage_url: str) -> None:
+    """Record the digest of the study's data (``study.trial.runner.data_digest``) on a new study; on an
+    existing one, refuse other data (its files, or the code that builds them, changed since its trials
+    ran: resuming would mix trials on two datasets). A study made before digests were recorded is taken
+    on trust and records this one."""
+    recorded = study.user_attrs.get("data_digest")
+    if recorded is None:
+        study.set_user_attr("data_digest", digest)
+    elif recorded != digest:
+        raise StudyInputError(
+            f"study {study.study_name} in {redact(storage_url)} was run on other data (digest {recorded}, this "
+            f"data's {digest}): the data files or the code that reads them changed; pass a new --study-name "
+            "(or --storage) to run on this data")
+
+
 def check_study_settings(study, settings: StudySettings) -> None:
     """Record the sampler and objective on a new study; on an existing one, refuse others (a grid sampler
     cannot continue a TPE study's trials; another objective has other directions)."""
@@ -344,6 +359,7 @@ class Sweep:
         (the other ranks follow it); None in one process."""
         self.tracker: Tracker | None = None
         self.references: ReferenceModels | None = None  # the target and retain models (set by run())
+        self.data_digest: str | None = None  # what every study of the sweep reads (set by run())
         self._objective: TrialObjective | None = None  # the study in progress (its trial's run ends KILLED on Ctrl-C or SIGTERM)
 
     def _end_stale_run(self, study, trial) -> None:
@@ -372,6 +388,9 @@ class Sweep:
         # A failed trial is reported in one line by this module (its traceback goes to the MLflow run),
         # not by Optuna's warning with the traceback; so is Ctrl-C.
         optuna.logging.set_verbosity(optuna.logging.ERROR)
+        from .trial.runner import data_digest
+
+        self.data_digest = data_digest(self.cfg)
         # Workers started together on fresh stores would race at creating the schemas.
         with schema_lock(self.settings.storage, self.settings.tracking_uri):
             storage = open_storage(self.settings.storage, failed_trial_callback=self._end_stale_run,
@@ -402,6 +421,7 @@ class Sweep:
         n_trials = trials_needed(self.settings, space)
         study = open_study(name, storage, self.settings, space)
         check_fixed_config(study, fixed_config(self.cfg, method, space), self.settings.storage)
+        check_data_digest(study, self.data_digest, self.settings.storage)
         parent = self._parent_run(study, method)
         if _counted(study) < n_trials and self.tracker.client.get_run(parent).info.status != "RUNNING":
             self.tracker.client.update_run(parent, status="RUNNING")  # resumed with trials to run
@@ -574,7 +594,8 @@ class TrialObjective:
         cfg = apply_params(self.cfg, self.method, params)
         references, name = self.references, self.study.study_name
         prepared, target_run = references.prepare_target()
-        tags = {**trial_tags(cfg, self.method, name, trial.number), "target_run_id": target_run}
+        tags = {**trial_tags(cfg, self.method, name, trial.number), "target_run_id": target_run,
+                "data_digest": self.study.user_attrs["data_digest"]}
         run = self.run = TrialRun.start(self.tracker, cfg, trial_run_name(self.method, trial.number, params), tags, parent=self.parent,
                                         about={"study": name, "trial": trial.number})
         trial.set_user_attr("mlflow_run_id", run.run_id)

@@ -259,8 +259,9 @@ def test_sigkill_trial_is_failed_by_heartbeat_and_rerun_completes(store, killed_
 # the study loop in-process, with trials that do no real work (seconds, not minutes)
 
 
-def _fast_sweep(tmp_path, monkeypatch, outcome, **changes):
-    """A real ``Sweep`` over sqlite stores whose trials call ``outcome()`` instead of training."""
+def _fast_sweep(tmp_path, monkeypatch, outcome, data: dict | None = None, **changes):
+    """A real ``Sweep`` over sqlite stores whose trials call ``outcome()`` instead of training (``data``:
+    the run's ``data`` settings, built-in authors by default)."""
     import types
 
     from study import config, search
@@ -268,7 +269,7 @@ def _fast_sweep(tmp_path, monkeypatch, outcome, **changes):
     from study.config import RunConfig
     from study.trial.references import ReferenceModels
 
-    cfg = RunConfig.from_dict({"model": {"name": "tiny-llama"}, "data": {"n_authors": 6, "ds_size": 4}})
+    cfg = RunConfig.from_dict({"model": {"name": "tiny-llama"}, "data": data or {"n_authors": 6, "ds_size": 4}})
     settings = config.StudySettings("fast", ["ME+GD"], storage=f"sqlite:///{tmp_path}/optuna.db",
                                     tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="fast",
                                     keep_checkpoints="none", **changes)
@@ -354,6 +355,61 @@ def test_bad_input_inside_a_trial_stops_at_once(tmp_path, monkeypatch):
     with pytest.raises(StudyInputError, match=r"trial 0: /data/forget01.json: file not found"):
         sweep.run()
     assert len(sweep.tracker.find("trial")) == 1
+
+
+def _tofu_folder(folder: Path) -> Path:
+    """A TOFU-format directory (one ``<split>.json`` JSON-lines file per split) of six generated authors."""
+    from study.inputs import builtin
+
+    folder.mkdir()
+    for name, rows in builtin.generate(6, 0).items():
+        (folder / f"{name}.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def test_the_data_digest_follows_the_rows_read_not_the_method(tmp_path):
+    from study.config import RunConfig
+    from study.trial.runner import data_digest
+
+    folder = _tofu_folder(tmp_path / "tofu")
+    base = RunConfig.from_dict({"model": {"name": "tiny-llama"}, "data": {"source": str(folder), "ds_size": 4}})
+    digest = data_digest(base)
+    assert len(digest) == 16 and data_digest(base) == digest
+    # the method, its hyper-parameters and the training seed do not change what is read
+    assert data_digest(base.replace(method={"name": "GA+GD"}, train={"lr": 3e-5, "seed": 7})) == digest
+    # what is read does: more evaluation rows, an edited paraphrase of a retain question
+    assert data_digest(base.replace(data={"ds_size": 5})) != digest
+    path = folder / "retain_perturbed.json"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows[0]["paraphrased_answer"] += "!"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert data_digest(base) != digest
+
+
+def test_a_study_resumed_on_other_data_is_refused(tmp_path, monkeypatch):
+    """A study records the digest of the rows it reads; resuming it after a data file changed (here one
+    wrong answer of the World Facts evaluation) stops in one line before any trial, naming the study and
+    both digests, rather than mixing trials on two datasets. The trial runs carry the digest."""
+    from study.errors import StudyInputError
+    from study.trial.runner import data_digest
+
+    folder = _tofu_folder(tmp_path / "tofu")
+    data = {"source": str(folder), "ds_size": 4}
+    sweep, _ = _fast_sweep(tmp_path, monkeypatch, _good, data=data, n_trials=1)
+    sweep.run()
+    before = data_digest(sweep.cfg)
+    assert _run_of(sweep, "trial").data.tags["study.data_digest"] == before
+    path = folder / "world_facts_perturbed.json"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows[0]["perturbed_answer"][0] += " (edited)"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    again, _ = _fast_sweep(tmp_path, monkeypatch, _good, data=data, n_trials=2)
+    with pytest.raises(StudyInputError) as error:
+        again.run()
+    message = str(error.value)
+    assert "study fast/ME+GD" in message and "was run on other data" in message and "\n" not in message
+    assert before in message and data_digest(again.cfg) in message and data_digest(again.cfg) != before
+    assert len(again.tracker.find("trial")) == 1  # nothing ran on the changed data
 
 
 def _run_of(sweep, kind: str):

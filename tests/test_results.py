@@ -363,6 +363,11 @@ def test_reproduce_end_to_end_on_smoke(tmp_path, capsys):
     # (the export holds both studies in full, so they are not even asked of the store: a reproduction whose
     # machine and store were lost resumes from its export)
     assert again.getvalue().count("kept from") == 2 and "done in" not in again.getvalue()
+    # ... but not on other data: another draw of the built-in authors (as if the code that builds them had
+    # changed) under the same study names ends in one line, before anything runs.
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as refused:
+        assert _reproduce().main([*argv, "--scenario", "fictitious", "--no-notebooks", "--set", "data.data_seed=7"]) == 2
+    assert "was run on other data" in refused.getvalue() and len(refused.getvalue().strip().splitlines()) == 1
     # --scenario builds that scenario's tables only, though the store holds all three.
     assert set(pd.read_csv(out_dir / "summary.csv")["setting"]) == {"forget01"}
 

@@ -97,7 +97,7 @@ MEASURES: tuple[str, ...] = ("MU", "FE", "Avg")
 RUN_COLUMNS: tuple[str, ...] = (
     "run_id", "run_name", "status", "start_time", "kind", "parent_run_id", "study_name", "trial_number",
     "scenario", "method", "split", "task", "model", "fix_ref_model", "lr", "forget_coeff", "beta",
-    "regularization_coeff", "epochs", "target_run_id", "retain_run_id", "entailment_status",
+    "regularization_coeff", "epochs", "target_run_id", "retain_run_id", "entailment_status", "data_digest",
     *(name for name in SETTINGS if name not in ("lr", "forget_coeff", "beta", "epochs")),
 )
 """Descriptive columns of a runs frame (from tags, falling back to the logged parameters)."""
@@ -207,6 +207,7 @@ def _run_record(run) -> dict[str, Any]:
         "target_run_id": tags.get(f"{TAG}target_run_id"),
         "retain_run_id": tags.get(f"{TAG}retain_run_id"),
         "entailment_status": tags.get(f"{TAG}entailment"),
+        "data_digest": tags.get(f"{TAG}data_digest"),  # None in runs made before it was recorded
     }
     record.update({name: _float(params.get(key)) for name, key in _NUMERIC_PARAMS.items()})
     # Final values of every evaluation metric; per-step training curves and system metrics are not results.

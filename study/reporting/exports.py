@@ -6,7 +6,8 @@ An export is a folder (``<results folder>/export/``) holding
 * ``runs.parquet``: one row per run and task (``step``: the MLflow step of its values; continual trials
   log every metric once per task, the other runs once), trials and targets alike (``kind``): the columns
   of a runs frame (:func:`study.reporting.analysis.fetch_runs`: every setting read from tags and parameters, every
-  logged metric of every set, MU's and FE's terms included), then every logged parameter as
+  logged metric of every set, MU's and FE's terms included; ``data_digest``: the data the trial read),
+  then every logged parameter as
   ``param/<key>`` (the whole ``RunConfig``);
 * ``items.parquet``: every per-item table the runs logged (``eval/items*.csv``), one row per item, with
   ``run_id`` and ``file`` (``items_task<k>.csv`` / ``items.csv``) in front;
@@ -43,7 +44,7 @@ from ..paths import ROOT as REPOSITORY
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "EXPORT_DIR", "MARKER", "RUNS_FILE", "ITEMS_FILE", "ExportError", "Export",
            "has_export", "provenance", "write_export", "read_export", "merge_runs", "last_step", "items_of",
-           "finished_trials"]
+           "finished_trials", "trial_digests"]
 
 FORMAT = "unlearning-study export"
 FORMAT_VERSION = 1
@@ -139,6 +140,16 @@ def finished_trials(export: Export | None) -> pd.Series:
     runs = last_step(export.runs)
     done = runs[(runs["kind"] == "trial") & (runs["status"] == "FINISHED")]
     return done.groupby("study_name")["run_id"].nunique()
+
+
+def trial_digests(export: Export | None) -> dict[str, set[str]]:
+    """Per trial study name (``<study>/<method>``) of ``export``, the data digests its FINISHED trials recorded
+    (``study.trial.runner.data_digest``; none for runs made before the digest was recorded)."""
+    if export is None or export.runs.empty or "data_digest" not in export.runs.columns:
+        return {}
+    runs = last_step(export.runs)
+    done = runs[(runs["kind"] == "trial") & (runs["status"] == "FINISHED") & runs["data_digest"].notna()]
+    return {name: set(group) for name, group in done.groupby("study_name")["data_digest"]}
 
 
 def last_step(runs: pd.DataFrame) -> pd.DataFrame:

@@ -49,6 +49,23 @@ def scenario_data(cfg: RunConfig, task: int | None, source: data_mod.Source | No
                    earlier_tasks=earlier, known=known)
 
 
+def data_digest(cfg: RunConfig) -> str:
+    """:func:`content_hash` of everything a run's trials read, task by task: the forget, retain and
+    fine-tuning rows, every evaluation set's rows (all fields: answers, paraphrases, perturbations) and the
+    refusal templates. A study records it (``study.search.check_data_digest``), its trial runs carry it
+    (tag ``study.data_digest``) and so does its export, so that a study or export made on other data (the
+    files changed, or the code that builds or filters them did) is refused rather than silently reused.
+    The method and its hyper-parameters do not enter: every study of a sweep reads the same data."""
+    source = source_for(cfg)
+    parts = []
+    for task in tasks_of(cfg):
+        data = scenario_data(cfg, task, source)
+        parts.append({"task": task, "forget": data.forget, "retain": data.retain, "full": data.full,
+                      "eval": [[s.name, s.kind, s.truth, s.cosine_truth, s.rows] for s in data.eval_sets],
+                      "refusals": data.refusals})
+    return content_hash(parts)
+
+
 def tasks_of(cfg: RunConfig) -> list[int | None]:
     """The tasks a run unlearns in order ([None] = every real-world person at once)."""
     if not cfg.data.tasks and not scenario(cfg.data.scenario).default_tasks:
