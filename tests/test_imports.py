@@ -19,7 +19,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"search"}),
     frozenset({"reporting"}),
 )
-"""study/'s layers, bottom first (README, "Layout"): a module of one may import the layers below it and its
+"""study/'s layers, bottom first (docs/extending.md, "Where things live"): a module of one may import the layers below it and its
 own, never one above."""
 
 
