@@ -402,14 +402,14 @@ class Sweep:
             with startup_heap_frozen():
                 for method in self.settings.methods:
                     studies[method] = self._run_method(storage, method)
-        except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM, wherever it hit: the trial's run ends KILLED
-            if self._objective is not None:  # (Optuna fails the trial)
-                self._objective.end_run("KILLED", interrupt_reason(stop))
+        except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM, wherever it hit (a study's clean-up included)
+            if self._objective is not None:
+                self._objective.abandon("KILLED", interrupt_reason(stop))
             raise
         except Exception as error:
             cause = environment_cause(error)
             if self._objective is not None:
-                self._objective.end_run("FAILED", one_line(cause or error))
+                self._objective.abandon("FAILED", one_line(cause or error))
             if isinstance(error, (StudyInputError, StudyFault)) or cause is None:
                 raise
             raise StudyFault(scrub(one_line(cause), self.settings.storage, self.settings.tracking_uri)) from None
@@ -437,6 +437,7 @@ class Sweep:
         except Exception as error:  # every exit path ends the study's run with a status and a reason
             end_if_running(self.tracker, parent, "FAILED", one_line(environment_cause(error) or error))
             raise
+        self._objective = None  # this study's part is done: an interrupt from here on is not its
         finished = _counted(study)
         self.tracker.metrics(parent, {"n_trials_finished": finished})
         describe_study_run(self.tracker, parent, study, pareto_table({method: study}), registered_model_name(name))
@@ -549,6 +550,8 @@ class TrialObjective:
         self.progress, self.log, self.leader = progress, log, leader
         self.run: TrialRun | None = None
         """The MLflow run of the trial in progress."""
+        self.trial = None
+        """The Optuna trial of the last call."""
         self.error: Exception | None = None
         """What the last trial raised (None: nothing)."""
 
@@ -558,9 +561,29 @@ class TrialObjective:
         if run is not None:
             end_if_running(run.tracker, run.run_id, status, reason)
 
+    def abandon(self, status: str, reason: str) -> None:
+        """The study stops here (an interrupt, or a failure the loop did not handle): the trial's run, the
+        Optuna trial (FAIL) and the study's run (``status``) are ended, each only if still RUNNING. The
+        sweep calls it whatever the study's own clean-up managed: a SIGTERM may cut that short (torchrun
+        sends one when another rank dies, while this one is ending its failed trial), and a second SIGTERM
+        is ignored (``study.errors.sigterm_as_interrupt``), so this runs to the end."""
+        from optuna.trial import TrialState
+
+        self.end_run(status, reason)
+        if self.trial is not None:
+            try:
+                running = {t.number for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+                if self.trial.number in running:
+                    self.trial.set_user_attr("failure_reason", reason[:1000])
+                    self.study.tell(self.trial.number, state=TrialState.FAIL)
+            except Exception:  # the storage is what failed: the next worker's heartbeat check fails the trial
+                pass
+        end_if_running(self.tracker, self.parent, status, f"{reason}; run the same command again to resume")
+
     def __call__(self, trial):
         import optuna
 
+        self.trial = trial
         try:
             return self._trial(trial)
         except Exception as error:

@@ -417,6 +417,59 @@ def _run_of(sweep, kind: str):
     return run
 
 
+def test_a_sigterm_during_a_failed_studys_clean_up_leaves_nothing_running(tmp_path, monkeypatch):
+    """torchrun sends SIGTERM to rank 0 when another rank dies, often while rank 0 is still ending the trial
+    that the lost rank broke. Here the SIGTERM lands while the study's run is being ended FAILED (the
+    clean-up is cut short): the sweep still ends that run (KILLED, saying how to resume) and the trial's."""
+    from study import search
+    from study.errors import Terminated
+
+    def broken():
+        raise RuntimeError("Connection closed by peer")
+
+    sweep, _ = _fast_sweep(tmp_path, monkeypatch, broken, n_trials=2)
+    real, hit = search.end_if_running, []
+
+    def end_if_running(tracker, run_id, status, reason):
+        if not hit and tracker.client.get_run(run_id).data.tags.get("study.kind") == "study":
+            hit.append(run_id)
+            raise Terminated("terminated (SIGTERM)")  # arrives before the study's run is ended
+        real(tracker, run_id, status, reason)
+
+    monkeypatch.setattr(search, "end_if_running", end_if_running)
+    with pytest.raises(Terminated):
+        sweep.run()
+    assert hit  # the signal did land inside the clean-up
+    trial, study = _run_of(sweep, "trial"), _run_of(sweep, "study")
+    assert trial.info.status == "FAILED" and "Connection closed by peer" in trial.data.tags["study.failure_reason"]
+    assert study.info.status == "KILLED", study.info.status
+    assert study.data.tags["study.failure_reason"] == "terminated (SIGTERM); run the same command again to resume"
+
+
+def test_abandoning_a_study_fails_its_running_trial_and_ends_its_runs(tmp_path, monkeypatch):
+    """What ``Sweep.run`` does when a study stops outside its own clean-up: the Optuna trial still RUNNING
+    (a signal that landed inside Optuna's own bookkeeping) ends FAIL with the reason, the study's run KILLED."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from study.search import TrialObjective
+    from study.trial.tracking import Tracker
+
+    sweep, _ = _fast_sweep(tmp_path, monkeypatch, _good, n_trials=1)
+    sweep.run()  # the stores, the study and its run
+    study = optuna.load_study(study_name="fast/ME+GD", storage=sweep.settings.storage)
+    tracker = Tracker(sweep.settings.tracking_uri, sweep.settings.experiment)
+    parent = _run_of(sweep, "study").info.run_id
+    tracker.client.update_run(parent, status="RUNNING")  # as during a study
+    objective = TrialObjective(sweep.cfg, sweep.settings, tracker, None, study, "ME+GD", {}, parent, 2)
+    objective.trial = study.ask()
+    objective.abandon("KILLED", "terminated (SIGTERM)")
+    (last,) = [t for t in study.get_trials() if t.number == objective.trial.number]
+    assert last.state == TrialState.FAIL and last.user_attrs["failure_reason"] == "terminated (SIGTERM)"
+    assert tracker.client.get_run(parent).info.status == "KILLED"
+    assert [t.state for t in study.get_trials()].count(TrialState.COMPLETE) == 1  # the finished trial is kept
+
+
 def test_a_failure_that_is_not_a_diverging_loss_stops_the_study_at_once(tmp_path, monkeypatch):
     """Issue 13 (1, 4): a trial that fails for another reason than a non-finite loss (here the disk is
     full) stops the study at its first failure, in one line; the trial's and the study's runs end FAILED."""
