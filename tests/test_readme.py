@@ -423,3 +423,45 @@ def test_science_published_figures_match_the_code():
     table = {m: {split: (float(v[2 * i]), float(v[2 * i + 1])) for i, split in enumerate(analysis.SPLITS)}
              for m, *v in rows}
     assert table == analysis._PUBLISHED
+
+
+def heading_anchors(text: str) -> set[str]:
+    """The anchors GitHub gives a Markdown file's headings: lower case, punctuation but ``-`` and ``_``
+    dropped, each space a hyphen; a repeated heading gets ``-1``, ``-2``, ... (code blocks hold no headings)."""
+    anchors: set[str] = set()
+    for heading in re.findall(r"^#{1,6} +(.+?) *#*$", re.sub(r"^```.*?^```", "", text, flags=re.M | re.S), re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+        anchor, n = slug, 0
+        while anchor in anchors:
+            n += 1
+            anchor = f"{slug}-{n}"
+        anchors.add(anchor)
+    return anchors
+
+
+def test_heading_anchors_follow_githubs_rule():
+    text = "# Results\n## 4. Training settings\n```\n# not a heading\n```\n## TOFU: the `tofu-cpu` preset\n## Results\n"
+    assert heading_anchors(text) == {"results", "4-training-settings", "tofu-the-tofu-cpu-preset", "results-1"}
+
+
+def test_every_link_between_the_projects_documents_resolves():
+    """Every relative link in a tracked Markdown file names a file of the repository and, with ``#anchor``,
+    a heading of that file: a renamed section or moved document fails here rather than on a reader."""
+    tracked = subprocess.run(["git", "ls-files", "*.md"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    if not tracked:
+        pytest.skip("not a git checkout")
+    broken, checked = [], 0
+    for name in tracked:
+        source = ROOT / name
+        text = re.sub(r"^```.*?^```", "", source.read_text(), flags=re.M | re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):  # http:, https:, mailto:
+                continue
+            path, _, anchor = target.partition("#")
+            file = (source.parent / path).resolve() if path else source
+            checked += 1
+            if not file.exists():
+                broken.append(f"{name}: {target} (no such file)")
+            elif anchor and file.suffix == ".md" and anchor not in heading_anchors(file.read_text()):
+                broken.append(f"{name}: {target} (no such heading)")
+    assert checked > 50 and not broken, "\n".join(broken)
