@@ -192,6 +192,18 @@ def test_continual_borrows_the_fictitious_targets_utility():
     assert target["MU"] == pytest.approx(0.6) and math.isnan(target["FE"])  # FE was on another forget set
 
 
+def test_a_target_rebuilt_under_its_key_counts_once():
+    # A new machine fine-tunes the same target again (same cache key, so the same run name): one model, not
+    # two seeds of targets; distinct keys (targets fine-tuned per seed) stay distinct.
+    runs = _frame({"ME+GD": (0.58, 0.9)})
+    same = [{**_target("fictitious", mu), "run_id": f"t{k}", "run_name": "target-abc"} for k, mu in enumerate((0.6, 0.6))]
+    row = results.summary_table(runs, runs_frame(same)).set_index("method").loc[results.TARGET_ROW]
+    assert row["n_seeds"] == 1 and row["MU"] == pytest.approx(0.6) and math.isnan(row["MU_lo"])
+    apart = [{**_target("fictitious", mu), "run_id": f"t{k}", "run_name": f"target-{k}"} for k, mu in enumerate((0.5, 0.7))]
+    row = results.summary_table(runs, runs_frame(apart)).set_index("method").loc[results.TARGET_ROW]
+    assert row["n_seeds"] == 2 and row["MU"] == pytest.approx(0.6)
+
+
 def test_a_target_without_utility_decides_nothing():
     # The smoke preset's random model: target MU 0, so "stable" and "collapsed" are both meaningless.
     runs = _frame({"GA+GD": (0.0, 0.9)}, setting="forget05")
@@ -575,7 +587,7 @@ def test_the_readme_shows_the_committed_tofu_table():
     text = "\n".join("| " + " | ".join(row) + " |" for row in expected)
     assert shown == expected, f"README.md's TOFU table should read:\n{text}"
     seeds = {int(row[1]) for row in expected[1:] if row[0] != "before unlearning"}
-    said = re.search(r"\*\*(\d) of the 5 planned seeds so far\*\*", results)
+    said = re.search(r"over \*\*(\d) seeds\*\*", results)
     assert said is not None and {int(said.group(1))} == seeds
     assert (folder / "mu_fe_fictitious_forget01.png").stat().st_size > 10_000
 

@@ -403,8 +403,10 @@ def _set_column_any(frame: pd.DataFrame, column: str) -> pd.Series:
 
 
 def _target_row(targets: pd.DataFrame | None, scenario_name: str, setting: str) -> dict | None:
-    """The target model's values for a scenario (and split, where its runs carry one), over its runs
-    (one per seed when targets are fine-tuned per seed), as :func:`_describe` gives them.
+    """The target model's values for a scenario (and split, where its runs carry one), over its models
+    (one per seed when targets are fine-tuned per seed), as :func:`_describe` gives them. A model is its
+    run's name (``target-<cache key>``): one rebuilt under the same key (its cache lost, another machine)
+    is the same model, its runs averaged and counted once.
 
     A continual study reuses the fictitious target (the same fine-tuned model, cached) and logs no
     target run of its own: the fictitious target's MU and ROUGE are used (the same model on the same
@@ -420,7 +422,8 @@ def _target_row(targets: pd.DataFrame | None, scenario_name: str, setting: str) 
         return None
     if "split" in mine.columns and (mine["split"] == setting).any():
         mine = mine[mine["split"] == setting]
-    row = _describe(mine, scenario_name, None)
+    model = mine["run_name"].where(mine["run_name"].notna(), mine["run_id"])
+    row = _describe(mine.assign(_model=model), scenario_name, "_model")
     if borrowed:
         row.update(FE=math.nan, FE_lo=math.nan, FE_hi=math.nan, rouge_forget=math.nan, FE_terms=0)
     return row
