@@ -714,7 +714,8 @@ def apply_keep_policy(study, tracker: Tracker, policy: str) -> None:
                 values = {k: run.data.metrics[k] for k in ("model_utility", "forget_efficacy", "forget_quality")
                           if k in run.data.metrics}
                 tracker.models.register(run_id, model_id, name, {**values, "study.study_name": study.study_name,
-                                                                 "study.trial_number": trial.number}, trial=trial.number)
+                                                                 "study.trial_number": trial.number}, trial=trial.number,
+                                        once=lambda find, create, key=f"{name}/{run_id}#version": once(study._storage, key, find, create))
             continue
         if model_id:
             tracker.models.leave_front(run_id, name, trial.number)

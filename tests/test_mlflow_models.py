@@ -95,6 +95,50 @@ def test_deleting_a_logged_model_removes_its_files_and_keeps_its_registry_versio
     assert mlflow.transformers.load_model(f"models:/{ids[1]}") is not None
 
 
+def test_an_alias_another_worker_set_at_the_same_moment_is_taken_as_set(tmp_path):
+    """Two workers applying the keep policy together both alias the same trial's version; the store's insert
+    of the second fails on its key (PostgreSQL: UniqueViolation on registered_model_alias_pk, seen in the
+    scale-out test). That worker goes on; an alias that points elsewhere is still an error. Removing an alias
+    the other worker removed first is no error either."""
+    import torch
+    from mlflow.exceptions import MlflowException
+
+    from study.inputs import models
+    from study.trial.tracking import Tracker
+
+    lm = models.load("tiny-llama", device="cpu", dtype=torch.float32)
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "models")
+    runs = [tracker.start(f"trial {k}", "trial") for k in range(2)]
+    ids = [tracker.models.log_model(run, lm.model, lm.tokenizer, lm.prompt, {"trial": k}) for k, run in enumerate(runs)]
+    client = tracker.client
+    real_set, real_delete = client.set_registered_model_alias, client.delete_registered_model_alias
+
+    def raced_set(name, alias, version):  # the other worker's insert lands first, ours fails on the key
+        real_set(name, alias, version)
+        raise MlflowException("(psycopg2.errors.UniqueViolation) duplicate key value violates unique constraint")
+
+    client.set_registered_model_alias = raced_set
+    version = tracker.models.register(runs[0], ids[0], "ME-GD.race", {}, trial=0)
+    assert client.get_model_version_by_alias("ME-GD.race", "pareto-trial-0").version == version
+
+    def other_set(name, alias, version):  # the alias is taken by another version: not this race
+        real_set(name, alias, "1")
+        raise MlflowException("duplicate key")
+
+    client.set_registered_model_alias = other_set
+    with pytest.raises(MlflowException):
+        tracker.models.register(runs[1], ids[1], "ME-GD.race", {}, trial=0)
+
+    def raced_delete(name, alias):  # the other worker removed it first
+        real_delete(name, alias)
+        raise MlflowException("RESOURCE_DOES_NOT_EXIST")
+
+    client.delete_registered_model_alias = raced_delete
+    tracker.models.leave_front(runs[0], "ME-GD.race", trial=0)
+    assert "pareto-trial-0" not in client.get_model_version("ME-GD.race", version).aliases
+    assert client.get_model_version("ME-GD.race", version).tags["pareto"] == "false"
+
+
 # --------------------------------------------------------------------------------------------------
 # The session's smoke store (conftest.smoke_store)
 

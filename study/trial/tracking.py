@@ -371,16 +371,21 @@ class LoggedModels:
                 done = False
         return done
 
-    def register(self, run_id: str, model_id: str, name: str, tags: dict, trial: int | None = None) -> str:
+    def register(self, run_id: str, model_id: str, name: str, tags: dict, trial: int | None = None, once=None) -> str:
         """A version of registered model ``name`` for the logged model ``model_id`` (once per run: an
         existing version of the run is returned), tagged ``pareto=true`` and ``tags``, with the alias
-        :data:`PARETO_ALIAS` of its ``trial``. Returns the version."""
+        :data:`PARETO_ALIAS` of its ``trial``. Returns the version.
+
+        Workers that share the registry apply the keep policy together: ``once(find, create)`` creates the
+        version in one of them (``study.trial.claims.once`` over their Optuna storage; without it, this
+        process alone), and an alias another worker set to the same version at the same moment (the
+        store's insert then fails on its key) is taken as set."""
         from mlflow.exceptions import MlflowException
 
-        found = self.client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-        if found:
-            version = found[0].version
-        else:
+        def find():
+            return next((v.version for v in self.client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")), None)
+
+        def create():
             try:
                 self.client.create_registered_model(name, description="Trials of the Optuna study of this name that were "
                                                                       "Pareto-best: tag `pareto` says whether they still are, "
@@ -388,20 +393,44 @@ class LoggedModels:
             except MlflowException as error:
                 if error.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
-            version = self.client.create_model_version(name, f"models:/{model_id}", run_id=run_id, model_id=model_id,
-                                                       tags={k: str(v) for k, v in tags.items()}).version
+            return self.client.create_model_version(name, f"models:/{model_id}", run_id=run_id, model_id=model_id,
+                                                    tags={k: str(v) for k, v in tags.items()}).version
+
+        version = once(find, create) if once is not None else (find() or create())
         self.client.set_model_version_tag(name, version, "pareto", "true")
         if trial is not None:
-            self.client.set_registered_model_alias(name, PARETO_ALIAS.format(trial=trial), version)
+            alias = PARETO_ALIAS.format(trial=trial)
+            try:
+                self.client.set_registered_model_alias(name, alias, version)
+            except MlflowException:
+                if self._alias_version(name, alias) != str(version):
+                    raise
         return version
+
+    def _alias_version(self, name: str, alias: str) -> str | None:
+        """The version ``alias`` of registered model ``name`` points at; None where it points at none."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(self.client.get_model_version_by_alias(name, alias).version)
+        except MlflowException:
+            return None
 
     def leave_front(self, run_id: str, name: str, trial: int | None = None) -> None:
         """The versions of ``name`` made from the run, once Pareto-best, no longer are: tagged
-        ``pareto=false``, their alias removed; the versions themselves stay (the registry keeps its history)."""
+        ``pareto=false``, their alias removed (by whichever worker gets there first); the versions
+        themselves stay (the registry keeps its history)."""
+        from mlflow.exceptions import MlflowException
+
         for version in self.client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
             self.client.set_model_version_tag(version.name, version.version, "pareto", "false")
-            if trial is not None and PARETO_ALIAS.format(trial=trial) in self.client.get_model_version(name, version.version).aliases:
-                self.client.delete_registered_model_alias(name, PARETO_ALIAS.format(trial=trial))
+            alias = PARETO_ALIAS.format(trial=trial) if trial is not None else None
+            if alias is not None and alias in self.client.get_model_version(name, version.version).aliases:
+                try:
+                    self.client.delete_registered_model_alias(name, alias)
+                except MlflowException:
+                    if self._alias_version(name, alias) is not None:
+                        raise
 
 
 def registered_model_name(study_name: str) -> str:
