@@ -62,10 +62,36 @@ def sigterm_as_interrupt():
 
     def handler(signum, frame):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if _HELD["depth"]:  # inside a store write (sigterm_held): raised when it is done
+            _HELD["pending"] = True
+            return
         raise Terminated("terminated (SIGTERM)")
 
     previous = signal.signal(signal.SIGTERM, handler)
+    _HELD["pending"] = False
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+_HELD = {"depth": 0, "pending": False}
+
+
+@contextlib.contextmanager
+def sigterm_held():
+    """A SIGTERM that :func:`sigterm_as_interrupt` turns into :class:`Terminated` waits until the block is
+    done, then is raised. For writes to a store: one cut in the middle of a commit leaves SQLite's write lock
+    with the interrupted connection, and the clean-up that ends the runs then finds the database locked
+    (seen when torchrun's SIGTERM hit a failed trial's last metrics). Outside the main thread: no change."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _HELD["depth"] += 1
+    try:
+        yield
+    finally:
+        _HELD["depth"] -= 1
+        if not _HELD["depth"] and _HELD["pending"]:
+            _HELD["pending"] = False
+            raise Terminated("terminated (SIGTERM)")

@@ -1141,3 +1141,27 @@ def test_a_stale_claim_is_announced_and_the_orphaned_target_run_ended(tmp_path, 
         references._evaluated_run("target", other, stopped)
     run = tracker.client.get_run(other)
     assert run.info.status == "KILLED" and run.data.tags["study.failure_reason"] == "terminated (SIGTERM)"
+
+
+def test_a_sigterm_during_a_store_write_waits_for_the_write_to_finish():
+    """torchrun's SIGTERM once landed inside a failed trial's last metric commit: SQLite kept the cut
+    connection's lock and the clean-up could not end the run (left RUNNING). Inside ``sigterm_held`` the
+    signal is held and raised once the write is done; outside it is raised where it lands."""
+    from study.errors import Terminated, sigterm_as_interrupt, sigterm_held
+
+    done = []
+    with sigterm_as_interrupt():
+        with pytest.raises(Terminated):
+            with sigterm_held():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.2)  # the handler has run by now: held, not raised
+                done.append("write finished")
+        assert done == ["write finished"]
+    with sigterm_as_interrupt():  # a fresh block: nothing pending from the last one
+        with sigterm_held():
+            done.append("second write")
+        with pytest.raises(Terminated):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # interrupted at once
+            done.append("not reached")
+    assert done == ["write finished", "second write"]

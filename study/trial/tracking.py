@@ -53,7 +53,7 @@ from urllib.parse import urlsplit
 
 from ..config import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI
 from ..credentials import redact, scrub
-from ..errors import StudyInputError
+from ..errors import StudyInputError, sigterm_held
 from ..paths import ROOT
 
 TAG = "study."
@@ -215,9 +215,10 @@ class Tracker:
         return run.info.run_id
 
     def end(self, run_id: str, status: str = "FINISHED", reason: str | None = None) -> None:
-        if reason:
-            self.client.set_tag(run_id, f"{TAG}failure_reason", reason[:5000])
-        self.client.set_terminated(run_id, status)
+        with sigterm_held():  # a commit cut by SIGTERM would leave SQLite locked for the clean-up
+            if reason:
+                self.client.set_tag(run_id, f"{TAG}failure_reason", reason[:5000])
+            self.client.set_terminated(run_id, status)
 
     def find(self, kind: str, **tags) -> list:
         """Runs of ``kind`` whose ``study.<key>`` tags equal the given values, newest first."""
@@ -245,7 +246,8 @@ class Tracker:
     def tags(self, run_id: str, tags: dict) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(run_id, tags=[RunTag(_tag_key(k), str(v)) for k, v in tags.items()])
+        with sigterm_held():
+            self.client.log_batch(run_id, tags=[RunTag(_tag_key(k), str(v)) for k, v in tags.items()])
 
     def json_artifact(self, run_id: str, name: str, payload) -> None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -549,9 +551,10 @@ class StepLogger:
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step) for values, step in self.buffer for k, v in values.items()
                  if math.isfinite(float(v))]
-        for start in range(0, len(items), 500):
-            self.tracker.client.log_batch(self.run_id, metrics=items[start:start + 500])
-        self.buffer.clear()
+        with sigterm_held():  # a commit cut by SIGTERM would leave SQLite locked for the clean-up
+            for start in range(0, len(items), 500):
+                self.tracker.client.log_batch(self.run_id, metrics=items[start:start + 500])
+            self.buffer.clear()
 
 
 UI_ADDRESS = "http://127.0.0.1:5000"
