@@ -18,6 +18,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -428,7 +429,8 @@ class Sweep:
         done = _counted(study)
         self.log(f"study {name}: {done}/{n_trials} trials finished" + (", resuming" if done else ""))
         self._objective = TrialObjective(self.cfg, self.settings, self.tracker, self.references, study, method, space,
-                                         parent, n_trials, progress=self.progress, log=self.log, leader=self.leader)
+                                         parent, n_trials, self.data_digest, progress=self.progress, log=self.log,
+                                         leader=self.leader)
         try:
             self._trials(study, storage, space, n_trials)
         except KeyboardInterrupt as stop:
@@ -543,10 +545,13 @@ class TrialObjective:
     ``parent``), ``runner.run_trial`` and the objective values."""
 
     def __init__(self, cfg: RunConfig, settings: StudySettings, tracker: Tracker, references: ReferenceModels,
-                 study, method: str, space: dict, parent: str, n_trials: int, progress: bool = True,
-                 log: Callable[[str], None] = print, leader=None):
+                 study, method: str, space: dict, parent: str, n_trials: int, data_digest: str | None = None,
+                 progress: bool = True, log: Callable[[str], None] = print, leader=None):
         self.cfg, self.settings, self.tracker, self.references = cfg, settings, tracker, references
         self.study, self.method, self.space, self.parent, self.n_trials = study, method, space, parent, n_trials
+        self.data_digest = data_digest
+        """The digest of the data every trial reads (the sweep's, checked against the study's record by
+        ``check_data_digest``); each trial's run carries it."""
         self.progress, self.log, self.leader = progress, log, leader
         self.run: TrialRun | None = None
         """The MLflow run of the trial in progress."""
@@ -618,7 +623,7 @@ class TrialObjective:
         references, name = self.references, self.study.study_name
         prepared, target_run = references.prepare_target()
         tags = {**trial_tags(cfg, self.method, name, trial.number), "target_run_id": target_run,
-                "data_digest": self.study.user_attrs["data_digest"]}
+                "data_digest": self.data_digest}
         run = self.run = TrialRun.start(self.tracker, cfg, trial_run_name(self.method, trial.number, params), tags, parent=self.parent,
                                         about={"study": name, "trial": trial.number})
         trial.set_user_attr("mlflow_run_id", run.run_id)
@@ -715,7 +720,7 @@ def apply_keep_policy(study, tracker: Tracker, policy: str) -> None:
                           if k in run.data.metrics}
                 tracker.models.register(run_id, model_id, name, {**values, "study.study_name": study.study_name,
                                                                  "study.trial_number": trial.number}, trial=trial.number,
-                                        once=lambda find, create, key=f"{name}/{run_id}#version": once(study._storage, key, find, create))
+                                        once=partial(once, study._storage, f"{name}/{run_id}#version"))
             continue
         if model_id:
             tracker.models.leave_front(run_id, name, trial.number)
