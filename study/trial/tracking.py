@@ -385,7 +385,7 @@ class LoggedModels:
         from mlflow.exceptions import MlflowException
 
         def find():
-            return next((v.version for v in self.client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")), None)
+            return next((v.version for v in self._run_versions(name, run_id)), None)
 
         def create():
             try:
@@ -409,6 +409,10 @@ class LoggedModels:
                     raise
         return version
 
+    def _run_versions(self, name: str, run_id: str) -> list:
+        """The versions of registered model ``name`` made from run ``run_id``."""
+        return self.client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+
     def _alias_version(self, name: str, alias: str) -> str | None:
         """The version ``alias`` of registered model ``name`` points at; None where it points at none."""
         from mlflow.exceptions import MlflowException
@@ -424,9 +428,9 @@ class LoggedModels:
         themselves stay (the registry keeps its history)."""
         from mlflow.exceptions import MlflowException
 
-        for version in self.client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
+        alias = PARETO_ALIAS.format(trial=trial) if trial is not None else None
+        for version in self._run_versions(name, run_id):
             self.client.set_model_version_tag(version.name, version.version, "pareto", "false")
-            alias = PARETO_ALIAS.format(trial=trial) if trial is not None else None
             if alias is not None and alias in self.client.get_model_version(name, version.version).aliases:
                 try:
                     self.client.delete_registered_model_alias(name, alias)
