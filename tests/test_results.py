@@ -680,3 +680,105 @@ def test_continual_readme_shows_the_earlier_tasks_forget_rouge_only_when_logged(
     rows = {line.split("|")[1].strip(): line.split("|") for line in text.splitlines() if line.startswith("| GA+GD") or line.startswith("| ME+GD")}
     where = columns.index(header)
     assert rows["GA+GD"][where].strip() == "0.220" and rows["ME+GD"][where].strip() == "0.420"  # (x+.01+x+.02+x+.03)/3
+
+
+# --------------------------------------------------------------------------------------------------
+# The index's prose: every number it prints comes from the folder it cites
+
+NUMBER = r"(?<![\w.])\d+\.\d+"
+"""A decimal as the index prints it (``0.481``, ``1.000``; not ``1e-4`` nor a version ``3.17.2``'s parts)."""
+
+
+def _tables_values(folder) -> np.ndarray:
+    """Every decimal in a results folder's tables and README (summary, seeds, claims and their evidence)."""
+    import re
+
+    texts = [(folder / name).read_text() for name in ("summary.csv", "seeds.csv", "claims.csv", "README.md")
+             if (folder / name).exists()]
+    return np.array([float(x) for text in texts for x in re.findall(NUMBER, text)])
+
+
+def _export(folder) -> pd.DataFrame:
+    return pd.read_parquet(folder / "export" / "runs.parquet")
+
+
+def _summary(folder, method: str, column: str) -> float:
+    table = pd.read_csv(folder / "summary.csv")
+    return table.loc[table["method"] == method, column].iloc[0]
+
+
+def _last_task(runs: pd.DataFrame) -> pd.DataFrame:
+    return runs[runs["step"] == runs["step"].max()]
+
+
+def _holm_ps(folder, claim: str) -> list[float]:
+    import re
+
+    evidence = pd.read_csv(folder / "claims.csv").set_index("claim").loc[claim, "evidence"]
+    return [float(p) for p in re.findall(r"\(Holm ([\d.e-]+)\)", evidence)]
+
+
+DERIVED = {
+    # (folder, number as printed): whether the folder's export or tables give it, for the numbers of the
+    # index that no table prints as such (a ratio, a bound, a run's setting, one task of a continual run)
+    ("tofu-cpu-fictitious", "0.40"):  # ME+GD's lowest Forget Quality over the seeds ("0.40-0.77")
+        lambda f: round(_export(f).query("kind == 'trial' and method == 'ME+GD'")["forget_quality"].min(), 2) == 0.40,
+    ("fictitious", "0.0005"):  # "Holm-corrected p ≤ 0.0005" over claim (a)'s FE comparisons
+        lambda f: max(_holm_ps(f, "a")) <= 0.0005,
+    ("fictitious", "0.89"):  # ME+GD's MU as a share of the target's
+        lambda f: round(_summary(f, "ME+GD", "MU") / _summary(f, results.TARGET_ROW, "MU"), 2) == 0.89,
+    ("fictitious", "4.5"): lambda f: set(_export(f).query("method == 'SimNPO+GD'")["param/method.beta"]) == {"4.5"},
+    ("fictitious", "0.125"):
+        lambda f: set(_export(f).query("method == 'SimNPO+GD'")["param/method.forget_coeff"]) == {"0.125"},
+    ("fictitious", "6.5"):
+        lambda f: set(_export(f).query("method == 'RMU'")["param/method.rmu_steering_coeff"]) == {"6.5"},
+    ("continual", "0.77"):  # GA+GD's MU after four tasks as a share of the target's
+        lambda f: round(_last_task(_export(f).query("method == 'GA+GD'"))["model_utility"].mean()
+                        / _summary(f, results.TARGET_ROW, "MU"), 2) == 0.77,
+    ("continual", "0.33"):  # ME+GD after task 1: its MU and its Real Authors ROUGE
+        lambda f: [round(x, 2) for x in _export(f).query("method == 'ME+GD' and step == 1")
+                   [["model_utility", "real_authors/rouge"]].iloc[0]] == [0.33, 0.33],
+    ("continual", "0.18"):  # ME+GD's MU after task 2
+        lambda f: round(_export(f).query("method == 'ME+GD' and step == 2")["model_utility"].iloc[0], 2) == 0.18,
+    ("real_world", "0.055"):  # the target's neighbour truth-ratio term
+        lambda f: round(_export(f).query("kind == 'target'")["neighbor/truth_ratio"].iloc[0], 3) == 0.055,
+}
+"""The index's numbers that are computed from a folder rather than printed by it, each checked here."""
+
+
+def _index_paragraphs() -> list[tuple[str, str]]:
+    """(folder, text) for each paragraph of the index's "What the committed studies show" (the folder its
+    first link names) and each row of the claims table's TOFU column (tofu-cpu-fictitious)."""
+    import re
+
+    index = (ROOT / "docs" / "results" / "README.md").read_text()
+    shows = index[index.index("## What the committed studies show"):]
+    shows = shows[:shows.index("\n## ", 1)]
+    found = [(re.search(r"\]\(([^)/]+)/README\.md\)", para).group(1), para)
+             for para in re.split(r"\n(?=\*\*)", shows) if para.startswith("**")]
+    claims = index[index.index("## The paper's claims at each scale"):]
+    found += [("tofu-cpu-fictitious", row.split("|")[5]) for row in claims.splitlines() if re.match(r"\| [a-g] \|", row)]
+    return found
+
+
+def test_every_number_of_the_index_prose_is_in_the_folder_it_cites():
+    """docs/results/README.md's account of each study prints numbers by hand: each must be one of the cited
+    folder's table values at the printed precision, or one of ``DERIVED`` (computed here from that folder's
+    export or tables). A re-run that moves a number, or a number copied from elsewhere, fails here."""
+    import re
+
+    paragraphs = _index_paragraphs()
+    assert {folder for folder, _ in paragraphs} >= {"tofu-cpu-fictitious", "fictitious", "continual", "real_world"}
+    used, wrong = set(), []
+    for name, text in paragraphs:
+        folder = ROOT / "docs" / "results" / name
+        values = np.abs(_tables_values(folder))
+        for printed in re.findall(NUMBER, text):
+            if (name, printed) in DERIVED:
+                used.add((name, printed))
+                if not DERIVED[name, printed](folder):
+                    wrong.append(f"{name}: {printed} (DERIVED)")
+            elif not np.any(np.isclose(np.round(values, len(printed.split(".")[1])), float(printed))):
+                wrong.append(f"{name}: {printed}")
+    assert not wrong, f"numbers of docs/results/README.md that their folder does not give: {wrong}"
+    assert used == set(DERIVED), f"DERIVED entries the index no longer prints: {set(DERIVED) - used}"
