@@ -686,7 +686,7 @@ def test_continual_readme_shows_the_earlier_tasks_forget_rouge_only_when_logged(
 # The index's prose: every number it prints comes from the folder it cites
 
 NUMBER = r"(?<![\w.])\d+\.\d+"
-"""A decimal as the index prints it (``0.481``, ``1.000``; not ``1e-4`` nor a version ``3.17.2``'s parts)."""
+"""A decimal as the index prints it (``0.481``, ``1.000``; not ``1e-4``)."""
 
 
 def _tables_values(folder) -> np.ndarray:
