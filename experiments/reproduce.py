@@ -60,7 +60,7 @@ SPLITS = ("forget01", "forget05", "forget10")
 CONTINUAL_TASKS = (1, 2, 3, 4)
 
 SECONDS_PER_TRIAL = {"smoke": 10.0, "default": 112.0, "tofu-cpu": 463.0}
-"""Assumed seconds per trial and task unlearned on 2 CPU cores (continual trials cost one per task):
+"""Assumed seconds per forget01 trial on 2 CPU cores (a continual trial costs one per task, :data:`EARLIER_SET_SHARE`):
 smoke measured at ~10 s; default (SmolLM2-135M, 20 items per evaluation set) measured on 2026-12-03:
 the nine methods of one fictitious forget01 seed took 1007 s, 2 cores shared with a test run; tofu-cpu
 (TOFU's forget01 task 1, 40 items per set): seed 1002's nine trials took 4163 s on a quiet machine,
@@ -79,6 +79,12 @@ TRAIN_SHARE = 0.62
 """The share of a forget01 trial spent training (tofu-cpu seed 1002: 287 s of 462 s); a split's trial costs
 ``1 - TRAIN_SHARE + TRAIN_SHARE * TOFU_SPLIT_ROWS[split]`` forget01 trials. Derived, not yet measured on
 forget05 / forget10."""
+EARLIER_SET_SHARE = 0.12
+"""Continual with ``eval.earlier_tasks`` (beyond the paper): task k also evaluates the forget sets of the k - 1
+tasks before it, each about this share of a forget01 trial. Measured on tofu-cpu, seed 1001's GA+KL
+(2026-12-06, quiet machine; docs/results/tofu-cpu-continual/export, ``time/eval_s``): a task's evaluation took
+204 s with no earlier set, 324 s with two and 356 s with three, ~51-60 s a set of 40 rows, of a 463 s trial.
+A continual trial of n tasks costs ``n + EARLIER_SET_SHARE * n (n - 1) / 2`` forget01 trials."""
 
 
 @dataclass(frozen=True)
@@ -119,17 +125,20 @@ def preset_training(preset: str, sets: list[str] = ()) -> tuple[float, float]:
     return float(train.lr), train.epochs
 
 
-def settings_of(scenario_name: str, splits: tuple[str, ...], tasks: tuple[int, ...],
-                fix_ref: str = "both", tofu_files: bool = False) -> list[tuple[str, list[str], float]]:
-    """(setting, sweep options, cost of a trial in fictitious trials: the tasks it unlearns; on TOFU's files
-    a split's size, :data:`TOFU_SPLIT_ROWS`) per setting."""
+def settings_of(scenario_name: str, splits: tuple[str, ...], tasks: tuple[int, ...], fix_ref: str = "both",
+                tofu_files: bool = False, earlier_tasks: bool = False) -> list[tuple[str, list[str], float]]:
+    """(setting, sweep options, cost of a trial in fictitious trials: the tasks it unlearns, with
+    ``earlier_tasks`` their earlier forget sets evaluated (:data:`EARLIER_SET_SHARE`); on TOFU's files a
+    split's size, :data:`TOFU_SPLIT_ROWS`) per setting."""
     from study.reporting.results import setting_name
 
     sc = scenario(scenario_name)
     if sc.sequential:  # one task list, each task's start the next reference unless --fix-ref-model
         options = ["--split", splits[0], "--tasks", *map(str, tasks)]
+        n = len(tasks)
+        cost = n + (EARLIER_SET_SHARE * n * (n - 1) / 2 if earlier_tasks else 0)
         return [(setting_name(scenario_name, splits[0], tasks, fix), options + (["--fix-ref-model"] if fix else []),
-                 len(tasks)) for fix in {"both": (False, True), "no": (False,), "yes": (True,)}[fix_ref]]
+                 cost) for fix in {"both": (False, True), "no": (False,), "yes": (True,)}[fix_ref]]
     if sc.has_splits:
         return [(setting_name(scenario_name, split), ["--split", split],
                  1 - TRAIN_SHARE + TRAIN_SHARE * TOFU_SPLIT_ROWS[split] if tofu_files else 1) for split in splits]
@@ -213,8 +222,9 @@ def plan_units(args) -> list[Unit]:
     for sc in scenarios:
         preset = preset_of(args.preset, sc)
         lr, epochs = preset_training(preset, args.set)
-        tofu_files = presets.run_config(preset, settings=args.set).data.source != "builtin"
-        for setting, options, cost in settings_of(sc, tuple(args.splits), tasks_of(args), args.fix_ref_model, tofu_files):
+        cfg = presets.run_config(preset, settings=args.set)
+        for setting, options, cost in settings_of(sc, tuple(args.splits), tasks_of(args), args.fix_ref_model,
+                                                  cfg.data.source != "builtin", cfg.eval.earlier_tasks):
             for seed in args.seeds:
                 name = study_name(args.preset, sc, setting, seed)
                 argv = ["--preset", preset, "--scenario", sc, *options, "--method", *args.methods,
@@ -266,10 +276,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _split_costs(units: list[Unit]) -> str:
-    """``; a forget05 trial counts 3.5: ...`` for the fictitious splits whose trials cost more than one (TOFU's files)."""
-    costs = {u.setting: u.cost for u in units if u.scenario == FICTITIOUS.name and u.cost != 1}
-    return "".join(f"; a {setting} trial counts {cost:.1f}: its task's training" for setting, cost in costs.items())
+def _cost_notes(units: list[Unit], tasks: tuple[int, ...]) -> str:
+    """How the estimate counts the trials of ``units`` that cost more than one forget01 trial: continual
+    (each task in turn, and where evaluated the earlier tasks' forget sets), real-world (more data), TOFU's
+    larger fictitious splits (their task's training); and what it leaves out (the fine-tunes)."""
+    notes = []
+    for u in {u.setting: u for u in units}.values():
+        if u.scenario == CONTINUAL.name:
+            notes.append(f"a {u.setting} trial counts {u.cost:.2f}: its {len(tasks)} tasks in turn"
+                         + (", each also evaluating the earlier tasks' forget sets" if u.cost > len(tasks) else ""))
+        elif u.scenario != FICTITIOUS.name:
+            notes.append(f"a {u.setting} trial counts {u.cost:g}: more data")
+        elif u.cost != 1:
+            notes.append(f"a {u.setting} trial counts {u.cost:.1f}: its task's training")
+    return "; ".join([*notes, "the target's and retain models' fine-tunes are not counted (each is cached by content)"])
 
 
 def print_plan(args, units: list[Unit]) -> None:
@@ -288,8 +308,7 @@ def print_plan(args, units: list[Unit]) -> None:
     print(f"{len(studies)} studies (scenario × setting × seed), {trials} trials "
           f"({len(args.methods)} methods, seeds {' '.join(map(str, sorted({u.seed for u in units})))})")
     cost = f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
-    print(f"estimate: {cost} at an assumed {per_trial:g} s per trial and task (continual trials unlearn each "
-          f"task in turn; a real-world trial counts {REAL_WORLD_FACTOR:g}: more data{_split_costs(units)})")
+    print(f"estimate: {cost} at an assumed {per_trial:g} s per forget01 trial ({_cost_notes(units, tasks_of(args))})")
     for k, u in enumerate(units, 1):
         print(f"  [{k}/{len(units)}] {u.scenario} {u.setting} {' '.join(u.methods)} seed {u.seed}  study {u.study}")
     print(f"each study into {out_of(args) / 'export'} as it finishes; then: tables, README.md, figures and notebooks in "
