@@ -443,7 +443,9 @@ def _main(args, argv) -> int:
     matplotlib.use("Agg")
 
     try:
-        export = read_export_of(args) if args.from_exports else export_units(args, units, uri, command)
+        # Each study that ran joined the export as it finished, and a kept one is there already: only
+        # --skip-runs exports here (a re-run that keeps everything leaves the export as it was).
+        export = export_units(args, units, uri, command) if args.skip_runs else read_export_of(args)
         paths = (build_sensitivity(args, export, command) if args.sensitivity
                  else build_tables(args, units, export, command))
     except ExportError as err:

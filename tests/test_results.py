@@ -370,11 +370,13 @@ def test_reproduce_end_to_end_on_smoke(tmp_path, capsys):
     for key in ("fictitious", "continual", "real_world"):
         assert (again_dir / f"{key}.ipynb").exists()
     # A re-run reuses every finished study (checked on one scenario: each call still plans its study).
+    exported = {f.name: f.read_bytes() for f in (out_dir / "export").iterdir()}
     with contextlib.redirect_stdout(io.StringIO()) as again:
         assert _reproduce().main([*argv, "--scenario", "fictitious", "--no-notebooks"]) == 0
     # (the export holds both studies in full, so they are not even asked of the store: a reproduction whose
-    # machine and store were lost resumes from its export)
+    # machine and store were lost resumes from its export), and leaves the export as it was, byte for byte
     assert again.getvalue().count("kept from") == 2 and "done in" not in again.getvalue()
+    assert {f.name: f.read_bytes() for f in (out_dir / "export").iterdir()} == exported
     # ... but not on other data: another draw of the built-in authors (as if the code that builds them had
     # changed) under the same study names ends in one line, before anything runs.
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as refused:
