@@ -742,6 +742,10 @@ DERIVED = {
                    [["model_utility", "real_authors/rouge"]].iloc[0]] == [0.33, 0.33],
     ("continual", "0.18"):  # ME+GD's MU after task 2
         lambda f: round(_export(f).query("method == 'ME+GD' and step == 2")["model_utility"].iloc[0], 2) == 0.18,
+    ("tofu-cpu-continual", "0.48"):  # NPO+GD's MU after task 1
+        lambda f: round(_export(f).query("method == 'NPO+GD' and step == 1")["model_utility"].iloc[0], 2) == 0.48,
+    ("tofu-cpu-continual", "0.15"):  # NPO+GD's MU after task 2
+        lambda f: round(_export(f).query("method == 'NPO+GD' and step == 2")["model_utility"].iloc[0], 2) == 0.15,
     ("real_world", "0.055"):  # the target's neighbour truth-ratio term
         lambda f: round(_export(f).query("kind == 'target'")["neighbor/truth_ratio"].iloc[0], 3) == 0.055,
 }
