@@ -205,6 +205,11 @@ def test_continual_table_takes_last_task_of_best_run():
         "NPO+GD", "ME+GD", "reference: each task's start", "reference: fixed (--fix-ref-model)"]
     only_moving = A.plot_continual(curves[~curves["fix_ref_model"]])
     assert [t.get_text() for t in only_moving.legends[0].get_texts()] == ["NPO+GD"]
+    # The MU before unlearning: a level across the MU panel only, named in the legend with its value.
+    with_target = A.plot_continual(curves[~curves["fix_ref_model"]], target_mu=0.55)
+    levels = [line for line in with_target.axes[0].lines if len(set(line.get_ydata())) == 1 and line.get_ydata()[0] == 0.55]
+    assert len(levels) == 1 and not [line for line in with_target.axes[1].lines if 0.55 in line.get_ydata()]
+    assert [t.get_text() for t in with_target.legends[0].get_texts()] == ["NPO+GD", "before unlearning (MU 0.550)"]
     # Runs that evaluated the earlier tasks' forget sets (eval.earlier_tasks) get a third panel, with the
     # values drawn where they exist (from task 2 on).
     earlier = curves.assign(**{A.EARLIER_ROUGE: [float("nan"), 0.2, 0.3] * 2 + [float("nan"), 0.1]

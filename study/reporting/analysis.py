@@ -727,12 +727,14 @@ def continual_table(curves: pd.DataFrame) -> pd.DataFrame:
     return best[list(CONTINUAL_COLUMNS)].reset_index(drop=True)
 
 
-def plot_continual(curves: pd.DataFrame, title: str | None = None) -> Figure | None:
+def plot_continual(curves: pd.DataFrame, title: str | None = None, target_mu: float | None = None) -> Figure | None:
     """MU and FE after each task (two panels), one line per representative run of
     :func:`continual_table`: colour and marker = method (as in every figure), a dashed line = the fixed
     reference model (``fix_ref_model``; the line-style key appears only when both kinds are drawn); the
-    legend beside the panels. A third panel, when the runs evaluated them (``eval.earlier_tasks``), draws
-    ROUGE on the earlier tasks' forget sets (:data:`EARLIER_ROUGE`). None when there is no curve."""
+    legend beside the panels. ``target_mu``: the MU before unlearning, a grey dotted level in the MU panel
+    (what "collapse" is measured against). A third panel, when the runs evaluated them
+    (``eval.earlier_tasks``), draws ROUGE on the earlier tasks' forget sets (:data:`EARLIER_ROUGE`). None
+    when there is no curve."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
@@ -754,6 +756,9 @@ def plot_continual(curves: pd.DataFrame, title: str | None = None) -> Figure | N
         ax.set(xlabel="task", ylabel=label, ylim=(-0.02, 1.02))
         ax.xaxis.get_major_locator().set_params(integer=True)
     handles = [Line2D([], [], color=colours[m], marker=markers[m], label=m) for m in methods]
+    if target_mu is not None and math.isfinite(target_mu):
+        axes[0].axhline(target_mu, color="grey", linestyle=":", linewidth=1.2)
+        handles.append(Line2D([], [], color="grey", linestyle=":", label=f"{BEFORE_UNLEARNING} (MU {target_mu:.3f})"))
     kinds = sorted({bool(v) for v in shown["fix_ref_model"]})
     if len(kinds) == 2:
         handles += [Line2D([], [], color="grey", linestyle="-", label="reference: each task's start"),
