@@ -613,6 +613,37 @@ def test_every_committed_results_folder_names_the_command_that_writes_it():
         assert reproduce.out_of(args) == folder, f"{found.group(0)} writes to {reproduce.out_of(args)}, not {folder}"
 
 
+def test_every_committed_folder_is_what_the_code_makes_of_its_export(tmp_path):
+    """Each committed folder's tables (its CSVs and the tables of its README) are what the current code
+    makes of its committed export under its own "Rebuilt by" command (``--from-exports`` into a copy):
+    a change to the statistics or the tables that leaves a committed folder stale fails here, not in a
+    reader's hands."""
+    import contextlib
+    import io
+    import re
+    import shlex
+    import shutil
+
+    folders = sorted(p for p in (ROOT / "docs" / "results").iterdir() if (p / "export").is_dir())
+    assert {"fictitious", "tofu-cpu-fictitious", "tofu-cpu-continual", "real_world"} <= {p.name for p in folders}
+    tables = lambda path: [line for line in path.read_text().splitlines() if line.startswith("|")]  # noqa: E731
+    stale = []
+    for folder in folders:
+        words = shlex.split(re.search(r"Rebuilt by `python experiments/reproduce\.py([^`]*)`",
+                                      (folder / "README.md").read_text()).group(1))
+        if "--out" in words:
+            del words[words.index("--out"):words.index("--out") + 2]
+        out = tmp_path / folder.name
+        shutil.copytree(folder / "export", out / "export")
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            assert _reproduce().main([*words, "--out", str(out), "--from-exports", "--no-notebooks"]) == 0, folder.name
+        stale += [f"{folder.name}/{p.name}" for p in sorted(folder.glob("*.csv"))
+                  if not (out / p.name).exists() or (out / p.name).read_bytes() != p.read_bytes()]
+        if tables(out / "README.md") != tables(folder / "README.md"):
+            stale.append(f"{folder.name}/README.md")
+    assert not stale, f"committed tables the current code does not make from their exports: {stale}"
+
+
 def test_from_exports_without_an_export_ends_in_one_line(tmp_path, capsys):
     code = _reproduce().main(["--preset", "smoke", "--scenario", "fictitious", "--out", str(tmp_path), "--from-exports"])
     err = capsys.readouterr().err
