@@ -39,6 +39,7 @@ import pandas as pd
 
 from ..evaluation import metrics as M
 from ..paper import PAPER_METHODS, PUBLISHED, PUBLISHED_SOURCE, REAL_WORLD_QUOTED
+from .analysis import BEFORE_UNLEARNING
 from ..inputs.scenarios import CONTINUAL, FICTITIOUS, REAL_WORLD, SCENARIOS, scenario
 
 __all__ = [
@@ -56,8 +57,8 @@ UNTARGETED: tuple[str, ...] = ("GA+GD", "GA+KL", "NPO+GD", "NPO+KL", "ME+GD")
 TARGETED: tuple[str, ...] = ("DPO+GD", "DPO+KL", "IDK+GD", "IDK+AP")
 """The paper's targeted methods (they train towards a refusal)."""
 
-TARGET_ROW = "before unlearning"
-"""The ``method`` of the target model's row (the model before unlearning)."""
+TARGET_ROW = BEFORE_UNLEARNING
+"""The ``method`` of the target model's row (the model before unlearning), as the analysis tables name it."""
 
 STABLE_MEAN = 0.9
 """Stable MU: mean MU ≥ ``STABLE_MEAN`` × the target's MU ..."""
