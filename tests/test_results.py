@@ -777,6 +777,13 @@ DERIVED = {
         lambda f: round(_export(f).query("method == 'NPO+GD' and step == 1")["model_utility"].iloc[0], 2) == 0.48,
     ("tofu-cpu-continual", "0.15"):  # NPO+GD's MU after task 2
         lambda f: round(_export(f).query("method == 'NPO+GD' and step == 2")["model_utility"].iloc[0], 2) == 0.15,
+    ("tofu-cpu-continual", "0.74"):  # ME+GD's MU after four tasks as a share of the target's
+        lambda f: round(_last_task(_export(f).query("method == 'ME+GD'"))["model_utility"].mean()
+                        / _summary(f, results.TARGET_ROW, "MU"), 2) == 0.74,
+    ("tofu-cpu-continual", "0.28"):  # ME+GD's MU after task 1
+        lambda f: round(_export(f).query("method == 'ME+GD' and step == 1")["model_utility"].iloc[0], 2) == 0.28,
+    ("tofu-cpu-continual", "0.38"):  # the lowest of ME+GD's MU after tasks 2-4 ("0.38-0.40")
+        lambda f: round(_export(f).query("method == 'ME+GD' and step >= 2")["model_utility"].min(), 2) == 0.38,
     ("real_world", "0.055"):  # the target's neighbour truth-ratio term
         lambda f: round(_export(f).query("kind == 'target'")["neighbor/truth_ratio"].iloc[0], 3) == 0.055,
 }
