@@ -784,6 +784,9 @@ DERIVED = {
         lambda f: round(_export(f).query("method == 'ME+GD' and step == 1")["model_utility"].iloc[0], 2) == 0.28,
     ("tofu-cpu-continual", "0.38"):  # the lowest of ME+GD's MU after tasks 2-4 ("0.38-0.40")
         lambda f: round(_export(f).query("method == 'ME+GD' and step >= 2")["model_utility"].min(), 2) == 0.38,
+    **{("tofu-cpu-continual", f"{mu:.2f}"): (  # IDK+AP's MU after tasks 1-3
+        lambda f, step=step, mu=mu: round(_export(f).query(f"method == 'IDK+AP' and step == {step}")["model_utility"].iloc[0],
+                                          2) == mu) for step, mu in ((1, 0.53), (2, 0.27), (3, 0.47))},
     ("real_world", "0.055"):  # the target's neighbour truth-ratio term
         lambda f: round(_export(f).query("kind == 'target'")["neighbor/truth_ratio"].iloc[0], 3) == 0.055,
 }
@@ -792,7 +795,7 @@ DERIVED = {
 
 def _index_paragraphs() -> list[tuple[str, str]]:
     """(folder, text) for each paragraph of the index's "What the committed studies show" (the folder its
-    first link names) and each row of the claims table's TOFU column (tofu-cpu-fictitious)."""
+    first link names) and each row of the claims table's TOFU column (the folder its verdict links)."""
     import re
 
     index = (ROOT / "docs" / "results" / "README.md").read_text()
@@ -801,7 +804,9 @@ def _index_paragraphs() -> list[tuple[str, str]]:
     found = [(re.search(r"\]\(([^)/]+)/README\.md\)", para).group(1), para)
              for para in re.split(r"\n(?=\*\*)", shows) if para.startswith("**")]
     claims = index[index.index("## The paper's claims at each scale"):]
-    found += [("tofu-cpu-fictitious", row.split("|")[5]) for row in claims.splitlines() if re.match(r"\| [a-g] \|", row)]
+    for row in (row for row in claims.splitlines() if re.match(r"\| [a-g] \|", row)):
+        cited = re.search(r"\]\(([^)/]+)/README\.md\)", row.split("|")[4])  # the folder of the TOFU verdict
+        found.append((cited.group(1) if cited else "tofu-cpu-fictitious", row.split("|")[5]))
     return found
 
 
