@@ -740,6 +740,11 @@ def _summary(folder, method: str, column: str) -> float:
     return table.loc[table["method"] == method, column].iloc[0]
 
 
+def _task_mu(folder, method: str, step: int) -> float:
+    """``method``'s MU after task ``step`` of a continual run, from the export, at two decimals."""
+    return round(_export(folder).query(f"method == '{method}' and step == {step}")["model_utility"].iloc[0], 2)
+
+
 def _last_task(runs: pd.DataFrame) -> pd.DataFrame:
     return runs[runs["step"] == runs["step"].max()]
 
@@ -772,21 +777,21 @@ DERIVED = {
         lambda f: [round(x, 2) for x in _export(f).query("method == 'ME+GD' and step == 1")
                    [["model_utility", "real_authors/rouge"]].iloc[0]] == [0.33, 0.33],
     ("continual", "0.18"):  # ME+GD's MU after task 2
-        lambda f: round(_export(f).query("method == 'ME+GD' and step == 2")["model_utility"].iloc[0], 2) == 0.18,
+        lambda f: _task_mu(f, "ME+GD", 2) == 0.18,
     ("tofu-cpu-continual", "0.48"):  # NPO+GD's MU after task 1
-        lambda f: round(_export(f).query("method == 'NPO+GD' and step == 1")["model_utility"].iloc[0], 2) == 0.48,
+        lambda f: _task_mu(f, "NPO+GD", 1) == 0.48,
     ("tofu-cpu-continual", "0.15"):  # NPO+GD's MU after task 2
-        lambda f: round(_export(f).query("method == 'NPO+GD' and step == 2")["model_utility"].iloc[0], 2) == 0.15,
+        lambda f: _task_mu(f, "NPO+GD", 2) == 0.15,
     ("tofu-cpu-continual", "0.74"):  # ME+GD's MU after four tasks as a share of the target's
         lambda f: round(_last_task(_export(f).query("method == 'ME+GD'"))["model_utility"].mean()
                         / _summary(f, results.TARGET_ROW, "MU"), 2) == 0.74,
     ("tofu-cpu-continual", "0.28"):  # ME+GD's MU after task 1
-        lambda f: round(_export(f).query("method == 'ME+GD' and step == 1")["model_utility"].iloc[0], 2) == 0.28,
+        lambda f: _task_mu(f, "ME+GD", 1) == 0.28,
     ("tofu-cpu-continual", "0.38"):  # the lowest of ME+GD's MU after tasks 2-4 ("0.38-0.40")
         lambda f: round(_export(f).query("method == 'ME+GD' and step >= 2")["model_utility"].min(), 2) == 0.38,
-    **{("tofu-cpu-continual", f"{mu:.2f}"): (  # IDK+AP's MU after tasks 1-3
-        lambda f, step=step, mu=mu: round(_export(f).query(f"method == 'IDK+AP' and step == {step}")["model_utility"].iloc[0],
-                                          2) == mu) for step, mu in ((1, 0.53), (2, 0.27), (3, 0.47))},
+    ("tofu-cpu-continual", "0.53"): lambda f: _task_mu(f, "IDK+AP", 1) == 0.53,  # IDK+AP's MU after tasks 1-3
+    ("tofu-cpu-continual", "0.27"): lambda f: _task_mu(f, "IDK+AP", 2) == 0.27,
+    ("tofu-cpu-continual", "0.47"): lambda f: _task_mu(f, "IDK+AP", 3) == 0.47,
     ("real_world", "0.055"):  # the target's neighbour truth-ratio term
         lambda f: round(_export(f).query("kind == 'target'")["neighbor/truth_ratio"].iloc[0], 3) == 0.055,
 }
