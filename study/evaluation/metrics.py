@@ -699,13 +699,8 @@ def _named(values: Mapping[str, float | None] | Sequence[float | None]) -> list[
     return [(str(i), v) for i, v in enumerate(values)]
 
 
-def harmonic_mean(values: Mapping[str, float | None] | Sequence[float | None]) -> Aggregate:
-    """Harmonic mean ``n / sum(1 / x)`` of the available values.
-
-    None and NaN values are excluded and listed in ``missing`` (names are the mapping's keys, or
-    the positions for a sequence). A zero anywhere gives 0, as ``scipy.stats.hmean`` does (the
-    limit of the formula). Negative values are an error.
-    """
+def _present(values: Mapping[str, float | None] | Sequence[float | None]) -> tuple[list, list, list[float]]:
+    """``(names present, names missing, present values as floats)``; None and NaN count as missing."""
     parts, missing, present = [], [], []
     for name, value in _named(values):
         if _is_missing(value):
@@ -713,6 +708,17 @@ def harmonic_mean(values: Mapping[str, float | None] | Sequence[float | None]) -
         else:
             parts.append(name)
             present.append(float(value))
+    return parts, missing, present
+
+
+def harmonic_mean(values: Mapping[str, float | None] | Sequence[float | None]) -> Aggregate:
+    """Harmonic mean ``n / sum(1 / x)`` of the available values.
+
+    None and NaN values are excluded and listed in ``missing`` (names are the mapping's keys, or
+    the positions for a sequence). A zero anywhere gives 0, as ``scipy.stats.hmean`` does (the
+    limit of the formula). Negative values are an error.
+    """
+    parts, missing, present = _present(values)
     if not present:
         return Aggregate(math.nan, parts, missing)
     arr = np.asarray(present)
@@ -724,13 +730,7 @@ def harmonic_mean(values: Mapping[str, float | None] | Sequence[float | None]) -
 
 def mean_of(values: Mapping[str, float | None] | Sequence[float | None]) -> Aggregate:
     """Arithmetic mean of the available values; None / NaN values are excluded and listed."""
-    parts, missing, present = [], [], []
-    for name, value in _named(values):
-        if _is_missing(value):
-            missing.append(name)
-        else:
-            parts.append(name)
-            present.append(float(value))
+    parts, missing, present = _present(values)
     return Aggregate(float(np.mean(present)) if present else math.nan, parts, missing)
 
 
