@@ -778,10 +778,12 @@ DERIVED = {
                    [["model_utility", "real_authors/rouge"]].iloc[0]] == [0.33, 0.33],
     ("continual", "0.18"):  # ME+GD's MU after task 2
         lambda f: _task_mu(f, "ME+GD", 2) == 0.18,
-    ("tofu-cpu-continual", "0.48"):  # NPO+GD's MU after task 1
-        lambda f: _task_mu(f, "NPO+GD", 1) == 0.48,
+    ("tofu-cpu-continual", "0.48"):  # NPO+GD's and NPO+KL's MU after task 1
+        lambda f: _task_mu(f, "NPO+GD", 1) == _task_mu(f, "NPO+KL", 1) == 0.48,
     ("tofu-cpu-continual", "0.15"):  # NPO+GD's MU after task 2
         lambda f: _task_mu(f, "NPO+GD", 2) == 0.15,
+    ("tofu-cpu-continual", "0.10"):  # NPO+KL's MU after task 2
+        lambda f: _task_mu(f, "NPO+KL", 2) == 0.10,
     ("tofu-cpu-continual", "0.74"):  # ME+GD's MU after four tasks as a share of the target's
         lambda f: round(_last_task(_export(f).query("method == 'ME+GD'"))["model_utility"].mean()
                         / _summary(f, results.TARGET_ROW, "MU"), 2) == 0.74,
