@@ -740,9 +740,11 @@ def _summary(folder, method: str, column: str) -> float:
     return table.loc[table["method"] == method, column].iloc[0]
 
 
-def _task_mu(folder, method: str, step: int) -> float:
-    """``method``'s MU after task ``step`` of a continual run, from the export, at two decimals."""
-    return round(_export(folder).query(f"method == '{method}' and step == {step}")["model_utility"].iloc[0], 2)
+def _task_mu(folder, method: str, step: int, fixed: bool = False) -> float:
+    """``method``'s MU after task ``step`` of a continual run, from the export, at two decimals; ``fixed``: the
+    run with ``--fix-ref-model``."""
+    runs = _export(folder).query(f"method == '{method}' and step == {step}")
+    return round(runs[runs["study_name"].str.contains("-fixref-") == fixed]["model_utility"].iloc[0], 2)
 
 
 def _last_task(runs: pd.DataFrame) -> pd.DataFrame:
@@ -794,6 +796,10 @@ DERIVED = {
     ("tofu-cpu-continual", "0.53"): lambda f: _task_mu(f, "IDK+AP", 1) == 0.53,  # IDK+AP's MU after tasks 1-3
     ("tofu-cpu-continual", "0.27"): lambda f: _task_mu(f, "IDK+AP", 2) == 0.27,
     ("tofu-cpu-continual", "0.47"): lambda f: _task_mu(f, "IDK+AP", 3) == 0.47,
+    ("tofu-cpu-continual_fixref", "0.23"):  # the lowest and highest MU after a task with the fixed reference
+        lambda f: min(_task_mu(f, m, k, fixed=True) for m in ("NPO+GD", "NPO+KL") for k in (1, 2, 3, 4)) == 0.23,
+    ("tofu-cpu-continual_fixref", "0.48"):
+        lambda f: max(_task_mu(f, m, k, fixed=True) for m in ("NPO+GD", "NPO+KL") for k in (1, 2, 3, 4)) == 0.48,
     ("real_world", "0.055"):  # the target's neighbour truth-ratio term
         lambda f: round(_export(f).query("kind == 'target'")["neighbor/truth_ratio"].iloc[0], 3) == 0.055,
 }
