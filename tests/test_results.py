@@ -793,6 +793,7 @@ DERIVED = {
         lambda f: _task_mu(f, "ME+GD", 1) == 0.28,
     ("tofu-cpu-continual", "0.38"):  # the lowest of ME+GD's MU after tasks 2-4 ("0.38-0.40")
         lambda f: round(_export(f).query("method == 'ME+GD' and step >= 2")["model_utility"].min(), 2) == 0.38,
+    ("tofu-cpu-continual", "0.34"): lambda f: _task_mu(f, "DPO+GD", 1) == 0.34,  # DPO+GD's MU after task 1
     ("tofu-cpu-continual", "0.53"): lambda f: _task_mu(f, "IDK+AP", 1) == 0.53,  # IDK+AP's MU after tasks 1-3
     ("tofu-cpu-continual", "0.27"): lambda f: _task_mu(f, "IDK+AP", 2) == 0.27,
     ("tofu-cpu-continual", "0.47"): lambda f: _task_mu(f, "IDK+AP", 3) == 0.47,
