@@ -644,6 +644,42 @@ def test_every_committed_folder_is_what_the_code_makes_of_its_export(tmp_path):
     assert not stale, f"committed tables the current code does not make from their exports: {stale}"
 
 
+def test_every_committed_notebook_ran_to_the_end_on_its_folders_export():
+    """Each committed folder's executed notebook ran every cell without an error, on the export committed
+    beside it: the trial count it printed is the one its parameters (export, studies) give now, so a
+    notebook left from an earlier export fails here. Every figure a folder's README shows is committed."""
+    import ast
+    import json
+    import re
+
+    from study.reporting import analysis as A
+
+    notebooks = sorted((ROOT / "docs" / "results").glob("*/*.ipynb"))
+    assert {p.parent.name for p in notebooks} >= {"fictitious", "continual", "real_world", "tofu-cpu-fictitious"}
+    wrong = []
+    for path in notebooks:
+        name = f"{path.parent.name}/{path.name}"
+        cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+        if any(c["execution_count"] is None or any(o["output_type"] == "error" for o in c["outputs"]) for c in cells):
+            wrong.append(f"{name}: a cell not run or ended in an error")
+            continue
+        parameters = next(c for c in cells if "".join(c["source"]).startswith("# Parameters"))
+        given = {node.targets[0].id: ast.literal_eval(node.value)
+                 for node in ast.parse("".join(parameters["source"])).body if isinstance(node, ast.Assign)}
+        assert given["export_dir"] == f"docs/results/{path.parent.name}/export", name
+        printed = "".join("".join(o["text"]) for c in cells for o in c["outputs"] if o["output_type"] == "stream")
+        found = re.search(r"(\d+) ([\w-]+) trials in the export", printed)
+        assert found, f"{name} printed no trial count"
+        runs = A.scenario_runs(A.Source(export_dir=given["export_dir"], studies=given.get("studies")).runs(), found.group(2))
+        if len(runs) != int(found.group(1)):
+            wrong.append(f"{name}: printed {found.group(1)} trials, its export and studies give {len(runs)}")
+    for readme in sorted((ROOT / "docs" / "results").glob("*/README.md")):
+        wrong += [f"{readme.parent.name}/README.md shows {image}, not committed"
+                  for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", readme.read_text())
+                  if not (readme.parent / image).is_file()]
+    assert not wrong, wrong
+
+
 def test_from_exports_without_an_export_ends_in_one_line(tmp_path, capsys):
     code = _reproduce().main(["--preset", "smoke", "--scenario", "fictitious", "--out", str(tmp_path), "--from-exports"])
     err = capsys.readouterr().err
