@@ -776,11 +776,13 @@ def _summary(folder, method: str, column: str) -> float:
     return table.loc[table["method"] == method, column].iloc[0]
 
 
-def _task_mu(folder, method: str, step: int, fixed: bool = False) -> float:
-    """``method``'s MU after task ``step`` of a continual run, from the export, at two decimals; ``fixed``: the
-    run with ``--fix-ref-model``."""
-    runs = _export(folder).query(f"method == '{method}' and step == {step}")
-    return round(runs[runs["study_name"].str.contains("-fixref-") == fixed]["model_utility"].iloc[0], 2)
+def _task_mu(folder, method: str, step: int, fixed: bool = False, seed: int = 1001) -> float:
+    """``method``'s MU after task ``step`` of seed ``seed``'s finished continual run, from the export, at two
+    decimals; ``fixed``: the run with ``--fix-ref-model``."""
+    runs = _export(folder).query(f"method == '{method}' and step == {step} and status == 'FINISHED'")
+    runs = runs[(runs["study_name"].str.contains("-fixref-") == fixed) & runs["study_name"].str.contains(rf"-s{seed}\b")]
+    (mu,) = runs["model_utility"]  # one run: a second would make the number ambiguous
+    return round(mu, 2)
 
 
 def _last_task(runs: pd.DataFrame) -> pd.DataFrame:
@@ -830,6 +832,7 @@ DERIVED = {
     ("tofu-cpu-continual", "0.38"):  # the lowest of ME+GD's MU after tasks 2-4 ("0.38-0.40")
         lambda f: round(_export(f).query("method == 'ME+GD' and step >= 2")["model_utility"].min(), 2) == 0.38,
     ("tofu-cpu-continual", "0.34"): lambda f: _task_mu(f, "DPO+GD", 1) == 0.34,  # DPO+GD's MU after task 1
+    ("tofu-cpu-continual", "0.33"): lambda f: _task_mu(f, "DPO+KL", 1) == 0.33,  # DPO+KL's
     ("tofu-cpu-continual", "0.53"): lambda f: _task_mu(f, "IDK+AP", 1) == 0.53,  # IDK+AP's MU after tasks 1-3
     ("tofu-cpu-continual", "0.27"): lambda f: _task_mu(f, "IDK+AP", 2) == 0.27,
     ("tofu-cpu-continual", "0.47"): lambda f: _task_mu(f, "IDK+AP", 3) == 0.47,
