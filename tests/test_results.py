@@ -776,12 +776,18 @@ def _summary(folder, method: str, column: str) -> float:
     return table.loc[table["method"] == method, column].iloc[0]
 
 
-def _task_mu(folder, method: str, step: int, fixed: bool = False, seed: int = 1001) -> float:
-    """``method``'s MU after task ``step`` of seed ``seed``'s finished continual run, from the export, at two
-    decimals; ``fixed``: the run with ``--fix-ref-model``."""
-    runs = _export(folder).query(f"method == '{method}' and step == {step} and status == 'FINISHED'")
+def _continual_run(folder, method: str, fixed: bool = False, seed: int = 1001) -> pd.DataFrame:
+    """Seed ``seed``'s finished continual run of ``method`` in the folder's export, a row per task;
+    ``fixed``: the run with ``--fix-ref-model``."""
+    runs = _export(folder).query(f"method == '{method}' and status == 'FINISHED' and kind == 'trial'")
     runs = runs[(runs["study_name"].str.contains("-fixref-") == fixed) & runs["study_name"].str.contains(rf"-s{seed}\b")]
-    (mu,) = runs["model_utility"]  # one run: a second would make the number ambiguous
+    assert runs["run_id"].nunique() == 1, f"{folder.name}: {method} seed {seed}: {runs['run_id'].nunique()} runs"
+    return runs
+
+
+def _task_mu(folder, method: str, step: int, fixed: bool = False, seed: int = 1001) -> float:
+    """``method``'s MU after task ``step`` (:func:`_continual_run`), at two decimals."""
+    (mu,) = _continual_run(folder, method, fixed, seed).query(f"step == {step}")["model_utility"]
     return round(mu, 2)
 
 
@@ -825,12 +831,12 @@ DERIVED = {
     ("tofu-cpu-continual", "0.10"):  # NPO+KL's MU after task 2
         lambda f: _task_mu(f, "NPO+KL", 2) == 0.10,
     ("tofu-cpu-continual", "0.74"):  # ME+GD's MU after four tasks as a share of the target's
-        lambda f: round(_last_task(_export(f).query("method == 'ME+GD'"))["model_utility"].mean()
+        lambda f: round(_last_task(_continual_run(f, "ME+GD"))["model_utility"].iloc[0]
                         / _summary(f, results.TARGET_ROW, "MU"), 2) == 0.74,
     ("tofu-cpu-continual", "0.28"):  # ME+GD's MU after task 1
         lambda f: _task_mu(f, "ME+GD", 1) == 0.28,
     ("tofu-cpu-continual", "0.38"):  # the lowest of ME+GD's MU after tasks 2-4 ("0.38-0.40")
-        lambda f: round(_export(f).query("method == 'ME+GD' and step >= 2")["model_utility"].min(), 2) == 0.38,
+        lambda f: min(_task_mu(f, "ME+GD", step) for step in (2, 3, 4)) == 0.38,
     ("tofu-cpu-continual", "0.34"): lambda f: _task_mu(f, "DPO+GD", 1) == 0.34,  # DPO+GD's MU after task 1
     ("tofu-cpu-continual", "0.33"): lambda f: _task_mu(f, "DPO+KL", 1) == 0.33,  # DPO+KL's
     ("tofu-cpu-continual", "0.53"): lambda f: _task_mu(f, "IDK+AP", 1) == 0.53,  # IDK+AP's MU after tasks 1-3
