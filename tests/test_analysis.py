@@ -220,6 +220,36 @@ def test_continual_table_takes_last_task_of_best_run():
     assert drawn == {(0.2, 0.3), (0.4, 0.5)}  # b and d, the representative runs
 
 
+def test_continual_over_seeds_draws_the_mean_of_each_seeds_run_not_the_best_seed():
+    """A reproduction's continual figure: each seed's representative run (its best Avg at the last task),
+    then their mean per task with the seeds' range as a band; never the luckiest seed alone."""
+    curves = pd.DataFrame({
+        "run_id": ["a1", "a1", "b1", "b1", "c2", "c2"],
+        "method": "ME+GD", "fix_ref_model": False, "split": "forget01",
+        "seed": [1001.0] * 4 + [1002.0] * 2,
+        "task": [1, 2] * 3,
+        "model_utility": [0.4, 0.2, 0.1, 0.1, 0.6, 0.4],
+        "forget_efficacy": [0.7, 0.8, 0.6, 0.6, 0.9, 0.9],
+    })
+    table = A.continual_table(curves)
+    # seed 1001: a1 (Avg 0.5 at task 2) over b1 (0.35); seed 1002: its one run
+    assert table[["seed", "run_id", "model_utility"]].values.tolist() == [[1001.0, "a1", 0.2], [1002.0, "c2", 0.4]]
+    fig = A.plot_continual(curves)
+    mu = fig.axes[0]
+    assert [list(line.get_ydata()) for line in mu.lines] == [pytest.approx([0.5, 0.3])]  # (0.4+0.6)/2, (0.2+0.4)/2
+    band = mu.collections[0].get_paths()[0].vertices[:, 1]
+    assert (band.min(), band.max()) == (pytest.approx(0.2), pytest.approx(0.6))
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["ME+GD", "mean over seeds", "lowest to highest seed"]
+    one_seed = A.plot_continual(curves[curves["seed"] == 1002.0])
+    assert not one_seed.axes[0].collections and len(one_seed.legends[0].get_texts()) == 1
+
+
+def test_curves_carry_the_study_names_seed():
+    names = pd.Series(["repro-tofu-cpu-continual-tasks1-4-s1002/ME+GD", "sens-default-fictitious-forget01-s7/RMU", "my-sweep/ME+GD", None])
+    seeds = A.name_seeds(names)
+    assert seeds.iloc[:2].tolist() == [1002.0, 7.0] and seeds.iloc[2:].isna().all()
+
+
 def test_real_world_table_has_quoted_figures_and_benchmark_placeholder():
     frame = A.runs_frame([
         trial("r0", "ME+GD", "real-world", 0.5, 0.9, 0, scenario="real-world"),

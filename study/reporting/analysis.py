@@ -77,7 +77,7 @@ __all__ = [
     "method_table", "published_table", "compare_to_published", "metric_table", "forget_quality_table",
     "PRIVACY_COLUMNS", "PRIVACY_NOT_LOGGED", "privacy_table", "with_reasons", "present_splits", "PAPER_MARKERS", "method_markers",
     "pareto_front", "plot_mu_fe", "plot_mu_fe_grid", "scale_note", "continual_table", "plot_continual", "real_world_table",
-    "sensitivity", "plot_sensitivity", "study_seeds", "choose_trial", "generations_side_by_side", "save_figure",
+    "sensitivity", "plot_sensitivity", "name_seeds", "study_seeds", "choose_trial", "generations_side_by_side", "save_figure",
     "save_table", "run_notebook", "Source", "export_frames",
 ]
 
@@ -117,10 +117,10 @@ EARLIER_ROUGE = "earlier_forget/rouge"
 """Continual with ``eval.earlier_tasks`` (beyond the paper): ROUGE on the forget sets of the tasks unlearned
 before (docs/science-beyond-paper.md §5); NaN in runs without it."""
 CURVE_METRICS: tuple[str, ...] = ("model_utility", "forget_efficacy", EARLIER_ROUGE)
-CURVE_COLUMNS: tuple[str, ...] = ("run_id", "method", "fix_ref_model", "split", "task", *CURVE_METRICS)
+CURVE_COLUMNS: tuple[str, ...] = ("run_id", "method", "fix_ref_model", "split", "seed", "task", *CURVE_METRICS)
 REPRESENTATIVE_COLUMNS: tuple[str, ...] = ("method", "split", "run_id", "trial_number", "study_name", "n_trials",
                                            "MU", "FE", "Avg")
-CONTINUAL_COLUMNS: tuple[str, ...] = ("method", "fix_ref_model", "split", "run_id", "last_task", "model_utility",
+CONTINUAL_COLUMNS: tuple[str, ...] = ("method", "fix_ref_model", "split", "seed", "run_id", "last_task", "model_utility",
                                       "forget_efficacy", "Avg")
 SENSITIVITY_COLUMNS: tuple[str, ...] = ("run_id", "method", "split", "param", "value", "outcome", "score")
 GENERATION_COLUMNS: tuple[str, ...] = ("item", "question", "reference", "trial_generation", "target_generation")
@@ -342,11 +342,13 @@ def fetch_task_curves(tracking_uri: str, runs: pd.DataFrame) -> pd.DataFrame:
     scenario's), from the metric histories (continual trials log them with ``step = task``).
 
     Columns :data:`CURVE_COLUMNS`; ``fix_ref_model`` is False where the parameter was not logged (the
-    configuration default). A metric logged twice at one step counts once, the later value."""
+    configuration default); ``seed`` is the study name's (:func:`name_seeds`). A metric logged twice at one
+    step counts once, the later value."""
     if runs.empty or _sqlite_missing(tracking_uri):
         return _empty(CURVE_COLUMNS)
     client = _client(tracking_uri)
     rows: list[dict[str, Any]] = []
+    seeds = dict(zip(runs["run_id"], name_seeds(runs["study_name"])))
     for run in runs.itertuples(index=False):
         values: dict[int, dict[str, float]] = {}
         for metric in CURVE_METRICS:
@@ -355,7 +357,7 @@ def fetch_task_curves(tracking_uri: str, runs: pd.DataFrame) -> pd.DataFrame:
         fix = False if pd.isna(run.fix_ref_model) else bool(run.fix_ref_model)
         for task, got in sorted(values.items()):
             rows.append({"run_id": run.run_id, "method": run.method, "fix_ref_model": fix, "split": run.split,
-                         "task": task, **{m: got.get(m, math.nan) for m in CURVE_METRICS}})
+                         "seed": seeds[run.run_id], "task": task, **{m: got.get(m, math.nan) for m in CURVE_METRICS}})
     if not rows:
         return _empty(CURVE_COLUMNS)
     frame = pd.DataFrame(rows, columns=list(CURVE_COLUMNS))
@@ -697,12 +699,17 @@ def plot_mu_fe_grid(runs: pd.DataFrame, splits: Sequence[str] | None = None) -> 
     return fig
 
 
+def name_seeds(names: pd.Series) -> pd.Series:
+    """The seed in each study name (reproduction and sensitivity studies: ``...-s<seed>/<method>``) as a
+    float; NaN for a name without one (a sweep's study)."""
+    return names.astype("string").str.extract(r"-s(\d+)(?:/|$)")[0].astype(float)
+
+
 def study_seeds(runs: pd.DataFrame) -> list[int]:
-    """The seeds in the runs' study names (reproduction and sensitivity studies: ``...-s<seed>/<method>``)."""
+    """The seeds in the runs' study names (:func:`name_seeds`)."""
     if "study_name" not in runs or runs.empty:
         return []
-    names = runs["study_name"].dropna().astype(str)
-    return sorted({int(m) for m in names.str.extract(r"-s(\d+)(?:/|$)")[0].dropna()})
+    return sorted({int(seed) for seed in name_seeds(runs["study_name"]).dropna()})
 
 
 def scale_note(runs: pd.DataFrame) -> str:
@@ -714,45 +721,56 @@ def scale_note(runs: pd.DataFrame) -> str:
 
 
 def continual_table(curves: pd.DataFrame) -> pd.DataFrame:
-    """MU and FE at the last task, one row per (method, fix_ref_model, split): among the runs that
-    reached the furthest task, the one with the best Avg at that task. Columns :data:`CONTINUAL_COLUMNS`."""
+    """MU and FE at the last task, one row per (method, fix_ref_model, split, seed): among the runs of the
+    (method, fix_ref_model, split) that reached its furthest task, each seed's run with the best Avg at that
+    task (a sweep's one seed: its best trial; a reproduction: the seed's one trial). ``seed`` is NaN for
+    runs whose study name carries none (one group). Columns :data:`CONTINUAL_COLUMNS`."""
     if curves.empty:
         return _empty(CONTINUAL_COLUMNS)
+    curves = curves if "seed" in curves else curves.assign(seed=math.nan)
+    group = ["method", "fix_ref_model", "split"]
     last = curves.sort_values("task").groupby("run_id").tail(1)
     last = last.assign(last_task=last["task"], Avg=(last["model_utility"] + last["forget_efficacy"]) / 2)
-    last = last.sort_values(["last_task", "Avg"], ascending=[False, False], na_position="last")
-    best = last.groupby(["method", "fix_ref_model", "split"], sort=False, dropna=False).head(1)
+    furthest = last.groupby(group, dropna=False)["last_task"].transform("max")
+    last = last[last["last_task"] == furthest].sort_values("Avg", ascending=False, na_position="last", kind="stable")
+    best = last.groupby([*group, "seed"], sort=False, dropna=False).head(1)
     rank = {m: i for i, m in enumerate(order_methods(best["method"]))}
-    best = best.assign(_m=best["method"].map(rank)).sort_values(["_m", "split", "fix_ref_model"])
+    best = best.assign(_m=best["method"].map(rank)).sort_values(["_m", "split", "fix_ref_model", "seed"], kind="stable")
     return best[list(CONTINUAL_COLUMNS)].reset_index(drop=True)
 
 
 def plot_continual(curves: pd.DataFrame, title: str | None = None, target_mu: float | None = None) -> Figure | None:
-    """MU and FE after each task (two panels), one line per representative run of
-    :func:`continual_table`: colour and marker = method (as in every figure), a dashed line = the fixed
-    reference model (``fix_ref_model``; the line-style key appears only when both kinds are drawn); the
-    legend beside the panels. ``target_mu``: the MU before unlearning, a grey dotted level in the MU panel
-    (what "collapse" is measured against). A third panel, when the runs evaluated them
-    (``eval.earlier_tasks``), draws ROUGE on the earlier tasks' forget sets (:data:`EARLIER_ROUGE`). None
-    when there is no curve."""
+    """MU and FE after each task (two panels), one line per (method, fix_ref_model): the mean over seeds of
+    the representative runs of :func:`continual_table` (one seed: its run), and where there are several
+    seeds a band from the lowest to the highest seed's value; colour and marker = method (as in every
+    figure), a dashed line = the fixed reference model (``fix_ref_model``; the line-style key appears only
+    when both kinds are drawn); the legend beside the panels. ``target_mu``: the MU before unlearning, a
+    grey dotted level in the MU panel (what "collapse" is measured against). A third panel, when the runs
+    evaluated them (``eval.earlier_tasks``), draws ROUGE on the earlier tasks' forget sets
+    (:data:`EARLIER_ROUGE`). None when there is no curve."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     table = continual_table(curves)
     if table.empty:
         return None
-    shown = curves[curves["run_id"].isin(table["run_id"])].sort_values("task")
+    shown = curves[curves["run_id"].isin(table["run_id"])]
     methods = order_methods(shown["method"])
     colours, markers = method_palette(methods), method_markers(methods)
     panels = [("model_utility", "Model Utility (MU)"), ("forget_efficacy", "Forget Efficacy (FE)")]
     if EARLIER_ROUGE in shown and shown[EARLIER_ROUGE].notna().any():
         panels.append((EARLIER_ROUGE, "ROUGE on earlier tasks' forget sets\n(beyond the paper)"))
+    lines = table.groupby(["method", "fix_ref_model"], sort=False)["run_id"].agg(list)
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), sharex=True)
     for ax, (metric, label) in zip(axes, panels):
-        for run_id, run in shown.groupby("run_id", sort=False):
-            method, fixed = run["method"].iloc[0], bool(run["fix_ref_model"].iloc[0])
-            ax.plot(run["task"], run[metric].astype(float), color=colours[method], marker=markers[method],
+        for (method, fixed), run_ids in lines.items():
+            by_task = shown[shown["run_id"].isin(run_ids)].groupby("task")[metric].agg(["mean", "min", "max"])
+            ax.plot(by_task.index, by_task["mean"], color=colours[method], marker=markers[method],
                     linestyle="--" if fixed else "-", alpha=0.85)
+            if len(run_ids) > 1:
+                ax.fill_between(by_task.index, by_task["min"], by_task["max"], color=colours[method], alpha=0.12,
+                                linewidth=0)
         ax.set(xlabel="task", ylabel=label, ylim=(-0.02, 1.02))
         ax.xaxis.get_major_locator().set_params(integer=True)
     handles = [Line2D([], [], color=colours[m], marker=markers[m], label=m) for m in methods]
@@ -763,6 +781,9 @@ def plot_continual(curves: pd.DataFrame, title: str | None = None, target_mu: fl
     if len(kinds) == 2:
         handles += [Line2D([], [], color="grey", linestyle="-", label="reference: each task's start"),
                     Line2D([], [], color="grey", linestyle="--", label="reference: fixed (--fix-ref-model)")]
+    if lines.map(len).max() > 1:
+        handles += [Line2D([], [], color="grey", label="mean over seeds"),
+                    Patch(color="grey", alpha=0.25, label="lowest to highest seed")]
     fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize="small", frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
@@ -1016,9 +1037,10 @@ class Source:
         rows = rows[rows["model_utility"].notna() | rows["forget_efficacy"].notna()]
         if rows.empty:
             return _empty(CURVE_COLUMNS)
+        seeds = dict(zip(runs["run_id"], name_seeds(runs["study_name"])))
         frame = pd.DataFrame({"run_id": rows["run_id"], "method": rows["method"],
                               "fix_ref_model": rows["fix_ref_model"].fillna(False).astype(bool), "split": rows["split"],
-                              "task": rows["step"].astype(int),
+                              "seed": rows["run_id"].map(seeds).astype(float), "task": rows["step"].astype(int),
                               **{m: rows[m] if m in rows else math.nan for m in CURVE_METRICS}})
         order = {r: i for i, r in enumerate(dict.fromkeys(runs["run_id"]))}
         frame = frame.assign(_r=frame["run_id"].map(order)).sort_values(["_r", "task"], kind="stable")
