@@ -570,8 +570,8 @@ def _scrub_paths(notebook: Path) -> None:
 
 def execute_notebooks(export_dir: Path, out: Path, scenarios, studies) -> dict[str, Path]:
     """Each scenario's notebook (``notebooks/<key>.ipynb``) executed with papermill on the export and the
-    ``studies`` this command ran (each method's best seed represents it in the per-trial cells; the
-    summary cell shows the means of ``summary.csv``), written with its outputs into ``out/<key>.ipynb`` (its
+    ``studies`` this command ran (each method's median seed by (MU+FE)/2 represents it in the per-trial cells,
+    ``pick="median"``; the summary cell shows the means of ``summary.csv``), written with its outputs into ``out/<key>.ipynb`` (its
     figures as PNG files beside it), paths relative to the repository; returns the notebooks' paths by
     scenario folder."""
     from study.reporting.analysis import run_notebook
@@ -581,7 +581,7 @@ def execute_notebooks(export_dir: Path, out: Path, scenarios, studies) -> dict[s
         key = scenario(name).folder
         written[key] = out / f"{key}.ipynb"
         run_notebook(ROOT / "notebooks" / f"{key}.ipynb",
-                     {"export_dir": _portable(export_dir), "studies": list(studies), "pick": "best",
+                     {"export_dir": _portable(export_dir), "studies": list(studies), "pick": "median",
                       "figures_dir": _portable(out)}, written[key])
         _scrub_paths(written[key])
     return written

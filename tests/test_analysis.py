@@ -78,7 +78,19 @@ def test_method_table_paper_pick_keeps_released_settings(fictitious):
     assert table.loc["GA+GD", ("forget01", "MU")] == pytest.approx(0.5)
     assert table.loc["ME+GD", ("forget01", "FE")] == pytest.approx(0.9)
     with pytest.raises(ValueError, match="unknown pick"):
-        A.method_table(fictitious, pick="median")
+        A.method_table(fictitious, pick="worst")
+
+
+def test_median_pick_shows_a_reproductions_typical_seed_not_its_best():
+    """Five seeds of one method at one setting: "median" takes the seed whose Avg is the middle one, two
+    seeds the lower one; "best" would take the luckiest seed."""
+    avgs = {1001: 0.30, 1002: 0.70, 1003: 0.50, 1004: 0.90, 1005: 0.10}
+    seeded = A.runs_frame([trial(f"s{seed}", "ME+GD", "forget01", avg, avg, i) for i, (seed, avg) in enumerate(avgs.items())])
+    median = A.representative_trials(seeded, pick="median")
+    assert median[["run_id", "Avg", "n_trials"]].values.tolist() == [["s1003", pytest.approx(0.5), 5]]
+    assert A.representative_trials(seeded, pick="best")["run_id"].tolist() == ["s1004"]
+    two = seeded[seeded["run_id"].isin(["s1001", "s1002"])]
+    assert A.method_table(two, pick="median").loc["ME+GD", ("forget01", "MU")] == pytest.approx(0.3)
 
 
 def test_paper_settings_follow_reference_section_4():

@@ -24,6 +24,9 @@ Which trial represents a method (``pick``):
 
 * ``"best"`` (default): among FINISHED trials with a finite MU and FE, the one with the highest
   Avg (ties: lowest trial number, then earliest start). This is the "tuned" view of a sweep.
+* ``"median"``: the trial whose Avg is the median of the candidates' (the lower middle one for an even
+  count). For a reproduction (one trial per seed at the same settings) this is a typical
+  seed, where ``"best"`` would show the luckiest one; its means over seeds are ``results.summary_table``'s.
 * ``"paper"``: only trials whose hyper-parameters equal the released scripts' settings for the
   scenario (:func:`paper_settings`, docs/science.md §4), best Avg among them; a method with no such
   trial has no row. This is the view to compare with the published re-run figures.
@@ -69,7 +72,7 @@ if TYPE_CHECKING:  # plotting and notebook libraries are imported where they are
     from matplotlib.figure import Figure
 
 __all__ = [
-    "PAPER_METHODS", "SPLITS", "RUN_COLUMNS", "AGGREGATE_COLUMNS", "SET_METRIC_COLUMNS", "CURVE_COLUMNS", "CURVE_METRICS", "EARLIER_ROUGE",
+    "PAPER_METHODS", "SPLITS", "PICKS", "RUN_COLUMNS", "AGGREGATE_COLUMNS", "SET_METRIC_COLUMNS", "CURVE_COLUMNS", "CURVE_METRICS", "EARLIER_ROUGE",
     "REPRESENTATIVE_COLUMNS", "CONTINUAL_COLUMNS", "SENSITIVITY_COLUMNS", "GENERATION_COLUMNS",
     "PUBLISHED_SOURCE", "REAL_WORLD_QUOTED", "REPO_ROOT",
     "resolve_tracking_uri", "runs_frame", "fetch_runs", "fetch_task_curves", "scenario_runs", "finished", "run_counts",
@@ -82,7 +85,8 @@ __all__ = [
 ]
 
 
-Pick = Literal["best", "paper"]
+Pick = Literal["best", "median", "paper"]
+PICKS: tuple[str, ...] = ("best", "median", "paper")
 
 # --------------------------------------------------------------------------------------------
 # Names and published figures
@@ -475,8 +479,8 @@ def representative_trials(runs: pd.DataFrame, splits: Sequence[str] | None = SPL
     ``splits=None`` keeps every split present (the real-world scenario's is ``real-world``). Columns
     :data:`REPRESENTATIVE_COLUMNS`; ``n_trials`` counts the finished candidates the pick chose from.
     Rows ordered by method (:func:`order_methods`), then split."""
-    if pick not in ("best", "paper"):
-        raise ValueError(f"unknown pick {pick!r}; valid: best, paper")
+    if pick not in PICKS:
+        raise ValueError(f"unknown pick {pick!r}; valid: {', '.join(PICKS)}")
     done = finished(runs)
     if splits is not None:
         done = done[done["split"].isin(splits)]
@@ -490,6 +494,9 @@ def representative_trials(runs: pd.DataFrame, splits: Sequence[str] | None = SPL
         if done.empty:
             return _empty(REPRESENTATIVE_COLUMNS)
     done = done.sort_values(["Avg", "trial_number", "start_time"], ascending=[False, True, True], na_position="last")
+    if pick == "median":  # in ascending Avg, the ((n - 1) // 2)-th candidate
+        rank = done.groupby(["method", "split"], sort=False).cumcount(ascending=False)
+        done = done[rank == (done.groupby(["method", "split"])["run_id"].transform("size") - 1) // 2]
     best = done.groupby(["method", "split"], sort=False).head(1)
     split_order = list(splits) if splits is not None else sorted(best["split"].unique())
     best = best.assign(_m=best["method"].map({m: i for i, m in enumerate(order_methods(best["method"]))}),
