@@ -45,7 +45,7 @@ import re
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -86,7 +86,7 @@ __all__ = [
 
 
 Pick = Literal["best", "median", "paper"]
-PICKS: tuple[str, ...] = ("best", "median", "paper")
+PICKS: tuple[str, ...] = get_args(Pick)
 
 # --------------------------------------------------------------------------------------------
 # Names and published figures
