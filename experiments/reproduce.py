@@ -17,6 +17,8 @@ searched. One Optuna study per (scenario, setting, seed), the seed in its name
 its own paper preset, real-world on Llama-3-8B-Instruct). Each study is one in-process call of
 ``sweep.main(argv)`` with every method (sweep.py runs them one after another, an Optuna study
 ``<name>/<method>`` each), the command users run; a re-run resumes (finished trials are reused).
+``--reuse-export FOLDER`` copies the studies another results folder's export holds in full instead of
+running them again (the continual trials a fixed-reference comparison shares with the continual folder).
 
 As each study finishes, its runs (every setting, every metric per task, every per-item table) are
 written into the export ``<out>/export/`` (``study.reporting.exports``; a lost machine loses at most the study
@@ -267,6 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
       help="instead of the paper's settings: N trials per method over its own space (Optuna), then the "
            "methods' Pareto fronts compared (see above)")
     a("--dry-run", action="store_true", help="print the plan and the estimated cost, run nothing")
+    a("--reuse-export", action="append", default=[], metavar="FOLDER",
+      help="a results folder whose export holds some of this command's studies in full: those are copied from "
+           "it into --out's export instead of run again (e.g. the continual folder's trials into a folder that "
+           "compares them with --fix-ref-model); repeatable")
     a("--skip-runs", action="store_true", help="only rebuild the export and the tables from the runs already in the store")
     a("--from-exports", action="store_true",
       help="rebuild the tables, figures, claims and notebooks from <out>/export/ alone (no store, no runs)")
@@ -318,8 +324,9 @@ def print_plan(args, units: list[Unit]) -> None:
 def rebuild_command(argv) -> str:
     """The command that rebuilds these results on the default stores: ``argv`` without the store and
     output options (where a user's stores are is theirs; a relative ``--out`` is the repository's and
-    stays) and without ``--skip-runs`` / ``--from-exports``."""
-    drop_with_value = {"--tracking-uri", "--storage", "--out", "--experiment", "--device"}
+    stays) and without ``--skip-runs`` / ``--from-exports`` / ``--reuse-export`` (a re-run keeps what the
+    export holds, wherever it came from)."""
+    drop_with_value = {"--tracking-uri", "--storage", "--out", "--experiment", "--device", "--reuse-export"}
     dropped = {"--skip-runs", "--from-exports"}
     words, skip = [], None
     for word in argv:
@@ -410,19 +417,27 @@ def _main(args, argv) -> int:
     if not args.skip_runs and not args.from_exports:
         started = time.monotonic()
         try:
-            held, digests = exported_trials(args)
+            # Where a study's trials are already held in full: this folder's export (a re-run keeps them),
+            # else a --reuse-export folder's (copied into this one).
+            sources = [(folder, *exported_trials(folder, required=folder != out_of(args)))
+                       for folder in (out_of(args), *(ROOT / f for f in args.reuse_export))]
         except ExportError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         for k, unit in enumerate(units, 1):
             t0 = time.monotonic()
-            if all(held.get(name, 0) >= (args.sensitivity or 1) for name in unit_studies([unit])):
-                stale = other_data(args, sweep, unit, digests)
+            held = next(((folder, digests) for folder, found, digests in sources
+                         if all(found.get(name, 0) >= (args.sensitivity or 1) for name in unit_studies([unit]))), None)
+            if held:
+                folder, digests = held
+                stale = other_data(args, sweep, unit, digests, folder)
                 if stale:
                     print(_shown(f"error: {stale}", args), file=sys.stderr)
                     return 2
+                if folder != out_of(args):
+                    copy_units(args, folder, [unit], command)
                 print(f"[{k}/{len(units)}] {unit.scenario} {unit.setting} {' '.join(unit.methods)} seed {unit.seed} "
-                      f"kept from {_portable(out_of(args) / 'export')}", flush=True)
+                      f"{'kept' if folder == out_of(args) else 'taken'} from {_portable(folder / 'export')}", flush=True)
                 continue
             code, out, err = _call(sweep, list(unit.argv))
             if code in (130, 143):  # sweep.py was interrupted: its message says what happened
@@ -473,20 +488,37 @@ def export_units(args, units, uri: str, command: str):
     return write_export(out_of(args), runs, items, command, {u.study for u in units})
 
 
-def exported_trials(args) -> tuple[dict[str, int], dict[str, set[str]]]:
-    """FINISHED trials per ``<study>/<method>`` in ``<out>/export/`` (none when there is no export), and the
-    data digests they recorded: a study the export already holds in full is not run again (a reproduction
-    that lost its machine and store resumes from its export), if it ran on the data the unit reads now."""
-    from study.reporting.exports import finished_trials, has_export, trial_digests
+def exported_trials(folder: Path, required: bool = False) -> tuple[dict[str, int], dict[str, set[str]]]:
+    """FINISHED trials per ``<study>/<method>`` in ``folder``'s export (none when there is no export, unless
+    ``required``: then :class:`~study.reporting.exports.ExportError`, one line naming the file), and
+    the data digests they recorded: a study the export already holds in full is not run again (a
+    reproduction that lost its machine and store resumes from its export; ``--reuse-export`` copies it from
+    another folder's), if it ran on the data the unit reads now."""
+    from study.reporting.exports import finished_trials, has_export, read_export, trial_digests
 
-    export = read_export_of(args) if has_export(out_of(args)) else None
+    export = read_export(folder) if required or has_export(folder) else None
     return finished_trials(export).to_dict(), trial_digests(export)
 
 
-def other_data(args, sweep, unit: Unit, digests: dict[str, set[str]]) -> str | None:
-    """Why ``unit``'s exported trials cannot be kept: one of its studies ran on other data than its settings
-    read now (``study.trial.runner.data_digest``: the files, or the code that builds them, changed); None
-    when they can (the same digest, or runs made before digests were recorded)."""
+def copy_units(args, source: Path, units, command: str):
+    """The runs of ``units`` in ``source``'s export (every step, their per-item tables), with the target runs
+    of their scenarios there (as :func:`export_units` takes them from a store), merged into ``<out>/export/``;
+    returns the export written."""
+    from study.reporting.exports import read_export, write_export
+
+    export = read_export(source)
+    runs = export.runs
+    scenarios = {u.scenario for u in units} | ({FICTITIOUS.name} if any(u.scenario == CONTINUAL.name for u in units) else set())
+    chosen = runs[runs["study_name"].isin(unit_studies(units))
+                  | ((runs["kind"] == "target") & runs["scenario"].isin(scenarios))]
+    items = export.items[export.items["run_id"].isin(set(chosen["run_id"]))] if not export.items.empty else export.items
+    return write_export(out_of(args), chosen, items, command, {u.study for u in units})
+
+
+def other_data(args, sweep, unit: Unit, digests: dict[str, set[str]], folder: Path) -> str | None:
+    """Why ``unit``'s trials in ``folder``'s export cannot be kept: one of its studies ran on other data than
+    its settings read now (``study.trial.runner.data_digest``: the files, or the code that builds them,
+    changed); None when they can (the same digest, or runs made before digests were recorded)."""
     recorded = {name: digests[name] for name in sorted(unit_studies([unit])) if name in digests}
     if not recorded:
         return None
@@ -495,7 +527,7 @@ def other_data(args, sweep, unit: Unit, digests: dict[str, set[str]]) -> str | N
     now = data_digest(sweep.plan(sweep.build_parser().parse_args([*unit.argv, "--dry-run"]))[0])
     for name, seen in recorded.items():
         if seen - {now}:
-            return (f"{_portable(out_of(args) / 'export')}: study {name} was run on other data (digest "
+            return (f"{_portable(folder / 'export')}: study {name} was run on other data (digest "
                     f"{', '.join(sorted(seen))}; the data now gives {now}): move that folder aside, or pass "
                     "another --out, to run it on this data")
     return None

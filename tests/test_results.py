@@ -377,6 +377,24 @@ def test_reproduce_end_to_end_on_smoke(tmp_path, capsys):
     # machine and store were lost resumes from its export), and leaves the export as it was, byte for byte
     assert again.getvalue().count("kept from") == 2 and "done in" not in again.getvalue()
     assert {f.name: f.read_bytes() for f in (out_dir / "export").iterdir()} == exported
+    # --reuse-export: another folder takes the studies this export holds in full from it instead of running
+    # them again (a fixed-reference comparison shares the continual trials): the trials, their items and
+    # the target a continual study borrows are copied, and the tables are the ones this folder had.
+    other = tmp_path / "other"
+    with contextlib.redirect_stdout(io.StringIO()) as taken:
+        assert _reproduce().main([*argv[:-1], str(other), "--scenario", "continual", "--no-notebooks",
+                                  "--reuse-export", str(out_dir)]) == 0
+    assert taken.getvalue().count("taken from") == 2 and "done in" not in taken.getvalue()
+    copied = exports.read_export(other)
+    assert set(copied.runs.query("kind == 'trial'")["run_id"]) == set(continual["run_id"])
+    assert set(copied.items["run_id"]) >= set(continual["run_id"])
+    assert set(copied.runs.query("kind == 'target'")["scenario"]) == {"fictitious"}
+    pd.testing.assert_frame_equal(pd.read_csv(other / "summary.csv"),
+                                  summary[summary["scenario"] == "continual"].reset_index(drop=True),
+                                  check_dtype=False)  # a column empty in every continual row reads back as float
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as refused:
+        assert _reproduce().main([*argv, "--scenario", "continual", "--reuse-export", str(tmp_path / "none")]) == 2
+    assert "provenance.json: missing" in refused.getvalue() and len(refused.getvalue().strip().splitlines()) == 1
     # ... but not on other data: another draw of the built-in authors (as if the code that builds them had
     # changed) under the same study names ends in one line, before anything runs.
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as refused:

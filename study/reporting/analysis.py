@@ -80,7 +80,7 @@ __all__ = [
     "method_table", "published_table", "compare_to_published", "metric_table", "forget_quality_table",
     "PRIVACY_COLUMNS", "PRIVACY_NOT_LOGGED", "privacy_table", "with_reasons", "present_splits", "PAPER_MARKERS", "method_markers",
     "pareto_front", "plot_mu_fe", "plot_mu_fe_grid", "scale_note", "continual_table", "plot_continual", "real_world_table",
-    "sensitivity", "plot_sensitivity", "name_seeds", "study_seeds", "choose_trial", "generations_side_by_side", "save_figure",
+    "sensitivity", "plot_sensitivity", "SEED_SUFFIX", "name_seeds", "study_seeds", "choose_trial", "generations_side_by_side", "save_figure",
     "save_table", "run_notebook", "Source", "export_frames",
 ]
 
@@ -706,10 +706,16 @@ def plot_mu_fe_grid(runs: pd.DataFrame, splits: Sequence[str] | None = None) -> 
     return fig
 
 
+SEED_SUFFIX = r"-s(?P<seed>\d+)(?:/(?P<method>.+))?$"
+"""How a seeded study's name ends (reproduction and sensitivity studies: ``...-s<seed>``, and Optuna's
+``/<method>`` where a trial's study name carries it): :func:`name_seeds` reads the seed of any such name,
+``study.reporting.results.parse_study_name`` the whole of a reproduction's."""
+
+
 def name_seeds(names: pd.Series) -> pd.Series:
-    """The seed in each study name (reproduction and sensitivity studies: ``...-s<seed>/<method>``) as a
-    float; NaN for a name without one (a sweep's study)."""
-    return names.astype("string").str.extract(r"-s(\d+)(?:/|$)")[0].astype(float)
+    """The seed in each study name (:data:`SEED_SUFFIX`) as a float; NaN for a name without one (a sweep's
+    study)."""
+    return names.astype("string").str.extract(SEED_SUFFIX)["seed"].astype(float)
 
 
 def study_seeds(runs: pd.DataFrame) -> list[int]:

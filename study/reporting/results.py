@@ -39,7 +39,7 @@ import pandas as pd
 
 from ..evaluation import metrics as M
 from ..paper import PAPER_METHODS, PUBLISHED, PUBLISHED_SOURCE, REAL_WORLD_QUOTED
-from .analysis import BEFORE_UNLEARNING
+from .analysis import BEFORE_UNLEARNING, SEED_SUFFIX
 from ..inputs.scenarios import CONTINUAL, FICTITIOUS, REAL_WORLD, SCENARIOS, scenario
 
 __all__ = [
@@ -111,7 +111,7 @@ QUOTED_SOURCE = "quoted, Llama-3-8B-Instruct"
 def _name_pattern() -> re.Pattern:
     """What :func:`study_name` writes, for every scenario registered now (:data:`study.inputs.scenarios.SCENARIOS`)."""
     names = "|".join(map(re.escape, SCENARIOS))
-    return re.compile(rf"^{PREFIX}-(?P<preset>.+?)-(?P<scenario>{names})-(?P<setting>.+)-s(?P<seed>\d+)(?:/(?P<method>.+))?$")
+    return re.compile(rf"^{PREFIX}-(?P<preset>.+?)-(?P<scenario>{names})-(?P<setting>.+){SEED_SUFFIX}")
 
 
 # --------------------------------------------------------------------------------------------
