@@ -134,6 +134,13 @@ def write_smoke_golden() -> None:
     (GOLDEN / "smoke_trials.json").write_text(json.dumps(smoke_summaries(), indent=1, sort_keys=True))
 
 
+REL_TOL, ABS_TOL = 1e-3, 1e-3
+"""How far a golden value may be from the one computed now: float32 on another CPU (other kernels, another
+summation order) moved the smoke trials' values on 2026-12-06 by ~1e-7 relative, Min-K%++ (a z-score of
+log-probabilities) by more: -6.4350 against -6.4342, 0.05025 against 0.05038 near zero; a refactor that
+changes a result moves it by far more."""
+
+
 @pytest.mark.slow
 def test_seeded_smoke_trials_did_not_move(tmp_path, monkeypatch):
     """Every summary value of eight seeded smoke trials (seven losses on fictitious, NPO+GD over two continual
@@ -151,5 +158,5 @@ def test_seeded_smoke_trials_did_not_move(tmp_path, monkeypatch):
         for task, (g, w) in enumerate(zip(got[case], tasks)):
             g, w = {k: float(v) for k, v in g.items()}, {k: float(v) for k, v in w.items()}
             moved = {k: (w[k], g[k]) for k in w if not (math.isnan(w[k]) and math.isnan(g[k]))
-                     and not math.isclose(g[k], w[k], rel_tol=1e-9, abs_tol=1e-12)}
+                     and not math.isclose(g[k], w[k], rel_tol=REL_TOL, abs_tol=ABS_TOL)}
             assert not moved, f"{case} task {task}: moved {moved}"
