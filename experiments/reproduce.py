@@ -476,6 +476,12 @@ def unit_studies(units) -> set[str]:
     return {f"{u.study}/{m}" for u in units for m in u.methods}
 
 
+def target_scenarios(units) -> set[str]:
+    """The scenarios whose target runs an export of ``units`` carries: theirs, and for continual the
+    fictitious one it reuses."""
+    return {u.scenario for u in units} | ({FICTITIOUS.name} if any(u.scenario == CONTINUAL.name for u in units) else set())
+
+
 def export_units(args, units, uri: str, command: str):
     """The runs of ``units`` read from the store into ``<out>/export/`` (``study.reporting.exports.write_export``,
     merged with what is there), with the target runs of their scenarios (continual: the fictitious one
@@ -483,7 +489,7 @@ def export_units(args, units, uri: str, command: str):
     from study.reporting.analysis import export_frames
     from study.reporting.exports import write_export
 
-    scenarios = {u.scenario for u in units} | ({FICTITIOUS.name} if any(u.scenario == CONTINUAL.name for u in units) else set())
+    scenarios = target_scenarios(units)
     runs, items = export_frames(uri, experiment_of(args), unit_studies(units), scenarios)
     return write_export(out_of(args), runs, items, command, {u.study for u in units})
 
@@ -508,7 +514,7 @@ def copy_units(args, source: Path, units, command: str):
 
     export = read_export(source)
     runs = export.runs
-    scenarios = {u.scenario for u in units} | ({FICTITIOUS.name} if any(u.scenario == CONTINUAL.name for u in units) else set())
+    scenarios = target_scenarios(units)
     chosen = runs[runs["study_name"].isin(unit_studies(units))
                   | ((runs["kind"] == "target") & runs["scenario"].isin(scenarios))]
     items = export.items[export.items["run_id"].isin(set(chosen["run_id"]))] if not export.items.empty else export.items
