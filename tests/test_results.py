@@ -662,6 +662,26 @@ def test_every_committed_folder_is_what_the_code_makes_of_its_export(tmp_path):
     assert not stale, f"committed tables the current code does not make from their exports: {stale}"
 
 
+def test_every_seed_of_a_committed_setting_was_evaluated_on_the_same_items():
+    """Within each committed export, the trials of one setting (every seed and method) were evaluated on the
+    same questions with the same reference answers, item by item: the per-item tables tie together seeds a
+    data digest cannot (tofu-cpu-fictitious' seeds 1001-1003 ran before ``data_digest`` was recorded), and a
+    seed run on other files, or on another draw of items, fails here."""
+    folders = sorted(p for p in (ROOT / "docs" / "results").iterdir() if (p / "export").is_dir())
+    assert {"tofu-cpu-fictitious", "tofu-cpu-continual", "real_world"} <= {p.name for p in folders}
+    differing, checked = [], 0
+    for folder in folders:
+        runs = results.label_runs(_export(folder))[["run_id", "preset", "scenario", "setting", "seed"]].drop_duplicates()
+        items = pd.read_parquet(folder / "export" / "items.parquet").merge(runs, on="run_id")
+        keys = ["preset", "scenario", "setting", "file", "set", "item"]
+        texts = items.groupby(keys)[["question", "reference"]].nunique()
+        differing += [f"{folder.name}: {' '.join(map(str, key))}" for key in texts.index[(texts > 1).any(axis=1)]]
+        seeds = items.groupby(["preset", "scenario", "setting"])["seed"].nunique()
+        checked += int((seeds > 1).sum())
+    assert not differing, f"items whose question or reference differs between seeds or methods: {differing[:5]}"
+    assert checked >= 5  # settings run at more than one seed, compared above
+
+
 def test_every_committed_notebook_ran_to_the_end_on_its_folders_export():
     """Each committed folder's executed notebook ran every cell without an error, on the export committed
     beside it: the trial count it printed is the one its parameters (export, studies) give now, so a
