@@ -690,7 +690,8 @@ def apply_keep_policy(study, tracker: Tracker, policy: str) -> None:
     front, or the best trial of a single objective). ``best`` and ``all``: the Pareto-best trials with a
     logged model are versions of the registered model named after the study
     (:func:`study.trial.tracking.registered_model_name`), tagged ``pareto=true``, their ``model_utility``,
-    ``forget_efficacy`` and ``forget_quality``, with the alias ``pareto-trial-<k>``; a trial that leaves
+    ``forget_efficacy`` and ``forget_quality``, with the alias ``pareto-trial-<k>`` (the run's tag
+    ``study.registered_version`` names it; the registry is asked once per entry to the front); a trial that leaves
     the front keeps its version, tagged ``pareto=false``, its alias removed. ``best``: the other trials
     lose their checkpoint files and logged models' files (``study.checkpoint`` = ``deleted (not
     Pareto-best)``); a version's record stays."""
@@ -708,27 +709,38 @@ def apply_keep_policy(study, tracker: Tracker, policy: str) -> None:
         # The trial is finished (its Optuna attributes are frozen): MLflow's tags record the rest.
         run = tracker.client.get_run(run_id)
         pareto = trial.number in best
+        was_pareto = run.data.tags.get(f"{TAG}pareto") == "true"
+        if policy != "none" and trial.user_attrs.get("checkpoint") in (CHECKPOINT_LOGGED, "kept"):
+            _keep(study, tracker, policy, trial.number, run, name, pareto, was_pareto)
+        # Last: a pass cut short before it is done again by the next (the registry is asked only when a
+        # trial enters or leaves the front, as this tag records).
         if run.data.tags.get(f"{TAG}pareto") != str(pareto).lower():
             tracker.tags(run_id, {"pareto": str(pareto).lower()})
-        if policy == "none" or trial.user_attrs.get("checkpoint") not in (CHECKPOINT_LOGGED, "kept"):
-            continue
-        kept = run.data.tags.get(f"{TAG}checkpoint") == "kept"
-        model_id = run.data.tags.get(f"{TAG}model_id")
-        if pareto:
-            if kept and model_id:
-                values = {k: run.data.metrics[k] for k in ("model_utility", "forget_efficacy", "forget_quality")
-                          if k in run.data.metrics}
-                tracker.models.register(run_id, model_id, name, {**values, "study.study_name": study.study_name,
-                                                                 "study.trial_number": trial.number}, trial=trial.number,
-                                        once=partial(once, study._storage, f"{name}/{run_id}#version"))
-            continue
-        if model_id:
-            tracker.models.leave_front(run_id, name, trial.number)
-        if policy == "best" and kept:
-            removed = tracker.delete_artifacts(run_id, "checkpoint")
-            removed = tracker.models.delete_logged_models(run_id) and removed
-            if removed:
-                tracker.tags(run_id, {"checkpoint": "deleted (not Pareto-best)"})
+
+
+def _keep(study, tracker: Tracker, policy: str, number: int, run, name: str, pareto: bool, was_pareto: bool) -> None:
+    """:func:`apply_keep_policy` for one finished trial's ``run`` that logged a model."""
+    run_id = run.info.run_id
+    kept = run.data.tags.get(f"{TAG}checkpoint") == "kept"
+    model_id = run.data.tags.get(f"{TAG}model_id")
+    if pareto:
+        # Registered on an earlier pass and on the front since: nothing to ask the registry (a trial that
+        # left the front and came back is registered again: its version re-tagged, its alias back).
+        if kept and model_id and not (was_pareto and f"{TAG}registered_version" in run.data.tags):
+            values = {k: run.data.metrics[k] for k in ("model_utility", "forget_efficacy", "forget_quality")
+                      if k in run.data.metrics}
+            version = tracker.models.register(
+                run_id, model_id, name, {**values, "study.study_name": study.study_name, "study.trial_number": number},
+                trial=number, once=partial(once, study._storage, f"{name}/{run_id}#version"))
+            tracker.tags(run_id, {"registered_version": str(version)})
+        return
+    if model_id and was_pareto:  # it leaves the front now: a version made while it was on it is marked
+        tracker.models.leave_front(run_id, name, number)
+    if policy == "best" and kept:
+        removed = tracker.delete_artifacts(run_id, "checkpoint")
+        removed = tracker.models.delete_logged_models(run_id) and removed
+        if removed:
+            tracker.tags(run_id, {"checkpoint": "deleted (not Pareto-best)"})
 
 
 class _PruneOnEpoch:

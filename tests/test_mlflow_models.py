@@ -321,6 +321,8 @@ def test_keep_policy_moves_models_and_registry_versions_with_the_pareto_front(tm
     """Trials with real logged models (tiny random model), the keep policy applied as the front moves:
     a dominated trial loses its checkpoint and model files, never its registry version (tagged
     ``pareto=false``, its alias gone); the front's trials are registered under the study's name, once each."""
+    from unittest import mock
+
     import optuna
     import torch
     from optuna.trial import create_trial
@@ -361,7 +363,10 @@ def test_keep_policy_moves_models_and_registry_versions_with_the_pareto_front(tm
 
     runs = [add(0, 0.5, 0.5), add(1, 0.4, 0.4), add(2, 0.6, 0.3)]  # trial 1 is dominated by trial 0
     sweep._apply_keep_policy(study)
-    sweep._apply_keep_policy(study)  # applied again: nothing registered twice
+    with mock.patch.object(client, "search_model_versions", wraps=client.search_model_versions) as searched, \
+            mock.patch.object(client, "create_model_version", wraps=client.create_model_version) as created:
+        sweep._apply_keep_policy(study)  # applied again, the front unchanged: the registry is not asked again
+    assert searched.call_count == created.call_count == 0
     model_of = {r: client.get_run(r).data.tags["study.model_id"] for r in runs}
     versions, on_disk = state()
     assert sorted(versions) == sorted([runs[0], runs[2]]) and on_disk == {model_of[runs[0]], model_of[runs[2]]}

@@ -28,7 +28,8 @@ Since issue 15 a trial also has:
   its metadata; ``mlflow.transformers.load_model("models:/<model id>")``), its id in the tag ``study.model_id``;
   a study's Pareto-best trials are versions of the registered model :func:`registered_model_name`
   (tags ``pareto``, ``model_utility``, ``forget_efficacy``, ``forget_quality``; alias
-  :data:`PARETO_ALIAS`), kept when the trial leaves the front (``pareto=false``);
+  :data:`PARETO_ALIAS`), kept when the trial leaves the front (``pareto=false``); the run's tag
+  ``study.registered_version`` names its version;
 - the tags ``study.pareto`` (in its study's Pareto front), MLflow's context tags (:func:`context_tags`) and a
   run name with its method, number and searched values; the study's run holds a note, ``pareto.csv`` and
   ``mu_fe.png`` (``study.trial.runs.describe_study_run``);
