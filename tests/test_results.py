@@ -825,9 +825,9 @@ def _task_mu(folder, method: str, step: int, fixed: bool = False, seed: int = 10
     return round(mu, 2)
 
 
-def _task_mus(folder, methods, steps, seeds=(1001, 1002)) -> list[float]:
+def _task_mus(folder, methods, steps, seeds=(1001, 1002), fixed: bool = False) -> list[float]:
     """MU after each of ``steps`` of each of ``methods`` in each of ``seeds`` (:func:`_task_mu`)."""
-    return [_task_mu(folder, m, step, seed=seed) for m in methods for step in steps for seed in seeds]
+    return [_task_mu(folder, m, step, fixed, seed) for m in methods for step in steps for seed in seeds]
 
 
 def _last_task(runs: pd.DataFrame) -> pd.DataFrame:
@@ -873,10 +873,14 @@ DERIVED = {
     ("tofu-cpu-continual", "0.47"): lambda f: max(_task_mus(f, ("ME+GD",), (1, 2, 3, 4))) == 0.47,
     ("tofu-cpu-continual", "0.77"):  # ME+GD's MU after four tasks (mean over seeds) as a share of the target's
         lambda f: round(_summary(f, "ME+GD", "MU") / _summary(f, results.TARGET_ROW, "MU"), 2) == 0.77,
-    ("tofu-cpu-continual_fixref", "0.23"):  # the lowest and highest MU after a task with the fixed reference
-        lambda f: min(_task_mu(f, m, k, fixed=True) for m in ("NPO+GD", "NPO+KL") for k in (1, 2, 3, 4)) == 0.23,
-    ("tofu-cpu-continual_fixref", "0.48"):
-        lambda f: max(_task_mu(f, m, k, fixed=True) for m in ("NPO+GD", "NPO+KL") for k in (1, 2, 3, 4)) == 0.48,
+    # TOFU continual with and without the fixed reference, seeds 1001 and 1002: the lowest and highest MU after
+    # a task with it, the highest from task 3 without it, NPO+GD's MU after task 1 in seed 1002 in both settings
+    ("tofu-cpu-continual_fixref", "0.19"): lambda f: min(_task_mus(f, ("NPO+GD", "NPO+KL"), (1, 2, 3, 4), fixed=True)) == 0.19,
+    ("tofu-cpu-continual_fixref", "0.48"): lambda f: max(_task_mus(f, ("NPO+GD", "NPO+KL"), (1, 2, 3, 4), fixed=True)) == 0.48,
+    ("tofu-cpu-continual_fixref", "0.07"): lambda f: max(_task_mus(f, ("NPO+GD", "NPO+KL"), (3, 4))) == 0.07,
+    ("tofu-cpu-continual_fixref", "0.454"):
+        lambda f: {round(_continual_run(f, "NPO+GD", fixed, seed=1002).query("step == 1")["model_utility"].iloc[0], 3)
+                   for fixed in (False, True)} == {0.454},
     ("real_world", "0.055"):  # the target's neighbour truth-ratio term
         lambda f: round(_export(f).query("kind == 'target'")["neighbor/truth_ratio"].iloc[0], 3) == 0.055,
 }
