@@ -183,6 +183,40 @@ def test_bad_input_under_torchrun_is_one_line_on_rank_0_before_anything_is_writt
     assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "mlflow.db").exists()
 
 
+ENDING = """
+import atexit, os, sys
+from pathlib import Path
+from study.trial import ranks
+
+folder, rank = Path(sys.argv[1]), os.environ["RANK"]
+atexit.register(lambda: (folder / f"atexit-{{rank}}").write_text("ran"))
+print(f"rank {{rank}} unflushed", end="")  # its stdout is a file under torchrun: block-buffered
+
+def lead(leader):
+    print("summary line, no newline", end="")
+    return 0
+
+ranks.run({{}}, None, 60, lead)
+raise SystemExit("ranks.run returned")
+"""
+
+
+@pytest.mark.slow
+def test_a_command_under_torchrun_ends_its_process_with_its_output_and_exit_handlers(tmp_path):
+    """``ranks.run`` ends each rank's process itself (``os._exit``, skipping the interpreter's teardown, where CI
+    once saw a finished rank 0 abort): what the ranks printed without a newline still reaches their logs,
+    every ``atexit`` handler ran (MLflow flushes its asynchronous logging in one), and the status is the command's."""
+    script = tmp_path / "ending.py"
+    script.write_text(ENDING.format())
+    done = subprocess.run(_torchrun(tmp_path, script, str(tmp_path)), cwd=ROOT, env=_env(tmp_path),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _rank_output(tmp_path, 0, "stdout") == "rank 0 unflushedsummary line, no newline"
+    assert _rank_output(tmp_path, 1, "stdout") == "rank 1 unflushed"
+    assert sorted(f.name for f in tmp_path.glob("atexit-*")) == ["atexit-0", "atexit-1"]
+    assert "ranks.run returned" not in _rank_output(tmp_path, 0, "stderr") + _rank_output(tmp_path, 1, "stderr")
+
+
 def _rank_pid(parent: int, rank: int) -> int | None:
     """The pid of the torchrun worker with ``RANK=rank`` under ``parent`` (its agent)."""
     for entry in Path("/proc").iterdir():
