@@ -850,6 +850,8 @@ DERIVED = {
         lambda f: max(_holm_ps(f, "a")) <= 0.0005,
     ("fictitious", "0.89"):  # ME+GD's MU as a share of the target's
         lambda f: round(_summary(f, "ME+GD", "MU") / _summary(f, results.TARGET_ROW, "MU"), 2) == 0.89,
+    ("tofu-cpu-fictitious-forget05", "0.89"):  # ME+GD's MU as a share of the target's
+        lambda f: round(_summary(f, "ME+GD", "MU") / _summary(f, results.TARGET_ROW, "MU"), 2) == 0.89,
     ("fictitious", "4.5"): lambda f: set(_export(f).query("method == 'SimNPO+GD'")["param/method.beta"]) == {"4.5"},
     ("fictitious", "0.125"):
         lambda f: set(_export(f).query("method == 'SimNPO+GD'")["param/method.forget_coeff"]) == {"0.125"},
