@@ -852,6 +852,10 @@ DERIVED = {
         lambda f: round(_summary(f, "ME+GD", "MU") / _summary(f, results.TARGET_ROW, "MU"), 2) == 0.89,
     ("tofu-cpu-fictitious-forget05", "0.89"):  # ME+GD's MU as a share of the target's
         lambda f: round(_summary(f, "ME+GD", "MU") / _summary(f, results.TARGET_ROW, "MU"), 2) == 0.89,
+    ("tofu-cpu-fictitious-forget05", "0.720"):  # IDK+AP's forget-set probability (an FE term no table prints)
+        lambda f: round(_export(f).query("method == 'IDK+AP'")["forget/probability"].iloc[0], 3) == 0.720,
+    ("tofu-cpu-fictitious-forget05", "0.001"):  # GA+GD's and ME+GD's forget-set probability: below it
+        lambda f: _export(f).query("method in ['GA+GD', 'ME+GD']")["forget/probability"].max() < 0.001,
     ("fictitious", "4.5"): lambda f: set(_export(f).query("method == 'SimNPO+GD'")["param/method.beta"]) == {"4.5"},
     ("fictitious", "0.125"):
         lambda f: set(_export(f).query("method == 'SimNPO+GD'")["param/method.forget_coeff"]) == {"0.125"},
