@@ -189,14 +189,14 @@ from pathlib import Path
 from study.trial import ranks
 
 folder, rank = Path(sys.argv[1]), os.environ["RANK"]
-atexit.register(lambda: (folder / f"atexit-{{rank}}").write_text("ran"))
-print(f"rank {{rank}} unflushed", end="")  # its stdout is a file under torchrun: block-buffered
+atexit.register(lambda: (folder / f"atexit-{rank}").write_text("ran"))
+print(f"rank {rank} unflushed", end="")  # its stdout is a file under torchrun: block-buffered
 
 def lead(leader):
     print("summary line, no newline", end="")
     return 0
 
-ranks.run({{}}, None, 60, lead)
+ranks.run({}, None, 60, lead)
 raise SystemExit("ranks.run returned")
 """
 
@@ -207,7 +207,7 @@ def test_a_command_under_torchrun_ends_its_process_with_its_output_and_exit_hand
     once saw a finished rank 0 abort): what the ranks printed without a newline still reaches their logs,
     every ``atexit`` handler ran (MLflow flushes its asynchronous logging in one), and the status is the command's."""
     script = tmp_path / "ending.py"
-    script.write_text(ENDING.format())
+    script.write_text(ENDING)
     done = subprocess.run(_torchrun(tmp_path, script, str(tmp_path)), cwd=ROOT, env=_env(tmp_path),
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

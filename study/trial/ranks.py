@@ -37,8 +37,8 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator
-from typing import NoReturn
 from dataclasses import dataclass
+from typing import NoReturn
 
 from . import runner
 from ..config import RunConfig
