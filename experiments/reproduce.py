@@ -74,13 +74,14 @@ REAL_WORLD_FACTOR = 3.5
 """A real-world trial costs about this many fictitious ones: it unlearns the 6 built-in people at once (60
 questions, 6x forget01's steps) and evaluates 60 forget items. Measured on 2026-12-03: the nine methods of
 one real-world seed took 59 min on 2 cores shared with other work (the fictitious forget01 seed: 17 min)."""
-TOFU_SPLIT_ROWS = {"forget01": 1, "forget05": 5, "forget10": 10}
-"""On TOFU's files (not the built-in set, whose splits are one author each) a fictitious split's task is
-40, 200 or 400 QA: training grows with it, the evaluation does not (``data.ds_size`` caps each set)."""
-TRAIN_SHARE = 0.62
-"""The share of a forget01 trial spent training (tofu-cpu seed 1002: 287 s of 462 s); a split's trial costs
-``1 - TRAIN_SHARE + TRAIN_SHARE * TOFU_SPLIT_ROWS[split]`` forget01 trials. Derived, not yet measured on
-forget05 / forget10."""
+TOFU_SPLIT_COST = {"forget01": 1.0, "forget05": 2.41, "forget10": 4.2}
+"""A fictitious trial on TOFU's files (a split's task is 40, 200 or 400 QA: training grows with it, the
+evaluation does not, ``data.ds_size`` caps each set) in forget01 trials. forget05 measured: seed 1001's nine
+trials (2026-12-07, docs/results/tofu-cpu-fictitious-forget05/export, ``time/*``) took 10000 s, 2.41 × the
+4154 s of forget01's seed 1002 (training 3.32 ×, evaluation 0.86 ×).
+forget10, not run, extrapolated from them: training linear in the task's QA (1 + 9 × 0.58 = 6.2 ×), evaluation
+as forget05's, weighted by forget01's share of training (0.62): 4.2. Checked against the exports by
+``tests/test_results.py``. The built-in set's splits are one author each: a trial there costs 1."""
 EARLIER_SET_SHARE = 0.12
 """Continual with ``eval.earlier_tasks`` (beyond the paper): task k also evaluates the forget sets of the k - 1
 tasks before it, each about this share of a forget01 trial. Measured on tofu-cpu, seed 1001's GA+KL
@@ -131,7 +132,7 @@ def settings_of(scenario_name: str, splits: tuple[str, ...], tasks: tuple[int, .
                 tofu_files: bool = False, earlier_tasks: bool = False) -> list[tuple[str, list[str], float]]:
     """(setting, sweep options, cost of a trial in fictitious trials: the tasks it unlearns, with
     ``earlier_tasks`` their earlier forget sets evaluated (:data:`EARLIER_SET_SHARE`); on TOFU's files a
-    split's size, :data:`TOFU_SPLIT_ROWS`) per setting."""
+    split's size, :data:`TOFU_SPLIT_COST`) per setting."""
     from study.reporting.results import setting_name
 
     sc = scenario(scenario_name)
@@ -143,7 +144,7 @@ def settings_of(scenario_name: str, splits: tuple[str, ...], tasks: tuple[int, .
                  cost) for fix in {"both": (False, True), "no": (False,), "yes": (True,)}[fix_ref]]
     if sc.has_splits:
         return [(setting_name(scenario_name, split), ["--split", split],
-                 1 - TRAIN_SHARE + TRAIN_SHARE * TOFU_SPLIT_ROWS[split] if tofu_files else 1) for split in splits]
+                 TOFU_SPLIT_COST[split] if tofu_files else 1) for split in splits]
     return [(setting_name(scenario_name), [], REAL_WORLD_FACTOR)]
 
 

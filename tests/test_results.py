@@ -290,6 +290,29 @@ def test_reproduce_dry_run_plans_every_study(capsys):
     assert "--dry-run" in out or "checked" in out
 
 
+def test_the_dry_runs_cost_of_a_larger_tofu_split_is_the_one_the_committed_runs_measured():
+    """``--dry-run`` counts a forget05 trial on TOFU's files as the committed runs measured it (the nine trials
+    of forget05's seed against forget01's seed 1002, the estimate's own reference) and a forget10 one as
+    extrapolated from them (training linear in the task's QA, evaluation as forget05's): a re-run that moves
+    the times, or a constant edited by hand, fails here."""
+    cost = _reproduce().TOFU_SPLIT_COST
+
+    def seconds(folder: str, seed: str) -> pd.Series:
+        runs = _export(ROOT / "docs" / "results" / folder).query(f"kind == 'trial' and `param/train.seed` == '{seed}'")
+        per_method = runs.groupby("method")[["time/train_s", "time/eval_s", "time/trial_s"]].max()
+        assert len(per_method) == len(PAPER_METHODS), folder
+        return per_method.sum()
+
+    forget01, forget05 = seconds("tofu-cpu-fictitious", "1002"), seconds("tofu-cpu-fictitious-forget05", "1001")
+    assert cost["forget01"] == 1.0
+    assert round(forget05["time/trial_s"] / forget01["time/trial_s"], 2) == cost["forget05"]
+    train_per_block = (forget05["time/train_s"] / forget01["time/train_s"] - 1) / 4  # forget05 = 5 blocks of forget01's
+    train_share = forget01["time/train_s"] / forget01["time/trial_s"]
+    forget10 = (train_share * (1 + 9 * train_per_block)
+                + (1 - train_share) * forget05["time/eval_s"] / forget01["time/eval_s"])
+    assert round(forget10, 1) == cost["forget10"]
+
+
 def test_a_tofu_reproduction_reads_its_folder_and_writes_its_own(shared_data, capsys):
     """``--data-dir`` reaches every study's sweep.py (the preset needs data); a preset other than default
     writes under docs/results/<preset>-<scenario>/, never over the built-in study's folder."""
